@@ -1,0 +1,94 @@
+//! What every tool's command line shares: where the state is, how output looks, and the
+//! parse-then-run `main` each binary calls.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::exit::{self, Status};
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StateArgs {
+    /// The cluster's state file [default: /var/lib/formic/state for root,
+    /// else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]
+    #[arg(long, env = "FORMIC_STATE", value_name = "PATH", global = true)]
+    pub state: Option<PathBuf>,
+}
+
+impl StateArgs {
+    pub fn path(&self) -> PathBuf {
+        if let Some(p) = &self.state {
+            return p.clone();
+        }
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/formic/state");
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("formic/state")
+    }
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OutputArgs {
+    /// Print JSON lines even when standard output is a terminal (they are the default when
+    /// it is not)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    /// Whether to print a table for a person rather than records for a program.
+    pub fn human(&self) -> bool {
+        !self.json && std::io::stdout().is_terminal()
+    }
+}
+
+/// Aligns rows into columns under their headers.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            l.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// A binary's whole `main`: parse the command line (usage errors exit 2, as clap does), run
+/// the tool, and map the outcome to the shared exit-status table.
+pub fn main<C: Parser>(tool: &str, run: fn(C) -> anyhow::Result<Status>) -> ExitCode {
+    let cli = C::parse();
+    exit::run(tool, || run(cli))
+}
+
+/// Formats a number the way people read capacity: no trailing ".0".
+pub fn num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{}", (x * 1000.0).round() / 1000.0)
+    }
+}

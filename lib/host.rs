@@ -1,0 +1,513 @@
+//! Hosts: what a machine offers (capacity, ports, attributes), how to reach it, and its
+//! maintenance state. This module owns the host record in all three of its forms: the JSON
+//! line an operator writes, the fixed-layout slot in the state file, and the value in memory.
+
+use serde_json::{json, Map, Value};
+
+use crate::fixed::{Corrupt, Decoder, Encoder, TooLarge};
+use crate::records::{show, Fields, Record};
+
+/// Cpus are kept in thousandths of a core so capacity arithmetic is exact.
+pub type Millicores = u32;
+
+pub fn millicores(cpus: f64) -> Millicores {
+    (cpus * 1000.0).round() as Millicores
+}
+
+pub fn cores(milli: Millicores) -> f64 {
+    milli as f64 / 1000.0
+}
+
+/// The fields of a host record on input.
+pub const FIELDS: &[&str] = &[
+    "type",
+    "name",
+    "cpus",
+    "ram_mb",
+    "disk_mb",
+    "gpus",
+    "ports",
+    "attrs",
+    "cpu_factor",
+    "transport",
+];
+
+/// Names may carry host and domain names, never path or shell syntax.
+const NAME_MAX: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Local,
+    Ssh,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Local => "local",
+            Transport::Ssh => "ssh",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => Some(Transport::Local),
+            "ssh" => Some(Transport::Ssh),
+            _ => None,
+        }
+    }
+}
+
+/// Aurora's maintenance states: SCHEDULED hosts still take work but are used last; DRAINING
+/// hosts take none while their tasks move away; DRAINED hosts hold none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    None = 0,
+    Scheduled = 1,
+    Draining = 2,
+    Drained = 3,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Scheduled => "scheduled",
+            Mode::Draining => "draining",
+            Mode::Drained => "drained",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        [Mode::None, Mode::Scheduled, Mode::Draining, Mode::Drained]
+            .get(v as usize)
+            .copied()
+    }
+
+    /// Whether the host may be offered to pack.
+    pub fn takes_work(self) -> bool {
+        matches!(self, Mode::None | Mode::Scheduled)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Maintenance {
+    pub mode: Mode,
+    pub reason: String,
+    pub owner: String,
+    /// Unix time the mode was entered.
+    pub since: f64,
+}
+
+impl Maintenance {
+    pub fn none() -> Self {
+        Maintenance {
+            mode: Mode::None,
+            reason: String::new(),
+            owner: String::new(),
+            since: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Host {
+    pub name: String,
+    pub cpus: Millicores,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    pub gpus: u32,
+    /// Inclusive port ranges, sorted and disjoint.
+    pub ports: Vec<(u16, u16)>,
+    /// Attributes sorted by key.
+    pub attrs: Vec<(String, String)>,
+    /// Speed of one of this host's cores against the fleet's reference core.
+    pub cpu_factor: f64,
+    pub transport: Transport,
+    pub maintenance: Maintenance,
+}
+
+/// Capacity limits that keep every host record inside its slot.
+pub const MAX_PORT_RANGES: usize = 16;
+pub const MAX_ATTRS: usize = 32;
+
+impl Host {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Parses and validates a host record; the error says which field and why.
+    pub fn from_record(rec: &Record) -> Result<Host, String> {
+        let f = rec.get();
+        let name = f.str("name")?.ok_or("field \"name\" is missing")?;
+        check_name(name).map_err(|e| format!("field \"name\": {e}"))?;
+        let host = parse_fields(name, f).map_err(|e| format!("host {name}: {e}"))?;
+        host.fits().map_err(|e| format!("host {name}: {e}"))?;
+        Ok(host)
+    }
+
+    /// Checks the record fits its slot, so a later transaction cannot fail on it.
+    pub fn fits(&self) -> Result<(), String> {
+        let mut slot = vec![0u8; SLOT_SIZE];
+        self.encode(&mut slot).map_err(|t| {
+            format!(
+                "name, attributes and maintenance text take {} bytes; a host record holds {}",
+                t.needed, t.room
+            )
+        })
+    }
+
+    /// The host as a JSON record (input shape plus maintenance).
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("type".into(), json!("host"));
+        m.insert("name".into(), json!(self.name));
+        m.insert("cpus".into(), json!(cores(self.cpus)));
+        m.insert("ram_mb".into(), json!(self.ram_mb));
+        m.insert("disk_mb".into(), json!(self.disk_mb));
+        m.insert("gpus".into(), json!(self.gpus));
+        m.insert("ports".into(), ranges_json(&self.ports));
+        m.insert("attrs".into(), attrs_json(&self.attrs));
+        m.insert("cpu_factor".into(), json!(self.cpu_factor));
+        m.insert("transport".into(), json!(self.transport.name()));
+        m
+    }
+}
+
+pub fn ranges_json(ranges: &[(u16, u16)]) -> Value {
+    Value::Array(ranges.iter().map(|&(a, b)| json!([a, b])).collect())
+}
+
+pub fn attrs_json(attrs: &[(String, String)]) -> Value {
+    Value::Object(attrs.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+pub fn maintenance_json(m: &Maintenance) -> Value {
+    let mut o = Map::new();
+    o.insert("state".into(), json!(m.mode.name()));
+    if m.mode != Mode::None {
+        o.insert("reason".into(), json!(m.reason));
+        o.insert("owner".into(), json!(m.owner));
+        o.insert("since".into(), json!(m.since));
+    }
+    Value::Object(o)
+}
+
+/// A host name: letters, digits and `.-_:`, at most 128 bytes.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > NAME_MAX {
+        return Err(format!("is {} bytes long; at most {NAME_MAX}", name.len()));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ".-_:".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "{:?} has {c:?}; use letters, digits and . - _ :",
+            name
+        )),
+        None if name.starts_with(['.', '-']) => {
+            Err(format!("{name:?} starts with {:?}", &name[..1]))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Free text (maintenance reason and owner): printable, one line.
+pub fn check_text(what: &str, text: &str) -> Result<(), String> {
+    if text.chars().any(char::is_control) {
+        return Err(format!("{what} has a control character"));
+    }
+    Ok(())
+}
+
+fn parse_fields(name: &str, f: Fields<'_>) -> Result<Host, String> {
+    f.only(FIELDS)?;
+    let cpus = f.f64("cpus")?.ok_or("field \"cpus\" is missing")?;
+    if !(cpus > 0.0 && cpus <= 4_000_000.0) {
+        return Err(format!(
+            "field \"cpus\": {cpus} must be above 0 and at most 4000000"
+        ));
+    }
+    if millicores(cpus) == 0 {
+        return Err(format!(
+            "field \"cpus\": {cpus} is less than a thousandth of a core"
+        ));
+    }
+    let ram_mb = f
+        .count("ram_mb", 1 << 40)?
+        .ok_or("field \"ram_mb\" is missing")?;
+    let disk_mb = f.count("disk_mb", 1 << 50)?.unwrap_or(0);
+    let gpus = f.count("gpus", 1 << 16)?.unwrap_or(0) as u32;
+    let cpu_factor = f.f64("cpu_factor")?.unwrap_or(1.0);
+    if !(cpu_factor > 0.0 && cpu_factor <= 1000.0) {
+        return Err(format!(
+            "field \"cpu_factor\": {cpu_factor} must be above 0 and at most 1000"
+        ));
+    }
+    let transport = match f.str("transport")? {
+        None => Transport::Local,
+        Some(t) => Transport::parse(t)
+            .ok_or_else(|| format!("field \"transport\": {t:?} is not local or ssh"))?,
+    };
+    let ports = match f.array("ports")? {
+        None => Vec::new(),
+        Some(list) => parse_ranges(list).map_err(|e| format!("field \"ports\": {e}"))?,
+    };
+    let attrs = match f.object("attrs")? {
+        None => Vec::new(),
+        Some(map) => parse_attrs(map).map_err(|e| format!("field \"attrs\": {e}"))?,
+    };
+    Ok(Host {
+        name: name.to_string(),
+        cpus: millicores(cpus),
+        ram_mb,
+        disk_mb,
+        gpus,
+        ports,
+        attrs,
+        cpu_factor,
+        transport,
+        maintenance: Maintenance::none(),
+    })
+}
+
+/// Port ranges: `[[lo, hi], …]`, inclusive, 1–65535, no overlaps.
+fn parse_ranges(list: &[Value]) -> Result<Vec<(u16, u16)>, String> {
+    if list.len() > MAX_PORT_RANGES {
+        return Err(format!("{} ranges; at most {MAX_PORT_RANGES}", list.len()));
+    }
+    let mut ranges = Vec::with_capacity(list.len());
+    for v in list {
+        let pair = v.as_array().filter(|a| a.len() == 2);
+        let bounds = pair.and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)));
+        let Some((lo, hi)) = bounds else {
+            return Err(format!("expected [low, high], got {}", show(v)));
+        };
+        if lo == 0 || hi > 65535 || lo > hi {
+            return Err(format!("[{lo}, {hi}] is not a range within 1–65535"));
+        }
+        ranges.push((lo as u16, hi as u16));
+    }
+    ranges.sort_unstable();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
+        return Err(format!(
+            "[{}, {}] overlaps [{}, {}]",
+            w[0].0, w[0].1, w[1].0, w[1].1
+        ));
+    }
+    Ok(ranges)
+}
+
+fn parse_attrs(map: &Map<String, Value>) -> Result<Vec<(String, String)>, String> {
+    if map.len() > MAX_ATTRS {
+        return Err(format!("{} attributes; at most {MAX_ATTRS}", map.len()));
+    }
+    let mut attrs = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        if k.is_empty()
+            || k.len() > 64
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(format!("key {k:?}: use 1–64 letters, digits and . _ -"));
+        }
+        if k == "host" {
+            return Err("key \"host\" is reserved: it always means the host's name".into());
+        }
+        let Value::String(s) = v else {
+            return Err(format!("{k}: expected a string, got {}", show(v)));
+        };
+        if s.len() > 128 || s.chars().any(char::is_control) {
+            return Err(format!(
+                "{k}: value must be at most 128 bytes without control characters"
+            ));
+        }
+        attrs.push((k.clone(), s.clone()));
+    }
+    attrs.sort();
+    Ok(attrs)
+}
+
+// --- the slot in the state file ---
+
+pub const SLOT_SIZE: usize = 512;
+const LAYOUT: u8 = 1;
+
+impl Host {
+    pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
+        let mut e = Encoder::new(slot);
+        e.u32(self.cpus);
+        e.u64(self.ram_mb);
+        e.u64(self.disk_mb);
+        e.u32(self.gpus);
+        e.f64(self.cpu_factor);
+        e.u8(self.transport as u8);
+        e.u8(self.maintenance.mode as u8);
+        e.f64(self.maintenance.since);
+        e.u8(self.ports.len() as u8);
+        for &(lo, hi) in &self.ports {
+            e.u16(lo);
+            e.u16(hi);
+        }
+        e.str8(&self.name);
+        e.u8(self.attrs.len() as u8);
+        for (k, v) in &self.attrs {
+            e.str8(k);
+            e.str8(v);
+        }
+        e.str8(&self.maintenance.reason);
+        e.str8(&self.maintenance.owner);
+        e.seal(LAYOUT)
+    }
+
+    pub fn decode(version: u8, body: &[u8]) -> Result<Host, Corrupt> {
+        if version != LAYOUT {
+            return Err(Corrupt(format!("host record layout {version} is unknown")));
+        }
+        let mut d = Decoder::new(body);
+        let cpus = d.u32()?;
+        let ram_mb = d.u64()?;
+        let disk_mb = d.u64()?;
+        let gpus = d.u32()?;
+        let cpu_factor = d.f64()?;
+        let transport = match d.u8()? {
+            0 => Transport::Local,
+            1 => Transport::Ssh,
+            t => return Err(Corrupt(format!("bad transport {t}"))),
+        };
+        let mode = Mode::from_u8(d.u8()?).ok_or_else(|| Corrupt("bad maintenance mode".into()))?;
+        let since = d.f64()?;
+        let n = d.u8()? as usize;
+        let mut ports = Vec::with_capacity(n);
+        for _ in 0..n {
+            ports.push((d.u16()?, d.u16()?));
+        }
+        let name = d.str8()?;
+        let n = d.u8()? as usize;
+        let mut attrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            attrs.push((d.str8()?, d.str8()?));
+        }
+        let reason = d.str8()?;
+        let owner = d.str8()?;
+        Ok(Host {
+            name,
+            cpus,
+            ram_mb,
+            disk_mb,
+            gpus,
+            ports,
+            attrs,
+            cpu_factor,
+            transport,
+            maintenance: Maintenance {
+                mode,
+                reason,
+                owner,
+                since,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Reader;
+
+    fn parse(line: &str) -> Result<Host, String> {
+        let rec = Reader::new(line.as_bytes())
+            .next()
+            .unwrap()
+            .map_err(|e| e.to_string())?;
+        Host::from_record(&rec)
+    }
+
+    #[test]
+    fn design_example_parses_and_round_trips() {
+        let h = parse(r#"{"type":"host","name":"h1","cpus":16,"ram_mb":65536,"disk_mb":500000,"gpus":0,"ports":[[31000,31999]],"attrs":{"rack":"r1","zone":"z1"},"cpu_factor":1.0,"transport":"local"}"#).unwrap();
+        assert_eq!(
+            (h.cpus, h.ram_mb, h.attr("rack")),
+            (16000, 65536, Some("r1"))
+        );
+        let mut slot = vec![0u8; SLOT_SIZE];
+        h.encode(&mut slot).unwrap();
+        let crate::fixed::Slot::Live { version, body } = crate::fixed::open_slot(&slot).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(Host::decode(version, body).unwrap(), h);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (
+                r#"{"type":"host","name":"h","cpus":-1,"ram_mb":1}"#,
+                "field \"cpus\"",
+            ),
+            (
+                r#"{"type":"host","name":"h","cpus":1,"ram_mb":-5}"#,
+                "field \"ram_mb\"",
+            ),
+            (
+                r#"{"type":"host","name":"h","cpus":1,"ram_mb":"5"}"#,
+                "expected a whole number",
+            ),
+            (
+                r#"{"type":"host","name":"h","cpus":1,"ram_mb":1,"ports":[[10,20],[15,30]]}"#,
+                "overlaps",
+            ),
+            (
+                r#"{"type":"host","name":"h","cpus":1,"ram_mb":1,"ports":[[0,20]]}"#,
+                "within 1–65535",
+            ),
+            (
+                r#"{"type":"host","name":"a b","cpus":1,"ram_mb":1}"#,
+                "field \"name\"",
+            ),
+            (
+                r#"{"type":"host","name":"h\u0000","cpus":1,"ram_mb":1}"#,
+                "field \"name\"",
+            ),
+            (
+                r#"{"type":"host","name":"h","cpus":1,"ram":1}"#,
+                "unknown field \"ram\"",
+            ),
+            (
+                r#"{"type":"host","name":"h","cpus":1,"ram_mb":1,"attrs":{"host":"x"}}"#,
+                "reserved",
+            ),
+            (
+                r#"{"type":"host","name":"h","cpus":1,"ram_mb":1,"transport":"tcp"}"#,
+                "transport",
+            ),
+        ];
+        for (line, want) in cases {
+            let err = parse(line).unwrap_err();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn oversize_attributes_are_rejected_at_parse_time() {
+        let attrs: Vec<String> = (0..8)
+            .map(|i| format!("\"k{i}\":\"{}\"", "v".repeat(100)))
+            .collect();
+        let line = format!(
+            r#"{{"type":"host","name":"h","cpus":1,"ram_mb":1,"attrs":{{{}}}}}"#,
+            attrs.join(",")
+        );
+        assert!(parse(&line)
+            .unwrap_err()
+            .contains("a host record holds 512"));
+    }
+}

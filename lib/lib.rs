@@ -1,0 +1,15 @@
+//! formic: schedule stateless services onto a fleet of hosts with small Unix tools.
+//!
+//! The modules follow the data flow: `records` (JSON lines on pipes) and `state` (the shared
+//! state file) are what the tools exchange; `host` and `task` are the records themselves;
+//! each tool (`offer`, …) is a module with a `Cli` and a `run`.
+
+pub mod cli;
+pub mod exit;
+pub mod fixed;
+pub mod host;
+pub mod offer;
+pub mod records;
+pub mod state;
+pub mod task;
+pub mod usage;

@@ -1,0 +1,611 @@
+//! `offer`: the host inventory. It adds, updates and removes hosts, keeps their maintenance
+//! state, and prints one offer per host that may take work: its capacity left after the
+//! reservations of the tasks it holds.
+
+use std::collections::HashMap;
+use std::io::{self, IsTerminal};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::cli::{self, num, OutputArgs, StateArgs};
+use crate::exit::{bad_input, Status, TABLE};
+use crate::host::{self, check_text, cores, Host, Maintenance, Mode};
+use crate::records::{self, Record, Writer};
+use crate::state::{State, Txn, View};
+use crate::task::{TaskState, NO_HOST};
+use crate::usage::{self, Free, Usage};
+
+/// Keep the host inventory and print what each host offers.
+///
+/// With no verb, prints one offer record per host that may take work: its free capacity
+/// after reservations, free port ranges, attributes and cpu_factor. Draining and drained
+/// hosts are not offered; hosts scheduled for maintenance are, marked so pack uses them last.
+#[derive(Parser, Debug)]
+#[command(name = "offer", version, after_help = TABLE)]
+pub struct Cli {
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(subcommand)]
+    pub verb: Option<Verb>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Add or update hosts from host records on standard input, all in one transaction.
+    /// Lines of other types pass through to standard output.
+    Add {
+        /// Register this machine under NAME with its real cores, memory and disk instead of
+        /// reading standard input
+        #[arg(long, value_name = "NAME")]
+        probe: Option<String>,
+        /// With --probe: an attribute of the host (repeatable)
+        #[arg(long = "attr", value_name = "KEY=VALUE", requires = "probe")]
+        attrs: Vec<String>,
+        /// With --probe: the port range the host offers
+        #[arg(
+            long,
+            value_name = "LOW-HIGH",
+            default_value = "31000-32000",
+            requires = "probe"
+        )]
+        ports: String,
+    },
+    /// Remove hosts from the inventory. Refuses while tasks hold reservations there.
+    Remove {
+        #[arg(required = true, value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Remove anyway; the tasks placed there become LOST
+        #[arg(long)]
+        force: bool,
+    },
+    /// Schedule maintenance: the hosts are still offered, but pack uses them last
+    Schedule {
+        #[arg(required = true, value_name = "HOST")]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        why: Why,
+    },
+    /// Drain hosts: offer them no more, so their tasks are stopped and placed elsewhere.
+    /// A draining host with no tasks left is drained.
+    Drain {
+        #[arg(required = true, value_name = "HOST")]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        why: Why,
+    },
+    /// End maintenance: the hosts take work again
+    Undrain {
+        #[arg(required = true, value_name = "HOST")]
+        hosts: Vec<String>,
+    },
+    /// List hosts with capacity, free capacity, tasks, maintenance and attributes
+    Hosts {
+        /// Only these hosts
+        #[arg(value_name = "HOST")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Why {
+    /// Why the maintenance is done
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+    /// Who asked for it [default: $USER]
+    #[arg(long, value_name = "WHO", env = "FORMIC_OWNER")]
+    pub owner: Option<String>,
+}
+
+pub fn run(cli: Cli) -> Result<Status> {
+    let path = cli.state.path();
+    match cli.verb {
+        None => offers(&State::open(&path)?, &cli.output),
+        Some(Verb::Hosts { hosts }) => list_hosts(&State::open(&path)?, &hosts, &cli.output),
+        Some(Verb::Add {
+            probe: Some(name),
+            attrs,
+            ports,
+        }) => {
+            let host = probe_host(&name, &attrs, &ports, &path)?;
+            add(&mut State::open_writer(&path)?, vec![(0, host)], Vec::new())
+        }
+        Some(Verb::Add { probe: None, .. }) => {
+            let (hosts, others) = read_hosts(io::stdin().lock())?;
+            add(&mut State::open_writer(&path)?, hosts, others)
+        }
+        Some(Verb::Remove { hosts, force }) => {
+            remove(&mut State::open_writer(&path)?, &hosts, force)
+        }
+        Some(Verb::Schedule { hosts, why }) => maintain(
+            &mut State::open_writer(&path)?,
+            &hosts,
+            Mode::Scheduled,
+            &why,
+            &cli.output,
+        ),
+        Some(Verb::Drain { hosts, why }) => maintain(
+            &mut State::open_writer(&path)?,
+            &hosts,
+            Mode::Draining,
+            &why,
+            &cli.output,
+        ),
+        Some(Verb::Undrain { hosts }) => {
+            let why = Why {
+                reason: String::new(),
+                owner: None,
+            };
+            maintain(
+                &mut State::open_writer(&path)?,
+                &hosts,
+                Mode::None,
+                &why,
+                &cli.output,
+            )
+        }
+    }
+}
+
+/// Reads a batch of host records. Every bad line is reported; any bad line fails the whole
+/// batch before anything is written.
+pub fn read_hosts(input: impl io::BufRead) -> Result<(Vec<(u64, Host)>, Vec<Record>)> {
+    let mut hosts = Vec::new();
+    let mut others = Vec::new();
+    let mut errors = Vec::new();
+    let mut first_line: HashMap<String, u64> = HashMap::new();
+    for item in records::Reader::new(input) {
+        let rec = match item {
+            Ok(rec) => rec,
+            Err(e) if crate::exit::status_of(&e) == Status::BadInput => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if rec.kind() != "host" {
+            others.push(rec);
+            continue;
+        }
+        match Host::from_record(&rec) {
+            Ok(h) => match first_line.get(&h.name) {
+                Some(first) => errors.push(format!(
+                    "line {}: host {} is already on line {first}",
+                    rec.line, h.name
+                )),
+                None => {
+                    first_line.insert(h.name.clone(), rec.line);
+                    hosts.push((rec.line, h));
+                }
+            },
+            Err(e) => errors.push(format!("line {}: {e}", rec.line)),
+        }
+    }
+    report_bad(&errors, "host records")?;
+    Ok((hosts, others))
+}
+
+/// Prints every error but the last, and returns the last with a count: one line each.
+fn report_bad(errors: &[String], what: &str) -> Result<()> {
+    let Some((last, rest)) = errors.split_last() else {
+        return Ok(());
+    };
+    for e in rest.iter().take(99) {
+        eprintln!("offer: {e}");
+    }
+    if rest.len() > 99 {
+        eprintln!("offer: … and {} more", rest.len() - 99);
+    }
+    let n = errors.len();
+    Err(bad_input(format!(
+        "{last} ({n} bad {what}; nothing was changed)"
+    )))
+}
+
+fn add(state: &mut State, hosts: Vec<(u64, Host)>, others: Vec<Record>) -> Result<Status> {
+    let (added, updated) = state.write(|tx| {
+        let (mut added, mut updated) = (0, 0);
+        for (_, mut h) in hosts {
+            match tx.view().hosts.find(&h.name) {
+                Some(slot) => {
+                    // An update replaces capacity and attributes; maintenance belongs to
+                    // the operator's drain commands, not to the inventory feed.
+                    h.maintenance = tx.view().hosts.get(slot).unwrap().maintenance.clone();
+                    tx.set(slot, Some(h));
+                    updated += 1;
+                }
+                None => {
+                    tx.upsert(h);
+                    added += 1;
+                }
+            }
+        }
+        Ok((added, updated))
+    })?;
+    let mut out = Writer::stdout();
+    for rec in &others {
+        out.raw(&rec.raw)?;
+    }
+    out.finish()?;
+    if io::stderr().is_terminal() {
+        eprintln!("offer: {added} hosts added, {updated} updated");
+    }
+    Ok(Status::Done)
+}
+
+/// Finds every named host or fails naming the first unknown one.
+fn slots_of(view: &View, names: &[String]) -> Result<Vec<u32>> {
+    names
+        .iter()
+        .map(|n| {
+            view.hosts
+                .find(n)
+                .ok_or_else(|| bad_input(format!("no host named {n:?}")))
+        })
+        .collect()
+}
+
+fn remove(state: &mut State, names: &[String], force: bool) -> Result<Status> {
+    state.write(|tx| {
+        let slots = slots_of(tx.view(), names)?;
+        let placed: Vec<u32> = tx
+            .view()
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.host != NO_HOST && slots.contains(&t.host))
+            .map(|(s, _)| s)
+            .collect();
+        let busy = placed
+            .iter()
+            .filter(|&&s| tx.view().tasks.get(s).unwrap().state.holds_resources());
+        if let (Some(&t), false) = (busy.clone().next(), force) {
+            let host = &tx
+                .view()
+                .hosts
+                .get(tx.view().tasks.get(t).unwrap().host)
+                .unwrap()
+                .name;
+            return Err(bad_input(format!(
+                "host {host} holds {} tasks; drain it first, or --force to mark them LOST",
+                busy.count()
+            )));
+        }
+        for slot in placed {
+            let mut task = tx.view().tasks.get(slot).unwrap().clone();
+            if task.state.holds_resources() {
+                task.state = TaskState::Lost;
+                task.since = tx.now();
+            }
+            task.host = NO_HOST; // the slot may be reused by another host
+            tx.set(slot, Some(task));
+        }
+        for slot in slots {
+            tx.remove::<Host>(slot);
+        }
+        Ok(())
+    })?;
+    Ok(Status::Done)
+}
+
+fn maintain(
+    state: &mut State,
+    names: &[String],
+    mode: Mode,
+    why: &Why,
+    output: &OutputArgs,
+) -> Result<Status> {
+    check_text("--reason", &why.reason).map_err(bad_input)?;
+    let owner = why.owner.clone().unwrap_or_else(operator);
+    check_text("--owner", &owner).map_err(bad_input)?;
+    let changed = state.write(|tx| {
+        let slots = slots_of(tx.view(), names)?;
+        let usage = usage::by_host(tx.view());
+        let mut changed = Vec::new();
+        for slot in slots {
+            let mut h = tx.view().hosts.get(slot).unwrap().clone();
+            let tasks = usage[slot as usize].tasks;
+            let target = settled(mode, tasks);
+            let same_mode = h.maintenance.mode == target
+                || (mode == Mode::Draining && h.maintenance.mode == Mode::Drained);
+            if !same_mode
+                || (mode != Mode::None
+                    && h.maintenance.reason != why.reason
+                    && !why.reason.is_empty())
+            {
+                h.maintenance = match mode {
+                    Mode::None => Maintenance::none(),
+                    _ => Maintenance {
+                        mode: target,
+                        reason: why.reason.clone(),
+                        owner: owner.clone(),
+                        since: tx.now(),
+                    },
+                };
+                h.fits()
+                    .map_err(|e| bad_input(format!("host {}: {e}", h.name)))?;
+                tx.set(slot, Some(h.clone()));
+            }
+            changed.push((h, tasks));
+        }
+        Ok(changed)
+    })?;
+    let mut out = Writer::stdout();
+    if output.human() {
+        let rows: Vec<Vec<String>> = changed
+            .iter()
+            .map(|(h, n)| {
+                vec![
+                    h.name.clone(),
+                    h.maintenance.mode.name().into(),
+                    n.to_string(),
+                    h.maintenance.reason.clone(),
+                ]
+            })
+            .collect();
+        out.text(&cli::table(
+            &["HOST", "MAINTENANCE", "TASKS", "REASON"],
+            &rows,
+        ))?;
+    } else {
+        for (h, n) in &changed {
+            let mut m = host::maintenance_json(&h.maintenance);
+            let o = m.as_object_mut().unwrap();
+            o.insert("type".into(), json!("maintenance"));
+            o.insert("host".into(), json!(h.name));
+            o.insert("tasks".into(), json!(n));
+            let ordered: Map<String, Value> =
+                ["type", "host", "state", "tasks", "reason", "owner", "since"]
+                    .iter()
+                    .filter_map(|k| o.get(*k).map(|v| (k.to_string(), v.clone())))
+                    .collect();
+            out.record(&Value::Object(ordered))?;
+        }
+    }
+    out.finish()?;
+    Ok(Status::Done)
+}
+
+/// Who is at the keyboard: $USER, else the name of the effective user.
+fn operator() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            let uid = nix::unistd::geteuid();
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map_or_else(|| uid.to_string(), |u| u.name)
+        })
+}
+
+/// A drain with no tasks left to move is already complete.
+fn settled(mode: Mode, tasks: u32) -> Mode {
+    if mode == Mode::Draining && tasks == 0 {
+        Mode::Drained
+    } else {
+        mode
+    }
+}
+
+/// Moves draining hosts that no longer hold tasks to drained. Any transaction that stops
+/// tasks calls this, so "drained" always means "nothing left there".
+pub fn settle_drains(tx: &mut Txn) {
+    let usage = usage::by_host(tx.view());
+    let done: Vec<u32> = tx
+        .view()
+        .hosts
+        .iter()
+        .filter(|(s, h)| h.maintenance.mode == Mode::Draining && usage[*s as usize].tasks == 0)
+        .map(|(s, _)| s)
+        .collect();
+    for slot in done {
+        let mut h = tx.view().hosts.get(slot).unwrap().clone();
+        h.maintenance.mode = Mode::Drained;
+        h.maintenance.since = tx.now();
+        tx.set(slot, Some(h));
+    }
+}
+
+/// Hosts in name order with what they hold and what is free.
+fn inventory<'a>(view: &'a View, only: &[String]) -> Result<Vec<(&'a Host, Usage, Free)>> {
+    let usage = usage::by_host(view);
+    let mut hosts: Vec<(u32, &Host)> = if only.is_empty() {
+        view.hosts.iter().collect()
+    } else {
+        slots_of(view, only)?
+            .into_iter()
+            .map(|s| (s, view.hosts.get(s).unwrap()))
+            .collect()
+    };
+    hosts.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    Ok(hosts
+        .into_iter()
+        .map(|(s, h)| {
+            let used = usage[s as usize].clone();
+            let free = usage::free(h, &used);
+            (h, used, free)
+        })
+        .collect())
+}
+
+/// The maintenance state as people and pack read it: a draining host with nothing left on
+/// it is drained even before a writer has recorded so.
+fn shown_mode(h: &Host, used: &Usage) -> Mode {
+    settled(h.maintenance.mode, used.tasks)
+}
+
+fn offers(state: &State, output: &OutputArgs) -> Result<Status> {
+    let inv = inventory(state.view(), &[])?;
+    let mut out = Writer::stdout();
+    let offered = inv.iter().filter(|(h, u, _)| shown_mode(h, u).takes_work());
+    if output.human() {
+        let rows: Vec<Vec<String>> = offered
+            .map(|(h, u, f)| {
+                vec![
+                    h.name.clone(),
+                    num(cores(f.cpus as u32)),
+                    f.ram_mb.to_string(),
+                    f.disk_mb.to_string(),
+                    f.gpus.to_string(),
+                    ports_text(&f.ports),
+                    shown_mode(h, u).name().into(),
+                    attrs_text(&h.attrs),
+                ]
+            })
+            .collect();
+        out.text(&cli::table(
+            &[
+                "HOST", "CPUS", "RAM_MB", "DISK_MB", "GPUS", "PORTS", "MAINT", "ATTRS",
+            ],
+            &rows,
+        ))?;
+    } else {
+        for (h, u, f) in offered {
+            let mut m = Map::new();
+            m.insert("type".into(), json!("offer"));
+            m.insert("host".into(), json!(h.name));
+            m.insert("cpus".into(), json!(cores(f.cpus as u32)));
+            m.insert("ram_mb".into(), json!(f.ram_mb));
+            m.insert("disk_mb".into(), json!(f.disk_mb));
+            m.insert("gpus".into(), json!(f.gpus));
+            m.insert("ports".into(), host::ranges_json(&f.ports));
+            m.insert("attrs".into(), host::attrs_json(&h.attrs));
+            m.insert("cpu_factor".into(), json!(h.cpu_factor));
+            m.insert("maintenance".into(), json!(shown_mode(h, u).name()));
+            out.record(&Value::Object(m))?;
+        }
+    }
+    out.finish()?;
+    Ok(Status::Done)
+}
+
+fn list_hosts(state: &State, only: &[String], output: &OutputArgs) -> Result<Status> {
+    let inv = inventory(state.view(), only)?;
+    let mut out = Writer::stdout();
+    if output.human() {
+        let rows: Vec<Vec<String>> = inv
+            .iter()
+            .map(|(h, u, f)| {
+                vec![
+                    h.name.clone(),
+                    format!("{}/{}", num(cores(f.cpus as u32)), num(cores(h.cpus))),
+                    format!("{}/{}", f.ram_mb, h.ram_mb),
+                    format!("{}/{}", f.disk_mb, h.disk_mb),
+                    format!("{}/{}", f.gpus, h.gpus),
+                    u.tasks.to_string(),
+                    shown_mode(h, u).name().into(),
+                    attrs_text(&h.attrs),
+                ]
+            })
+            .collect();
+        let headers = [
+            "HOST",
+            "CPUS_FREE",
+            "RAM_MB_FREE",
+            "DISK_MB_FREE",
+            "GPUS_FREE",
+            "TASKS",
+            "MAINT",
+            "ATTRS",
+        ];
+        out.text(&cli::table(&headers, &rows))?;
+    } else {
+        for (h, u, f) in &inv {
+            let mut m = h.to_json();
+            m.insert(
+                "free".into(),
+                json!({"cpus": cores(f.cpus as u32), "ram_mb": f.ram_mb, "disk_mb": f.disk_mb,
+                       "gpus": f.gpus, "ports": host::ranges_json(&f.ports)}),
+            );
+            m.insert("tasks".into(), json!(u.tasks));
+            let mut maint = h.maintenance.clone();
+            maint.mode = shown_mode(h, u);
+            m.insert("maintenance".into(), host::maintenance_json(&maint));
+            out.record(&Value::Object(m))?;
+        }
+    }
+    out.finish()?;
+    Ok(Status::Done)
+}
+
+fn ports_text(ranges: &[(u16, u16)]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn attrs_text(attrs: &[(String, String)]) -> String {
+    let parts: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// This machine as a host: its online cores, total memory, and the size of the filesystem
+/// that holds the state (where sandboxes live).
+fn probe_host(name: &str, attrs: &[String], ports: &str, state: &std::path::Path) -> Result<Host> {
+    host::check_name(name).map_err(|e| bad_input(format!("--probe: host name {e}")))?;
+    let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .context("counting cores")?
+        .unwrap_or(1)
+        .max(1) as f64;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    let mut dir = state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(std::path::Path::new("/"));
+    }
+    let fs =
+        nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    let disk_mb = fs.blocks() as u64 * fs.fragment_size() as u64 >> 20;
+    let mut fields = Map::new();
+    let (lo, hi) = ports
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+        .ok_or_else(|| bad_input(format!("--ports {ports:?}: expected LOW-HIGH")))?;
+    let mut attr_map = Map::new();
+    for a in attrs {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| bad_input(format!("--attr {a:?}: expected KEY=VALUE")))?;
+        attr_map.insert(k.into(), json!(v));
+    }
+    fields.insert("type".into(), json!("host"));
+    fields.insert("name".into(), json!(name));
+    fields.insert("cpus".into(), json!(cpus));
+    fields.insert("ram_mb".into(), json!(kb / 1024));
+    fields.insert("disk_mb".into(), json!(disk_mb));
+    fields.insert("ports".into(), json!([[lo, hi]]));
+    fields.insert("attrs".into(), Value::Object(attr_map));
+    let rec = Record {
+        line: 0,
+        raw: String::new(),
+        fields,
+    };
+    Host::from_record(&rec).map_err(|e| bad_input(format!("--probe: {e}")))
+}

@@ -1,0 +1,796 @@
+//! The state file: hosts, jobs and tasks of one cluster, shared by every tool.
+//!
+//! Promises (DESIGN.md): many readers and one writer at a time; a transaction is
+//! all-or-nothing; a crash at any point leaves the old or the new state and never loses a
+//! transaction that was reported; a commit costs what it changed, not the cluster's size; a
+//! corrupt, truncated, foreign or newer file is an error (status 74) and is left as it is.
+//!
+//! How: the tables file (`STATE`) holds fixed-size, checksummed slots at fixed offsets and is
+//! only rewritten at checkpoints. A commit appends the new images of the slots it changed to
+//! the journal (`STATE.journal`) and fdatasyncs it — one sequential write and one flush,
+//! whatever the size of the tables. Opening maps the tables, decodes them and replays the
+//! journal over them. When the journal grows past a threshold the writer folds it into the
+//! tables (checkpoint): it marks the checkpoint sequence odd, writes the dirty slots, syncs,
+//! writes the next header copy, syncs, and marks the sequence even. A crash mid-checkpoint is
+//! harmless because the journal still holds every image the checkpoint was writing; a slot
+//! whose checksum fails is accepted only if the journal overwrites it.
+//!
+//! Readers take no lock: they note the checkpoint sequence, read, and check it did not move
+//! (a seqlock); only if a checkpoint keeps getting in the way do they take the lock shared.
+//! Writers take `STATE.lock` exclusively for the length of one transaction. The writer
+//! writes with pwrite, not through the mapping, so a full disk is an error it can report
+//! rather than a SIGBUS.
+
+mod journal;
+mod layout;
+mod table;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use memmap2::MmapOptions;
+
+use crate::exit::{fail, Status};
+use crate::fixed::{open_slot, Corrupt, Slot};
+use crate::host::Host;
+use crate::task::{Job, Task};
+use journal::Next;
+use layout::{Header, PAGE, SEQ_OFFSET};
+pub use table::{Kind, Stored, Table};
+
+/// Tuning for a state handle; the defaults suit the tools.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a writer waits for the lock before giving up with status 75.
+    pub lock_timeout: Duration,
+    /// Journal size that triggers a checkpoint.
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lock_timeout: Duration::from_secs(30),
+            checkpoint_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The cluster as of one committed transaction.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub hosts: Table<Host>,
+    pub jobs: Table<Job>,
+    pub tasks: Table<Task>,
+    /// The last committed transaction this view includes.
+    pub txid: u64,
+}
+
+/// A record kind together with where it lives in a [`View`].
+pub trait Member: Stored {
+    fn table(view: &View) -> &Table<Self>;
+    fn table_mut(view: &mut View) -> &mut Table<Self>;
+    /// What to log so that replacing `old` in `slot` can be undone.
+    fn undo(slot: u32, old: Option<Self>) -> Undo;
+}
+
+macro_rules! member {
+    ($t:ty, $field:ident, $variant:ident) => {
+        impl Member for $t {
+            fn table(v: &View) -> &Table<Self> {
+                &v.$field
+            }
+            fn table_mut(v: &mut View) -> &mut Table<Self> {
+                &mut v.$field
+            }
+            fn undo(slot: u32, old: Option<Self>) -> Undo {
+                Undo::$variant(slot, old)
+            }
+        }
+    };
+}
+
+member!(Host, hosts, Host);
+member!(Job, jobs, Job);
+member!(Task, tasks, Task);
+
+impl View {
+    /// Decodes one slot image into its table; `Ok(false)` when the checksum fails.
+    fn apply_image(&mut self, kind: Kind, slot: u32, image: &[u8]) -> Result<bool, Corrupt> {
+        fn put<T: Member>(v: &mut View, slot: u32, image: &[u8]) -> Result<bool, Corrupt> {
+            let value = match open_slot(image) {
+                Ok(Slot::Empty) => None,
+                Ok(Slot::Live { version, body }) => Some(T::decode(version, body)?),
+                Err(_) => return Ok(false),
+            };
+            T::table_mut(v).set(slot, value);
+            Ok(true)
+        }
+        match kind {
+            Kind::Host => put::<Host>(self, slot, image),
+            Kind::Job => put::<Job>(self, slot, image),
+            Kind::Task => put::<Task>(self, slot, image),
+        }
+    }
+
+    /// Encodes the current content of a slot (zeros when empty).
+    fn image(&self, kind: Kind, slot: u32) -> Result<Vec<u8>> {
+        fn enc<T: Member>(v: &View, slot: u32) -> Result<Vec<u8>> {
+            let mut img = vec![0u8; T::KIND.slot_size()];
+            if let Some(value) = T::table(v).get(slot) {
+                value.encode(&mut img).map_err(|t| {
+                    fail(
+                        Status::BadInput,
+                        format!(
+                            "a {} record needs {} bytes; its slot holds {}",
+                            T::KIND.name(),
+                            t.needed,
+                            t.room
+                        ),
+                    )
+                })?;
+            }
+            Ok(img)
+        }
+        match kind {
+            Kind::Host => enc::<Host>(self, slot),
+            Kind::Job => enc::<Job>(self, slot),
+            Kind::Task => enc::<Task>(self, slot),
+        }
+    }
+
+    fn high_water(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Host => self.hosts.high_water(),
+            Kind::Job => self.jobs.high_water(),
+            Kind::Task => self.tasks.high_water(),
+        }
+    }
+}
+
+/// What a transaction overwrote, so an abandoned one can be put back.
+pub enum Undo {
+    Host(u32, Option<Host>),
+    Job(u32, Option<Job>),
+    Task(u32, Option<Task>),
+}
+
+impl Undo {
+    fn target(&self) -> (Kind, u32) {
+        match self {
+            Undo::Host(s, _) => (Kind::Host, *s),
+            Undo::Job(s, _) => (Kind::Job, *s),
+            Undo::Task(s, _) => (Kind::Task, *s),
+        }
+    }
+
+    fn revert(self, v: &mut View) {
+        match self {
+            Undo::Host(s, old) => {
+                v.hosts.set(s, old);
+            }
+            Undo::Job(s, old) => {
+                v.jobs.set(s, old);
+            }
+            Undo::Task(s, old) => {
+                v.tasks.set(s, old);
+            }
+        }
+    }
+}
+
+/// One transaction in progress: changes go straight into the view and are logged so they
+/// can be reverted if the body fails or the commit cannot be made durable.
+pub struct Txn<'a> {
+    view: &'a mut View,
+    undo: Vec<Undo>,
+    now: f64,
+}
+
+impl<'a> Txn<'a> {
+    pub fn view(&self) -> &View {
+        self.view
+    }
+
+    /// The transaction's clock: one reading, so every record it stamps agrees.
+    pub fn now(&self) -> f64 {
+        self.now
+    }
+
+    /// Puts `value` (or nothing) into `slot` of its table.
+    pub fn set<T: Member>(&mut self, slot: u32, value: Option<T>) {
+        let old = T::table_mut(self.view).set(slot, value);
+        self.undo.push(T::undo(slot, old));
+    }
+
+    /// Inserts or replaces the record with `value`'s key; returns its slot.
+    pub fn upsert<T: Member>(&mut self, value: T) -> u32 {
+        let table = T::table(self.view);
+        let slot = table
+            .find(&value.key())
+            .unwrap_or_else(|| table.next_free());
+        self.set(slot, Some(value));
+        slot
+    }
+
+    pub fn remove<T: Member>(&mut self, slot: u32) {
+        self.set::<T>(slot, None);
+    }
+
+    fn rollback(self) {
+        for u in self.undo.into_iter().rev() {
+            u.revert(self.view);
+        }
+    }
+}
+
+/// An open state file.
+pub struct State {
+    path: PathBuf,
+    tables: File,
+    journal: Option<File>,
+    lock: Option<File>,
+    writable: bool,
+    /// Set when a flush failed: what is on disk is no longer known, so this handle stops.
+    poisoned: bool,
+    header: Header,
+    view: View,
+    journal_end: u64,
+    /// Slots the journal has changed since the last checkpoint.
+    dirty: BTreeSet<(Kind, u32)>,
+    opts: Options,
+}
+
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
+    fail(
+        Status::Io,
+        format!(
+            "state file {} is unusable: {why}; left as it is",
+            path.display()
+        ),
+    )
+}
+
+pub fn journal_path(path: &Path) -> PathBuf {
+    suffixed(path, ".journal")
+}
+
+pub fn lock_path(path: &Path) -> PathBuf {
+    suffixed(path, ".lock")
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Files are created readable by the group and never by the world, let alone writable.
+const FILE_MODE: u32 = 0o640;
+
+impl State {
+    /// Opens an existing state file for reading.
+    pub fn open(path: &Path) -> Result<State> {
+        Self::open_with(path, Options::default(), false)
+    }
+
+    /// Opens a state file for writing, creating it (and its directory) when missing.
+    pub fn open_writer(path: &Path) -> Result<State> {
+        Self::open_with(path, Options::default(), true)
+    }
+
+    pub fn open_with(path: &Path, opts: Options, writable: bool) -> Result<State> {
+        let lock = if writable {
+            Some(create_files(path, &opts)?)
+        } else {
+            OpenOptions::new().read(true).open(lock_path(path)).ok()
+        };
+        let tables = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| {
+                let ctx = format!("cannot open state file {}", path.display());
+                if e.kind() == io::ErrorKind::NotFound {
+                    fail(
+                        Status::Io,
+                        format!("{ctx}: it does not exist (`offer add` creates it; see --state)"),
+                    )
+                } else {
+                    anyhow::Error::from(e).context(ctx)
+                }
+            })?;
+        let journal = match OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(journal_path(path))
+        {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !writable => None,
+            Err(e) => {
+                return Err(e).context(format!("cannot open {}", journal_path(path).display()))
+            }
+        };
+        let mut state = State {
+            path: path.to_path_buf(),
+            tables,
+            journal,
+            lock,
+            writable,
+            poisoned: false,
+            header: Header::new(),
+            view: View::default(),
+            journal_end: journal::START,
+            dirty: BTreeSet::new(),
+            opts,
+        };
+        state.read_consistent()?;
+        Ok(state)
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Brings the view up to date with what has been committed since it was read.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.read_consistent()
+    }
+
+    /// Runs `body` as one transaction: all of its changes are committed durably, or none.
+    pub fn write<R>(&mut self, body: impl FnOnce(&mut Txn) -> Result<R>) -> Result<R> {
+        if !self.writable {
+            return Err(fail(Status::Usage, "state opened read-only"));
+        }
+        if self.poisoned {
+            return Err(fail(
+                Status::Io,
+                "an earlier flush of the state failed; not writing",
+            ));
+        }
+        let lock = self.lock.take().expect("writers hold a lock file");
+        let result = lock_file(&lock, true, self.opts.lock_timeout, &self.path)
+            .and_then(|()| self.write_locked(body));
+        let _ = lock.unlock();
+        self.lock = Some(lock);
+        result
+    }
+
+    fn write_locked<R>(&mut self, body: impl FnOnce(&mut Txn) -> Result<R>) -> Result<R> {
+        self.catch_up()?;
+        if self.read_seq()? % 2 == 1 {
+            self.checkpoint()
+                .context("finishing an interrupted checkpoint")?;
+        }
+        let mut txn = Txn {
+            view: &mut self.view,
+            undo: Vec::new(),
+            now: now(),
+        };
+        let out = match body(&mut txn) {
+            Ok(out) => out,
+            Err(e) => {
+                txn.rollback();
+                return Err(e);
+            }
+        };
+        let changed: BTreeSet<(Kind, u32)> = txn.undo.iter().map(Undo::target).collect();
+        if changed.is_empty() {
+            return Ok(out);
+        }
+        let images = changed
+            .iter()
+            .map(|&(k, s)| txn.view.image(k, s).map(|img| (k, s, img)))
+            .collect::<Result<Vec<_>>>();
+        let images = match images {
+            Ok(i) => i,
+            Err(e) => {
+                txn.rollback();
+                return Err(e);
+            }
+        };
+        let entry = journal::encode_entry(self.header.gen, txn.view.txid + 1, &images);
+        let journal = self.journal.as_ref().expect("writers have a journal");
+        if let Err(e) = journal.write_all_at(&entry, self.journal_end) {
+            txn.rollback();
+            return Err(e).context("appending to the journal");
+        }
+        // The one flush that makes the transaction durable. If it fails, the kernel may
+        // already have dropped the dirty pages and a second fsync would "succeed" without
+        // writing them (Linux): never retry; report, and stop using this handle.
+        if let Err(e) = journal.sync_data() {
+            txn.rollback();
+            self.poisoned = true;
+            return Err(e)
+                .context("flushing the journal failed; the transaction was not reported done");
+        }
+        txn.view.txid += 1;
+        self.journal_end += entry.len() as u64;
+        self.dirty.extend(changed);
+        if self.journal_end > self.opts.checkpoint_bytes {
+            // The transaction is durable whatever happens here; a failed checkpoint is
+            // finished by the next writer, so it is reported but does not undo the commit.
+            if let Err(e) = self.checkpoint() {
+                self.poisoned = true;
+                eprintln!(
+                    "formic: checkpoint of {} failed (the next writer finishes it): {e:#}",
+                    self.path.display()
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the whole state so that it is consistent: optimistically without a lock, and
+    /// under a shared lock if checkpoints keep moving underneath.
+    fn read_consistent(&mut self) -> Result<()> {
+        if self.writable {
+            let lock = self.lock.take().expect("writers hold a lock file");
+            let r = lock_file(&lock, true, self.opts.lock_timeout, &self.path)
+                .and_then(|()| self.load());
+            let _ = lock.unlock();
+            self.lock = Some(lock);
+            return r;
+        }
+        for attempt in 0..4u64 {
+            let before = self.read_seq()?;
+            if before % 2 == 0 && self.load().is_ok() && self.read_seq()? == before {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(attempt * 5));
+        }
+        let Some(lock) = self.lock.take() else {
+            return self.load();
+        };
+        let r =
+            lock_file(&lock, false, self.opts.lock_timeout, &self.path).and_then(|()| self.load());
+        let _ = lock.unlock();
+        self.lock = Some(lock);
+        r
+    }
+
+    fn read_seq(&self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.tables
+            .read_exact_at(&mut b, SEQ_OFFSET as u64)
+            .map_err(|_| corrupt(&self.path, "truncated: shorter than its header page"))?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn read_header(&self) -> Result<Header> {
+        let len = self
+            .tables
+            .metadata()
+            .context("reading the state file's size")?
+            .len();
+        let mut page0 = vec![0u8; PAGE as usize];
+        let n = read_up_to(&self.tables, &mut page0, 0).context("reading the state file")?;
+        layout::read_header(&page0[..n], len).map_err(|c| corrupt(&self.path, c))
+    }
+
+    /// Reads tables and journal from scratch into a fresh view.
+    fn load(&mut self) -> Result<()> {
+        let header = self.read_header()?;
+        let mut view = View::default();
+        let mut torn = BTreeSet::new();
+        {
+            // Map exactly what the header says is in use: never past the end of the file.
+            let map = unsafe {
+                MmapOptions::new()
+                    .len(header.end as usize)
+                    .populate()
+                    .map(&self.tables)
+            }
+            .context("mapping the state file")?;
+            for kind in table::KINDS {
+                let desc = header.table(kind);
+                let size = desc.slot_size as usize;
+                for (first, offset, count) in desc.runs() {
+                    let run = &map[offset as usize..offset as usize + count as usize * size];
+                    for (i, image) in run.chunks_exact(size).enumerate() {
+                        let slot = first + i as u32;
+                        let ok = view.apply_image(kind, slot, image).map_err(|c| {
+                            corrupt(&self.path, format!("{} slot {slot}: {c}", kind.name()))
+                        })?;
+                        if !ok {
+                            torn.insert((kind, slot));
+                        }
+                    }
+                }
+            }
+        }
+        view.txid = header.txid;
+        let mut dirty = BTreeSet::new();
+        let journal_end = self.replay(&header, &mut view, journal::START, &mut dirty, &mut torn)?;
+        if let Some((kind, slot)) = torn.first() {
+            return Err(corrupt(
+                &self.path,
+                format!("{} slot {slot}: checksum mismatch", kind.name()),
+            ));
+        }
+        self.header = header;
+        self.view = view;
+        self.journal_end = journal_end;
+        self.dirty = dirty;
+        Ok(())
+    }
+
+    /// Applies journal entries from `from` onward; returns where the valid entries end.
+    fn replay(
+        &self,
+        header: &Header,
+        view: &mut View,
+        from: u64,
+        dirty: &mut BTreeSet<(Kind, u32)>,
+        torn: &mut BTreeSet<(Kind, u32)>,
+    ) -> Result<u64> {
+        let Some(journal) = &self.journal else {
+            return Ok(from);
+        };
+        let jpath = journal_path(&self.path);
+        let len = journal
+            .metadata()
+            .context("reading the journal's size")?
+            .len();
+        if len < journal::START {
+            return Err(corrupt(&jpath, "truncated: shorter than its header"));
+        }
+        let mut magic = [0u8; 8];
+        journal
+            .read_exact_at(&mut magic, 0)
+            .context("reading the journal")?;
+        if &magic != journal::MAGIC {
+            return Err(corrupt(&jpath, "not a formic journal (bad magic)"));
+        }
+        let mut bytes = vec![0u8; len.saturating_sub(from) as usize];
+        let n = read_up_to(journal, &mut bytes, from).context("reading the journal")?;
+        bytes.truncate(n);
+        let mut at = 0usize;
+        loop {
+            let next =
+                journal::next_entry(&bytes[at..], header.gen, view.txid + 1).map_err(|e| {
+                    corrupt(&jpath, format!("entry at byte {}: {e}", from as usize + at))
+                })?;
+            let Next::Entry { len, changes } = next else {
+                break;
+            };
+            for c in changes {
+                let ok = view.apply_image(c.kind, c.slot, c.image).map_err(|e| {
+                    corrupt(
+                        &jpath,
+                        format!(
+                            "entry {}: {} slot {}: {e}",
+                            view.txid + 1,
+                            c.kind.name(),
+                            c.slot
+                        ),
+                    )
+                })?;
+                if !ok {
+                    return Err(corrupt(
+                        &jpath,
+                        format!("entry {} holds a damaged image", view.txid + 1),
+                    ));
+                }
+                dirty.insert((c.kind, c.slot));
+                torn.remove(&(c.kind, c.slot));
+            }
+            view.txid += 1;
+            at += len;
+        }
+        Ok(from + at as u64)
+    }
+
+    /// Under the write lock: applies what other writers committed since this view was read.
+    fn catch_up(&mut self) -> Result<()> {
+        let header = self.read_header()?;
+        if header.gen != self.header.gen {
+            return self.load(); // a checkpoint folded the journal we had been following
+        }
+        let mut view = std::mem::take(&mut self.view);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let result = self.replay(
+            &header,
+            &mut view,
+            self.journal_end,
+            &mut dirty,
+            &mut BTreeSet::new(),
+        );
+        self.view = view;
+        self.dirty = dirty;
+        match result {
+            Ok(end) => {
+                self.journal_end = end;
+                Ok(())
+            }
+            Err(e) => {
+                self.load()?; // our view may be half-updated: start again from the files
+                Err(e)
+            }
+        }
+    }
+
+    /// Folds the journal into the tables (see the module comment for the order of writes).
+    fn checkpoint(&mut self) -> Result<()> {
+        let mut next = self.header.clone();
+        next.gen += 1;
+        next.txid = self.view.txid;
+        for kind in table::KINDS {
+            let need = self.view.high_water(kind);
+            if !next.grow(kind, need as u64) {
+                return Err(fail(
+                    Status::Io,
+                    format!("table {} cannot grow past {need} slots", kind.name()),
+                ));
+            }
+            next.tables[kind as usize].used = need as u32;
+        }
+        let seq = self.read_seq()?;
+        let odd = seq | 1;
+        self.tables
+            .write_all_at(&odd.to_le_bytes(), SEQ_OFFSET as u64)
+            .context("marking checkpoint")?;
+        let len = self.tables.metadata()?.len();
+        if next.end > len {
+            self.tables
+                .set_len(next.end)
+                .context("growing the state file")?;
+        }
+        for &(kind, slot) in &self.dirty {
+            let image = self.view.image(kind, slot)?;
+            let at = next.table(kind).slot_range(slot).start as u64;
+            self.tables
+                .write_all_at(&image, at)
+                .context("writing the tables")?;
+        }
+        self.tables.sync_data().context("flushing the tables")?;
+        self.tables
+            .write_all_at(&next.encode(), layout::header_offset(next.gen))
+            .context("writing the header")?;
+        self.tables.sync_data().context("flushing the header")?;
+        let journal = self.journal.as_ref().expect("writers have a journal");
+        if journal.metadata()?.len() > 4 * self.opts.checkpoint_bytes.max(1 << 20) {
+            journal
+                .set_len(journal::START)
+                .context("shrinking the journal")?;
+        }
+        self.tables
+            .write_all_at(&(odd + 1).to_le_bytes(), SEQ_OFFSET as u64)
+            .context("ending checkpoint")?;
+        self.header = next;
+        self.journal_end = journal::START;
+        self.dirty.clear();
+        Ok(())
+    }
+
+    /// Folds the journal into the tables now (tests and benchmarks use this to measure
+    /// both paths; tools leave it to the threshold).
+    pub fn checkpoint_now(&mut self) -> Result<()> {
+        let lock = self.lock.take().expect("writers hold a lock file");
+        let r = lock_file(&lock, true, self.opts.lock_timeout, &self.path)
+            .and_then(|()| self.catch_up())
+            .and_then(|()| self.checkpoint());
+        let _ = lock.unlock();
+        self.lock = Some(lock);
+        r
+    }
+}
+
+fn read_up_to(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], at + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Takes the lock, waiting up to `timeout`; a lock still busy then is a temporary failure.
+fn lock_file(lock: &File, exclusive: bool, timeout: Duration, path: &Path) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let r = if exclusive {
+            lock.try_lock()
+        } else {
+            lock.try_lock_shared()
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(fail(
+                    Status::Temporary,
+                    format!(
+                        "state {} is locked by another writer (waited {:?})",
+                        path.display(),
+                        timeout
+                    ),
+                ))
+            }
+            Err(TryLockError::Error(e)) => return Err(e).context("locking the state"),
+        }
+    }
+}
+
+/// Creates the directory, lock file, tables file and journal as needed; returns the lock.
+fn create_files(path: &Path, opts: &Options) -> Result<File> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+    }
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(lock_path(path))
+        .with_context(|| format!("opening lock file {}", lock_path(path).display()))?;
+    if path.exists() && journal_path(path).exists() {
+        return Ok(lock);
+    }
+    lock_file(&lock, true, opts.lock_timeout, path)?;
+    let r = (|| {
+        if !path.exists() {
+            create_atomically(path, &layout::new_page0())?;
+        }
+        if !journal_path(path).exists() {
+            create_atomically(&journal_path(path), &journal::new_header())?;
+        }
+        Ok(())
+    })();
+    let _ = lock.unlock();
+    r.map(|()| lock)
+}
+
+/// Writes a new file under a temporary name, flushes it, and renames it into place, so a
+/// crash leaves either no file or a whole one.
+fn create_atomically(path: &Path, content: &[u8]) -> Result<()> {
+    let tmp = suffixed(path, ".new");
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all_at(content, 0)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}

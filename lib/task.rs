@@ -1,0 +1,262 @@
+//! Tasks and the jobs they belong to, as the state file keeps them.
+//!
+//! A task is one instance of a job (`role/env/name/instance`). Its record carries what it
+//! reserves on its host (the reservation), where it is in Aurora's life cycle, and how to
+//! recognise its process. Jobs are kept once and referenced by slot, so a million tasks do
+//! not repeat their job keys.
+
+use crate::fixed::{Corrupt, Decoder, Encoder, TooLarge};
+use crate::host::Millicores;
+
+/// Task states, after Aurora's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Pending = 0,
+    Throttled = 1,
+    Assigned = 2,
+    Starting = 3,
+    Running = 4,
+    Killing = 5,
+    Finished = 6,
+    Failed = 7,
+    Killed = 8,
+    Lost = 9,
+    Draining = 10,
+    Preempting = 11,
+}
+
+const STATES: [TaskState; 12] = [
+    TaskState::Pending,
+    TaskState::Throttled,
+    TaskState::Assigned,
+    TaskState::Starting,
+    TaskState::Running,
+    TaskState::Killing,
+    TaskState::Finished,
+    TaskState::Failed,
+    TaskState::Killed,
+    TaskState::Lost,
+    TaskState::Draining,
+    TaskState::Preempting,
+];
+
+impl TaskState {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Pending => "PENDING",
+            TaskState::Throttled => "THROTTLED",
+            TaskState::Assigned => "ASSIGNED",
+            TaskState::Starting => "STARTING",
+            TaskState::Running => "RUNNING",
+            TaskState::Killing => "KILLING",
+            TaskState::Finished => "FINISHED",
+            TaskState::Failed => "FAILED",
+            TaskState::Killed => "KILLED",
+            TaskState::Lost => "LOST",
+            TaskState::Draining => "DRAINING",
+            TaskState::Preempting => "PREEMPTING",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        STATES.iter().copied().find(|st| st.name() == s)
+    }
+
+    /// Whether a task in this state holds a reservation on its host: from the moment it is
+    /// assigned until its stop is complete.
+    pub fn holds_resources(self) -> bool {
+        matches!(
+            self,
+            TaskState::Assigned
+                | TaskState::Starting
+                | TaskState::Running
+                | TaskState::Killing
+                | TaskState::Draining
+                | TaskState::Preempting
+        )
+    }
+}
+
+/// No host: the task is pending, throttled or its host was removed.
+pub const NO_HOST: u32 = u32::MAX;
+/// The most named ports one task can hold.
+pub const MAX_PORTS: usize = 8;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    /// Slot of the task's job in the jobs table.
+    pub job: u32,
+    pub instance: u32,
+    /// Slot of the host in the hosts table, or [`NO_HOST`].
+    pub host: u32,
+    pub state: TaskState,
+    pub healthy: bool,
+    pub failures: u16,
+    pub pid: u32,
+    /// Start time of `pid` (clock ticks since boot, /proc/PID/stat field 22): pid plus start
+    /// time names a process uniquely, so a reused pid is never mistaken for the task.
+    pub pid_start: u64,
+    /// Reserved physical millicores on the host.
+    pub cpus: Millicores,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    pub gpus: u32,
+    /// Port numbers, in the order of the job's port names; 0 where unused.
+    pub ports: [u16; MAX_PORTS],
+    /// Hash of the job spec the task was placed from.
+    pub spec: u64,
+    /// Unix time the task entered its state.
+    pub since: f64,
+    /// THROTTLED tasks are not placed before this Unix time.
+    pub not_before: f64,
+    /// Exit status, or minus the signal number, of the last run.
+    pub exit: i32,
+}
+
+impl Task {
+    pub fn new(job: u32, instance: u32) -> Task {
+        Task {
+            job,
+            instance,
+            host: NO_HOST,
+            state: TaskState::Pending,
+            healthy: false,
+            failures: 0,
+            pid: 0,
+            pid_start: 0,
+            cpus: 0,
+            ram_mb: 0,
+            disk_mb: 0,
+            gpus: 0,
+            ports: [0; MAX_PORTS],
+            spec: 0,
+            since: 0.0,
+            not_before: 0.0,
+            exit: 0,
+        }
+    }
+}
+
+pub const TASK_SLOT_SIZE: usize = 128;
+const TASK_LAYOUT: u8 = 1;
+
+impl Task {
+    pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
+        let mut e = Encoder::new(slot);
+        e.u32(self.job);
+        e.u32(self.instance);
+        e.u32(self.host);
+        e.u8(self.state as u8);
+        e.u8(self.healthy as u8);
+        e.u16(self.failures);
+        e.u32(self.pid);
+        e.u64(self.pid_start);
+        e.u32(self.cpus);
+        e.u64(self.ram_mb);
+        e.u64(self.disk_mb);
+        e.u32(self.gpus);
+        for p in self.ports {
+            e.u16(p);
+        }
+        e.u64(self.spec);
+        e.f64(self.since);
+        e.f64(self.not_before);
+        e.i32(self.exit);
+        e.seal(TASK_LAYOUT)
+    }
+
+    pub fn decode(version: u8, body: &[u8]) -> Result<Task, Corrupt> {
+        if version != TASK_LAYOUT {
+            return Err(Corrupt(format!("task record layout {version} is unknown")));
+        }
+        let mut d = Decoder::new(body);
+        let job = d.u32()?;
+        let instance = d.u32()?;
+        let host = d.u32()?;
+        let state = *STATES
+            .get(d.u8()? as usize)
+            .ok_or_else(|| Corrupt("bad task state".into()))?;
+        let healthy = d.u8()? != 0;
+        let failures = d.u16()?;
+        let pid = d.u32()?;
+        let pid_start = d.u64()?;
+        let cpus = d.u32()?;
+        let ram_mb = d.u64()?;
+        let disk_mb = d.u64()?;
+        let gpus = d.u32()?;
+        let mut ports = [0u16; MAX_PORTS];
+        for p in &mut ports {
+            *p = d.u16()?;
+        }
+        Ok(Task {
+            job,
+            instance,
+            host,
+            state,
+            healthy,
+            failures,
+            pid,
+            pid_start,
+            cpus,
+            ram_mb,
+            disk_mb,
+            gpus,
+            ports,
+            spec: d.u64()?,
+            since: d.f64()?,
+            not_before: d.f64()?,
+            exit: d.i32()?,
+        })
+    }
+}
+
+/// A job as the state knows it: its key and the names of its ports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    /// `role/env/name`.
+    pub key: String,
+    pub ports: Vec<String>,
+}
+
+pub const JOB_SLOT_SIZE: usize = 512;
+const JOB_LAYOUT: u8 = 1;
+
+/// A job key is `role/env/name`, each part of letters, digits and `._-`.
+pub fn check_job_key(key: &str) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let ok_part = |p: &&str| {
+        !p.is_empty()
+            && p.len() <= 64
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    if parts.len() != 3 || !parts.iter().all(ok_part) {
+        return Err(format!(
+            "job key {key:?} is not role/env/name (letters, digits, . _ -)"
+        ));
+    }
+    Ok(())
+}
+
+impl Job {
+    pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
+        let mut e = Encoder::new(slot);
+        e.str8(&self.key);
+        e.u8(self.ports.len() as u8);
+        for p in &self.ports {
+            e.str8(p);
+        }
+        e.seal(JOB_LAYOUT)
+    }
+
+    pub fn decode(version: u8, body: &[u8]) -> Result<Job, Corrupt> {
+        if version != JOB_LAYOUT {
+            return Err(Corrupt(format!("job record layout {version} is unknown")));
+        }
+        let mut d = Decoder::new(body);
+        let key = d.str8()?;
+        let n = d.u8()? as usize;
+        let ports = (0..n).map(|_| d.str8()).collect::<Result<_, _>>()?;
+        Ok(Job { key, ports })
+    }
+}
