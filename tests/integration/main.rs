@@ -1,1 +1,11 @@
+//! formic's integration tests: the real binaries and the real state file, in temporary
+//! directories, with a timeout on every spawned command. One test binary keeps the build
+//! short; the modules split it by subject.
 
+mod common;
+mod concurrency;
+mod corruption;
+mod crash;
+mod docs;
+mod fuzz;
+mod offer_cli;

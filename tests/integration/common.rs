@@ -1,0 +1,140 @@
+//! Shared by the integration tests: paths of the real binaries, commands with a timeout,
+//! and child processes that run a role of this test binary (a writer to be killed, a lock
+//! holder) so tests can crash or race real processes.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every spawned command is killed after this long: a hung tool fails its test, not CI.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of one of formic's binaries, built by cargo for this test run.
+pub fn bin(tool: &str) -> PathBuf {
+    match tool {
+        "offer" => PathBuf::from(env!("CARGO_BIN_EXE_offer")),
+        other => panic!("unknown tool {other}"),
+    }
+}
+
+/// A command for a formic tool with a state file and nothing inherited that could change
+/// its behaviour.
+pub fn tool(name: &str, state: &Path) -> Command {
+    let mut c = Command::new(bin(name));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FORMIC_STATE", state)
+        .env("USER", "tester");
+    c
+}
+
+/// Runs `cmd` with `input` on stdin; kills it after [`TIMEOUT`].
+pub fn run(cmd: &mut Command, input: &[u8]) -> Output {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning a tool");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Feed stdin from a thread so a tool that stops reading early cannot deadlock us.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = wait_output(child, TIMEOUT);
+    let _ = feeder.join();
+    out
+}
+
+/// Waits for a child's output, killing it when `limit` passes.
+pub fn wait_output(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        true
+    });
+    let out = child.wait_with_output().expect("waiting for a tool");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(!watchdog.join().unwrap(), "command timed out after {limit:?}");
+    out
+}
+
+/// Exit status of a finished tool, or a panic naming the signal that killed it.
+pub fn code(out: &Output) -> i32 {
+    match out.status.code() {
+        Some(c) => c,
+        None => panic!(
+            "tool died by a signal: {:?}; stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fresh directory for one test, removed when dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("formic-test-").tempdir().unwrap()
+}
+
+/// A host record line.
+pub fn host_line(name: &str, cpus: f64, ram_mb: u64) -> String {
+    format!(r#"{{"type":"host","name":"{name}","cpus":{cpus},"ram_mb":{ram_mb},"disk_mb":1000,"ports":[[31000,31999]],"attrs":{{"rack":"r1"}}}}"#)
+}
+
+/// Every file of a state (tables, journal) as bytes, to prove a tool left it untouched.
+pub fn snapshot(state: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let journal = PathBuf::from(format!("{}.journal", state.display()));
+    [state.to_path_buf(), journal]
+        .into_iter()
+        .filter(|p| p.exists())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+// --- child roles ---
+//
+// A test that needs a process of its own (to SIGKILL it, or to race it) re-runs this test
+// binary with FORMIC_CHILD=<role>; the ignored test `child_entry` below dispatches on it.
+
+pub const ROLE_VAR: &str = "FORMIC_CHILD";
+
+/// A command that runs `role` in a child process of this test binary.
+pub fn child(role: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "common::child_entry", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+        .env(ROLE_VAR, role);
+    c
+}
+
+#[test]
+#[ignore = "entry point of child processes spawned by other tests"]
+fn child_entry() {
+    let role = std::env::var(ROLE_VAR).expect("run only as a child role");
+    match role.as_str() {
+        "torture-writer" => crate::crash::writer_child(),
+        "counter-writer" => crate::concurrency::counter_child(),
+        "lock-holder" => crate::concurrency::lock_holder_child(),
+        other => panic!("unknown child role {other}"),
+    }
+    std::process::exit(0);
+}

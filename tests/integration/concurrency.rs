@@ -1,0 +1,3 @@
+//! (to be written)
+pub fn counter_child() {}
+pub fn lock_holder_child() {}

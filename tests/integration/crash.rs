@@ -1,0 +1,2 @@
+//! (to be written)
+pub fn writer_child() {}
