@@ -62,6 +62,9 @@ pub enum Next<'a> {
         len: usize,
         changes: Vec<Change<'a>>,
     },
+    /// An entry header that looks right, whose body runs past the bytes given: read at
+    /// least `len` bytes from the entry's start and ask again.
+    NeedMore { len: usize },
     /// No further entry of this generation: a clean end, a torn tail, or a stale entry.
     End,
 }
@@ -78,7 +81,9 @@ pub fn next_entry(bytes: &[u8], gen: u64, txid: u64) -> Result<Next<'_>, String>
         return Ok(Next::End);
     }
     let Some(body) = bytes.get(ENTRY_HEADER..ENTRY_HEADER + body_len) else {
-        return Ok(Next::End);
+        return Ok(Next::NeedMore {
+            len: ENTRY_HEADER + body_len,
+        });
     };
     let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..28]), body);
     if crc != u32_at(28) {

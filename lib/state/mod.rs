@@ -543,7 +543,7 @@ impl State {
             return Ok(from);
         };
         let jpath = journal_path(&self.path);
-        let len = journal
+        let mut len = journal
             .metadata()
             .context("reading the journal's size")?
             .len();
@@ -557,17 +557,36 @@ impl State {
         if &magic != journal::MAGIC {
             return Err(corrupt(&jpath, "not a formic journal (bad magic)"));
         }
-        let mut bytes = vec![0u8; len.saturating_sub(from) as usize];
-        let n = read_up_to(journal, &mut bytes, from).context("reading the journal")?;
-        bytes.truncate(n);
+        // Read in chunks: the file may be much longer than its live entries (it is reused
+        // from the top after each checkpoint), and a writer catching up wants only the new ones.
+        let mut pos = from;
+        let mut buf = Vec::new();
         let mut at = 0usize;
+        let mut want = 64 << 10;
         loop {
-            let next =
-                journal::next_entry(&bytes[at..], header.gen, view.txid + 1).map_err(|e| {
-                    corrupt(&jpath, format!("entry at byte {}: {e}", from as usize + at))
-                })?;
-            let Next::Entry { len, changes } = next else {
-                break;
+            if buf.len() - at < want && pos < len {
+                buf.drain(..at);
+                at = 0;
+                let old = buf.len();
+                let add = (want - old).max(64 << 10).min((len - pos) as usize);
+                buf.resize(old + add, 0);
+                let n = read_up_to(journal, &mut buf[old..], pos).context("reading the journal")?;
+                buf.truncate(old + n);
+                pos += n as u64;
+                if n < add {
+                    len = pos; // the file is shorter than it was a moment ago
+                }
+            }
+            let offset = pos - (buf.len() - at) as u64;
+            let next = journal::next_entry(&buf[at..], header.gen, view.txid + 1)
+                .map_err(|e| corrupt(&jpath, format!("entry at byte {offset}: {e}")))?;
+            let (len_, changes) = match next {
+                Next::Entry { len, changes } => (len, changes),
+                Next::NeedMore { len: need } if pos < len && need > buf.len() - at => {
+                    want = need;
+                    continue;
+                }
+                Next::NeedMore { .. } | Next::End => break,
             };
             for c in changes {
                 let ok = view.apply_image(c.kind, c.slot, c.image).map_err(|e| {
@@ -591,9 +610,10 @@ impl State {
                 torn.remove(&(c.kind, c.slot));
             }
             view.txid += 1;
-            at += len;
+            at += len_;
+            want = 64 << 10;
         }
-        Ok(from + at as u64)
+        Ok(pos - (buf.len() - at) as u64)
     }
 
     /// Under the write lock: applies what other writers committed since this view was read.

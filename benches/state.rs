@@ -1,0 +1,186 @@
+//! State file benchmark: commit cost against cluster size, and the time to open and read a
+//! fleet-sized state. Run: `cargo bench --bench state` (or scripts/bench-state).
+//!
+//! Figures are medians over repeated runs, and the large-file figures are also given as a
+//! ratio against the empty file measured in the same run, so a noisy machine moves both.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use formic::host::{Host, Maintenance, Transport};
+use formic::state::{Options, State};
+use formic::task::{Job, Task, TaskState};
+
+const HOSTS: u32 = 100_000;
+const JOBS: u32 = 10_000;
+const PER_JOB: u32 = 100;
+const COMMITS: usize = 300;
+const OPENS: usize = 7;
+
+fn host(i: u32) -> Host {
+    Host {
+        name: format!("host-{i:06}.pod{:03}.example.net", i / 1000),
+        cpus: 32_000,
+        ram_mb: 128 * 1024,
+        disk_mb: 1 << 20,
+        gpus: 0,
+        ports: vec![(31000, 31999)],
+        attrs: vec![
+            ("rack".into(), format!("r{}", i / 40)),
+            ("zone".into(), format!("z{}", i % 3)),
+        ],
+        cpu_factor: 1.0,
+        transport: Transport::Local,
+        maintenance: Maintenance::none(),
+    }
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Fills a state with the fleet: hosts, jobs, and a million running tasks, in batches.
+fn fill(path: &Path) {
+    let mut s = State::open_writer(path).unwrap();
+    s.write(|tx| {
+        for i in 0..HOSTS {
+            tx.upsert(host(i));
+        }
+        for j in 0..JOBS {
+            tx.upsert(Job {
+                key: format!("role{}/prod/job{j}", j % 50),
+                ports: vec!["http".into()],
+            });
+        }
+        Ok(())
+    })
+    .unwrap();
+    for batch in 0..10 {
+        s.write(|tx| {
+            for j in batch * JOBS / 10..(batch + 1) * JOBS / 10 {
+                for k in 0..PER_JOB {
+                    let mut t = Task::new(j, k);
+                    t.host = (j * PER_JOB + k) % HOSTS;
+                    t.state = TaskState::Running;
+                    t.cpus = 500;
+                    t.ram_mb = 512;
+                    t.ports[0] = 31000 + (k as u16 % 1000);
+                    tx.upsert(t);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    s.checkpoint_now().unwrap();
+}
+
+/// One commit that changes one task (a state transition), timed.
+fn one_task_commit(s: &mut State, n: u32) -> Duration {
+    let t0 = Instant::now();
+    s.write(|tx| {
+        let slot = n % tx.view().tasks.high_water().max(1) as u32;
+        let mut t = tx
+            .view()
+            .tasks
+            .get(slot)
+            .cloned()
+            .unwrap_or_else(|| Task::new(0, n));
+        t.failures = t.failures.wrapping_add(1);
+        t.since = tx.now();
+        tx.set(slot, Some(t));
+        Ok(())
+    })
+    .unwrap();
+    t0.elapsed()
+}
+
+fn main() {
+    let dir = tempfile::Builder::new()
+        .prefix("formic-bench-")
+        .tempdir_in(".")
+        .unwrap();
+    let empty = dir.path().join("empty");
+    let big = dir.path().join("big");
+
+    let t0 = Instant::now();
+    fill(&big);
+    let fill_time = t0.elapsed();
+    {
+        let mut s = State::open_writer(&empty).unwrap();
+        s.write(|tx| {
+            tx.upsert(Job {
+                key: "a/b/c".into(),
+                ports: vec![],
+            });
+            tx.upsert(Task::new(0, 0));
+            Ok(())
+        })
+        .unwrap();
+        s.checkpoint_now().unwrap();
+    }
+    let size = std::fs::metadata(&big).unwrap().len();
+
+    // Commits, interleaved so that both files see the same machine.
+    let opts = Options::default();
+    let mut a = State::open_with(&empty, opts.clone(), true).unwrap();
+    let mut b = State::open_with(&big, opts, true).unwrap();
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for n in 0..COMMITS as u32 {
+        ta.push(one_task_commit(&mut a, n));
+        tb.push(one_task_commit(&mut b, n * 7919));
+    }
+    let (ca, cb) = (median(ta), median(tb));
+
+    // Checkpoint after the commits: folds what changed, whatever the file's size.
+    let t0 = Instant::now();
+    a.checkpoint_now().unwrap();
+    let cpa = t0.elapsed();
+    let t0 = Instant::now();
+    b.checkpoint_now().unwrap();
+    let cpb = t0.elapsed();
+    drop((a, b));
+
+    // Open and read everything (warm page cache: what a cron pass sees).
+    let mut opens = Vec::new();
+    let mut counts = (0, 0);
+    for _ in 0..OPENS {
+        let t0 = Instant::now();
+        let s = State::open(&big).unwrap();
+        opens.push(t0.elapsed());
+        counts = (s.view().hosts.len(), s.view().tasks.len());
+    }
+    let open = median(opens);
+    assert_eq!(counts, (HOSTS as usize, (JOBS * PER_JOB) as usize));
+
+    println!(
+        "state file benchmark ({} hosts, {} tasks, file {:.0} MiB, filled in {:.1} s)",
+        counts.0,
+        counts.1,
+        size as f64 / (1 << 20) as f64,
+        fill_time.as_secs_f64()
+    );
+    println!(
+        "one-task commit, empty file:        median {:.3} ms over {COMMITS}",
+        ms(ca)
+    );
+    println!(
+        "one-task commit, 1,000,000 tasks:   median {:.3} ms over {COMMITS}",
+        ms(cb)
+    );
+    println!(
+        "  ratio large/empty:                {:.2} (target <= 2)",
+        cb.as_secs_f64() / ca.as_secs_f64()
+    );
+    println!(
+        "checkpoint of {COMMITS} commits, empty: {:.3} ms; large: {:.3} ms",
+        ms(cpa),
+        ms(cpb)
+    );
+    println!("open and read 100,000 hosts + 1,000,000 tasks: median {:.1} ms over {OPENS} (target < 100)", ms(open));
+}
