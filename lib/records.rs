@@ -282,7 +282,11 @@ impl<W: Write> Writer<W> {
     }
 
     pub fn record(&mut self, value: &Value) -> Result<()> {
-        serde_json::to_writer(&mut self.out, value).context("writing output")?;
+        // serde_json wraps the writer's io::Error and hides it from the error chain; turn
+        // it back into the io::Error so a closed stdout is still seen as a broken pipe.
+        serde_json::to_writer(&mut self.out, value)
+            .map_err(io::Error::from)
+            .context("writing output")?;
         self.out.write_all(b"\n").context("writing output")
     }
 
