@@ -151,6 +151,9 @@ impl Host {
 
     /// Checks the record fits its slot, so a later transaction cannot fail on it.
     pub fn fits(&self) -> Result<(), String> {
+        let m = &self.maintenance;
+        check_text("maintenance reason", &m.reason)?;
+        check_text("maintenance owner", &m.owner)?;
         let mut slot = vec![0u8; SLOT_SIZE];
         self.encode(&mut slot).map_err(|t| {
             format!(
@@ -219,8 +222,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Free text (maintenance reason and owner): printable, one line.
+/// The longest maintenance reason or owner a host record keeps: its slot stores a one-byte
+/// length, and a longer text would be cut, possibly inside a character.
+pub const TEXT_MAX: usize = 255;
+
+/// Free text (maintenance reason and owner): printable, one line, at most [`TEXT_MAX`] bytes.
 pub fn check_text(what: &str, text: &str) -> Result<(), String> {
+    if text.len() > TEXT_MAX {
+        return Err(format!(
+            "{what} is {} bytes long; at most {TEXT_MAX}",
+            text.len()
+        ));
+    }
     if text.chars().any(char::is_control) {
         return Err(format!("{what} has a control character"));
     }
