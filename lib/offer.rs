@@ -258,19 +258,37 @@ fn remove(state: &mut State, names: &[String], force: bool) -> Result<Status> {
             .filter(|(_, t)| t.host != NO_HOST && slots.contains(&t.host))
             .map(|(s, _)| s)
             .collect();
-        let busy = placed
+        let view = tx.view();
+        let busy: Vec<&crate::task::Task> = placed
             .iter()
-            .filter(|&&s| tx.view().tasks.get(s).unwrap().state.holds_resources());
-        if let (Some(&t), false) = (busy.clone().next(), force) {
-            let host = &tx
-                .view()
-                .hosts
-                .get(tx.view().tasks.get(t).unwrap().host)
-                .unwrap()
-                .name;
+            .map(|&s| view.tasks.get(s).unwrap())
+            .filter(|t| t.state.holds_resources())
+            .collect();
+        if let (Some(first), false) = (busy.first(), force) {
+            // Name the host and the tasks in the way, so the operator knows what to move.
+            let on_host: Vec<String> = busy
+                .iter()
+                .filter(|t| t.host == first.host)
+                .map(|t| match view.jobs.get(t.job) {
+                    Some(job) => format!("{}/{}", job.key, t.instance),
+                    None => format!("instance {} of job slot {}", t.instance, t.job),
+                })
+                .collect();
+            let shown = on_host
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = match on_host.len() {
+                n if n > 5 => format!(" and {} more", n - 5),
+                _ => String::new(),
+            };
             return Err(bad_input(format!(
-                "host {host} holds {} tasks; drain it first, or --force to mark them LOST",
-                busy.count()
+                "host {} holds {} tasks ({shown}{more}); drain it first, or --force to mark \
+                 them LOST",
+                view.hosts.get(first.host).unwrap().name,
+                on_host.len()
             )));
         }
         for slot in placed {
