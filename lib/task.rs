@@ -138,6 +138,8 @@ impl Task {
 }
 
 pub const TASK_SLOT_SIZE: usize = 128;
+/// Bytes of a task record's fields (layout 1).
+const TASK_BODY: usize = 105;
 const TASK_LAYOUT: u8 = 1;
 
 impl Task {
@@ -169,6 +171,11 @@ impl Task {
         if version != TASK_LAYOUT {
             return Err(Corrupt(format!("task record layout {version} is unknown")));
         }
+        // Slicing to the exact layout length first lets the compiler drop the bounds check
+        // of every field read: this runs a million times when a fleet's state is opened.
+        let body = body
+            .get(..TASK_BODY)
+            .ok_or_else(|| Corrupt("task slot too short".into()))?;
         let mut d = Decoder::new(body);
         let job = d.u32()?;
         let instance = d.u32()?;

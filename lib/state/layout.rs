@@ -49,20 +49,6 @@ impl TableDesc {
         let start = self.extents[k as usize] + (slot as u64 - first) * self.slot_size as u64;
         start as usize..(start + self.slot_size as u64) as usize
     }
-
-    /// Contiguous runs `(first slot, byte offset, count)` covering slots `0..used`.
-    pub fn runs(&self) -> impl Iterator<Item = (u32, u64, u32)> + '_ {
-        let mut first = 0u64;
-        self.extents.iter().enumerate().map_while(move |(k, &off)| {
-            if first >= self.used as u64 {
-                return None;
-            }
-            let n = (self.base as u64) << k;
-            let run = (first as u32, off, n.min(self.used as u64 - first) as u32);
-            first += n;
-            Some(run)
-        })
-    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -296,14 +282,5 @@ mod tests {
         assert_eq!(read_header(&page, h.end).unwrap(), h);
         page[header_offset(5) as usize + 20] ^= 1; // tear the newer copy: the older one serves
         assert_eq!(read_header(&page, h.end).unwrap().gen, 0);
-    }
-
-    #[test]
-    fn runs_cover_used_slots() {
-        let mut h = Header::new();
-        h.grow(Kind::Host, 256 + 10);
-        h.tables[0].used = 266;
-        let runs: Vec<_> = h.table(Kind::Host).runs().map(|(f, _, n)| (f, n)).collect();
-        assert_eq!(runs, vec![(0, 256), (256, 10)]);
     }
 }

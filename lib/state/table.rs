@@ -121,6 +121,18 @@ impl<T: Stored> Default for Table<T> {
 }
 
 impl<T: Stored> Table<T> {
+    /// A table from records by slot, as decoded from the file, and its empty slots.
+    pub fn from_decoded(slots: Vec<Option<T>>, empty: &[u32]) -> Self {
+        let free: BTreeSet<u32> = empty.iter().copied().collect();
+        let live = slots.len() - free.len();
+        Table {
+            slots,
+            free,
+            live,
+            index: OnceCell::new(),
+        }
+    }
+
     /// Number of live records.
     pub fn len(&self) -> usize {
         self.live
