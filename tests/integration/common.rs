@@ -33,7 +33,9 @@ pub fn tool(name: &str, state: &Path) -> Command {
 
 /// Runs `cmd` with `input` on stdin; kills it after [`TIMEOUT`].
 pub fn run(cmd: &mut Command, input: &[u8]) -> Output {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawning a tool");
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
@@ -59,12 +61,18 @@ pub fn wait_output(child: Child, limit: Duration) -> Output {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        );
         true
     });
     let out = child.wait_with_output().expect("waiting for a tool");
     done.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(!watchdog.join().unwrap(), "command timed out after {limit:?}");
+    assert!(
+        !watchdog.join().unwrap(),
+        "command timed out after {limit:?}"
+    );
     out
 }
 
@@ -90,12 +98,17 @@ pub fn stderr(out: &Output) -> String {
 
 /// A fresh directory for one test, removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("formic-test-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("formic-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// A host record line.
 pub fn host_line(name: &str, cpus: f64, ram_mb: u64) -> String {
-    format!(r#"{{"type":"host","name":"{name}","cpus":{cpus},"ram_mb":{ram_mb},"disk_mb":1000,"ports":[[31000,31999]],"attrs":{{"rack":"r1"}}}}"#)
+    format!(
+        r#"{{"type":"host","name":"{name}","cpus":{cpus},"ram_mb":{ram_mb},"disk_mb":1000,"ports":[[31000,31999]],"attrs":{{"rack":"r1"}}}}"#
+    )
 }
 
 /// Every file of a state (tables, journal) as bytes, to prove a tool left it untouched.
@@ -120,9 +133,18 @@ pub const ROLE_VAR: &str = "FORMIC_CHILD";
 
 /// A command that runs `role` in a child process of this test binary.
 pub fn child(role: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", "common::child_entry", "--ignored", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE_VAR, role);
+    // /proc/self/exe still executes when cargo has rebuilt (replaced) the test binary
+    // while the tests run; the path from current_exe() would then be gone.
+    let mut c = Command::new("/proc/self/exe");
+    c.args([
+        "--exact",
+        "common::child_entry",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE_VAR, role);
     c
 }
 
