@@ -28,43 +28,43 @@ complete -c offer -n "__fish_offer_needs_command" -l state -d 'The cluster\'s st
 complete -c offer -n "__fish_offer_needs_command" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_needs_command" -s V -l version -d 'Print version'
-complete -c offer -n "__fish_offer_needs_command" -f -a "add" -d 'Add or update hosts from host records on standard input, all in one transaction. Lines of other types pass through to standard output'
-complete -c offer -n "__fish_offer_needs_command" -f -a "remove" -d 'Remove hosts from the inventory. Refuses while tasks hold reservations there'
-complete -c offer -n "__fish_offer_needs_command" -f -a "schedule" -d 'Schedule maintenance: the hosts are still offered, but pack uses them last'
-complete -c offer -n "__fish_offer_needs_command" -f -a "drain" -d 'Drain hosts: offer them no more, so their tasks are stopped and placed elsewhere. A draining host with no tasks left is drained'
-complete -c offer -n "__fish_offer_needs_command" -f -a "undrain" -d 'End maintenance: the hosts take work again'
-complete -c offer -n "__fish_offer_needs_command" -f -a "hosts" -d 'List hosts with capacity, free capacity, tasks, maintenance and attributes'
+complete -c offer -n "__fish_offer_needs_command" -f -a "add" -d 'Add or update hosts from records on standard input'
+complete -c offer -n "__fish_offer_needs_command" -f -a "remove" -d 'Remove hosts from the inventory'
+complete -c offer -n "__fish_offer_needs_command" -f -a "schedule" -d 'Schedule maintenance on hosts'
+complete -c offer -n "__fish_offer_needs_command" -f -a "drain" -d 'Drain hosts for maintenance'
+complete -c offer -n "__fish_offer_needs_command" -f -a "undrain" -d 'End maintenance on hosts'
+complete -c offer -n "__fish_offer_needs_command" -f -a "hosts" -d 'List hosts with their capacity, free capacity, tasks, maintenance and attributes'
 complete -c offer -n "__fish_offer_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c offer -n "__fish_offer_using_subcommand add" -l probe -d 'Register this machine under NAME with its real cores, memory and disk instead of reading standard input' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l attr -d 'With --probe: an attribute of the host (repeatable)' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l ports -d 'With --probe: the port range the host offers' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand add" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
-complete -c offer -n "__fish_offer_using_subcommand add" -s h -l help -d 'Print help'
+complete -c offer -n "__fish_offer_using_subcommand add" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand remove" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand remove" -l force -d 'Remove anyway; the tasks placed there become LOST'
 complete -c offer -n "__fish_offer_using_subcommand remove" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
-complete -c offer -n "__fish_offer_using_subcommand remove" -s h -l help -d 'Print help'
+complete -c offer -n "__fish_offer_using_subcommand remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand schedule" -l reason -d 'Why the maintenance is done' -r
 complete -c offer -n "__fish_offer_using_subcommand schedule" -l owner -d 'Who asked for it [default: $USER]' -r
 complete -c offer -n "__fish_offer_using_subcommand schedule" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand schedule" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
-complete -c offer -n "__fish_offer_using_subcommand schedule" -s h -l help -d 'Print help'
+complete -c offer -n "__fish_offer_using_subcommand schedule" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand drain" -l reason -d 'Why the maintenance is done' -r
 complete -c offer -n "__fish_offer_using_subcommand drain" -l owner -d 'Who asked for it [default: $USER]' -r
 complete -c offer -n "__fish_offer_using_subcommand drain" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand drain" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
-complete -c offer -n "__fish_offer_using_subcommand drain" -s h -l help -d 'Print help'
+complete -c offer -n "__fish_offer_using_subcommand drain" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
-complete -c offer -n "__fish_offer_using_subcommand undrain" -s h -l help -d 'Print help'
+complete -c offer -n "__fish_offer_using_subcommand undrain" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_using_subcommand hosts" -s h -l help -d 'Print help'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "add" -d 'Add or update hosts from host records on standard input, all in one transaction. Lines of other types pass through to standard output'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "remove" -d 'Remove hosts from the inventory. Refuses while tasks hold reservations there'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "schedule" -d 'Schedule maintenance: the hosts are still offered, but pack uses them last'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "drain" -d 'Drain hosts: offer them no more, so their tasks are stopped and placed elsewhere. A draining host with no tasks left is drained'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "undrain" -d 'End maintenance: the hosts take work again'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "hosts" -d 'List hosts with capacity, free capacity, tasks, maintenance and attributes'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "add" -d 'Add or update hosts from records on standard input'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "remove" -d 'Remove hosts from the inventory'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "schedule" -d 'Schedule maintenance on hosts'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "drain" -d 'Drain hosts for maintenance'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "undrain" -d 'End maintenance on hosts'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "hosts" -d 'List hosts with their capacity, free capacity, tasks, maintenance and attributes'
 complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add remove schedule drain undrain hosts help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

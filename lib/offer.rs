@@ -33,10 +33,16 @@ pub struct Cli {
     pub verb: Option<Verb>,
 }
 
+// Every verb repeats the exit-status table in its own --help and man page: subcommands
+// do not inherit `after_help`.
 #[derive(Subcommand, Debug)]
 pub enum Verb {
-    /// Add or update hosts from host records on standard input, all in one transaction.
-    /// Lines of other types pass through to standard output.
+    /// Add or update hosts from records on standard input
+    ///
+    /// Reads host records (JSON lines) and adds or updates them all in one transaction; an
+    /// update keeps the host's maintenance state. Lines of other types pass through to
+    /// standard output. One bad record fails the whole batch and changes nothing.
+    #[command(after_help = TABLE)]
     Add {
         /// Register this machine under NAME with its real cores, memory and disk instead of
         /// reading standard input
@@ -49,40 +55,57 @@ pub enum Verb {
         #[arg(
             long,
             value_name = "LOW-HIGH",
-            default_value = "31000-32000",
+            default_value = "31000-31999",
             requires = "probe"
         )]
         ports: String,
     },
-    /// Remove hosts from the inventory. Refuses while tasks hold reservations there.
+    /// Remove hosts from the inventory
+    ///
+    /// Refuses while tasks hold reservations on any of the hosts, and then removes none.
+    #[command(after_help = TABLE)]
     Remove {
+        /// Names of the hosts
         #[arg(required = true, value_name = "HOST")]
         hosts: Vec<String>,
         /// Remove anyway; the tasks placed there become LOST
         #[arg(long)]
         force: bool,
     },
-    /// Schedule maintenance: the hosts are still offered, but pack uses them last
+    /// Schedule maintenance on hosts
+    ///
+    /// Scheduled hosts are still offered, marked so that pack uses them last.
+    #[command(after_help = TABLE)]
     Schedule {
+        /// Names of the hosts
         #[arg(required = true, value_name = "HOST")]
         hosts: Vec<String>,
         #[command(flatten)]
         why: Why,
     },
-    /// Drain hosts: offer them no more, so their tasks are stopped and placed elsewhere.
+    /// Drain hosts for maintenance
+    ///
+    /// Draining hosts are offered no more, so their tasks are stopped and placed elsewhere.
     /// A draining host with no tasks left is drained.
+    #[command(after_help = TABLE)]
     Drain {
+        /// Names of the hosts
         #[arg(required = true, value_name = "HOST")]
         hosts: Vec<String>,
         #[command(flatten)]
         why: Why,
     },
-    /// End maintenance: the hosts take work again
+    /// End maintenance on hosts
+    ///
+    /// The hosts are offered again and take work.
+    #[command(after_help = TABLE)]
     Undrain {
+        /// Names of the hosts
         #[arg(required = true, value_name = "HOST")]
         hosts: Vec<String>,
     },
-    /// List hosts with capacity, free capacity, tasks, maintenance and attributes
+    /// List hosts with their capacity, free capacity, tasks, maintenance and attributes
+    #[command(after_help = TABLE)]
     Hosts {
         /// Only these hosts
         #[arg(value_name = "HOST")]
@@ -93,7 +116,12 @@ pub enum Verb {
 #[derive(clap::Args, Debug)]
 pub struct Why {
     /// Why the maintenance is done
-    #[arg(long, value_name = "TEXT", default_value = "")]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub reason: String,
     /// Who asked for it [default: $USER]
     #[arg(long, value_name = "WHO", env = "FORMIC_OWNER")]
