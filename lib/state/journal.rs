@@ -19,7 +19,12 @@ pub const START: u64 = 64;
 const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"FJEN");
 const ENTRY_HEADER: usize = 32;
 /// A single transaction may not exceed this (a million host records fit).
-const MAX_BODY: usize = 1 << 30;
+pub const MAX_BODY: usize = 1 << 30;
+
+/// Bytes a transaction's entry body takes.
+pub fn body_len(changes: &[(Kind, u32, Vec<u8>)]) -> usize {
+    changes.iter().map(|(_, _, img)| 8 + img.len()).sum()
+}
 
 pub fn new_header() -> [u8; START as usize] {
     let mut h = [0u8; START as usize];
@@ -36,7 +41,11 @@ pub struct Change<'a> {
 
 /// Builds the bytes of one journal entry.
 pub fn encode_entry(gen: u64, txid: u64, changes: &[(Kind, u32, Vec<u8>)]) -> Vec<u8> {
-    let body_len: usize = changes.iter().map(|(_, _, img)| 8 + img.len()).sum();
+    let body_len = body_len(changes);
+    assert!(
+        body_len <= MAX_BODY,
+        "callers check the size of a transaction"
+    );
     let mut e = Vec::with_capacity(ENTRY_HEADER + body_len);
     e.extend_from_slice(&ENTRY_MAGIC.to_le_bytes());
     e.extend_from_slice(&(body_len as u32).to_le_bytes());

@@ -405,6 +405,16 @@ impl State {
                 return Err(e);
             }
         };
+        if journal::body_len(&images) > journal::MAX_BODY {
+            txn.rollback();
+            return Err(fail(
+                Status::BadInput,
+                format!(
+                    "transaction too large: over {} MiB of changed records; split it",
+                    journal::MAX_BODY >> 20
+                ),
+            ));
+        }
         let entry = journal::encode_entry(self.header.gen, txn.view.txid + 1, &images);
         let journal = self.journal.as_ref().expect("writers have a journal");
         if let Err(e) = journal.write_all_at(&entry, self.journal_end) {
@@ -903,3 +913,6 @@ fn create_atomically(path: &Path, content: &[u8]) -> Result<()> {
     File::open(dir)?.sync_all()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
