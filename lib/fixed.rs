@@ -101,11 +101,15 @@ impl<'a> Encoder<'a> {
     pub fn f64(&mut self, v: f64) {
         self.put(&v.to_le_bytes());
     }
-    /// A string of at most 255 bytes, length-prefixed.
+    /// A string of at most 255 bytes, length-prefixed. A longer one is not cut (that could
+    /// split a character and make the slot undecodable): it makes `seal` fail.
     pub fn str8(&mut self, s: &str) {
-        let len = s.len().min(255);
-        self.u8(len as u8);
-        self.put(&s.as_bytes()[..len]);
+        if s.len() > 255 {
+            self.needed += self.slot.len() + 1 + s.len();
+            return;
+        }
+        self.u8(s.len() as u8);
+        self.put(s.as_bytes());
     }
 
     /// Stamps the header; fails when the fields did not fit.
@@ -205,6 +209,14 @@ mod tests {
                 room: 16
             })
         );
+    }
+
+    #[test]
+    fn a_string_over_255_bytes_is_refused_not_cut() {
+        let mut slot = [0u8; 4096];
+        let mut e = Encoder::new(&mut slot);
+        e.str8(&"é".repeat(150));
+        assert!(e.seal(1).is_err());
     }
 
     #[test]

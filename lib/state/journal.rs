@@ -123,3 +123,21 @@ pub fn next_entry(bytes: &[u8], gen: u64, txid: u64) -> Result<Next<'_>, String>
         changes,
     })
 }
+
+/// Looks past a damaged entry at the start of `bytes` for an intact entry of generation
+/// `gen` numbered `txid` or later. A crash can only tear the last entry written, so finding
+/// one means the journal was damaged in the middle, not torn at its end. Entries start at
+/// multiples of 8 (all slot sizes are), so only those offsets are tried.
+pub fn later_entry(bytes: &[u8], gen: u64, txid: u64) -> Option<(usize, u64)> {
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    (8..bytes.len().saturating_sub(ENTRY_HEADER - 1))
+        .step_by(8)
+        .find_map(|at| {
+            let magic = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            let t = u64_at(at + 16);
+            if magic != ENTRY_MAGIC || u64_at(at + 8) != gen || t < txid {
+                return None;
+            }
+            matches!(next_entry(&bytes[at..], gen, t), Ok(Next::Entry { .. })).then_some((at, t))
+        })
+}

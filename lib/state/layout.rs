@@ -209,7 +209,16 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// Finds the newest intact header in page 0 and checks it against the file's length.
+/// The checkpoint sequence at rest for generation `gen`; `seq_for(gen) - 1` while the
+/// checkpoint that makes `gen` is under way.
+pub fn seq_for(gen: u64) -> u64 {
+    2 * gen
+}
+
+/// Finds the newest intact header in page 0 and checks it against the file's length and
+/// the checkpoint sequence: a sequence ahead of the header's generation means a newer
+/// header copy existed and is damaged, and falling back to the older one would lose the
+/// transactions that checkpoint folded in.
 pub fn read_header(page0: &[u8], file_len: u64) -> Result<Header, Corrupt> {
     if file_len < PAGE || page0.len() < PAGE as usize {
         return Err(Corrupt(format!(
@@ -240,6 +249,17 @@ pub fn read_header(page0: &[u8], file_len: u64) -> Result<Header, Corrupt> {
         return Err(Corrupt(format!(
             "truncated: header needs {} bytes, file has {file_len}",
             h.end
+        )));
+    }
+    let seq = u64::from_le_bytes(page0[SEQ_OFFSET..SEQ_OFFSET + 8].try_into().unwrap());
+    // At rest seq_for(gen); seq_for(gen) - 1 mid-checkpoint towards gen (or just after its
+    // header was written); seq_for(gen) + 1 mid-checkpoint from gen.
+    let expected = seq_for(h.gen);
+    if seq + 1 < expected || seq > expected + 1 {
+        return Err(Corrupt(format!(
+            "checkpoint sequence {seq} does not match header generation {}: \
+             the newest header copy is damaged",
+            h.gen
         )));
     }
     Ok(h)
@@ -280,7 +300,18 @@ mod tests {
         let mut page = new_page0();
         page[header_offset(5) as usize..][..HEADER_SIZE].copy_from_slice(&h.encode());
         assert_eq!(read_header(&page, h.end).unwrap(), h);
-        page[header_offset(5) as usize + 20] ^= 1; // tear the newer copy: the older one serves
-        assert_eq!(read_header(&page, h.end).unwrap().gen, 0);
+        page[8..16].copy_from_slice(&seq_for(5).to_le_bytes());
+        assert_eq!(read_header(&page, h.end).unwrap(), h);
+        // A copy torn mid-checkpoint (sequence still odd) gives way to the older copy...
+        let mut torn = page.clone();
+        torn[header_offset(5) as usize + 20] ^= 1;
+        torn[8..16].copy_from_slice(&(seq_for(1) - 1).to_le_bytes());
+        assert_eq!(read_header(&torn, h.end).unwrap().gen, 0);
+        // ...but a damaged newest copy at rest is an error, not a silent step back.
+        page[header_offset(5) as usize + 20] ^= 1;
+        assert!(read_header(&page, h.end)
+            .unwrap_err()
+            .0
+            .contains("newest header copy"));
     }
 }

@@ -203,8 +203,14 @@ impl<'a> Txn<'a> {
         self.now
     }
 
-    /// Puts `value` (or nothing) into `slot` of its table.
+    /// Puts `value` (or nothing) into `slot` of its table. `slot` is an existing one or the
+    /// next past the end ([`Table::next_free`]): tables have no holes that were never used.
     pub fn set<T: Member>(&mut self, slot: u32, value: Option<T>) {
+        assert!(
+            slot as usize <= T::table(self.view).high_water(),
+            "slot {slot} is past the end of the {} table",
+            T::KIND.name()
+        );
         let old = T::table_mut(self.view).set(slot, value);
         self.undo.push(T::undo(slot, old));
     }
@@ -234,7 +240,7 @@ impl<'a> Txn<'a> {
 pub struct State {
     path: PathBuf,
     tables: File,
-    journal: Option<File>,
+    journal: File,
     lock: Option<File>,
     writable: bool,
     /// Set when a flush failed: what is on disk is no longer known, so this handle stops.
@@ -317,8 +323,13 @@ impl State {
             .write(writable)
             .open(journal_path(path))
         {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !writable => None,
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(corrupt(
+                    &journal_path(path),
+                    "missing: it holds what was committed since the last checkpoint",
+                ))
+            }
             Err(e) => {
                 return Err(e).context(format!("cannot open {}", journal_path(path).display()))
             }
@@ -416,7 +427,7 @@ impl State {
             ));
         }
         let entry = journal::encode_entry(self.header.gen, txn.view.txid + 1, &images);
-        let journal = self.journal.as_ref().expect("writers have a journal");
+        let journal = &self.journal;
         if let Err(e) = journal.write_all_at(&entry, self.journal_end) {
             txn.rollback();
             return Err(e).context("appending to the journal");
@@ -547,9 +558,7 @@ impl State {
         dirty: &mut BTreeSet<(Kind, u32)>,
         torn: &mut BTreeSet<(Kind, u32)>,
     ) -> Result<u64> {
-        let Some(journal) = &self.journal else {
-            return Ok(from);
-        };
+        let journal = &self.journal;
         let jpath = journal_path(&self.path);
         let mut len = journal
             .metadata()
@@ -597,6 +606,20 @@ impl State {
                 Next::NeedMore { .. } | Next::End => break,
             };
             for c in changes {
+                // Transactions fill tables from the lowest free slot up, so an entry never
+                // names a slot past the end of its table; one that does would make us
+                // allocate for it.
+                if c.slot as usize > view.high_water(c.kind) {
+                    return Err(corrupt(
+                        &jpath,
+                        format!(
+                            "entry {} names {} slot {} past the table's end",
+                            view.txid + 1,
+                            c.kind.name(),
+                            c.slot
+                        ),
+                    ));
+                }
                 let ok = view.apply_image(c.kind, c.slot, c.image).map_err(|e| {
                     corrupt(
                         &jpath,
@@ -621,7 +644,22 @@ impl State {
             at += len_;
             want = 64 << 10;
         }
-        Ok(pos - (buf.len() - at) as u64)
+        let end = pos - (buf.len() - at) as u64;
+        if end < len {
+            let mut rest = vec![0u8; (len - end) as usize];
+            let n = read_up_to(journal, &mut rest, end).context("reading the journal")?;
+            if let Some((off, t)) = journal::later_entry(&rest[..n], header.gen, view.txid + 1) {
+                return Err(corrupt(
+                    &jpath,
+                    format!(
+                        "entry {} at byte {end} is damaged while entry {t} follows at byte {}",
+                        view.txid + 1,
+                        end + off as u64
+                    ),
+                ));
+            }
+        }
+        Ok(end)
     }
 
     /// Under the write lock: applies what other writers committed since this view was read.
@@ -668,8 +706,7 @@ impl State {
             }
             next.tables[kind as usize].used = need as u32;
         }
-        let seq = self.read_seq()?;
-        let odd = seq | 1;
+        let odd = layout::seq_for(next.gen) - 1;
         self.tables
             .write_all_at(&odd.to_le_bytes(), SEQ_OFFSET as u64)
             .context("marking checkpoint")?;
@@ -691,12 +728,13 @@ impl State {
             .write_all_at(&next.encode(), layout::header_offset(next.gen))
             .context("writing the header")?;
         self.tables.sync_data().context("flushing the header")?;
-        let journal = self.journal.as_ref().expect("writers have a journal");
-        if journal.metadata()?.len() > 4 * self.opts.checkpoint_bytes.max(1 << 20) {
-            journal
-                .set_len(journal::START)
-                .context("shrinking the journal")?;
-        }
+        let journal = &self.journal;
+        // Entries of the old generation are dead now. Cutting them off keeps opens from
+        // reading them and leaves behind the last entry only what a crash can leave: a
+        // torn tail, which `replay` can tell from damage.
+        journal
+            .set_len(journal::START)
+            .context("emptying the journal")?;
         self.tables
             .write_all_at(&(odd + 1).to_le_bytes(), SEQ_OFFSET as u64)
             .context("ending checkpoint")?;
@@ -879,14 +917,24 @@ fn create_files(path: &Path, opts: &Options) -> Result<File> {
         return Ok(lock);
     }
     lock_file(&lock, true, opts.lock_timeout, path)?;
-    let r = (|| {
-        if !path.exists() {
-            create_atomically(path, &layout::new_page0())?;
+    // The journal is made first: a state file without its journal has lost the commits
+    // since its last checkpoint, and must not be mistaken for a half-created one.
+    let r = (|| match (path.exists(), journal_path(path).exists()) {
+        (true, true) => Ok(()),
+        (true, false) => Err(corrupt(
+            &journal_path(path),
+            "missing: it holds what was committed since the last checkpoint",
+        )),
+        (false, true) if fs::metadata(journal_path(path))?.len() > journal::START => Err(corrupt(
+            path,
+            "missing, while its journal holds transactions",
+        )),
+        (false, journal) => {
+            if !journal {
+                create_atomically(&journal_path(path), &journal::new_header())?;
+            }
+            create_atomically(path, &layout::new_page0())
         }
-        if !journal_path(path).exists() {
-            create_atomically(&journal_path(path), &journal::new_header())?;
-        }
-        Ok(())
     })();
     let _ = lock.unlock();
     r.map(|()| lock)
