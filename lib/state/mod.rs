@@ -11,9 +11,20 @@
 //! whatever the size of the tables. Opening maps the tables, decodes them and replays the
 //! journal over them. When the journal grows past a threshold the writer folds it into the
 //! tables (checkpoint): it marks the checkpoint sequence odd, writes the dirty slots, syncs,
-//! writes the next header copy, syncs, and marks the sequence even. A crash mid-checkpoint is
-//! harmless because the journal still holds every image the checkpoint was writing; a slot
-//! whose checksum fails is accepted only if the journal overwrites it.
+//! writes the next header copy, syncs, marks the sequence even and empties the journal. A
+//! crash mid-checkpoint is harmless because the journal still holds every image the
+//! checkpoint was writing; a slot whose checksum fails is accepted only if the journal
+//! overwrites it.
+//!
+//! Telling a crash from damage: the sequence is twice the generation at rest, so a newest
+//! header copy that fails its checksum while the sequence says it was written is damage,
+//! not a torn write. The journal is emptied at every checkpoint, so after its last good
+//! entry only a torn tail can follow; an intact entry further on means the journal was
+//! damaged in the middle. Both are refused rather than read as an older state.
+//!
+//! Known limit: a reader may see a journal entry in the moment between its write and its
+//! fdatasync; if the machine loses power in that moment, the entry is gone although a
+//! reader saw it (the writer never reported it done).
 //!
 //! Readers take no lock: they note the checkpoint sequence, read, and check it did not move
 //! (a seqlock); only if a checkpoint keeps getting in the way do they take the lock shared.
