@@ -1,0 +1,515 @@
+//! Job specs: what an operator asks for, read from job files and checked field by field.
+//!
+//! A job file holds one job object (pretty-printed or not) or JSON lines of jobs. pack uses
+//! the resources, constraints, tier and priority; the other blocks are checked here so a
+//! mistake is caught when the file is read, not when an instance starts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{Map, Value};
+
+use crate::exit::bad_input;
+use crate::host::{millicores, Millicores};
+use crate::records::{show, Fields};
+use crate::task::{check_job_key, MAX_PORTS};
+
+/// Production work may preempt preemptible work, never the reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Production,
+    Preemptible,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Production => "production",
+            Tier::Preemptible => "preemptible",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Constraint {
+    /// At most `limit` instances of the job per value of `attr` (`host` means per host).
+    Limit { attr: String, limit: u32 },
+    /// Only hosts whose `attr` is one of `values`.
+    Values { attr: String, values: Vec<String> },
+    /// Only hosts whose `attr` is none of `values` (a host without the attribute qualifies).
+    Not { attr: String, values: Vec<String> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resources {
+    /// Reference millicores: a host with cpu_factor f spends ceil(cpus / f) of its own.
+    pub cpus: Millicores,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    pub gpus: u32,
+    /// Names of the ports each instance needs, in the order they are stored in the task.
+    pub ports: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub key: String,
+    pub instances: u32,
+    pub resources: Resources,
+    pub constraints: Vec<Constraint>,
+    pub tier: Tier,
+    pub priority: i32,
+    pub service: bool,
+    /// Stable hash of the whole spec: a change anywhere is a new version of the job.
+    pub hash: u64,
+    /// Where the job was read from, for messages.
+    pub origin: String,
+    pub raw: Map<String, Value>,
+}
+
+impl JobSpec {
+    pub fn role(&self) -> &str {
+        self.key.split('/').next().unwrap_or("")
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "job",
+    "instances",
+    "cmd",
+    "shell",
+    "env",
+    "user",
+    "resources",
+    "constraints",
+    "tier",
+    "priority",
+    "service",
+    "health",
+    "announce",
+    "restart",
+    "update",
+    "sla",
+];
+
+/// The most instances one job may ask for.
+pub const MAX_INSTANCES: u64 = 1_000_000;
+
+/// Parses and checks one job object; errors name the field.
+pub fn parse(obj: &Map<String, Value>, origin: &str) -> Result<JobSpec, String> {
+    let f = Fields(obj);
+    let key = f.str("job")?.ok_or("field \"job\" is missing")?;
+    check_job_key(key).map_err(|e| format!("field \"job\": {e}"))?;
+    let spec = parse_fields(key, f).map_err(|e| format!("job {key}: {e}"))?;
+    Ok(JobSpec {
+        origin: origin.to_string(),
+        raw: obj.clone(),
+        hash: hash(&Value::Object(obj.clone())),
+        ..spec
+    })
+}
+
+fn parse_fields(key: &str, f: Fields<'_>) -> Result<JobSpec, String> {
+    f.only(FIELDS)?;
+    let instances = f
+        .count("instances", MAX_INSTANCES)?
+        .ok_or("field \"instances\" is missing")? as u32;
+    match f.array("cmd")? {
+        None => return Err("field \"cmd\" is missing".into()),
+        Some(cmd) if cmd.is_empty() => return Err("field \"cmd\" is empty".into()),
+        Some(cmd) => {
+            if let Some(bad) = cmd.iter().find(|a| !a.is_string()) {
+                return Err(format!(
+                    "field \"cmd\": every argument must be a string, got {}",
+                    show(bad)
+                ));
+            }
+        }
+    }
+    if f.has("shell") && !f.0["shell"].is_boolean() {
+        return Err("field \"shell\": expected true or false".into());
+    }
+    if let Some(env) = f.object("env")? {
+        if let Some((k, v)) = env
+            .iter()
+            .find(|(k, v)| !v.is_string() || k.is_empty() || k.contains(['=', '\0']))
+        {
+            return Err(format!(
+                "field \"env\": {k:?} = {}: names are non-empty without = and values are strings",
+                show(v)
+            ));
+        }
+    }
+    f.str("user")?;
+    let resources = parse_resources(
+        f.object("resources")?
+            .ok_or("field \"resources\" is missing")?,
+    )
+    .map_err(|e| format!("field \"resources\": {e}"))?;
+    let constraints = match f.array("constraints")? {
+        None => Vec::new(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| parse_constraint(c).map_err(|e| format!("constraint {}: {e}", i + 1)))
+            .collect::<Result<_, _>>()?,
+    };
+    let tier = match f.str("tier")? {
+        None | Some("preemptible") => Tier::Preemptible,
+        Some("production") => Tier::Production,
+        Some(t) => {
+            return Err(format!(
+                "field \"tier\": {t:?} is not production or preemptible"
+            ))
+        }
+    };
+    let priority = match f.0.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_i64()
+            .filter(|p| p.unsigned_abs() <= 1_000_000)
+            .ok_or_else(|| {
+                format!(
+                    "field \"priority\": expected a whole number within ±1000000, got {}",
+                    show(v)
+                )
+            })? as i32,
+    };
+    let service = match f.0.get("service") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(format!(
+                "field \"service\": expected true or false, got {}",
+                show(v)
+            ))
+        }
+    };
+    for block in ["health", "announce", "restart", "update", "sla"] {
+        f.object(block)?;
+    }
+    check_port_refs(&f, &resources.ports)?;
+    Ok(JobSpec {
+        key: key.to_string(),
+        instances,
+        resources,
+        constraints,
+        tier,
+        priority,
+        service,
+        hash: 0,
+        origin: String::new(),
+        raw: Map::new(),
+    })
+}
+
+fn parse_resources(obj: &Map<String, Value>) -> Result<Resources, String> {
+    let f = Fields(obj);
+    f.only(&["cpus", "ram_mb", "disk_mb", "gpus", "ports"])?;
+    let cpus = f.f64("cpus")?.ok_or("field \"cpus\" is missing")?;
+    if !(cpus > 0.0 && cpus <= 100_000.0) || millicores(cpus) == 0 {
+        return Err(format!(
+            "field \"cpus\": {cpus} must be at least 0.001 and at most 100000"
+        ));
+    }
+    let ram_mb = f
+        .count("ram_mb", 1 << 40)?
+        .ok_or("field \"ram_mb\" is missing")?;
+    let disk_mb = f.count("disk_mb", 1 << 50)?.unwrap_or(0);
+    let gpus = f.count("gpus", 1 << 16)?.unwrap_or(0) as u32;
+    let mut ports = Vec::new();
+    for p in f.array("ports")?.map(Vec::as_slice).unwrap_or(&[]) {
+        let name = p
+            .as_str()
+            .ok_or_else(|| format!("field \"ports\": expected names, got {}", show(p)))?;
+        if name.is_empty()
+            || name.len() > 32
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "field \"ports\": {name:?}: use 1–32 letters, digits, _ and -"
+            ));
+        }
+        if ports.iter().any(|q| q == name) {
+            return Err(format!("field \"ports\": {name:?} is named twice"));
+        }
+        ports.push(name.to_string());
+    }
+    if ports.len() > MAX_PORTS {
+        return Err(format!(
+            "field \"ports\": {} ports; at most {MAX_PORTS}",
+            ports.len()
+        ));
+    }
+    Ok(Resources {
+        cpus: millicores(cpus),
+        ram_mb,
+        disk_mb,
+        gpus,
+        ports,
+    })
+}
+
+fn parse_constraint(v: &Value) -> Result<Constraint, String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("expected an object, got {}", show(v)))?;
+    let f = Fields(obj);
+    f.only(&["attr", "limit", "values", "not"])?;
+    let attr = f
+        .str("attr")?
+        .ok_or("field \"attr\" is missing")?
+        .to_string();
+    if attr.is_empty() {
+        return Err("field \"attr\" is empty".into());
+    }
+    let strings = |name: &str| -> Result<Option<Vec<String>>, String> {
+        let Some(list) = f.array(name)? else {
+            return Ok(None);
+        };
+        list.iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("field \"{name}\": expected strings, got {}", show(v)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    };
+    match (
+        f.count("limit", u32::MAX as u64)?,
+        strings("values")?,
+        strings("not")?,
+    ) {
+        (Some(0), None, None) => Err("field \"limit\": 0 would allow no instance anywhere".into()),
+        (Some(limit), None, None) => Ok(Constraint::Limit {
+            attr,
+            limit: limit as u32,
+        }),
+        (None, Some(values), None) if values.is_empty() => Err("field \"values\" is empty".into()),
+        (None, Some(values), None) => Ok(Constraint::Values { attr, values }),
+        (None, None, Some(values)) => Ok(Constraint::Not { attr, values }),
+        _ => Err("give exactly one of \"limit\", \"values\" or \"not\"".into()),
+    }
+}
+
+/// Health checks and announcements name ports; they must be ports the job asks for.
+fn check_port_refs(f: &Fields<'_>, ports: &[String]) -> Result<(), String> {
+    for (block, field) in [("health", "port"), ("announce", "primary")] {
+        if let Some(obj) = f.object(block)? {
+            if let Some(name) = Fields(obj)
+                .str(field)
+                .map_err(|e| format!("field \"{block}\": {e}"))?
+            {
+                if !ports.iter().any(|p| p == name) {
+                    return Err(format!(
+                        "field \"{block}\": port {name:?} is not in resources.ports"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// FNV-1a over the spec with object keys in sorted order, so the same spec hashes the same
+/// whatever the order of its fields in the file.
+pub fn hash(v: &Value) -> u64 {
+    fn feed(h: &mut u64, bytes: &[u8]) {
+        for &b in bytes {
+            *h ^= b as u64;
+            *h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn walk(h: &mut u64, v: &Value) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                feed(h, b"{");
+                for k in keys {
+                    feed(h, k.as_bytes());
+                    feed(h, b":");
+                    walk(h, &m[k]);
+                    feed(h, b",");
+                }
+                feed(h, b"}");
+            }
+            Value::Array(a) => {
+                feed(h, b"[");
+                for x in a {
+                    walk(h, x);
+                    feed(h, b",");
+                }
+                feed(h, b"]");
+            }
+            other => feed(h, other.to_string().as_bytes()),
+        }
+    }
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    walk(&mut h, v);
+    h
+}
+
+/// Reads every job from files and directories (a directory's `*.json` and `*.jsonl` files,
+/// in name order). Every bad job is reported; any bad job fails the whole read.
+pub fn read_all(paths: &[PathBuf]) -> Result<Vec<JobSpec>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading job directory {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.extension().is_some_and(|x| x == "json" || x == "jsonl") && f.is_file()
+                })
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut jobs: Vec<JobSpec> = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for file in &files {
+        match read_file(file) {
+            Ok(list) => {
+                for job in list {
+                    if let Some(first) = seen.insert(job.key.clone(), job.origin.clone()) {
+                        errors.push(format!(
+                            "{}: job {} is already defined at {first}",
+                            job.origin, job.key
+                        ));
+                    } else {
+                        jobs.push(job);
+                    }
+                }
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+    if let Some((last, rest)) = errors.split_last() {
+        for e in rest.iter().take(99) {
+            eprintln!("pack: {e}");
+        }
+        return Err(bad_input(format!(
+            "{last} ({} bad job specs; nothing was placed)",
+            errors.len()
+        )));
+    }
+    Ok(jobs)
+}
+
+/// One file: a single JSON object, or JSON lines of objects.
+fn read_file(path: &Path) -> Result<Vec<JobSpec>, Vec<String>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{name}: {e}")])?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(&text) {
+        match parse(&obj, &name) {
+            Ok(job) => out.push(job),
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let origin = format!("{name}:{}", i + 1);
+            match serde_json::from_str::<Value>(line) {
+                Ok(Value::Object(obj)) => match parse(&obj, &origin) {
+                    Ok(job) => out.push(job),
+                    Err(e) => errors.push(format!("{origin}: {e}")),
+                },
+                Ok(_) => errors.push(format!("{origin}: expected a job object")),
+                Err(e) => {
+                    let why = e.to_string();
+                    let why = why
+                        .rsplit_once(" at line ")
+                        .map_or(why.as_str(), |(w, _)| w);
+                    errors.push(format!(
+                        "{origin}: not valid JSON at column {}: {why}",
+                        e.column()
+                    ))
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(text: &str) -> Result<JobSpec, String> {
+        let v: Value = serde_json::from_str(text).unwrap();
+        parse(v.as_object().unwrap(), "test")
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let j = job(r#"{"job":"www/prod/hello","instances":3,
+           "cmd":["python3","-m","http.server","{{port.http}}"],"env":{},"user":"nobody",
+           "resources":{"cpus":0.5,"ram_mb":128,"disk_mb":64,"gpus":0,"ports":["http"]},
+           "constraints":[{"attr":"host","limit":1},{"attr":"rack","values":["r1","r2"]},
+                          {"attr":"zone","not":["z9"]}],
+           "tier":"production","priority":0,"service":true,
+           "health":{"http":"/health","port":"http","interval_s":10,"timeout_s":1,"failures":3},
+           "announce":{"primary":"http","path":"/formic/www/prod/hello"},
+           "restart":{"max_failures":10,"backoff_s":1,"max_backoff_s":300},
+           "update":{"batch_size":1,"watch_s":30,"rollback":true},
+           "sla":{"max_unavailable":1}}"#)
+        .unwrap();
+        assert_eq!(
+            (j.instances, j.resources.cpus, j.tier, j.role()),
+            (3, 500, Tier::Production, "www")
+        );
+        assert_eq!(
+            j.constraints[0],
+            Constraint::Limit {
+                attr: "host".into(),
+                limit: 1
+            }
+        );
+    }
+
+    #[test]
+    fn hash_ignores_field_order_but_not_values() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[1,2]}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"b":{"c":[1,2]},"a":1}"#).unwrap();
+        let c: Value = serde_json::from_str(r#"{"b":{"c":[2,1]},"a":1}"#).unwrap();
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(hash(&a), hash(&c));
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let base = r#""job":"a/b/c","cmd":["x"],"resources":{"cpus":1,"ram_mb":1}"#;
+        for (extra, want) in [
+            (r#","instances":-1"#, "instances"),
+            (r#","instances":1,"tier":"gold""#, "tier"),
+            (
+                r#","instances":1,"constraints":[{"attr":"rack","limit":1,"values":["x"]}]"#,
+                "exactly one",
+            ),
+            (
+                r#","instances":1,"health":{"port":"http"}"#,
+                "not in resources.ports",
+            ),
+            (r#","instances":1,"colour":"red""#, "unknown field"),
+        ] {
+            let err = job(&format!("{{{base}{extra}}}")).unwrap_err();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+    }
+}

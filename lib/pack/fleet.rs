@@ -1,0 +1,286 @@
+//! The fleet as the placement loop sees it: offers turned into flat arrays of free capacity
+//! (struct of arrays, fixed-point integers), attribute values interned to small integers,
+//! so the loop compares numbers and never hashes or touches a string.
+
+use std::collections::HashMap;
+
+use crate::host::{millicores, Mode};
+use crate::records::{Fields, Record};
+
+/// No value for an attribute on a host.
+pub const NONE: u32 = u32::MAX;
+
+/// Interned attribute values: one column per attribute key, one entry per host.
+#[derive(Default, Debug)]
+pub struct Attrs {
+    keys: HashMap<String, usize>,
+    values: Vec<HashMap<String, u32>>,
+    names: Vec<Vec<String>>,
+    columns: Vec<Vec<u32>>,
+}
+
+impl Attrs {
+    /// The column of `key`, created (all NONE) when first asked for.
+    pub fn column_of(&mut self, key: &str, hosts: usize) -> usize {
+        if let Some(&c) = self.keys.get(key) {
+            return c;
+        }
+        self.keys.insert(key.to_string(), self.columns.len());
+        self.values.push(HashMap::new());
+        self.names.push(Vec::new());
+        self.columns.push(vec![NONE; hosts]);
+        self.columns.len() - 1
+    }
+
+    pub fn key_name(&self, c: usize) -> &str {
+        self.keys
+            .iter()
+            .find(|(_, &i)| i == c)
+            .map_or("", |(k, _)| k.as_str())
+    }
+
+    pub fn find_column(&self, key: &str) -> Option<usize> {
+        self.keys.get(key).copied()
+    }
+
+    /// The id of `value` in column `c`, interned when new.
+    pub fn intern(&mut self, c: usize, value: &str) -> u32 {
+        if let Some(&v) = self.values[c].get(value) {
+            return v;
+        }
+        let id = self.names[c].len() as u32;
+        self.values[c].insert(value.to_string(), id);
+        self.names[c].push(value.to_string());
+        id
+    }
+
+    pub fn lookup(&self, c: usize, value: &str) -> Option<u32> {
+        self.values[c].get(value).copied()
+    }
+
+    pub fn value_count(&self, c: usize) -> usize {
+        self.names[c].len()
+    }
+
+    pub fn column(&self, c: usize) -> &[u32] {
+        &self.columns[c]
+    }
+
+    fn set(&mut self, c: usize, host: usize, value: u32) {
+        self.columns[c][host] = value;
+    }
+}
+
+/// Free capacity per host. Index = position of the host's offer on input.
+#[derive(Default, Debug)]
+pub struct Fleet {
+    pub names: Vec<String>,
+    /// Free physical millicores.
+    pub cpus: Vec<u32>,
+    /// The same in reference millicores (floor(cpus × cpu_factor)): what jobs ask in.
+    pub ref_cpus: Vec<u32>,
+    pub cpu_factor: Vec<f64>,
+    pub ram_mb: Vec<u64>,
+    pub disk_mb: Vec<u64>,
+    pub gpus: Vec<u32>,
+    /// Free ports (count), and the free ranges they come from.
+    pub ports: Vec<u32>,
+    pub port_ranges: Vec<Vec<(u16, u16)>>,
+    /// Scheduled for maintenance: used last.
+    pub scheduled: Vec<bool>,
+    pub attrs: Attrs,
+    /// Column of the `dedicated` attribute, if any host has one.
+    pub dedicated: Option<usize>,
+    pub by_name: HashMap<String, u32>,
+}
+
+/// The fields of an offer record.
+const OFFER_FIELDS: &[&str] = &[
+    "type",
+    "host",
+    "cpus",
+    "ram_mb",
+    "disk_mb",
+    "gpus",
+    "ports",
+    "attrs",
+    "cpu_factor",
+    "maintenance",
+];
+
+impl Fleet {
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Adds one offer; the error names the field.
+    pub fn add_offer(&mut self, rec: &Record) -> Result<(), String> {
+        let f = rec.get();
+        f.only(OFFER_FIELDS)?;
+        let name = f.str("host")?.ok_or("field \"host\" is missing")?;
+        crate::host::check_name(name).map_err(|e| format!("field \"host\": {e}"))?;
+        if self.by_name.contains_key(name) {
+            return Err(format!("host {name} is offered twice"));
+        }
+        let cpus = f.f64("cpus")?.ok_or("field \"cpus\" is missing")?;
+        if !(0.0..=4_000_000.0).contains(&cpus) {
+            return Err(format!("field \"cpus\": {cpus} is out of range"));
+        }
+        let factor = f.f64("cpu_factor")?.unwrap_or(1.0);
+        if !(factor > 0.0 && factor <= 1000.0) {
+            return Err(format!(
+                "field \"cpu_factor\": {factor} must be above 0 and at most 1000"
+            ));
+        }
+        let ram = f
+            .count("ram_mb", 1 << 40)?
+            .ok_or("field \"ram_mb\" is missing")?;
+        let disk = f.count("disk_mb", 1 << 50)?.unwrap_or(0);
+        let gpus = f.count("gpus", 1 << 16)?.unwrap_or(0) as u32;
+        let ranges = ranges(&f)?;
+        let maintenance = match f.str("maintenance")? {
+            None | Some("none") => Mode::None,
+            Some("scheduled") => Mode::Scheduled,
+            Some(m @ ("draining" | "drained")) => {
+                return Err(format!("host {name} is {m}; it takes no work"))
+            }
+            Some(m) => {
+                return Err(format!(
+                    "field \"maintenance\": {m:?} is not none or scheduled"
+                ))
+            }
+        };
+        let h = self.names.len();
+        let milli = millicores(cpus);
+        self.by_name.insert(name.to_string(), h as u32);
+        self.names.push(name.to_string());
+        self.cpus.push(milli);
+        self.ref_cpus.push(ref_milli(milli, factor));
+        self.cpu_factor.push(factor);
+        self.ram_mb.push(ram);
+        self.disk_mb.push(disk);
+        self.gpus.push(gpus);
+        self.ports
+            .push(ranges.iter().map(|&(a, b)| (b - a) as u32 + 1).sum());
+        self.port_ranges.push(ranges);
+        self.scheduled.push(maintenance == Mode::Scheduled);
+        for col in &mut self.attrs.columns {
+            col.push(NONE);
+        }
+        if let Some(attrs) = f.object("attrs")? {
+            for (k, v) in attrs {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| format!("field \"attrs\": {k}: expected a string"))?;
+                let c = self.attrs.column_of(k, h + 1);
+                let id = self.attrs.intern(c, v);
+                self.attrs.set(c, h, id);
+            }
+        }
+        self.dedicated = self.attrs.find_column("dedicated");
+        Ok(())
+    }
+
+    /// Physical millicores host `h` spends on `ref_cpus` reference millicores.
+    pub fn physical(&self, h: usize, ref_cpus: u32) -> u32 {
+        (ref_cpus as f64 / self.cpu_factor[h] - 1e-9)
+            .ceil()
+            .max(0.0) as u32
+    }
+
+    /// Takes a reservation off host `h`; returns the ports it was given.
+    pub fn reserve(
+        &mut self,
+        h: usize,
+        ref_cpus: u32,
+        ram: u64,
+        disk: u64,
+        gpus: u32,
+        nports: usize,
+    ) -> (u32, Vec<u16>) {
+        let phys = self.physical(h, ref_cpus).min(self.cpus[h]);
+        self.cpus[h] -= phys;
+        self.ref_cpus[h] = ref_milli(self.cpus[h], self.cpu_factor[h]);
+        self.ram_mb[h] -= ram;
+        self.disk_mb[h] -= disk;
+        self.gpus[h] -= gpus;
+        let mut taken = Vec::with_capacity(nports);
+        let ranges = &mut self.port_ranges[h];
+        while taken.len() < nports {
+            let (lo, hi) = ranges[0];
+            taken.push(lo);
+            if lo == hi {
+                ranges.remove(0);
+            } else {
+                ranges[0].0 = lo + 1;
+            }
+        }
+        self.ports[h] -= nports as u32;
+        (phys, taken)
+    }
+
+    /// Gives a reservation back to host `h` (a preempted task's).
+    pub fn release(
+        &mut self,
+        h: usize,
+        phys_cpus: u32,
+        ram: u64,
+        disk: u64,
+        gpus: u32,
+        ports: &[u16],
+    ) {
+        self.cpus[h] += phys_cpus;
+        self.ref_cpus[h] = ref_milli(self.cpus[h], self.cpu_factor[h]);
+        self.ram_mb[h] += ram;
+        self.disk_mb[h] += disk;
+        self.gpus[h] += gpus;
+        let ranges = &mut self.port_ranges[h];
+        for &p in ports {
+            ranges.push((p, p));
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+        for &(a, b) in ranges.iter() {
+            match merged.last_mut() {
+                Some(last) if a as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *ranges = merged;
+        self.ports[h] = ranges.iter().map(|&(a, b)| (b - a) as u32 + 1).sum();
+    }
+}
+
+/// Reference millicores of `phys` physical millicores at `factor` (rounded down, so a task
+/// that fits in reference cores always fits in the physical ones it is charged).
+pub fn ref_milli(phys: u32, factor: f64) -> u32 {
+    ((phys as f64 * factor) + 1e-9).floor().min(u32::MAX as f64) as u32
+}
+
+fn ranges(f: &Fields<'_>) -> Result<Vec<(u16, u16)>, String> {
+    let mut out = Vec::new();
+    for v in f.array("ports")?.map(Vec::as_slice).unwrap_or(&[]) {
+        let pair = v.as_array().filter(|a| a.len() == 2);
+        let Some((lo, hi)) = pair.and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?))) else {
+            return Err(format!(
+                "field \"ports\": expected [low, high], got {}",
+                crate::records::show(v)
+            ));
+        };
+        if lo == 0 || hi > 65535 || lo > hi {
+            return Err(format!(
+                "field \"ports\": [{lo}, {hi}] is not a range within 1–65535"
+            ));
+        }
+        out.push((lo as u16, hi as u16));
+    }
+    out.sort_unstable();
+    if out.windows(2).any(|w| w[1].0 <= w[0].1) {
+        return Err("field \"ports\": ranges overlap".into());
+    }
+    Ok(out)
+}

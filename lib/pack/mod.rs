@@ -1,0 +1,746 @@
+//! `pack`: the placement engine. Desired jobs (job files) + offers (stdin) + what already
+//! runs (the state, when given) -> place, preempt, kill and pending records on stdout.
+//!
+//! Without a state it is a pure function of its inputs: the same input gives the same
+//! output, byte for byte. Reading and checking happen first, so bad input (exit 65) emits
+//! nothing; then the loop in `place` decides; then the records are written.
+
+mod fleet;
+mod output;
+mod place;
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+use crate::cli::{self, OutputArgs};
+use crate::exit::{bad_input, status_of, Status, TABLE};
+use crate::job::{self, JobSpec, Tier};
+use crate::records::{self, Record};
+use crate::state::{State, View};
+use crate::task::{TaskState, NO_HOST};
+
+pub use fleet::Fleet;
+pub use place::{lower_bound, Strategy};
+use place::{Class, Placer, Reason, Scratch};
+
+/// Decide where every instance runs
+///
+/// Reads offers (JSON lines, as `offer` prints them) on standard input and job specs from
+/// files, and prints a `place` record for each instance it placed, `preempt` records before
+/// the placements that need them, `pending` records with every reason and how many hosts
+/// gave it, and `kill` records for surplus instances. Lines of other types pass through.
+/// With --state it also reads what already runs and places only what is missing; without
+/// it, it is a pure function of its inputs.
+#[derive(Parser, Debug)]
+#[command(name = "pack", version, after_help = TABLE)]
+pub struct Cli {
+    /// Job files (one job object, or JSON lines of jobs), or directories of *.json and
+    /// *.jsonl job files
+    #[arg(value_name = "JOB_FILE|DIR")]
+    pub jobs: Vec<PathBuf>,
+    /// Read what already runs from this state file and place only what is missing
+    #[arg(long, env = "FORMIC_STATE", value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// binpack: fewest hosts, least stranded capacity; spread: even load across hosts
+    #[arg(
+        long,
+        value_enum,
+        default_value = "binpack",
+        env = "FORMIC_STRATEGY",
+        value_name = "STRATEGY"
+    )]
+    pub strategy: StrategyArg,
+    /// With --state: kill the instances of jobs that no job file names
+    #[arg(long, requires = "state")]
+    pub prune: bool,
+    /// Quotas per role (JSON lines: {"role":"www","cpus":64,"ram_mb":262144,"disk_mb":0});
+    /// production instances beyond their role's quota stay pending
+    #[arg(long, env = "FORMIC_QUOTA", value_name = "FILE")]
+    pub quota: Option<PathBuf>,
+    /// Print, per host, why TASK (role/env/name/instance) cannot go there, or its score,
+    /// instead of the decisions
+    #[arg(long, value_name = "TASK")]
+    pub explain: Option<String>,
+    /// Print one JSON object of counts and timings on standard error
+    #[arg(long)]
+    pub stats: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StrategyArg {
+    Binpack,
+    Spread,
+}
+
+/// What pack decided, in decision order.
+pub enum Decision {
+    Place {
+        job: usize,
+        instance: u32,
+        host: u32,
+        cpus: u32,
+        ports: std::ops::Range<usize>,
+    },
+    Preempt {
+        victim: String,
+        host: u32,
+        job: usize,
+        instance: u32,
+    },
+    Pending {
+        job: usize,
+        instance: u32,
+        reasons: usize,
+    },
+    Kill {
+        task: String,
+        reason: &'static str,
+    },
+}
+
+/// Everything pack read, checked.
+pub struct Input {
+    pub fleet: Fleet,
+    pub jobs: Vec<JobSpec>,
+    pub passthrough: Vec<String>,
+    pub running: Vec<Running>,
+    pub quota: HashMap<String, [u64; 3]>,
+    pub now: f64,
+}
+
+/// A task the state says exists, with what pack needs of it.
+pub struct Running {
+    pub task: String,
+    pub job_key: String,
+    pub instance: u32,
+    pub state: TaskState,
+    pub not_before: f64,
+    /// Offered host, if the task's host is offered.
+    pub host: Option<usize>,
+    /// Attribute values of its host, by name (for limits on hosts not offered).
+    pub attrs: Vec<(String, String)>,
+    pub cpus: u32,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    pub gpus: u32,
+    pub ports: Vec<u16>,
+}
+
+/// The decisions and what the summary reports.
+pub struct Outcome {
+    pub decisions: Vec<Decision>,
+    pub ports: Vec<u16>,
+    pub reasons: Vec<Vec<(String, u32)>>,
+    pub placed: usize,
+    pub pending: usize,
+    pub preempted: usize,
+    pub hosts_used: usize,
+    pub lower_bound: usize,
+    /// For --explain: the compiled classes and scratch, by job.
+    classes: Vec<Option<Class>>,
+}
+
+pub fn run(cli: Cli) -> Result<Status> {
+    let t0 = Instant::now();
+    let input = read_input(&cli, io::stdin().lock())?;
+    let parse_ms = ms(t0);
+    let strategy = match cli.strategy {
+        StrategyArg::Binpack => Strategy::Binpack,
+        StrategyArg::Spread => Strategy::Spread,
+    };
+    let t1 = Instant::now();
+    let mut input = input;
+    let outcome = decide(&mut input, strategy, cli.prune);
+    let place_ms = ms(t1);
+    let t2 = Instant::now();
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let written = match &cli.explain {
+        Some(task) => explain(&mut out, &input, &outcome, task, cli.output.human()),
+        None => output::write(&mut out, &input, &outcome),
+    };
+    written
+        .and_then(|()| out.flush().map_err(Into::into))
+        .context("writing output")?;
+    let write_ms = ms(t2);
+    if cli.stats {
+        let stats = json!({
+            "placed": outcome.placed, "pending": outcome.pending, "preempted": outcome.preempted,
+            "hosts_used": outcome.hosts_used, "lower_bound": outcome.lower_bound,
+            "parse_ms": parse_ms, "place_ms": place_ms, "write_ms": write_ms,
+            "peak_rss_mb": peak_rss_mb(),
+        });
+        eprintln!("{stats}");
+    }
+    Ok(if outcome.pending > 0 {
+        Status::Partial
+    } else {
+        Status::Done
+    })
+}
+
+fn ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
+}
+
+fn peak_rss_mb() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    usage.map_or(0.0, |u| (u.max_rss() as f64 / 1024.0 * 10.0).round() / 10.0)
+}
+
+/// Reads offers from `stdin`, jobs from their files, and the state if given. Every problem
+/// is reported; any problem fails the whole run before a record is written.
+pub fn read_input(cli: &Cli, stdin: impl io::BufRead) -> Result<Input> {
+    let jobs = job::read_all(&cli.jobs)?;
+    let mut fleet = Fleet::default();
+    let mut passthrough = Vec::new();
+    let mut errors = Vec::new();
+    for item in records::Reader::new(stdin) {
+        let rec: Record = match item {
+            Ok(r) => r,
+            Err(e) if status_of(&e) == Status::BadInput => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if rec.kind() != "offer" {
+            passthrough.push(rec.raw);
+            continue;
+        }
+        if let Err(e) = fleet.add_offer(&rec) {
+            errors.push(format!("line {}: {e}", rec.line));
+        }
+    }
+    if let Some((last, rest)) = errors.split_last() {
+        for e in rest.iter().take(99) {
+            eprintln!("pack: {e}");
+        }
+        return Err(bad_input(format!(
+            "{last} ({} bad offers; nothing was placed)",
+            errors.len()
+        )));
+    }
+    let quota = match &cli.quota {
+        Some(path) => read_quota(path)?,
+        None => HashMap::new(),
+    };
+    let running = match &cli.state {
+        Some(path) => running(State::open(path)?.view(), &fleet),
+        None => Vec::new(),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    Ok(Input {
+        fleet,
+        jobs,
+        passthrough,
+        running,
+        quota,
+        now,
+    })
+}
+
+fn read_quota(path: &std::path::Path) -> Result<HashMap<String, [u64; 3]>> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading quota file {}", path.display()))?;
+    let mut quota = HashMap::new();
+    for item in
+        records::Reader::new(io::BufReader::new(file)).map(|r| r.map(|r| (r.line, r.fields)))
+    {
+        let (line, fields) = item.map_err(|e| bad_input(format!("{}: {e:#}", path.display())))?;
+        let f = records::Fields(&fields);
+        let parsed = (|| -> Result<_, String> {
+            f.only(&["type", "role", "cpus", "ram_mb", "disk_mb"])?;
+            let role = f
+                .str("role")?
+                .ok_or("field \"role\" is missing")?
+                .to_string();
+            let cpus = f.f64("cpus")?.unwrap_or(0.0);
+            if !(0.0..=1e9).contains(&cpus) {
+                return Err(format!("field \"cpus\": {cpus} is out of range"));
+            }
+            let q = [
+                crate::host::millicores(cpus) as u64,
+                f.count("ram_mb", 1 << 50)?.unwrap_or(0),
+                f.count("disk_mb", 1 << 60)?.unwrap_or(0),
+            ];
+            Ok((role, q))
+        })();
+        let (role, q) =
+            parsed.map_err(|e| bad_input(format!("{}: line {line}: {e}", path.display())))?;
+        quota.insert(role, q);
+    }
+    Ok(quota)
+}
+
+/// The tasks of the state that pack must know of: all but the finished ones.
+fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
+    let mut out = Vec::new();
+    for (_, t) in view.tasks.iter() {
+        let Some(job) = view.jobs.get(t.job) else {
+            continue;
+        };
+        let host = (t.host != NO_HOST)
+            .then(|| view.hosts.get(t.host))
+            .flatten();
+        out.push(Running {
+            task: format!("{}/{}", job.key, t.instance),
+            job_key: job.key.clone(),
+            instance: t.instance,
+            state: t.state,
+            not_before: t.not_before,
+            host: host.and_then(|h| fleet.by_name.get(&h.name).map(|&i| i as usize)),
+            attrs: host.map(|h| h.attrs.clone()).unwrap_or_default(),
+            cpus: t.cpus,
+            ram_mb: t.ram_mb,
+            disk_mb: t.disk_mb,
+            gpus: t.gpus,
+            ports: t.ports.iter().copied().filter(|&p| p != 0).collect(),
+        });
+    }
+    out.sort_by(|a, b| a.job_key.cmp(&b.job_key).then(a.instance.cmp(&b.instance)));
+    out
+}
+
+/// The whole decision: which instances are missing, then the loop, then reasons.
+pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
+    let Input {
+        fleet,
+        jobs,
+        running,
+        quota,
+        now,
+        ..
+    } = input;
+    let by_key: HashMap<&str, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.key.as_str(), i))
+        .collect();
+    let mut decisions = Vec::new();
+
+    // What exists: present instances count for limits and quota and are not placed again.
+    let mut present: Vec<Vec<bool>> = jobs
+        .iter()
+        .map(|j| vec![false; j.instances as usize])
+        .collect();
+    let mut throttled: HashMap<(usize, u32), f64> = HashMap::new();
+    let mut classes: Vec<Option<Class>> = (0..jobs.len()).map(|_| None).collect();
+    let mut scratch = Scratch::new(fleet.len());
+    let mut used: HashMap<String, [u64; 3]> = HashMap::new();
+    let mut victims: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (ri, r) in running.iter().enumerate() {
+        let Some(&j) = by_key.get(r.job_key.as_str()) else {
+            if prune && r.state.holds_resources() {
+                decisions.push(Decision::Kill {
+                    task: r.task.clone(),
+                    reason: "job removed",
+                });
+            }
+            continue;
+        };
+        let spec = &jobs[j];
+        if r.state.holds_resources() {
+            if r.instance >= spec.instances {
+                decisions.push(Decision::Kill {
+                    task: r.task.clone(),
+                    reason: "surplus instance",
+                });
+            } else {
+                present[j][r.instance as usize] = true;
+            }
+            let class = classes[j].get_or_insert_with(|| Class::compile(j, spec, fleet));
+            let values = |col: usize| {
+                let name = fleet_attr_name(fleet, col);
+                r.attrs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .and_then(|(_, v)| fleet.attrs.lookup(col, v))
+                    .unwrap_or(fleet::NONE)
+            };
+            class.count(fleet, r.host, &values, &mut scratch);
+            if spec.tier == Tier::Production {
+                let u = used.entry(spec.role().to_string()).or_default();
+                u[0] += spec.resources.cpus as u64;
+                u[1] += spec.resources.ram_mb;
+                u[2] += spec.resources.disk_mb;
+            } else if let Some(h) = r.host {
+                victims.entry(h).or_default().push(ri);
+            }
+        } else if r.state == TaskState::Throttled
+            && r.not_before > *now
+            && r.instance < spec.instances
+        {
+            throttled.insert((j, r.instance), r.not_before);
+        }
+    }
+
+    let scale = [
+        fleet.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
+        fleet.ram_mb.iter().copied().max().unwrap_or(0),
+    ];
+    let gpus_wanted = jobs.iter().any(|j| j.resources.gpus > 0);
+    let start_caps: [Vec<u64>; 4] = [
+        fleet.ref_cpus.iter().map(|&c| c as u64).collect(),
+        fleet.ram_mb.clone(),
+        fleet.disk_mb.clone(),
+        fleet.gpus.iter().map(|&g| g as u64).collect(),
+    ];
+    let mut placer = Placer::new(fleet, strategy, gpus_wanted);
+    let mut ports = Vec::new();
+    let mut reasons: Vec<Vec<(String, u32)>> = Vec::new();
+    let mut reason_of_job: HashMap<usize, usize> = HashMap::new();
+    let mut hosts_used = vec![false; fleet.len()];
+    let (mut placed, mut pending, mut preempted) = (0, 0, 0);
+    let mut demand = [0u64; 4];
+    let mut preempted_tasks = vec![false; running.len()];
+
+    for j in place::order(jobs, scale) {
+        let spec = &jobs[j];
+        let missing: Vec<u32> = (0..spec.instances)
+            .filter(|&i| !present[j][i as usize])
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let mut class = classes[j]
+            .take()
+            .unwrap_or_else(|| Class::compile(j, spec, fleet));
+        scratch.load(&class);
+        let r = &spec.resources;
+        let mut stuck: Option<&'static str> = None; // the job-wide reason once one instance fails
+        for &instance in &missing {
+            demand[0] += r.cpus as u64;
+            demand[1] += r.ram_mb;
+            demand[2] += r.disk_mb;
+            demand[3] += r.gpus as u64;
+            if let Some(until) = throttled.get(&(j, instance)) {
+                let idx = reasons.len();
+                reasons.push(vec![(format!("throttled until {until:.0}"), 1)]);
+                decisions.push(Decision::Pending {
+                    job: j,
+                    instance,
+                    reasons: idx,
+                });
+                pending += 1;
+                continue;
+            }
+            if stuck.is_none() && spec.tier == Tier::Production {
+                if let Some(q) = quota.get(spec.role()) {
+                    let u = used.entry(spec.role().to_string()).or_default();
+                    let want = [u[0] + r.cpus as u64, u[1] + r.ram_mb, u[2] + r.disk_mb];
+                    if want.iter().zip(q).any(|(w, q)| w > q) {
+                        stuck = Some("quota");
+                    }
+                }
+            }
+            let host = match stuck {
+                Some(_) => None,
+                None => placer.find(fleet, &class, &scratch).or_else(|| {
+                    if spec.tier != Tier::Production {
+                        return None;
+                    }
+                    let (h, chosen) = preemption(
+                        fleet,
+                        &class,
+                        &scratch,
+                        running,
+                        &victims,
+                        &preempted_tasks,
+                        jobs,
+                        &by_key,
+                    )?;
+                    for v in chosen {
+                        let t = &running[v];
+                        preempted_tasks[v] = true;
+                        fleet.release(h, t.cpus, t.ram_mb, t.disk_mb, t.gpus, &t.ports);
+                        decisions.push(Decision::Preempt {
+                            victim: t.task.clone(),
+                            host: h as u32,
+                            job: j,
+                            instance,
+                        });
+                        preempted += 1;
+                    }
+                    placer.update(fleet, h);
+                    Some(h)
+                }),
+            };
+            match host {
+                Some(h) => {
+                    let (cpus, given) =
+                        fleet.reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
+                    placer.update(fleet, h);
+                    class.count(fleet, Some(h), &|_| fleet::NONE, &mut scratch);
+                    let at = ports.len();
+                    ports.extend(given);
+                    decisions.push(Decision::Place {
+                        job: j,
+                        instance,
+                        host: h as u32,
+                        cpus,
+                        ports: at..ports.len(),
+                    });
+                    hosts_used[h] = true;
+                    placed += 1;
+                    if spec.tier == Tier::Production {
+                        let u = used.entry(spec.role().to_string()).or_default();
+                        u[0] += r.cpus as u64;
+                        u[1] += r.ram_mb;
+                        u[2] += r.disk_mb;
+                    }
+                }
+                None => {
+                    // Instances of a job are identical: once one fits nowhere, the rest
+                    // cannot fit either, and share its reasons.
+                    if stuck.is_none() {
+                        stuck = Some("");
+                    }
+                    let idx = *reason_of_job.entry(j).or_insert_with(|| {
+                        reasons.push(match stuck {
+                            Some("quota") => vec![("quota".to_string(), 1)],
+                            _ => reasons_for(fleet, &class, &scratch, spec),
+                        });
+                        reasons.len() - 1
+                    });
+                    decisions.push(Decision::Pending {
+                        job: j,
+                        instance,
+                        reasons: idx,
+                    });
+                    pending += 1;
+                }
+            }
+        }
+        classes[j] = Some(class);
+    }
+    let caps = [
+        &start_caps[0][..],
+        &start_caps[1][..],
+        &start_caps[2][..],
+        &start_caps[3][..],
+    ];
+    Outcome {
+        decisions,
+        ports,
+        reasons,
+        placed,
+        pending,
+        preempted,
+        hosts_used: hosts_used.iter().filter(|&&u| u).count(),
+        lower_bound: lower_bound(caps, demand),
+        classes,
+    }
+}
+
+fn fleet_attr_name(fleet: &Fleet, col: usize) -> String {
+    fleet.attrs.key_name(col).to_string()
+}
+
+/// Every reason the hosts give, with how many gave it (most first, then by name).
+fn reasons_for(
+    fleet: &Fleet,
+    class: &Class,
+    scratch: &Scratch,
+    spec: &JobSpec,
+) -> Vec<(String, u32)> {
+    if fleet.is_empty() {
+        return vec![("no offers".into(), 0)];
+    }
+    let mut counts: HashMap<Reason, u32> = HashMap::new();
+    for h in 0..fleet.len() {
+        if let Err(r) = class.check(fleet, scratch, h) {
+            *counts.entry(r).or_default() += 1;
+        }
+    }
+    let mut out: Vec<(String, u32)> = counts
+        .into_iter()
+        .map(|(r, n)| (class.describe(spec, r), n))
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// For a production instance that fits nowhere: the offered host where stopping the fewest
+/// preemptible instances (lowest priority first) makes room, and those instances.
+#[allow(clippy::too_many_arguments)]
+fn preemption(
+    fleet: &Fleet,
+    class: &Class,
+    scratch: &Scratch,
+    running: &[Running],
+    victims: &HashMap<usize, Vec<usize>>,
+    gone: &[bool],
+    jobs: &[JobSpec],
+    by_key: &HashMap<&str, usize>,
+) -> Option<(usize, Vec<usize>)> {
+    let priority = |v: usize| {
+        by_key
+            .get(running[v].job_key.as_str())
+            .map_or(0, |&j| jobs[j].priority)
+    };
+    let mut hosts: Vec<&usize> = victims.keys().collect();
+    hosts.sort();
+    let mut best: Option<(usize, i64, usize, Vec<usize>)> = None;
+    let [need_cpu, need_ram, need_gpus] = class.demand();
+    for &h in hosts {
+        match class.check(fleet, scratch, h) {
+            Ok(()) => return Some((h, Vec::new())),
+            Err(Reason::Cpus | Reason::Ram | Reason::Disk | Reason::Gpus | Reason::Ports) => {}
+            Err(_) => continue, // constraints do not change by stopping anything
+        }
+        let mut list: Vec<usize> = victims[&h].iter().copied().filter(|&v| !gone[v]).collect();
+        list.sort_by_key(|&v| (priority(v), std::cmp::Reverse(running[v].cpus), v));
+        let (mut cpus, mut ram, mut disk, mut gpus, mut ports) = (
+            fleet.cpus[h],
+            fleet.ram_mb[h],
+            fleet.disk_mb[h],
+            fleet.gpus[h] as u64,
+            fleet.ports[h],
+        );
+        let mut chosen = Vec::new();
+        for v in list {
+            let t = &running[v];
+            cpus += t.cpus;
+            ram += t.ram_mb;
+            disk += t.disk_mb;
+            gpus += t.gpus as u64;
+            ports += t.ports.len() as u32;
+            chosen.push(v);
+            let fits = fleet::ref_milli(cpus, fleet.cpu_factor[h]) as u64 >= need_cpu
+                && ram >= need_ram
+                && disk >= class.disk_need()
+                && gpus >= need_gpus
+                && ports >= class.ports_need();
+            if fits {
+                let worst = chosen
+                    .iter()
+                    .map(|&v| priority(v) as i64)
+                    .max()
+                    .unwrap_or(0);
+                let better = match &best {
+                    None => true,
+                    Some((_, p, n, _)) => (chosen.len(), worst) < (*n, *p),
+                };
+                if better {
+                    best = Some((h, worst, chosen.len(), chosen.clone()));
+                }
+                break;
+            }
+        }
+    }
+    best.map(|(h, _, _, chosen)| (h, chosen))
+}
+
+/// `--explain TASK`: per host, why the task cannot go there, or its score.
+fn explain(
+    out: &mut impl Write,
+    input: &Input,
+    outcome: &Outcome,
+    task: &str,
+    human: bool,
+) -> Result<()> {
+    let (key, instance) = task
+        .rsplit_once('/')
+        .and_then(|(k, i)| Some((k, i.parse::<u32>().ok()?)))
+        .ok_or_else(|| {
+            bad_input(format!(
+                "--explain {task:?}: expected role/env/name/instance"
+            ))
+        })?;
+    let j = input
+        .jobs
+        .iter()
+        .position(|s| s.key == key)
+        .ok_or_else(|| bad_input(format!("--explain: no job {key} in the job files")))?;
+    let spec = &input.jobs[j];
+    if instance >= spec.instances {
+        return Err(bad_input(format!(
+            "--explain: job {key} has {} instances",
+            spec.instances
+        )));
+    }
+    let fleet = &input.fleet;
+    let Some(class) = &outcome.classes[j] else {
+        writeln!(
+            out,
+            "{}",
+            json!({"type":"explain","task":task,"placed":null,"note":"already running"})
+        )?;
+        return Ok(());
+    };
+    let mut scratch = Scratch::new(fleet.len());
+    scratch.load(class);
+    let placed_on = outcome.decisions.iter().find_map(|d| match d {
+        Decision::Place {
+            job,
+            instance: i,
+            host,
+            ..
+        } if *job == j && *i == instance => Some(*host as usize),
+        _ => None,
+    });
+    let scale = [
+        fleet.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
+        fleet.ram_mb.iter().copied().max().unwrap_or(0),
+    ];
+    let mut rows = Vec::new();
+    let mut order: Vec<usize> = (0..fleet.len()).collect();
+    order.sort_by(|&a, &b| fleet.names[a].cmp(&fleet.names[b]));
+    for h in order {
+        let verdict = class.check(fleet, &scratch, h);
+        let (fits, why) = match verdict {
+            Ok(()) => (true, format!("score {}", fleet_score(fleet, scale, h))),
+            Err(r) => (false, class.describe(spec, r)),
+        };
+        rows.push((fleet.names[h].clone(), fits, why));
+    }
+    if human {
+        if let Some(h) = placed_on {
+            writeln!(
+                out,
+                "{task} placed on {}; as the fleet stands after placement:",
+                fleet.names[h]
+            )?;
+        }
+        let table: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|(h, f, w)| vec![h, if f { "yes" } else { "no" }.into(), w])
+            .collect();
+        out.write_all(cli::table(&["HOST", "FITS", "WHY"], &table).as_bytes())?;
+    } else {
+        let placed = placed_on.map(|h| fleet.names[h].clone());
+        writeln!(
+            out,
+            "{}",
+            json!({"type":"explain","task":task,"placed":placed})
+        )?;
+        for (host, fits, why) in rows {
+            let rec = if fits {
+                json!({"type":"explain","task":task,"host":host,"fits":true,"score":why.trim_start_matches("score ").parse::<f64>().unwrap_or(0.0)})
+            } else {
+                json!({"type":"explain","task":task,"host":host,"fits":false,"reason":why})
+            };
+            writeln!(out, "{rec}")?;
+        }
+    }
+    Ok(())
+}
+
+/// How full a host is, from 0 (as free as the largest host) to 1 (full), by its scarcest
+/// resource against the fleet's largest: binpack prefers higher scores, spread lower ones.
+fn fleet_score(fleet: &Fleet, scale: [u64; 2], h: usize) -> f64 {
+    let cpu = fleet.ref_cpus[h] as f64 / scale[0].max(1) as f64;
+    let ram = fleet.ram_mb[h] as f64 / scale[1].max(1) as f64;
+    ((1.0 - cpu.min(ram)) * 1000.0).round() / 1000.0
+}

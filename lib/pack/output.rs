@@ -1,0 +1,109 @@
+//! Writing pack's decisions. A million place records are most of pack's output, so they are
+//! formatted by hand into the buffer: job keys, host and port names are checked on input to
+//! hold nothing JSON would escape.
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde_json::{json, Map, Value};
+
+use crate::pack::{Decision, Input, Outcome};
+
+pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<()> {
+    for line in &input.passthrough {
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    let hashes: Vec<String> = input
+        .jobs
+        .iter()
+        .map(|j| format!("{:016x}", j.hash))
+        .collect();
+    let mut line = Vec::with_capacity(512);
+    for d in &outcome.decisions {
+        line.clear();
+        match d {
+            Decision::Place {
+                job,
+                instance,
+                host,
+                cpus,
+                ports,
+            } => {
+                let spec = &input.jobs[*job];
+                let r = &spec.resources;
+                line.extend_from_slice(b"{\"type\":\"place\",\"task\":\"");
+                line.extend_from_slice(spec.key.as_bytes());
+                write!(
+                    line,
+                    "/{instance}\",\"job\":\"{}\",\"instance\":{instance},\"host\":\"",
+                    spec.key
+                )?;
+                line.extend_from_slice(input.fleet.names[*host as usize].as_bytes());
+                line.extend_from_slice(b"\",\"cpus\":");
+                cores(&mut line, *cpus);
+                write!(
+                    line,
+                    ",\"ram_mb\":{},\"disk_mb\":{},\"gpus\":{},\"ports\":{{",
+                    r.ram_mb, r.disk_mb, r.gpus
+                )?;
+                for (i, (name, port)) in r
+                    .ports
+                    .iter()
+                    .zip(&outcome.ports[ports.clone()])
+                    .enumerate()
+                {
+                    if i > 0 {
+                        line.push(b',');
+                    }
+                    write!(line, "\"{name}\":{port}")?;
+                }
+                write!(line, "}},\"spec\":\"{}\"}}", hashes[*job])?;
+            }
+            Decision::Preempt {
+                victim,
+                host,
+                job,
+                instance,
+            } => {
+                let rec = json!({"type":"preempt","task":victim,"host":input.fleet.names[*host as usize],
+                                 "for":format!("{}/{instance}", input.jobs[*job].key)});
+                serde_json::to_writer(&mut line, &rec)?;
+            }
+            Decision::Pending {
+                job,
+                instance,
+                reasons,
+            } => {
+                let key = &input.jobs[*job].key;
+                let why: Map<String, Value> = outcome.reasons[*reasons]
+                    .iter()
+                    .map(|(r, n)| (r.clone(), json!(n)))
+                    .collect();
+                let rec = json!({"type":"pending","task":format!("{key}/{instance}"),"job":key,
+                                 "instance":instance,"reasons":why});
+                serde_json::to_writer(&mut line, &rec)?;
+            }
+            Decision::Kill { task, reason } => {
+                serde_json::to_writer(
+                    &mut line,
+                    &json!({"type":"kill","task":task,"reason":reason}),
+                )?;
+            }
+        }
+        line.push(b'\n');
+        out.write_all(&line)?;
+    }
+    Ok(())
+}
+
+/// Millicores as a decimal number of cores: 500 -> 0.5, 2000 -> 2, 125 -> 0.125.
+fn cores(line: &mut Vec<u8>, milli: u32) {
+    let _ = write!(line, "{}", milli / 1000);
+    let frac = milli % 1000;
+    if frac != 0 {
+        let digits = format!("{frac:03}");
+        line.push(b'.');
+        line.extend_from_slice(digits.trim_end_matches('0').as_bytes());
+    }
+}

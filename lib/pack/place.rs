@@ -1,0 +1,513 @@
+//! The placement loop. Jobs are taken in order (production before preemptible, higher
+//! priority first, larger first); all instances of a job are identical (Borg's equivalence
+//! class), so a job is compiled once into a `Class` and its instances placed one after the
+//! other. Hosts sit in buckets by how much they have left; binpack takes the fullest host
+//! that fits (best fit), spread the emptiest (worst fit). A host's bucket key is its
+//! scarcest free resource as a share of the fleet's largest, so a host full in any resource
+//! sinks to the bottom and is not looked at again by instances that need more than it has.
+//!
+//! The inner loop reads flat arrays, compares integers and allocates nothing.
+
+use crate::job::{Constraint, JobSpec, Tier};
+use crate::pack::fleet::{Fleet, NONE};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Fewest hosts, least stranded capacity.
+    Binpack,
+    /// Even load across hosts.
+    Spread,
+}
+
+/// Why a host cannot take an instance: the first check it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Dedicated,
+    /// Index into the class's value constraints.
+    Constraint(u16),
+    /// Index into the class's limits.
+    Limit(u16),
+    Cpus,
+    Ram,
+    Disk,
+    Gpus,
+    Ports,
+}
+
+/// A limit is kept per host (attribute `host`) or per value of an attribute column.
+#[derive(Clone, Debug)]
+enum Scope {
+    Host,
+    Column(usize),
+}
+
+/// A job compiled for the loop.
+#[derive(Debug)]
+pub struct Class {
+    pub job: usize,
+    ref_cpus: u32,
+    ram: u64,
+    disk: u64,
+    gpus: u32,
+    ports: u32,
+    /// (column, allowed[value id], allowed when the host has no value)
+    values: Vec<(usize, Vec<bool>, bool)>,
+    limits: Vec<(Scope, u32)>,
+    /// The value of `dedicated` that this job's role may use, if any host has it.
+    role: u32,
+    /// Hosts holding an instance of the job (running or placed now), for host limits.
+    hosts: Vec<u32>,
+    /// Instances per attribute value, per limit.
+    value_used: Vec<Vec<u32>>,
+}
+
+/// Instances of the current job per host, without a hash in the loop: counts are valid
+/// only where the stamp names the job being placed.
+pub struct Scratch {
+    stamp: Vec<u32>,
+    count: Vec<u32>,
+    current: u32,
+}
+
+impl Scratch {
+    pub fn new(hosts: usize) -> Scratch {
+        Scratch {
+            stamp: vec![u32::MAX; hosts],
+            count: vec![0; hosts],
+            current: u32::MAX,
+        }
+    }
+
+    /// Loads the per-host counts of `class`.
+    pub fn load(&mut self, class: &Class) {
+        self.current = class.job as u32;
+        for &h in &class.hosts {
+            self.add(h as usize);
+        }
+    }
+
+    fn add(&mut self, h: usize) {
+        if self.stamp[h] != self.current {
+            self.stamp[h] = self.current;
+            self.count[h] = 0;
+        }
+        self.count[h] += 1;
+    }
+
+    #[inline]
+    fn get(&self, h: usize) -> u32 {
+        if self.stamp[h] == self.current {
+            self.count[h]
+        } else {
+            0
+        }
+    }
+}
+
+impl Class {
+    pub fn compile(job: usize, spec: &JobSpec, fleet: &mut Fleet) -> Class {
+        let n = fleet.len();
+        let r = &spec.resources;
+        let mut values = Vec::new();
+        let mut limits = Vec::new();
+        let mut value_used = Vec::new();
+        for c in &spec.constraints {
+            match c {
+                Constraint::Limit { attr, limit } if attr == "host" => {
+                    limits.push((Scope::Host, *limit))
+                }
+                Constraint::Limit { attr, limit } => {
+                    let col = fleet.attrs.column_of(attr, n);
+                    limits.push((Scope::Column(col), *limit));
+                }
+                Constraint::Values { attr, values: vs } | Constraint::Not { attr, values: vs } => {
+                    let positive = matches!(c, Constraint::Values { .. });
+                    let col = fleet.attrs.column_of(attr, n);
+                    let mut allowed = vec![!positive; fleet.attrs.value_count(col)];
+                    for v in vs {
+                        if let Some(id) = fleet.attrs.lookup(col, v) {
+                            allowed[id as usize] = positive;
+                        }
+                    }
+                    values.push((col, allowed, !positive));
+                }
+            }
+        }
+        for (scope, _) in &limits {
+            value_used.push(match scope {
+                Scope::Column(col) => vec![0; fleet.attrs.value_count(*col)],
+                Scope::Host => Vec::new(),
+            });
+        }
+        let role = match fleet.dedicated {
+            Some(col) => fleet.attrs.lookup(col, spec.role()).unwrap_or(NONE - 1),
+            None => NONE,
+        };
+        Class {
+            job,
+            ref_cpus: r.cpus,
+            ram: r.ram_mb,
+            disk: r.disk_mb,
+            gpus: r.gpus,
+            ports: r.ports.len() as u32,
+            values,
+            limits,
+            role,
+            hosts: Vec::new(),
+            value_used,
+        }
+    }
+
+    /// Counts an instance on host `h` (placed now, or already running there) against the
+    /// limits. `h` may be a host not offered (a draining one): then `values` gives its
+    /// attribute values by column.
+    pub fn count(
+        &mut self,
+        fleet: &Fleet,
+        h: Option<usize>,
+        values: &dyn Fn(usize) -> u32,
+        scratch: &mut Scratch,
+    ) {
+        if let Some(h) = h {
+            self.hosts.push(h as u32);
+            if scratch.current == self.job as u32 {
+                scratch.add(h);
+            }
+        }
+        for (i, (scope, _)) in self.limits.iter().enumerate() {
+            match scope {
+                Scope::Host => {}
+                Scope::Column(col) => {
+                    let v = match h {
+                        Some(h) => fleet.attrs.column(*col)[h],
+                        None => values(*col),
+                    };
+                    if let Some(n) = self.value_used[i].get_mut(v as usize) {
+                        *n += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether host `h` can take one more instance now, or the first reason it cannot.
+    #[inline]
+    pub fn check(&self, fleet: &Fleet, scratch: &Scratch, h: usize) -> Result<(), Reason> {
+        if let Some(col) = fleet.dedicated {
+            let d = fleet.attrs.column(col)[h];
+            if d != NONE && d != self.role {
+                return Err(Reason::Dedicated);
+            }
+        }
+        for (i, (col, allowed, none_ok)) in self.values.iter().enumerate() {
+            let v = fleet.attrs.column(*col)[h];
+            let ok = if v == NONE {
+                *none_ok
+            } else {
+                allowed.get(v as usize).copied().unwrap_or(*none_ok)
+            };
+            if !ok {
+                return Err(Reason::Constraint(i as u16));
+            }
+        }
+        for (i, (scope, limit)) in self.limits.iter().enumerate() {
+            let used = match scope {
+                Scope::Host => scratch.get(h),
+                Scope::Column(col) => {
+                    let v = fleet.attrs.column(*col)[h];
+                    self.value_used[i].get(v as usize).copied().unwrap_or(0)
+                }
+            };
+            if used >= *limit {
+                return Err(Reason::Limit(i as u16));
+            }
+        }
+        if fleet.ref_cpus[h] < self.ref_cpus {
+            return Err(Reason::Cpus);
+        }
+        if fleet.ram_mb[h] < self.ram {
+            return Err(Reason::Ram);
+        }
+        if fleet.disk_mb[h] < self.disk {
+            return Err(Reason::Disk);
+        }
+        if fleet.gpus[h] < self.gpus {
+            return Err(Reason::Gpus);
+        }
+        if fleet.ports[h] < self.ports {
+            return Err(Reason::Ports);
+        }
+        Ok(())
+    }
+
+    /// The text of a reason, as pending records and --explain print it.
+    pub fn describe(&self, spec: &JobSpec, reason: Reason) -> String {
+        match reason {
+            Reason::Dedicated => "dedicated".into(),
+            Reason::Constraint(i) => {
+                let attr = spec.constraints.iter().filter_map(|c| match c {
+                    Constraint::Values { attr, .. } | Constraint::Not { attr, .. } => Some(attr),
+                    Constraint::Limit { .. } => None,
+                });
+                format!(
+                    "constraint {}",
+                    attr.clone().nth(i as usize).map_or("?", |s| s.as_str())
+                )
+            }
+            Reason::Limit(i) => {
+                let limit = spec.constraints.iter().filter_map(|c| match c {
+                    Constraint::Limit { attr, limit } => Some(format!("limit {attr}:{limit}")),
+                    _ => None,
+                });
+                limit
+                    .clone()
+                    .nth(i as usize)
+                    .unwrap_or_else(|| "limit".into())
+            }
+            Reason::Cpus => "insufficient cpus".into(),
+            Reason::Ram => "insufficient ram_mb".into(),
+            Reason::Disk => "insufficient disk_mb".into(),
+            Reason::Gpus => "insufficient gpus".into(),
+            Reason::Ports => "insufficient ports".into(),
+        }
+    }
+
+    pub fn disk_need(&self) -> u64 {
+        self.disk
+    }
+
+    pub fn ports_need(&self) -> u32 {
+        self.ports
+    }
+
+    pub fn demand(&self) -> [u64; 3] {
+        [self.ref_cpus as u64, self.ram, self.gpus as u64]
+    }
+}
+
+const BUCKETS: usize = 4096;
+
+/// Hosts grouped by bucket key, with a bitmap of the non-empty buckets.
+struct Index {
+    lists: Vec<Vec<u32>>,
+    nonempty: Vec<u64>,
+}
+
+impl Index {
+    fn new() -> Index {
+        Index {
+            lists: vec![Vec::new(); BUCKETS],
+            nonempty: vec![0; BUCKETS / 64],
+        }
+    }
+
+    fn insert(&mut self, b: usize, h: u32, pos: &mut [u32]) {
+        pos[h as usize] = self.lists[b].len() as u32;
+        self.lists[b].push(h);
+        self.nonempty[b / 64] |= 1 << (b % 64);
+    }
+
+    fn remove(&mut self, b: usize, h: u32, pos: &mut [u32]) {
+        let list = &mut self.lists[b];
+        let i = pos[h as usize] as usize;
+        list.swap_remove(i);
+        if let Some(&moved) = list.get(i) {
+            pos[moved as usize] = i as u32;
+        }
+        if list.is_empty() {
+            self.nonempty[b / 64] &= !(1 << (b % 64));
+        }
+    }
+
+    /// The first non-empty bucket at or above `b`.
+    fn next_up(&self, b: usize) -> Option<usize> {
+        let mut w = b / 64;
+        let mut bits = self.nonempty.get(w)? & (!0u64 << (b % 64));
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + bits.trailing_zeros() as usize);
+            }
+            w += 1;
+            bits = *self.nonempty.get(w)?;
+        }
+    }
+
+    /// The first non-empty bucket at or below `b`.
+    fn next_down(&self, b: usize) -> Option<usize> {
+        let mut w = b / 64;
+        let shift = 63 - (b % 64);
+        let mut bits = (self.nonempty[w] << shift) >> shift;
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + 63 - bits.leading_zeros() as usize);
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            bits = self.nonempty[w];
+        }
+    }
+}
+
+/// The hosts, bucketed: ordinary hosts first, hosts scheduled for maintenance last.
+pub struct Placer {
+    pools: [Index; 2],
+    bucket: Vec<u16>,
+    pos: Vec<u32>,
+    /// Largest free amount per keyed resource (cpus, ram, gpus) at the start; 0 = unkeyed.
+    scale: [u64; 3],
+    strategy: Strategy,
+}
+
+impl Placer {
+    /// Buckets the fleet. Gpus join the key only when some job asks for them.
+    pub fn new(fleet: &Fleet, strategy: Strategy, gpus_wanted: bool) -> Placer {
+        let max = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
+        let cpus: Vec<u64> = fleet.ref_cpus.iter().map(|&c| c as u64).collect();
+        let gpus: Vec<u64> = fleet.gpus.iter().map(|&g| g as u64).collect();
+        let scale = [
+            max(&cpus),
+            max(&fleet.ram_mb),
+            if gpus_wanted { max(&gpus) } else { 0 },
+        ];
+        let mut p = Placer {
+            pools: [Index::new(), Index::new()],
+            bucket: vec![0; fleet.len()],
+            pos: vec![0; fleet.len()],
+            scale,
+            strategy,
+        };
+        for h in 0..fleet.len() {
+            let b = p.key(
+                fleet.ref_cpus[h] as u64,
+                fleet.ram_mb[h],
+                fleet.gpus[h] as u64,
+            );
+            p.bucket[h] = b as u16;
+            p.pools[fleet.scheduled[h] as usize].insert(b, h as u32, &mut p.pos);
+        }
+        p
+    }
+
+    /// The bucket of an amount: its scarcest keyed resource as a share of the largest.
+    fn key(&self, cpus: u64, ram: u64, gpus: u64) -> usize {
+        let mut share = 1.0f64;
+        for (amount, scale) in [
+            (cpus, self.scale[0]),
+            (ram, self.scale[1]),
+            (gpus, self.scale[2]),
+        ] {
+            if scale > 0 {
+                share = share.min(amount as f64 / scale as f64);
+            }
+        }
+        ((share * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
+    }
+
+    /// Moves host `h` to the bucket its free capacity now belongs in.
+    pub fn update(&mut self, fleet: &Fleet, h: usize) {
+        let b = self.key(
+            fleet.ref_cpus[h] as u64,
+            fleet.ram_mb[h],
+            fleet.gpus[h] as u64,
+        );
+        let old = self.bucket[h] as usize;
+        if b != old {
+            let pool = &mut self.pools[fleet.scheduled[h] as usize];
+            pool.remove(old, h as u32, &mut self.pos);
+            pool.insert(b, h as u32, &mut self.pos);
+            self.bucket[h] = b as u16;
+        }
+    }
+
+    /// The host the strategy picks for one instance of `class`, if any can take it.
+    pub fn find(&self, fleet: &Fleet, class: &Class, scratch: &Scratch) -> Option<usize> {
+        let [c, r, g] = class.demand();
+        let lowest = self.key(c, r, g);
+        for pool in &self.pools {
+            let found = match self.strategy {
+                Strategy::Binpack => {
+                    let mut b = lowest;
+                    loop {
+                        let Some(nb) = pool.next_up(b) else {
+                            break None;
+                        };
+                        if let Some(&h) = pool.lists[nb]
+                            .iter()
+                            .find(|&&h| class.check(fleet, scratch, h as usize).is_ok())
+                        {
+                            break Some(h as usize);
+                        }
+                        b = nb + 1;
+                        if b >= BUCKETS {
+                            break None;
+                        }
+                    }
+                }
+                Strategy::Spread => {
+                    let mut b = BUCKETS - 1;
+                    loop {
+                        let Some(nb) = pool.next_down(b).filter(|&nb| nb >= lowest) else {
+                            break None;
+                        };
+                        if let Some(&h) = pool.lists[nb]
+                            .iter()
+                            .find(|&&h| class.check(fleet, scratch, h as usize).is_ok())
+                        {
+                            break Some(h as usize);
+                        }
+                        if nb == 0 {
+                            break None;
+                        }
+                        b = nb - 1;
+                    }
+                }
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+}
+
+/// Placement order: production first, then higher priority, then larger, then by key.
+pub fn order(jobs: &[JobSpec], fleet_scale: [u64; 2]) -> Vec<usize> {
+    let size = |j: &JobSpec| {
+        let c = j.resources.cpus as f64 / fleet_scale[0].max(1) as f64;
+        let r = j.resources.ram_mb as f64 / fleet_scale[1].max(1) as f64;
+        c.max(r)
+    };
+    let mut idx: Vec<usize> = (0..jobs.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (ja, jb) = (&jobs[a], &jobs[b]);
+        (ja.tier == Tier::Preemptible)
+            .cmp(&(jb.tier == Tier::Preemptible))
+            .then(jb.priority.cmp(&ja.priority))
+            .then(size(jb).total_cmp(&size(ja)))
+            .then(ja.key.cmp(&jb.key))
+    });
+    idx
+}
+
+/// The resource lower bound on hosts needed: per resource, the fewest hosts (largest
+/// first) whose capacity covers the demand; the bound is the largest of those.
+pub fn lower_bound(capacity: [&[u64]; 4], demand: [u64; 4]) -> usize {
+    let mut bound = 0;
+    for d in 0..4 {
+        if demand[d] == 0 {
+            continue;
+        }
+        let mut caps = capacity[d].to_vec();
+        caps.sort_unstable_by(|a, b| b.cmp(a));
+        let mut sum = 0u64;
+        let n = caps.iter().take_while(|&&c| {
+            let more = sum < demand[d];
+            sum += c;
+            more
+        });
+        bound = bound.max(n.count());
+    }
+    bound
+}
