@@ -16,6 +16,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 pub fn bin(tool: &str) -> PathBuf {
     match tool {
         "offer" => PathBuf::from(env!("CARGO_BIN_EXE_offer")),
+        "pack" => PathBuf::from(env!("CARGO_BIN_EXE_pack")),
         other => panic!("unknown tool {other}"),
     }
 }

@@ -15,7 +15,10 @@ use clap_mangen::Man;
 
 /// Every tool, by binary name, with its command line. A new tool is one more line here.
 fn tools() -> Vec<(&'static str, clap::Command)> {
-    vec![("offer", formic::offer::Cli::command())]
+    vec![
+        ("offer", formic::offer::Cli::command()),
+        ("pack", formic::pack::Cli::command()),
+    ]
 }
 
 const SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];

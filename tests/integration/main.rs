@@ -9,3 +9,5 @@ mod crash;
 mod docs;
 mod fuzz;
 mod offer_cli;
+mod pack_cli;
+mod pack_props;

@@ -1,0 +1,1 @@
+//! pack from the command line (to be written).
