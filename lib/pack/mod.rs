@@ -324,7 +324,34 @@ fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
     out
 }
 
-/// The whole decision: which instances are missing, then the loop, then reasons.
+/// The state of one decision run: the fleet as it fills, and what has been decided.
+struct Run<'a> {
+    fleet: &'a mut Fleet,
+    jobs: &'a [JobSpec],
+    running: &'a [Running],
+    quota: &'a HashMap<String, [u64; 3]>,
+    by_key: HashMap<&'a str, usize>,
+    placer: Placer,
+    scratch: Scratch,
+    classes: Vec<Option<Class>>,
+    /// Production reservations per role, for quota.
+    used: HashMap<String, [u64; 3]>,
+    /// Preemptible running tasks per offered host, and which have been preempted.
+    victims: HashMap<usize, Vec<usize>>,
+    preempted_tasks: Vec<bool>,
+    throttled: HashMap<(usize, u32), f64>,
+    /// Per job: why its instances stopped being placeable (set once one fits nowhere).
+    stuck: Vec<Option<&'static str>>,
+    decisions: Vec<Decision>,
+    ports: Vec<u16>,
+    reasons: Vec<Vec<(String, u32)>>,
+    reason_of_job: HashMap<usize, usize>,
+    hosts_used: Vec<bool>,
+    counts: [usize; 3],
+    demand: [u64; 4],
+}
+
+/// The whole decision: what exists, which instances are missing, then the loop.
 pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
     let Input {
         fleet,
@@ -334,73 +361,6 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         now,
         ..
     } = input;
-    let by_key: HashMap<&str, usize> = jobs
-        .iter()
-        .enumerate()
-        .map(|(i, j)| (j.key.as_str(), i))
-        .collect();
-    let mut decisions = Vec::new();
-
-    // What exists: present instances count for limits and quota and are not placed again.
-    let mut present: Vec<Vec<bool>> = jobs
-        .iter()
-        .map(|j| vec![false; j.instances as usize])
-        .collect();
-    let mut throttled: HashMap<(usize, u32), f64> = HashMap::new();
-    let mut classes: Vec<Option<Class>> = (0..jobs.len()).map(|_| None).collect();
-    let mut scratch = Scratch::new(fleet.len());
-    let mut used: HashMap<String, [u64; 3]> = HashMap::new();
-    let mut victims: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (ri, r) in running.iter().enumerate() {
-        let Some(&j) = by_key.get(r.job_key.as_str()) else {
-            if prune && r.state.holds_resources() {
-                decisions.push(Decision::Kill {
-                    task: r.task.clone(),
-                    reason: "job removed",
-                });
-            }
-            continue;
-        };
-        let spec = &jobs[j];
-        if r.state.holds_resources() {
-            if r.instance >= spec.instances {
-                decisions.push(Decision::Kill {
-                    task: r.task.clone(),
-                    reason: "surplus instance",
-                });
-            } else {
-                present[j][r.instance as usize] = true;
-            }
-            let class = classes[j].get_or_insert_with(|| Class::compile(j, spec, fleet));
-            let values = |col: usize| {
-                let name = fleet_attr_name(fleet, col);
-                r.attrs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .and_then(|(_, v)| fleet.attrs.lookup(col, v))
-                    .unwrap_or(fleet::NONE)
-            };
-            class.count(fleet, r.host, &values, &mut scratch);
-            if spec.tier == Tier::Production {
-                let u = used.entry(spec.role().to_string()).or_default();
-                u[0] += spec.resources.cpus as u64;
-                u[1] += spec.resources.ram_mb;
-                u[2] += spec.resources.disk_mb;
-            } else if let Some(h) = r.host {
-                victims.entry(h).or_default().push(ri);
-            }
-        } else if r.state == TaskState::Throttled
-            && r.not_before > *now
-            && r.instance < spec.instances
-        {
-            throttled.insert((j, r.instance), r.not_before);
-        }
-    }
-
-    let scale = [
-        fleet.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
-        fleet.ram_mb.iter().copied().max().unwrap_or(0),
-    ];
     let gpus_wanted = jobs.iter().any(|j| j.resources.gpus > 0);
     let start_caps: [Vec<u64>; 4] = [
         fleet.ref_cpus.iter().map(|&c| c as u64).collect(),
@@ -408,133 +368,70 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         fleet.disk_mb.clone(),
         fleet.gpus.iter().map(|&g| g as u64).collect(),
     ];
-    let mut placer = Placer::new(fleet, strategy, gpus_wanted);
-    let mut ports = Vec::new();
-    let mut reasons: Vec<Vec<(String, u32)>> = Vec::new();
-    let mut reason_of_job: HashMap<usize, usize> = HashMap::new();
-    let mut hosts_used = vec![false; fleet.len()];
-    let (mut placed, mut pending, mut preempted) = (0, 0, 0);
-    let mut demand = [0u64; 4];
-    let mut preempted_tasks = vec![false; running.len()];
-
-    for j in place::order(jobs, scale) {
-        let spec = &jobs[j];
-        let missing: Vec<u32> = (0..spec.instances)
-            .filter(|&i| !present[j][i as usize])
-            .collect();
-        if missing.is_empty() {
-            continue;
-        }
-        let mut class = classes[j]
-            .take()
-            .unwrap_or_else(|| Class::compile(j, spec, fleet));
-        scratch.load(&class);
-        let r = &spec.resources;
-        let mut stuck: Option<&'static str> = None; // the job-wide reason once one instance fails
-        for &instance in &missing {
-            demand[0] += r.cpus as u64;
-            demand[1] += r.ram_mb;
-            demand[2] += r.disk_mb;
-            demand[3] += r.gpus as u64;
-            if let Some(until) = throttled.get(&(j, instance)) {
-                let idx = reasons.len();
-                reasons.push(vec![(format!("throttled until {until:.0}"), 1)]);
-                decisions.push(Decision::Pending {
-                    job: j,
-                    instance,
-                    reasons: idx,
-                });
-                pending += 1;
-                continue;
-            }
-            if stuck.is_none() && spec.tier == Tier::Production {
-                if let Some(q) = quota.get(spec.role()) {
-                    let u = used.entry(spec.role().to_string()).or_default();
-                    let want = [u[0] + r.cpus as u64, u[1] + r.ram_mb, u[2] + r.disk_mb];
-                    if want.iter().zip(q).any(|(w, q)| w > q) {
-                        stuck = Some("quota");
-                    }
-                }
-            }
-            let host = match stuck {
-                Some(_) => None,
-                None => placer.find(fleet, &class, &scratch).or_else(|| {
-                    if spec.tier != Tier::Production {
-                        return None;
-                    }
-                    let (h, chosen) = preemption(
-                        fleet,
-                        &class,
-                        &scratch,
-                        running,
-                        &victims,
-                        &preempted_tasks,
-                        jobs,
-                        &by_key,
-                    )?;
-                    for v in chosen {
-                        let t = &running[v];
-                        preempted_tasks[v] = true;
-                        fleet.release(h, t.cpus, t.ram_mb, t.disk_mb, t.gpus, &t.ports);
-                        decisions.push(Decision::Preempt {
-                            victim: t.task.clone(),
-                            host: h as u32,
-                            job: j,
-                            instance,
-                        });
-                        preempted += 1;
-                    }
-                    placer.update(fleet, h);
-                    Some(h)
-                }),
-            };
-            match host {
-                Some(h) => {
-                    let (cpus, given) =
-                        fleet.reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
-                    placer.update(fleet, h);
-                    class.count(fleet, Some(h), &|_| fleet::NONE, &mut scratch);
-                    let at = ports.len();
-                    ports.extend(given);
-                    decisions.push(Decision::Place {
-                        job: j,
-                        instance,
-                        host: h as u32,
-                        cpus,
-                        ports: at..ports.len(),
-                    });
-                    hosts_used[h] = true;
-                    placed += 1;
-                    if spec.tier == Tier::Production {
-                        let u = used.entry(spec.role().to_string()).or_default();
-                        u[0] += r.cpus as u64;
-                        u[1] += r.ram_mb;
-                        u[2] += r.disk_mb;
-                    }
-                }
-                None => {
-                    // Instances of a job are identical: once one fits nowhere, the rest
-                    // cannot fit either, and share its reasons.
-                    if stuck.is_none() {
-                        stuck = Some("");
-                    }
-                    let idx = *reason_of_job.entry(j).or_insert_with(|| {
-                        reasons.push(match stuck {
-                            Some("quota") => vec![("quota".to_string(), 1)],
-                            _ => reasons_for(fleet, &class, &scratch, spec),
-                        });
-                        reasons.len() - 1
-                    });
-                    decisions.push(Decision::Pending {
-                        job: j,
-                        instance,
-                        reasons: idx,
-                    });
-                    pending += 1;
-                }
+    let scale = [
+        fleet.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
+        fleet.ram_mb.iter().copied().max().unwrap_or(0),
+    ];
+    let mut run = Run {
+        placer: Placer::new(fleet, strategy, gpus_wanted),
+        scratch: Scratch::new(fleet.len()),
+        hosts_used: vec![false; fleet.len()],
+        fleet,
+        jobs,
+        running,
+        quota,
+        by_key: jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.key.as_str(), i))
+            .collect(),
+        classes: (0..jobs.len()).map(|_| None).collect(),
+        used: HashMap::new(),
+        victims: HashMap::new(),
+        preempted_tasks: vec![false; running.len()],
+        throttled: HashMap::new(),
+        stuck: vec![None; jobs.len()],
+        decisions: Vec::new(),
+        ports: Vec::new(),
+        reasons: Vec::new(),
+        reason_of_job: HashMap::new(),
+        counts: [0; 3],
+        demand: [0; 4],
+    };
+    let present = run.take_stock(*now, prune);
+    let missing: Vec<Vec<u32>> = jobs
+        .iter()
+        .enumerate()
+        .map(|(j, spec)| {
+            (0..spec.instances)
+                .filter(|&i| !present[j][i as usize])
+                .collect()
+        })
+        .collect();
+    for group in place::groups(jobs, &place::order(jobs, scale)) {
+        // Jobs with limits are placed one after the other, each with its own counts. The
+        // others are interleaved instance by instance between those heavier in cpus and
+        // those heavier in memory, so hosts fill with a mix rather than strand one resource.
+        let (limited, free): (Vec<usize>, Vec<usize>) =
+            group.iter().partition(|&&j| run.class(j).has_limits());
+        for j in limited {
+            run.scratch.load(run.classes[j].as_ref().unwrap());
+            for &instance in &missing[j] {
+                run.place_one(j, instance);
             }
         }
-        classes[j] = Some(class);
+        let (cpu_heavy, ram_heavy): (Vec<usize>, Vec<usize>) = free.iter().partition(|&&j| {
+            let r = &jobs[j].resources;
+            r.cpus as f64 / scale[0].max(1) as f64 >= r.ram_mb as f64 / scale[1].max(1) as f64
+        });
+        let mut streams = [
+            Stream::new(cpu_heavy, &missing),
+            Stream::new(ram_heavy, &missing),
+        ];
+        while let Some(s) = Stream::next_turn(&streams) {
+            let (j, instance) = streams[s].take(&missing);
+            run.place_one(j, instance);
+        }
     }
     let caps = [
         &start_caps[0][..],
@@ -543,20 +440,254 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         &start_caps[3][..],
     ];
     Outcome {
-        decisions,
-        ports,
-        reasons,
-        placed,
-        pending,
-        preempted,
-        hosts_used: hosts_used.iter().filter(|&&u| u).count(),
-        lower_bound: lower_bound(caps, demand),
-        classes,
+        lower_bound: lower_bound(caps, run.demand),
+        hosts_used: run.hosts_used.iter().filter(|&&u| u).count(),
+        placed: run.counts[0],
+        pending: run.counts[1],
+        preempted: run.counts[2],
+        decisions: run.decisions,
+        ports: run.ports,
+        reasons: run.reasons,
+        classes: run.classes,
     }
 }
 
-fn fleet_attr_name(fleet: &Fleet, col: usize) -> String {
-    fleet.attrs.key_name(col).to_string()
+/// Instances of a list of jobs, taken in order, one at a time.
+struct Stream {
+    jobs: Vec<usize>,
+    job: usize,
+    instance: usize,
+    taken: usize,
+    total: usize,
+}
+
+impl Stream {
+    fn new(jobs: Vec<usize>, missing: &[Vec<u32>]) -> Stream {
+        let total = jobs.iter().map(|&j| missing[j].len()).sum();
+        Stream {
+            jobs,
+            job: 0,
+            instance: 0,
+            taken: 0,
+            total,
+        }
+    }
+
+    /// Which stream goes next: the one that is proportionally furthest behind.
+    fn next_turn(streams: &[Stream; 2]) -> Option<usize> {
+        let progress =
+            |s: &Stream| (s.taken < s.total).then(|| (s.taken + 1) as f64 / s.total as f64);
+        match (progress(&streams[0]), progress(&streams[1])) {
+            (Some(a), Some(b)) => Some(if a <= b { 0 } else { 1 }),
+            (Some(_), None) => Some(0),
+            (None, Some(_)) => Some(1),
+            (None, None) => None,
+        }
+    }
+
+    fn take(&mut self, missing: &[Vec<u32>]) -> (usize, u32) {
+        while self.instance >= missing[self.jobs[self.job]].len() {
+            self.job += 1;
+            self.instance = 0;
+        }
+        let j = self.jobs[self.job];
+        self.instance += 1;
+        self.taken += 1;
+        (j, missing[j][self.instance - 1])
+    }
+}
+
+impl Run<'_> {
+    fn class(&mut self, j: usize) -> &mut Class {
+        let (jobs, fleet) = (self.jobs, &mut *self.fleet);
+        self.classes[j].get_or_insert_with(|| Class::compile(j, &jobs[j], fleet))
+    }
+
+    /// Reads what the state says runs: kills for surplus and removed jobs, counts for limits
+    /// and quota, victims for preemption, backoff times. Returns the instances present.
+    fn take_stock(&mut self, now: f64, prune: bool) -> Vec<Vec<bool>> {
+        let mut present: Vec<Vec<bool>> = self
+            .jobs
+            .iter()
+            .map(|j| vec![false; j.instances as usize])
+            .collect();
+        for (ri, r) in self.running.iter().enumerate() {
+            let Some(&j) = self.by_key.get(r.job_key.as_str()) else {
+                if prune && r.state.holds_resources() {
+                    self.decisions.push(Decision::Kill {
+                        task: r.task.clone(),
+                        reason: "job removed",
+                    });
+                }
+                continue;
+            };
+            let spec = &self.jobs[j];
+            if r.state.holds_resources() {
+                if r.instance >= spec.instances {
+                    self.decisions.push(Decision::Kill {
+                        task: r.task.clone(),
+                        reason: "surplus instance",
+                    });
+                } else {
+                    present[j][r.instance as usize] = true;
+                }
+                self.class(j);
+                let fleet = &*self.fleet;
+                let values = |col: usize| {
+                    let name = fleet.attrs.key_name(col);
+                    r.attrs
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .and_then(|(_, v)| fleet.attrs.lookup(col, v))
+                        .unwrap_or(fleet::NONE)
+                };
+                let class = self.classes[j].as_mut().unwrap();
+                class.count(fleet, r.host, &values, &mut self.scratch);
+                if spec.tier == Tier::Production {
+                    let u = self.used.entry(spec.role().to_string()).or_default();
+                    u[0] += spec.resources.cpus as u64;
+                    u[1] += spec.resources.ram_mb;
+                    u[2] += spec.resources.disk_mb;
+                } else if let Some(h) = r.host {
+                    self.victims.entry(h).or_default().push(ri);
+                }
+            } else if r.state == TaskState::Throttled
+                && r.not_before > now
+                && r.instance < spec.instances
+            {
+                self.throttled.insert((j, r.instance), r.not_before);
+            }
+        }
+        present
+    }
+
+    /// Places one instance of job `j`, or records it pending. The class's limit counts must
+    /// be loaded in the scratch when the class has limits.
+    fn place_one(&mut self, j: usize, instance: u32) {
+        let spec = &self.jobs[j];
+        let r = &spec.resources;
+        for (d, amount) in [r.cpus as u64, r.ram_mb, r.disk_mb, r.gpus as u64]
+            .into_iter()
+            .enumerate()
+        {
+            self.demand[d] += amount;
+        }
+        if let Some(until) = self.throttled.get(&(j, instance)) {
+            self.reasons
+                .push(vec![(format!("throttled until {until:.0}"), 1)]);
+            self.decisions.push(Decision::Pending {
+                job: j,
+                instance,
+                reasons: self.reasons.len() - 1,
+            });
+            self.counts[1] += 1;
+            return;
+        }
+        if self.stuck[j].is_none() && spec.tier == Tier::Production {
+            if let Some(q) = self.quota.get(spec.role()) {
+                let u = self.used.get(spec.role()).copied().unwrap_or_default();
+                let want = [u[0] + r.cpus as u64, u[1] + r.ram_mb, u[2] + r.disk_mb];
+                if want.iter().zip(q).any(|(w, q)| w > q) {
+                    self.stuck[j] = Some("quota");
+                }
+            }
+        }
+        let class = self.classes[j]
+            .take()
+            .unwrap_or_else(|| Class::compile(j, spec, self.fleet));
+        let host = match self.stuck[j] {
+            Some(_) => None,
+            None => self
+                .placer
+                .find(self.fleet, &class, &self.scratch)
+                .or_else(|| self.preempt_for(&class, instance)),
+        };
+        match host {
+            Some(h) => {
+                let (cpus, given) =
+                    self.fleet
+                        .reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
+                self.placer.update(self.fleet, h);
+                let mut class = class;
+                class.count(self.fleet, Some(h), &|_| fleet::NONE, &mut self.scratch);
+                self.classes[j] = Some(class);
+                let at = self.ports.len();
+                self.ports.extend(given);
+                self.decisions.push(Decision::Place {
+                    job: j,
+                    instance,
+                    host: h as u32,
+                    cpus,
+                    ports: at..self.ports.len(),
+                });
+                self.hosts_used[h] = true;
+                self.counts[0] += 1;
+                if spec.tier == Tier::Production {
+                    let u = self.used.entry(spec.role().to_string()).or_default();
+                    u[0] += r.cpus as u64;
+                    u[1] += r.ram_mb;
+                    u[2] += r.disk_mb;
+                }
+            }
+            None => {
+                // Instances of a job are identical: once one fits nowhere, the rest cannot
+                // fit either, and share its reasons.
+                let why = *self.stuck[j].get_or_insert("");
+                let idx = match self.reason_of_job.get(&j) {
+                    Some(&idx) => idx,
+                    None => {
+                        self.reasons.push(match why {
+                            "quota" => vec![("quota".to_string(), 1)],
+                            _ => reasons_for(self.fleet, &class, &self.scratch, spec),
+                        });
+                        self.reason_of_job.insert(j, self.reasons.len() - 1);
+                        self.reasons.len() - 1
+                    }
+                };
+                self.classes[j] = Some(class);
+                self.decisions.push(Decision::Pending {
+                    job: j,
+                    instance,
+                    reasons: idx,
+                });
+                self.counts[1] += 1;
+            }
+        }
+    }
+
+    /// A production instance that fits nowhere: stops preemptible instances on the host
+    /// needing the fewest, and returns that host.
+    fn preempt_for(&mut self, class: &Class, instance: u32) -> Option<usize> {
+        let spec = &self.jobs[class.job];
+        if spec.tier != Tier::Production {
+            return None;
+        }
+        let (h, chosen) = preemption(
+            self.fleet,
+            class,
+            &self.scratch,
+            self.running,
+            &self.victims,
+            &self.preempted_tasks,
+            self.jobs,
+            &self.by_key,
+        )?;
+        for v in chosen {
+            let t = &self.running[v];
+            self.preempted_tasks[v] = true;
+            self.fleet
+                .release(h, t.cpus, t.ram_mb, t.disk_mb, t.gpus, &t.ports);
+            self.decisions.push(Decision::Preempt {
+                victim: t.task.clone(),
+                host: h as u32,
+                job: class.job,
+                instance,
+            });
+            self.counts[2] += 1;
+        }
+        self.placer.update(self.fleet, h);
+        Some(h)
+    }
 }
 
 /// Every reason the hosts give, with how many gave it (most first, then by name).

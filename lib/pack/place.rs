@@ -272,6 +272,10 @@ impl Class {
         }
     }
 
+    pub fn has_limits(&self) -> bool {
+        !self.limits.is_empty()
+    }
+
     pub fn disk_need(&self) -> u64 {
         self.disk
     }
@@ -489,6 +493,24 @@ pub fn order(jobs: &[JobSpec], fleet_scale: [u64; 2]) -> Vec<usize> {
             .then(ja.key.cmp(&jb.key))
     });
     idx
+}
+
+/// Splits an order into runs of jobs of the same tier and priority: what may be
+/// interleaved without breaking "production first, higher priority first".
+pub fn groups(jobs: &[JobSpec], order: &[usize]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for &j in order {
+        let same = out
+            .last()
+            .and_then(|g| g.last())
+            .is_some_and(|&p| jobs[p].tier == jobs[j].tier && jobs[p].priority == jobs[j].priority);
+        if same {
+            out.last_mut().unwrap().push(j);
+        } else {
+            out.push(vec![j]);
+        }
+    }
+    out
 }
 
 /// The resource lower bound on hosts needed: per resource, the fewest hosts (largest
