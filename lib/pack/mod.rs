@@ -329,13 +329,15 @@ struct Run<'a> {
     fleet: &'a mut Fleet,
     jobs: &'a [JobSpec],
     running: &'a [Running],
-    quota: &'a HashMap<String, [u64; 3]>,
     by_key: HashMap<&'a str, usize>,
     placer: Placer,
     scratch: Scratch,
     classes: Vec<Option<Class>>,
-    /// Production reservations per role, for quota.
-    used: HashMap<String, [u64; 3]>,
+    /// Each job's role, as an index into `used` and `role_quota`.
+    role_of: Vec<usize>,
+    /// Production reservations and quota per role (cpus, ram_mb, disk_mb).
+    used: Vec<[u64; 3]>,
+    role_quota: Vec<Option<[u64; 3]>>,
     /// Preemptible running tasks per offered host, and which have been preempted.
     victims: HashMap<usize, Vec<usize>>,
     preempted_tasks: Vec<bool>,
@@ -379,14 +381,15 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         fleet,
         jobs,
         running,
-        quota,
         by_key: jobs
             .iter()
             .enumerate()
             .map(|(i, j)| (j.key.as_str(), i))
             .collect(),
         classes: (0..jobs.len()).map(|_| None).collect(),
-        used: HashMap::new(),
+        role_of: Vec::new(),
+        used: Vec::new(),
+        role_quota: Vec::new(),
         victims: HashMap::new(),
         preempted_tasks: vec![false; running.len()],
         throttled: HashMap::new(),
@@ -398,6 +401,17 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         counts: [0; 3],
         demand: [0; 4],
     };
+    // Roles are numbered once here, so the loop indexes rather than hashes.
+    let mut roles: HashMap<&str, usize> = HashMap::new();
+    for spec in jobs.iter() {
+        let next = roles.len();
+        let r = *roles.entry(spec.role()).or_insert(next);
+        run.role_of.push(r);
+        if r == run.used.len() {
+            run.used.push([0; 3]);
+            run.role_quota.push(quota.get(spec.role()).copied());
+        }
+    }
     let present = run.take_stock(*now, prune);
     let missing: Vec<Vec<u32>> = jobs
         .iter()
@@ -544,10 +558,7 @@ impl Run<'_> {
                 let class = self.classes[j].as_mut().unwrap();
                 class.count(fleet, r.host, &values, &mut self.scratch);
                 if spec.tier == Tier::Production {
-                    let u = self.used.entry(spec.role().to_string()).or_default();
-                    u[0] += spec.resources.cpus as u64;
-                    u[1] += spec.resources.ram_mb;
-                    u[2] += spec.resources.disk_mb;
+                    self.charge(j);
                 } else if let Some(h) = r.host {
                     self.victims.entry(h).or_default().push(ri);
                 }
@@ -572,7 +583,12 @@ impl Run<'_> {
         {
             self.demand[d] += amount;
         }
-        if let Some(until) = self.throttled.get(&(j, instance)) {
+        let throttled = if self.throttled.is_empty() {
+            None
+        } else {
+            self.throttled.get(&(j, instance))
+        };
+        if let Some(until) = throttled {
             self.reasons
                 .push(vec![(format!("throttled until {until:.0}"), 1)]);
             self.decisions.push(Decision::Pending {
@@ -584,10 +600,10 @@ impl Run<'_> {
             return;
         }
         if self.stuck[j].is_none() && spec.tier == Tier::Production {
-            if let Some(q) = self.quota.get(spec.role()) {
-                let u = self.used.get(spec.role()).copied().unwrap_or_default();
+            if let Some(q) = self.role_quota[self.role_of[j]] {
+                let u = self.used[self.role_of[j]];
                 let want = [u[0] + r.cpus as u64, u[1] + r.ram_mb, u[2] + r.disk_mb];
-                if want.iter().zip(q).any(|(w, q)| w > q) {
+                if want.iter().zip(q).any(|(w, q)| *w > q) {
                     self.stuck[j] = Some("quota");
                 }
             }
@@ -623,10 +639,7 @@ impl Run<'_> {
                 self.hosts_used[h] = true;
                 self.counts[0] += 1;
                 if spec.tier == Tier::Production {
-                    let u = self.used.entry(spec.role().to_string()).or_default();
-                    u[0] += r.cpus as u64;
-                    u[1] += r.ram_mb;
-                    u[2] += r.disk_mb;
+                    self.charge(j);
                 }
             }
             None => {
@@ -653,6 +666,15 @@ impl Run<'_> {
                 self.counts[1] += 1;
             }
         }
+    }
+
+    /// Counts one production instance of job `j` against its role's quota.
+    fn charge(&mut self, j: usize) {
+        let r = &self.jobs[j].resources;
+        let u = &mut self.used[self.role_of[j]];
+        u[0] += r.cpus as u64;
+        u[1] += r.ram_mb;
+        u[2] += r.disk_mb;
     }
 
     /// A production instance that fits nowhere: stops preemptible instances on the host
