@@ -242,15 +242,48 @@ pub fn check_text(what: &str, text: &str) -> Result<(), String> {
 
 fn parse_fields(name: &str, f: Fields<'_>) -> Result<Host, String> {
     f.only(FIELDS)?;
+    let cap = parse_capacity(&f, false)?;
+    let transport = match f.str("transport")? {
+        None => Transport::Local,
+        Some(t) => Transport::parse(t)
+            .ok_or_else(|| format!("field \"transport\": {t:?} is not local or ssh"))?,
+    };
+    let attrs = match f.object("attrs")? {
+        None => Vec::new(),
+        Some(map) => parse_attrs(map).map_err(|e| format!("field \"attrs\": {e}"))?,
+    };
+    Ok(Host {
+        name: name.to_string(),
+        cpus: cap.cpus,
+        ram_mb: cap.ram_mb,
+        disk_mb: cap.disk_mb,
+        gpus: cap.gpus,
+        ports: cap.ports,
+        attrs,
+        cpu_factor: cap.cpu_factor,
+        transport,
+        maintenance: Maintenance::none(),
+    })
+}
+
+/// The capacity fields host records and offers share: what a host has, or has free.
+pub struct Capacity {
+    pub cpus: Millicores,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    pub gpus: u32,
+    pub ports: Vec<(u16, u16)>,
+    pub cpu_factor: f64,
+}
+
+/// Parses the capacity fields. A host has some cpus and at most 16 port ranges; an offer
+/// may have no cpus left, and its free ports may be split into many ranges.
+pub fn parse_capacity(f: &Fields<'_>, offer: bool) -> Result<Capacity, String> {
     let cpus = f.f64("cpus")?.ok_or("field \"cpus\" is missing")?;
-    if !(cpus > 0.0 && cpus <= 4_000_000.0) {
+    let least = if offer { 0.0 } else { 0.001 };
+    if !(cpus >= least && cpus <= 4_000_000.0) || (!offer && millicores(cpus) == 0) {
         return Err(format!(
-            "field \"cpus\": {cpus} must be above 0 and at most 4000000"
-        ));
-    }
-    if millicores(cpus) == 0 {
-        return Err(format!(
-            "field \"cpus\": {cpus} is less than a thousandth of a core"
+            "field \"cpus\": {cpus} must be at least {least} and at most 4000000"
         ));
     }
     let ram_mb = f
@@ -264,37 +297,25 @@ fn parse_fields(name: &str, f: Fields<'_>) -> Result<Host, String> {
             "field \"cpu_factor\": {cpu_factor} must be above 0 and at most 1000"
         ));
     }
-    let transport = match f.str("transport")? {
-        None => Transport::Local,
-        Some(t) => Transport::parse(t)
-            .ok_or_else(|| format!("field \"transport\": {t:?} is not local or ssh"))?,
-    };
+    let most = if offer { usize::MAX } else { MAX_PORT_RANGES };
     let ports = match f.array("ports")? {
         None => Vec::new(),
-        Some(list) => parse_ranges(list).map_err(|e| format!("field \"ports\": {e}"))?,
+        Some(list) => parse_ranges(list, most).map_err(|e| format!("field \"ports\": {e}"))?,
     };
-    let attrs = match f.object("attrs")? {
-        None => Vec::new(),
-        Some(map) => parse_attrs(map).map_err(|e| format!("field \"attrs\": {e}"))?,
-    };
-    Ok(Host {
-        name: name.to_string(),
+    Ok(Capacity {
         cpus: millicores(cpus),
         ram_mb,
         disk_mb,
         gpus,
         ports,
-        attrs,
         cpu_factor,
-        transport,
-        maintenance: Maintenance::none(),
     })
 }
 
 /// Port ranges: `[[lo, hi], …]`, inclusive, 1–65535, no overlaps.
-fn parse_ranges(list: &[Value]) -> Result<Vec<(u16, u16)>, String> {
-    if list.len() > MAX_PORT_RANGES {
-        return Err(format!("{} ranges; at most {MAX_PORT_RANGES}", list.len()));
+fn parse_ranges(list: &[Value], most: usize) -> Result<Vec<(u16, u16)>, String> {
+    if list.len() > most {
+        return Err(format!("{} ranges; at most {most}", list.len()));
     }
     let mut ranges = Vec::with_capacity(list.len());
     for v in list {

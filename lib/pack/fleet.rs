@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use crate::host::{millicores, Mode};
-use crate::records::{Fields, Record};
+use crate::host::Mode;
+use crate::records::Record;
 
 /// No value for an attribute on a host.
 pub const NONE: u32 = u32::MAX;
@@ -126,22 +126,7 @@ impl Fleet {
         if self.by_name.contains_key(name) {
             return Err(format!("host {name} is offered twice"));
         }
-        let cpus = f.f64("cpus")?.ok_or("field \"cpus\" is missing")?;
-        if !(0.0..=4_000_000.0).contains(&cpus) {
-            return Err(format!("field \"cpus\": {cpus} is out of range"));
-        }
-        let factor = f.f64("cpu_factor")?.unwrap_or(1.0);
-        if !(factor > 0.0 && factor <= 1000.0) {
-            return Err(format!(
-                "field \"cpu_factor\": {factor} must be above 0 and at most 1000"
-            ));
-        }
-        let ram = f
-            .count("ram_mb", 1 << 40)?
-            .ok_or("field \"ram_mb\" is missing")?;
-        let disk = f.count("disk_mb", 1 << 50)?.unwrap_or(0);
-        let gpus = f.count("gpus", 1 << 16)?.unwrap_or(0) as u32;
-        let ranges = ranges(&f)?;
+        let cap = crate::host::parse_capacity(&f, true)?;
         let maintenance = match f.str("maintenance")? {
             None | Some("none") => Mode::None,
             Some("scheduled") => Mode::Scheduled,
@@ -155,15 +140,15 @@ impl Fleet {
             }
         };
         let h = self.names.len();
-        let milli = millicores(cpus);
+        let (milli, factor, ranges) = (cap.cpus, cap.cpu_factor, cap.ports);
         self.by_name.insert(name.to_string(), h as u32);
         self.names.push(name.to_string());
         self.cpus.push(milli);
         self.ref_cpus.push(ref_milli(milli, factor));
         self.cpu_factor.push(factor);
-        self.ram_mb.push(ram);
-        self.disk_mb.push(disk);
-        self.gpus.push(gpus);
+        self.ram_mb.push(cap.ram_mb);
+        self.disk_mb.push(cap.disk_mb);
+        self.gpus.push(cap.gpus);
         self.ports
             .push(ranges.iter().map(|&(a, b)| (b - a) as u32 + 1).sum());
         self.port_ranges.push(ranges);
@@ -259,28 +244,4 @@ impl Fleet {
 /// that fits in reference cores always fits in the physical ones it is charged).
 pub fn ref_milli(phys: u32, factor: f64) -> u32 {
     ((phys as f64 * factor) + 1e-9).floor().min(u32::MAX as f64) as u32
-}
-
-fn ranges(f: &Fields<'_>) -> Result<Vec<(u16, u16)>, String> {
-    let mut out = Vec::new();
-    for v in f.array("ports")?.map(Vec::as_slice).unwrap_or(&[]) {
-        let pair = v.as_array().filter(|a| a.len() == 2);
-        let Some((lo, hi)) = pair.and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?))) else {
-            return Err(format!(
-                "field \"ports\": expected [low, high], got {}",
-                crate::records::show(v)
-            ));
-        };
-        if lo == 0 || hi > 65535 || lo > hi {
-            return Err(format!(
-                "field \"ports\": [{lo}, {hi}] is not a range within 1–65535"
-            ));
-        }
-        out.push((lo as u16, hi as u16));
-    }
-    out.sort_unstable();
-    if out.windows(2).any(|w| w[1].0 <= w[0].1) {
-        return Err("field \"ports\": ranges overlap".into());
-    }
-    Ok(out)
 }
