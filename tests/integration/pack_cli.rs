@@ -1,1 +1,1763 @@
-//! pack from the command line (to be written).
+//! `pack` as an operator runs it: the real binary in a temporary directory, job files written
+//! by the test, offers on stdin, and (for what already runs) a real state file built through
+//! the library. Each test checks what a user would see: the records, their order, the reasons
+//! a task is pending, the exit status, and that bad input emits nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use formic::host::{Host, Maintenance, Transport};
+use formic::state::State;
+use formic::task::{Job, Task, TaskState, MAX_PORTS};
+
+use crate::common::{self, bin, code, run, stderr, stdout};
+
+// --- helpers ---
+
+/// A temporary directory holding the job files (and state, quota) of one test. pack runs with
+/// it as its working directory, so messages name files as the test wrote them.
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Dir {
+        Dir(common::tempdir())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path(name), text).unwrap();
+    }
+
+    /// Writes `jobs` to `name` as JSON lines.
+    fn jobs(&self, name: &str, jobs: &[Value]) {
+        self.write(name, &lines_of(jobs));
+    }
+
+    /// Runs `pack ARGS` with `stdin`, nothing from the test's environment.
+    fn pack(&self, args: &[&str], stdin: &str) -> Output {
+        let mut cmd = Command::new(bin("pack"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(self.0.path())
+            .args(args);
+        run(&mut cmd, stdin.as_bytes())
+    }
+
+    /// Runs pack and insists on exit status `want`; returns its records.
+    fn pack_expect(&self, args: &[&str], stdin: &str, want: i32) -> Vec<Value> {
+        let out = self.pack(args, stdin);
+        assert_eq!(
+            code(&out),
+            want,
+            "pack {args:?}: stderr: {}\nstdout: {}",
+            stderr(&out),
+            stdout(&out)
+        );
+        records(&out)
+    }
+}
+
+/// A job with the fields every job needs.
+fn job(key: &str, instances: u32, cpus: f64, ram_mb: u64) -> Value {
+    json!({"job": key, "instances": instances, "cmd": ["sleep", "1000"],
+           "resources": {"cpus": cpus, "ram_mb": ram_mb}})
+}
+
+/// `v` with the top-level fields of `extra` set.
+fn with(mut v: Value, extra: Value) -> Value {
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+/// `job` with its resources' fields of `extra` set.
+fn with_resources(mut v: Value, extra: Value) -> Value {
+    for (k, x) in extra.as_object().unwrap() {
+        v["resources"][k] = x.clone();
+    }
+    v
+}
+
+/// An offer with plenty of disk and 100 ports, no attributes.
+fn offer(host: &str, cpus: f64, ram_mb: u64) -> Value {
+    json!({"type":"offer","host":host,"cpus":cpus,"ram_mb":ram_mb,"disk_mb":100000,"gpus":0,
+           "ports":[[31000,31099]],"attrs":{},"cpu_factor":1.0,"maintenance":"none"})
+}
+
+fn offer_attrs(host: &str, cpus: f64, ram_mb: u64, attrs: Value) -> Value {
+    with(offer(host, cpus, ram_mb), json!({ "attrs": attrs }))
+}
+
+fn lines_of(values: &[Value]) -> String {
+    values.iter().map(|v| format!("{v}\n")).collect()
+}
+
+fn records(out: &Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn of<'a>(recs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    recs.iter().filter(|r| r["type"] == kind).collect()
+}
+
+/// Host of each placed task.
+fn placements(recs: &[Value]) -> BTreeMap<String, String> {
+    of(recs, "place")
+        .into_iter()
+        .map(|p| (s(&p["task"]), s(&p["host"])))
+        .collect()
+}
+
+/// How many instances of `job` were placed on each host.
+fn per_host(recs: &[Value], job: &str) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for p in of(recs, "place") {
+        if p["job"] == job {
+            *n.entry(s(&p["host"])).or_default() += 1;
+        }
+    }
+    n
+}
+
+fn pending_tasks(recs: &[Value]) -> BTreeSet<String> {
+    of(recs, "pending").iter().map(|p| s(&p["task"])).collect()
+}
+
+fn reasons(rec: &Value) -> BTreeMap<String, u64> {
+    rec["reasons"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no reasons: {rec}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
+fn s(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .to_string()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+// --- state fixtures ---
+
+/// A task the state says exists.
+struct Existing {
+    job: &'static str,
+    instance: u32,
+    host: &'static str,
+    state: TaskState,
+    /// Physical millicores reserved.
+    cpus: u32,
+    ram_mb: u64,
+    ports: Vec<u16>,
+    not_before: f64,
+}
+
+fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> Existing {
+    Existing {
+        job,
+        instance,
+        host,
+        state: TaskState::Running,
+        cpus,
+        ram_mb: 100,
+        ports: Vec::new(),
+        not_before: 0.0,
+    }
+}
+
+/// Writes a state with `hosts` (name, attributes) and `tasks`, as offer and launch would.
+fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing]) {
+    let mut st = State::open_writer(path).unwrap();
+    st.write(|tx| {
+        for (name, attrs) in hosts {
+            let mut attrs: Vec<(String, String)> = attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            attrs.sort();
+            tx.upsert(Host {
+                name: name.to_string(),
+                cpus: 64_000,
+                ram_mb: 262_144,
+                disk_mb: 1_000_000,
+                gpus: 0,
+                ports: vec![(31000, 31999)],
+                attrs,
+                cpu_factor: 1.0,
+                transport: Transport::Local,
+                maintenance: Maintenance::none(),
+            });
+        }
+        for t in tasks {
+            let job = tx.upsert(Job {
+                key: t.job.to_string(),
+                ports: (0..t.ports.len()).map(|i| format!("p{i}")).collect(),
+            });
+            let host = if t.host.is_empty() {
+                formic::task::NO_HOST
+            } else {
+                tx.view()
+                    .hosts
+                    .find(&t.host.to_string())
+                    .expect("the task's host is in the state")
+            };
+            let mut task = Task::new(job, t.instance);
+            task.host = host;
+            task.state = t.state;
+            task.cpus = t.cpus;
+            task.ram_mb = t.ram_mb;
+            let mut ports = [0u16; MAX_PORTS];
+            ports[..t.ports.len()].copy_from_slice(&t.ports);
+            task.ports = ports;
+            task.not_before = t.not_before;
+            tx.upsert(task);
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+// --- output shape ---
+
+#[test]
+fn place_records_carry_every_field_and_other_lines_pass_through_byte_for_byte() {
+    let d = Dir::new();
+    d.jobs(
+        "hello.json",
+        &[with_resources(
+            job("www/prod/hello", 2, 0.5, 128),
+            json!({"disk_mb": 64, "gpus": 1, "ports": ["http", "admin"]}),
+        )],
+    );
+    // Odd spacing, unicode, key order and a record pack writes itself (a place from an
+    // earlier tool) are other tools' business: they come out as they went in.
+    let others = [
+        r#"{ "type" : "note", "text":"café ☕", "n":1.50}"#,
+        r#"{"z":1,"type":"task","a":[1,2,{"b":null}]}"#,
+        r#"{"type":"event","task":"www/prod/hello/9",   "state":"FAILED"}"#,
+    ];
+    let h1 = with(
+        offer("h1", 4.0, 4096),
+        json!({"gpus": 2, "ports": [[31000, 31009]]}),
+    );
+    let stdin = format!("{}\n{h1}\n\n{}\n{}\n", others[0], others[1], others[2]);
+    let out = d.pack(&["hello.json"], &stdin);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let passed: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with(r#"{"type":"place""#))
+        .collect();
+    assert_eq!(passed, others, "other lines, in their order, unchanged");
+
+    let places = of(&records(&out), "place")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(places.len(), 2);
+    let mut seen_ports = BTreeSet::new();
+    for (i, p) in places.iter().enumerate() {
+        let keys: Vec<&str> = p.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "type", "task", "job", "instance", "host", "cpus", "ram_mb", "disk_mb", "gpus",
+                "ports", "spec"
+            ]
+        );
+        assert_eq!(p["task"], format!("www/prod/hello/{i}"));
+        assert_eq!(p["job"], "www/prod/hello");
+        assert_eq!(p["instance"], i);
+        assert_eq!(p["host"], "h1");
+        assert_eq!(p["cpus"], 0.5);
+        assert_eq!(p["ram_mb"], 128);
+        assert_eq!(p["disk_mb"], 64);
+        assert_eq!(p["gpus"], 1);
+        let ports = p["ports"].as_object().unwrap();
+        assert_eq!(
+            ports.keys().collect::<Vec<_>>(),
+            ["http", "admin"],
+            "ports named as the job names them, in its order"
+        );
+        for n in ports.values() {
+            let n = n.as_u64().unwrap();
+            assert!((31000..=31009).contains(&n), "port {n} outside the offer");
+            assert!(seen_ports.insert(n), "port {n} given twice on h1");
+        }
+        let spec = s(&p["spec"]);
+        assert!(
+            spec.len() == 16 && spec.bytes().all(|b| b.is_ascii_hexdigit()),
+            "spec {spec:?}"
+        );
+    }
+    assert_eq!(places[0]["spec"], places[1]["spec"], "one spec per job");
+}
+
+#[test]
+fn spec_hash_follows_the_content_of_the_job_not_the_order_of_its_fields() {
+    let d = Dir::new();
+    let offers = lines_of(&[offer("h1", 8.0, 8192)]);
+    let spec_of = |text: &str| {
+        d.write("j.json", text);
+        let recs = d.pack_expect(&["j.json"], &offers, 0);
+        s(&of(&recs, "place")[0]["spec"])
+    };
+    let a =
+        spec_of(r#"{"job":"a/b/c","instances":1,"cmd":["x"],"resources":{"cpus":1,"ram_mb":10}}"#);
+    let reordered = spec_of(
+        "{\n  \"resources\": {\"ram_mb\": 10, \"cpus\": 1},\n  \"cmd\": [\"x\"],\n  \"instances\": 1,\n  \"job\": \"a/b/c\"\n}\n",
+    );
+    let changed =
+        spec_of(r#"{"job":"a/b/c","instances":1,"cmd":["y"],"resources":{"cpus":1,"ram_mb":10}}"#);
+    assert_eq!(
+        a, reordered,
+        "reformatting a job file must not make a new version of the job"
+    );
+    assert_ne!(a, changed, "a new command is a new version of the job");
+}
+
+#[test]
+fn pending_records_count_the_hosts_giving_each_reason_and_exit_1() {
+    let d = Dir::new();
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 4, 1.0, 1000),
+            json!({"constraints": [{"attr": "host", "limit": 1}]}),
+        )],
+    );
+    let offers = lines_of(&[
+        offer("small1", 8.0, 500),
+        offer("big1", 8.0, 4096),
+        offer("small2", 8.0, 500),
+        offer("big2", 8.0, 4096),
+        offer("small3", 8.0, 999),
+    ]);
+    let recs = d.pack_expect(&["web.json"], &offers, 1);
+    let placed: BTreeSet<String> = placements(&recs).into_values().collect();
+    assert_eq!(placed, set(&["big1", "big2"]));
+    let pending = of(&recs, "pending");
+    assert_eq!(pending.len(), 2);
+    for p in &pending {
+        assert_eq!(p.as_object().unwrap().len(), 5, "{p}");
+        assert_eq!(p["job"], "www/prod/web");
+        assert_eq!(
+            p["task"],
+            format!("www/prod/web/{}", p["instance"].as_u64().unwrap())
+        );
+        assert_eq!(
+            reasons(p),
+            BTreeMap::from([
+                ("insufficient ram_mb".to_string(), 3),
+                ("limit host:1".to_string(), 2)
+            ])
+        );
+    }
+    assert_eq!(
+        pending_tasks(&recs),
+        set(&["www/prod/web/2", "www/prod/web/3"])
+    );
+
+    // With nothing offered every instance is pending, with a reason.
+    let recs = d.pack_expect(&["web.json"], "", 1);
+    assert_eq!(of(&recs, "pending").len(), 4);
+    assert!(of(&recs, "pending").iter().all(|p| !reasons(p).is_empty()));
+}
+
+#[test]
+#[ignore = "bug: two constraints on one attribute give reasons of one text whose host counts \
+            are not added: values [z1,z2] and not [z2] on zone, three hosts refusing, prints \
+            {\"constraint zone\":1} (reasons_for counts by Reason, the output map keeps the \
+            last count of each text)"]
+fn reason_counts_cover_every_host_when_two_constraints_share_an_attribute() {
+    let d = Dir::new();
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 1, 1.0, 10),
+            json!({"constraints": [{"attr": "zone", "values": ["z1", "z2"]},
+                                   {"attr": "zone", "not": ["z2"]}]}),
+        )],
+    );
+    let offers = lines_of(&[
+        offer_attrs("a", 8.0, 4096, json!({"zone": "z3"})),
+        offer_attrs("b", 8.0, 4096, json!({"zone": "z2"})),
+        offer("c", 8.0, 4096),
+    ]);
+    let recs = d.pack_expect(&["web.json"], &offers, 1);
+    let pending = of(&recs, "pending");
+    assert_eq!(pending.len(), 1);
+    let total: u64 = reasons(pending[0]).values().sum();
+    assert_eq!(total, 3, "three hosts refused: {}", pending[0]);
+}
+
+#[test]
+fn the_same_input_gives_the_same_bytes() {
+    let d = Dir::new();
+    let mut jobs = Vec::new();
+    for i in 0..12u32 {
+        let mut j = job(
+            &format!("r{}/prod/j{i}", i % 3),
+            1 + i % 5,
+            0.25 * (1 + i % 4) as f64,
+            64 << (i % 4),
+        );
+        j["resources"]["ports"] = json!(["http"]);
+        if i % 3 == 0 {
+            j["constraints"] = json!([{"attr": "host", "limit": 1}]);
+        }
+        if i % 4 == 1 {
+            j["tier"] = json!("production");
+        }
+        j["priority"] = json!(i % 2);
+        jobs.push(j);
+    }
+    d.jobs("jobs.jsonl", &jobs);
+    let offers: Vec<Value> = (0..9)
+        .map(|h| {
+            offer_attrs(
+                &format!("h{h}"),
+                (1 + h % 3) as f64,
+                512 * (1 + h % 4),
+                json!({"rack": format!("r{}", h % 3)}),
+            )
+        })
+        .collect();
+    let stdin = lines_of(&offers);
+    for strategy in ["binpack", "spread"] {
+        let a = d.pack(&["--strategy", strategy, "jobs.jsonl"], &stdin);
+        let b = d.pack(&["--strategy", strategy, "jobs.jsonl"], &stdin);
+        assert!(!a.stdout.is_empty());
+        assert!(
+            !of(&records(&a), "place").is_empty() && !of(&records(&a), "pending").is_empty(),
+            "the input should both place and leave pending, to exercise both"
+        );
+        assert_eq!(
+            stdout(&a),
+            stdout(&b),
+            "{strategy}: two runs on the same input differ"
+        );
+        assert_eq!(code(&a), code(&b));
+    }
+}
+
+// --- resources ---
+
+#[test]
+fn cpus_are_asked_in_reference_cores_and_reserved_in_the_hosts_own() {
+    let d = Dir::new();
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with(
+                job("a/prod/fast", 2, 1.5, 10),
+                json!({"constraints": [{"attr": "speed", "values": ["fast"]}]}),
+            ),
+            with(
+                job("a/prod/slow", 1, 1.5, 10),
+                json!({"constraints": [{"attr": "speed", "values": ["slow"]}]}),
+            ),
+            with(
+                job("a/prod/tight", 1, 1.5, 10),
+                json!({"constraints": [{"attr": "speed", "values": ["tight"]}]}),
+            ),
+        ],
+    );
+    let factor = |o: Value, f: f64| with(o, json!({ "cpu_factor": f }));
+    let offers = lines_of(&[
+        // 1 physical core at 1.5: exactly one 1.5-core instance.
+        factor(
+            offer_attrs("fast", 1.0, 4096, json!({"speed": "fast"})),
+            1.5,
+        ),
+        // 3 physical cores at 0.5: 1.5 reference cores.
+        factor(
+            offer_attrs("slow", 3.0, 4096, json!({"speed": "slow"})),
+            0.5,
+        ),
+        // 2.9 physical cores at 0.5: 1.45 reference cores, not enough.
+        factor(
+            offer_attrs("tight", 2.9, 4096, json!({"speed": "tight"})),
+            0.5,
+        ),
+    ]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 1);
+    let cpus: BTreeMap<String, f64> = of(&recs, "place")
+        .iter()
+        .map(|p| (s(&p["task"]), p["cpus"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        cpus,
+        BTreeMap::from([
+            ("a/prod/fast/0".to_string(), 1.0),
+            ("a/prod/slow/0".to_string(), 3.0)
+        ])
+    );
+    assert_eq!(
+        pending_tasks(&recs),
+        set(&["a/prod/fast/1", "a/prod/tight/0"])
+    );
+    let tight = of(&recs, "pending")
+        .into_iter()
+        .find(|p| p["task"] == "a/prod/tight/0")
+        .unwrap();
+    assert_eq!(reasons(tight)["insufficient cpus"], 1, "{tight}");
+    let fast1 = of(&recs, "pending")
+        .into_iter()
+        .find(|p| p["task"] == "a/prod/fast/1")
+        .unwrap();
+    assert_eq!(
+        reasons(fast1)["insufficient cpus"],
+        1,
+        "the fast host is full after one instance: {fast1}"
+    );
+}
+
+#[test]
+fn ports_are_distinct_numbers_from_the_hosts_ranges() {
+    let d = Dir::new();
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with_resources(
+                job("www/prod/three", 4, 0.1, 10),
+                json!({"ports": ["http", "admin", "debug"]}),
+            ),
+            with_resources(job("www/prod/one", 1, 0.1, 10), json!({"ports": ["http"]})),
+        ],
+    );
+    // Ten ports on h1 in two ranges; none on h2.
+    let offers = lines_of(&[
+        with(
+            offer("h1", 8.0, 4096),
+            json!({"ports": [[31010, 31013], [31000, 31005]]}),
+        ),
+        with(offer("h2", 8.0, 4096), json!({"ports": []})),
+    ]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 1);
+    let places = of(&recs, "place");
+    assert_eq!(places.len(), 4, "3 × 3 ports + 1 port fill h1's ten");
+    let mut used = BTreeSet::new();
+    for p in &places {
+        assert_eq!(p["host"], "h1");
+        for n in p["ports"].as_object().unwrap().values() {
+            let n = n.as_u64().unwrap();
+            assert!(
+                (31000..=31005).contains(&n) || (31010..=31013).contains(&n),
+                "port {n} is not in h1's ranges"
+            );
+            assert!(used.insert(n), "port {n} given twice on h1");
+        }
+    }
+    assert_eq!(used.len(), 10);
+    let pending = of(&recs, "pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        reasons(pending[0]),
+        BTreeMap::from([("insufficient ports".to_string(), 2)])
+    );
+}
+
+// --- constraints ---
+
+#[test]
+fn limit_host_1_puts_instances_on_distinct_hosts() {
+    let d = Dir::new();
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 5, 0.5, 10),
+            json!({"constraints": [{"attr": "host", "limit": 1}]}),
+        )],
+    );
+    let offers = lines_of(&[
+        offer("h1", 16.0, 65536),
+        offer("h2", 16.0, 65536),
+        offer("h3", 16.0, 65536),
+    ]);
+    let recs = d.pack_expect(&["web.json"], &offers, 1);
+    let n = per_host(&recs, "www/prod/web");
+    assert_eq!(n.len(), 3);
+    assert!(n.values().all(|&c| c == 1), "{n:?}");
+    let pending = of(&recs, "pending");
+    assert_eq!(pending.len(), 2);
+    for p in pending {
+        assert_eq!(
+            reasons(p),
+            BTreeMap::from([("limit host:1".to_string(), 3)])
+        );
+    }
+}
+
+#[test]
+fn limit_rack_2_caps_instances_per_rack() {
+    let d = Dir::new();
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 6, 0.5, 10),
+            json!({"constraints": [{"attr": "rack", "limit": 2}]}),
+        )],
+    );
+    let offers = lines_of(&[
+        offer_attrs("a1", 16.0, 65536, json!({"rack": "a"})),
+        offer_attrs("a2", 16.0, 65536, json!({"rack": "a"})),
+        offer_attrs("a3", 16.0, 65536, json!({"rack": "a"})),
+        offer_attrs("b1", 16.0, 65536, json!({"rack": "b"})),
+        offer_attrs("b2", 16.0, 65536, json!({"rack": "b"})),
+    ]);
+    let recs = d.pack_expect(&["web.json"], &offers, 1);
+    let mut racks: BTreeMap<char, usize> = BTreeMap::new();
+    for h in placements(&recs).values() {
+        *racks.entry(h.chars().next().unwrap()).or_default() += 1;
+    }
+    assert_eq!(racks, BTreeMap::from([('a', 2), ('b', 2)]));
+    for p in of(&recs, "pending") {
+        assert_eq!(
+            reasons(p),
+            BTreeMap::from([("limit rack:2".to_string(), 5)])
+        );
+    }
+}
+
+#[test]
+#[ignore = "bug: a host without the limited attribute takes any number of instances: \
+            limit rack:2 with 6 instances puts 4 on a host that has no rack (value NONE is \
+            never counted in place.rs Class::check); Aurora and Nomad refuse such hosts"]
+fn limit_on_an_attribute_is_not_escaped_by_a_host_without_it() {
+    let d = Dir::new();
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 6, 0.5, 10),
+            json!({"constraints": [{"attr": "rack", "limit": 2}]}),
+        )],
+    );
+    let offers = lines_of(&[
+        offer_attrs("a1", 16.0, 65536, json!({"rack": "a"})),
+        offer_attrs("a2", 16.0, 65536, json!({"rack": "a"})),
+        offer_attrs("b1", 16.0, 65536, json!({"rack": "b"})),
+        offer("norack", 16.0, 65536),
+    ]);
+    let out = d.pack(&["web.json"], &offers);
+    let recs = records(&out);
+    let n = per_host(&recs, "www/prod/web");
+    assert!(
+        n.get("norack").copied().unwrap_or(0) <= 2,
+        "a host with no rack took {:?} instances of a job limited to 2 per rack",
+        n.get("norack")
+    );
+}
+
+#[test]
+fn values_and_not_constraints_and_hosts_without_the_attribute() {
+    let d = Dir::new();
+    let limited = |key: &str, c: Value| {
+        with(
+            job(key, 4, 0.5, 10),
+            json!({"constraints": [c, {"attr": "host", "limit": 1}]}),
+        )
+    };
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            limited(
+                "www/prod/in",
+                json!({"attr": "zone", "values": ["z1", "z2"]}),
+            ),
+            limited("www/prod/out", json!({"attr": "zone", "not": ["z9"]})),
+        ],
+    );
+    let offers = lines_of(&[
+        offer_attrs("a", 16.0, 65536, json!({"zone": "z1"})),
+        offer_attrs("b", 16.0, 65536, json!({"zone": "z2"})),
+        offer_attrs("c", 16.0, 65536, json!({"zone": "z9"})),
+        offer_attrs("d", 16.0, 65536, json!({"rack": "r1"})),
+    ]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 1);
+    let hosts = |job: &str| per_host(&recs, job).into_keys().collect::<BTreeSet<_>>();
+    assert_eq!(
+        hosts("www/prod/in"),
+        set(&["a", "b"]),
+        "values: only listed zones; a host with no zone is not in the list"
+    );
+    assert_eq!(
+        hosts("www/prod/out"),
+        set(&["a", "b", "d"]),
+        "not: every zone but z9, hosts with no zone included"
+    );
+    for p in of(&recs, "pending") {
+        let want = if p["job"] == "www/prod/in" {
+            [("constraint zone", 2), ("limit host:1", 2)]
+        } else {
+            [("constraint zone", 1), ("limit host:1", 3)]
+        };
+        let want: BTreeMap<String, u64> = want.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        assert_eq!(reasons(p), want, "{p}");
+    }
+}
+
+#[test]
+#[ignore = "bug: values/not on the pseudo-attribute `host` look up an attribute column named \
+            \"host\" (place.rs Class::compile) instead of host names: {\"attr\":\"host\",\
+            \"values\":[\"h2\"]} never places (pending \"constraint host\":2), and \
+            {\"attr\":\"host\",\"not\":[\"h1\"]} places on h1"]
+fn values_and_not_on_the_host_pseudo_attribute_use_host_names() {
+    let d = Dir::new();
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with(
+                job("a/prod/only_h2", 2, 1.0, 10),
+                json!({"constraints": [{"attr": "host", "values": ["h2"]}]}),
+            ),
+            with(
+                job("a/prod/not_h1", 2, 1.0, 10),
+                json!({"constraints": [{"attr": "host", "not": ["h1"]}]}),
+            ),
+        ],
+    );
+    let offers = lines_of(&[offer("h1", 8.0, 4096), offer("h2", 8.0, 4096)]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 0);
+    let on = |job: &str| per_host(&recs, job).into_keys().collect::<BTreeSet<_>>();
+    assert_eq!(on("a/prod/only_h2"), set(&["h2"]));
+    assert_eq!(on("a/prod/not_h1"), set(&["h2"]));
+}
+
+#[test]
+fn dedicated_hosts_take_only_their_roles_jobs() {
+    let d = Dir::new();
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            // Other roles never land on a dedicated host, even when nothing else has room.
+            with(
+                job("www/prod/web", 3, 1.0, 10),
+                json!({"constraints": [{"attr": "host", "limit": 1}]}),
+            ),
+            // The role may use its dedicated host without saying so...
+            job("db/prod/any", 1, 6.0, 10),
+            // ...and a job that asks for it goes only there.
+            with(
+                job("db/prod/pinned", 2, 1.0, 10),
+                json!({"constraints": [{"attr": "dedicated", "values": ["db"]},
+                                       {"attr": "host", "limit": 1}]}),
+            ),
+        ],
+    );
+    let offers = lines_of(&[
+        offer_attrs("db1", 16.0, 65536, json!({"dedicated": "db"})),
+        offer_attrs("ml1", 16.0, 65536, json!({"dedicated": "ml"})),
+        offer("gen1", 4.0, 65536),
+    ]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 1);
+    let p = placements(&recs);
+    assert_eq!(p.get("www/prod/web/0").map(String::as_str), Some("gen1"));
+    assert!(
+        p.keys().filter(|t| t.starts_with("www/")).count() == 1,
+        "{p:?}"
+    );
+    assert_eq!(p.get("db/prod/any/0").map(String::as_str), Some("db1"));
+    assert_eq!(p.get("db/prod/pinned/0").map(String::as_str), Some("db1"));
+    let web_pending: Vec<&Value> = of(&recs, "pending")
+        .into_iter()
+        .filter(|r| r["job"] == "www/prod/web")
+        .collect();
+    assert_eq!(web_pending.len(), 2);
+    assert_eq!(
+        reasons(web_pending[0]),
+        BTreeMap::from([
+            ("dedicated".to_string(), 2),
+            ("limit host:1".to_string(), 1)
+        ])
+    );
+    let pinned: Vec<&Value> = of(&recs, "pending")
+        .into_iter()
+        .filter(|r| r["job"] == "db/prod/pinned")
+        .collect();
+    assert_eq!(pinned.len(), 1, "gen1 has room but is not dedicated to db");
+    assert_eq!(
+        reasons(pinned[0]),
+        BTreeMap::from([
+            ("constraint dedicated".to_string(), 1),
+            ("dedicated".to_string(), 1),
+            ("limit host:1".to_string(), 1)
+        ])
+    );
+}
+
+// --- maintenance ---
+
+#[test]
+fn hosts_scheduled_for_maintenance_are_used_last() {
+    let d = Dir::new();
+    d.jobs("web.json", &[job("www/prod/web", 4, 1.0, 10)]);
+    // The scheduled host is the one either strategy would otherwise prefer.
+    let scheduled = |o: Value| with(o, json!({"maintenance": "scheduled"}));
+    for (strategy, sched) in [
+        ("binpack", scheduled(offer("sched", 2.0, 4096))),
+        ("spread", scheduled(offer("sched", 64.0, 65536))),
+    ] {
+        let offers = lines_of(&[sched, offer("ok", 3.0, 4096)]);
+        let recs = d.pack_expect(&["--strategy", strategy, "web.json"], &offers, 0);
+        let p: Vec<(String, String)> = of(&recs, "place")
+            .iter()
+            .map(|p| (s(&p["task"]), s(&p["host"])))
+            .collect();
+        assert_eq!(
+            p.iter().filter(|(_, h)| h == "ok").count(),
+            3,
+            "{strategy}: {p:?}"
+        );
+        assert_eq!(
+            p.last().unwrap().1,
+            "sched",
+            "{strategy}: only the instance nothing else can take goes to the scheduled host"
+        );
+    }
+}
+
+#[test]
+fn an_offer_of_a_draining_host_is_bad_input() {
+    let d = Dir::new();
+    d.jobs("web.json", &[job("www/prod/web", 1, 1.0, 10)]);
+    for mode in ["draining", "drained"] {
+        let offers = lines_of(&[
+            json!({"type": "note"}),
+            offer("h1", 8.0, 4096),
+            with(offer("h2", 8.0, 4096), json!({ "maintenance": mode })),
+        ]);
+        let out = d.pack(&["web.json"], &offers);
+        assert_eq!(code(&out), 65, "{mode}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{mode}: nothing is emitted");
+        let err = stderr(&out);
+        assert!(
+            err.contains("line 3") && err.contains("h2") && err.contains(mode),
+            "{mode}: {err}"
+        );
+    }
+}
+
+// --- tiers and priority ---
+
+#[test]
+fn production_places_before_preemptible_and_higher_priority_first() {
+    let d = Dir::new();
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            // A high priority and a name that sorts first do not put preemptible work ahead.
+            with(
+                job("aa/prod/batch", 3, 1.0, 10),
+                json!({"tier": "preemptible", "priority": 100}),
+            ),
+            with(
+                job("zz/prod/web", 3, 1.0, 10),
+                json!({"tier": "production"}),
+            ),
+        ],
+    );
+    let recs = d.pack_expect(&["jobs.jsonl"], &lines_of(&[offer("h1", 4.0, 4096)]), 1);
+    assert_eq!(per_host(&recs, "zz/prod/web").get("h1"), Some(&3));
+    assert_eq!(per_host(&recs, "aa/prod/batch").get("h1"), Some(&1));
+    assert_eq!(of(&recs, "pending").len(), 2);
+
+    // Within a tier, priority wins over size and name.
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with(job("aa/prod/low", 2, 2.0, 10), json!({"priority": 1})),
+            with(job("zz/prod/high", 2, 1.0, 10), json!({"priority": 5})),
+        ],
+    );
+    let recs = d.pack_expect(&["jobs.jsonl"], &lines_of(&[offer("h1", 3.0, 4096)]), 1);
+    assert_eq!(per_host(&recs, "zz/prod/high").get("h1"), Some(&2));
+    assert!(per_host(&recs, "aa/prod/low").is_empty());
+    assert_eq!(
+        pending_tasks(&recs),
+        set(&["aa/prod/low/0", "aa/prod/low/1"])
+    );
+}
+
+// --- strategies ---
+
+#[test]
+fn binpack_uses_fewer_hosts_than_spread() {
+    let d = Dir::new();
+    d.jobs(
+        "jobs.jsonl",
+        &[job("a/prod/x", 8, 1.0, 512), job("b/prod/y", 4, 0.5, 256)],
+    );
+    let offers = lines_of(
+        &(0..4)
+            .map(|i| offer(&format!("h{i}"), 8.0, 16384))
+            .collect::<Vec<_>>(),
+    );
+    let used = |strategy: &str| {
+        let recs = d.pack_expect(&["--strategy", strategy, "jobs.jsonl"], &offers, 0);
+        let mut load: BTreeMap<String, f64> = BTreeMap::new();
+        for p in of(&recs, "place") {
+            *load.entry(s(&p["host"])).or_default() += p["cpus"].as_f64().unwrap();
+        }
+        load
+    };
+    let binpack = used("binpack");
+    let spread = used("spread");
+    assert_eq!(
+        binpack.len(),
+        2,
+        "10 cores fit on two 8-core hosts: {binpack:?}"
+    );
+    assert_eq!(spread.len(), 4, "{spread:?}");
+    let (lo, hi) = (
+        spread.values().cloned().fold(f64::MAX, f64::min),
+        spread.values().cloned().fold(0.0, f64::max),
+    );
+    assert!(hi - lo <= 1.0, "spread should even the load: {spread:?}");
+}
+
+#[test]
+fn spread_puts_each_instance_on_the_emptiest_host() {
+    let d = Dir::new();
+    d.jobs("web.json", &[job("www/prod/web", 6, 1.0, 1)]);
+    let sizes = [("h2", 2.0), ("h6", 6.0), ("h4", 4.0), ("h5", 5.0)];
+    let offers = lines_of(
+        &sizes
+            .iter()
+            .map(|(h, c)| offer(h, *c, 65536))
+            .collect::<Vec<_>>(),
+    );
+    let recs = d.pack_expect(&["--strategy", "spread", "web.json"], &offers, 0);
+    let mut free: HashMap<String, f64> = sizes.iter().map(|(h, c)| (h.to_string(), *c)).collect();
+    for p in of(&recs, "place") {
+        let h = s(&p["host"]);
+        let most = free.values().cloned().fold(0.0, f64::max);
+        assert_eq!(
+            free[&h], most,
+            "{} went to {h} with {} free while a host had {most}: {free:?}",
+            p["task"], free[&h]
+        );
+        *free.get_mut(&h).unwrap() -= 1.0;
+    }
+}
+
+// --- what already runs (--state) ---
+
+#[test]
+fn with_a_state_only_missing_instances_are_placed_and_surplus_ones_killed() {
+    let d = Dir::new();
+    let state = d.path("state");
+    build_state(
+        &state,
+        &[("h1", &[]), ("h2", &[])],
+        &[
+            running("www/prod/web", 0, "h1", 1000),
+            running("www/prod/web", 1, "h1", 1000),
+            running("old/prod/gone", 0, "h2", 1000),
+        ],
+    );
+    let st = state.to_str().unwrap();
+    let offers = lines_of(&[offer("h1", 6.0, 8192), offer("h2", 7.0, 8192)]);
+
+    d.jobs("web.json", &[job("www/prod/web", 4, 1.0, 100)]);
+    let recs = d.pack_expect(&["--state", st, "web.json"], &offers, 0);
+    assert_eq!(
+        placements(&recs).into_keys().collect::<BTreeSet<_>>(),
+        set(&["www/prod/web/2", "www/prod/web/3"]),
+        "running instances are not placed again"
+    );
+    assert!(
+        of(&recs, "kill").is_empty(),
+        "without --prune, jobs no file names are left alone: {recs:?}"
+    );
+
+    // Lowering `instances` kills the surplus ones, and places nothing.
+    d.jobs("web.json", &[job("www/prod/web", 1, 1.0, 100)]);
+    let recs = d.pack_expect(&["--state", st, "web.json"], &offers, 0);
+    assert_eq!(
+        recs,
+        vec![json!({"type":"kill","task":"www/prod/web/1","reason":"surplus instance"})]
+    );
+
+    // --prune kills the instances of jobs that no file names.
+    d.jobs("web.json", &[job("www/prod/web", 2, 1.0, 100)]);
+    let recs = d.pack_expect(&["--state", st, "--prune", "web.json"], &offers, 0);
+    let kills: Vec<&Value> = of(&recs, "kill");
+    assert_eq!(kills.len(), 1, "{recs:?}");
+    assert_eq!(kills[0]["task"], "old/prod/gone/0");
+    assert!(of(&recs, "place").is_empty());
+}
+
+#[test]
+fn limits_count_instances_that_already_run() {
+    let d = Dir::new();
+    let state = d.path("state");
+    build_state(
+        &state,
+        &[
+            ("h1", &[("rack", "a")]),
+            ("h2", &[("rack", "a")]),
+            ("h3", &[("rack", "b")]),
+        ],
+        &[
+            running("www/prod/web", 0, "h1", 500),
+            running("www/prod/rack", 0, "h1", 500),
+            running("www/prod/rack", 1, "h2", 500),
+        ],
+    );
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with(
+                job("www/prod/web", 3, 0.5, 10),
+                json!({"constraints": [{"attr": "host", "limit": 1}]}),
+            ),
+            with(
+                job("www/prod/rack", 5, 0.5, 10),
+                json!({"constraints": [{"attr": "rack", "limit": 2}]}),
+            ),
+        ],
+    );
+    let offers = lines_of(&[
+        offer_attrs("h1", 8.0, 8192, json!({"rack": "a"})),
+        offer_attrs("h2", 8.0, 8192, json!({"rack": "a"})),
+        offer_attrs("h3", 8.0, 8192, json!({"rack": "b"})),
+    ]);
+    let recs = d.pack_expect(
+        &["--state", state.to_str().unwrap(), "jobs.jsonl"],
+        &offers,
+        1,
+    );
+    let p = placements(&recs);
+    let web: BTreeSet<&str> = ["www/prod/web/1", "www/prod/web/2"]
+        .iter()
+        .map(|t| p[*t].as_str())
+        .collect();
+    assert_eq!(web, ["h2", "h3"].into(), "h1 already runs instance 0");
+    assert_eq!(p["www/prod/rack/2"], "h3");
+    assert_eq!(p["www/prod/rack/3"], "h3");
+    assert_eq!(
+        pending_tasks(&recs),
+        set(&["www/prod/rack/4"]),
+        "rack a holds two running instances already, rack b two new ones"
+    );
+}
+
+#[test]
+fn throttled_instances_wait_for_their_time() {
+    let d = Dir::new();
+    let state = d.path("state");
+    let later = unix_now() + 3600.0;
+    let mut waiting = running("www/prod/web", 1, "", 0);
+    waiting.state = TaskState::Throttled;
+    waiting.not_before = later;
+    let mut due = running("www/prod/web", 2, "", 0);
+    due.state = TaskState::Throttled;
+    due.not_before = unix_now() - 10.0;
+    build_state(
+        &state,
+        &[("h1", &[])],
+        &[running("www/prod/web", 0, "h1", 1000), waiting, due],
+    );
+    d.jobs("web.json", &[job("www/prod/web", 3, 1.0, 100)]);
+    let recs = d.pack_expect(
+        &["--state", state.to_str().unwrap(), "web.json"],
+        &lines_of(&[offer("h1", 8.0, 8192)]),
+        1,
+    );
+    assert_eq!(
+        placements(&recs).into_keys().collect::<BTreeSet<_>>(),
+        set(&["www/prod/web/2"]),
+        "an instance whose backoff has passed is placed"
+    );
+    let pending = of(&recs, "pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["task"], "www/prod/web/1");
+    let why = reasons(pending[0]);
+    assert_eq!(why.len(), 1, "{why:?}");
+    let (reason, _) = why.iter().next().unwrap();
+    assert!(reason.starts_with("throttled"), "{reason}");
+}
+
+// --- preemption ---
+
+/// A state where h1 is full of the given preemptible instances and offered with nothing free.
+fn full_host(d: &Dir, tasks: Vec<Existing>) -> String {
+    let state = d.path("state");
+    build_state(&state, &[("h1", &[]), ("h2", &[])], &tasks);
+    state.to_str().unwrap().to_string()
+}
+
+#[test]
+fn production_preempts_the_fewest_lowest_priority_preemptible_instances() {
+    let d = Dir::new();
+    let mut low0 = running("batch/prod/low", 0, "h1", 2000);
+    low0.ports = vec![31005];
+    let st = full_host(
+        &d,
+        vec![
+            low0,
+            running("batch/prod/low", 1, "h1", 2000),
+            running("batch/prod/high", 0, "h1", 2000),
+        ],
+    );
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with(
+                job("batch/prod/low", 2, 2.0, 100),
+                json!({"tier": "preemptible", "priority": 0}),
+            ),
+            with(
+                job("batch/prod/high", 1, 2.0, 100),
+                json!({"tier": "preemptible", "priority": 10}),
+            ),
+            with_resources(
+                with(
+                    job("www/prod/web", 1, 2.0, 100),
+                    json!({"tier": "production"}),
+                ),
+                json!({"ports": ["http"]}),
+            ),
+        ],
+    );
+    // h1: nothing free, no free port; the victim's port and cores come back to it.
+    let offers = lines_of(&[with(offer("h1", 0.0, 8192), json!({"ports": []}))]);
+    let recs = d.pack_expect(&["--state", &st, "jobs.jsonl"], &offers, 0);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(
+        recs[0]["type"], "preempt",
+        "the preempt comes first: {recs:?}"
+    );
+    let victim = s(&recs[0]["task"]);
+    assert!(victim.starts_with("batch/prod/low/"), "{victim}");
+    assert_eq!(recs[0]["host"], "h1");
+    assert_eq!(recs[0]["for"], "www/prod/web/0");
+    assert_eq!(recs[1]["type"], "place");
+    assert_eq!(recs[1]["task"], "www/prod/web/0");
+    assert_eq!(recs[1]["host"], "h1");
+    assert_eq!(recs[1]["cpus"], 2.0);
+    if victim.ends_with("/0") {
+        assert_eq!(
+            recs[1]["ports"]["http"], 31005,
+            "the victim's port is reused"
+        );
+    }
+}
+
+#[test]
+fn preemption_picks_the_host_needing_fewest_victims() {
+    let d = Dir::new();
+    let state = d.path("state");
+    build_state(
+        &state,
+        &[("h1", &[]), ("h2", &[])],
+        &[
+            running("batch/prod/small", 0, "h1", 1000),
+            running("batch/prod/small", 1, "h1", 1000),
+            running("batch/prod/big", 0, "h2", 2000),
+        ],
+    );
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            job("batch/prod/small", 2, 1.0, 100),
+            job("batch/prod/big", 1, 2.0, 100),
+            with(
+                job("www/prod/web", 1, 2.0, 100),
+                json!({"tier": "production"}),
+            ),
+        ],
+    );
+    let offers = lines_of(&[offer("h1", 0.0, 8192), offer("h2", 0.0, 8192)]);
+    let recs = d.pack_expect(
+        &["--state", state.to_str().unwrap(), "jobs.jsonl"],
+        &offers,
+        0,
+    );
+    let preempts = of(&recs, "preempt");
+    assert_eq!(preempts.len(), 1, "{recs:?}");
+    assert_eq!(preempts[0]["task"], "batch/prod/big/0");
+    assert_eq!(placements(&recs)["www/prod/web/0"], "h2");
+}
+
+#[test]
+#[ignore = "bug: preemption stops a victim it does not need: on a host holding a priority-0 \
+            1-core instance and a priority-5 3-core instance, a production job needing 3 \
+            cores preempts both (victims are added lowest priority first until the job fits, \
+            and none is dropped afterwards), where stopping the 3-core one alone makes room"]
+fn preemption_stops_no_victim_it_does_not_need() {
+    let d = Dir::new();
+    let st = full_host(
+        &d,
+        vec![
+            running("batch/prod/small", 0, "h1", 1000),
+            running("batch/prod/big", 0, "h1", 3000),
+        ],
+    );
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with(job("batch/prod/small", 1, 1.0, 100), json!({"priority": 0})),
+            with(job("batch/prod/big", 1, 3.0, 100), json!({"priority": 5})),
+            with(
+                job("www/prod/web", 1, 3.0, 100),
+                json!({"tier": "production"}),
+            ),
+        ],
+    );
+    let recs = d.pack_expect(
+        &["--state", &st, "jobs.jsonl"],
+        &lines_of(&[offer("h1", 0.0, 8192)]),
+        0,
+    );
+    let victims: Vec<String> = of(&recs, "preempt").iter().map(|p| s(&p["task"])).collect();
+    assert_eq!(victims, ["batch/prod/big/0"]);
+}
+
+#[test]
+#[ignore = "bug: preemption ignores surplus instances already being killed: a preemptible \
+            job lowered from 2 instances to 1 on a full host gets a kill for instance 1 and a \
+            preempt for instance 0 (for a production instance that instance 1's room would \
+            hold), so the job loses both"]
+fn preemption_takes_the_room_of_surplus_instances_before_healthy_ones() {
+    let d = Dir::new();
+    let st = full_host(
+        &d,
+        vec![
+            running("batch/prod/b", 0, "h1", 2000),
+            running("batch/prod/b", 1, "h1", 2000),
+        ],
+    );
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            job("batch/prod/b", 1, 2.0, 100),
+            with(
+                job("www/prod/web", 1, 2.0, 100),
+                json!({"tier": "production"}),
+            ),
+        ],
+    );
+    let recs = d.pack_expect(
+        &["--state", &st, "jobs.jsonl"],
+        &lines_of(&[offer("h1", 0.0, 8192)]),
+        0,
+    );
+    assert_eq!(placements(&recs)["www/prod/web/0"], "h1");
+    let stopped: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["task"] == "batch/prod/b/0" && r["type"] != "place")
+        .collect();
+    assert!(
+        stopped.is_empty(),
+        "the one instance batch/prod/b keeps is stopped: {stopped:?}"
+    );
+}
+
+#[test]
+fn production_never_preempts_production_and_preemptible_never_preempts() {
+    let d = Dir::new();
+    // h1 full of production work, h2 full of low-priority preemptible work.
+    let state = d.path("state");
+    build_state(
+        &state,
+        &[("h1", &[]), ("h2", &[])],
+        &[
+            running("www/prod/old", 0, "h1", 4000),
+            running("batch/prod/low", 0, "h2", 4000),
+        ],
+    );
+    let st = state.to_str().unwrap();
+    let offers = lines_of(&[offer("h1", 0.0, 8192), offer("h2", 0.0, 8192)]);
+    let old = with(
+        job("www/prod/old", 1, 4.0, 100),
+        json!({"tier": "production", "priority": -5}),
+    );
+    let low = with(job("batch/prod/low", 1, 4.0, 100), json!({"priority": -5}));
+
+    // A preemptible job of the highest priority preempts nothing.
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            old.clone(),
+            low.clone(),
+            with(
+                job("batch/prod/urgent", 1, 1.0, 100),
+                json!({"priority": 1000}),
+            ),
+        ],
+    );
+    let recs = d.pack_expect(&["--state", st, "jobs.jsonl"], &offers, 1);
+    assert!(of(&recs, "preempt").is_empty(), "{recs:?}");
+    assert_eq!(pending_tasks(&recs), set(&["batch/prod/urgent/0"]));
+
+    // A production job takes h2 (preemptible) and never h1 (production, lower priority).
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            old,
+            low,
+            with(
+                job("www/prod/new", 2, 4.0, 100),
+                json!({"tier": "production", "priority": 1000}),
+            ),
+        ],
+    );
+    let recs = d.pack_expect(&["--state", st, "jobs.jsonl"], &offers, 1);
+    let victims: Vec<String> = of(&recs, "preempt").iter().map(|p| s(&p["task"])).collect();
+    assert_eq!(victims, ["batch/prod/low/0"], "{recs:?}");
+    assert_eq!(placements(&recs)["www/prod/new/0"], "h2");
+    assert_eq!(pending_tasks(&recs), set(&["www/prod/new/1"]));
+}
+
+// --- quota ---
+
+#[test]
+fn production_beyond_its_roles_quota_is_pending_with_reason_quota() {
+    let d = Dir::new();
+    d.write(
+        "quota.jsonl",
+        "{\"type\":\"quota\",\"role\":\"www\",\"cpus\":2,\"ram_mb\":100000,\"disk_mb\":0}\n",
+    );
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with(
+                job("www/prod/web", 4, 1.0, 100),
+                json!({"tier": "production"}),
+            ),
+            // Preemptible work and other roles are not held by www's quota.
+            job("www/test/batch", 2, 1.0, 100),
+            with(
+                job("ads/prod/web", 3, 1.0, 100),
+                json!({"tier": "production"}),
+            ),
+        ],
+    );
+    let offers = lines_of(&[offer("h1", 32.0, 65536)]);
+    let recs = d.pack_expect(&["--quota", "quota.jsonl", "jobs.jsonl"], &offers, 1);
+    assert_eq!(per_host(&recs, "www/prod/web").get("h1"), Some(&2));
+    assert_eq!(per_host(&recs, "www/test/batch").get("h1"), Some(&2));
+    assert_eq!(per_host(&recs, "ads/prod/web").get("h1"), Some(&3));
+    let pending = of(&recs, "pending");
+    assert_eq!(pending.len(), 2);
+    for p in pending {
+        assert_eq!(p["job"], "www/prod/web");
+        assert_eq!(reasons(p).keys().collect::<Vec<_>>(), ["quota"]);
+    }
+
+    // What already runs counts against the quota.
+    let state = d.path("state");
+    build_state(
+        &state,
+        &[("h1", &[])],
+        &[running("www/prod/web", 0, "h1", 1000)],
+    );
+    let recs = d.pack_expect(
+        &[
+            "--state",
+            state.to_str().unwrap(),
+            "--quota",
+            "quota.jsonl",
+            "jobs.jsonl",
+        ],
+        &offers,
+        1,
+    );
+    assert_eq!(per_host(&recs, "www/prod/web").get("h1"), Some(&1));
+    assert_eq!(
+        of(&recs, "pending")
+            .iter()
+            .filter(|p| p["job"] == "www/prod/web")
+            .count(),
+        2
+    );
+}
+
+#[test]
+#[ignore = "bug: the quota line --help documents ({\"role\":\"www\",\"cpus\":64,\
+            \"ram_mb\":262144,\"disk_mb\":0}, no \"type\") is refused with exit 65 \
+            'quota.jsonl: line 1: no \"type\" field' (read_quota goes through \
+            records::Reader, which insists on a type)"]
+fn the_quota_line_that_help_documents_is_accepted() {
+    let d = Dir::new();
+    d.write(
+        "quota.jsonl",
+        "{\"role\":\"www\",\"cpus\":2,\"ram_mb\":100000,\"disk_mb\":0}\n",
+    );
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 4, 1.0, 100),
+            json!({"tier": "production"}),
+        )],
+    );
+    let recs = d.pack_expect(
+        &["--quota", "quota.jsonl", "web.json"],
+        &lines_of(&[offer("h1", 32.0, 65536)]),
+        1,
+    );
+    assert_eq!(per_host(&recs, "www/prod/web").get("h1"), Some(&2));
+}
+
+// --- explain and stats ---
+
+#[test]
+fn explain_gives_each_hosts_verdict() {
+    let d = Dir::new();
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 1, 1.0, 1000),
+            json!({"constraints": [{"attr": "rack", "not": ["bad"]}]}),
+        )],
+    );
+    let offers = lines_of(&[
+        offer_attrs("small", 8.0, 500, json!({"rack": "a"})),
+        offer_attrs("badrack", 8.0, 4096, json!({"rack": "bad"})),
+        offer_attrs("good", 8.0, 4096, json!({"rack": "a"})),
+        offer_attrs("fine", 16.0, 8192, json!({"rack": "b"})),
+    ]);
+    let out = d.pack(&["--explain", "www/prod/web/0", "web.json"], &offers);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let recs = records(&out);
+    assert!(
+        recs.iter().all(|r| r["type"] == "explain"),
+        "--explain prints explanations instead of decisions: {recs:?}"
+    );
+    let per_host: BTreeMap<String, &Value> = recs
+        .iter()
+        .filter(|r| r.get("host").is_some())
+        .map(|r| (s(&r["host"]), r))
+        .collect();
+    assert_eq!(
+        per_host.keys().cloned().collect::<BTreeSet<_>>(),
+        set(&["small", "badrack", "good", "fine"]),
+        "one record per host"
+    );
+    assert_eq!(recs.iter().filter(|r| r.get("host").is_some()).count(), 4);
+    for r in per_host.values() {
+        assert_eq!(r["task"], "www/prod/web/0");
+    }
+    assert_eq!(per_host["small"]["fits"], false);
+    assert_eq!(per_host["small"]["reason"], "insufficient ram_mb");
+    assert_eq!(per_host["badrack"]["fits"], false);
+    assert_eq!(per_host["badrack"]["reason"], "constraint rack");
+    for h in ["good", "fine"] {
+        assert_eq!(per_host[h]["fits"], true, "{}", per_host[h]);
+        assert!(per_host[h]["score"].is_number(), "{}", per_host[h]);
+    }
+
+    // A task of no job is a clear error.
+    let out = d.pack(&["--explain", "www/prod/nope/0", "web.json"], &offers);
+    assert_eq!(code(&out), 65);
+    assert!(stderr(&out).contains("www/prod/nope"), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn stats_are_one_json_object_on_stderr_and_leave_stdout_alone() {
+    let d = Dir::new();
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            job("a/prod/x", 6, 1.0, 100),
+            with(
+                job("a/prod/wide", 4, 1.0, 100),
+                json!({"constraints": [{"attr": "host", "limit": 1}]}),
+            ),
+        ],
+    );
+    let offers = lines_of(
+        &(0..3)
+            .map(|i| offer(&format!("h{i}"), 4.0, 4096))
+            .collect::<Vec<_>>(),
+    );
+    let plain = d.pack(&["jobs.jsonl"], &offers);
+    let out = d.pack(&["--stats", "jobs.jsonl"], &offers);
+    assert_eq!(code(&out), 1);
+    assert_eq!(
+        stdout(&out),
+        stdout(&plain),
+        "--stats changes nothing on stdout"
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let stats: Value = serde_json::from_str(err.trim()).expect("stats are JSON");
+    let keys: BTreeSet<String> = stats.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(
+        keys,
+        set(&[
+            "placed",
+            "pending",
+            "preempted",
+            "hosts_used",
+            "lower_bound",
+            "parse_ms",
+            "place_ms",
+            "write_ms",
+            "peak_rss_mb"
+        ])
+    );
+    let recs = records(&out);
+    let hosts: BTreeSet<String> = placements(&recs).into_values().collect();
+    assert_eq!(stats["placed"], of(&recs, "place").len());
+    assert_eq!(stats["pending"], of(&recs, "pending").len());
+    assert_eq!(
+        stats["placed"], 9,
+        "12 cores of demand, 3 of 4 cores each hold all but one"
+    );
+    assert_eq!(stats["pending"], 1);
+    assert_eq!(stats["preempted"], 0);
+    assert_eq!(stats["hosts_used"], hosts.len());
+    assert_eq!(
+        stats["lower_bound"], 3,
+        "10 cores of demand need three 4-core hosts"
+    );
+    for k in ["parse_ms", "place_ms", "write_ms"] {
+        assert!(stats[k].as_f64().is_some_and(|v| v >= 0.0), "{k}: {stats}");
+    }
+    assert!(
+        stats["peak_rss_mb"].as_f64().is_some_and(|v| v > 0.0),
+        "{stats}"
+    );
+}
+
+// --- bad input ---
+
+/// Other lines on stdin, so "nothing emitted" also covers pass-through.
+fn offers_with_passthrough() -> String {
+    lines_of(&[json!({"type": "note", "n": 1}), offer("h1", 8.0, 8192)])
+}
+
+#[test]
+fn every_bad_job_spec_fails_the_run_naming_file_line_and_field() {
+    let base = r#""job":"a/b/c","instances":1,"cmd":["x"],"resources":{"cpus":1,"ram_mb":1}"#;
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        ("bad JSON", format!("{{{base}"), &["bad.json:1:", "not valid JSON"]),
+        (
+            "unknown field",
+            format!("{{{base},\"colour\":\"red\"}}"),
+            &["bad.json", "unknown field \"colour\""],
+        ),
+        (
+            "missing cmd",
+            r#"{"job":"a/b/c","instances":1,"resources":{"cpus":1,"ram_mb":1}}"#.into(),
+            &["bad.json", "\"cmd\" is missing"],
+        ),
+        (
+            "missing resources",
+            r#"{"job":"a/b/c","instances":1,"cmd":["x"]}"#.into(),
+            &["bad.json", "\"resources\" is missing"],
+        ),
+        (
+            "negative instances",
+            r#"{"job":"a/b/c","instances":-1,"cmd":["x"],"resources":{"cpus":1,"ram_mb":1}}"#
+                .into(),
+            &["bad.json", "\"instances\"", "-1"],
+        ),
+        (
+            "bad tier",
+            format!("{{{base},\"tier\":\"gold\"}}"),
+            &["bad.json", "\"tier\"", "gold"],
+        ),
+        (
+            "constraint with two kinds",
+            format!("{{{base},\"constraints\":[{{\"attr\":\"rack\",\"limit\":1,\"values\":[\"x\"]}}]}}"),
+            &["bad.json", "constraint 1", "exactly one"],
+        ),
+        (
+            "limit 0",
+            format!("{{{base},\"constraints\":[{{\"attr\":\"host\",\"limit\":0}}]}}"),
+            &["bad.json", "constraint 1", "\"limit\""],
+        ),
+        (
+            "health port not asked for",
+            format!("{{{base},\"health\":{{\"port\":\"http\"}}}}"),
+            &["bad.json", "\"health\"", "http", "resources.ports"],
+        ),
+        (
+            "cpus zero",
+            r#"{"job":"a/b/c","instances":1,"cmd":["x"],"resources":{"cpus":0,"ram_mb":1}}"#
+                .into(),
+            &["bad.json", "\"cpus\""],
+        ),
+        (
+            "bad job key",
+            r#"{"job":"a/b","instances":1,"cmd":["x"],"resources":{"cpus":1,"ram_mb":1}}"#
+                .into(),
+            &["bad.json", "\"job\""],
+        ),
+        (
+            "second line of JSON lines",
+            format!("{{{base}}}\n{{\"job\":\"a/b/d\",\"instances\":1,\"cmd\":[\"x\"],\"resources\":{{\"cpus\":1,\"ram_mb\":\"lots\"}}}}\n"),
+            &["bad.json:2:", "a/b/d", "\"ram_mb\""],
+        ),
+    ];
+    let d = Dir::new();
+    d.jobs("good.json", &[job("www/prod/web", 1, 1.0, 10)]);
+    for (what, text, want) in cases {
+        d.write("bad.json", &text);
+        let out = d.pack(&["good.json", "bad.json"], &offers_with_passthrough());
+        assert_eq!(code(&out), 65, "{what}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{what}: nothing is emitted");
+        let err = stderr(&out);
+        for w in want {
+            assert!(err.contains(w), "{what}: {w:?} not in {err}");
+        }
+        assert!(err.starts_with("pack: "), "{what}: {err}");
+    }
+}
+
+#[test]
+fn every_bad_job_of_a_run_is_reported_on_its_own_line() {
+    let d = Dir::new();
+    d.write(
+        "jobs.jsonl",
+        "{\"job\":\"a/b/one\",\"instances\":1,\"cmd\":[\"x\"],\"resources\":{\"cpus\":1}}\n\
+         {\"job\":\"a/b/ok\",\"instances\":1,\"cmd\":[\"x\"],\"resources\":{\"cpus\":1,\"ram_mb\":1}}\n\
+         {\"job\":\"a/b/three\",\"instances\":1,\"cmd\":[],\"resources\":{\"cpus\":1,\"ram_mb\":1}}\n",
+    );
+    let out = d.pack(&["jobs.jsonl"], &offers_with_passthrough());
+    assert_eq!(code(&out), 65);
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("jobs.jsonl:1:") && lines[0].contains("ram_mb"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("jobs.jsonl:3:") && lines[1].contains("cmd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_job_defined_in_two_files_is_bad_input() {
+    let d = Dir::new();
+    std::fs::create_dir(d.path("jobs")).unwrap();
+    d.jobs("jobs/a.json", &[job("www/prod/web", 1, 1.0, 10)]);
+    d.jobs(
+        "jobs/b.jsonl",
+        &[
+            job("www/prod/other", 1, 1.0, 10),
+            job("www/prod/web", 2, 1.0, 10),
+        ],
+    );
+    let out = d.pack(&["jobs"], &offers_with_passthrough());
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    assert!(
+        err.contains("b.jsonl:2") && err.contains("www/prod/web") && err.contains("a.json"),
+        "the message names both places: {err}"
+    );
+}
+
+#[test]
+#[ignore = "bug: a pretty-printed job file with one syntax error (line 3 of 6) is re-read as \
+            JSON lines and every line is reported (6 errors, the first at line 1), none \
+            naming the real error; job.rs read_file falls back to lines when the whole-file \
+            parse fails"]
+fn a_syntax_error_in_a_pretty_printed_job_file_names_its_line() {
+    let d = Dir::new();
+    d.write(
+        "web.json",
+        "{\n  \"job\": \"www/prod/web\",\n  \"instances\": 1,,\n  \"cmd\": [\"x\"],\n  \"resources\": {\"cpus\": 1, \"ram_mb\": 1}\n}\n",
+    );
+    let out = d.pack(&["web.json"], &offers_with_passthrough());
+    assert_eq!(code(&out), 65);
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one mistake, one line: {err}");
+    assert!(err.contains("web.json:3"), "{err}");
+}
+
+#[test]
+fn every_bad_offer_fails_the_run_naming_its_line_and_field() {
+    let d = Dir::new();
+    d.jobs("web.json", &[job("www/prod/web", 1, 1.0, 10)]);
+    let h2 = offer("h2", 8.0, 8192);
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "bad JSON",
+            r#"{"type":"offer","host":"h2","#.into(),
+            &["line 3", "not valid JSON"],
+        ),
+        (
+            "cpus a string",
+            with(h2.clone(), json!({"cpus": "8"})).to_string(),
+            &["line 3", "\"cpus\""],
+        ),
+        (
+            "ram missing",
+            {
+                let mut o = h2.clone();
+                o.as_object_mut().unwrap().remove("ram_mb");
+                o.to_string()
+            },
+            &["line 3", "\"ram_mb\""],
+        ),
+        (
+            "unknown field",
+            with(h2.clone(), json!({"ram": 1})).to_string(),
+            &["line 3", "unknown field \"ram\""],
+        ),
+        (
+            "ports not ranges",
+            with(h2.clone(), json!({"ports": [31000]})).to_string(),
+            &["line 3", "\"ports\""],
+        ),
+        (
+            "cpu_factor zero",
+            with(h2.clone(), json!({"cpu_factor": 0})).to_string(),
+            &["line 3", "\"cpu_factor\""],
+        ),
+        (
+            "attrs not strings",
+            with(h2.clone(), json!({"attrs": {"rack": 1}})).to_string(),
+            &["line 3", "\"attrs\"", "rack"],
+        ),
+        (
+            "duplicate host",
+            offer("h1", 1.0, 10).to_string(),
+            &["line 3", "h1", "twice"],
+        ),
+    ];
+    for (what, bad, want) in cases {
+        let stdin = format!("{}{bad}\n", offers_with_passthrough());
+        let out = d.pack(&["web.json"], &stdin);
+        assert_eq!(code(&out), 65, "{what}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{what}: nothing is emitted");
+        let err = stderr(&out);
+        for w in want {
+            assert!(err.contains(w), "{what}: {w:?} not in {err}");
+        }
+    }
+}
