@@ -363,7 +363,13 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         now,
         ..
     } = input;
-    let gpus_wanted = jobs.iter().any(|j| j.resources.gpus > 0);
+    // The least cpus and memory any GPU job needs per GPU: a host left with less than this
+    // beside idle GPUs has stranded them.
+    let per_gpu = jobs.iter().filter(|j| j.resources.gpus > 0).fold(None, |acc: Option<(u64, u64)>, j| {
+        let r = &j.resources;
+        let need = (r.cpus as u64 / r.gpus as u64, r.ram_mb / r.gpus as u64);
+        Some(acc.map_or(need, |(c, m)| (c.min(need.0), m.min(need.1))))
+    });
     let start_caps: [Vec<u64>; 4] = [
         fleet.ref_cpus.iter().map(|&c| c as u64).collect(),
         fleet.ram_mb.clone(),
@@ -374,8 +380,14 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         fleet.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
         fleet.ram_mb.iter().copied().max().unwrap_or(0),
     ];
+    let mut in_use = vec![false; fleet.len()];
+    for r in running.iter().filter(|r| r.state.holds_resources()) {
+        if let Some(h) = r.host {
+            in_use[h] = true;
+        }
+    }
     let mut run = Run {
-        placer: Placer::new(fleet, strategy, gpus_wanted),
+        placer: Placer::new(fleet, strategy, per_gpu, &in_use),
         scratch: Scratch::new(fleet.len()),
         hosts_used: vec![false; fleet.len()],
         fleet,
@@ -426,9 +438,10 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         // Jobs with limits are placed one after the other, each with its own counts. The
         // others are interleaved instance by instance between those heavier in cpus and
         // those heavier in memory, so hosts fill with a mix rather than strand one resource.
-        let (limited, free): (Vec<usize>, Vec<usize>) =
-            group.iter().partition(|&&j| run.class(j).has_limits());
-        for j in limited {
+        let (sequential, free): (Vec<usize>, Vec<usize>) = group
+            .iter()
+            .partition(|&&j| run.class(j).has_limits() || jobs[j].resources.gpus > 0);
+        for j in sequential {
             run.scratch.load(run.classes[j].as_ref().unwrap());
             for &instance in &missing[j] {
                 run.place_one(j, instance);

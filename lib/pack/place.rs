@@ -323,6 +323,28 @@ impl Index {
         }
     }
 
+    /// Hosts from bucket `b` upward (fullest first).
+    fn scan_up(&self, b: usize) -> impl Iterator<Item = u32> + '_ {
+        let mut next = Some(b);
+        std::iter::from_fn(move || {
+            let nb = self.next_up(next?)?;
+            next = (nb + 1 < BUCKETS).then_some(nb + 1);
+            Some(self.lists[nb].iter().copied())
+        })
+        .flatten()
+    }
+
+    /// Hosts from the top bucket down to bucket `lowest` (emptiest first).
+    fn scan_down(&self, lowest: usize) -> impl Iterator<Item = u32> + '_ {
+        let mut next = Some(BUCKETS - 1);
+        std::iter::from_fn(move || {
+            let nb = self.next_down(next?).filter(|&nb| nb >= lowest)?;
+            next = nb.checked_sub(1);
+            Some(self.lists[nb].iter().copied())
+        })
+        .flatten()
+    }
+
     /// The first non-empty bucket at or above `b`.
     fn next_up(&self, b: usize) -> Option<usize> {
         let mut w = b / 64;
@@ -354,42 +376,68 @@ impl Index {
     }
 }
 
-/// The hosts, bucketed: ordinary hosts first, hosts scheduled for maintenance last.
+/// Hosts are pooled so that the strategy can take them in a sensible order: ordinary hosts
+/// before hosts scheduled for maintenance; within each, hosts in use, then fresh hosts
+/// without GPUs, then fresh hosts with GPUs (so work that needs no GPU opens GPU hosts last).
+const IN_USE: usize = 0;
+const FRESH: usize = 1;
+const FRESH_GPU: usize = 2;
+
+fn pool_of(scheduled: bool, kind: usize) -> usize {
+    3 * scheduled as usize + kind
+}
+
+/// The hosts, bucketed by how much they have left.
+///
+/// binpack fills the hosts in use by best fit and, when none takes an instance, opens the
+/// largest fresh host: a fresh small host would otherwise look fuller than a fresh large one
+/// and be opened first. spread keeps every host in one pool and takes the emptiest.
+///
+/// When jobs need GPUs, a placement that would leave a host with idle GPUs but fewer cpus or
+/// less memory than any GPU job needs per GPU strands those GPUs; the placer passes over
+/// such hosts while one of the next few candidates, in this pool or a later one, would not.
 pub struct Placer {
-    pools: [Index; 2],
+    pools: [Index; 6],
     bucket: Vec<u16>,
     pos: Vec<u32>,
+    kind: Vec<u8>,
     /// Largest free amount per keyed resource (cpus, ram, gpus) at the start; 0 = unkeyed.
     scale: [u64; 3],
     strategy: Strategy,
+    /// The least cpus and memory any GPU job needs per GPU.
+    per_gpu: Option<(u64, u64)>,
 }
 
+/// How many more fitting hosts a pool is searched for one that strands no GPU.
+const GPU_CANDIDATES: usize = 16;
+
 impl Placer {
-    /// Buckets the fleet. Gpus join the key only when some job asks for them.
-    pub fn new(fleet: &Fleet, strategy: Strategy, gpus_wanted: bool) -> Placer {
+    /// Buckets the fleet; `in_use` marks hosts that already hold instances.
+    pub fn new(fleet: &Fleet, strategy: Strategy, per_gpu: Option<(u64, u64)>, in_use: &[bool]) -> Placer {
         let max = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
         let cpus: Vec<u64> = fleet.ref_cpus.iter().map(|&c| c as u64).collect();
         let gpus: Vec<u64> = fleet.gpus.iter().map(|&g| g as u64).collect();
-        let scale = [
-            max(&cpus),
-            max(&fleet.ram_mb),
-            if gpus_wanted { max(&gpus) } else { 0 },
-        ];
+        let scale = [max(&cpus), max(&fleet.ram_mb), if per_gpu.is_some() { max(&gpus) } else { 0 }];
+        let kind = (0..fleet.len())
+            .map(|h| match () {
+                _ if strategy == Strategy::Spread || in_use[h] => IN_USE as u8,
+                _ if fleet.gpus[h] > 0 => FRESH_GPU as u8,
+                _ => FRESH as u8,
+            })
+            .collect();
         let mut p = Placer {
-            pools: [Index::new(), Index::new()],
+            pools: std::array::from_fn(|_| Index::new()),
             bucket: vec![0; fleet.len()],
             pos: vec![0; fleet.len()],
+            kind,
             scale,
             strategy,
+            per_gpu,
         };
         for h in 0..fleet.len() {
-            let b = p.key(
-                fleet.ref_cpus[h] as u64,
-                fleet.ram_mb[h],
-                fleet.gpus[h] as u64,
-            );
+            let b = p.key(fleet.ref_cpus[h] as u64, fleet.ram_mb[h], fleet.gpus[h] as u64);
             p.bucket[h] = b as u16;
-            p.pools[fleet.scheduled[h] as usize].insert(b, h as u32, &mut p.pos);
+            p.pools[pool_of(fleet.scheduled[h], p.kind[h] as usize)].insert(b, h as u32, &mut p.pos);
         }
         p
     }
@@ -397,11 +445,7 @@ impl Placer {
     /// The bucket of an amount: its scarcest keyed resource as a share of the largest.
     fn key(&self, cpus: u64, ram: u64, gpus: u64) -> usize {
         let mut share = 1.0f64;
-        for (amount, scale) in [
-            (cpus, self.scale[0]),
-            (ram, self.scale[1]),
-            (gpus, self.scale[2]),
-        ] {
+        for (amount, scale) in [(cpus, self.scale[0]), (ram, self.scale[1]), (gpus, self.scale[2])] {
             if scale > 0 {
                 share = share.min(amount as f64 / scale as f64);
             }
@@ -409,18 +453,16 @@ impl Placer {
         ((share * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
     }
 
-    /// Moves host `h` to the bucket its free capacity now belongs in.
+    /// Moves host `h` to the bucket its free capacity now belongs in, and into the pool of
+    /// hosts in use (it has just taken an instance).
     pub fn update(&mut self, fleet: &Fleet, h: usize) {
-        let b = self.key(
-            fleet.ref_cpus[h] as u64,
-            fleet.ram_mb[h],
-            fleet.gpus[h] as u64,
-        );
+        let b = self.key(fleet.ref_cpus[h] as u64, fleet.ram_mb[h], fleet.gpus[h] as u64);
         let old = self.bucket[h] as usize;
-        if b != old {
-            let pool = &mut self.pools[fleet.scheduled[h] as usize];
-            pool.remove(old, h as u32, &mut self.pos);
-            pool.insert(b, h as u32, &mut self.pos);
+        if b != old || self.kind[h] != IN_USE as u8 {
+            let scheduled = fleet.scheduled[h];
+            self.pools[pool_of(scheduled, self.kind[h] as usize)].remove(old, h as u32, &mut self.pos);
+            self.kind[h] = IN_USE as u8;
+            self.pools[pool_of(scheduled, IN_USE)].insert(b, h as u32, &mut self.pos);
             self.bucket[h] = b as u16;
         }
     }
@@ -429,50 +471,35 @@ impl Placer {
     pub fn find(&self, fleet: &Fleet, class: &Class, scratch: &Scratch) -> Option<usize> {
         let [c, r, g] = class.demand();
         let lowest = self.key(c, r, g);
-        for pool in &self.pools {
-            let found = match self.strategy {
-                Strategy::Binpack => {
-                    let mut b = lowest;
-                    loop {
-                        let Some(nb) = pool.next_up(b) else {
-                            break None;
-                        };
-                        if let Some(&h) = pool.lists[nb]
-                            .iter()
-                            .find(|&&h| class.check(fleet, scratch, h as usize).is_ok())
-                        {
-                            break Some(h as usize);
-                        }
-                        b = nb + 1;
-                        if b >= BUCKETS {
-                            break None;
-                        }
-                    }
+        let fits = |h: &u32| class.check(fleet, scratch, *h as usize).is_ok();
+        let strands = |h: usize| {
+            let Some((cpu_per_gpu, ram_per_gpu)) = self.per_gpu else { return false };
+            fleet.gpus[h] as u64 > g
+                && (fleet.ref_cpus[h] as u64 - c < cpu_per_gpu || fleet.ram_mb[h] - r < ram_per_gpu)
+        };
+        let mut fallback = None;
+        for scheduled in [false, true] {
+            for kind in [IN_USE, FRESH, FRESH_GPU] {
+                let pool = &self.pools[pool_of(scheduled, kind)];
+                let mut candidates: Box<dyn Iterator<Item = u32>> = match (self.strategy, kind) {
+                    (Strategy::Binpack, IN_USE) => Box::new(pool.scan_up(lowest).filter(fits)),
+                    // The largest fresh host first, as spread takes the emptiest of all.
+                    _ => Box::new(pool.scan_down(lowest).filter(fits)),
+                };
+                let Some(first) = candidates.next() else { continue };
+                if !strands(first as usize) {
+                    return Some(first as usize);
                 }
-                Strategy::Spread => {
-                    let mut b = BUCKETS - 1;
-                    loop {
-                        let Some(nb) = pool.next_down(b).filter(|&nb| nb >= lowest) else {
-                            break None;
-                        };
-                        if let Some(&h) = pool.lists[nb]
-                            .iter()
-                            .find(|&&h| class.check(fleet, scratch, h as usize).is_ok())
-                        {
-                            break Some(h as usize);
-                        }
-                        if nb == 0 {
-                            break None;
-                        }
-                        b = nb - 1;
-                    }
+                fallback = fallback.or(Some(first as usize));
+                if let Some(h) = candidates.take(GPU_CANDIDATES).find(|&h| !strands(h as usize)) {
+                    return Some(h as usize);
                 }
-            };
-            if found.is_some() {
-                return found;
+            }
+            if fallback.is_some() {
+                break; // a scheduled host is no better than stranding a GPU
             }
         }
-        None
+        fallback
     }
 }
 
