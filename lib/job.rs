@@ -404,39 +404,56 @@ pub fn read_all(paths: &[PathBuf]) -> Result<Vec<JobSpec>> {
     Ok(jobs)
 }
 
-/// One file: a single JSON object, or JSON lines of objects.
+/// One file: a single JSON object (pretty-printed or not), or JSON lines of objects. A
+/// file whose first line is a whole object is JSON lines; otherwise it is one object, and a
+/// syntax error in it is reported at its own line.
 fn read_file(path: &Path) -> Result<Vec<JobSpec>, Vec<String>> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{name}: {e}")])?;
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let json_lines = matches!(serde_json::from_str::<Value>(first), Ok(Value::Object(_)));
+    let parse_error = |e: serde_json::Error| {
+        let why = e.to_string();
+        let why = why
+            .rsplit_once(" at line ")
+            .map_or(why.as_str(), |(w, _)| w)
+            .to_string();
+        (e.line(), e.column(), why)
+    };
+    if !json_lines {
+        return match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(obj)) => parse(&obj, &name)
+                .map(|j| vec![j])
+                .map_err(|e| vec![format!("{name}: {e}")]),
+            Ok(_) => Err(vec![format!(
+                "{name}: expected a job object or JSON lines of them"
+            )]),
+            Err(e) => {
+                let (line, column, why) = parse_error(e);
+                Err(vec![format!(
+                    "{name}:{line}: not valid JSON at column {column}: {why}"
+                )])
+            }
+        };
+    }
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(&text) {
-        match parse(&obj, &name) {
-            Ok(job) => out.push(job),
-            Err(e) => errors.push(format!("{name}: {e}")),
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
         }
-    } else {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let origin = format!("{name}:{}", i + 1);
-            match serde_json::from_str::<Value>(line) {
-                Ok(Value::Object(obj)) => match parse(&obj, &origin) {
-                    Ok(job) => out.push(job),
-                    Err(e) => errors.push(format!("{origin}: {e}")),
-                },
-                Ok(_) => errors.push(format!("{origin}: expected a job object")),
-                Err(e) => {
-                    let why = e.to_string();
-                    let why = why
-                        .rsplit_once(" at line ")
-                        .map_or(why.as_str(), |(w, _)| w);
-                    errors.push(format!(
-                        "{origin}: not valid JSON at column {}: {why}",
-                        e.column()
-                    ))
-                }
+        let origin = format!("{name}:{}", i + 1);
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(obj)) => match parse(&obj, &origin) {
+                Ok(job) => out.push(job),
+                Err(e) => errors.push(format!("{origin}: {e}")),
+            },
+            Ok(_) => errors.push(format!("{origin}: expected a job object")),
+            Err(e) => {
+                let (_, column, why) = parse_error(e);
+                errors.push(format!(
+                    "{origin}: not valid JSON at column {column}: {why}"
+                ))
             }
         }
     }

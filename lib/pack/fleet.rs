@@ -157,6 +157,11 @@ impl Fleet {
             col.push(NONE);
         }
         if let Some(attrs) = f.object("attrs")? {
+            if attrs.contains_key("host") {
+                return Err(
+                    "field \"attrs\": the key \"host\" is reserved for the host's name".into(),
+                );
+            }
             for (k, v) in attrs {
                 let v = v
                     .as_str()
@@ -168,6 +173,20 @@ impl Fleet {
         }
         self.dedicated = self.attrs.find_column("dedicated");
         Ok(())
+    }
+
+    /// The column of the pseudo-attribute `host`: each host's own name. Built when a job
+    /// first constrains on it (offers may not carry an attribute called `host`).
+    pub fn host_column(&mut self) -> usize {
+        if let Some(c) = self.attrs.find_column("host") {
+            return c;
+        }
+        let c = self.attrs.column_of("host", self.len());
+        for h in 0..self.len() {
+            let id = self.attrs.intern(c, &self.names[h]);
+            self.attrs.set(c, h, id);
+        }
+        c
     }
 
     /// Physical millicores host `h` spends on `ref_cpus` reference millicores.

@@ -262,34 +262,41 @@ pub fn read_input(cli: &Cli, stdin: impl io::BufRead) -> Result<Input> {
     })
 }
 
+/// A quota file: one object per line, `{"role":"www","cpus":64,"ram_mb":262144,
+/// "disk_mb":0}` (a "type" of "quota" is allowed). A resource left out is not limited.
 fn read_quota(path: &std::path::Path) -> Result<HashMap<String, [u64; 3]>> {
-    let file = std::fs::File::open(path)
+    let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading quota file {}", path.display()))?;
     let mut quota = HashMap::new();
-    for item in
-        records::Reader::new(io::BufReader::new(file)).map(|r| r.map(|r| (r.line, r.fields)))
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
     {
-        let (line, fields) = item.map_err(|e| bad_input(format!("{}: {e:#}", path.display())))?;
-        let f = records::Fields(&fields);
         let parsed = (|| -> Result<_, String> {
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+            let fields = value.as_object().ok_or("expected a JSON object")?;
+            let f = records::Fields(fields);
             f.only(&["type", "role", "cpus", "ram_mb", "disk_mb"])?;
+            if f.str("type")?.is_some_and(|t| t != "quota") {
+                return Err("field \"type\": expected \"quota\"".into());
+            }
             let role = f
                 .str("role")?
                 .ok_or("field \"role\" is missing")?
                 .to_string();
-            let cpus = f.f64("cpus")?.unwrap_or(0.0);
-            if !(0.0..=1e9).contains(&cpus) {
-                return Err(format!("field \"cpus\": {cpus} is out of range"));
-            }
-            let q = [
-                crate::host::millicores(cpus) as u64,
-                f.count("ram_mb", 1 << 50)?.unwrap_or(0),
-                f.count("disk_mb", 1 << 60)?.unwrap_or(0),
-            ];
-            Ok((role, q))
+            let cpus = match f.f64("cpus")? {
+                Some(c) if (0.0..=1e9).contains(&c) => crate::host::millicores(c) as u64,
+                Some(c) => return Err(format!("field \"cpus\": {c} is out of range")),
+                None => u64::MAX,
+            };
+            let ram = f.count("ram_mb", 1 << 50)?.unwrap_or(u64::MAX);
+            let disk = f.count("disk_mb", 1 << 60)?.unwrap_or(u64::MAX);
+            Ok((role, [cpus, ram, disk]))
         })();
         let (role, q) =
-            parsed.map_err(|e| bad_input(format!("{}: line {line}: {e}", path.display())))?;
+            parsed.map_err(|e| bad_input(format!("{}: line {}: {e}", path.display(), i + 1)))?;
         quota.insert(role, q);
     }
     Ok(quota)
@@ -365,11 +372,14 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
     } = input;
     // The least cpus and memory any GPU job needs per GPU: a host left with less than this
     // beside idle GPUs has stranded them.
-    let per_gpu = jobs.iter().filter(|j| j.resources.gpus > 0).fold(None, |acc: Option<(u64, u64)>, j| {
-        let r = &j.resources;
-        let need = (r.cpus as u64 / r.gpus as u64, r.ram_mb / r.gpus as u64);
-        Some(acc.map_or(need, |(c, m)| (c.min(need.0), m.min(need.1))))
-    });
+    let per_gpu =
+        jobs.iter()
+            .filter(|j| j.resources.gpus > 0)
+            .fold(None, |acc: Option<(u64, u64)>, j| {
+                let r = &j.resources;
+                let need = (r.cpus as u64 / r.gpus as u64, r.ram_mb / r.gpus as u64);
+                Some(acc.map_or(need, |(c, m)| (c.min(need.0), m.min(need.1))))
+            });
     let start_caps: [Vec<u64>; 4] = [
         fleet.ref_cpus.iter().map(|&c| c as u64).collect(),
         fleet.ram_mb.clone(),
@@ -545,19 +555,22 @@ impl Run<'_> {
                         task: r.task.clone(),
                         reason: "job removed",
                     });
+                    self.free_room_of(r);
                 }
                 continue;
             };
             let spec = &self.jobs[j];
             if r.state.holds_resources() {
                 if r.instance >= spec.instances {
+                    // Killed in this pass: it counts for nothing and its room is free.
                     self.decisions.push(Decision::Kill {
                         task: r.task.clone(),
                         reason: "surplus instance",
                     });
-                } else {
-                    present[j][r.instance as usize] = true;
+                    self.free_room_of(r);
+                    continue;
                 }
+                present[j][r.instance as usize] = true;
                 self.class(j);
                 let fleet = &*self.fleet;
                 let values = |col: usize| {
@@ -570,10 +583,10 @@ impl Run<'_> {
                 };
                 let class = self.classes[j].as_mut().unwrap();
                 class.count(fleet, r.host, &values, &mut self.scratch);
-                if spec.tier == Tier::Production {
-                    self.charge(j);
-                } else if let Some(h) = r.host {
-                    self.victims.entry(h).or_default().push(ri);
+                match (spec.tier, r.host) {
+                    (Tier::Production, _) => self.charge(j),
+                    (Tier::Preemptible, Some(h)) => self.victims.entry(h).or_default().push(ri),
+                    (Tier::Preemptible, None) => {}
                 }
             } else if r.state == TaskState::Throttled
                 && r.not_before > now
@@ -583,6 +596,16 @@ impl Run<'_> {
             }
         }
         present
+    }
+
+    /// A task that this pass kills frees its room for this pass: reap stops what pack kills
+    /// before it passes the placements on to launch.
+    fn free_room_of(&mut self, r: &Running) {
+        if let Some(h) = r.host {
+            self.fleet
+                .release(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, &r.ports);
+            self.placer.update(self.fleet, h);
+        }
     }
 
     /// Places one instance of job `j`, or records it pending. The class's limit counts must
@@ -741,16 +764,19 @@ fn reasons_for(
             *counts.entry(r).or_default() += 1;
         }
     }
-    let mut out: Vec<(String, u32)> = counts
-        .into_iter()
-        .map(|(r, n)| (class.describe(spec, r), n))
-        .collect();
+    // Two constraints on one attribute describe themselves alike: count by the text.
+    let mut by_text: HashMap<String, u32> = HashMap::new();
+    for (r, n) in counts {
+        *by_text.entry(class.describe(spec, r)).or_default() += n;
+    }
+    let mut out: Vec<(String, u32)> = by_text.into_iter().collect();
     out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     out
 }
 
-/// For a production instance that fits nowhere: the offered host where stopping the fewest
-/// preemptible instances (lowest priority first) makes room, and those instances.
+/// For a production instance that fits nowhere: the offered host where the fewest
+/// preemptible instances (lowest priority first) must stop to make room, and those
+/// instances.
 #[allow(clippy::too_many_arguments)]
 fn preemption(
     fleet: &Fleet,
@@ -767,10 +793,33 @@ fn preemption(
             .get(running[v].job_key.as_str())
             .map_or(0, |&j| jobs[j].priority)
     };
+    let [need_cpu, need_ram, need_gpus] = class.demand();
+    let fits = |h: usize, set: &[usize]| {
+        let (mut cpus, mut ram, mut disk, mut gpus, mut ports) = (
+            fleet.cpus[h],
+            fleet.ram_mb[h],
+            fleet.disk_mb[h],
+            fleet.gpus[h] as u64,
+            fleet.ports[h],
+        );
+        for &v in set {
+            let t = &running[v];
+            cpus += t.cpus;
+            ram += t.ram_mb;
+            disk += t.disk_mb;
+            gpus += t.gpus as u64;
+            ports += t.ports.len() as u32;
+        }
+        fleet::ref_milli(cpus, fleet.cpu_factor[h]) as u64 >= need_cpu
+            && ram >= need_ram
+            && disk >= class.disk_need()
+            && gpus >= need_gpus
+            && ports >= class.ports_need()
+    };
     let mut hosts: Vec<&usize> = victims.keys().collect();
     hosts.sort();
-    let mut best: Option<(usize, i64, usize, Vec<usize>)> = None;
-    let [need_cpu, need_ram, need_gpus] = class.demand();
+    // (host, victims, worst victim priority)
+    let mut best: Option<(usize, Vec<usize>, i64)> = None;
     for &h in hosts {
         match class.check(fleet, scratch, h) {
             Ok(()) => return Some((h, Vec::new())),
@@ -779,45 +828,36 @@ fn preemption(
         }
         let mut list: Vec<usize> = victims[&h].iter().copied().filter(|&v| !gone[v]).collect();
         list.sort_by_key(|&v| (priority(v), std::cmp::Reverse(running[v].cpus), v));
-        let (mut cpus, mut ram, mut disk, mut gpus, mut ports) = (
-            fleet.cpus[h],
-            fleet.ram_mb[h],
-            fleet.disk_mb[h],
-            fleet.gpus[h] as u64,
-            fleet.ports[h],
-        );
-        let mut chosen = Vec::new();
-        for v in list {
-            let t = &running[v];
-            cpus += t.cpus;
-            ram += t.ram_mb;
-            disk += t.disk_mb;
-            gpus += t.gpus as u64;
-            ports += t.ports.len() as u32;
-            chosen.push(v);
-            let fits = fleet::ref_milli(cpus, fleet.cpu_factor[h]) as u64 >= need_cpu
-                && ram >= need_ram
-                && disk >= class.disk_need()
-                && gpus >= need_gpus
-                && ports >= class.ports_need();
-            if fits {
-                let worst = chosen
-                    .iter()
-                    .map(|&v| priority(v) as i64)
-                    .max()
-                    .unwrap_or(0);
-                let better = match &best {
-                    None => true,
-                    Some((_, p, n, _)) => (chosen.len(), worst) < (*n, *p),
-                };
-                if better {
-                    best = Some((h, worst, chosen.len(), chosen.clone()));
-                }
-                break;
+        let Some(enough) = (1..=list.len()).find(|&n| fits(h, &list[..n])) else {
+            continue;
+        };
+        let mut chosen = list[..enough].to_vec();
+        // Taking victims in order may take one that a later, larger one made unnecessary:
+        // give back every victim the room does not need, the most valuable first.
+        for i in (0..chosen.len()).rev() {
+            let without: Vec<usize> = chosen
+                .iter()
+                .enumerate()
+                .filter(|&(k, _)| k != i)
+                .map(|(_, &v)| v)
+                .collect();
+            if fits(h, &without) {
+                chosen = without;
             }
         }
+        let worst = chosen
+            .iter()
+            .map(|&v| priority(v) as i64)
+            .max()
+            .unwrap_or(i64::MIN);
+        if best
+            .as_ref()
+            .is_none_or(|(_, c, p)| (chosen.len(), worst) < (c.len(), *p))
+        {
+            best = Some((h, chosen, worst));
+        }
     }
-    best.map(|(h, _, _, chosen)| (h, chosen))
+    best.map(|(h, chosen, _)| (h, chosen))
 }
 
 /// `--explain TASK`: per host, why the task cannot go there, or its score.

@@ -122,7 +122,11 @@ impl Class {
                 }
                 Constraint::Values { attr, values: vs } | Constraint::Not { attr, values: vs } => {
                     let positive = matches!(c, Constraint::Values { .. });
-                    let col = fleet.attrs.column_of(attr, n);
+                    let col = if attr == "host" {
+                        fleet.host_column()
+                    } else {
+                        fleet.attrs.column_of(attr, n)
+                    };
                     let mut allowed = vec![!positive; fleet.attrs.value_count(col)];
                     for v in vs {
                         if let Some(id) = fleet.attrs.lookup(col, v) {
@@ -213,10 +217,12 @@ impl Class {
         for (i, (scope, limit)) in self.limits.iter().enumerate() {
             let used = match scope {
                 Scope::Host => scratch.get(h),
-                Scope::Column(col) => {
-                    let v = fleet.attrs.column(*col)[h];
-                    self.value_used[i].get(v as usize).copied().unwrap_or(0)
-                }
+                // A host without the attribute cannot be counted against the limit, so it
+                // takes none of the job (as Aurora and Nomad do).
+                Scope::Column(col) => match fleet.attrs.column(*col)[h] {
+                    NONE => u32::MAX,
+                    v => self.value_used[i].get(v as usize).copied().unwrap_or(0),
+                },
             };
             if used >= *limit {
                 return Err(Reason::Limit(i as u16));
@@ -413,11 +419,20 @@ const GPU_CANDIDATES: usize = 16;
 
 impl Placer {
     /// Buckets the fleet; `in_use` marks hosts that already hold instances.
-    pub fn new(fleet: &Fleet, strategy: Strategy, per_gpu: Option<(u64, u64)>, in_use: &[bool]) -> Placer {
+    pub fn new(
+        fleet: &Fleet,
+        strategy: Strategy,
+        per_gpu: Option<(u64, u64)>,
+        in_use: &[bool],
+    ) -> Placer {
         let max = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
         let cpus: Vec<u64> = fleet.ref_cpus.iter().map(|&c| c as u64).collect();
         let gpus: Vec<u64> = fleet.gpus.iter().map(|&g| g as u64).collect();
-        let scale = [max(&cpus), max(&fleet.ram_mb), if per_gpu.is_some() { max(&gpus) } else { 0 }];
+        let scale = [
+            max(&cpus),
+            max(&fleet.ram_mb),
+            if per_gpu.is_some() { max(&gpus) } else { 0 },
+        ];
         let kind = (0..fleet.len())
             .map(|h| match () {
                 _ if strategy == Strategy::Spread || in_use[h] => IN_USE as u8,
@@ -435,9 +450,14 @@ impl Placer {
             per_gpu,
         };
         for h in 0..fleet.len() {
-            let b = p.key(fleet.ref_cpus[h] as u64, fleet.ram_mb[h], fleet.gpus[h] as u64);
+            let b = p.key(
+                fleet.ref_cpus[h] as u64,
+                fleet.ram_mb[h],
+                fleet.gpus[h] as u64,
+            );
             p.bucket[h] = b as u16;
-            p.pools[pool_of(fleet.scheduled[h], p.kind[h] as usize)].insert(b, h as u32, &mut p.pos);
+            p.pools[pool_of(fleet.scheduled[h], p.kind[h] as usize)]
+                .insert(b, h as u32, &mut p.pos);
         }
         p
     }
@@ -445,7 +465,11 @@ impl Placer {
     /// The bucket of an amount: its scarcest keyed resource as a share of the largest.
     fn key(&self, cpus: u64, ram: u64, gpus: u64) -> usize {
         let mut share = 1.0f64;
-        for (amount, scale) in [(cpus, self.scale[0]), (ram, self.scale[1]), (gpus, self.scale[2])] {
+        for (amount, scale) in [
+            (cpus, self.scale[0]),
+            (ram, self.scale[1]),
+            (gpus, self.scale[2]),
+        ] {
             if scale > 0 {
                 share = share.min(amount as f64 / scale as f64);
             }
@@ -456,11 +480,19 @@ impl Placer {
     /// Moves host `h` to the bucket its free capacity now belongs in, and into the pool of
     /// hosts in use (it has just taken an instance).
     pub fn update(&mut self, fleet: &Fleet, h: usize) {
-        let b = self.key(fleet.ref_cpus[h] as u64, fleet.ram_mb[h], fleet.gpus[h] as u64);
+        let b = self.key(
+            fleet.ref_cpus[h] as u64,
+            fleet.ram_mb[h],
+            fleet.gpus[h] as u64,
+        );
         let old = self.bucket[h] as usize;
         if b != old || self.kind[h] != IN_USE as u8 {
             let scheduled = fleet.scheduled[h];
-            self.pools[pool_of(scheduled, self.kind[h] as usize)].remove(old, h as u32, &mut self.pos);
+            self.pools[pool_of(scheduled, self.kind[h] as usize)].remove(
+                old,
+                h as u32,
+                &mut self.pos,
+            );
             self.kind[h] = IN_USE as u8;
             self.pools[pool_of(scheduled, IN_USE)].insert(b, h as u32, &mut self.pos);
             self.bucket[h] = b as u16;
@@ -473,7 +505,9 @@ impl Placer {
         let lowest = self.key(c, r, g);
         let fits = |h: &u32| class.check(fleet, scratch, *h as usize).is_ok();
         let strands = |h: usize| {
-            let Some((cpu_per_gpu, ram_per_gpu)) = self.per_gpu else { return false };
+            let Some((cpu_per_gpu, ram_per_gpu)) = self.per_gpu else {
+                return false;
+            };
             fleet.gpus[h] as u64 > g
                 && (fleet.ref_cpus[h] as u64 - c < cpu_per_gpu || fleet.ram_mb[h] - r < ram_per_gpu)
         };
@@ -486,12 +520,17 @@ impl Placer {
                     // The largest fresh host first, as spread takes the emptiest of all.
                     _ => Box::new(pool.scan_down(lowest).filter(fits)),
                 };
-                let Some(first) = candidates.next() else { continue };
+                let Some(first) = candidates.next() else {
+                    continue;
+                };
                 if !strands(first as usize) {
                     return Some(first as usize);
                 }
                 fallback = fallback.or(Some(first as usize));
-                if let Some(h) = candidates.take(GPU_CANDIDATES).find(|&h| !strands(h as usize)) {
+                if let Some(h) = candidates
+                    .take(GPU_CANDIDATES)
+                    .find(|&h| !strands(h as usize))
+                {
                     return Some(h as usize);
                 }
             }

@@ -388,10 +388,6 @@ fn pending_records_count_the_hosts_giving_each_reason_and_exit_1() {
 }
 
 #[test]
-#[ignore = "bug: two constraints on one attribute give reasons of one text whose host counts \
-            are not added: values [z1,z2] and not [z2] on zone, three hosts refusing, prints \
-            {\"constraint zone\":1} (reasons_for counts by Reason, the output map keeps the \
-            last count of each text)"]
 fn reason_counts_cover_every_host_when_two_constraints_share_an_attribute() {
     let d = Dir::new();
     d.jobs(
@@ -644,9 +640,6 @@ fn limit_rack_2_caps_instances_per_rack() {
 }
 
 #[test]
-#[ignore = "bug: a host without the limited attribute takes any number of instances: \
-            limit rack:2 with 6 instances puts 4 on a host that has no rack (value NONE is \
-            never counted in place.rs Class::check); Aurora and Nomad refuse such hosts"]
 fn limit_on_an_attribute_is_not_escaped_by_a_host_without_it() {
     let d = Dir::new();
     d.jobs(
@@ -721,10 +714,6 @@ fn values_and_not_constraints_and_hosts_without_the_attribute() {
 }
 
 #[test]
-#[ignore = "bug: values/not on the pseudo-attribute `host` look up an attribute column named \
-            \"host\" (place.rs Class::compile) instead of host names: {\"attr\":\"host\",\
-            \"values\":[\"h2\"]} never places (pending \"constraint host\":2), and \
-            {\"attr\":\"host\",\"not\":[\"h1\"]} places on h1"]
 fn values_and_not_on_the_host_pseudo_attribute_use_host_names() {
     let d = Dir::new();
     d.jobs(
@@ -1205,10 +1194,6 @@ fn preemption_picks_the_host_needing_fewest_victims() {
 }
 
 #[test]
-#[ignore = "bug: preemption stops a victim it does not need: on a host holding a priority-0 \
-            1-core instance and a priority-5 3-core instance, a production job needing 3 \
-            cores preempts both (victims are added lowest priority first until the job fits, \
-            and none is dropped afterwards), where stopping the 3-core one alone makes room"]
 fn preemption_stops_no_victim_it_does_not_need() {
     let d = Dir::new();
     let st = full_host(
@@ -1239,10 +1224,6 @@ fn preemption_stops_no_victim_it_does_not_need() {
 }
 
 #[test]
-#[ignore = "bug: preemption ignores surplus instances already being killed: a preemptible \
-            job lowered from 2 instances to 1 on a full host gets a kill for instance 1 and a \
-            preempt for instance 0 (for a production instance that instance 1's room would \
-            hold), so the job loses both"]
 fn preemption_takes_the_room_of_surplus_instances_before_healthy_ones() {
     let d = Dir::new();
     let st = full_host(
@@ -1399,10 +1380,6 @@ fn production_beyond_its_roles_quota_is_pending_with_reason_quota() {
 }
 
 #[test]
-#[ignore = "bug: the quota line --help documents ({\"role\":\"www\",\"cpus\":64,\
-            \"ram_mb\":262144,\"disk_mb\":0}, no \"type\") is refused with exit 65 \
-            'quota.jsonl: line 1: no \"type\" field' (read_quota goes through \
-            records::Reader, which insists on a type)"]
 fn the_quota_line_that_help_documents_is_accepted() {
     let d = Dir::new();
     d.write(
@@ -1681,10 +1658,6 @@ fn a_job_defined_in_two_files_is_bad_input() {
 }
 
 #[test]
-#[ignore = "bug: a pretty-printed job file with one syntax error (line 3 of 6) is re-read as \
-            JSON lines and every line is reported (6 errors, the first at line 1), none \
-            naming the real error; job.rs read_file falls back to lines when the whole-file \
-            parse fails"]
 fn a_syntax_error_in_a_pretty_printed_job_file_names_its_line() {
     let d = Dir::new();
     d.write(

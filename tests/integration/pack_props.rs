@@ -354,15 +354,17 @@ impl<'a> Model<'a> {
                         return Err(format!("limit host:{n}"));
                     }
                 }
+                // A host without the limited attribute takes none of the job (Aurora, Nomad).
                 GenConstraint::Limit(a, n) => {
-                    if let Some(v) = host.attr(*a) {
-                        let same: u32 = (0..self.hosts.len())
-                            .filter(|&h2| self.hosts[h2].attr(*a).as_ref() == Some(&v))
-                            .map(here)
-                            .sum();
-                        if same >= *n {
-                            return Err(format!("limit {}:{n}", a.name()));
-                        }
+                    let Some(v) = host.attr(*a) else {
+                        return Err(format!("limit {}:{n}", a.name()));
+                    };
+                    let same: u32 = (0..self.hosts.len())
+                        .filter(|&h2| self.hosts[h2].attr(*a).as_ref() == Some(&v))
+                        .map(here)
+                        .sum();
+                    if same >= *n {
+                        return Err(format!("limit {}:{n}", a.name()));
                     }
                 }
                 GenConstraint::Values(a, vs) => {
@@ -450,6 +452,7 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
     // Preemptible instances on offered hosts that production may stop: task id -> index.
     let mut victims: HashMap<String, usize> = HashMap::new();
     let mut surplus: BTreeSet<String> = BTreeSet::new();
+    let mut surplus_at: HashMap<String, usize> = HashMap::new();
     for (i, e) in case.existing.iter().enumerate() {
         let task = format!("{}/{}", job_key(e.job, &case.jobs[e.job]), e.instance);
         match e.host {
@@ -459,8 +462,9 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
                     present.insert((e.job, e.instance));
                 } else {
                     surplus.insert(task.clone());
+                    surplus_at.insert(task.clone(), i);
                 }
-                if !case.jobs[e.job].production {
+                if !case.jobs[e.job].production && e.instance < case.jobs[e.job].instances {
                     victims.insert(task, i);
                 }
             }
@@ -512,8 +516,23 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
                 if r["reason"] != "surplus instance" || !surplus.contains(&task) {
                     return Err(format!("{at}: not a surplus instance"));
                 }
-                if !killed.insert(task) {
+                if !killed.insert(task.clone()) {
                     return Err(format!("{at}: killed twice"));
+                }
+                // reap stops what pack kills before launch starts what it places: the
+                // instance's room is free for this pass.
+                if let Some(&v) = surplus_at.get(&task) {
+                    let e = &case.existing[v];
+                    if let Some(h) = e.host {
+                        let vj = &case.jobs[e.job];
+                        let f = &mut m.free[h];
+                        f.cpus += e.cpus;
+                        f.ram_mb += vj.ram_mb;
+                        f.disk_mb += vj.disk_mb;
+                        f.gpus += vj.gpus;
+                        f.ports.extend(&e.ports);
+                        *m.count.entry((e.job, h)).or_default() -= 1;
+                    }
                 }
             }
             "preempt" => {
