@@ -444,7 +444,22 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
                 .collect()
         })
         .collect();
-    for group in place::groups(jobs, &place::order(jobs, scale)) {
+    // Oversubscribed: some resource is asked for more than the offers hold in all.
+    let mut want = [0u64; 4];
+    for (j, spec) in jobs.iter().enumerate() {
+        let n = missing[j].len() as u64;
+        let r = &spec.resources;
+        for (d, amount) in [r.cpus as u64, r.ram_mb, r.disk_mb, r.gpus as u64]
+            .into_iter()
+            .enumerate()
+        {
+            want[d] += n * amount;
+        }
+    }
+    let oversubscribed = (0..4).any(|d| want[d] > start_caps[d].iter().sum::<u64>());
+    let gpu_scale = fleet_gpus_max(run.fleet);
+    let order = place::order(jobs, [scale[0], scale[1], gpu_scale], oversubscribed);
+    for group in place::groups(jobs, &order) {
         // Jobs with limits are placed one after the other, each with its own counts. The
         // others are interleaved instance by instance between those heavier in cpus and
         // those heavier in memory, so hosts fill with a mix rather than strand one resource.
@@ -487,6 +502,10 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         reasons: run.reasons,
         classes: run.classes,
     }
+}
+
+fn fleet_gpus_max(fleet: &Fleet) -> u64 {
+    fleet.gpus.iter().copied().max().unwrap_or(0) as u64
 }
 
 /// Instances of a list of jobs, taken in order, one at a time.

@@ -400,8 +400,9 @@ fn pool_of(scheduled: bool, kind: usize) -> usize {
 /// and be opened first. spread keeps every host in one pool and takes the emptiest.
 ///
 /// When jobs need GPUs, a placement that would leave a host with idle GPUs but fewer cpus or
-/// less memory than any GPU job needs per GPU strands those GPUs; the placer passes over
-/// such hosts while one of the next few candidates, in this pool or a later one, would not.
+/// less memory than any GPU job needs per GPU strands those GPUs, and work that needs no GPU
+/// on a host with idle GPUs risks it; the placer passes over such hosts while one of the
+/// next few candidates, in this pool or a later one, would not.
 pub struct Placer {
     pools: [Index; 6],
     bucket: Vec<u16>,
@@ -504,13 +505,22 @@ impl Placer {
         let [c, r, g] = class.demand();
         let lowest = self.key(c, r, g);
         let fits = |h: &u32| class.check(fleet, scratch, *h as usize).is_ok();
+        // Work that needs no GPU takes a host with idle GPUs only when no other will do;
+        // a GPU instance avoids leaving GPUs without the cpus or memory to use them.
         let strands = |h: usize| {
             let Some((cpu_per_gpu, ram_per_gpu)) = self.per_gpu else {
                 return false;
             };
             fleet.gpus[h] as u64 > g
-                && (fleet.ref_cpus[h] as u64 - c < cpu_per_gpu || fleet.ram_mb[h] - r < ram_per_gpu)
+                && (g == 0
+                    || fleet.ref_cpus[h] as u64 - c < cpu_per_gpu
+                    || fleet.ram_mb[h] - r < ram_per_gpu)
         };
+        if g > 0 && self.strategy == Strategy::Binpack {
+            if let Some(h) = self.gpu_fit(fleet, c, g, &fits) {
+                return Some(h);
+            }
+        }
         let mut fallback = None;
         for scheduled in [false, true] {
             for kind in [IN_USE, FRESH, FRESH_GPU] {
@@ -542,20 +552,72 @@ impl Placer {
     }
 }
 
-/// Placement order: production first, then higher priority, then larger, then by key.
-pub fn order(jobs: &[JobSpec], fleet_scale: [u64; 2]) -> Vec<usize> {
+impl Placer {
+    /// For an instance needing `g` GPUs and `c` cpus: the host whose free cpus per free GPU
+    /// is the least that is still at least the instance's own, so hosts short of cpus per
+    /// GPU take the instances that need few, and none is left with GPUs it has no cpus for.
+    /// Ties go to the fuller host. Scheduled hosts are left to `find`.
+    fn gpu_fit(&self, fleet: &Fleet, c: u64, g: u64, fits: &dyn Fn(&u32) -> bool) -> Option<usize> {
+        let need = c as f64 / g as f64;
+        let mut best: Option<(bool, f64, usize, usize)> = None; // (short, ratio, bucket, host)
+        for kind in [IN_USE, FRESH_GPU] {
+            let pool = &self.pools[pool_of(false, kind)];
+            for h in pool.scan_up(0).filter(|h| fits(h)).take(GPU_SCAN) {
+                let h = h as usize;
+                let ratio = fleet.ref_cpus[h] as f64 / fleet.gpus[h] as f64;
+                let short = ratio < need;
+                // Not short before short; then the closest ratio above the need (or, when
+                // all are short, the largest below it); then the fuller host.
+                let key = (
+                    short,
+                    if short { -ratio } else { ratio },
+                    self.bucket[h] as usize,
+                    h,
+                );
+                if best.is_none_or(|b| (key.0, key.1, key.2, key.3) < b) {
+                    best = Some(key);
+                }
+            }
+        }
+        best.map(|(_, _, _, h)| h)
+    }
+}
+
+/// How many fitting hosts `gpu_fit` compares, per pool.
+const GPU_SCAN: usize = 512;
+
+/// Placement order: production first, then higher priority, then by size (the largest
+/// share any resource takes of the fleet's largest host), then by key.
+///
+/// When everything fits, larger first packs into the fewest hosts. When the fleet is
+/// oversubscribed (some resource is asked for more than it has), smaller first places the
+/// most instances, and the most of the scarce resource, that the fleet can hold.
+pub fn order(jobs: &[JobSpec], scale: [u64; 3], oversubscribed: bool) -> Vec<usize> {
     let size = |j: &JobSpec| {
-        let c = j.resources.cpus as f64 / fleet_scale[0].max(1) as f64;
-        let r = j.resources.ram_mb as f64 / fleet_scale[1].max(1) as f64;
-        c.max(r)
+        let r = &j.resources;
+        let shares = [
+            r.cpus as f64 / scale[0].max(1) as f64,
+            r.ram_mb as f64 / scale[1].max(1) as f64,
+        ];
+        let g = if scale[2] > 0 {
+            r.gpus as f64 / scale[2] as f64
+        } else {
+            0.0
+        };
+        shares[0].max(shares[1]).max(g)
     };
     let mut idx: Vec<usize> = (0..jobs.len()).collect();
     idx.sort_by(|&a, &b| {
         let (ja, jb) = (&jobs[a], &jobs[b]);
+        let by_size = if oversubscribed {
+            size(ja).total_cmp(&size(jb))
+        } else {
+            size(jb).total_cmp(&size(ja))
+        };
         (ja.tier == Tier::Preemptible)
             .cmp(&(jb.tier == Tier::Preemptible))
             .then(jb.priority.cmp(&ja.priority))
-            .then(size(jb).total_cmp(&size(ja)))
+            .then(by_size)
             .then(ja.key.cmp(&jb.key))
     });
     idx
