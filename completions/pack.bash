@@ -23,7 +23,7 @@ _pack() {
 
     case "${cmd}" in
         pack)
-            opts="-h -V --state --strategy --prune --quota --explain --stats --json --help --version"
+            opts="-h -V --state --strategy --spread-by --prune --quota --explain --stats --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -35,6 +35,10 @@ _pack() {
                     ;;
                 --strategy)
                     COMPREPLY=($(compgen -W "binpack spread" -- "${cur}"))
+                    return 0
+                    ;;
+                --spread-by)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --quota)

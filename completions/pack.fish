@@ -1,6 +1,7 @@
 complete -c pack -l state -d 'Read what already runs from this state file and place only what is missing' -r -F
 complete -c pack -l strategy -d 'binpack: fewest hosts, least stranded capacity; spread: even load across hosts' -r -f -a "binpack\t''
 spread\t''"
+complete -c pack -l spread-by -d 'With --strategy spread: the failure domains to spread each job across, largest first (attribute names); hosts lacking one count as one domain' -r
 complete -c pack -l quota -d 'Quotas per role (JSON lines: {"role":"www","cpus":64,"ram_mb":262144,"disk_mb":0}); production instances beyond their role\'s quota stay pending' -r -F
 complete -c pack -l explain -d 'Print, per host, why TASK (role/env/name/instance) cannot go there, or its score, instead of the decisions' -r
 complete -c pack -l prune -d 'With --state: kill the instances of jobs that no job file names'

@@ -92,6 +92,8 @@ pub struct Fleet {
     /// Column of the `dedicated` attribute, if any host has one.
     pub dedicated: Option<usize>,
     pub by_name: HashMap<String, u32>,
+    /// Columns of the failure domains spread spreads across, largest first.
+    pub domains: Vec<usize>,
 }
 
 /// The fields of an offer record.
@@ -173,6 +175,14 @@ impl Fleet {
         }
         self.dedicated = self.attrs.find_column("dedicated");
         Ok(())
+    }
+
+    /// Names the failure domains to spread across (attributes no host has are skipped).
+    pub fn spread_by(&mut self, attrs: &[String]) {
+        self.domains = attrs
+            .iter()
+            .filter_map(|a| self.attrs.find_column(a))
+            .collect();
     }
 
     /// The column of the pseudo-attribute `host`: each host's own name. Built when a job

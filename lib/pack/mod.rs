@@ -56,6 +56,16 @@ pub struct Cli {
         value_name = "STRATEGY"
     )]
     pub strategy: StrategyArg,
+    /// With --strategy spread: the failure domains to spread each job across, largest
+    /// first (attribute names); hosts lacking one count as one domain
+    #[arg(
+        long,
+        value_name = "ATTR,...",
+        value_delimiter = ',',
+        default_value = "zone,rack",
+        env = "FORMIC_SPREAD_BY"
+    )]
+    pub spread_by: Vec<String>,
     /// With --state: kill the instances of jobs that no job file names
     #[arg(long, requires = "state")]
     pub prune: bool,
@@ -150,14 +160,16 @@ pub struct Outcome {
 
 pub fn run(cli: Cli) -> Result<Status> {
     let t0 = Instant::now();
-    let input = read_input(&cli, io::stdin().lock())?;
+    let mut input = read_input(&cli, io::stdin().lock())?;
     let parse_ms = ms(t0);
     let strategy = match cli.strategy {
         StrategyArg::Binpack => Strategy::Binpack,
         StrategyArg::Spread => Strategy::Spread,
     };
+    if strategy == Strategy::Spread {
+        input.fleet.spread_by(&cli.spread_by);
+    }
     let t1 = Instant::now();
-    let mut input = input;
     let outcome = decide(&mut input, strategy, cli.prune);
     let place_ms = ms(t1);
     let t2 = Instant::now();

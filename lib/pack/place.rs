@@ -34,6 +34,15 @@ pub enum Reason {
     Ports,
 }
 
+/// Where a domain value is counted: hosts lacking the attribute share slot 0.
+fn domain_slot(v: u32) -> usize {
+    if v == NONE {
+        0
+    } else {
+        v as usize + 1
+    }
+}
+
 /// A limit is kept per host (attribute `host`) or per value of an attribute column.
 #[derive(Clone, Debug)]
 enum Scope {
@@ -59,6 +68,8 @@ pub struct Class {
     hosts: Vec<u32>,
     /// Instances per attribute value, per limit.
     value_used: Vec<Vec<u32>>,
+    /// Instances per failure domain (value id), per domain column (spread only).
+    domain_used: Vec<Vec<u32>>,
 }
 
 /// Instances of the current job per host, without a hash in the loop: counts are valid
@@ -159,6 +170,23 @@ impl Class {
             role,
             hosts: Vec::new(),
             value_used,
+            domain_used: fleet
+                .domains
+                .iter()
+                .map(|&col| vec![0; fleet.attrs.value_count(col) + 1])
+                .collect(),
+        }
+    }
+
+    /// How many instances of the job are in host `h`'s failure domains, largest domain
+    /// first; hosts lacking a domain attribute share one domain.
+    fn domain_load(&self, fleet: &Fleet, h: usize, out: &mut [u32; 4]) {
+        for (i, &col) in fleet.domains.iter().take(4).enumerate() {
+            let v = fleet.attrs.column(col)[h];
+            out[i] = self.domain_used[i]
+                .get(domain_slot(v))
+                .copied()
+                .unwrap_or(0);
         }
     }
 
@@ -176,6 +204,15 @@ impl Class {
             self.hosts.push(h as u32);
             if scratch.current == self.job as u32 {
                 scratch.add(h);
+            }
+        }
+        for (i, &col) in fleet.domains.iter().enumerate() {
+            let v = match h {
+                Some(h) => fleet.attrs.column(col)[h],
+                None => values(col),
+            };
+            if let Some(n) = self.domain_used[i].get_mut(domain_slot(v)) {
+                *n += 1;
             }
         }
         for (i, (scope, _)) in self.limits.iter().enumerate() {
@@ -527,6 +564,10 @@ impl Placer {
                 let pool = &self.pools[pool_of(scheduled, kind)];
                 let mut candidates: Box<dyn Iterator<Item = u32>> = match (self.strategy, kind) {
                     (Strategy::Binpack, IN_USE) => Box::new(pool.scan_up(lowest).filter(fits)),
+                    (Strategy::Spread, _) if !fleet.domains.is_empty() => Box::new(
+                        self.spread_pick(pool, lowest, fleet, class, &fits)
+                            .into_iter(),
+                    ),
                     // The largest fresh host first, as spread takes the emptiest of all.
                     _ => Box::new(pool.scan_down(lowest).filter(fits)),
                 };
@@ -553,6 +594,32 @@ impl Placer {
 }
 
 impl Placer {
+    /// spread across failure domains: of the emptiest hosts that take the instance, the one
+    /// whose domains (largest first) hold the fewest instances of the job, then the emptiest.
+    fn spread_pick(
+        &self,
+        pool: &Index,
+        lowest: usize,
+        fleet: &Fleet,
+        class: &Class,
+        fits: &dyn Fn(&u32) -> bool,
+    ) -> Option<u32> {
+        let mut best: Option<([u32; 4], usize, u32)> = None;
+        let mut load = [0u32; 4];
+        for h in pool
+            .scan_down(lowest)
+            .filter(|h| fits(h))
+            .take(SPREAD_CANDIDATES)
+        {
+            class.domain_load(fleet, h as usize, &mut load);
+            let key = (load, BUCKETS - self.bucket[h as usize] as usize, h);
+            if best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, h)| h)
+    }
+
     /// For an instance needing `g` GPUs and `c` cpus: the host whose free cpus per free GPU
     /// is the least that is still at least the instance's own, so hosts short of cpus per
     /// GPU take the instances that need few, and none is left with GPUs it has no cpus for.
@@ -582,6 +649,9 @@ impl Placer {
         best.map(|(_, _, _, h)| h)
     }
 }
+
+/// How many of the emptiest fitting hosts spread compares for their failure domains.
+const SPREAD_CANDIDATES: usize = 256;
 
 /// How many fitting hosts `gpu_fit` compares, per pool.
 const GPU_SCAN: usize = 512;
