@@ -953,6 +953,61 @@ fn spread_puts_each_instance_on_the_emptiest_host() {
     }
 }
 
+#[test]
+fn spread_evens_a_job_across_zones_and_racks() {
+    let d = Dir::new();
+    d.jobs("web.json", &[job("www/prod/web", 6, 1.0, 1)]);
+    // 12 hosts, 3 racks over 2 zones; the four largest hosts sit in only 2 racks and both
+    // zones, so emptiest-first alone would pile instances into those racks.
+    let offers: Vec<Value> = (0..12)
+        .map(|i| {
+            let cpus = if i < 4 { 32.0 } else { 8.0 };
+            let rack = if i < 4 { i % 2 } else { i % 3 };
+            let attrs = json!({"zone": format!("z{}", rack % 2), "rack": format!("r{rack}")});
+            offer_attrs(&format!("h{i:02}"), cpus, 65536, attrs)
+        })
+        .collect();
+    let rack_of: HashMap<String, String> = offers
+        .iter()
+        .map(|o| (s(&o["host"]), s(&o["attrs"]["rack"])))
+        .collect();
+    let zone_of: HashMap<String, String> = offers
+        .iter()
+        .map(|o| (s(&o["host"]), s(&o["attrs"]["zone"])))
+        .collect();
+    let spread = |by: &[&str]| {
+        let mut args = vec!["--strategy", "spread"];
+        args.extend_from_slice(by);
+        args.push("web.json");
+        let recs = d.pack_expect(&args, &lines_of(&offers), 0);
+        let (mut racks, mut zones) = (
+            BTreeMap::<String, u32>::new(),
+            BTreeMap::<String, u32>::new(),
+        );
+        for p in of(&recs, "place") {
+            *racks.entry(rack_of[&s(&p["host"])].clone()).or_default() += 1;
+            *zones.entry(zone_of[&s(&p["host"])].clone()).or_default() += 1;
+        }
+        (racks, zones)
+    };
+    // Zones first (z0 holds racks r0 and r2, z1 only r1): 3 and 3, then racks within z0.
+    let (racks, zones) = spread(&[]);
+    assert_eq!(
+        zones.values().copied().collect::<Vec<_>>(),
+        [3, 3],
+        "zones: {zones:?}"
+    );
+    assert_eq!(racks["r1"], 3, "racks: {racks:?}");
+    assert_eq!(racks["r0"].max(racks["r2"]), 2, "racks: {racks:?}");
+    // --spread-by names the domains: by rack alone, each rack takes 2.
+    let (racks, _) = spread(&["--spread-by", "rack"]);
+    assert_eq!(
+        racks.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "racks: {racks:?}"
+    );
+}
+
 // --- what already runs (--state) ---
 
 #[test]
