@@ -180,7 +180,10 @@ pub fn run(cli: Cli) -> Result<Status> {
 
 /// Reads a batch of host records. Every bad line is reported; any bad line fails the whole
 /// batch before anything is written.
-pub fn read_hosts(input: impl io::BufRead) -> Result<(Vec<(u64, Host)>, Vec<Record>)> {
+/// Hosts with the line each came from, and the records of other types to pass through.
+pub type HostBatch = (Vec<(u64, Host)>, Vec<Record>);
+
+pub fn read_hosts(input: impl io::BufRead) -> Result<HostBatch> {
     let mut hosts = Vec::new();
     let mut others = Vec::new();
     let mut errors = Vec::new();
@@ -628,7 +631,7 @@ fn probe_host(name: &str, attrs: &[String], ports: &str, state: &std::path::Path
     }
     let fs =
         nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
-    let disk_mb = fs.blocks() as u64 * fs.fragment_size() as u64 >> 20;
+    let disk_mb = (fs.blocks() as u64 * fs.fragment_size() as u64) >> 20;
     let mut fields = Map::new();
     let (lo, hi) = ports
         .split_once('-')

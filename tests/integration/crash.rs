@@ -43,7 +43,9 @@ fn txn_plan(i: u64) -> Txn_ {
         tasks: (0..TASKS_PER_TXN)
             .map(|k| (((i * TASKS_PER_TXN + k) % INSTANCES) as u32, k as u32))
             .collect(),
-        remove: (i % 5 == 0).then(|| (job_key((i / 5) % JOBS), ((i * 37) % INSTANCES) as u32)),
+        remove: i
+            .is_multiple_of(5)
+            .then(|| (job_key((i / 5) % JOBS), ((i * 37) % INSTANCES) as u32)),
     }
 }
 
