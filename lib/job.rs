@@ -524,6 +524,7 @@ mod tests {
                 "not in resources.ports",
             ),
             (r#","instances":1,"colour":"red""#, "unknown field"),
+            (r#","instances":1,"job":"a/../c""#, "job key"),
         ] {
             let err = job(&format!("{{{base}{extra}}}")).unwrap_err();
             assert!(err.contains(want), "{extra}: {err}");

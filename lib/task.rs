@@ -228,18 +228,20 @@ pub struct Job {
 pub const JOB_SLOT_SIZE: usize = 512;
 const JOB_LAYOUT: u8 = 1;
 
-/// A job key is `role/env/name`, each part of letters, digits and `._-`.
+/// A job key is `role/env/name`, each part of letters, digits and `._-`, not starting with
+/// a dot: the parts name directories on hosts, so `.` and `..` must never be one.
 pub fn check_job_key(key: &str) -> Result<(), String> {
     let parts: Vec<&str> = key.split('/').collect();
     let ok_part = |p: &&str| {
         !p.is_empty()
             && p.len() <= 64
+            && !p.starts_with('.')
             && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     };
     if parts.len() != 3 || !parts.iter().all(ok_part) {
         return Err(format!(
-            "job key {key:?} is not role/env/name (letters, digits, . _ -)"
+            "job key {key:?} is not role/env/name (letters, digits, . _ -; no part starting with .)"
         ));
     }
     Ok(())
