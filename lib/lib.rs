@@ -12,6 +12,8 @@ pub mod job;
 pub mod offer;
 pub mod pack;
 pub mod records;
+pub mod rundir;
 pub mod state;
+pub mod supervise;
 pub mod task;
 pub mod usage;

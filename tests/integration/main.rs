@@ -11,3 +11,4 @@ mod fuzz;
 mod offer_cli;
 mod pack_cli;
 mod pack_props;
+mod supervise;

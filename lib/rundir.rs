@@ -1,0 +1,206 @@
+//! The record a host keeps of each task it runs: one directory per task, so that what runs
+//! where can be read from the hosts themselves (and a lost state rebuilt from them).
+//!
+//! ```text
+//! ROOT/role/env/name/instance/
+//!     spec.json   what to run, resolved by launch (argv, environment, user, ports, health)
+//!     lock        held (flock, exclusive) by the task's supervisor for as long as it lives
+//!     status      the supervisor's last word, JSON, replaced atomically (write, fsync, rename)
+//!     sandbox/    the task's working directory, with its stdout and stderr logs
+//! ```
+//!
+//! A supervisor is alive exactly while `lock` is held; the kernel drops the lock when the
+//! supervisor dies, however it dies, so "is it still supervised?" never trusts a pid file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+/// Where a task's directory is under a host's run root. Task ids are checked
+/// (`role/env/name/instance`, no part starting with a dot), so this never leaves `root`.
+pub fn task_dir(root: &Path, task: &str) -> PathBuf {
+    root.join(task)
+}
+
+/// What a supervisor reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    pub task: String,
+    /// The supervisor's pid and start time (clock ticks since boot).
+    pub supervisor: (u32, u64),
+    /// The task's pid and start time, once started.
+    pub pid: Option<(u32, u64)>,
+    /// STARTING, RUNNING, FINISHED, FAILED or KILLED.
+    pub state: String,
+    pub exit: Option<i32>,
+    pub signal: Option<i32>,
+    pub since: f64,
+    pub healthy: Option<bool>,
+    pub health_failures: u32,
+}
+
+impl Status {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "task": self.task,
+            "supervisor": {"pid": self.supervisor.0, "start": self.supervisor.1},
+            "pid": self.pid.map(|p| p.0),
+            "pid_start": self.pid.map(|p| p.1),
+            "state": self.state,
+            "exit": self.exit,
+            "signal": self.signal,
+            "since": self.since,
+            "healthy": self.healthy,
+            "health_failures": self.health_failures,
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Option<Status> {
+        let pid = match (v["pid"].as_u64(), v["pid_start"].as_u64()) {
+            (Some(p), Some(s)) => Some((p as u32, s)),
+            _ => None,
+        };
+        Some(Status {
+            task: v["task"].as_str()?.to_string(),
+            supervisor: (
+                v["supervisor"]["pid"].as_u64()? as u32,
+                v["supervisor"]["start"].as_u64()?,
+            ),
+            pid,
+            state: v["state"].as_str()?.to_string(),
+            exit: v["exit"].as_i64().map(|x| x as i32),
+            signal: v["signal"].as_i64().map(|x| x as i32),
+            since: v["since"].as_f64()?,
+            healthy: v["healthy"].as_bool(),
+            health_failures: v["health_failures"].as_u64().unwrap_or(0) as u32,
+        })
+    }
+
+    /// Replaces `dir/status` atomically: a reader sees the old status or the new one.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join("status.new");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(self.to_json().to_string().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_data()?;
+        fs::rename(&tmp, dir.join("status"))
+            .with_context(|| format!("replacing {}/status", dir.display()))?;
+        Ok(())
+    }
+
+    pub fn read(dir: &Path) -> Result<Option<Status>> {
+        let text = match fs::read_to_string(dir.join("status")) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}/status", dir.display())),
+        };
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}/status is not JSON", dir.display()))?;
+        Ok(Status::from_json(&v))
+    }
+}
+
+/// Creates a task's directory and sandbox, readable by its group only.
+pub fn create(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir.join("sandbox"))
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Opens the task's lock file (created when missing).
+pub fn lock_file(dir: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .open(dir.join("lock"))
+        .with_context(|| format!("opening {}/lock", dir.display()))
+}
+
+/// Whether a supervisor holds the task's lock right now.
+pub fn supervised(dir: &Path) -> Result<bool> {
+    if !dir.join("lock").exists() {
+        return Ok(false);
+    }
+    let f = lock_file(dir)?;
+    match f.try_lock_shared() {
+        Ok(()) => {
+            let _ = f.unlock();
+            Ok(false)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("testing a task's lock"),
+    }
+}
+
+/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the
+/// pid, it names one process for as long as the machine is up, so a pid reused by another
+/// process is never mistaken for the task.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that started at `start`.
+pub fn same_process(pid: u32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_replaces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Status {
+            task: "a/b/c/0".into(),
+            supervisor: (10, 20),
+            pid: Some((30, 40)),
+            state: "RUNNING".into(),
+            exit: None,
+            signal: None,
+            since: 1.5,
+            healthy: Some(true),
+            health_failures: 0,
+        };
+        s.write(dir.path()).unwrap();
+        assert_eq!(Status::read(dir.path()).unwrap(), Some(s));
+        assert!(!dir.path().join("status.new").exists());
+    }
+
+    #[test]
+    fn start_time_names_this_process_and_not_a_dead_one() {
+        let me = std::process::id();
+        let t = start_time(me).unwrap();
+        assert!(same_process(me, t));
+        assert!(!same_process(me, t + 1));
+    }
+
+    #[test]
+    fn the_lock_tells_whether_a_supervisor_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!supervised(dir.path()).unwrap());
+        let held = lock_file(dir.path()).unwrap();
+        held.lock().unwrap();
+        assert!(supervised(dir.path()).unwrap());
+        drop(held);
+        assert!(!supervised(dir.path()).unwrap());
+    }
+}

@@ -1,0 +1,339 @@
+//! The per-task supervisor with real processes: exit statuses, stops with a grace period,
+//! orphans, the task's world (environment, descriptors, user), health checks, one
+//! supervisor per task.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use formic::rundir::{self, Status};
+use formic::supervise::{Health, Spec};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::common::{self, bin};
+
+fn spec(task: &str, argv: &[&str]) -> Spec {
+    Spec {
+        task: task.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("FORMIC_TASK".into(), task.into()),
+        ],
+        user: None,
+        allow_root: true,
+        grace_s: 5.0,
+        log_max_bytes: 1 << 20,
+        health: None,
+    }
+}
+
+/// A task directory with `spec` written, under a fresh temporary root.
+fn task(spec: &Spec) -> (tempfile::TempDir, PathBuf) {
+    let root = common::tempdir();
+    let dir = rundir::task_dir(root.path(), &spec.task);
+    rundir::create(&dir).unwrap();
+    std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
+    (root, dir)
+}
+
+fn supervise(dir: &Path) -> Child {
+    Command::new(bin("formic-supervise"))
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the status satisfies `want`, or fails after `limit`.
+fn wait_for(dir: &Path, limit: Duration, want: impl Fn(&Status) -> bool) -> Status {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = Status::read(dir) {
+            if want(&s) {
+                return s;
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "status never got there: {:?}",
+            Status::read(dir)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn finished(s: &Status) -> bool {
+    matches!(s.state.as_str(), "FINISHED" | "FAILED" | "KILLED")
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is not alive: read its state.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn wait_exit(child: Child) -> i32 {
+    let out = common::wait_output(child, Duration::from_secs(30));
+    common::code(&out)
+}
+
+#[test]
+fn exit_statuses_and_output_are_recorded() {
+    let (_root, dir) = task(&spec(
+        "t/e/ok/0",
+        &["sh", "-c", "echo out; echo err >&2; exit 0"],
+    ));
+    assert_eq!(wait_exit(supervise(&dir)), 0);
+    let s = Status::read(&dir).unwrap().unwrap();
+    assert_eq!((s.state.as_str(), s.exit), ("FINISHED", Some(0)));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sandbox/stdout")).unwrap(),
+        "out\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sandbox/stderr")).unwrap(),
+        "err\n"
+    );
+
+    let (_root, dir) = task(&spec("t/e/bad/0", &["sh", "-c", "exit 3"]));
+    assert_eq!(wait_exit(supervise(&dir)), 0);
+    let s = Status::read(&dir).unwrap().unwrap();
+    assert_eq!((s.state.as_str(), s.exit), ("FAILED", Some(3)));
+    assert!(
+        !rundir::supervised(&dir).unwrap(),
+        "the lock is released at the end"
+    );
+}
+
+#[test]
+fn a_stop_sends_sigterm_to_the_group_then_sigkill_after_the_grace_period() {
+    // A well-behaved task ends on SIGTERM.
+    let (_root, dir) = task(&spec("t/e/term/0", &["sleep", "60"]));
+    let sup = supervise(&dir);
+    let running = wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    let s = Status::read(&dir).unwrap().unwrap();
+    assert_eq!((s.state.as_str(), s.signal), ("KILLED", Some(15)));
+    assert!(!alive(running.pid.unwrap().0));
+
+    // One that ignores SIGTERM is SIGKILLed once the grace period is over, not before.
+    let mut stubborn = spec(
+        "t/e/stubborn/0",
+        &["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"],
+    );
+    stubborn.grace_s = 0.6;
+    let (_root, dir) = task(&stubborn);
+    let sup = supervise(&dir);
+    wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
+    std::thread::sleep(Duration::from_millis(100)); // let the trap be set
+    let asked = Instant::now();
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    let took = asked.elapsed();
+    let s = Status::read(&dir).unwrap().unwrap();
+    assert_eq!((s.state.as_str(), s.signal), ("KILLED", Some(9)));
+    assert!(
+        took >= Duration::from_millis(550),
+        "SIGKILL came after {took:?}, before the grace period"
+    );
+}
+
+#[test]
+fn nothing_the_task_started_outlives_it() {
+    // A child in the task's group, and one that escaped into a session of its own.
+    let script = "sleep 600 & echo $! > group.pid; setsid sleep 600 & echo $! > escaped.pid; sleep 0.2; exit 0";
+    let (_root, dir) = task(&spec("t/e/orphans/0", &["sh", "-c", script]));
+    assert_eq!(wait_exit(supervise(&dir)), 0);
+    for file in ["group.pid", "escaped.pid"] {
+        let pid: u32 = std::fs::read_to_string(dir.join("sandbox").join(file))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!alive(pid), "{file}: process {pid} outlived its task");
+    }
+    assert_eq!(Status::read(&dir).unwrap().unwrap().state, "FINISHED");
+}
+
+#[test]
+fn the_task_sees_only_its_environment_fds_0_to_2_and_its_user() {
+    // It writes in its sandbox as that user, then waits to be looked at.
+    let mut s = spec(
+        "t/e/world/0",
+        &["sh", "-c", "echo mine > file && exec sleep 30"],
+    );
+    s.user = Some("nobody".into());
+    s.allow_root = false;
+    let (_root, dir) = task(&s);
+    let sup = supervise(&dir);
+    let running = wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
+    let pid = running.pid.unwrap().0;
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+
+    let mut fds: Vec<u32> = fds.iter().map(|f| f.parse().unwrap()).collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2], "descriptors reaching the task");
+    let mut env: Vec<&str> = environ
+        .split(|&b| b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| std::str::from_utf8(v).unwrap())
+        .collect();
+    env.sort();
+    // What the spec gives, and PWD (its sandbox, set with the working directory): nothing
+    // of the supervisor's or the test's own environment.
+    let pwd = format!("PWD={}", dir.join("sandbox").display());
+    assert_eq!(
+        env,
+        [
+            "FORMIC_TASK=t/e/world/0",
+            "PATH=/usr/bin:/bin",
+            pwd.as_str()
+        ]
+    );
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let line = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    let ids = |l: String| {
+        l.split_whitespace()
+            .skip(1)
+            .map(|x| x.parse::<u32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(line("Uid:")),
+        vec![nobody.uid.as_raw(); 4],
+        "real, effective, saved and fs uid"
+    );
+    assert_eq!(ids(line("Gid:")), vec![nobody.gid.as_raw(); 4]);
+    assert!(
+        !ids(line("Groups:")).contains(&0),
+        "root's groups were dropped: {}",
+        line("Groups:")
+    );
+}
+
+#[test]
+fn the_sandbox_belongs_to_the_task_user() {
+    let mut s = spec("t/e/writer/0", &["sh", "-c", "echo mine > file"]);
+    s.user = Some("nobody".into());
+    s.allow_root = false;
+    let (_root, dir) = task(&s);
+    assert_eq!(wait_exit(supervise(&dir)), 0);
+    assert_eq!(Status::read(&dir).unwrap().unwrap().state, "FINISHED");
+    use std::os::unix::fs::MetadataExt;
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let meta = std::fs::metadata(dir.join("sandbox/file")).unwrap();
+    assert_eq!(meta.uid(), nobody.uid.as_raw());
+}
+
+#[test]
+fn root_is_refused_unless_allowed() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // as another user there is no root to refuse
+    }
+    let mut s = spec("t/e/root/0", &["true"]);
+    s.allow_root = false;
+    let (_root, dir) = task(&s);
+    assert_eq!(wait_exit(supervise(&dir)), 77);
+    assert_eq!(Status::read(&dir).unwrap().unwrap().state, "FAILED");
+}
+
+#[test]
+fn one_supervisor_per_task() {
+    let (_root, dir) = task(&spec("t/e/once/0", &["sleep", "30"]));
+    let first = supervise(&dir);
+    wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
+    assert!(rundir::supervised(&dir).unwrap());
+    assert_eq!(
+        wait_exit(supervise(&dir)),
+        75,
+        "a second supervisor must give up"
+    );
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(first), 0);
+}
+
+#[test]
+fn a_killed_supervisor_releases_the_task_lock() {
+    let (_root, dir) = task(&spec("t/e/lost/0", &["sleep", "30"]));
+    let mut sup = supervise(&dir);
+    let running = wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
+    sup.kill().unwrap();
+    sup.wait().unwrap();
+    assert!(
+        !rundir::supervised(&dir).unwrap(),
+        "the kernel drops the lock of a dead supervisor"
+    );
+    // The status still says RUNNING: a supervisor gone without a final word is what reap
+    // calls LOST. Clean up the task it left.
+    let (pid, start) = running.pid.unwrap();
+    assert!(!finished(&Status::read(&dir).unwrap().unwrap()));
+    assert!(rundir::same_process(pid, start));
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+#[test]
+fn health_follows_an_http_check() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut s = spec(
+        "t/e/web/0",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ],
+    );
+    s.health = Some(Health {
+        port,
+        path: "/".into(),
+        interval_s: 0.2,
+        timeout_s: 1.0,
+        failures: 2,
+    });
+    let (_root, dir) = task(&s);
+    let sup = supervise(&dir);
+    let healthy = wait_for(&dir, Duration::from_secs(20), |s| s.healthy == Some(true));
+    assert_eq!(healthy.health_failures, 0);
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+
+    // Nothing listens: unhealthy after `failures` checks in a row.
+    let mut s = spec("t/e/deaf/0", &["sleep", "30"]);
+    s.health = Some(Health {
+        port,
+        path: "/".into(),
+        interval_s: 0.1,
+        timeout_s: 0.2,
+        failures: 2,
+    });
+    let (_root, dir) = task(&s);
+    let sup = supervise(&dir);
+    let sick = wait_for(&dir, Duration::from_secs(10), |s| s.healthy == Some(false));
+    assert!(sick.health_failures >= 2);
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+}
