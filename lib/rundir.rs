@@ -4,6 +4,7 @@
 //! ```text
 //! ROOT/role/env/name/instance/
 //!     spec.json   what to run, resolved by launch (argv, environment, user, ports, health)
+//!     job.json    the job spec the task was placed from (restart policy, announce, ...)
 //!     lock        held (flock, exclusive) by the task's supervisor for as long as it lives
 //!     status      the supervisor's last word, JSON, replaced atomically (write, fsync, rename)
 //!     sandbox/    the task's working directory, with its stdout and stderr logs
@@ -19,6 +20,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+
+/// The run root of a local host: `run/HOST/` beside the state file. Several local hosts
+/// may share this machine; each has its own root. Host names are checked (letters, digits,
+/// `.-_:`, not starting with `.` or `-`), so this never leaves the state's directory.
+pub fn host_root(state: &Path, host: &str) -> PathBuf {
+    let dir = state.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    dir.join("run").join(host)
+}
 
 /// Where a task's directory is under a host's run root. Task ids are checked
 /// (`role/env/name/instance`, no part starting with a dot), so this never leaves `root`.
