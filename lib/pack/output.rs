@@ -1,4 +1,5 @@
-//! Writing pack's decisions. A million place records are most of pack's output, so they are
+//! Writing pack's decisions: a `spec` record once per job before its first `place`, then
+//! the decisions in order. A million place records are most of pack's output, so they are
 //! formatted by hand into the buffer: job keys, host and port names are checked on input to
 //! hold nothing JSON would escape.
 
@@ -20,6 +21,7 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
         .map(|j| format!("{:016x}", j.hash))
         .collect();
     let mut line = Vec::with_capacity(512);
+    let mut spec_sent = vec![false; input.jobs.len()];
     for d in &outcome.decisions {
         line.clear();
         match d {
@@ -31,6 +33,7 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
                 ports,
             } => {
                 let spec = &input.jobs[*job];
+                spec_once(&mut line, input, &hashes, &mut spec_sent, *job)?;
                 let r = &spec.resources;
                 line.extend_from_slice(b"{\"type\":\"place\",\"task\":\"");
                 line.extend_from_slice(spec.key.as_bytes());
@@ -66,6 +69,7 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
                 job,
                 instance,
             } => {
+                spec_once(&mut line, input, &hashes, &mut spec_sent, *job)?;
                 let rec = json!({"type":"preempt","task":victim,"host":input.fleet.names[*host as usize],
                                  "for":format!("{}/{instance}", input.jobs[*job].key)});
                 serde_json::to_writer(&mut line, &rec)?;
@@ -93,6 +97,24 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
         }
         line.push(b'\n');
         out.write_all(&line)?;
+    }
+    Ok(())
+}
+
+/// launch starts what is placed: it needs each job's spec once, before the job's first
+/// preempt or place record, and finds it by the hash the job is placed from.
+fn spec_once(
+    line: &mut Vec<u8>,
+    input: &Input,
+    hashes: &[String],
+    sent: &mut [bool],
+    job: usize,
+) -> Result<()> {
+    if !std::mem::replace(&mut sent[job], true) {
+        let spec = &input.jobs[job];
+        let rec = json!({"type":"spec","job":spec.key,"hash":hashes[job],"spec":Value::Object(spec.raw.clone())});
+        serde_json::to_writer(&mut *line, &rec)?;
+        line.push(b'\n');
     }
     Ok(())
 }

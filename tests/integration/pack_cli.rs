@@ -269,7 +269,7 @@ fn place_records_carry_every_field_and_other_lines_pass_through_byte_for_byte() 
     let text = stdout(&out);
     let passed: Vec<&str> = text
         .lines()
-        .filter(|l| !l.starts_with(r#"{"type":"place""#))
+        .filter(|l| !l.starts_with(r#"{"type":"place""#) && !l.starts_with(r#"{"type":"spec""#))
         .collect();
     assert_eq!(passed, others, "other lines, in their order, unchanged");
 
@@ -1191,6 +1191,11 @@ fn production_preempts_the_fewest_lowest_priority_preemptible_instances() {
     // h1: nothing free, no free port; the victim's port and cores come back to it.
     let offers = lines_of(&[with(offer("h1", 0.0, 8192), json!({"ports": []}))]);
     let recs = d.pack_expect(&["--state", &st, "jobs.jsonl"], &offers, 0);
+    assert_eq!(
+        recs[0]["type"], "spec",
+        "the job's spec comes first: {recs:?}"
+    );
+    let recs = &recs[1..];
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert_eq!(
         recs[0]["type"], "preempt",

@@ -485,9 +485,24 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
     let mut any_pending = false;
     // The instance the last preempt records made room for, and where.
     let mut preempting: Option<(String, usize)> = None;
+    let mut spec_seen: BTreeSet<usize> = BTreeSet::new();
     for (n, r) in recs.iter().enumerate() {
         let at = format!("record {} {r}", n + 1);
         let kind = r["type"].as_str().unwrap_or("");
+        if kind == "place" || kind == "preempt" {
+            let task = if kind == "place" {
+                &r["task"]
+            } else {
+                &r["for"]
+            };
+            let key = task
+                .as_str()
+                .and_then(|t| t.rsplit_once('/'))
+                .map_or("", |(k, _)| k);
+            if keys.get(key).is_some_and(|j| !spec_seen.contains(j)) {
+                return Err(format!("{at}: {kind} for {key} before its spec record"));
+            }
+        }
         if let Some((for_task, _)) = &preempting {
             if kind != "preempt" && !(kind == "place" && r["task"] == for_task.as_str()) {
                 return Err(format!(
@@ -511,6 +526,21 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
             Ok((j, i))
         };
         match kind {
+            // One spec record per job, before its first preempt or place, with its hash.
+            "spec" => {
+                let key = r["job"].as_str().unwrap_or("");
+                let j = *keys
+                    .get(key)
+                    .ok_or(format!("{at}: spec of an unknown job"))?;
+                if !spec_seen.insert(j) {
+                    return Err(format!("{at}: a second spec record for {key}"));
+                }
+                if r["spec"]["job"] != key || r["hash"].as_str().is_none_or(|h| h.len() != 16) {
+                    return Err(format!(
+                        "{at}: the spec record does not carry the job's spec"
+                    ));
+                }
+            }
             "kill" => {
                 let task = r["task"].as_str().unwrap_or("").to_string();
                 if r["reason"] != "surplus instance" || !surplus.contains(&task) {
@@ -1036,8 +1066,17 @@ fn the_checker_catches_broken_output() {
             stderr: Vec::new(),
         }
     };
-    let good = [place(0, "h00", 1.0, 31000), place(1, "h01", 1.0, 31000)];
+    let spec = json!({"type":"spec","job":"a/prod/j0","hash":"0000000000000000","spec":{"job":"a/prod/j0"}});
+    let good = [
+        spec.clone(),
+        place(0, "h00", 1.0, 31000),
+        place(1, "h01", 1.0, 31000),
+    ];
     assert_eq!(check(&case, &output(0, &good)), Ok(()));
+    assert!(
+        check(&case, &output(0, &good[1..])).is_err(),
+        "a place before its job's spec"
+    );
     let broken: Vec<(&str, i32, Vec<Value>)> = vec![
         (
             "limit host:1",
@@ -1063,9 +1102,11 @@ fn the_checker_catches_broken_output() {
                 pending(1, json!({"limit host:1": 2})),
             ],
         ),
-        ("exit 1 with nothing pending", 1, good.to_vec()),
+        ("exit 1 with nothing pending", 1, good[1..].to_vec()),
     ];
     for (what, status, recs) in broken {
+        // Each with its spec record, so that only the named fault is there to catch.
+        let recs: Vec<Value> = std::iter::once(spec.clone()).chain(recs).collect();
         assert!(
             check(&case, &output(status, &recs)).is_err(),
             "{what} was not caught"
