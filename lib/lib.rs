@@ -9,6 +9,7 @@ pub mod exit;
 pub mod fixed;
 pub mod host;
 pub mod job;
+pub mod launch;
 pub mod offer;
 pub mod pack;
 pub mod records;

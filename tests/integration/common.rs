@@ -17,6 +17,7 @@ pub fn bin(tool: &str) -> PathBuf {
     match tool {
         "offer" => PathBuf::from(env!("CARGO_BIN_EXE_offer")),
         "pack" => PathBuf::from(env!("CARGO_BIN_EXE_pack")),
+        "launch" => PathBuf::from(env!("CARGO_BIN_EXE_launch")),
         "formic-supervise" => PathBuf::from(env!("CARGO_BIN_EXE_formic-supervise")),
         other => panic!("unknown tool {other}"),
     }

@@ -8,6 +8,7 @@ mod corruption;
 mod crash;
 mod docs;
 mod fuzz;
+mod launch;
 mod offer_cli;
 mod pack_cli;
 mod pack_props;

@@ -1,0 +1,289 @@
+//! launch with real supervisors on local hosts: offer | pack | launch end to end, the
+//! task's world as launch resolves it, idempotence, two launches at once, a crash between
+//! intent and start, and bad records.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use formic::rundir;
+use formic::state::State;
+use formic::task::TaskState;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::common::{self, code, run, stderr, stdout, tool};
+
+/// A cluster of one local host, h1, in a temporary directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let c = Cluster {
+            dir: common::tempdir(),
+        };
+        let host = r#"{"type":"host","name":"h1","cpus":4,"ram_mb":4096,"disk_mb":1000,"ports":[[31000,31099]]}"#;
+        let out = run(&mut tool("offer", &c.state()).arg("add"), host.as_bytes());
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        c
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// offer | pack JOBS: pack's records, for launch.
+    fn pack(&self, jobs: &str) -> String {
+        let file = self.dir.path().join("jobs.jsonl");
+        std::fs::write(&file, jobs).unwrap();
+        let offers = stdout(&run(&mut tool("offer", &self.state()), b""));
+        let out = run(tool("pack", &self.state()).arg(&file), offers.as_bytes());
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+    }
+
+    fn launch(&self, records: &str) -> std::process::Output {
+        run(
+            tool("launch", &self.state()).args(["--wait", "10"]),
+            records.as_bytes(),
+        )
+    }
+
+    fn task_dir(&self, task: &str) -> PathBuf {
+        rundir::task_dir(&rundir::host_root(&self.state(), "h1"), task)
+    }
+
+    fn status(&self, task: &str) -> rundir::Status {
+        rundir::Status::read(&self.task_dir(task))
+            .unwrap()
+            .expect("a status")
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops every supervisor the test started.
+    fn drop(&mut self) {
+        let root = rundir::host_root(&self.state(), "h1");
+        for task in tasks_under(&root) {
+            if let Ok(Some(s)) = rundir::Status::read(&task) {
+                if rundir::same_process(s.supervisor.0, s.supervisor.1) {
+                    let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL);
+                }
+                if let Some((pid, start)) = s.pid {
+                    if rundir::same_process(pid, start) {
+                        let _ =
+                            nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Task directories (those holding spec.json) below a run root.
+fn tasks_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if d.join("spec.json").exists() {
+            out.push(d);
+            continue;
+        }
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Processes whose command line is `formic-supervise DIR`.
+fn supervisors_of(dir: &Path) -> usize {
+    let want = dir.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| {
+            let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+            args.len() >= 2 && args[0].ends_with(b"formic-supervise") && args[1] == want.as_bytes()
+        })
+        .count()
+}
+
+const WEB: &str = r#"{"job":"www/prod/web","instances":2,"cmd":["sleep","{{instance}}0{{port.http}}"],"env":{"GREETING":"hi {{task}}"},"resources":{"cpus":0.5,"ram_mb":64,"ports":["http"]},"constraints":[{"attr":"host","limit":2}]}"#;
+
+#[test]
+fn offer_pack_launch_runs_each_instance_under_its_supervisor() {
+    let c = Cluster::new();
+    let records = c.pack(WEB);
+    let out = c.launch(&records);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let events = lines(&stdout(&out));
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events
+        .iter()
+        .all(|e| e["type"] == "event" && e["state"] == "RUNNING" && e["host"] == "h1"));
+
+    let state = State::open(&c.state()).unwrap();
+    let v = state.view();
+    let job = v.jobs.find(&"www/prod/web".to_string()).unwrap();
+    for instance in 0..2u32 {
+        let task = format!("www/prod/web/{instance}");
+        let t = v
+            .tasks
+            .get(v.tasks.find(&(job, instance)).unwrap())
+            .unwrap();
+        let s = c.status(&task);
+        assert_eq!(t.state, TaskState::Running);
+        assert_eq!(
+            (t.pid, t.pid_start),
+            s.pid.unwrap(),
+            "the state names the task's process"
+        );
+        assert!(rundir::same_process(t.pid, t.pid_start));
+        assert!(t.ports[0] >= 31000 && t.ports[0] <= 31099);
+        // Templates filled, environment given: what the process itself sees.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", t.pid)).unwrap();
+        assert_eq!(
+            cmdline,
+            format!("sleep\0{instance}0{}\0", t.ports[0]).into_bytes()
+        );
+        let environ =
+            String::from_utf8(std::fs::read(format!("/proc/{}/environ", t.pid)).unwrap()).unwrap();
+        for want in [
+            format!("GREETING=hi {task}"),
+            format!("FORMIC_TASK={task}"),
+            format!("FORMIC_INSTANCE={instance}"),
+            format!("FORMIC_PORT_HTTP={}", t.ports[0]),
+        ] {
+            assert!(
+                environ.split('\0').any(|e| e == want),
+                "{want} missing from {environ:?}"
+            );
+        }
+    }
+    // The reservations show in the offers.
+    let offers = lines(&stdout(&run(&mut tool("offer", &c.state()), b"")));
+    assert_eq!(offers[0]["cpus"], 3.0);
+
+    // The same records again start nothing more.
+    let before: Vec<_> = (0..2)
+        .map(|i| c.status(&format!("www/prod/web/{i}")).supervisor)
+        .collect();
+    let out = c.launch(&records);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let after: Vec<_> = (0..2)
+        .map(|i| c.status(&format!("www/prod/web/{i}")).supervisor)
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(supervisors_of(&c.task_dir("www/prod/web/0")), 1);
+}
+
+#[test]
+fn two_launches_at_once_start_each_task_once() {
+    let c = Cluster::new();
+    let records = c.pack(WEB);
+    let spawn = || {
+        let mut cmd = tool("launch", &c.state());
+        cmd.args(["--wait", "10"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(records.as_bytes())
+            .unwrap();
+        child
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = common::wait_output(child, Duration::from_secs(60));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // a losing supervisor would be gone by now
+    for i in 0..2 {
+        let dir = c.task_dir(&format!("www/prod/web/{i}"));
+        assert_eq!(supervisors_of(&dir), 1, "task {i}");
+        assert_eq!(c.status(&format!("www/prod/web/{i}")).state, "RUNNING");
+    }
+}
+
+#[test]
+fn a_crash_between_intent_and_start_is_repaired_without_a_double_start() {
+    let c = Cluster::new();
+    let records = c.pack(WEB);
+    // What a launch killed right after its first transaction leaves: tasks ASSIGNED, no
+    // directory, no supervisor. Record that intent through the library.
+    {
+        let mut state = State::open_writer(&c.state()).unwrap();
+        state
+            .write(|tx| {
+                let h = tx.view().hosts.find(&"h1".to_string()).unwrap();
+                let j = tx.upsert(formic::task::Job {
+                    key: "www/prod/web".into(),
+                    ports: vec!["http".into()],
+                });
+                for i in 0..2 {
+                    let mut t = formic::task::Task::new(j, i);
+                    t.host = h;
+                    t.state = TaskState::Assigned;
+                    tx.upsert(t);
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    let out = c.launch(&records);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for i in 0..2 {
+        assert_eq!(c.status(&format!("www/prod/web/{i}")).state, "RUNNING");
+        assert_eq!(supervisors_of(&c.task_dir(&format!("www/prod/web/{i}"))), 1);
+    }
+}
+
+#[test]
+fn a_bad_place_record_starts_nothing_and_changes_nothing() {
+    let c = Cluster::new();
+    let records = c.pack(WEB);
+    let before = common::snapshot(&c.state());
+    let broken = [
+        records.replacen(r#""instance":1"#, r#""instance":-1"#, 1),
+        records.replacen(r#""host":"h1""#, r#""host":"../etc""#, 1),
+        records.replacen(r#""type":"spec""#, r#""type":"note""#, 1),
+        records.replacen(
+            r#""task":"www/prod/web/0""#,
+            r#""task":"www/prod/web/7""#,
+            1,
+        ),
+        format!("{records}{{not json\n"),
+    ];
+    for bad in &broken {
+        let out = c.launch(bad);
+        assert_eq!(code(&out), 65, "{bad}\n{}", stderr(&out));
+        assert!(stderr(&out).contains("line "), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "", "nothing emitted");
+        assert_eq!(common::snapshot(&c.state()), before, "state unchanged");
+        assert!(
+            !rundir::host_root(&c.state(), "h1").exists(),
+            "nothing started"
+        );
+    }
+    // A host the state does not know: 65 too, before anything starts.
+    let out = c.launch(&records.replace(r#""host":"h1""#, r#""host":"h9""#));
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert_eq!(common::snapshot(&c.state()), before);
+}
