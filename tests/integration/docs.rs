@@ -18,6 +18,7 @@ fn tools() -> Vec<(&'static str, clap::Command)> {
     vec![
         ("offer", formic::offer::Cli::command()),
         ("pack", formic::pack::Cli::command()),
+        ("launch", formic::launch::Cli::command()),
         ("formic-supervise", formic::supervise::Cli::command()),
     ]
 }
