@@ -142,6 +142,8 @@ pub struct Running {
     pub disk_mb: u64,
     pub gpus: u32,
     pub ports: Vec<u16>,
+    /// Failures so far (reap counts them for the restart policy).
+    pub failures: u16,
 }
 
 /// The decisions and what the summary reports.
@@ -337,6 +339,7 @@ fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
             disk_mb: t.disk_mb,
             gpus: t.gpus,
             ports: t.ports.iter().copied().filter(|&p| p != 0).collect(),
+            failures: t.failures,
         });
     }
     out.sort_by(|a, b| a.job_key.cmp(&b.job_key).then(a.instance.cmp(&b.instance)));
@@ -370,6 +373,16 @@ struct Run<'a> {
     hosts_used: Vec<bool>,
     counts: [usize; 3],
     demand: [u64; 4],
+}
+
+/// Whether a batch (not service) instance is over: finished, or failed as many times as its
+/// job's restart policy allows (`restart.max_failures`, 1 when not given).
+fn batch_done(spec: &JobSpec, r: &Running) -> bool {
+    if spec.service {
+        return false;
+    }
+    let max = spec.raw.get("restart").and_then(|r| r.get("max_failures")).and_then(|m| m.as_u64()).unwrap_or(1);
+    r.state == TaskState::Finished || (r.state == TaskState::Failed && r.failures as u64 >= max)
 }
 
 /// The whole decision: what exists, which instances are missing, then the loop.
@@ -591,6 +604,12 @@ impl Run<'_> {
                 continue;
             };
             let spec = &self.jobs[j];
+            if r.instance < spec.instances && batch_done(spec, r) {
+                // A batch instance that finished, or failed for the last time, is done:
+                // not placed again.
+                present[j][r.instance as usize] = true;
+                continue;
+            }
             if r.state.holds_resources() {
                 if r.instance >= spec.instances {
                     // Killed in this pass: it counts for nothing and its room is free.

@@ -1794,3 +1794,63 @@ fn every_bad_offer_fails_the_run_naming_its_line_and_field() {
         }
     }
 }
+
+#[test]
+fn finished_batch_instances_and_those_out_of_retries_are_not_placed_again() {
+    let d = Dir::new();
+    let state = d.path("state");
+    let ended = |job: &'static str, instance: u32, state: TaskState| Existing {
+        state,
+        ..running(job, instance, "h1", 0)
+    };
+    build_state(
+        &state,
+        &[("h1", &[])],
+        &[
+            ended("batch/prod/once", 0, TaskState::Finished),
+            ended("batch/prod/once", 1, TaskState::Failed),
+            ended("batch/prod/retry", 0, TaskState::Failed),
+            ended("www/prod/web", 0, TaskState::Finished),
+        ],
+    );
+    // One failure so far each; batch/prod/retry may fail three times.
+    {
+        let mut st = State::open_writer(&state).unwrap();
+        st.write(|tx| {
+            let slots: Vec<u32> = tx.view().tasks.iter().map(|(s, _)| s).collect();
+            for s in slots {
+                let mut t = tx.view().tasks.get(s).unwrap().clone();
+                t.failures = u16::from(t.state == TaskState::Failed);
+                tx.set(s, Some(t));
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let batch = |key: &str, restart: Value| {
+        with(
+            job(key, 2, 1.0, 100),
+            json!({"service": false, "restart": restart}),
+        )
+    };
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            batch("batch/prod/once", json!({})),
+            batch("batch/prod/retry", json!({"max_failures": 3})),
+            job("www/prod/web", 1, 1.0, 100),
+        ],
+    );
+    let st = state.to_str().unwrap();
+    let recs = d.pack_expect(
+        &["--state", st, "jobs.jsonl"],
+        &lines_of(&[offer("h1", 8.0, 8192)]),
+        0,
+    );
+    let placed: BTreeSet<String> = placements(&recs).into_keys().collect();
+    assert_eq!(
+        placed,
+        set(&["batch/prod/retry/0", "batch/prod/retry/1", "www/prod/web/0"]),
+        "a finished batch instance is done, one out of retries too; a service comes back"
+    );
+}
