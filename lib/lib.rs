@@ -12,6 +12,7 @@ pub mod job;
 pub mod launch;
 pub mod offer;
 pub mod pack;
+pub mod reap;
 pub mod records;
 pub mod rundir;
 pub mod state;

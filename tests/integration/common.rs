@@ -19,6 +19,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "pack" => PathBuf::from(env!("CARGO_BIN_EXE_pack")),
         "launch" => PathBuf::from(env!("CARGO_BIN_EXE_launch")),
         "formic-supervise" => PathBuf::from(env!("CARGO_BIN_EXE_formic-supervise")),
+        "reap" => PathBuf::from(env!("CARGO_BIN_EXE_reap")),
         other => panic!("unknown tool {other}"),
     }
 }

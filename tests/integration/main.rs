@@ -12,4 +12,5 @@ mod launch;
 mod offer_cli;
 mod pack_cli;
 mod pack_props;
+mod reap;
 mod supervise;
