@@ -20,6 +20,7 @@ fn tools() -> Vec<(&'static str, clap::Command)> {
         ("pack", formic::pack::Cli::command()),
         ("launch", formic::launch::Cli::command()),
         ("formic-supervise", formic::supervise::Cli::command()),
+        ("reap", formic::reap::Cli::command()),
     ]
 }
 
