@@ -101,7 +101,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     let mut started = Vec::new();
     let mut failures = 0;
     for p in &places {
-        if !now_started.contains(&p.task) {
+        if !now_started.contains_key(&p.task) {
             continue;
         }
         let dir = rundir::task_dir(&rundir::host_root(&path, &p.host), &p.task);
@@ -131,28 +131,46 @@ pub fn run(cli: Cli) -> Result<Status> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let events = state.write(|tx| {
+    // Only launch's own intent is advanced: a record reap has changed since (a stop, a
+    // collection) is reap's, and a supervisor started for a task reap has since stopped is
+    // told to stop too. A start that failed stays STARTING: reap collects it, with the
+    // restart policy.
+    let (events, orphaned) = state.write(|tx| {
         let mut events = Vec::new();
-        for ((p, _), report) in started.iter().zip(&reports) {
-            let Some(slot) = task_slot(tx, &p.job, p.instance) else { continue };
-            let mut t = tx.view().tasks.get(slot).unwrap().clone();
-            match report.as_ref().map(|s| (s.state.as_str(), s)) {
-                Some(("RUNNING", s)) => {
+        let mut orphaned = Vec::new();
+        for ((p, dir), report) in started.iter().zip(&reports) {
+            let slot = task_slot(tx, &p.job, p.instance);
+            let mut t = match slot.and_then(|s| tx.view().tasks.get(s)) {
+                Some(t) if t.state == TaskState::Assigned && Some(&t.since) == now_started.get(&p.task) => t.clone(),
+                _ => {
+                    orphaned.push(dir.clone());
+                    continue;
+                }
+            };
+            match report {
+                Some(s) if s.state == "RUNNING" => {
                     t.state = TaskState::Running;
                     (t.pid, t.pid_start) = s.pid.unwrap_or((0, 0));
-                }
-                Some(("FAILED", s)) => {
-                    t.state = TaskState::Failed;
-                    t.exit = s.exit.unwrap_or(-s.signal.unwrap_or(0));
                 }
                 _ => t.state = TaskState::Starting,
             }
             t.since = tx.now();
-            events.push(json!({"type":"event","task":p.task,"host":p.host,"state":t.state.name(),"ts":tx.now()}));
-            tx.set(slot, Some(t));
+            events.push(json!({"type":"event","task":p.task,"host":p.host,"state":t.state.name(),"exit":null,"ts":tx.now()}));
+            tx.set(slot.unwrap(), Some(t));
         }
-        Ok(events)
+        Ok((events, orphaned))
     })?;
+    for dir in orphaned {
+        if let Ok(Some(s)) = rundir::Status::read(&dir) {
+            let (pid, start) = s.supervisor;
+            if rundir::same_process(pid, start) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
     for e in &events {
         out.record(e)?;
     }
@@ -292,8 +310,8 @@ fn record_intent(
     tx: &mut Txn,
     places: &[Placement],
     specs: &Specs,
-) -> Result<std::collections::HashSet<String>> {
-    let mut to_start = std::collections::HashSet::new();
+) -> Result<HashMap<String, f64>> {
+    let mut to_start = HashMap::new();
     for p in places {
         let h = tx
             .view()
@@ -356,7 +374,7 @@ fn record_intent(
             continue;
         }
         tx.upsert(t);
-        to_start.insert(p.task.clone());
+        to_start.insert(p.task.clone(), tx.now());
     }
     Ok(to_start)
 }
@@ -369,7 +387,7 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
     // launch: either way not ours to touch. A supervisor started by two launches at once
     // gives up at once (it cannot take the lock), so nothing starts twice.
     let lock = rundir::lock_file(dir)?;
-    if lock.try_lock().is_err() {
+    if !rundir::lock_exclusive(&lock, Duration::from_millis(100)) {
         return Ok(());
     }
     let spec = resolve(cli, p, job)?;

@@ -25,7 +25,10 @@ use serde_json::{json, Value};
 /// may share this machine; each has its own root. Host names are checked (letters, digits,
 /// `.-_:`, not starting with `.` or `-`), so this never leaves the state's directory.
 pub fn host_root(state: &Path, host: &str) -> PathBuf {
-    let dir = state.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     dir.join("run").join(host)
 }
 
@@ -138,6 +141,21 @@ pub fn lock_file(dir: &Path) -> Result<File> {
         .mode(0o640)
         .open(dir.join("lock"))
         .with_context(|| format!("opening {}/lock", dir.display()))
+}
+
+/// Takes the task's lock exclusively, retrying for up to `patience`: a reader testing
+/// whether the task is supervised holds it shared for a moment, which is not "busy".
+pub fn lock_exclusive(lock: &File, patience: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if lock.try_lock().is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Whether a supervisor holds the task's lock right now.

@@ -141,7 +141,7 @@ fn now() -> f64 {
 /// Supervises the task in `dir` until it ends; returns its final status.
 pub fn run(dir: &Path) -> Result<Status> {
     let lock = rundir::lock_file(dir)?;
-    if lock.try_lock().is_err() {
+    if !rundir::lock_exclusive(&lock, Duration::from_millis(100)) {
         return Err(fail(
             Exit::Temporary,
             format!("{} is supervised already", dir.display()),
