@@ -122,11 +122,13 @@ impl Status {
     }
 }
 
-/// Creates a task's directory and sandbox, readable by its group only.
+/// Creates a task's directory and sandbox. The directories on the way can be passed
+/// through by anyone but listed by no one else: a task running as its own user must reach
+/// its sandbox by its full path (programs call getcwd), and must not read its neighbours'.
 pub fn create(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o750)
+        .mode(0o711)
         .create(dir.join("sandbox"))
         .with_context(|| format!("creating {}", dir.display()))
 }

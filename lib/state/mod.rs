@@ -912,7 +912,7 @@ fn create_files(path: &Path, opts: &Options) -> Result<File> {
     if !dir.exists() {
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o750)
+            .mode(0o711) // others may pass through to run/ (task sandboxes), not list or write
             .create(dir)
             .with_context(|| format!("creating state directory {}", dir.display()))?;
     }
