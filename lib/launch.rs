@@ -107,7 +107,8 @@ pub fn run(cli: Cli) -> Result<Status> {
         let dir = rundir::task_dir(&rundir::host_root(&path, &p.host), &p.task);
         let job = &specs[&(p.job.clone(), p.hash.clone())];
         match start(&cli, &dir, p, job) {
-            Ok(()) => started.push((p, dir)),
+            Ok(true) => started.push((p, dir)),
+            Ok(false) => {} // supervised already, or being started by a concurrent launch
             Err(e) => {
                 eprintln!("launch: {}: {e:#}", p.task);
                 failures += 1;
@@ -142,6 +143,9 @@ pub fn run(cli: Cli) -> Result<Status> {
             let slot = task_slot(tx, &p.job, p.instance);
             let mut t = match slot.and_then(|s| tx.view().tasks.get(s)) {
                 Some(t) if t.state == TaskState::Assigned && Some(&t.since) == now_started.get(&p.task) => t.clone(),
+                // Another launch's intent, or its result: the task is in hand.
+                Some(t) if matches!(t.state, TaskState::Assigned | TaskState::Starting | TaskState::Running) => continue,
+                // reap stopped or collected it meanwhile: the supervisor must go too.
                 _ => {
                     orphaned.push(dir.clone());
                     continue;
@@ -379,8 +383,9 @@ fn record_intent(
     Ok(to_start)
 }
 
-/// Writes the task's directory and starts its supervisor, unless one runs already.
-fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Result<()> {
+/// Writes the task's directory and starts its supervisor, unless one runs already; returns
+/// whether this launch started it.
+fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Result<bool> {
     rundir::create(dir)?;
     // The task's lock is held by its supervisor for life; launch holds it only while it
     // writes the directory. Busy means supervised, or being prepared by a concurrent
@@ -388,7 +393,7 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
     // gives up at once (it cannot take the lock), so nothing starts twice.
     let lock = rundir::lock_file(dir)?;
     if !rundir::lock_exclusive(&lock, Duration::from_millis(100)) {
-        return Ok(());
+        return Ok(false);
     }
     let spec = resolve(cli, p, job)?;
     write_file(
@@ -415,7 +420,7 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
         });
     }
     cmd.spawn().context("starting formic-supervise")?;
-    Ok(())
+    Ok(true)
 }
 
 /// Writes a file of the task's directory whole (write, rename), readable by its group only:
@@ -527,5 +532,9 @@ fn resolve(cli: &Cli, p: &Placement, job: &Map<String, Value>) -> Result<Spec> {
         grace_s: cli.grace,
         log_max_bytes: 16 << 20,
         health,
+        limits: crate::limits::Limits {
+            cpus: p.cpus,
+            ram_mb: p.ram_mb,
+        },
     })
 }

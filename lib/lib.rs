@@ -10,6 +10,7 @@ pub mod fixed;
 pub mod host;
 pub mod job;
 pub mod launch;
+pub mod limits;
 pub mod offer;
 pub mod pack;
 pub mod reap;

@@ -33,6 +33,7 @@ use nix::unistd::{Gid, Pid, Uid, User};
 use serde_json::Value;
 
 use crate::exit::{fail, Status as Exit};
+use crate::limits::{Enforcer, Limits};
 use crate::rundir::{self, Status};
 
 /// Supervise one task: start it, wait for it, record how it ended
@@ -70,6 +71,8 @@ pub struct Spec {
     /// Size at which a log is rotated (one old generation is kept).
     pub log_max_bytes: u64,
     pub health: Option<Health>,
+    /// What the task may use (its reservation): cgroups where the host has them.
+    pub limits: Limits,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +120,10 @@ impl Spec {
             grace_s: v["grace_s"].as_f64().unwrap_or(10.0),
             log_max_bytes: v["log_max_bytes"].as_u64().unwrap_or(16 << 20),
             health,
+            limits: Limits {
+                cpus: v["limits"]["cpus"].as_u64().unwrap_or(0) as u32,
+                ram_mb: v["limits"]["ram_mb"].as_u64().unwrap_or(0),
+            },
         })
     }
 
@@ -126,6 +133,7 @@ impl Spec {
             "env": self.env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
             "user": self.user, "allow_root": self.allow_root, "grace_s": self.grace_s,
             "log_max_bytes": self.log_max_bytes,
+            "limits": {"cpus": self.limits.cpus, "ram_mb": self.limits.ram_mb},
             "health": self.health.as_ref().map(|h| serde_json::json!({"port": h.port, "path": h.path,
                 "interval_s": h.interval_s, "timeout_s": h.timeout_s, "failures": h.failures})),
         })
@@ -186,9 +194,11 @@ pub fn run(dir: &Path) -> Result<Status> {
     signals.thread_block().context("blocking signals")?;
     let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
-    let mut child = match start(&spec, dir) {
+    let limits = Enforcer::prepare(&spec.task, spec.limits);
+    let mut child = match start(&spec, dir, &limits) {
         Ok(c) => c,
         Err(e) => {
+            limits.release();
             status.state = "FAILED".into();
             status.exit = Some(127);
             status.since = now();
@@ -306,6 +316,7 @@ pub fn run(dir: &Path) -> Result<Status> {
                     let _ = log.pump_until_eof();
                 }
                 reap_all();
+                limits.release();
                 finish(&mut status, ws, stop_deadline.is_some());
                 status.write(dir)?;
                 drop(lock);
@@ -337,7 +348,7 @@ fn finish(status: &mut Status, ws: WaitStatus, stopped: bool) {
 }
 
 /// Starts the task: its own session, the sandbox, fds 0-2 only, its environment, its user.
-fn start(spec: &Spec, dir: &Path) -> Result<std::process::Child> {
+fn start(spec: &Spec, dir: &Path, limits: &Enforcer) -> Result<std::process::Child> {
     let ids = match &spec.user {
         Some(name) => {
             let user = User::from_name(name)
@@ -367,6 +378,7 @@ fn start(spec: &Spec, dir: &Path) -> Result<std::process::Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let in_child = limits.for_child();
     unsafe {
         cmd.pre_exec(move || {
             // Between fork and exec: async-signal-safe calls only.
@@ -374,6 +386,9 @@ fn start(spec: &Spec, dir: &Path) -> Result<std::process::Child> {
                 .thread_set_mask()
                 .map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            // Into its cgroups (or under its rlimits) before it runs a single instruction
+            // of its own, and while still privileged enough to move itself.
+            in_child.apply()?;
             if let Some((uid, gid, groups)) = &ids {
                 nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
                 nix::unistd::setgid(*gid).map_err(std::io::Error::from)?;

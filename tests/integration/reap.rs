@@ -195,6 +195,7 @@ fn spec(task: &str, argv: &[&str]) -> Spec {
         allow_root: true,
         grace_s: 5.0,
         log_max_bytes: 1 << 20,
+        limits: formic::limits::Limits { cpus: 0, ram_mb: 0 },
         health: None,
     }
 }

@@ -25,6 +25,7 @@ fn spec(task: &str, argv: &[&str]) -> Spec {
         allow_root: true,
         grace_s: 5.0,
         log_max_bytes: 1 << 20,
+        limits: formic::limits::Limits { cpus: 0, ram_mb: 0 },
         health: None,
     }
 }
@@ -336,4 +337,77 @@ fn health_follows_an_http_check() {
     assert!(sick.health_failures >= 2);
     kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(wait_exit(sup), 0);
+}
+
+#[test]
+fn the_task_runs_in_cgroups_holding_it_to_its_reservation() {
+    let mut s = spec("t/e/limited/0", &["sleep", "30"]);
+    s.limits = formic::limits::Limits {
+        cpus: 250,
+        ram_mb: 64,
+    };
+    let (_root, dir) = task(&s);
+    let sup = supervise(&dir);
+    let running = wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
+    let pid = running.pid.unwrap().0;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = !Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let writable = nix::unistd::Uid::effective().is_root();
+    let limits: Vec<String> = if !writable {
+        Vec::new() // no cgroups to make: the rlimit fallback applies
+    } else if v1 {
+        let path = |ctl: &str| {
+            let line = cgroups
+                .lines()
+                .find(|l| l.split(':').nth(1) == Some(ctl))
+                .unwrap();
+            PathBuf::from(format!(
+                "/sys/fs/cgroup/{ctl}{}",
+                line.rsplit(':').next().unwrap()
+            ))
+        };
+        vec![
+            std::fs::read_to_string(path("memory").join("memory.limit_in_bytes")).unwrap(),
+            std::fs::read_to_string(path("cpu").join("cpu.cfs_quota_us")).unwrap(),
+            path("memory").display().to_string(),
+        ]
+    } else {
+        let line = cgroups.lines().find(|l| l.starts_with("0::")).unwrap();
+        let p = PathBuf::from(format!("/sys/fs/cgroup{}", &line[3..]));
+        vec![
+            std::fs::read_to_string(p.join("memory.max")).unwrap(),
+            std::fs::read_to_string(p.join("cpu.max")).unwrap(),
+            p.display().to_string(),
+        ]
+    };
+    let limits_rlimit = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    if !writable {
+        let data = limits_rlimit
+            .lines()
+            .find(|l| l.starts_with("Max data size"))
+            .unwrap();
+        assert!(data.contains(&(64u64 << 20).to_string()), "{data}");
+        return;
+    }
+    assert_eq!(limits[0].trim(), (64u64 << 20).to_string(), "memory limit");
+    if v1 {
+        assert_eq!(
+            limits[1].trim(),
+            "25000",
+            "a quarter core per 100 ms period"
+        );
+    } else {
+        assert_eq!(limits[1].trim(), "25000 100000");
+    }
+    assert!(
+        limits[2].contains("formic/t.e.limited.0-"),
+        "the task's own cgroup: {}",
+        limits[2]
+    );
+    assert!(
+        !Path::new(&limits[2]).exists(),
+        "the cgroup is removed once the task is over"
+    );
 }
