@@ -287,3 +287,72 @@ fn a_bad_place_record_starts_nothing_and_changes_nothing() {
     assert_eq!(code(&out), 65, "{}", stderr(&out));
     assert_eq!(common::snapshot(&c.state()), before);
 }
+
+/// scripts/reconcile with this build's tools.
+fn reconcile(c: &Cluster, jobs: &Path) -> std::process::Command {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/reconcile");
+    let mut cmd = std::process::Command::new(script);
+    cmd.arg(jobs)
+        .env("FORMIC_STATE", c.state())
+        .env("FORMIC_BIN", common::bin("offer").parent().unwrap());
+    cmd
+}
+
+#[test]
+fn two_reconcile_passes_at_once_start_each_instance_once_and_converge() {
+    let c = Cluster::new();
+    let jobs = c.dir.path().join("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    std::fs::write(jobs.join("web.json"), WEB).unwrap();
+    let spawn = || {
+        reconcile(&c, &jobs)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs: Vec<_> = [a, b]
+        .into_iter()
+        .map(|p| common::wait_output(p, Duration::from_secs(60)))
+        .collect();
+    for out in &outs {
+        assert_eq!(code(out), 0, "{}", stderr(out));
+        assert!(
+            stderr(out).starts_with("reconcile: "),
+            "one summary line: {}",
+            stderr(out)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..2 {
+        assert_eq!(
+            supervisors_of(&c.task_dir(&format!("www/prod/web/{i}"))),
+            1,
+            "task {i}"
+        );
+    }
+    // A further pass changes nothing: the same supervisors, nothing placed.
+    let before: Vec<_> = (0..2)
+        .map(|i| c.status(&format!("www/prod/web/{i}")).supervisor)
+        .collect();
+    let out = common::wait_output(
+        reconcile(&c, &jobs)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0 placed, 0 pending"),
+        "{}",
+        stderr(&out)
+    );
+    let after: Vec<_> = (0..2)
+        .map(|i| c.status(&format!("www/prod/web/{i}")).supervisor)
+        .collect();
+    assert_eq!(before, after);
+}
