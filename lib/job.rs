@@ -188,6 +188,22 @@ fn parse_fields(key: &str, f: Fields<'_>) -> Result<JobSpec, String> {
     for block in ["health", "announce", "restart", "update", "sla"] {
         f.object(block)?;
     }
+    if let Some(h) = f.object("health")? {
+        let hf = Fields(h);
+        match (
+            hf.has("port"),
+            hf.array("cmd")
+                .map_err(|e| format!("field \"health\": {e}"))?,
+        ) {
+            (_, Some(cmd)) if cmd.is_empty() || !cmd.iter().all(Value::is_string) => {
+                return Err("field \"health\": \"cmd\" must be a non-empty list of strings".into())
+            }
+            (false, None) => {
+                return Err("field \"health\": give \"port\" (an HTTP check) or \"cmd\"".into())
+            }
+            _ => {}
+        }
+    }
     check_port_refs(&f, &resources.ports)?;
     Ok(JobSpec {
         key: key.to_string(),

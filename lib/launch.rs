@@ -509,8 +509,16 @@ fn resolve(cli: &Cli, p: &Placement, job: &Map<String, Value>) -> Result<Spec> {
         None => None,
     };
     let health = f.object("health").ok().flatten().and_then(|h| {
-        let name = h.get("port")?.as_str()?;
-        let port = p.ports.iter().find(|(n, _)| n == name)?.1;
+        let cmd: Vec<String> = h
+            .get("cmd")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(fill)).collect())
+            .unwrap_or_default();
+        let port = match h.get("port").and_then(Value::as_str) {
+            Some(name) => p.ports.iter().find(|(n, _)| n == name)?.1,
+            None if !cmd.is_empty() => 0,
+            None => return None,
+        };
         Some(Health {
             port,
             path: h
@@ -518,6 +526,7 @@ fn resolve(cli: &Cli, p: &Placement, job: &Map<String, Value>) -> Result<Spec> {
                 .and_then(Value::as_str)
                 .unwrap_or("/")
                 .to_string(),
+            cmd,
             interval_s: h.get("interval_s").and_then(Value::as_f64).unwrap_or(10.0),
             timeout_s: h.get("timeout_s").and_then(Value::as_f64).unwrap_or(1.0),
             failures: h.get("failures").and_then(Value::as_u64).unwrap_or(3) as u32,

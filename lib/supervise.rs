@@ -80,6 +80,9 @@ pub struct Health {
     /// HTTP GET of `path` on 127.0.0.1:`port`; 2xx and 3xx are healthy.
     pub port: u16,
     pub path: String,
+    /// Or a command (argv, no shell) run in the sandbox as the task's user: exit 0 is
+    /// healthy. Used when not empty.
+    pub cmd: Vec<String>,
     pub interval_s: f64,
     pub timeout_s: f64,
     /// Consecutive failures that make the task unhealthy.
@@ -96,9 +99,13 @@ impl Spec {
             })
         };
         let health = v.get("health").filter(|h| !h.is_null()).and_then(|h| {
+            let cmd = strings(&h["cmd"]).unwrap_or_default();
             Some(Health {
-                port: h["port"].as_u64()? as u16,
+                port: h["port"]
+                    .as_u64()
+                    .or(if cmd.is_empty() { None } else { Some(0) })? as u16,
                 path: h["path"].as_str().unwrap_or("/").to_string(),
+                cmd,
                 interval_s: h["interval_s"].as_f64().unwrap_or(10.0),
                 timeout_s: h["timeout_s"].as_f64().unwrap_or(1.0),
                 failures: h["failures"].as_u64().unwrap_or(3) as u32,
@@ -134,7 +141,7 @@ impl Spec {
             "user": self.user, "allow_root": self.allow_root, "grace_s": self.grace_s,
             "log_max_bytes": self.log_max_bytes,
             "limits": {"cpus": self.limits.cpus, "ram_mb": self.limits.ram_mb},
-            "health": self.health.as_ref().map(|h| serde_json::json!({"port": h.port, "path": h.path,
+            "health": self.health.as_ref().map(|h| serde_json::json!({"port": h.port, "path": h.path, "cmd": h.cmd,
                 "interval_s": h.interval_s, "timeout_s": h.timeout_s, "failures": h.failures})),
         })
     }
@@ -297,7 +304,11 @@ pub fn run(dir: &Path) -> Result<Status> {
         }
         if let (Some(h), Some(at)) = (&spec.health, next_check) {
             if Instant::now() >= at && exited.is_none() && stop_deadline.is_none() {
-                let ok = http_ok(h);
+                let ok = if h.cmd.is_empty() {
+                    http_ok(h)
+                } else {
+                    command_ok(h, &spec, dir)
+                };
                 status.health_failures = if ok { 0 } else { status.health_failures + 1 };
                 let healthy = status.health_failures < h.failures;
                 if status.healthy != Some(healthy) || !ok {
@@ -348,7 +359,11 @@ fn finish(status: &mut Status, ws: WaitStatus, stopped: bool) {
 }
 
 /// Starts the task: its own session, the sandbox, fds 0-2 only, its environment, its user.
-fn start(spec: &Spec, dir: &Path, limits: &Enforcer) -> Result<std::process::Child> {
+/// The uid, gid and groups a task runs as (None: the supervisor's own), refused when that
+/// is root and the spec does not allow it.
+type Identity = Option<(Uid, Gid, Vec<Gid>)>;
+
+fn identity(spec: &Spec) -> Result<Identity> {
     let ids = match &spec.user {
         Some(name) => {
             let user = User::from_name(name)
@@ -365,6 +380,11 @@ fn start(spec: &Spec, dir: &Path, limits: &Enforcer) -> Result<std::process::Chi
             format!("task {} would run as root, which is not allowed", spec.task),
         ));
     }
+    Ok(ids)
+}
+
+fn start(spec: &Spec, dir: &Path, limits: &Enforcer) -> Result<std::process::Child> {
+    let ids = identity(spec)?;
     if let Some((uid, gid, _)) = &ids {
         // The sandbox is the task's to write in.
         nix::unistd::chown(&dir.join("sandbox"), Some(*uid), Some(*gid))
@@ -406,6 +426,52 @@ fn start(spec: &Spec, dir: &Path, limits: &Enforcer) -> Result<std::process::Chi
 fn supplementary_groups(user: &User) -> Result<Vec<Gid>> {
     let name = std::ffi::CString::new(user.name.clone())?;
     Ok(nix::unistd::getgrouplist(&name, user.gid).unwrap_or_else(|_| vec![user.gid]))
+}
+
+/// Runs the health command in the sandbox, as the task's user, with the task's
+/// environment, in a session of its own; killed at the timeout.
+fn command_ok(h: &Health, spec: &Spec, dir: &Path) -> bool {
+    let Ok(ids) = identity(spec) else {
+        return false;
+    };
+    let mut cmd = Command::new(&h.cmd[0]);
+    cmd.args(&h.cmd[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir.join("sandbox"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unsafe {
+        cmd.pre_exec(move || {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)?;
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some((uid, gid, groups)) = &ids {
+                nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
+                nix::unistd::setgid(*gid).map_err(std::io::Error::from)?;
+                nix::unistd::setuid(*uid).map_err(std::io::Error::from)?;
+            }
+            nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        return false;
+    };
+    let deadline = Instant::now() + secs(h.timeout_s);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
 }
 
 fn http_ok(h: &Health) -> bool {

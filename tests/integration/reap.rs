@@ -871,6 +871,7 @@ fn an_unhealthy_task_is_stopped_and_counts_as_a_failure() {
     s.health = Some(Health {
         port, // nothing listens there
         path: "/".into(),
+        cmd: vec![],
         interval_s: 0.1,
         timeout_s: 0.2,
         failures: 2,

@@ -311,6 +311,7 @@ fn health_follows_an_http_check() {
     s.health = Some(Health {
         port,
         path: "/".into(),
+        cmd: vec![],
         interval_s: 0.2,
         timeout_s: 1.0,
         failures: 2,
@@ -327,6 +328,7 @@ fn health_follows_an_http_check() {
     s.health = Some(Health {
         port,
         path: "/".into(),
+        cmd: vec![],
         interval_s: 0.1,
         timeout_s: 0.2,
         failures: 2,
@@ -410,4 +412,39 @@ fn the_task_runs_in_cgroups_holding_it_to_its_reservation() {
         !Path::new(&limits[2]).exists(),
         "the cgroup is removed once the task is over"
     );
+}
+
+#[test]
+fn health_follows_a_command_run_as_the_task_user() {
+    // Healthy while a file is in the sandbox; the check runs there, as nobody.
+    let check = |task: &str, script: &str| {
+        let mut s = spec(task, &["sh", "-c", script]);
+        s.user = Some("nobody".into());
+        s.allow_root = false;
+        s.health = Some(Health {
+            port: 0,
+            path: String::new(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "test -f ready && test \"$(id -u)\" != 0".into(),
+            ],
+            interval_s: 0.1,
+            timeout_s: 1.0,
+            failures: 2,
+        });
+        s
+    };
+    let (_root, dir) = task(&check("t/e/ready/0", "touch ready; exec sleep 30"));
+    let sup = supervise(&dir);
+    wait_for(&dir, Duration::from_secs(10), |s| s.healthy == Some(true));
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+
+    let (_root, dir) = task(&check("t/e/unready/0", "exec sleep 30"));
+    let sup = supervise(&dir);
+    let sick = wait_for(&dir, Duration::from_secs(10), |s| s.healthy == Some(false));
+    assert!(sick.health_failures >= 2);
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
 }
