@@ -78,11 +78,17 @@ fn main() {
         .max(1);
     // FORMIC_BENCH_DIR keeps the files (state, task directories, service directories,
     // logs); else a temporary directory.
-    let tmp = tempfile::Builder::new()
-        .prefix("formic-bench-launch-")
-        .tempdir()
-        .unwrap();
-    let dir = std::env::var_os("FORMIC_BENCH_DIR").map_or(tmp.path().to_path_buf(), Into::into);
+    let tmp = match std::env::var_os("FORMIC_BENCH_DIR") {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("formic-bench-launch-")
+                .tempdir()
+                .unwrap(),
+        ),
+    };
+    let dir = std::env::var_os("FORMIC_BENCH_DIR")
+        .map_or_else(|| tmp.as_ref().unwrap().path().to_path_buf(), Into::into);
     fs::create_dir_all(&dir).unwrap();
     let dir = fs::canonicalize(&dir).unwrap(); // as /proc/PID/cwd shows it
 
@@ -696,9 +702,12 @@ fn report(results: &[Vec<Round>], pack_ms: &[f64]) {
         med(sd, &|r| r.task_cpu_s)
     );
     println!(
-        "  manager waiting for a CPU, ms: launch {:.0}, s6-svscan {:.0}, supervisord {:.0}",
+        "  manager on a CPU / waiting for one, ms: launch {:.0} / {:.0}, s6-svscan {:.0} / {:.0}, supervisord {:.0} / {:.0}",
+        med(formic, &|r| r.manager_sched.0),
         med(formic, &|r| r.manager_sched.1),
+        med(s6, &|r| r.manager_sched.0),
         med(s6, &|r| r.manager_sched.1),
+        med(sd, &|r| r.manager_sched.0),
         med(sd, &|r| r.manager_sched.1)
     );
     println!(
