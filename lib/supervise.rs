@@ -321,7 +321,9 @@ pub fn run(dir: &Path) -> Result<Status> {
         if let Some(ws) = exited {
             // The task is gone: nothing it started may outlive it.
             let _ = killpg(group, Signal::SIGKILL);
-            kill_orphans();
+            if !no_children() {
+                kill_orphans();
+            }
             if logs.iter().all(Option::is_none) || no_children() {
                 for log in logs.iter_mut().flatten() {
                     let _ = log.pump_until_eof();
@@ -525,17 +527,25 @@ fn kill_orphans() {
     }
 }
 
+/// Whether this process has no children left. The kernel knows at once (ECHILD); only when
+/// some remain does `children` walk /proc to find them. (Reaping a zombie on the way is
+/// what the caller is about anyway.)
 fn no_children() -> bool {
-    children().is_empty()
+    matches!(
+        waitpid(None, Some(WaitPidFlag::WNOHANG)),
+        Err(nix::errno::Errno::ECHILD)
+    )
 }
 
 fn reap_all() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        kill_orphans();
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Err(nix::errno::Errno::ECHILD) => return,
-            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(WaitStatus::StillAlive) => {
+                kill_orphans();
+                std::thread::sleep(Duration::from_millis(5));
+            }
             _ => {}
         }
     }
