@@ -2,7 +2,8 @@
 //!
 //! Through cgroups where the host has them: cgroup v2 (`memory.max`, `cpu.max`) when
 //! /sys/fs/cgroup is a v2 mount, else the v1 `memory` and `cpu` hierarchies (as on hosts of
-//! the hybrid layout). Each task gets `formic/TASK-SUPERVISOR_PID` in each, joined by the
+//! the hybrid layout). Each task gets `formic/TASK-TAG` in each (TAG names the task's
+//! directory, so two clusters on one host do not meet), joined by the
 //! task itself between fork and exec, so it never runs a moment outside, and removed when
 //! the task is over. Where no cgroup can be made (not root, no controllers), memory falls
 //! back to RLIMIT_DATA, which bounds the heap and private mappings; cpu has no rlimit
@@ -66,8 +67,12 @@ pub struct Enforcer {
 
 impl Enforcer {
     /// Makes the task's cgroups and writes its limits (or settles for rlimits).
-    pub fn prepare(task: &str, limits: Limits) -> Enforcer {
-        let name = format!("{}-{}", task.replace('/', "."), std::process::id());
+    pub fn prepare(task: &str, dir: &Path, limits: Limits) -> Enforcer {
+        // One name per task directory (a task id of one cluster on this host), so the
+        // groups a supervisor killed without a chance to clean up are taken over by the
+        // next supervisor of the task rather than left behind.
+        let tag = crc32c::crc32c(dir.as_os_str().as_encoded_bytes());
+        let name = format!("{}-{tag:08x}", task.replace('/', "."));
         let mut e = Enforcer {
             join: Vec::new(),
             made: Vec::new(),
@@ -103,7 +108,7 @@ impl Enforcer {
         write(&root.join("cgroup.subtree_control"), "+memory +cpu")?;
         write(&parent.join("cgroup.subtree_control"), "+memory +cpu")?;
         let dir = parent.join(name);
-        fs::create_dir(&dir)?;
+        take_over(&dir)?;
         self.made.push(dir.clone());
         if l.ram_mb > 0 {
             write(&dir.join("memory.max"), &(l.ram_mb << 20).to_string())?;
@@ -125,7 +130,7 @@ impl Enforcer {
     fn v1(&mut self, root: &Path, name: &str, l: Limits) -> io::Result<()> {
         if l.ram_mb > 0 {
             let dir = root.join("memory/formic").join(name);
-            fs::create_dir_all(&dir)?;
+            take_over(&dir)?;
             self.made.push(dir.clone());
             write(
                 &dir.join("memory.limit_in_bytes"),
@@ -139,7 +144,7 @@ impl Enforcer {
         }
         if l.cpus > 0 {
             let dir = root.join("cpu/formic").join(name);
-            fs::create_dir_all(&dir)?;
+            take_over(&dir)?;
             self.made.push(dir.clone());
             write(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
             write(&dir.join("cpu.cfs_quota_us"), &quota_us(l.cpus).to_string())?;
@@ -178,6 +183,22 @@ impl Enforcer {
             }
         }
     }
+}
+
+/// Makes the task's group, or takes over the one an earlier supervisor of the task left;
+/// one still holding processes (a task whose supervisor was lost) is not shared.
+fn take_over(dir: &Path) -> io::Result<()> {
+    if dir.exists() {
+        let procs = fs::read_to_string(dir.join("cgroup.procs"))?;
+        if !procs.trim().is_empty() {
+            return Err(io::Error::other(format!(
+                "{} still holds processes",
+                dir.display()
+            )));
+        }
+        return Ok(());
+    }
+    fs::create_dir_all(dir)
 }
 
 fn quota_us(millicores: u32) -> u64 {

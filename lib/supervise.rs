@@ -201,7 +201,7 @@ pub fn run(dir: &Path) -> Result<Status> {
     signals.thread_block().context("blocking signals")?;
     let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
-    let limits = Enforcer::prepare(&spec.task, spec.limits);
+    let limits = Enforcer::prepare(&spec.task, dir, spec.limits);
     let mut child = match start(&spec, dir, &limits) {
         Ok(c) => c,
         Err(e) => {

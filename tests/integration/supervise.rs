@@ -448,3 +448,49 @@ fn health_follows_a_command_run_as_the_task_user() {
     kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(wait_exit(sup), 0);
 }
+
+#[test]
+fn a_new_supervisor_takes_over_the_cgroups_a_killed_one_left() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // no cgroups to make
+    }
+    let mut s = spec("t/e/again/0", &["sleep", "30"]);
+    s.limits = formic::limits::Limits {
+        cpus: 100,
+        ram_mb: 32,
+    };
+    let (_root, dir) = task(&s);
+    let mut sup = supervise(&dir);
+    let running = wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
+    let group = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let first = group(running.pid.unwrap().0);
+    // Killed without a chance to clean up; its task goes too (as reap would see to).
+    sup.kill().unwrap();
+    sup.wait().unwrap();
+    let _ = nix::sys::signal::killpg(
+        Pid::from_raw(running.pid.unwrap().0 as i32),
+        Signal::SIGKILL,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let sup = supervise(&dir);
+    let again = wait_for(&dir, Duration::from_secs(10), |s| {
+        s.state == "RUNNING" && s.pid != running.pid
+    });
+    assert_eq!(
+        group(again.pid.unwrap().0),
+        first,
+        "the same groups, taken over"
+    );
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    let memory = first
+        .lines()
+        .find(|l| l.split(':').nth(1) == Some("memory"))
+        .map(|l| l.rsplit(':').next().unwrap().to_string());
+    if let Some(path) = memory {
+        assert!(
+            !Path::new(&format!("/sys/fs/cgroup/memory{path}")).exists(),
+            "removed at the end"
+        );
+    }
+}
