@@ -63,19 +63,34 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
-    /// Stops every supervisor the test started.
+    /// Stops every supervisor the test started: gracefully, so each removes its cgroups,
+    /// then by force whatever is left.
     fn drop(&mut self) {
         let root = rundir::host_root(&self.state(), "h1");
-        for task in tasks_under(&root) {
-            if let Ok(Some(s)) = rundir::Status::read(&task) {
-                if rundir::same_process(s.supervisor.0, s.supervisor.1) {
-                    let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL);
-                }
-                if let Some((pid, start)) = s.pid {
-                    if rundir::same_process(pid, start) {
-                        let _ =
-                            nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                    }
+        let statuses: Vec<(PathBuf, rundir::Status)> = tasks_under(&root)
+            .into_iter()
+            .filter_map(|d| Some((d.clone(), rundir::Status::read(&d).ok()??)))
+            .collect();
+        for (_, s) in &statuses {
+            if rundir::same_process(s.supervisor.0, s.supervisor.1) {
+                let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGTERM);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while statuses
+            .iter()
+            .any(|(d, _)| rundir::supervised(d).unwrap_or(false))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for (_, s) in &statuses {
+            if rundir::same_process(s.supervisor.0, s.supervisor.1) {
+                let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL);
+            }
+            if let Some((pid, start)) = s.pid {
+                if rundir::same_process(pid, start) {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
             }
         }
