@@ -381,7 +381,12 @@ fn batch_done(spec: &JobSpec, r: &Running) -> bool {
     if spec.service {
         return false;
     }
-    let max = spec.raw.get("restart").and_then(|r| r.get("max_failures")).and_then(|m| m.as_u64()).unwrap_or(1);
+    let max = spec
+        .raw
+        .get("restart")
+        .and_then(|r| r.get("max_failures"))
+        .and_then(|m| m.as_u64())
+        .unwrap_or(1);
     r.state == TaskState::Finished || (r.state == TaskState::Failed && r.failures as u64 >= max)
 }
 
