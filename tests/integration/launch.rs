@@ -25,7 +25,7 @@ impl Cluster {
             dir: common::tempdir(),
         };
         let host = r#"{"type":"host","name":"h1","cpus":4,"ram_mb":4096,"disk_mb":1000,"ports":[[31000,31099]]}"#;
-        let out = run(&mut tool("offer", &c.state()).arg("add"), host.as_bytes());
+        let out = run(tool("offer", &c.state()).arg("add"), host.as_bytes());
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         c
     }
