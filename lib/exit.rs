@@ -78,6 +78,30 @@ pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
     fail(Status::BadInput, message)
 }
 
+/// Refuses a batch with bad parts: prints every error but the last (up to a hundred) as
+/// `tool: error` lines, and returns the last, with the count and `consequence`, as the
+/// run's bad-input error. One line per bad record; nothing of the batch is acted on.
+pub fn refuse_batch(
+    tool: &str,
+    errors: &[String],
+    what: &str,
+    consequence: &str,
+) -> anyhow::Result<()> {
+    let Some((last, rest)) = errors.split_last() else {
+        return Ok(());
+    };
+    for e in rest.iter().take(99) {
+        eprintln!("{tool}: {e}");
+    }
+    if rest.len() > 99 {
+        eprintln!("{tool}: … and {} more", rest.len() - 99);
+    }
+    Err(bad_input(format!(
+        "{last} ({} bad {what}; {consequence})",
+        errors.len()
+    )))
+}
+
 /// The exit status an error deserves: the first [`Failure`] in its chain, else the kind of
 /// the first I/O error, else an I/O failure.
 pub fn status_of(err: &anyhow::Error) -> Status {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
-use crate::exit::bad_input;
 use crate::host::{millicores, Millicores};
 use crate::records::{show, Fields};
 use crate::task::{check_job_key, MAX_PORTS};
@@ -408,15 +407,7 @@ pub fn read_all(paths: &[PathBuf]) -> Result<Vec<JobSpec>> {
             Err(e) => errors.extend(e),
         }
     }
-    if let Some((last, rest)) = errors.split_last() {
-        for e in rest.iter().take(99) {
-            eprintln!("pack: {e}");
-        }
-        return Err(bad_input(format!(
-            "{last} ({} bad job specs; nothing was placed)",
-            errors.len()
-        )));
-    }
+    crate::exit::refuse_batch("pack", &errors, "job specs", "nothing was placed")?;
     Ok(jobs)
 }
 

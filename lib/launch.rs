@@ -226,15 +226,7 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
             errors.push(format!("line {}: {e}", rec.line));
         }
     }
-    if let Some((last, rest)) = errors.split_last() {
-        for e in rest.iter().take(99) {
-            eprintln!("launch: {e}");
-        }
-        return Err(bad_input(format!(
-            "{last} ({} bad records; nothing was started)",
-            errors.len()
-        )));
-    }
+    crate::exit::refuse_batch("launch", &errors, "records", "nothing was started")?;
     Ok((places, specs, others))
 }
 
@@ -396,11 +388,15 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
         return Ok(false);
     }
     let spec = resolve(cli, p, job)?;
-    write_file(
-        &dir.join("job.json"),
-        &Value::Object(job.clone()).to_string(),
+    // Not flushed: a spec lost to a power cut is written again by the next launch, which
+    // finds its task ASSIGNED without a supervisor.
+    let job_json = Value::Object(job.clone()).to_string();
+    rundir::replace_file(&dir.join("job.json"), job_json.as_bytes(), false)?;
+    rundir::replace_file(
+        &dir.join("spec.json"),
+        spec.to_json().to_string().as_bytes(),
+        false,
     )?;
-    write_file(&dir.join("spec.json"), &spec.to_json().to_string())?;
     let _ = std::fs::remove_file(dir.join("status"));
     let log = std::fs::File::create(dir.join("supervise.log")).context("creating supervise.log")?;
     drop(lock);
@@ -421,23 +417,6 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
     }
     cmd.spawn().context("starting formic-supervise")?;
     Ok(true)
-}
-
-/// Writes a file of the task's directory whole (write, rename), readable by its group only:
-/// the spec may hold secrets in its environment.
-fn write_file(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("new");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// formic-supervise beside launch's own binary, else on PATH.

@@ -215,25 +215,8 @@ pub fn read_hosts(input: impl io::BufRead) -> Result<HostBatch> {
             Err(e) => errors.push(format!("line {}: {e}", rec.line)),
         }
     }
-    report_bad(&errors, "host records")?;
+    crate::exit::refuse_batch("offer", &errors, "host records", "nothing was changed")?;
     Ok((hosts, others))
-}
-
-/// Prints every error but the last, and returns the last with a count: one line each.
-fn report_bad(errors: &[String], what: &str) -> Result<()> {
-    let Some((last, rest)) = errors.split_last() else {
-        return Ok(());
-    };
-    for e in rest.iter().take(99) {
-        eprintln!("offer: {e}");
-    }
-    if rest.len() > 99 {
-        eprintln!("offer: … and {} more", rest.len() - 99);
-    }
-    let n = errors.len();
-    Err(bad_input(format!(
-        "{last} ({n} bad {what}; nothing was changed)"
-    )))
 }
 
 fn add(state: &mut State, hosts: Vec<(u64, Host)>, others: Vec<Record>) -> Result<Status> {

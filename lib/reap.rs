@@ -287,18 +287,7 @@ pub fn read_input(input: impl BufRead) -> Result<(Vec<StopRecord>, Vec<String>)>
             Err(e) => errors.push(format!("line {}: {} record: {e}", rec.line, rec.kind())),
         }
     }
-    if let Some((last, rest)) = errors.split_last() {
-        for e in rest.iter().take(99) {
-            eprintln!("reap: {e}");
-        }
-        if rest.len() > 99 {
-            eprintln!("reap: … and {} more", rest.len() - 99);
-        }
-        return Err(bad_input(format!(
-            "{last} ({} bad records; nothing was changed)",
-            errors.len()
-        )));
-    }
+    crate::exit::refuse_batch("reap", &errors, "records", "nothing was changed")?;
     Ok((stops, others))
 }
 

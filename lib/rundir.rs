@@ -92,22 +92,13 @@ impl Status {
         })
     }
 
-    /// Replaces `dir/status` atomically: a reader sees the old status or the new one.
+    /// Replaces `dir/status` atomically, durably: a reader sees the old status or the new.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join("status.new");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(self.to_json().to_string().as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_data()?;
-        fs::rename(&tmp, dir.join("status"))
-            .with_context(|| format!("replacing {}/status", dir.display()))?;
-        Ok(())
+        replace_file(
+            &dir.join("status"),
+            format!("{}\n", self.to_json()).as_bytes(),
+            true,
+        )
     }
 
     pub fn read(dir: &Path) -> Result<Option<Status>> {
@@ -120,6 +111,25 @@ impl Status {
             .with_context(|| format!("{}/status is not JSON", dir.display()))?;
         Ok(Status::from_json(&v))
     }
+}
+
+/// Writes a file of a task's directory whole (write `NAME.new`, rename): a reader sees the
+/// old content or the new. Readable by the group only (a spec may hold secrets in its
+/// environment); `durable` flushes it before the rename.
+pub fn replace_file(path: &Path, content: &[u8], durable: bool) -> Result<()> {
+    let tmp = path.with_extension("new");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(content)?;
+    if durable {
+        f.sync_data()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 /// Creates a task's directory and sandbox. The directories on the way can be passed

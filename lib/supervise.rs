@@ -33,7 +33,7 @@ use nix::unistd::{Gid, Pid, Uid, User};
 use serde_json::Value;
 
 use crate::exit::{fail, Status as Exit};
-use crate::limits::{Enforcer, Limits};
+use crate::limits::{Enforcer, InChild, Limits};
 use crate::rundir::{self, Status};
 
 /// Supervise one task: start it, wait for it, record how it ended
@@ -392,15 +392,29 @@ fn start(spec: &Spec, dir: &Path, limits: &Enforcer) -> Result<std::process::Chi
         nix::unistd::chown(&dir.join("sandbox"), Some(*uid), Some(*gid))
             .context("giving the sandbox to the task's user")?;
     }
-    let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
+    let mut cmd = in_task_world(spec, dir, &spec.argv, ids, Some(limits.for_child()));
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn()
+        .with_context(|| format!("starting {:?}", spec.argv[0]))
+}
+
+/// A command in the task's world, for the task and for its health command alike: the
+/// sandbox as working directory, the spec's environment and nothing else, stdin from
+/// /dev/null, a session of its own, the task's cgroups (for the task), the task's user,
+/// and only fds 0-2.
+fn in_task_world(
+    spec: &Spec,
+    dir: &Path,
+    argv: &[String],
+    ids: Identity,
+    limits: Option<InChild>,
+) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir.join("sandbox"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let in_child = limits.for_child();
+        .stdin(Stdio::null());
     unsafe {
         cmd.pre_exec(move || {
             // Between fork and exec: async-signal-safe calls only.
@@ -410,19 +424,20 @@ fn start(spec: &Spec, dir: &Path, limits: &Enforcer) -> Result<std::process::Chi
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             // Into its cgroups (or under its rlimits) before it runs a single instruction
             // of its own, and while still privileged enough to move itself.
-            in_child.apply()?;
+            if let Some(limits) = &limits {
+                limits.apply()?;
+            }
             if let Some((uid, gid, groups)) = &ids {
                 nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
                 nix::unistd::setgid(*gid).map_err(std::io::Error::from)?;
                 nix::unistd::setuid(*uid).map_err(std::io::Error::from)?;
             }
-            // Only 0-2 cross into the task, whatever a library left open without CLOEXEC.
+            // Only 0-2 cross, whatever a library left open without CLOEXEC.
             nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         });
     }
-    cmd.spawn()
-        .with_context(|| format!("starting {:?}", spec.argv[0]))
+    cmd
 }
 
 fn supplementary_groups(user: &User) -> Result<Vec<Gid>> {
@@ -430,35 +445,13 @@ fn supplementary_groups(user: &User) -> Result<Vec<Gid>> {
     Ok(nix::unistd::getgrouplist(&name, user.gid).unwrap_or_else(|_| vec![user.gid]))
 }
 
-/// Runs the health command in the sandbox, as the task's user, with the task's
-/// environment, in a session of its own; killed at the timeout.
+/// Runs the health command in the task's world; killed at the timeout.
 fn command_ok(h: &Health, spec: &Spec, dir: &Path) -> bool {
     let Ok(ids) = identity(spec) else {
         return false;
     };
-    let mut cmd = Command::new(&h.cmd[0]);
-    cmd.args(&h.cmd[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir.join("sandbox"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    unsafe {
-        cmd.pre_exec(move || {
-            SigSet::empty()
-                .thread_set_mask()
-                .map_err(std::io::Error::from)?;
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if let Some((uid, gid, groups)) = &ids {
-                nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
-                nix::unistd::setgid(*gid).map_err(std::io::Error::from)?;
-                nix::unistd::setuid(*uid).map_err(std::io::Error::from)?;
-            }
-            nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
+    let mut cmd = in_task_world(spec, dir, &h.cmd, ids, None);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let Ok(mut child) = cmd.spawn() else {
         return false;
     };

@@ -246,15 +246,7 @@ pub fn read_input(cli: &Cli, stdin: impl io::BufRead) -> Result<Input> {
             errors.push(format!("line {}: {e}", rec.line));
         }
     }
-    if let Some((last, rest)) = errors.split_last() {
-        for e in rest.iter().take(99) {
-            eprintln!("pack: {e}");
-        }
-        return Err(bad_input(format!(
-            "{last} ({} bad offers; nothing was placed)",
-            errors.len()
-        )));
-    }
+    crate::exit::refuse_batch("pack", &errors, "offers", "nothing was placed")?;
     let quota = match &cli.quota {
         Some(path) => read_quota(path)?,
         None => HashMap::new(),
