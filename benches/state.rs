@@ -53,6 +53,7 @@ fn fill(path: &Path) {
         }
         for j in 0..JOBS {
             tx.upsert(Job {
+                announce: None,
                 key: format!("role{}/prod/job{j}", j % 50),
                 ports: vec!["http".into()],
             });
@@ -122,6 +123,7 @@ fn main() {
         let mut s = State::open_writer(&empty).unwrap();
         s.write(|tx| {
             tx.upsert(Job {
+                announce: None,
                 key: "a/b/c".into(),
                 ports: vec![],
             });

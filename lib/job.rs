@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::host::{millicores, Millicores};
 use crate::records::{show, Fields};
-use crate::task::{check_job_key, MAX_PORTS};
+use crate::task::{check_job_key, Announce, MAX_PORTS};
 
 /// Production work may preempt preemptible work, never the reverse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,6 +59,8 @@ pub struct JobSpec {
     pub tier: Tier,
     pub priority: i32,
     pub service: bool,
+    /// Where healthy instances are announced, with the defaults filled in.
+    pub announce: Option<Announce>,
     /// Stable hash of the whole spec: a change anywhere is a new version of the job.
     pub hash: u64,
     /// Where the job was read from, for messages.
@@ -204,6 +206,7 @@ fn parse_fields(key: &str, f: Fields<'_>) -> Result<JobSpec, String> {
         }
     }
     check_port_refs(&f, &resources.ports)?;
+    let announce = announce(key, obj_of(&f), &resources.ports)?;
     Ok(JobSpec {
         key: key.to_string(),
         instances,
@@ -212,6 +215,7 @@ fn parse_fields(key: &str, f: Fields<'_>) -> Result<JobSpec, String> {
         tier,
         priority,
         service,
+        announce,
         hash: 0,
         origin: String::new(),
         raw: Map::new(),
@@ -310,9 +314,68 @@ fn parse_constraint(v: &Value) -> Result<Constraint, String> {
     }
 }
 
-/// Health checks and announcements name ports; they must be ports the job asks for.
+fn obj_of<'a>(f: &Fields<'a>) -> &'a Map<String, Value> {
+    f.0
+}
+
+/// The longest serverset path: it is kept in the job's record in the state.
+pub const ANNOUNCE_PATH_MAX: usize = 255;
+
+/// A job's announce block with its defaults: the path `/formic/ROLE/ENV/NAME`, and as
+/// primary port `http` when the job has one, else its first port (as Aurora's announcer
+/// does). Every part of the path is a plain name, so it is both a ZooKeeper path and a
+/// directory path under the serverset root that cannot leave it.
+pub fn announce(
+    key: &str,
+    job: &Map<String, Value>,
+    ports: &[String],
+) -> Result<Option<Announce>, String> {
+    let Some(block) = Fields(job).object("announce")? else {
+        return Ok(None);
+    };
+    let f = Fields(block);
+    f.only(&["primary", "path"])
+        .map_err(|e| format!("field \"announce\": {e}"))?;
+    let err = |e: String| format!("field \"announce\": {e}");
+    let primary = match f.str("primary").map_err(err)? {
+        Some(name) => ports.iter().position(|p| p == name).ok_or_else(|| {
+            format!("field \"announce\": port {name:?} is not in resources.ports")
+        })?,
+        None if ports.is_empty() => {
+            return Err("field \"announce\": the job has no ports to announce".into())
+        }
+        None => ports.iter().position(|p| p == "http").unwrap_or(0),
+    };
+    let path = match f.str("path").map_err(err)? {
+        Some(path) => path.to_string(),
+        None => format!("/formic/{key}"),
+    };
+    check_announce_path(&path).map_err(err)?;
+    Ok(Some(Announce {
+        path,
+        primary: primary as u8,
+    }))
+}
+
+/// A serverset path: absolute, parts of letters, digits and `._-` not starting with a dot.
+pub fn check_announce_path(path: &str) -> Result<(), String> {
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    match path.strip_prefix('/') {
+        Some(rest) if path.len() <= ANNOUNCE_PATH_MAX && rest.split('/').all(ok_part) => Ok(()),
+        _ => Err(format!(
+            "path {path:?} is not /PART/PART... (letters, digits, . _ -; no part starting with .; at most {ANNOUNCE_PATH_MAX} bytes)"
+        )),
+    }
+}
+
+/// Health checks name a port; it must be one the job asks for.
 fn check_port_refs(f: &Fields<'_>, ports: &[String]) -> Result<(), String> {
-    for (block, field) in [("health", "port"), ("announce", "primary")] {
+    for (block, field) in [("health", "port")] {
         if let Some(obj) = f.object(block)? {
             if let Some(name) = Fields(obj)
                 .str(field)

@@ -333,12 +333,16 @@ fn record_intent(
                     .collect()
             })
             .unwrap_or_default();
+        let announce = crate::job::announce(&p.job, spec, &port_names)
+            .map_err(|e| bad_input(format!("{}: {e}", p.task)))?;
+        let record = Job {
+            key: p.job.clone(),
+            ports: port_names.clone(),
+            announce,
+        };
         let job = match tx.view().jobs.find(&p.job) {
-            Some(j) if tx.view().jobs.get(j).unwrap().ports == port_names => j,
-            _ => tx.upsert(Job {
-                key: p.job.clone(),
-                ports: port_names.clone(),
-            }),
+            Some(j) if *tx.view().jobs.get(j).unwrap() == record => j,
+            _ => tx.upsert(record),
         };
         let previous = tx
             .view()

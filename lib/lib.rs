@@ -4,6 +4,7 @@
 //! state file) are what the tools exchange; `host` and `task` are the records themselves;
 //! each tool (`offer`, …) is a module with a `Cli` and a `run`.
 
+pub mod announce;
 pub mod cli;
 pub mod exit;
 pub mod fixed;

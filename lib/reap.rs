@@ -164,6 +164,9 @@ fn parse_state(s: &str) -> Result<TaskState, String> {
 /// before it SIGKILLs the supervisor and the task's group itself. The supervisor needs
 /// milliseconds after its own SIGKILL; the margin covers a loaded machine.
 pub const STOP_MARGIN_S: f64 = 3.0;
+/// The longest a graceful stop waits for the announcer to take the instance out of
+/// discovery before it signals the task anyway.
+pub const LEAVE_WAIT_S: f64 = 5.0;
 /// How often task directories are looked at while waiting for stops and with --follow.
 pub const POLL: Duration = Duration::from_millis(50);
 /// With --follow, every task directory is looked at this often even when its status file
@@ -448,6 +451,9 @@ pub struct Facts {
     spec: OnceCell<(f64, bool)>,
     /// Unix time the task's process started, when known.
     pub started: Option<f64>,
+    /// A running `announce --follow` still holds a serverset member for the task: a
+    /// graceful stop waits (up to [`LEAVE_WAIT_S`]) for it to go before signalling.
+    pub held: bool,
 }
 
 impl Facts {
@@ -457,6 +463,7 @@ impl Facts {
             policy: OnceCell::new(),
             spec: OnceCell::new(),
             started,
+            held: false,
         }
     }
 
@@ -467,7 +474,14 @@ impl Facts {
             policy: OnceCell::from(policy),
             spec: OnceCell::from((grace_s, health_check)),
             started,
+            held: false,
         }
+    }
+
+    /// When a stop recorded at `since` must be over: the leave, the grace, a margin.
+    fn stop_deadline(&self, since: f64) -> f64 {
+        let leave = if self.held { LEAVE_WAIT_S } else { 0.0 };
+        since + leave + self.spec().0 + STOP_MARGIN_S
     }
 
     fn policy(&self) -> Policy {
@@ -718,8 +732,7 @@ fn alive(
 ) -> Option<Plan> {
     if is_stopping(t.state) {
         let st = st?; // no status yet: no supervisor pid to signal; the next pass will
-        let (grace, _) = facts.spec();
-        if now >= t.since + grace + STOP_MARGIN_S {
+        if now >= facts.stop_deadline(t.since) {
             let mut plan = ended(
                 t,
                 TaskState::Killed,
@@ -736,8 +749,11 @@ fn alive(
             return Some(plan);
         }
         if st.state != "KILLING" {
-            // A stop recorded but not (yet) under way: the SIGTERM was lost, or the reap
-            // that recorded it died first.
+            if facts.held && now < t.since + LEAVE_WAIT_S {
+                return None; // still in discovery: clients are being told first
+            }
+            // A stop recorded but not (yet) under way: the SIGTERM was lost, the reap
+            // that recorded it died first, or the instance has left discovery.
             let mut plan = Plan::new(t.clone());
             plan.after.push(Act::Stop {
                 supervisor: st.supervisor,
@@ -755,7 +771,7 @@ fn alive(
         let mut plan = Plan::new(r);
         plan.events
             .push(Event::new(cause.state()).why(cause.reason()));
-        if let Some(st) = st {
+        if let Some(st) = st.filter(|_| !facts.held) {
             plan.after.push(Act::Stop {
                 supervisor: st.supervisor,
             });
@@ -1142,6 +1158,7 @@ impl Reaper {
         only: &mut dyn FnMut(&Watch) -> bool,
     ) -> Result<Pass> {
         let (watches, draining) = self.watched();
+        let announcer = crate::announce::follower_alive(self.state.path());
         let now = now();
         let mut plans: Vec<(Watch, Plan)> = Vec::new();
         let mut stopping = Vec::new();
@@ -1165,12 +1182,13 @@ impl Reaper {
                 _ => None,
             }
             .or((w.task.pid_start != 0).then_some(w.task.pid_start));
-            let facts = Facts::of(&w.dir, ticks.and_then(started_at));
+            let mut facts = Facts::of(&w.dir, ticks.and_then(started_at));
+            facts.held = w.task.announced && announcer;
             let plan = decide(&w.task, &seen, request, &facts, now, &self.timing);
             let next = plan.as_ref().map_or(w.task.state, |p| p.task.state);
             if is_stopping(next) {
                 let since = plan.as_ref().map_or(w.task.since, |p| p.task.since);
-                stopping.push((w.slot, since + facts.spec().0 + STOP_MARGIN_S));
+                stopping.push((w.slot, facts.stop_deadline(since)));
             }
             if let Some(plan) = plan {
                 plans.push((w, plan));
@@ -1406,6 +1424,7 @@ fn list(
                 "pid": (t.pid != 0).then_some(t.pid),
                 "ports": ports,
                 "healthy": t.healthy,
+                "announced": t.announced,
                 "failures": t.failures,
             });
             out.record(&rec)?;

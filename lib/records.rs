@@ -304,6 +304,11 @@ impl<W: Write> Writer<W> {
             .context("writing output")
     }
 
+    /// Hands what is buffered to the sink, for output that must be seen as it happens.
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush().context("writing output")
+    }
+
     pub fn finish(mut self) -> Result<()> {
         self.out.flush().context("writing output")
     }

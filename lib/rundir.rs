@@ -117,12 +117,17 @@ impl Status {
 /// old content or the new. Readable by the group only (a spec may hold secrets in its
 /// environment); `durable` flushes it before the rename.
 pub fn replace_file(path: &Path, content: &[u8], durable: bool) -> Result<()> {
+    replace_file_mode(path, content, durable, 0o640)
+}
+
+/// [`replace_file`] with the new file's mode.
+pub fn replace_file_mode(path: &Path, content: &[u8], durable: bool, mode: u32) -> Result<()> {
     let tmp = path.with_extension("new");
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o640)
+        .mode(mode)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(content)?;

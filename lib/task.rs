@@ -111,6 +111,10 @@ pub struct Task {
     pub not_before: f64,
     /// Exit status, or minus the signal number, of the last run.
     pub exit: i32,
+    /// A live `announce --follow` holds a serverset member for this task. Set and cleared
+    /// only by that announcer; a graceful stop waits for it to clear before the task is
+    /// signalled, so clients stop being sent to an instance before it goes.
+    pub announced: bool,
 }
 
 impl Task {
@@ -133,14 +137,16 @@ impl Task {
             since: 0.0,
             not_before: 0.0,
             exit: 0,
+            announced: false,
         }
     }
 }
 
 pub const TASK_SLOT_SIZE: usize = 128;
-/// Bytes of a task record's fields (layout 1).
-const TASK_BODY: usize = 105;
-const TASK_LAYOUT: u8 = 1;
+/// Bytes of a task record's fields: layout 2 adds `announced` to layout 1.
+const TASK_BODY_1: usize = 105;
+const TASK_BODY: usize = 106;
+const TASK_LAYOUT: u8 = 2;
 
 impl Task {
     pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
@@ -164,17 +170,20 @@ impl Task {
         e.f64(self.since);
         e.f64(self.not_before);
         e.i32(self.exit);
+        e.u8(self.announced as u8);
         e.seal(TASK_LAYOUT)
     }
 
     pub fn decode(version: u8, body: &[u8]) -> Result<Task, Corrupt> {
-        if version != TASK_LAYOUT {
-            return Err(Corrupt(format!("task record layout {version} is unknown")));
-        }
+        let len = match version {
+            1 => TASK_BODY_1,
+            TASK_LAYOUT => TASK_BODY,
+            _ => return Err(Corrupt(format!("task record layout {version} is unknown"))),
+        };
         // Slicing to the exact layout length first lets the compiler drop the bounds check
         // of every field read: this runs a million times when a fleet's state is opened.
         let body = body
-            .get(..TASK_BODY)
+            .get(..len)
             .ok_or_else(|| Corrupt("task slot too short".into()))?;
         let mut d = Decoder::new(body);
         let job = d.u32()?;
@@ -213,20 +222,32 @@ impl Task {
             since: d.f64()?,
             not_before: d.f64()?,
             exit: d.i32()?,
+            announced: version >= 2 && d.u8()? != 0,
         })
     }
 }
 
-/// A job as the state knows it: its key and the names of its ports.
+/// A job as the state knows it: its key, the names of its ports, and where its instances
+/// are announced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Job {
     /// `role/env/name`.
     pub key: String,
     pub ports: Vec<String>,
+    pub announce: Option<Announce>,
+}
+
+/// A job's serverset: members go under `path`, with the port `ports[primary]` as their
+/// service endpoint and every named port as an additional endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Announce {
+    pub path: String,
+    pub primary: u8,
 }
 
 pub const JOB_SLOT_SIZE: usize = 512;
-const JOB_LAYOUT: u8 = 1;
+/// Layout 2 adds the announce block to layout 1.
+const JOB_LAYOUT: u8 = 2;
 
 /// A job key is `role/env/name`, each part of letters, digits and `._-`, not starting with
 /// a dot: the parts name directories on hosts, so `.` and `..` must never be one.
@@ -255,17 +276,40 @@ impl Job {
         for p in &self.ports {
             e.str8(p);
         }
+        match &self.announce {
+            None => e.u8(0),
+            Some(a) => {
+                e.u8(1);
+                e.str8(&a.path);
+                e.u8(a.primary);
+            }
+        }
         e.seal(JOB_LAYOUT)
     }
 
     pub fn decode(version: u8, body: &[u8]) -> Result<Job, Corrupt> {
-        if version != JOB_LAYOUT {
+        if version != 1 && version != JOB_LAYOUT {
             return Err(Corrupt(format!("job record layout {version} is unknown")));
         }
         let mut d = Decoder::new(body);
         let key = d.str8()?;
         let n = d.u8()? as usize;
-        let ports = (0..n).map(|_| d.str8()).collect::<Result<_, _>>()?;
-        Ok(Job { key, ports })
+        let ports: Vec<String> = (0..n).map(|_| d.str8()).collect::<Result<_, _>>()?;
+        let announce = match version >= 2 && d.u8()? != 0 {
+            false => None,
+            true => {
+                let path = d.str8()?;
+                let primary = d.u8()?;
+                if primary as usize >= ports.len() {
+                    return Err(Corrupt("announce names a port the job lacks".into()));
+                }
+                Some(Announce { path, primary })
+            }
+        };
+        Ok(Job {
+            key,
+            ports,
+            announce,
+        })
     }
 }

@@ -25,11 +25,13 @@ pub fn counter_child() {
         state
             .write(|tx| {
                 let key = format!("conc/test/w{me}");
-                let job = tx
-                    .view()
-                    .jobs
-                    .find(&key)
-                    .unwrap_or_else(|| tx.upsert(Job { key, ports: vec![] }));
+                let job = tx.view().jobs.find(&key).unwrap_or_else(|| {
+                    tx.upsert(Job {
+                        announce: None,
+                        key,
+                        ports: vec![],
+                    })
+                });
                 let mut t = Task::new(job, i);
                 t.state = TaskState::Pending;
                 tx.upsert(t);
@@ -103,6 +105,7 @@ pub fn lock_holder_child() {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
             tx.upsert(Job {
+                announce: None,
                 key: "lock/test/held".into(),
                 ports: vec![],
             });
@@ -174,6 +177,7 @@ fn a_child_of_a_writer_does_not_inherit_the_lock() {
     let mut state = State::open_with(&path, quick, true).unwrap();
     let r = state.write(|tx| {
         tx.upsert(Job {
+            announce: None,
             key: "lock/test/after".into(),
             ports: vec![],
         });

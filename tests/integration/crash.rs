@@ -68,6 +68,7 @@ fn apply(tx: &mut Txn, i: u64) -> anyhow::Result<()> {
     let host_slot = tx.upsert(host);
     let job = tx.view().jobs.find(&plan.job).unwrap_or_else(|| {
         tx.upsert(Job {
+            announce: None,
             key: plan.job.clone(),
             ports: vec!["http".into()],
         })

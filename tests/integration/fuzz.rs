@@ -484,6 +484,7 @@ fn base() -> &'static Base {
             s.write(|tx| {
                 let h = tx.upsert(host(i));
                 let job = tx.upsert(Job {
+                    announce: None,
                     key: "www/prod/hello".into(),
                     ports: vec!["http".into()],
                 });

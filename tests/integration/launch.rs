@@ -249,6 +249,7 @@ fn a_crash_between_intent_and_start_is_repaired_without_a_double_start() {
             .write(|tx| {
                 let h = tx.view().hosts.find(&"h1".to_string()).unwrap();
                 let j = tx.upsert(formic::task::Job {
+                    announce: None,
                     key: "www/prod/web".into(),
                     ports: vec!["http".into()],
                 });

@@ -91,6 +91,7 @@ fn place_task(state: &Path, host: &str, instance: u32, st: TaskState, port: u16)
     let mut s = State::open_writer(state).unwrap();
     s.write(|tx| {
         let job = tx.upsert(Job {
+            announce: None,
             key: "www/prod/hello".into(),
             ports: vec!["http".into()],
         });

@@ -213,6 +213,7 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
         }
         for t in tasks {
             let job = tx.upsert(Job {
+                announce: None,
                 key: t.job.to_string(),
                 ports: (0..t.ports.len()).map(|i| format!("p{i}")).collect(),
             });

@@ -893,6 +893,7 @@ fn write_state(path: &std::path::Path, hosts: &[GenHost], jobs: &[GenJob], exist
         for e in existing {
             let job = &jobs[e.job];
             let slot = tx.upsert(Job {
+                announce: None,
                 key: job_key(e.job, job),
                 ports: port_names(job),
             });

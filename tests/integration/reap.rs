@@ -65,6 +65,7 @@ impl Cluster {
                 let job = match tx.view().jobs.find(&key.to_string()) {
                     Some(j) => j,
                     None => tx.upsert(Job {
+                        announce: None,
                         key: key.to_string(),
                         ports: names,
                     }),

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    formic::cli::main("announce", formic::announce::run)
+}
