@@ -20,6 +20,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "launch" => PathBuf::from(env!("CARGO_BIN_EXE_launch")),
         "formic-supervise" => PathBuf::from(env!("CARGO_BIN_EXE_formic-supervise")),
         "reap" => PathBuf::from(env!("CARGO_BIN_EXE_reap")),
+        "announce" => PathBuf::from(env!("CARGO_BIN_EXE_announce")),
         other => panic!("unknown tool {other}"),
     }
 }

@@ -1,0 +1,2 @@
+//! The announce benchmark; written next.
+fn main() {}
