@@ -21,6 +21,7 @@ fn tools() -> Vec<(&'static str, clap::Command)> {
         ("launch", formic::launch::Cli::command()),
         ("formic-supervise", formic::supervise::Cli::command()),
         ("reap", formic::reap::Cli::command()),
+        ("announce", formic::announce::Cli::command()),
     ]
 }
 
