@@ -674,10 +674,11 @@ fn reap_tasks_lists_what_the_state_holds() {
         [
             json!({"type":"task","task":"t/e/once/0","job":"t/e/once","instance":0,
                    "host":"h2","state":"FINISHED","pid":null,"ports":{},"healthy":false,
-                   "failures":0}),
+                   "announced":false,"failures":0}),
             json!({"type":"task","task":"t/e/web/0","job":"t/e/web","instance":0,
                    "host":"h1","state":"RUNNING","pid":web.pid.unwrap().0,
-                   "ports":{"http":31005,"admin":31006},"healthy":true,"failures":0}),
+                   "ports":{"http":31005,"admin":31006},"healthy":true,"announced":false,
+                   "failures":0}),
         ]
     );
     let tasks = |v: Vec<Value>| -> Vec<String> {
