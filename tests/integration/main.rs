@@ -2,6 +2,7 @@
 //! directories, with a timeout on every spawned command. One test binary keeps the build
 //! short; the modules split it by subject.
 
+mod announce;
 mod common;
 mod concurrency;
 mod corruption;
@@ -14,3 +15,4 @@ mod pack_cli;
 mod pack_props;
 mod reap;
 mod supervise;
+mod zk;

@@ -1,0 +1,1 @@
+//! announce with real tools and a real ZooKeeper.
