@@ -600,4 +600,49 @@ mod tests {
             assert!(err.contains(want), "{extra}: {err}");
         }
     }
+
+    #[test]
+    fn announce_blocks_get_their_defaults_and_bad_ones_are_named() {
+        let with = |ports: &str, block: &str| {
+            job(&format!(
+                r#"{{"job":"www/prod/hello","instances":1,"cmd":["x"],
+                    "resources":{{"cpus":1,"ram_mb":1,"ports":{ports}}},"announce":{block}}}"#
+            ))
+        };
+        let a = |path: &str, primary: u8| {
+            Some(Announce {
+                path: path.into(),
+                primary,
+            })
+        };
+        assert_eq!(
+            with(r#"["admin","http"]"#, "{}").unwrap().announce,
+            a("/formic/www/prod/hello", 1)
+        );
+        assert_eq!(
+            with(r#"["thrift","admin"]"#, r#"{"path":"/s/hello"}"#)
+                .unwrap()
+                .announce,
+            a("/s/hello", 0)
+        );
+        for (ports, block, want) in [
+            ("[]", "{}", "no ports to announce"),
+            (
+                r#"["http"]"#,
+                r#"{"primary":"grpc"}"#,
+                "not in resources.ports",
+            ),
+            (r#"["http"]"#, r#"{"path":"relative/x"}"#, "is not /PART"),
+            (r#"["http"]"#, r#"{"path":"/a/../etc"}"#, "is not /PART"),
+            (r#"["http"]"#, r#"{"path":"/a//b"}"#, "is not /PART"),
+            (r#"["http"]"#, r#"{"path":"/a/"}"#, "is not /PART"),
+            (r#"["http"]"#, r#"{"zk":"x"}"#, "unknown field"),
+        ] {
+            let err = with(ports, block).unwrap_err();
+            assert!(
+                err.contains("announce") && err.contains(want),
+                "{block}: {err}"
+            );
+        }
+    }
 }

@@ -1666,6 +1666,79 @@ mod tests {
     }
 
     #[test]
+    fn an_announced_instance_leaves_discovery_before_it_is_signalled() {
+        let st = status("RUNNING", 1000.0);
+        let held = || {
+            let mut f = facts(batch(1));
+            f.held = true;
+            f
+        };
+        let mut t = task(TaskState::Running, 1000.0);
+        t.announced = true;
+        // The stop is recorded, but no SIGTERM while the announcer holds the member.
+        let plan = decide(
+            &t,
+            &Seen::Alive(Some(st.clone())),
+            Some(Cause::Drain),
+            &held(),
+            1100.0,
+            &T,
+        )
+        .unwrap();
+        assert_eq!(plan.task.state, TaskState::Draining);
+        assert!(plan.after.is_empty() && plan.before.is_empty());
+        let draining = plan.task;
+        assert!(decide(
+            &draining,
+            &Seen::Alive(Some(st.clone())),
+            None,
+            &held(),
+            1101.0,
+            &T
+        )
+        .is_none());
+        // The member is gone (the mark cleared): the signal goes.
+        let mut left = draining.clone();
+        left.announced = false;
+        let go = decide(
+            &left,
+            &Seen::Alive(Some(st.clone())),
+            None,
+            &facts(batch(1)),
+            1101.5,
+            &T,
+        )
+        .unwrap();
+        assert_eq!(
+            go.after,
+            [Act::Stop {
+                supervisor: (99, 5)
+            }]
+        );
+        // An announcer that never answers holds the stop back no longer than LEAVE_WAIT_S.
+        let late = decide(
+            &draining,
+            &Seen::Alive(Some(st)),
+            None,
+            &held(),
+            1100.0 + LEAVE_WAIT_S,
+            &T,
+        )
+        .unwrap();
+        assert_eq!(
+            late.after,
+            [Act::Stop {
+                supervisor: (99, 5)
+            }]
+        );
+        // And its grace period is not eaten by the wait: the deadline moves with it.
+        assert_eq!(
+            held().stop_deadline(1100.0),
+            facts(batch(1)).stop_deadline(1100.0) + LEAVE_WAIT_S
+        );
+    }
+
+    #[test]
     fn a_silent_supervisor_means_lost_and_an_unstarted_task_waits_for_launch() {
         let t = task(TaskState::Running, 1000.0);
         let plan = decide(

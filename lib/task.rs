@@ -313,3 +313,59 @@ impl Job {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::{open_slot, Slot};
+
+    fn body(slot: &[u8]) -> &[u8] {
+        match open_slot(slot).unwrap() {
+            Slot::Live { body, .. } => body,
+            Slot::Empty => panic!("empty slot"),
+        }
+    }
+
+    /// Layout 2 only appends, so a state written by layout 1 reads as never announced.
+    #[test]
+    fn records_of_layout_1_still_read() {
+        let mut t = Task::new(3, 4);
+        t.state = TaskState::Running;
+        t.announced = true;
+        let mut slot = [0u8; TASK_SLOT_SIZE];
+        t.encode(&mut slot).unwrap();
+        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        let old = Task::decode(1, body(&slot)).unwrap();
+        assert_eq!(
+            old,
+            Task {
+                announced: false,
+                ..t
+            }
+        );
+
+        let mut j = Job {
+            key: "www/prod/hello".into(),
+            ports: vec!["http".into(), "admin".into()],
+            announce: None,
+        };
+        let mut slot = [0u8; JOB_SLOT_SIZE];
+        j.encode(&mut slot).unwrap();
+        assert_eq!(Job::decode(1, body(&slot)).unwrap(), j);
+        j.announce = Some(Announce {
+            path: "/formic/www/prod/hello".into(),
+            primary: 1,
+        });
+        j.encode(&mut slot).unwrap();
+        assert_eq!(Job::decode(JOB_LAYOUT, body(&slot)).unwrap(), j);
+        j.announce = Some(Announce {
+            path: "/x".into(),
+            primary: 2,
+        });
+        j.encode(&mut slot).unwrap();
+        assert!(
+            Job::decode(JOB_LAYOUT, body(&slot)).is_err(),
+            "a port the job lacks"
+        );
+    }
+}

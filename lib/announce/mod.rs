@@ -593,3 +593,89 @@ pub fn follower_alive(state: &Path) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Maintenance;
+    use crate::task::Announce;
+
+    fn host(attrs: &[(&str, &str)]) -> Host {
+        Host {
+            name: "h1".into(),
+            cpus: 1000,
+            ram_mb: 1,
+            disk_mb: 1,
+            gpus: 0,
+            ports: vec![(31000, 31999)],
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cpu_factor: 1.0,
+            transport: Transport::Local,
+            maintenance: Maintenance::none(),
+        }
+    }
+
+    #[test]
+    fn a_member_is_finagle_json_with_every_named_port() {
+        let job = Job {
+            key: "www/prod/hello".into(),
+            ports: vec!["admin".into(), "http".into()],
+            announce: Some(Announce {
+                path: "/formic/www/prod/hello".into(),
+                primary: 1,
+            }),
+        };
+        let mut t = Task::new(0, 3);
+        t.state = TaskState::Running;
+        t.healthy = true;
+        t.ports[0] = 31001;
+        t.ports[1] = 31002;
+        let m = member(7, &t, &job, &host(&[("address", "10.0.0.5")]), "thishost").unwrap();
+        let v: Value = serde_json::from_slice(&m.data).unwrap();
+        assert_eq!(
+            v,
+            json!({"serviceEndpoint":{"host":"10.0.0.5","port":31002},
+                   "additionalEndpoints":{"admin":{"host":"10.0.0.5","port":31001},
+                                          "http":{"host":"10.0.0.5","port":31002}},
+                   "shard":3,"status":"ALIVE"})
+        );
+        assert_eq!(
+            (m.slot, m.task.as_str(), m.endpoint.as_str()),
+            (7, "www/prod/hello/3", "10.0.0.5:31002")
+        );
+        // Without an address, a local host is reached by this machine's name.
+        let local = member(7, &t, &job, &host(&[]), "thishost").unwrap();
+        assert_eq!(local.endpoint, "thishost:31002");
+        // What is read back is what was written.
+        let e = parse_member("member_0000000001", &m.data).unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.shard),
+            ("10.0.0.5", 31002, Some(3))
+        );
+        assert!(is_member(&t));
+        t.healthy = false;
+        assert!(!is_member(&t));
+        t.healthy = true;
+        t.state = TaskState::Killing;
+        assert!(!is_member(&t));
+    }
+
+    #[test]
+    fn members_not_alive_or_without_an_endpoint_are_not_read() {
+        assert!(parse_member(
+            "m",
+            br#"{"serviceEndpoint":{"host":"h","port":1},"status":"DEAD"}"#
+        )
+        .is_none());
+        assert!(parse_member("m", br#"{"status":"ALIVE"}"#).is_none());
+        assert!(parse_member(
+            "m",
+            br#"{"serviceEndpoint":{"host":"h","port":70000},"status":"ALIVE"}"#
+        )
+        .is_none());
+        assert!(parse_member("m", b"not json").is_none());
+    }
+}
