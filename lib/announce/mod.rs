@@ -453,19 +453,33 @@ fn follow(
     let mut held: BTreeMap<u32, Held> = BTreeMap::new();
     // A new announcer holds nothing yet: marks left by one that died are cleared first.
     mark(state, &held)?;
-    let mut seen_txid = None;
+    // What the state asks for is worked out again only when the state changed.
+    let mut want = BTreeMap::new();
+    let mut want_txid = None;
     let mut last_full = Instant::now();
     while !STOP.load(Ordering::SeqCst) {
         let started = Instant::now();
         state.refresh()?;
-        let want = members(state.view(), this_host);
         let due = last_full.elapsed() >= Duration::from_secs(5);
-        if publisher.tend(&mut held, &want)
-            && (seen_txid != Some(state.view().txid) || due || differs(&held, &want))
-        {
+        let changed = want_txid != Some(state.view().txid);
+        if changed || due {
+            want = members(state.view(), this_host);
+            want_txid = Some(state.view().txid);
+        }
+        let before_tend = held.len();
+        let ready = publisher.tend(&mut held, &want);
+        if !ready && held.len() != before_tend {
+            mark(state, &held)?; // members lost with a session: no stop need wait for them
+        }
+        if ready && (changed || due || differs(&held, &want)) {
             step(publisher, &mut held, &want, out)?;
+            let before = state.view().txid;
             mark(state, &held)?;
-            seen_txid = Some(state.view().txid);
+            // Marks alone are our own change, nothing to work out again; if another tool
+            // committed meanwhile, the next round sees a txid it has not worked out.
+            if want_txid == Some(before) && state.view().txid <= before + 1 {
+                want_txid = Some(state.view().txid);
+            }
             if due {
                 last_full = Instant::now();
             }

@@ -387,6 +387,27 @@ impl Holder {
         Ok(())
     }
 
+    /// Lists each path where members are held; a path missing one of them (someone
+    /// deleted it) is verified in full, and the member created again.
+    fn check(&mut self, held: &BTreeMap<u32, Held>) {
+        let client = self.client.as_ref().expect("a session is open");
+        let mut nodes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for h in held.values() {
+            nodes.entry(&h.member.path).or_default().push(&h.node);
+        }
+        let paths: Vec<&str> = nodes.keys().copied().collect();
+        let answers = pipelined(paths.iter().map(|p| client.list_children(p)));
+        for (path, answer) in paths.into_iter().zip(answers) {
+            let complete = answer.is_ok_and(|children| {
+                let present: HashSet<&str> = children.iter().map(String::as_str).collect();
+                nodes[path].iter().all(|n| present.contains(n))
+            });
+            if !complete {
+                self.unsure.insert(path.to_string());
+            }
+        }
+    }
+
     /// Creates a serverset path (and its parents) once.
     fn make_path(&mut self, path: &str) -> Result<(), Error> {
         if self.made.contains(path) {
@@ -427,13 +448,12 @@ impl Publisher for Holder {
             self.made.clear();
             self.verified_session = self.session();
         }
-        if self.checked.elapsed() >= CHECK_EVERY {
-            self.unsure
-                .extend(held.values().map(|h| h.member.path.clone()));
-            self.checked = Instant::now();
-        }
         if self.client.as_ref().map(Client::state) != Some(SessionState::SyncConnected) {
             return false;
+        }
+        if self.checked.elapsed() >= CHECK_EVERY {
+            self.check(held);
+            self.checked = Instant::now();
         }
         while let Some(path) = self.unsure.first().cloned() {
             if let Err(e) = self.verify(&path, held, want) {
