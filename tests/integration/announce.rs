@@ -98,26 +98,34 @@ impl Cluster {
 
     /// Runs reap passes until every task of the state is RUNNING and healthy.
     fn reap_until_healthy(&self) -> Vec<Value> {
-        until("every task RUNNING and healthy", Duration::from_secs(30), || {
-            let out = run(&mut tool("reap", &self.state()), b"");
-            assert_eq!(code(&out), 0, "reap: {}", stderr(&out));
-            let tasks = self.tasks();
-            tasks
-                .iter()
-                .all(|t| t["state"] == "RUNNING" && t["healthy"] == true)
-                .then_some(tasks)
-        })
+        until(
+            "every task RUNNING and healthy",
+            Duration::from_secs(30),
+            || {
+                let out = run(&mut tool("reap", &self.state()), b"");
+                assert_eq!(code(&out), 0, "reap: {}", stderr(&out));
+                let tasks = self.tasks();
+                tasks
+                    .iter()
+                    .all(|t| t["state"] == "RUNNING" && t["healthy"] == true)
+                    .then_some(tasks)
+            },
+        )
     }
 
     /// Waits until `reap --follow` has every task RUNNING and healthy in the state.
     fn healthy(&self) -> Vec<Value> {
-        until("every task RUNNING and healthy", Duration::from_secs(30), || {
-            let tasks = self.tasks();
-            tasks
-                .iter()
-                .all(|t| t["state"] == "RUNNING" && t["healthy"] == true)
-                .then_some(tasks)
-        })
+        until(
+            "every task RUNNING and healthy",
+            Duration::from_secs(30),
+            || {
+                let tasks = self.tasks();
+                tasks
+                    .iter()
+                    .all(|t| t["state"] == "RUNNING" && t["healthy"] == true)
+                    .then_some(tasks)
+            },
+        )
     }
 
     /// The output of a one-shot `announce ARGS`.
@@ -258,7 +266,7 @@ fn finagle(host: &str, task: &Value) -> Value {
     })
 }
 
-/// The members in ZooKeeper at PATH, parsed, by shard; panics on a duplicate shard.
+/// The members in ZooKeeper at PATH, parsed, sorted by shard (a duplicate shows twice).
 fn zk_members(zk: &Zk) -> Vec<(String, Value)> {
     let mut out: Vec<(String, Value)> = zk
         .members(PATH)
@@ -306,10 +314,7 @@ fn files_hold_one_member_per_healthy_instance_and_lose_stale_ones() {
     c.deploy(&web(2));
     let tasks = c.reap_until_healthy();
     assert_eq!(tasks.len(), 2);
-    let hostname = nix::unistd::gethostname()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
     let address = |t: &Value| match t["host"].as_str().unwrap() {
         "f1" => hostname.clone(),
         "f2" => "127.0.0.1".to_string(),
@@ -388,7 +393,10 @@ fn files_hold_one_member_per_healthy_instance_and_lose_stale_ones() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
-        plain_expected.iter().map(|l| format!("{l}\n")).collect::<String>()
+        plain_expected
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
     );
 
     // Instance 1 stopped (no announcer runs, so reap stops it at once) and a stray member
@@ -399,7 +407,10 @@ fn files_hold_one_member_per_healthy_instance_and_lose_stale_ones() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(c.task("www/prod/hello/1")["state"], "KILLED");
-    let stray = finagle("10.9.9.9", &json!({"ports": {"http": 1, "admin": 2}, "instance": 7}));
+    let stray = finagle(
+        "10.9.9.9",
+        &json!({"ports": {"http": 1, "admin": 2}, "instance": 7}),
+    );
     std::fs::write(dir.join("member_0000000007"), stray.to_string()).unwrap();
     let out = c.announce(&[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -428,4 +439,514 @@ fn files_hold_one_member_per_healthy_instance_and_lose_stale_ones() {
     let out = c.announce(&["resolve", "/formic/www/prod/nobody"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert_eq!(stdout(&out), "");
+}
+
+// --- ZooKeeper ---
+
+/// A web job whose health check passes only once the file `ready` exists in `www` (served
+/// by the instances), and fails until then without getting the task killed.
+fn web_ready_when(www: &Path, instances: u32) -> String {
+    json!({
+        "job": "www/prod/hello", "instances": instances,
+        "cmd": ["python3", "-m", "http.server", "--bind", "127.0.0.1",
+                "--directory", www, "{{port.http}}"],
+        "resources": {"cpus": 0.1, "ram_mb": 64, "ports": ["http", "admin"]},
+        "constraints": [{"attr": "host", "limit": 1}],
+        "health": {"http": "/ready", "port": "http", "interval_s": 0.2, "timeout_s": 1,
+                   "failures": 1000},
+        "announce": {"primary": "http", "path": PATH},
+    })
+    .to_string()
+        + "\n"
+}
+
+// BUG (supervise/reap, not announce itself): a task whose health check has never passed
+// is recorded healthy after its first failed check, because the supervisor reports
+// healthy = (consecutive failures < "failures") and reap copies it; announce then
+// publishes an instance that answers 404 on its health check. Expected: healthy only
+// once a check has passed. This test fails until that is fixed.
+#[test]
+fn zk_no_member_before_the_health_check_first_passes() {
+    let zk = Zk::start();
+    let mut c = Cluster::new(&["z1"], 46100, Some("127.0.0.1"));
+    let www = c.path("www");
+    std::fs::create_dir(&www).unwrap();
+    c.deploy(&web_ready_when(&www, 1));
+    c.reap_follow();
+    c.announcer(&zk, &["--session-timeout", "2"]);
+    let task = "www/prod/hello/0";
+    // RUNNING, and the health check has run and failed several times.
+    let dir = c.task_dirs().pop().unwrap();
+    until(
+        "three failed health checks",
+        Duration::from_secs(20),
+        || {
+            let s = rundir::Status::read(&dir).ok()??;
+            (s.state == "RUNNING" && s.health_failures >= 3).then_some(())
+        },
+    );
+    until("the announcer connected", Duration::from_secs(20), || {
+        c.said("announce").contains("connected").then_some(())
+    });
+    // The announcer and reap have had many rounds to act on it: still no member.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.task(task)["state"], "RUNNING");
+    assert_eq!(
+        zk_members(&zk),
+        [],
+        "a member for an instance whose health check never passed; task: {}",
+        c.task(task)
+    );
+    assert_eq!(c.task(task)["healthy"], false);
+    // The check passes: the member appears.
+    std::fs::write(www.join("ready"), "ok").unwrap();
+    let members = until("a member once healthy", Duration::from_secs(20), || {
+        let m = zk_members(&zk);
+        (!m.is_empty()).then_some(m)
+    });
+    assert_eq!(shards(&members), [0]);
+    assert_eq!(members[0].1, finagle("127.0.0.1", &c.task(task)));
+}
+
+/// A web job whose instances write the time they got SIGTERM to `term_dir/term-N`.
+fn web_logging_sigterm(term_dir: &Path, instances: u32) -> String {
+    let script = "import http.server, signal, sys, time\n\
+                  def term(*_):\n    \
+                      open(sys.argv[2], 'w').write(repr(time.time()))\n    \
+                      sys.exit(0)\n\
+                  signal.signal(signal.SIGTERM, term)\n\
+                  http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])),\n    \
+                      http.server.SimpleHTTPRequestHandler).serve_forever()\n";
+    json!({
+        "job": "www/prod/hello", "instances": instances,
+        "cmd": ["python3", "-c", script, "{{port.http}}",
+                format!("{}/term-{{{{instance}}}}", term_dir.display())],
+        "resources": {"cpus": 0.1, "ram_mb": 64, "ports": ["http", "admin"]},
+        "constraints": [{"attr": "host", "limit": 1}],
+        "health": {"http": "/", "port": "http", "interval_s": 0.2, "timeout_s": 1, "failures": 3},
+        "announce": {"primary": "http", "path": PATH},
+    })
+    .to_string()
+        + "\n"
+}
+
+#[test]
+fn zk_members_follow_health_failure_and_leave_before_a_graceful_stop() {
+    let zk = Zk::start();
+    let mut c = Cluster::new(&["z1", "z2"], 46200, Some("127.0.0.1"));
+    let terms = c.path("terms");
+    std::fs::create_dir(&terms).unwrap();
+    c.deploy(&web_logging_sigterm(&terms, 2));
+    c.reap_follow();
+    c.announcer(&zk, &["--session-timeout", "2"]);
+    let tasks = c.healthy();
+
+    // Healthy and running: one member each, marked announced in the state.
+    let members = until("two members", Duration::from_secs(20), || {
+        let m = zk_members(&zk);
+        (m.len() == 2).then_some(m)
+    });
+    assert_eq!(shards(&members), [0, 1], "{}", c.said("announce"));
+    for ((_, data), t) in members.iter().zip(&tasks) {
+        assert_eq!(*data, finagle("127.0.0.1", t));
+    }
+    until(
+        "both tasks marked announced",
+        Duration::from_secs(10),
+        || {
+            c.tasks()
+                .iter()
+                .all(|t| t["announced"] == true)
+                .then_some(())
+        },
+    );
+
+    // Failure: instance 0's process is killed; its member goes, instance 1's stays.
+    let pid = c.task("www/prod/hello/0")["pid"].as_u64().unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    until("instance 0's member gone", Duration::from_secs(20), || {
+        (shards(&zk_members(&zk)) == [1]).then_some(())
+    });
+    assert_ne!(c.task("www/prod/hello/0")["state"], "RUNNING");
+    assert_eq!(
+        zk_members(&zk)[0],
+        members[1],
+        "instance 1's node untouched"
+    );
+
+    // Graceful stop of instance 1: its member is gone before the process gets SIGTERM.
+    let pid = c.task("www/prod/hello/1")["pid"].as_u64().unwrap();
+    let watcher_zk = zk.client();
+    let node = format!("{PATH}/{}", members[1].0);
+    let watcher = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            match futures::executor::block_on(watcher_zk.check_stat(&node)) {
+                Ok(None) => return Some((now(), alive(pid))),
+                Ok(Some(_)) => {}
+                Err(e) => panic!("checking {node}: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    });
+    std::thread::sleep(Duration::from_millis(100)); // the watcher is looking
+    let asked = now();
+    let out = run(
+        tool("reap", &c.state()).args(["kill", "www/prod/hello/1"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (gone_at, alive_then) = watcher
+        .join()
+        .unwrap()
+        .expect("instance 1's member removed");
+    let term_file = terms.join("term-1");
+    let term_at: f64 = until("instance 1 got SIGTERM", Duration::from_secs(10), || {
+        std::fs::read_to_string(&term_file).ok()?.parse().ok()
+    });
+    assert!(alive_then, "the process had ended when its member went");
+    assert!(
+        asked < gone_at && gone_at < term_at,
+        "reap kill at {asked}, member gone at {gone_at}, SIGTERM at {term_at}: \
+         the member must leave before the stop"
+    );
+    assert_eq!(c.task("www/prod/hello/1")["state"], "KILLED");
+    assert_eq!(zk_members(&zk), []);
+    assert!(
+        !terms.join("term-0").exists(),
+        "instance 0 was killed, not stopped"
+    );
+}
+
+#[test]
+fn zk_members_come_back_once_after_a_forced_session_expiry() {
+    let zk = Zk::start();
+    let mut c = Cluster::new(&["s1", "s2", "s3"], 46300, Some("127.0.0.1"));
+    c.deploy(&web(3));
+    c.reap_follow();
+    let announcer = c.announcer(&zk, &["--session-timeout", "1"]);
+    c.healthy();
+    let before = until("three members", Duration::from_secs(20), || {
+        let m = zk_members(&zk);
+        (m.len() == 3).then_some(m)
+    });
+    assert_eq!(shards(&before), [0, 1, 2]);
+
+    // The announcer freezes past its session timeout: the server expires the session and
+    // its ephemeral members with it.
+    kill(Pid::from_raw(announcer as i32), Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    until(
+        "members gone with the expired session",
+        Duration::from_secs(20),
+        || zk_members(&zk).is_empty().then_some(()),
+    );
+    // Expiry counts from the session's last ping, up to a third of the timeout before the
+    // stop; gone much sooner would mean something else removed them.
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(500),
+        "members went {:?} after the stop, before the session could expire",
+        stopped.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(announcer as i32), Signal::SIGCONT).unwrap();
+
+    // It notices, opens a new session and announces every instance again: exactly once.
+    let after = until(
+        "three members again",
+        // session timeout + backoff, with room for a loaded machine
+        Duration::from_secs(20),
+        || {
+            let m = zk_members(&zk);
+            (m.len() >= 3).then_some(m)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2)); // a late duplicate would show by now
+    let settled = zk_members(&zk);
+    assert_eq!(shards(&settled), [0, 1, 2], "{}", c.said("announce"));
+    assert_eq!(settled, after);
+    for ((old_name, old), (new_name, new)) in before.iter().zip(&settled) {
+        assert_eq!(old, new, "the same member data");
+        assert_ne!(old_name, new_name, "new nodes of a new session");
+    }
+    assert!(
+        c.tasks().iter().all(|t| t["announced"] == true),
+        "{:?}",
+        c.tasks()
+    );
+}
+
+#[test]
+fn zk_down_exits_69_and_the_follower_converges_after_an_outage() {
+    let mut zk = Zk::start();
+    let mut c = Cluster::new(&["d1", "d2"], 46400, Some("127.0.0.1"));
+    c.deploy(&web(2));
+    c.reap_follow();
+    c.announcer(&zk, &["--session-timeout", "2"]);
+    c.healthy();
+    let before = until("two members", Duration::from_secs(20), || {
+        let m = zk_members(&zk);
+        (m.len() == 2).then_some(m)
+    });
+
+    zk.stop();
+    let connect = zk.connect();
+    for args in [
+        vec!["--zk", &connect],
+        vec!["resolve", PATH, "--zk", &connect],
+        vec!["resolve", PATH, "--plain", "--zk", &connect],
+    ] {
+        let started = Instant::now();
+        let out = c.announce(&args);
+        assert_eq!(code(&out), 69, "announce {args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+        assert!(
+            err.contains("unavailable") && err.contains(&connect),
+            "a clear message: {err:?}"
+        );
+        assert_eq!(stdout(&out), "");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "gave up in {:?}",
+            started.elapsed()
+        );
+    }
+
+    // While ZooKeeper is down, instance 0 fails.
+    let pid = c.task("www/prod/hello/0")["pid"].as_u64().unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    until(
+        "instance 0 no longer running",
+        Duration::from_secs(20),
+        || (c.task("www/prod/hello/0")["state"] != "RUNNING").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(3)); // longer than the session timeout
+    zk.restart();
+
+    let after = until(
+        "only instance 1's member after the outage",
+        Duration::from_secs(30),
+        || {
+            let m = zk_members(&zk);
+            (shards(&m) == [1]).then_some(m)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3)); // settled: no duplicate, no late removal
+    assert_eq!(zk_members(&zk), after, "{}", c.said("announce"));
+    assert_eq!(after[0].1, before[1].1);
+    assert_eq!(c.task("www/prod/hello/1")["announced"], true);
+    assert_eq!(c.task("www/prod/hello/0")["announced"], false);
+    // And the one-shot agrees that nothing is missing or stale.
+    let out = c.announce(&["--zk", &connect]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+}
+
+/// The data line zkCli prints for `get NODE`, among its own output.
+fn cli_get(zk: &Zk, node: &str) -> String {
+    let out = zk.cli(&["get", node]);
+    assert_eq!(code(&out), 0, "zkCli get {node}: {}", stderr(&out));
+    let text = stdout(&out);
+    text.lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no data line from zkCli get {node}: {text}"))
+        .to_string()
+}
+
+/// A Finagle client's reading of a member, in Python: prints host:port or fails.
+const FINAGLE_CHECK: &str = r#"
+import json, sys
+m = json.loads(sys.stdin.read())
+assert set(m) == {"serviceEndpoint", "additionalEndpoints", "shard", "status"}, m
+def endpoint(e):
+    assert set(e) == {"host", "port"}, e
+    assert isinstance(e["host"], str) and e["host"], e
+    assert isinstance(e["port"], int) and not isinstance(e["port"], bool), e
+    assert 0 < e["port"] < 65536, e
+    return "%s:%d" % (e["host"], e["port"])
+primary = endpoint(m["serviceEndpoint"])
+assert isinstance(m["additionalEndpoints"], dict), m
+extra = sorted("%s=%s" % (k, endpoint(v)) for k, v in m["additionalEndpoints"].items())
+assert isinstance(m["shard"], int) and m["shard"] >= 0, m
+assert m["status"] == "ALIVE", m
+print(primary, m["shard"], " ".join(extra))
+"#;
+
+#[test]
+fn zk_members_read_by_zookeepers_own_client_are_finagle_members() {
+    let zk = Zk::start();
+    let mut c = Cluster::new(&["r1"], 46500, Some("127.0.0.1"));
+    c.deploy(&web(1));
+    c.reap_follow();
+    c.announcer(&zk, &[]);
+    let t = c.healthy().remove(0);
+    let members = until("a member", Duration::from_secs(20), || {
+        let m = zk_members(&zk);
+        (m.len() == 1).then_some(m)
+    });
+    let node = format!("{PATH}/{}", members[0].0);
+    let line = cli_get(&zk, &node);
+    let check = run(
+        Command::new("python3").args(["-c", FINAGLE_CHECK]),
+        line.as_bytes(),
+    );
+    assert_eq!(code(&check), 0, "{line}: {}", stderr(&check));
+    let (http, admin) = (&t["ports"]["http"], &t["ports"]["admin"]);
+    assert_eq!(
+        stdout(&check),
+        format!("127.0.0.1:{http} 0 admin=127.0.0.1:{admin} http=127.0.0.1:{http}\n")
+    );
+    // The node is ephemeral and sequential, as Finagle's ServerSet makes them.
+    let out = zk.cli(&["stat", &node]);
+    let stat = stdout(&out);
+    assert!(
+        stat.lines()
+            .any(|l| l.starts_with("ephemeralOwner = 0x") && !l.ends_with("= 0x0")),
+        "{stat}"
+    );
+    assert!(
+        members[0].0.len() == "member_".len() + 10,
+        "{}",
+        members[0].0
+    );
+
+    // announce resolve reads the same.
+    let connect = zk.connect();
+    let out = c.announce(&["resolve", PATH, "--zk", &connect]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let data: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        lines(&stdout(&out)),
+        [
+            json!({"type": "endpoint", "member": members[0].0, "shard": 0,
+                "host": "127.0.0.1", "port": http,
+                "additionalEndpoints": data["additionalEndpoints"]})
+        ]
+    );
+    let out = c.announce(&["resolve", PATH, "--plain", "--zk", &connect]);
+    assert_eq!(stdout(&out), format!("127.0.0.1:{http}\n"));
+}
+
+#[test]
+fn zk_one_follower_usage_permissions_and_digest_acls() {
+    let zk = Zk::start();
+    let mut c = Cluster::new(&["a1"], 46600, Some("127.0.0.1"));
+    let connect = zk.connect();
+
+    // A bad --zk value is a usage error.
+    for bad in ["", "/chroot-only", "127.0.0.1:notaport"] {
+        let out = c.announce(&["--zk", bad]);
+        assert_eq!(code(&out), 2, "--zk {bad:?}: {}", stderr(&out));
+    }
+
+    // A digest file others may read is refused, before anything else.
+    let secret = c.path("zk-digest");
+    std::fs::write(&secret, "formic:s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret_arg = secret.to_str().unwrap();
+    for args in [
+        vec!["--zk", &connect, "--zk-digest-file", secret_arg],
+        vec!["--zk", &connect, "--zk-digest-file", secret_arg, "--follow"],
+    ] {
+        let out = c.announce(&args);
+        assert_eq!(code(&out), 77, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    }
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    c.deploy(&web(1));
+    c.reap_follow();
+    c.announcer(&zk, &["--zk-digest-file", secret_arg]);
+    c.healthy();
+    let members = until("a member", Duration::from_secs(20), || {
+        let m = zk_members(&zk);
+        (m.len() == 1).then_some(m)
+    });
+
+    // A second follower on the same state: 75, and the first one's member stays.
+    let out = c.announce(&["--zk", &connect, "--follow"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another announce --follow"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(zk_members(&zk), members);
+
+    // The member's ACL: the digest user may do everything, the world may only read.
+    let node = format!("{PATH}/{}", members[0].0);
+    let out = zk.cli(&["getAcl", &node]);
+    let acl = stdout(&out);
+    let acl_lines: Vec<&str> = acl.lines().skip_while(|l| !l.starts_with('\'')).collect();
+    assert_eq!(acl_lines.len(), 4, "{acl}");
+    assert!(acl_lines[0].starts_with("'digest,'formic:"), "{acl}");
+    assert_eq!(acl_lines[1], ": cdrwa", "{acl}");
+    assert_eq!(acl_lines[2], "'world,'anyone", "{acl}");
+    assert_eq!(acl_lines[3], ": r", "{acl}");
+    // ... and the serverset's own node alike: nobody else adds members.
+    let out = zk.cli(&["getAcl", PATH]);
+    assert!(
+        stdout(&out).contains("'world,'anyone\n: r\n"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Anyone may read it; an unauthenticated client cannot delete it.
+    assert!(cli_get(&zk, &node).contains("\"ALIVE\""));
+    let out = zk.cli(&["delete", &node]);
+    let said = stdout(&out) + &stderr(&out);
+    assert!(
+        said.contains("Insufficient permission") || said.contains("NoAuth"),
+        "{said}"
+    );
+    assert_eq!(zk_members(&zk), members, "the member is still there");
+}
+
+/// Runs `cmd` for at most `limit`: its output, or None (and it killed) if it kept going.
+fn within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+// BUG (announce --follow): a --zk value the ZooKeeper client rejects as malformed
+// (BadArguments, e.g. a port that is not a number) is a usage error for the one-shot run
+// (exit 2) but the follower takes it for an outage and retries for ever ("ZooKeeper at
+// 127.0.0.1:notaport is unavailable: bad arguments: invalid address; retrying"). Expected:
+// exit 2 at once, as the one-shot does. This test fails until that is fixed.
+#[test]
+fn zk_bad_connect_strings_are_usage_errors_for_the_follower_too() {
+    let c = Cluster::new(&["b1"], 46700, Some("127.0.0.1"));
+    for bad in [
+        "",
+        "/chroot-only",
+        "127.0.0.1:notaport",
+        "127.0.0.1:2181/bad//chroot",
+    ] {
+        let out = c.announce(&["--zk", bad]);
+        assert_eq!(code(&out), 2, "--zk {bad:?}: {}", stderr(&out));
+        let out = within(
+            tool("announce", &c.state()).args(["--zk", bad, "--follow"]),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("announce --zk {bad:?} --follow kept running"));
+        assert_eq!(code(&out), 2, "--zk {bad:?} --follow: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    }
 }

@@ -212,13 +212,19 @@ impl Drop for Zk {
     }
 }
 
-/// A port nobody listens on now, from the kernel's ephemeral range.
+/// A port nobody listens on now, from the kernel's ephemeral range, outside the ranges
+/// the tests give their hosts (46000-46999).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !(46000..47000).contains(&port) {
+            return port;
+        }
+    }
 }
 
 fn four_letter(port: u16, word: &str) -> Option<String> {
