@@ -88,7 +88,8 @@ pub struct Backend {
     )]
     pub dir: Option<PathBuf>,
     /// ZooKeeper ensemble instead of files: HOST:PORT[,HOST:PORT...][/CHROOT]
-    #[arg(long, env = "FORMIC_ZK", value_name = "CONNECT", global = true)]
+    #[arg(long, env = "FORMIC_ZK", value_name = "CONNECT", global = true,
+          value_parser = parse_connect)]
     pub zk: Option<String>,
     /// Authenticate to ZooKeeper with the digest USER:PASSWORD read from this file (mode
     /// 0600 or stricter), and create members readable by all, writable only by that user
@@ -105,6 +106,29 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
         Ok(t) if (0.1..=3600.0).contains(&t) => Ok(t),
         _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
     }
+}
+
+/// A ZooKeeper connect string: HOST[:PORT] parts (port 2181 when left out), then an
+/// optional chroot path.
+fn parse_connect(s: &str) -> Result<String, String> {
+    let (hosts, chroot) = s.split_at(s.find('/').unwrap_or(s.len()));
+    let bad = |why: String| format!("{s:?} is not HOST:PORT[,HOST:PORT...][/CHROOT]: {why}");
+    if hosts.is_empty() {
+        return Err(bad("no host".into()));
+    }
+    for part in hosts.split(',') {
+        let (host, port) = part.rsplit_once(':').unwrap_or((part, "2181"));
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(bad(format!("bad host {host:?}")));
+        }
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(bad(format!("bad port {port:?}")));
+        }
+    }
+    if !chroot.is_empty() {
+        crate::job::check_announce_path(chroot).map_err(|e| bad(format!("chroot {e}")))?;
+    }
+    Ok(s.to_string())
 }
 
 /// How often a follower looks at the state.
@@ -138,15 +162,16 @@ pub fn run(cli: Cli) -> Result<Status> {
                     Ok(Status::Done)
                 }
                 (None, true) => {
-                    let _lock = follower_lock(&state_path)?;
+                    let mut lock = follower_lock(&state_path)?;
                     let mut files = files::Holder::new(cli.backend.root(&state_path));
-                    follow(&mut state, &mut files, &host_name, &mut out)
+                    follow(&mut state, &mut lock, &mut files, &host_name, &mut out)
                 }
                 (Some(connect), false) => {
                     let settings = zk::Settings::new(&cli.backend, connect)?;
                     let want = members(state.view(), &host_name);
                     let paths = announce_paths(state.view());
-                    let missing = zk::sync(&settings, &want, &paths, &mut out)?;
+                    let follower = follower_session(&state_path);
+                    let missing = zk::sync(&settings, &want, &paths, follower, &mut out)?;
                     out.finish()?;
                     if missing == 0 {
                         return Ok(Status::Done);
@@ -160,10 +185,10 @@ pub fn run(cli: Cli) -> Result<Status> {
                     Ok(Status::Partial)
                 }
                 (Some(connect), true) => {
-                    let _lock = follower_lock(&state_path)?;
+                    let mut lock = follower_lock(&state_path)?;
                     let settings = zk::Settings::new(&cli.backend, connect)?;
                     let mut holder = zk::Holder::new(settings);
-                    follow(&mut state, &mut holder, &host_name, &mut out)
+                    follow(&mut state, &mut lock, &mut holder, &host_name, &mut out)
                 }
             }
         }
@@ -423,6 +448,10 @@ trait Publisher {
     fn leave(&mut self, leaves: &[&Held]) -> Vec<bool>;
     /// Ends publishing: a ZooKeeper session is closed, so its members go at once.
     fn close(&mut self, held: &mut BTreeMap<u32, Held>);
+    /// The ZooKeeper session holding the members, if any.
+    fn session(&self) -> Option<i64> {
+        None
+    }
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -436,6 +465,7 @@ extern "C" fn on_stop(_: nix::libc::c_int) {
 /// state are set to what is held.
 fn follow(
     state: &mut State,
+    lock: &mut File,
     publisher: &mut dyn Publisher,
     this_host: &str,
     out: &mut Out,
@@ -457,6 +487,7 @@ fn follow(
     let mut want = BTreeMap::new();
     let mut want_txid = None;
     let mut last_full = Instant::now();
+    let mut session = None;
     while !STOP.load(Ordering::SeqCst) {
         let started = Instant::now();
         state.refresh()?;
@@ -468,6 +499,10 @@ fn follow(
         }
         let before_tend = held.len();
         let ready = publisher.tend(&mut held, &want);
+        if publisher.session() != session {
+            session = publisher.session();
+            note_session(lock, session)?;
+        }
         if !ready && held.len() != before_tend {
             mark(state, &held)?; // members lost with a session: no stop need wait for them
         }
@@ -588,9 +623,30 @@ fn follower_lock(state: &Path) -> Result<File> {
             ),
         ));
     }
-    f.set_len(0)?;
-    writeln!(f, "{}", std::process::id())?;
+    note_session(&mut f, None)?;
     Ok(f)
+}
+
+/// The lock file says who holds it: `PID [SESSION]`, the session in hex once there is one,
+/// so that a one-shot run leaves the follower's own nodes to the follower.
+fn note_session(lock: &mut File, session: Option<i64>) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut line = std::process::id().to_string();
+    if let Some(s) = session {
+        line.push_str(&format!(" {s:x}"));
+    }
+    lock.set_len(0)?;
+    lock.seek(SeekFrom::Start(0))?;
+    writeln!(lock, "{line}").context("writing the announce lock file")
+}
+
+/// The ZooKeeper session of the running follower, if one runs and has one.
+fn follower_session(state: &Path) -> Option<i64> {
+    if !follower_alive(state) {
+        return None;
+    }
+    let text = std::fs::read_to_string(follower_lock_path(state)).ok()?;
+    i64::from_str_radix(text.split_whitespace().nth(1)?, 16).ok()
 }
 
 fn follower_lock_path(state: &Path) -> PathBuf {

@@ -37,12 +37,6 @@ pub struct Settings {
 
 impl Settings {
     pub fn new(backend: &Backend, connect: &str) -> Result<Settings> {
-        if connect.is_empty() || connect.starts_with('/') {
-            return Err(fail(
-                Status::Usage,
-                format!("--zk {connect:?}: expected HOST:PORT[,HOST:PORT...][/CHROOT]"),
-            ));
-        }
         let digest = match &backend.zk_digest_file {
             None => None,
             Some(file) => Some(read_digest(file)?),
@@ -193,11 +187,13 @@ pub fn resolve(settings: &Settings, path: &str) -> Result<Vec<Endpoint>> {
 }
 
 /// One-shot: removes every member no task accounts for, and counts the wanted members that
-/// are missing (only a follower's session can hold them).
+/// are missing (only a follower's session can hold them). The nodes of the running
+/// follower's session are its own to manage: it may be ahead of the state read here.
 pub fn sync(
     settings: &Settings,
     want: &BTreeMap<u32, Member>,
     paths: &[String],
+    follower: Option<i64>,
     out: &mut Out,
 ) -> Result<usize> {
     let client = settings.connect_once()?;
@@ -212,13 +208,15 @@ pub fn sync(
         let nodes = read_members(&client, path)
             .map_err(|e| settings.trouble(e))?
             .unwrap_or_default();
-        let (keep, stale): (Vec<_>, Vec<_>) = nodes
-            .into_iter()
-            .partition(|(_, data, _)| wanted.contains_key(&(path, &data[..])));
+        let (keep, stale): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|(_, data, owner)| {
+            wanted.contains_key(&(path, &data[..])) || Some(*owner) == follower
+        });
         let mut seen = HashSet::new();
         present += keep
             .iter()
-            .filter(|(_, data, _)| seen.insert(data.clone()))
+            .filter(|(_, data, _)| {
+                wanted.contains_key(&(path, &data[..])) && seen.insert(data.clone())
+            })
             .count();
         let gone = pipelined(
             stale
@@ -274,7 +272,7 @@ impl Holder {
         }
     }
 
-    fn session(&self) -> i64 {
+    fn session_id(&self) -> i64 {
         self.client.as_ref().map_or(0, |c| c.session_id().0)
     }
 
@@ -286,7 +284,7 @@ impl Holder {
                     // Every ephemeral node of the session is gone with it.
                     eprintln!(
                         "announce: ZooKeeper session {:#x} ended ({:?}); re-creating {} members",
-                        self.session(),
+                        self.session_id(),
                         c.state(),
                         held.len()
                     );
@@ -305,7 +303,7 @@ impl Holder {
                 eprintln!(
                     "announce: connected to ZooKeeper at {} (session {:#x})",
                     self.settings.connect,
-                    self.session()
+                    self.session_id()
                 );
                 self.down = false;
                 self.backoff = Duration::from_millis(100);
@@ -337,7 +335,7 @@ impl Holder {
         held: &mut BTreeMap<u32, Held>,
         want: &BTreeMap<u32, Member>,
     ) -> Result<(), Error> {
-        let session = self.session();
+        let session = self.session_id();
         let client = self.client.as_ref().expect("a session is open");
         let Some(nodes) = read_members(client, path)? else {
             held.retain(|_, h| h.member.path != path);
@@ -442,11 +440,11 @@ impl Publisher for Holder {
         if !self.ensure_session(held) {
             return false;
         }
-        if self.session() != self.verified_session {
+        if self.session_id() != self.verified_session {
             // A new session: whatever a former one left is checked, path by path.
             self.unsure.extend(want.values().map(|m| m.path.clone()));
             self.made.clear();
-            self.verified_session = self.session();
+            self.verified_session = self.session_id();
         }
         if self.client.as_ref().map(Client::state) != Some(SessionState::SyncConnected) {
             return false;
@@ -527,6 +525,10 @@ impl Publisher for Holder {
             self.note(&path, "removing a member", &e);
         }
         gone
+    }
+
+    fn session(&self) -> Option<i64> {
+        self.client.as_ref().map(|c| c.session_id().0)
     }
 
     fn close(&mut self, held: &mut BTreeMap<u32, Held>) {
