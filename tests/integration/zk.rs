@@ -119,7 +119,7 @@ impl Zk {
             .unwrap_or_else(|e| panic!("starting ZooKeeper (java): {e}"));
         let start = Instant::now();
         loop {
-            if ruok(self.port) {
+            if ruok(self.port) && serving(self.port) {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -162,13 +162,24 @@ impl Zk {
     }
 
     /// ZooKeeper's own command line client, one command: `zkCli.sh -server HOST:PORT ARGS`.
+    /// zkCli runs its command without waiting for its session, so a command that lost the
+    /// race with the connection (ConnectionLoss) is run again, a few times at most.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(CLI);
-        cmd.arg("-server").arg(self.connect()).args(args);
-        // zkCli's logging goes to the console or nowhere; keep its files out of /var/log.
-        cmd.env("ZOO_LOG_DIR", self.dir.path())
-            .env("CLIENT_JVMFLAGS", "-Xmx128m");
-        crate::common::run(&mut cmd, b"")
+        let mut tries = 0;
+        loop {
+            let mut cmd = Command::new(CLI);
+            cmd.arg("-server").arg(self.connect()).args(args);
+            // zkCli's logging goes to the console or nowhere; keep its files out of /var/log.
+            cmd.env("ZOO_LOG_DIR", self.dir.path())
+                .env("CLIENT_JVMFLAGS", "-Xmx128m");
+            let out = crate::common::run(&mut cmd, b"");
+            tries += 1;
+            let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            if tries == 5 || !said.contains("ConnectionLoss") {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// A client of our own for checking what the server holds (a session per call).
@@ -241,6 +252,12 @@ fn ruok(port: u16) -> bool {
     four_letter(port, "ruok").as_deref() == Some("imok")
 }
 
+/// Whether the server serves clients: `ruok` answers as soon as the port is open, while
+/// sessions are refused until the database is loaded; `srvr` tells the two apart.
+fn serving(port: u16) -> bool {
+    four_letter(port, "srvr").is_some_and(|a| a.contains("Mode: standalone"))
+}
+
 #[test]
 fn a_server_starts_answers_stops_and_restarts_with_its_data() {
     let mut zk = Zk::start();
@@ -248,7 +265,8 @@ fn a_server_starts_answers_stops_and_restarts_with_its_data() {
     assert_eq!(
         crate::common::code(&out),
         0,
-        "{}",
+        "{}{}",
+        crate::common::stdout(&out),
         crate::common::stderr(&out)
     );
     zk.stop();
