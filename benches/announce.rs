@@ -297,6 +297,34 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
     let mut announce: Vec<AnnounceRun> = Vec::new();
     let mut raw: HashMap<&'static str, Vec<RawRun>> = HashMap::new();
     let mut data_size = 0;
+    // The server is a JVM: its first 10,000 creates run mostly interpreted. One pass of
+    // each pipelined kind first, not counted.
+    {
+        let work = dir.join("join-warmup");
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).unwrap();
+        let _sweep = Sweep(work.clone());
+        let path = "/bench/warmup/announce";
+        let state = work.join("state");
+        let data = fill_join_state(&state, path);
+        let a = announce_join(&work, &state, zk, &checker, path, &data);
+        let w = raw_creates(zk, &checker, "/bench/warmup/window", &data, Measure::Window);
+        let b = raw_creates(
+            zk,
+            &checker,
+            "/bench/warmup/batches",
+            &data,
+            Measure::Batches,
+        );
+        println!(
+            "warm-up, not counted: announce {:.0} ms, raw window {:.0} ms, raw batches {:.0} ms",
+            a.last, w.creates, b.creates
+        );
+        if std::env::var_os("FORMIC_BENCH_DIR").is_none() {
+            drop(_sweep);
+            let _ = fs::remove_dir_all(&work);
+        }
+    }
     for r in 0..rounds {
         let work = dir.join(format!("join-{r}"));
         let _ = fs::remove_dir_all(&work);
@@ -363,6 +391,13 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
         .map(|(a, x)| x.creates / a.last)
         .collect();
     let ratio = med(ratios.clone());
+    // Against the faster of the two pipelined loops, round by round: the stricter ratio.
+    let best: Vec<f64> = announce
+        .iter()
+        .zip(raw["window"].iter().zip(&raw["batches"]))
+        .map(|(a, (w, b))| w.creates.min(b.creates) / a.last)
+        .collect();
+    let best_ratio = med(best.clone());
     println!(
         "join, medians of {rounds} rounds ({MEMBERS} creates each, member data {data_size} bytes on average):"
     );
@@ -401,6 +436,14 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
             .collect::<Vec<_>>()
             .join(", "),
         verdict(ratio >= 0.80)
+    );
+    println!(
+        "  announce / the faster raw pipelined loop of each round (rates): {best_ratio:.2} (rounds: {})  {}",
+        best.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        verdict(best_ratio >= 0.80)
     );
     close(checker);
 }
