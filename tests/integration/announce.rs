@@ -164,6 +164,32 @@ impl Cluster {
         self.daemon("announce", "announce", &args)
     }
 
+    /// Waits until the members in ZooKeeper are as `want` says; fails after 30 s (session
+    /// timeouts, backoff and a loaded machine) showing what announce and the state say.
+    fn members_until(
+        &self,
+        zk: &Zk,
+        what: &str,
+        want: impl Fn(&[(String, Value)]) -> bool,
+    ) -> Vec<(String, Value)> {
+        until_or(
+            what,
+            Duration::from_secs(30),
+            || {
+                let m = zk_members(zk);
+                want(&m).then_some(m)
+            },
+            || {
+                format!(
+                    "members: {:?}\ntasks: {:?}\nannounce said:\n{}",
+                    zk_members(zk),
+                    self.tasks(),
+                    self.said("announce")
+                )
+            },
+        )
+    }
+
     /// Task directories (those holding spec.json) of every host.
     fn task_dirs(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
@@ -225,13 +251,27 @@ fn lines(text: &str) -> Vec<Value> {
 }
 
 /// Polls `f` until it gives a value; fails naming `what` after `limit`.
-fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+fn until<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    until_or(what, limit, f, String::new)
+}
+
+/// [`until`], with `context()` in the failure message.
+fn until_or<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        assert!(
+            start.elapsed() < limit,
+            "not within {limit:?}: {what}\n{}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -500,10 +540,7 @@ fn zk_no_member_before_the_health_check_first_passes() {
     assert_eq!(c.task(task)["healthy"], false);
     // The check passes: the member appears.
     std::fs::write(www.join("ready"), "ok").unwrap();
-    let members = until("a member once healthy", Duration::from_secs(20), || {
-        let m = zk_members(&zk);
-        (!m.is_empty()).then_some(m)
-    });
+    let members = c.members_until(&zk, "a member once healthy", |m| !m.is_empty());
     assert_eq!(shards(&members), [0]);
     assert_eq!(members[0].1, finagle("127.0.0.1", &c.task(task)));
 }
@@ -542,10 +579,7 @@ fn zk_members_follow_health_failure_and_leave_before_a_graceful_stop() {
     let tasks = c.healthy();
 
     // Healthy and running: one member each, marked announced in the state.
-    let members = until("two members", Duration::from_secs(20), || {
-        let m = zk_members(&zk);
-        (m.len() == 2).then_some(m)
-    });
+    let members = c.members_until(&zk, "two members", |m| m.len() == 2);
     assert_eq!(shards(&members), [0, 1], "{}", c.said("announce"));
     for ((_, data), t) in members.iter().zip(&tasks) {
         assert_eq!(*data, finagle("127.0.0.1", t));
@@ -564,9 +598,7 @@ fn zk_members_follow_health_failure_and_leave_before_a_graceful_stop() {
     // Failure: instance 0's process is killed; its member goes, instance 1's stays.
     let pid = c.task("www/prod/hello/0")["pid"].as_u64().unwrap();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-    until("instance 0's member gone", Duration::from_secs(20), || {
-        (shards(&zk_members(&zk)) == [1]).then_some(())
-    });
+    c.members_until(&zk, "instance 0's member gone", |m| shards(m) == [1]);
     assert_ne!(c.task("www/prod/hello/0")["state"], "RUNNING");
     assert_eq!(
         zk_members(&zk)[0],
@@ -627,21 +659,16 @@ fn zk_members_come_back_once_after_a_forced_session_expiry() {
     c.reap_follow();
     let announcer = c.announcer(&zk, &["--session-timeout", "1"]);
     c.healthy();
-    let before = until("three members", Duration::from_secs(20), || {
-        let m = zk_members(&zk);
-        (m.len() == 3).then_some(m)
-    });
+    let before = c.members_until(&zk, "three members", |m| m.len() == 3);
     assert_eq!(shards(&before), [0, 1, 2]);
 
     // The announcer freezes past its session timeout: the server expires the session and
     // its ephemeral members with it.
     kill(Pid::from_raw(announcer as i32), Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
-    until(
-        "members gone with the expired session",
-        Duration::from_secs(20),
-        || zk_members(&zk).is_empty().then_some(()),
-    );
+    c.members_until(&zk, "members gone with the expired session", |m| {
+        m.is_empty()
+    });
     // Expiry counts from the session's last ping, up to a third of the timeout before the
     // stop; gone much sooner would mean something else removed them.
     assert!(
@@ -653,15 +680,8 @@ fn zk_members_come_back_once_after_a_forced_session_expiry() {
     kill(Pid::from_raw(announcer as i32), Signal::SIGCONT).unwrap();
 
     // It notices, opens a new session and announces every instance again: exactly once.
-    let after = until(
-        "three members again",
-        // session timeout + backoff, with room for a loaded machine
-        Duration::from_secs(20),
-        || {
-            let m = zk_members(&zk);
-            (m.len() >= 3).then_some(m)
-        },
-    );
+    // Session timeout + backoff, with room for a loaded machine.
+    let after = c.members_until(&zk, "three members again", |m| m.len() >= 3);
     std::thread::sleep(Duration::from_secs(2)); // a late duplicate would show by now
     let settled = zk_members(&zk);
     assert_eq!(shards(&settled), [0, 1, 2], "{}", c.said("announce"));
@@ -685,10 +705,7 @@ fn zk_down_exits_69_and_the_follower_converges_after_an_outage() {
     c.reap_follow();
     c.announcer(&zk, &["--session-timeout", "2"]);
     c.healthy();
-    let before = until("two members", Duration::from_secs(20), || {
-        let m = zk_members(&zk);
-        (m.len() == 2).then_some(m)
-    });
+    let before = c.members_until(&zk, "two members", |m| m.len() == 2);
 
     zk.stop();
     let connect = zk.connect();
@@ -725,14 +742,9 @@ fn zk_down_exits_69_and_the_follower_converges_after_an_outage() {
     std::thread::sleep(Duration::from_secs(3)); // longer than the session timeout
     zk.restart();
 
-    let after = until(
-        "only instance 1's member after the outage",
-        Duration::from_secs(30),
-        || {
-            let m = zk_members(&zk);
-            (shards(&m) == [1]).then_some(m)
-        },
-    );
+    let after = c.members_until(&zk, "only instance 1's member after the outage", |m| {
+        shards(m) == [1]
+    });
     std::thread::sleep(Duration::from_secs(3)); // settled: no duplicate, no late removal
     assert_eq!(zk_members(&zk), after, "{}", c.said("announce"));
     assert_eq!(after[0].1, before[1].1);
@@ -782,10 +794,7 @@ fn zk_members_read_by_zookeepers_own_client_are_finagle_members() {
     c.reap_follow();
     c.announcer(&zk, &[]);
     let t = c.healthy().remove(0);
-    let members = until("a member", Duration::from_secs(20), || {
-        let m = zk_members(&zk);
-        (m.len() == 1).then_some(m)
-    });
+    let members = c.members_until(&zk, "a member", |m| m.len() == 1);
     let node = format!("{PATH}/{}", members[0].0);
     let line = cli_get(&zk, &node);
     let check = run(
@@ -861,10 +870,7 @@ fn zk_one_follower_usage_permissions_and_digest_acls() {
     c.reap_follow();
     c.announcer(&zk, &["--zk-digest-file", secret_arg]);
     c.healthy();
-    let members = until("a member", Duration::from_secs(20), || {
-        let m = zk_members(&zk);
-        (m.len() == 1).then_some(m)
-    });
+    let members = c.members_until(&zk, "a member", |m| m.len() == 1);
 
     // A second follower on the same state: 75, and the first one's member stays.
     let out = c.announce(&["--zk", &connect, "--follow"]);
