@@ -24,9 +24,9 @@
 //! announce block, `reap --follow` and `announce --zk --follow` running; 20 times, a task is
 //! SIGKILLed (pid from `reap tasks`) and timed until its member node is gone from ZooKeeper
 //! (polled with `exists` every 2 ms), and until reap's event and announce's leave line. Both
-//! followers poll the state every 50 ms; reap --follow is restarted 150-200 ms before each
-//! kill, so the kills see many phases between the two (started together, they would keep
-//! one). FORMIC_BENCH_VERBOSE=1 prints each kill's timings and the lines timed.
+//! followers poll the state every 50 ms; reap --follow is restarted before each kill, at
+//! another phase of announce's polls each time, so the kills see many phases between the two
+//! (started together, they would keep one). FORMIC_BENCH_VERBOSE=1 prints each kill's timings and the lines timed.
 //!
 //! Every process the bench starts works in a directory under the bench directory; each
 //! section's processes are killed at its end (also on a panic), the ZooKeeper server at the
@@ -788,16 +788,15 @@ fn death_section(dir: &Path, zk: &ZkServer) {
     let mut left = Vec::new();
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     for k in 0..KILLS {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
         // Both followers poll every 50 ms; started together, they would stay in phase, and
         // every kill would see the same lag from reap's commit to announce's next look. So
-        // reap --follow is restarted before each kill, 150-200 ms before it: each kill sees
-        // another phase between the two.
+        // reap --follow is restarted before each kill, at another phase of announce's polls
+        // each time: the loop comes here just after announce's look that removed the last
+        // member, and waits 0-49 ms (37k mod 50: 20 different pauses) before the restart.
+        std::thread::sleep(Duration::from_millis((k as u64 * 37) % 50));
         stop(&mut reap, "reap");
         (reap, reap_lines) = spawn_reap();
-        std::thread::sleep(Duration::from_micros(150_000 + rng % 50_000));
+        std::thread::sleep(Duration::from_millis(200));
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -875,9 +874,9 @@ fn death_section(dir: &Path, zk: &ZkServer) {
     let (reaped, left) = (some(&reaped), some(&left));
     let max = gone[KILLS - 1];
     println!(
-        "death: SIGKILL of a task -> its member node gone from ZooKeeper (polled every {} ms), {KILLS} kills among {INSTANCES} members ({} s until all were members)",
+        "death: SIGKILL of a task -> its member node gone from ZooKeeper (polled every {} ms), {KILLS} kills among {INSTANCES} members ({:.1} s from the followers' start until all were members)",
         POLL.as_millis(),
-        all_members.as_secs_f64().round()
+        all_members.as_secs_f64()
     );
     println!(
         "  median {:.1} ms, p90 {:.1} ms, max {max:.1} ms, min {:.1} ms  target < 1 s  {}",
