@@ -792,8 +792,42 @@ fn zk_members_read_by_zookeepers_own_client_are_finagle_members() {
     let mut c = Cluster::new(&["r1"], 46500, Some("127.0.0.1"));
     c.deploy(&web(1));
     c.reap_follow();
-    c.announcer(&zk, &[]);
     let t = c.healthy().remove(0);
+    let connect = zk.connect();
+
+    // Without a follower, a one-shot run removes a stale member (here one that zkCli
+    // wrote) and says the healthy instance is missing: only a session can hold it.
+    let stale = finagle(
+        "10.9.9.9",
+        &json!({"ports": {"http": 1, "admin": 2}, "instance": 5}),
+    );
+    let out = zk.cli(&["create", "/formic"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for p in ["/formic/www", "/formic/www/prod", PATH] {
+        zk.cli(&["create", p]);
+    }
+    let out = zk.cli(&[
+        "create",
+        &format!("{PATH}/member_0000000099"),
+        &stale.to_string(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(zk.members(PATH).len(), 1);
+    let out = c.announce(&["--zk", &connect]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(
+        lines(&stdout(&out)),
+        [
+            json!({"type": "member", "op": "leave", "task": "", "path": PATH,
+                "member": "member_0000000099", "endpoint": "10.9.9.9:1"})
+        ]
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("missing"), "{err}");
+    assert_eq!(zk.members(PATH), []);
+
+    c.announcer(&zk, &[]);
     let members = c.members_until(&zk, "a member", |m| m.len() == 1);
     let node = format!("{PATH}/{}", members[0].0);
     let line = cli_get(&zk, &node);
@@ -822,7 +856,6 @@ fn zk_members_read_by_zookeepers_own_client_are_finagle_members() {
     );
 
     // announce resolve reads the same.
-    let connect = zk.connect();
     let out = c.announce(&["resolve", PATH, "--zk", &connect]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let data: Value = serde_json::from_str(&line).unwrap();
@@ -956,4 +989,44 @@ fn zk_bad_connect_strings_are_usage_errors_for_the_follower_too() {
             stderr(&out)
         );
     }
+}
+
+#[test]
+fn zk_a_frozen_announcer_holds_a_graceful_stop_back_at_most_five_seconds() {
+    let zk = Zk::start();
+    let mut c = Cluster::new(&["g1"], 46800, Some("127.0.0.1"));
+    let terms = c.path("terms");
+    std::fs::create_dir(&terms).unwrap();
+    c.deploy(&web_logging_sigterm(&terms, 1));
+    c.reap_follow();
+    let announcer = c.announcer(&zk, &[]);
+    c.healthy();
+    c.members_until(&zk, "a member", |m| m.len() == 1);
+    until("the task marked announced", Duration::from_secs(10), || {
+        (c.task("www/prod/hello/0")["announced"] == true).then_some(())
+    });
+    // The announcer cannot take the instance out of discovery; the stop still happens,
+    // once reap has waited its 5 s for the leave.
+    kill(Pid::from_raw(announcer as i32), Signal::SIGSTOP).unwrap();
+    let asked = now();
+    let out = run(
+        tool("reap", &c.state()).args(["kill", "www/prod/hello/0"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let term_at: f64 = until("the task got SIGTERM", Duration::from_secs(30), || {
+        std::fs::read_to_string(terms.join("term-0"))
+            .ok()?
+            .parse()
+            .ok()
+    });
+    let waited = term_at - asked;
+    assert!(
+        (4.5..15.0).contains(&waited),
+        "SIGTERM {waited:.2} s after reap kill; expected the 5 s leave wait, then the stop"
+    );
+    kill(Pid::from_raw(announcer as i32), Signal::SIGCONT).unwrap();
+    c.members_until(&zk, "the member gone once the announcer runs again", |m| {
+        m.is_empty()
+    });
 }
