@@ -428,22 +428,28 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
         "  raw, one at a time                 {s:>7.0} ms  {:>7.0} members/s",
         rate(s)
     );
-    println!(
-        "  announce / raw window (rates): {ratio:.2} (rounds: {})  target >= 0.80  {}",
-        ratios
-            .iter()
+    // The target's ratio is that of the medians (each measure's median rate); the median
+    // of the per-round ratios is shown too. On a noisy machine the measures of one round are
+    // seconds apart, so pairing them by round does not cancel the noise.
+    let joined = |xs: &[f64]| {
+        xs.iter()
             .map(|x| format!("{x:.2}"))
             .collect::<Vec<_>>()
-            .join(", "),
-        verdict(ratio >= 0.80)
+            .join(", ")
+    };
+    let of_medians = w / a_last;
+    println!(
+        "  announce / raw window (rates), ratio of the medians: {of_medians:.2}  target >= 0.80  {}",
+        verdict(of_medians >= 0.80)
     );
     println!(
-        "  announce / the faster raw pipelined loop of each round (rates): {best_ratio:.2} (rounds: {})  {}",
-        best.iter()
-            .map(|x| format!("{x:.2}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        verdict(best_ratio >= 0.80)
+        "    median of the per-round ratios {ratio:.2} (rounds: {})",
+        joined(&ratios)
+    );
+    println!(
+        "  announce / raw batches (rates), ratio of the medians: {:.2}; announce / the faster pipelined loop of each round, median {best_ratio:.2} (rounds: {})",
+        b / a_last,
+        joined(&best)
     );
     close(checker);
 }
@@ -874,9 +880,9 @@ fn death_section(dir: &Path, zk: &ZkServer) {
     let (reaped, left) = (some(&reaped), some(&left));
     let max = gone[KILLS - 1];
     println!(
-        "death: SIGKILL of a task -> its member node gone from ZooKeeper (polled every {} ms), {KILLS} kills among {INSTANCES} members ({:.1} s from the followers' start until all were members)",
+        "death: SIGKILL of a task -> its member node gone from ZooKeeper (polled every {} ms), {KILLS} kills among {INSTANCES} members (all were members {:.0} ms after the followers' start)",
         POLL.as_millis(),
-        all_members.as_secs_f64()
+        ms(all_members)
     );
     println!(
         "  median {:.1} ms, p90 {:.1} ms, max {max:.1} ms, min {:.1} ms  target < 1 s  {}",
