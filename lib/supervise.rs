@@ -310,9 +310,17 @@ pub fn run(dir: &Path) -> Result<Status> {
                     command_ok(h, &spec, dir)
                 };
                 status.health_failures = if ok { 0 } else { status.health_failures + 1 };
-                let healthy = status.health_failures < h.failures;
-                if status.healthy != Some(healthy) || !ok {
-                    status.healthy = Some(healthy);
+                // Healthy from the first check that passes (not before: a task not yet
+                // answering must not be announced); unhealthy after `failures` in a row.
+                let healthy = if ok {
+                    Some(true)
+                } else if status.health_failures >= h.failures {
+                    Some(false)
+                } else {
+                    status.healthy
+                };
+                if status.healthy != healthy || !ok {
+                    status.healthy = healthy;
                     status.write(dir)?;
                 }
                 next_check = Some(Instant::now() + secs(h.interval_s));

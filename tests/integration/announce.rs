@@ -500,11 +500,8 @@ fn web_ready_when(www: &Path, instances: u32) -> String {
         + "\n"
 }
 
-// BUG (supervise/reap, not announce itself): a task whose health check has never passed
-// is recorded healthy after its first failed check, because the supervisor reports
-// healthy = (consecutive failures < "failures") and reap copies it; announce then
-// publishes an instance that answers 404 on its health check. Expected: healthy only
-// once a check has passed. This test fails until that is fixed.
+// A task whose health check has never passed is not healthy, so not announced: it was once
+// recorded healthy after its first failed check (failures below the threshold).
 #[test]
 fn zk_no_member_before_the_health_check_first_passes() {
     let zk = Zk::start();
