@@ -119,24 +119,20 @@ fn block_on<F: Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
 }
 
-/// Runs requests with at most [`WINDOW`] in flight, answers in order.
+/// Runs requests with at most [`WINDOW`] in flight, answers in order. The window slides: a
+/// request is made (and so sent) as soon as an earlier one is answered, so the pipeline
+/// never drains between batches.
 fn pipelined<I, F>(requests: I) -> Vec<F::Output>
 where
     I: IntoIterator<Item = F>,
     F: Future,
 {
-    let mut answers = Vec::new();
-    let mut batch = Vec::with_capacity(WINDOW);
-    for r in requests {
-        batch.push(r);
-        if batch.len() == WINDOW {
-            answers.extend(block_on(futures::future::join_all(std::mem::take(
-                &mut batch,
-            ))));
-        }
-    }
-    answers.extend(block_on(futures::future::join_all(batch)));
-    answers
+    use futures::stream::StreamExt;
+    block_on(
+        futures::stream::iter(requests)
+            .buffered(WINDOW)
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn node_path(path: &str, node: &str) -> String {

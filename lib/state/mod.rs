@@ -358,7 +358,11 @@ impl State {
             dirty: BTreeSet::new(),
             opts,
         };
-        state.read_consistent()?;
+        if writable {
+            state.under_shared_lock(State::load)?;
+        } else {
+            state.read_consistent()?;
+        }
         Ok(state)
     }
 
@@ -473,12 +477,17 @@ impl State {
     /// under a shared lock if checkpoints keep moving underneath.
     fn read_consistent(&mut self) -> Result<()> {
         if self.writable {
-            let lock = self.lock.take().expect("writers hold a lock file");
-            let r = lock_file(&lock, true, self.opts.lock_timeout, &self.path)
-                .and_then(|()| self.load());
-            let _ = lock.unlock();
-            self.lock = Some(lock);
-            return r;
+            // A writer keeps its view (a follower polls every few milliseconds): it replays
+            // only the journal entries committed since it last looked, under a shared lock
+            // so that no commit is half-written meanwhile. A checkpoint since (caught by
+            // catch_up), or one a crash interrupted, means reading the files again.
+            return self.under_shared_lock(|s| {
+                if s.read_seq()? % 2 == 1 {
+                    s.load()
+                } else {
+                    s.catch_up()
+                }
+            });
         }
         for attempt in 0..4u64 {
             let before = self.read_seq()?;
@@ -487,11 +496,16 @@ impl State {
             }
             std::thread::sleep(Duration::from_millis(attempt * 5));
         }
-        let Some(lock) = self.lock.take() else {
+        if self.lock.is_none() {
             return self.load();
-        };
+        }
+        self.under_shared_lock(State::load)
+    }
+
+    fn under_shared_lock(&mut self, read: impl FnOnce(&mut State) -> Result<()>) -> Result<()> {
+        let lock = self.lock.take().expect("a lock file to take");
         let r =
-            lock_file(&lock, false, self.opts.lock_timeout, &self.path).and_then(|()| self.load());
+            lock_file(&lock, false, self.opts.lock_timeout, &self.path).and_then(|()| read(self));
         let _ = lock.unlock();
         self.lock = Some(lock);
         r

@@ -166,3 +166,42 @@ fn a_reader_cannot_write() {
         Status::Usage
     );
 }
+
+/// A writer that follows (refreshes between its own commits) sees every commit of another
+/// writer, whether its journal was replayed or a checkpoint folded it meanwhile.
+#[test]
+fn a_following_writer_sees_each_commit_through_journal_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    for checkpoint_bytes in [1, 8 << 20] {
+        let opts = Options {
+            checkpoint_bytes,
+            ..Options::default()
+        };
+        let mut a = State::open_with(&path, opts.clone(), true).unwrap();
+        let mut b = State::open_with(&path, opts, true).unwrap();
+        for i in 0..20 {
+            let name = format!("{checkpoint_bytes}-{i}");
+            a.write(|tx| {
+                tx.upsert(host(&name, 1000 + i));
+                Ok(())
+            })
+            .unwrap();
+            b.refresh().unwrap();
+            assert_eq!(names(&b), names(&a), "after {name}");
+            assert_eq!(b.view().txid, a.view().txid);
+            // And b's own commit lands on top of what it has caught up with.
+            b.write(|tx| {
+                let slot = tx.view().hosts.find(&name).unwrap();
+                let mut h = tx.view().hosts.get(slot).unwrap().clone();
+                h.cpus += 1;
+                tx.set(slot, Some(h));
+                Ok(())
+            })
+            .unwrap();
+            a.refresh().unwrap();
+            let slot = a.view().hosts.find(&name).unwrap();
+            assert_eq!(a.view().hosts.get(slot).unwrap().cpus, 1001 + i);
+        }
+    }
+}
