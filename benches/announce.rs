@@ -18,7 +18,7 @@
 //! - batches: batches of 2,000 awaited together (how announce pipelines);
 //! - serial: one create awaited at a time (for reference).
 //!
-//! Rounds (FORMIC_BENCH_ROUNDS, default 3) alternate the order; figures are medians.
+//! Rounds (FORMIC_BENCH_ROUNDS, default 9) alternate the order; figures are medians.
 //!
 //! `death`: a real cluster (`offer add`, `pack`, `launch`) of 20 `sleep` instances with an
 //! announce block, `reap --follow` and `announce --zk --follow` running; 20 times, a task is
@@ -76,7 +76,7 @@ fn main() {
     let rounds: usize = std::env::var("FORMIC_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(9)
         .max(1);
     // FORMIC_BENCH_DIR keeps the files (states, task directories, logs); else a temporary
     // directory.

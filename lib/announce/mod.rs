@@ -228,53 +228,83 @@ fn is_member(t: &Task) -> bool {
 
 /// The members the state asks for, by task slot.
 pub fn members(view: &View, this_host: &str) -> BTreeMap<u32, Member> {
-    let mut jobs: HashMap<u32, Option<&Job>> = HashMap::new();
+    // A fleet's members share few jobs and hosts: their JSON pieces are made once each.
+    let mut jobs: HashMap<u32, Option<(&Job, Vec<String>)>> = HashMap::new();
+    let mut hosts: HashMap<u32, Option<(String, String)>> = HashMap::new();
     let mut out = BTreeMap::new();
     for (slot, t) in view.tasks.iter() {
         if !is_member(t) {
             continue;
         }
-        let job = *jobs
-            .entry(t.job)
-            .or_insert_with(|| view.jobs.get(t.job).filter(|j| j.announce.is_some()));
-        let (Some(job), Some(host)) = (job, view.hosts.get(t.host)) else {
-            continue;
-        };
-        if let Some(m) = member(slot, t, job, host, this_host) {
-            out.insert(slot, m);
+        let job = jobs.entry(t.job).or_insert_with(|| {
+            let job = view.jobs.get(t.job).filter(|j| j.announce.is_some())?;
+            Some((job, job.ports.iter().map(|p| quoted(p)).collect()))
+        });
+        let host = hosts.entry(t.host).or_insert_with(|| {
+            let address = endpoint_host(view.hosts.get(t.host)?, this_host);
+            Some((quoted(&address), address))
+        });
+        if let (Some((job, names)), Some((address_json, address))) = (job, host) {
+            if let Some(m) = render(slot, t, job, names, address_json, address) {
+                out.insert(slot, m);
+            }
         }
     }
     out
 }
 
 fn member(slot: u32, t: &Task, job: &Job, host: &Host, this_host: &str) -> Option<Member> {
-    let announce = job.announce.as_ref()?;
+    let names: Vec<String> = job.ports.iter().map(|p| quoted(p)).collect();
     let address = endpoint_host(host, this_host);
-    let endpoint = |port: u16| json!({"host": address, "port": port});
+    render(slot, t, job, &names, &quoted(&address), &address)
+}
+
+/// A string as a JSON string literal.
+fn quoted(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// The member of task `t`, its JSON written out directly: this runs for every member of a
+/// fleet whenever the state changes. `names` and `address_json` are JSON string literals.
+fn render(
+    slot: u32,
+    t: &Task,
+    job: &Job,
+    names: &[String],
+    address_json: &str,
+    address: &str,
+) -> Option<Member> {
+    use std::fmt::Write as _;
+    let announce = job.announce.as_ref()?;
     let primary = *t.ports.get(announce.primary as usize)?;
     if primary == 0 {
         return None;
     }
-    let additional: Map<String, Value> = job
-        .ports
-        .iter()
-        .zip(t.ports)
-        .filter(|(_, port)| *port != 0)
-        .map(|(name, port)| (name.clone(), endpoint(port)))
-        .collect();
-    let data = json!({
-        "serviceEndpoint": endpoint(primary),
-        "additionalEndpoints": additional,
-        "shard": t.instance,
-        "status": "ALIVE",
-    });
+    let mut data = String::with_capacity(96 + 48 * names.len());
+    let endpoint = |data: &mut String, port: u16| {
+        let _ = write!(data, r#"{{"host":{address_json},"port":{port}}}"#);
+    };
+    data.push_str(r#"{"serviceEndpoint":"#);
+    endpoint(&mut data, primary);
+    data.push_str(r#","additionalEndpoints":{"#);
+    let mut first = true;
+    for (name, port) in names.iter().zip(t.ports).filter(|(_, p)| *p != 0) {
+        if !first {
+            data.push(',');
+        }
+        first = false;
+        data.push_str(name);
+        data.push(':');
+        endpoint(&mut data, port);
+    }
+    let _ = write!(data, r#"}},"shard":{},"status":"ALIVE"}}"#, t.instance);
     Some(Member {
         slot,
         task: format!("{}/{}", job.key, t.instance),
         path: announce.path.clone(),
         shard: t.instance,
         endpoint: format!("{address}:{primary}"),
-        data: serde_json::to_vec(&data).expect("a JSON value serializes"),
+        data: data.into_bytes(),
     })
 }
 
