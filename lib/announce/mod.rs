@@ -253,12 +253,6 @@ pub fn members(view: &View, this_host: &str) -> BTreeMap<u32, Member> {
     out
 }
 
-fn member(slot: u32, t: &Task, job: &Job, host: &Host, this_host: &str) -> Option<Member> {
-    let names: Vec<String> = job.ports.iter().map(|p| quoted(p)).collect();
-    let address = endpoint_host(host, this_host);
-    render(slot, t, job, &names, &quoted(&address), &address)
-}
-
 /// A string as a JSON string literal.
 fn quoted(s: &str) -> String {
     Value::from(s).to_string()
@@ -699,6 +693,13 @@ mod tests {
     use super::*;
     use crate::host::Maintenance;
     use crate::task::Announce;
+
+    /// One task's member, as members() renders it.
+    fn member(slot: u32, t: &Task, job: &Job, host: &Host, this_host: &str) -> Option<Member> {
+        let names: Vec<String> = job.ports.iter().map(|p| quoted(p)).collect();
+        let address = endpoint_host(host, this_host);
+        render(slot, t, job, &names, &quoted(&address), &address)
+    }
 
     fn host(attrs: &[(&str, &str)]) -> Host {
         Host {
