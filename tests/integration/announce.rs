@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::common::{self, code, run, stderr, stdout, tool};
+use crate::common::{self, code, run, stderr, stdout, tasks_under, tool};
 use crate::zk::Zk;
 
 const PATH: &str = "/formic/www/prod/hello";
@@ -192,24 +192,10 @@ impl Cluster {
 
     /// Task directories (those holding spec.json) of every host.
     fn task_dirs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack: Vec<PathBuf> = self
-            .hosts
+        self.hosts
             .iter()
-            .map(|h| rundir::host_root(&self.state(), h))
-            .collect();
-        while let Some(d) = stack.pop() {
-            if d.join("spec.json").exists() {
-                out.push(d);
-                continue;
-            }
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    stack.push(e.path());
-                }
-            }
-        }
-        out
+            .flat_map(|h| tasks_under(&rundir::host_root(&self.state(), h)))
+            .collect()
     }
 }
 

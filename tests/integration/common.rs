@@ -165,3 +165,21 @@ fn child_entry() {
     }
     std::process::exit(0);
 }
+
+/// Task directories (those holding spec.json) below a run root.
+pub fn tasks_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if d.join("spec.json").exists() {
+            out.push(d);
+            continue;
+        }
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}

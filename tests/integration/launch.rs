@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::common::{self, code, run, stderr, stdout, tool};
+use crate::common::{self, code, run, stderr, stdout, tasks_under, tool};
 
 /// A cluster of one local host, h1, in a temporary directory.
 struct Cluster {
@@ -95,24 +95,6 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// Task directories (those holding spec.json) below a run root.
-fn tasks_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if d.join("spec.json").exists() {
-            out.push(d);
-            continue;
-        }
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 fn lines(text: &str) -> Vec<Value> {
