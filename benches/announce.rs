@@ -32,21 +32,26 @@
 //! section's processes are killed at its end (also on a panic), the ZooKeeper server at the
 //! end of the run. The bench is a child subreaper, so it reaps orphaned supervisors and tasks.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use common::{
+    keep_files, lines_of, loadavg, median, ms, package_version, percentile, pipe, schedstat,
+    settle, tool, verdict, Bench, Pauses, Sweep,
+};
 use formic::host::{Host, Maintenance, Transport};
 use formic::state::State;
 use formic::task::{Announce, Job, Task, TaskState};
 use futures::StreamExt;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use zookeeper_client::{Acls, Client, CreateMode};
 
@@ -61,38 +66,16 @@ const KILLS: usize = 20;
 const POLL: Duration = Duration::from_millis(2);
 /// Anything that takes longer has failed.
 const LIMIT: Duration = Duration::from_secs(120);
+/// The pause after each measurement, for its writes to settle.
+const SETTLE: Duration = Duration::from_millis(300);
 
 fn main() {
-    // `cargo bench` passes --bench; test runners that list or smoke-run every target
-    // (`cargo test --all-targets`, nextest's --list) must not start this benchmark.
-    if !std::env::args().any(|a| a == "--bench") {
+    // FORMIC_BENCH_DIR keeps the files (states, task directories, logs).
+    let Some(bench) = Bench::from_args("announce") else {
         return;
-    }
-    let sections: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let want = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
-    let rounds: usize = std::env::var("FORMIC_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(9)
-        .max(1);
-    // FORMIC_BENCH_DIR keeps the files (states, task directories, logs); else a temporary
-    // directory.
-    let tmp = match std::env::var_os("FORMIC_BENCH_DIR") {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("formic-bench-announce-")
-                .tempdir()
-                .unwrap(),
-        ),
     };
-    let dir = std::env::var_os("FORMIC_BENCH_DIR")
-        .map_or_else(|| tmp.as_ref().unwrap().path().to_path_buf(), Into::into);
-    fs::create_dir_all(&dir).unwrap();
-    let dir = fs::canonicalize(&dir).unwrap(); // as /proc/PID/cwd shows it
+    let rounds = common::rounds(9);
+    let dir = bench.dir.clone();
     nix::sys::prctl::set_child_subreaper(true).unwrap();
 
     let zk = ZkServer::start(&dir.join("zk"));
@@ -104,10 +87,10 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg()
     );
-    if want("join") {
+    if bench.want("join") {
         join_section(&dir, &zk, rounds);
     }
-    if want("death") {
+    if bench.want("death") {
         death_section(&dir, &zk);
     }
 }
@@ -300,9 +283,7 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
     // The server is a JVM: its first 10,000 creates run mostly interpreted. One pass of
     // each pipelined kind first, not counted.
     {
-        let work = dir.join("join-warmup");
-        let _ = fs::remove_dir_all(&work);
-        fs::create_dir_all(&work).unwrap();
+        let work = common::fresh_dir(&dir.join("join-warmup"));
         let _sweep = Sweep(work.clone());
         let path = "/bench/warmup/announce";
         let state = work.join("state");
@@ -320,15 +301,13 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
             "warm-up, not counted: announce {:.0} ms, raw window {:.0} ms, raw batches {:.0} ms",
             a.last, w.creates, b.creates
         );
-        if std::env::var_os("FORMIC_BENCH_DIR").is_none() {
+        if !keep_files() {
             drop(_sweep);
             let _ = fs::remove_dir_all(&work);
         }
     }
     for r in 0..rounds {
-        let work = dir.join(format!("join-{r}"));
-        let _ = fs::remove_dir_all(&work);
-        fs::create_dir_all(&work).unwrap();
+        let work = common::fresh_dir(&dir.join(format!("join-{r}")));
         let _sweep = Sweep(work.clone());
         let path = format!("/bench/announce/r{r}");
         let state = work.join("state");
@@ -340,7 +319,7 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
             order.reverse();
         }
         for m in order {
-            settle();
+            settle(SETTLE);
             match m {
                 Measure::Announce => {
                     let a = announce_join(&work, &state, zk, &checker, &path, &data);
@@ -374,7 +353,7 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
                 }
             }
         }
-        if std::env::var_os("FORMIC_BENCH_DIR").is_none() {
+        if !keep_files() {
             drop(_sweep);
             let _ = fs::remove_dir_all(&work);
         }
@@ -509,20 +488,6 @@ fn fill_join_state(state: &Path, path: &str) -> Vec<Vec<u8>> {
     let members = formic::announce::members(s.view(), &host);
     assert_eq!(members.len(), MEMBERS, "members the state asks for");
     members.into_values().map(|m| m.data).collect()
-}
-
-/// Lines of a child's output, each with the moment it was read, from a thread.
-fn lines_of(out: impl Read + Send + 'static) -> Receiver<(Instant, String)> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send((Instant::now(), line)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn announce_join(
@@ -691,11 +656,9 @@ const DEATH_PATH: &str = "/bench/death";
 
 fn death_section(dir: &Path, zk: &ZkServer) {
     println!();
-    let work = dir.join("death");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).unwrap();
+    let work = common::fresh_dir(&dir.join("death"));
     let _sweep = Sweep(work.clone());
-    settle();
+    settle(SETTLE);
     let state = work.join("state");
 
     // The cluster: offer add, offer | pack, launch.
@@ -792,7 +755,7 @@ fn death_section(dir: &Path, zk: &ZkServer) {
     let mut gone = Vec::new();
     let mut reaped = Vec::new();
     let mut left = Vec::new();
-    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut pauses = Pauses::default();
     for k in 0..KILLS {
         // Both followers poll every 50 ms; started together, they would stay in phase, and
         // every kill would see the same lag from reap's commit to announce's next look. So
@@ -803,12 +766,9 @@ fn death_section(dir: &Path, zk: &ZkServer) {
         stop(&mut reap, "reap");
         (reap, reap_lines) = spawn_reap();
         std::thread::sleep(Duration::from_millis(200));
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
         while reap_lines.try_recv().is_ok() {}
         // A pause of 0-50 ms: the kills fall at every phase of reap's and announce's polls.
-        std::thread::sleep(Duration::from_micros(rng % 50_000));
+        std::thread::sleep(pauses.next_pause());
         let task = format!("{JOB}/{k}");
         let pid = pid_of[&task];
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -871,7 +831,6 @@ fn death_section(dir: &Path, zk: &ZkServer) {
         .collect();
     after_reap.sort_by(f64::total_cmp);
     gone.sort_by(f64::total_cmp);
-    let pct = |xs: &[f64], p: f64| xs[((xs.len() - 1) as f64 * p).round() as usize];
     let some = |xs: &[Option<f64>]| {
         let mut v: Vec<f64> = xs.iter().flatten().copied().collect();
         v.sort_by(f64::total_cmp);
@@ -886,8 +845,8 @@ fn death_section(dir: &Path, zk: &ZkServer) {
     );
     println!(
         "  median {:.1} ms, p90 {:.1} ms, max {max:.1} ms, min {:.1} ms  target < 1 s  {}",
-        pct(&gone, 0.5),
-        pct(&gone, 0.9),
+        percentile(&gone, 0.5),
+        percentile(&gone, 0.9),
         gone[0],
         verdict(max < 1000.0)
     );
@@ -897,7 +856,7 @@ fn death_section(dir: &Path, zk: &ZkServer) {
         } else {
             format!(
                 "median {:.1} ms, max {:.1} ms ({} of {KILLS})",
-                pct(xs, 0.5),
+                percentile(xs, 0.5),
                 xs[xs.len() - 1],
                 xs.len()
             )
@@ -919,49 +878,6 @@ fn death_section(dir: &Path, zk: &ZkServer) {
 
 // ---------------------------------------------------------------------------------------
 // Processes
-
-/// A command for one of formic's tools on `state`, with nothing inherited that could change
-/// its behaviour, working in `work`.
-fn tool(name: &str, state: &Path, work: &Path) -> Command {
-    let bin = match name {
-        "offer" => env!("CARGO_BIN_EXE_offer"),
-        "pack" => env!("CARGO_BIN_EXE_pack"),
-        "launch" => env!("CARGO_BIN_EXE_launch"),
-        "reap" => env!("CARGO_BIN_EXE_reap"),
-        "announce" => env!("CARGO_BIN_EXE_announce"),
-        other => panic!("unknown tool {other}"),
-    };
-    let mut c = Command::new(bin);
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FORMIC_STATE", state)
-        .current_dir(work)
-        .stdin(Stdio::null());
-    c
-}
-
-/// Runs a command with `input` on stdin; its stdout, or a panic with its stderr.
-fn pipe(cmd: &mut Command, input: &[u8]) -> Vec<u8> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// SIGTERM, and its exit within 30 s: successful (announce ends cleanly), or by the
 /// signal (reap --follow leaves it at its default).
@@ -986,105 +902,4 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Kills every process working below its directory when dropped, also on a panic.
-struct Sweep(PathBuf);
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let pids = processes_under(&self.0);
-            if pids.is_empty() {
-                break;
-            }
-            // Stopped first, so no supervisor restarts a task while the others are killed.
-            for &p in &pids {
-                let _ = kill(p, Signal::SIGSTOP);
-            }
-            for &p in &pids {
-                let _ = kill(p, Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            reap_orphans();
-        }
-        reap_orphans();
-    }
-}
-
-/// Every live process (but this one) whose working directory is `dir` or below it.
-fn processes_under(dir: &Path) -> Vec<Pid> {
-    let me = std::process::id();
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid != me && fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(dir)) {
-            out.push(Pid::from_raw(pid as i32));
-        }
-    }
-    out
-}
-
-/// Reaps every child that has ended (as subreaper, orphans are ours too).
-fn reap_orphans() {
-    while let Ok(ws) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if ws == WaitStatus::StillAlive {
-            break;
-        }
-    }
-}
-
-/// Lets the previous measurement's writes settle, so one does not pay for another.
-fn settle() {
-    nix::unistd::sync();
-    reap_orphans();
-    std::thread::sleep(Duration::from_millis(300));
-}
-
-/// A process's time on a CPU and time runnable but waiting for one, ms.
-fn schedstat(pid: u32) -> Option<(f64, f64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
-    let mut f = text.split_whitespace().map(|x| x.parse::<f64>().ok());
-    Some((f.next()?? / 1e6, f.next()?? / 1e6))
-}
-
-// ---------------------------------------------------------------------------------------
-// Small helpers
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "pass"
-    } else {
-        "FAIL"
-    }
-}
-
-fn package_version(pkg: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", "${Version}", pkg])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "?".into())
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split(' ')
-        .next()
-        .unwrap_or("?")
-        .to_string()
 }

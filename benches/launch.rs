@@ -20,9 +20,8 @@
 //! and then kills every process it started.
 //!
 //! The `death` section times death detection: SIGKILL of a task to its event on
-//! `reap --follow`'s stdout, over 100 kills among 1,000 running tasks. It is measured only
-//! when the build has a reap binary. `cargo bench --bench launch -- start|death` runs one
-//! section.
+//! `reap --follow`'s stdout, over 100 kills among 1,000 running tasks.
+//! `cargo bench --bench launch -- start|death` runs one section.
 //!
 //! Every process a round starts works in a directory under the bench directory (the
 //! processes' cwd), so clean-up needs no pid files: it stops (SIGSTOP) every process whose
@@ -33,6 +32,8 @@
 //! Rounds (FORMIC_BENCH_ROUNDS, default 3) run the three systems in a rotating order; the
 //! figures are medians over rounds, and the ratios are medians of per-round ratios.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -42,11 +43,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{
+    command_output, fresh_dir, keep_files, lines_of, loadavg, median, ms, package_version,
+    percentile, pipe, processes_under, schedstat, settle, verdict, Bench, Pauses, Proc, Sweep,
+};
 use formic::rundir;
 use formic::state::State;
 use formic::task::TaskState;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 /// Tasks each system starts.
@@ -59,38 +63,16 @@ const POLL: Duration = Duration::from_millis(10);
 const LIMIT: Duration = Duration::from_secs(180);
 /// formic's job: tiny instances, no ports.
 const JOB: &str = "bench/prod/sleep";
+/// The pause before each round, for the previous round's writes and exits to settle.
+const SETTLE: Duration = Duration::from_millis(500);
 
 fn main() {
-    // `cargo bench` passes --bench; test runners that list or smoke-run every target
-    // (`cargo test --all-targets`, nextest's --list) must not start this benchmark.
-    if !std::env::args().any(|a| a == "--bench") {
+    // FORMIC_BENCH_DIR keeps the files (state, task directories, service directories, logs).
+    let Some(bench) = Bench::from_args("launch") else {
         return;
-    }
-    let sections: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let want = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
-    let rounds: usize = std::env::var("FORMIC_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3)
-        .max(1);
-    // FORMIC_BENCH_DIR keeps the files (state, task directories, service directories,
-    // logs); else a temporary directory.
-    let tmp = match std::env::var_os("FORMIC_BENCH_DIR") {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("formic-bench-launch-")
-                .tempdir()
-                .unwrap(),
-        ),
     };
-    let dir = std::env::var_os("FORMIC_BENCH_DIR")
-        .map_or_else(|| tmp.as_ref().unwrap().path().to_path_buf(), Into::into);
-    fs::create_dir_all(&dir).unwrap();
-    let dir = fs::canonicalize(&dir).unwrap(); // as /proc/PID/cwd shows it
+    let rounds = common::rounds(3);
+    let dir = bench.dir.clone();
 
     // Orphans (formic-supervise outlives launch; killed supervisors leave their tasks) are
     // handed to this process, which reaps them, whatever init does with orphans.
@@ -109,10 +91,10 @@ fn main() {
         package_version("s6"),
         command_output("supervisord", &["--version"])
     );
-    if want("start") {
+    if bench.want("start") {
         start_section(&dir, rounds);
     }
-    if want("death") {
+    if bench.want("death") {
         death_section(&dir);
     }
 }
@@ -171,14 +153,11 @@ fn start_section(dir: &Path, rounds: usize) {
         for k in 0..3 {
             let i = (r + k) % 3; // a rotating order: no system always goes first
             let sys = systems[i];
-            let work = dir.join(format!("{}-{r}", sys.name()));
-            let _ = fs::remove_dir_all(&work); // a kept directory's last run
-            fs::create_dir_all(&work).unwrap();
-            let work = fs::canonicalize(&work).unwrap();
+            let work = fresh_dir(&dir.join(format!("{}-{r}", sys.name())));
             let round = {
                 // Whatever happens in the round, nothing it started outlives it.
                 let _sweep = Sweep(work.clone());
-                settle();
+                settle(SETTLE);
                 match sys {
                     System::Formic => {
                         let (round, pack) = formic_round(&work);
@@ -192,19 +171,12 @@ fn start_section(dir: &Path, rounds: usize) {
             print_round(r, sys, &round);
             results[i].push(round);
             // The rounds' files are not needed again; a kept directory keeps them.
-            if std::env::var_os("FORMIC_BENCH_DIR").is_none() {
+            if !keep_files() {
                 let _ = fs::remove_dir_all(&work);
             }
         }
     }
     report(&results, &pack_ms);
-}
-
-/// Lets the previous round's writes and exits settle, so one round does not pay for another.
-fn settle() {
-    nix::unistd::sync();
-    reap_orphans();
-    std::thread::sleep(Duration::from_millis(500));
 }
 
 /// A local formic cluster in `work`: one host big enough for every instance, one job of
@@ -252,12 +224,7 @@ impl Cluster {
     /// A command for one of formic's tools on this cluster's state, with nothing inherited
     /// that could change its behaviour.
     fn tool(&self, name: &str) -> Command {
-        let mut c = Command::new(bin(name));
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("FORMIC_STATE", &self.state)
-            .current_dir(&self.work);
-        c
+        common::tool(name, &self.state, &self.work)
     }
 
     /// launch on the place records: events to events.jsonl, errors to launch.err. --wait
@@ -609,15 +576,6 @@ fn span(xs: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn print_round(r: usize, sys: System, x: &Round) {
     let mut line = format!(
         "round {r} {:<11} first up {:>6.0} ms, all {TASKS} up {:>6.0} ms",
@@ -663,7 +621,6 @@ fn report(results: &[Vec<Round>], pack_ms: &[f64]) {
         med(sd, &|r| ms(r.all_up)),
     );
     let (r_s6, r_sd) = (ratio(s6), ratio(sd));
-    let verdict = |ok: bool| if ok { "pass" } else { "FAIL" };
     println!();
     println!(
         "start {TASKS} tasks until all are running (medians of {} rounds):",
@@ -733,16 +690,9 @@ const KILLS: usize = 100;
 /// to the `since` of the status it wrote for the task's end.
 fn death_section(dir: &Path) {
     println!();
-    let Some(reap) = option_env!("CARGO_BIN_EXE_reap") else {
-        println!("death detection (SIGKILL -> reap --follow event): NOT MEASURED: this build has no reap binary");
-        return;
-    };
-    let work = dir.join("death");
-    let _ = fs::remove_dir_all(&work); // a kept directory's last run
-    fs::create_dir_all(&work).unwrap();
-    let work = fs::canonicalize(&work).unwrap();
+    let work = fresh_dir(&dir.join("death"));
     let _sweep = Sweep(work.clone());
-    settle();
+    settle(SETTLE);
     let c = Cluster::new(&work);
     let status = c.launch().wait().unwrap();
     assert!(status.success(), "launch: {status}");
@@ -750,30 +700,16 @@ fn death_section(dir: &Path) {
         assert_eq!(rundir::Status::read(d).unwrap().unwrap().state, "RUNNING");
     }
 
-    let mut follow = Command::new(reap);
-    follow
+    let mut follow = c
+        .tool("reap")
         .arg("--follow")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FORMIC_STATE", &c.state)
-        .current_dir(&work)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(fs::File::create(work.join("reap.err")).unwrap());
-    let mut follow = follow.spawn().unwrap();
+        .stderr(fs::File::create(work.join("reap.err")).unwrap())
+        .spawn()
+        .unwrap();
     let reap_pid = follow.id();
     // Each line of reap's output with the moment it arrived.
-    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
-    let out = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send((Instant::now(), line)).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(follow.stdout.take().unwrap());
     // Whatever reap says about the fleet at first is not what is measured.
     std::thread::sleep(Duration::from_millis(1500));
     while rx.try_recv().is_ok() {}
@@ -788,12 +724,9 @@ fn death_section(dir: &Path) {
     let mut detect = Vec::with_capacity(KILLS);
     let mut supervisor = Vec::with_capacity(KILLS);
     let mut states: Vec<String> = Vec::new();
-    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut pauses = Pauses::default();
     for (k, dir) in c.dirs.iter().enumerate().take(KILLS) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_micros(rng % 50_000));
+        std::thread::sleep(pauses.next_pause());
         let (pid, start) = rundir::Status::read(dir).unwrap().unwrap().pid.unwrap();
         assert!(rundir::same_process(pid, start), "task {k} is not running");
         let task = format!("{JOB}/{k}");
@@ -822,22 +755,21 @@ fn death_section(dir: &Path) {
     let cpu_share = cpu / cpu_before.1.elapsed().as_secs_f64();
     detect.sort_by(f64::total_cmp);
     supervisor.sort_by(f64::total_cmp);
-    let pct = |xs: &[f64], p: f64| xs[((xs.len() - 1) as f64 * p).round() as usize];
-    let med = pct(&detect, 0.5);
+    let med = percentile(&detect, 0.5);
     println!(
         "death detection: SIGKILL of a task -> its event on reap --follow's stdout, {KILLS} kills among {TASKS} running tasks"
     );
     println!(
         "  median {med:.1} ms, p90 {:.1} ms, max {:.1} ms, min {:.1} ms  target median < 100 ms  {}",
-        pct(&detect, 0.9),
+        percentile(&detect, 0.9),
         detect[KILLS - 1],
         detect[0],
-        if med < 100.0 { "pass" } else { "FAIL" }
+        verdict(med < 100.0)
     );
     println!(
         "  of which the supervisor (kill -> the `since` of its final status): median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
-        pct(&supervisor, 0.5),
-        pct(&supervisor, 0.9),
+        percentile(&supervisor, 0.5),
+        percentile(&supervisor, 0.9),
         supervisor[KILLS - 1]
     );
     println!(
@@ -850,51 +782,6 @@ fn death_section(dir: &Path) {
 // ---------------------------------------------------------------------------------------
 // Processes: finding, measuring and killing what a round started
 
-/// One process, from /proc.
-struct Proc {
-    pid: u32,
-    comm: String,
-    /// Start time in clock ticks since boot.
-    start_ticks: u64,
-    /// Time on a CPU, seconds (from schedstat: exact, where stat's ticks miss short bursts).
-    cpu_s: f64,
-}
-
-/// Every live process whose working directory is `dir` or below it (zombies have none).
-fn processes_under(dir: &Path) -> Vec<Proc> {
-    let me = std::process::id();
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        match fs::read_link(e.path().join("cwd")) {
-            Ok(cwd) if cwd.starts_with(dir) => {}
-            _ => continue,
-        }
-        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // The command name (field 2) may hold spaces: count fields from the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-        out.push(Proc {
-            pid,
-            comm: stat[open + 1..close].to_string(),
-            // Field 22 (starttime), counted from field 3 here.
-            start_ticks: num(19),
-            cpu_s: schedstat(pid).map_or(0.0, |s| s.0 / 1e3),
-        });
-    }
-    out
-}
-
 /// CPU seconds of the task processes.
 fn task_cpu(procs: &[Proc]) -> f64 {
     procs
@@ -902,13 +789,6 @@ fn task_cpu(procs: &[Proc]) -> f64 {
         .filter(|p| p.comm == "sleep")
         .map(|p| p.cpu_s)
         .sum()
-}
-
-/// A process's time on a CPU and time runnable but waiting for one, ms.
-fn schedstat(pid: u32) -> Option<(f64, f64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
-    let mut f = text.split_whitespace().map(|x| x.parse::<f64>().ok());
-    Some((f.next()?? / 1e6, f.next()?? / 1e6))
 }
 
 /// CPU seconds of a system's own processes (everything but the tasks).
@@ -920,101 +800,8 @@ fn system_cpu(procs: &[Proc]) -> f64 {
         .sum()
 }
 
-/// Kills every process working below its directory when dropped, also on a panic.
-struct Sweep(PathBuf);
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        sweep(&self.0);
-    }
-}
-
-/// Stops, then kills, every process working below `dir`, until none is left. Stopping them
-/// all first means no supervisor restarts a task while the others are being killed.
-fn sweep(dir: &Path) {
-    for _ in 0..50 {
-        let pids: Vec<Pid> = processes_under(dir)
-            .iter()
-            .map(|p| Pid::from_raw(p.pid as i32))
-            .collect();
-        if pids.is_empty() {
-            break;
-        }
-        for &p in &pids {
-            let _ = kill(p, Signal::SIGSTOP);
-        }
-        for &p in &pids {
-            let _ = kill(p, Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        reap_orphans();
-    }
-    reap_orphans();
-}
-
-/// Reaps every child that has ended (as subreaper, orphans are ours too).
-fn reap_orphans() {
-    while let Ok(ws) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if ws == WaitStatus::StillAlive {
-            break;
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Small helpers
-
-fn bin(tool: &str) -> &'static str {
-    match tool {
-        "offer" => env!("CARGO_BIN_EXE_offer"),
-        "pack" => env!("CARGO_BIN_EXE_pack"),
-        "launch" => env!("CARGO_BIN_EXE_launch"),
-        other => panic!("unknown tool {other}"),
-    }
-}
-
-/// Runs a command with `input` on stdin; its stdout, or a panic with its stderr.
-fn pipe(cmd: &mut Command, input: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// A command's trimmed stdout, or "?" when it cannot run.
-fn command_output(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map_or("?".into(), |o| {
-            String::from_utf8_lossy(&o.stdout).trim().to_string()
-        })
-}
-
-fn package_version(pkg: &str) -> String {
-    let v = command_output("dpkg-query", &["-W", "-f", "${Version}", pkg]);
-    if v.is_empty() {
-        "?".into()
-    } else {
-        v
-    }
-}
 
 /// CPU time of the children this process has waited for, in seconds.
 fn children_cpu() -> f64 {
@@ -1036,13 +823,4 @@ fn boottime() -> f64 {
 
 fn clk_tck() -> f64 {
     (unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) }) as f64
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split(' ')
-        .next()
-        .unwrap_or("?")
-        .to_string()
 }

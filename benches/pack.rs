@@ -10,6 +10,8 @@
 //! the driver's process, on the same workload, so every figure of pack can be given as a
 //! ratio against them measured on the same machine in the same minute.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{loadavg, ms, Bench};
 use serde_json::Value;
 
 /// The scale workload: 10,000 jobs × 100 instances onto 100,000 hosts.
@@ -857,10 +860,6 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 // ---------------------------------------------------------------------------------------
 // The sections.
 
@@ -1332,32 +1331,12 @@ fn optimum(dir: &Path, report: &mut Report) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; test runners that list or smoke-run every target
-    // (`cargo test --all-targets`, nextest's --list) must not start this benchmark.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
-    let sections: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let want = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
     // FORMIC_BENCH_DIR keeps the files (offers, jobs and pack's output per section, to
-    // look into a figure); else a temporary directory.
-    let tmp = tempfile::Builder::new()
-        .prefix("formic-bench-pack-")
-        .tempdir()
-        .unwrap();
-    let dir = std::env::var_os("FORMIC_BENCH_DIR").map_or(tmp.path().to_path_buf(), Into::into);
-    std::fs::create_dir_all(&dir).unwrap();
-    let loadavg = || {
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split(' ')
-            .next()
-            .unwrap_or("?")
-            .to_string()
+    // look into a figure).
+    let Some(bench) = Bench::from_args("pack") else {
+        return;
     };
+    let dir = bench.dir.clone();
     println!(
         "pack benchmark: {}, {} cores, load average {} at the start",
         env!("CARGO_BIN_EXE_pack"),
@@ -1366,10 +1345,10 @@ fn main() {
     );
     let mut report = Report::default();
     let t0 = Instant::now();
-    if want("scale") {
+    if bench.want("scale") {
         scale(&dir, &mut report);
     }
-    if want("trace") {
+    if bench.want("trace") {
         trace(&dir, &mut report, "openb_pod_list_default.csv", "default");
         trace(
             &dir,
@@ -1378,7 +1357,7 @@ fn main() {
             "gpuspec33",
         );
     }
-    if want("optimum") {
+    if bench.want("optimum") {
         optimum(&dir, &mut report);
     }
     report.print_table();

@@ -4,9 +4,12 @@
 //! Figures are medians over repeated runs, and the large-file figures are also given as a
 //! ratio against the empty file measured in the same run, so a noisy machine moves both.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{median, ms, Bench};
 use formic::host::{Host, Maintenance, Transport};
 use formic::state::{Options, State};
 use formic::task::{Job, Task, TaskState};
@@ -33,15 +36,6 @@ fn host(i: u32) -> Host {
         transport: Transport::Local,
         maintenance: Maintenance::none(),
     }
-}
-
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Fills a state with the fleet: hosts, jobs, and a million running tasks, in batches.
@@ -102,17 +96,12 @@ fn one_task_commit(s: &mut State, n: u32) -> Duration {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; test runners that list or smoke-run every target
-    // (`cargo test --all-targets`, nextest's --list) must not start a 200 MiB benchmark.
-    if !std::env::args().any(|a| a == "--bench") {
+    // Not from a test runner's smoke run: this writes a 200 MiB file. FORMIC_BENCH_DIR keeps
+    // the files (to profile the opener).
+    let Some(bench) = Bench::from_args("state") else {
         return;
-    }
-    // FORMIC_BENCH_DIR keeps the files (to profile the opener); else a temporary directory.
-    let tmp = tempfile::Builder::new()
-        .prefix("formic-bench-")
-        .tempdir()
-        .unwrap();
-    let dir = std::env::var_os("FORMIC_BENCH_DIR").map_or(tmp.path().to_path_buf(), Into::into);
+    };
+    let dir = &bench.dir;
     let empty = dir.join("empty");
     let big = dir.join("big");
 
