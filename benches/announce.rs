@@ -13,10 +13,14 @@
 //! Baselines, in the same rounds on the same server, with the same crate
 //! (`zookeeper-client`) and the same member data (10,000 ephemeral sequential creates under
 //! a fresh path; the session and the path are made before the clock starts):
-//! - window: a sliding window of 2,000 creates in flight (the best the crate does with
-//!   announce's window; the fair baseline);
-//! - batches: batches of 2,000 awaited together (how announce pipelines);
+//! - window: a sliding window of 2,000 single creates in flight (the best a loop of the
+//!   crate's `create` does; the baseline of the target);
+//! - batches: batches of 2,000 single creates awaited together;
 //! - serial: one create awaited at a time (for reference).
+//! announce itself sends its creates a hundred to a multi request, 20 multis in flight.
+//!
+//! The server runs with a fixed 1 GiB heap and snapCount=10000000, so that neither a heap
+//! resize nor a snapshot lands in one measurement and not another; it still fsyncs its log.
 //!
 //! Rounds (FORMIC_BENCH_ROUNDS, default 9) alternate the order; figures are medians.
 //!
@@ -115,7 +119,7 @@ impl ZkServer {
             &cfg,
             format!(
                 "tickTime=2000\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\n4lw.commands.whitelist=*\n",
+                 admin.enableServer=false\n4lw.commands.whitelist=*\nsnapCount=10000000\n",
                 dir.join("data").display()
             ),
         )
@@ -123,6 +127,8 @@ impl ZkServer {
         let t0 = Instant::now();
         let child = Command::new("java")
             .args([
+                "-Xms1g",
+                "-Xmx1g",
                 "-cp",
                 "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar",
                 "-Dzookeeper.root.logger=WARN,CONSOLE",
