@@ -16,8 +16,9 @@
 //! - window: a sliding window of 2,000 single creates in flight (the best a loop of the
 //!   crate's `create` does; the baseline of the target);
 //! - batches: batches of 2,000 single creates awaited together;
+//! - multi: multi requests of 100 creates, 20 in flight: the same requests as announce's,
+//!   so announce / multi is what announce's own work costs;
 //! - serial: one create awaited at a time (for reference).
-//! announce itself sends its creates a hundred to a multi request, 20 multis in flight.
 //!
 //! The server runs with a fixed 1 GiB heap and snapCount=10000000, so that neither a heap
 //! resize nor a snapshot lands in one measurement and not another; it still fsyncs its log.
@@ -63,6 +64,8 @@ use zookeeper_client::{Acls, Client, CreateMode};
 const MEMBERS: usize = 10_000;
 /// Creates in flight at once: announce's window.
 const WINDOW: usize = 2000;
+/// Creates in one multi request, as announce sends them.
+const MULTI: usize = 100;
 /// Instances in the death section, and kills.
 const INSTANCES: usize = 20;
 const KILLS: usize = 20;
@@ -267,13 +270,15 @@ enum Measure {
     Announce,
     Window,
     Batches,
+    Multi,
     Serial,
 }
 
-const MEASURES: [Measure; 4] = [
+const MEASURES: [Measure; 5] = [
     Measure::Announce,
     Measure::Window,
     Measure::Batches,
+    Measure::Multi,
     Measure::Serial,
 ];
 
@@ -345,6 +350,7 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
                     let name = match m {
                         Measure::Window => "window",
                         Measure::Batches => "batches",
+                        Measure::Multi => "multi",
                         _ => "serial",
                     };
                     let p = format!("/bench/raw-{name}/r{r}");
@@ -369,6 +375,7 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
     let a_last = med(announce.iter().map(|a| a.last).collect());
     let raw_med = |n: &str| med(raw[n].iter().map(|x| x.creates).collect());
     let (w, b, s) = (raw_med("window"), raw_med("batches"), raw_med("serial"));
+    let mu = raw_med("multi");
     // The ratio of rates, per round, then the median.
     let ratios: Vec<f64> = announce
         .iter()
@@ -410,6 +417,11 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
         rate(b)
     );
     println!(
+        "  raw, multis of {MULTI}, {} in flight      {mu:>7.0} ms  {:>7.0} members/s",
+        WINDOW / MULTI,
+        rate(mu)
+    );
+    println!(
         "  raw, one at a time                 {s:>7.0} ms  {:>7.0} members/s",
         rate(s)
     );
@@ -435,6 +447,10 @@ fn join_section(dir: &Path, zk: &ZkServer, rounds: usize) {
         "  announce / raw batches (rates), ratio of the medians: {:.2}; announce / the faster pipelined loop of each round, median {best_ratio:.2} (rounds: {})",
         b / a_last,
         joined(&best)
+    );
+    println!(
+        "  announce / raw multis (rates), ratio of the medians: {:.2} (the same requests as announce's: what its own work costs)",
+        mu / a_last
     );
     close(checker);
 }
@@ -641,6 +657,27 @@ fn raw_creates(
             answers
         }
         Measure::Serial => data.iter().map(|d| block_on(create(d))).collect(),
+        Measure::Multi => {
+            let multis = block_on(
+                futures::stream::iter(data.chunks(MULTI).map(|chunk| {
+                    let mut multi = client.new_multi_writer();
+                    for d in chunk {
+                        multi.add_create(&prefix, d, &options).unwrap();
+                    }
+                    multi.commit()
+                }))
+                .buffered(WINDOW / MULTI)
+                .collect::<Vec<_>>(),
+            );
+            let creates = ms(t0.elapsed());
+            for m in multis {
+                m.unwrap();
+            }
+            check_members(checker, path, data, None);
+            close(client);
+            wait_empty(checker, path);
+            return RawRun { connect, creates };
+        }
         Measure::Announce => unreachable!(),
     };
     let creates = ms(t0.elapsed());
