@@ -265,12 +265,28 @@ fn until_or<T>(
 /// A web job: `instances` of python's http.server on port `http`, healthy when it answers
 /// on `/`, with a second port `admin` that is only announced.
 fn web(instances: u32) -> String {
+    web_job(
+        instances,
+        json!([
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "{{port.http}}"
+        ]),
+        json!({"http": "/", "port": "http", "interval_s": 0.2, "timeout_s": 1, "failures": 3}),
+    )
+}
+
+/// The web jobs of these tests: `cmd` serving on port `http` with the health check
+/// `health`, a second port `admin`, one instance per host, announced under PATH.
+fn web_job(instances: u32, cmd: Value, health: Value) -> String {
     json!({
-        "job": "www/prod/hello", "instances": instances,
-        "cmd": ["python3", "-m", "http.server", "--bind", "127.0.0.1", "{{port.http}}"],
+        "job": "www/prod/hello", "instances": instances, "cmd": cmd,
         "resources": {"cpus": 0.1, "ram_mb": 64, "ports": ["http", "admin"]},
         "constraints": [{"attr": "host", "limit": 1}],
-        "health": {"http": "/", "port": "http", "interval_s": 0.2, "timeout_s": 1, "failures": 3},
+        "health": health,
         "announce": {"primary": "http", "path": PATH},
     })
     .to_string()
@@ -472,18 +488,21 @@ fn files_hold_one_member_per_healthy_instance_and_lose_stale_ones() {
 /// A web job whose health check passes only once the file `ready` exists in `www` (served
 /// by the instances), and fails until then without getting the task killed.
 fn web_ready_when(www: &Path, instances: u32) -> String {
-    json!({
-        "job": "www/prod/hello", "instances": instances,
-        "cmd": ["python3", "-m", "http.server", "--bind", "127.0.0.1",
-                "--directory", www, "{{port.http}}"],
-        "resources": {"cpus": 0.1, "ram_mb": 64, "ports": ["http", "admin"]},
-        "constraints": [{"attr": "host", "limit": 1}],
-        "health": {"http": "/ready", "port": "http", "interval_s": 0.2, "timeout_s": 1,
-                   "failures": 1000},
-        "announce": {"primary": "http", "path": PATH},
-    })
-    .to_string()
-        + "\n"
+    web_job(
+        instances,
+        json!([
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            www,
+            "{{port.http}}"
+        ]),
+        json!({"http": "/ready", "port": "http", "interval_s": 0.2, "timeout_s": 1,
+               "failures": 1000}),
+    )
 }
 
 // A task whose health check has never passed is not healthy, so not announced: it was once
@@ -537,17 +556,17 @@ fn web_logging_sigterm(term_dir: &Path, instances: u32) -> String {
                   signal.signal(signal.SIGTERM, term)\n\
                   http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])),\n    \
                       http.server.SimpleHTTPRequestHandler).serve_forever()\n";
-    json!({
-        "job": "www/prod/hello", "instances": instances,
-        "cmd": ["python3", "-c", script, "{{port.http}}",
-                format!("{}/term-{{{{instance}}}}", term_dir.display())],
-        "resources": {"cpus": 0.1, "ram_mb": 64, "ports": ["http", "admin"]},
-        "constraints": [{"attr": "host", "limit": 1}],
-        "health": {"http": "/", "port": "http", "interval_s": 0.2, "timeout_s": 1, "failures": 3},
-        "announce": {"primary": "http", "path": PATH},
-    })
-    .to_string()
-        + "\n"
+    web_job(
+        instances,
+        json!([
+            "python3",
+            "-c",
+            script,
+            "{{port.http}}",
+            format!("{}/term-{{{{instance}}}}", term_dir.display())
+        ]),
+        json!({"http": "/", "port": "http", "interval_s": 0.2, "timeout_s": 1, "failures": 3}),
+    )
 }
 
 #[test]
