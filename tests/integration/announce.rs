@@ -483,6 +483,101 @@ fn files_hold_one_member_per_healthy_instance_and_lose_stale_ones() {
     assert_eq!(stdout(&out), "");
 }
 
+/// The member files under a serverset directory.
+fn member_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("member_") && !n.contains('.'))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_files_follower_keeps_members_in_step_and_leaves_before_a_graceful_stop() {
+    let mut c = Cluster::new(&["h1", "h2"], 46900, Some("127.0.0.1"));
+    let terms = c.path("terms");
+    std::fs::create_dir(&terms).unwrap();
+    c.deploy(&web_logging_sigterm(&terms, 2));
+    c.reap_follow();
+    let follower = c.daemon("announce", "announce", &["--follow"]);
+    let dir = c.path("serversets").join(PATH.trim_start_matches('/'));
+    until_or(
+        "a member file for each healthy instance, both marked announced",
+        Duration::from_secs(30),
+        || {
+            let tasks = c.tasks();
+            (member_files(&dir) == ["member_0000000000", "member_0000000001"]
+                && tasks.iter().all(|t| t["announced"] == true))
+            .then_some(())
+        },
+        || format!("{:?}; announce said: {}", c.tasks(), c.said("announce")),
+    );
+    for t in c.tasks() {
+        let file = dir.join(format!("member_{:010}", t["instance"].as_u64().unwrap()));
+        let data: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        assert_eq!(data, finagle("127.0.0.1", &t));
+    }
+
+    // One follower per state file.
+    let out = c.announce(&["--follow"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("pid {follower}")),
+        "{}",
+        stderr(&out)
+    );
+
+    // A graceful stop: the member file goes while the process still runs, then SIGTERM.
+    let pid = c.task("www/prod/hello/1")["pid"].as_u64().unwrap();
+    let file = dir.join("member_0000000001");
+    let watched = file.clone();
+    let watcher = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if !watched.exists() {
+                return Some((now(), alive(pid)));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    });
+    let out = run(
+        tool("reap", &c.state()).args(["kill", "www/prod/hello/1"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (gone_at, alive_then) = watcher.join().unwrap().expect("the member file removed");
+    let term_at: f64 = until("instance 1 got SIGTERM", Duration::from_secs(10), || {
+        std::fs::read_to_string(terms.join("term-1"))
+            .ok()?
+            .parse()
+            .ok()
+    });
+    assert!(
+        alive_then && gone_at < term_at,
+        "member gone at {gone_at}, SIGTERM at {term_at}"
+    );
+    assert_eq!(member_files(&dir), ["member_0000000000"]);
+
+    // Stopped, the follower leaves its files (as a one-shot run does) and its marks.
+    kill(Pid::from_raw(follower as i32), Signal::SIGTERM).unwrap();
+    until(
+        "the follower's marks cleared",
+        Duration::from_secs(10),
+        || {
+            c.tasks()
+                .iter()
+                .all(|t| t["announced"] == false)
+                .then_some(())
+        },
+    );
+    assert_eq!(member_files(&dir), ["member_0000000000"]);
+}
+
 // --- ZooKeeper ---
 
 /// A web job whose health check passes only once the file `ready` exists in `www` (served
