@@ -119,6 +119,8 @@ pub enum Verb {
     /// Records the stop (KILLING), sends SIGTERM to each task's supervisor, which sends
     /// SIGTERM to the task's process group and SIGKILL after the task's grace period, waits
     /// for the supervisors to report KILLED, and records it; their reservations are freed.
+    /// A task that a running `announce --follow` holds in a serverset is signalled once it
+    /// has left it (after 5 s at most).
     /// Like every pass it also collects whatever else ended. A service's instance that was
     /// killed is missing, so the next pack places it again: to remove instances, change the
     /// job files.
