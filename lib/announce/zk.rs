@@ -148,6 +148,17 @@ where
     )
 }
 
+/// Deletes nodes, pipelined; one already gone counts as deleted.
+fn delete_all(client: &Client, nodes: &[String]) -> Vec<Result<(), Error>> {
+    pipelined(nodes.iter().map(|p| client.delete(p, None)))
+        .into_iter()
+        .map(|r| match r {
+            Err(Error::NoNode) => Ok(()),
+            r => r,
+        })
+        .collect()
+}
+
 fn node_path(path: &str, node: &str) -> String {
     format!("{path}/{node}")
 }
@@ -227,20 +238,10 @@ pub fn sync(
                 wanted.contains_key(&(path, &data[..])) && seen.insert(data.clone())
             })
             .count();
-        let gone = pipelined(
-            stale
-                .iter()
-                .map(|(name, _, _)| node_path(path, name))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(|p| client.delete(p, None))
-                .collect::<Vec<_>>(),
-        );
-        for ((name, data, _), r) in stale.iter().zip(gone) {
-            match r {
-                Ok(()) | Err(Error::NoNode) => out.stale(path, name, data)?,
-                Err(e) => return Err(settings.trouble(e)),
-            }
+        let nodes: Vec<String> = stale.iter().map(|(n, _, _)| node_path(path, n)).collect();
+        for ((name, data, _), r) in stale.iter().zip(delete_all(&client, &nodes)) {
+            r.map_err(|e| settings.trouble(e))?;
+            out.stale(path, name, data)?;
         }
     }
     Ok(want.len().saturating_sub(present))
@@ -384,12 +385,9 @@ impl Holder {
                 _ => doomed.push(node_path(path, name)),
             }
         }
-        for r in pipelined(doomed.iter().map(|p| client.delete(p, None))) {
-            match r {
-                Ok(()) | Err(Error::NoNode) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        delete_all(client, &doomed)
+            .into_iter()
+            .collect::<Result<(), Error>>()?;
         self.made.insert(path.to_string());
         Ok(())
     }
@@ -545,13 +543,13 @@ impl Publisher for Holder {
             .iter()
             .map(|h| node_path(&h.member.path, &h.node))
             .collect();
-        let answers = pipelined(paths.iter().map(|p| client.delete(p, None)));
+        let answers = delete_all(client, &paths);
         let mut failed = Vec::new();
         let gone = leaves
             .iter()
             .zip(answers)
             .map(|(h, r)| match r {
-                Ok(()) | Err(Error::NoNode) => true,
+                Ok(()) => true,
                 Err(e) => {
                     failed.push((h.member.path.clone(), e));
                     false
