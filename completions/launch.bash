@@ -23,7 +23,7 @@ _launch() {
 
     case "${cmd}" in
         launch)
-            opts="-h -V --state --json --allow-root --grace --wait --pass-env --help --version"
+            opts="-h -V --state --json --allow-root --grace --wait --pass-env --uid-range --log-group --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -42,6 +42,14 @@ _launch() {
                     return 0
                     ;;
                 --pass-env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --uid-range)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-group)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

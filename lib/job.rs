@@ -46,6 +46,8 @@ pub struct Resources {
     pub ram_mb: u64,
     pub disk_mb: u64,
     pub gpus: u32,
+    /// Processes and threads each instance may have (0: the host's default).
+    pub pids: u32,
     /// Names of the ports each instance needs, in the order they are stored in the task.
     pub ports: Vec<String>,
 }
@@ -224,7 +226,7 @@ fn parse_fields(key: &str, f: Fields<'_>) -> Result<JobSpec, String> {
 
 fn parse_resources(obj: &Map<String, Value>) -> Result<Resources, String> {
     let f = Fields(obj);
-    f.only(&["cpus", "ram_mb", "disk_mb", "gpus", "ports"])?;
+    f.only(&["cpus", "ram_mb", "disk_mb", "gpus", "pids", "ports"])?;
     let cpus = f.f64("cpus")?.ok_or("field \"cpus\" is missing")?;
     if !(cpus > 0.0 && cpus <= 100_000.0) || millicores(cpus) == 0 {
         return Err(format!(
@@ -236,6 +238,10 @@ fn parse_resources(obj: &Map<String, Value>) -> Result<Resources, String> {
         .ok_or("field \"ram_mb\" is missing")?;
     let disk_mb = f.count("disk_mb", 1 << 50)?.unwrap_or(0);
     let gpus = f.count("gpus", 1 << 16)?.unwrap_or(0) as u32;
+    let pids = f.count("pids", 1 << 22)?.unwrap_or(0) as u32;
+    if f.0.contains_key("pids") && pids == 0 {
+        return Err("field \"pids\": must be at least 1".into());
+    }
     let mut ports = Vec::new();
     for p in f.array("ports")?.map(Vec::as_slice).unwrap_or(&[]) {
         let name = p
@@ -267,6 +273,7 @@ fn parse_resources(obj: &Map<String, Value>) -> Result<Resources, String> {
         ram_mb,
         disk_mb,
         gpus,
+        pids,
         ports,
     })
 }

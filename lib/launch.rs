@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -66,6 +67,24 @@ pub struct Cli {
     /// Variables of launch's own environment that tasks also get (repeatable)
     #[arg(long = "pass-env", value_name = "NAME")]
     pub pass_env: Vec<String>,
+    /// The uids (and gids of the same numbers) that tasks of jobs naming no user get, one
+    /// of its own per task, when launch runs as root; no account may use them
+    #[arg(
+        long,
+        value_name = "FIRST-LAST",
+        default_value = "70000-79999",
+        env = "FORMIC_UID_RANGE",
+        value_parser = crate::identity::parse_range
+    )]
+    pub uid_range: (u32, u32),
+    /// The operators' group that may read every task's logs (beside the task's own user)
+    #[arg(
+        long,
+        value_name = "GROUP",
+        default_value = "adm",
+        env = "FORMIC_LOG_GROUP"
+    )]
+    pub log_group: String,
 }
 
 /// One placement, checked.
@@ -99,7 +118,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     let now_started = state.write(|tx| record_intent(tx, &places, &specs))?;
     // 2. Action.
     let mut started = Vec::new();
-    let mut failures = 0;
+    let mut not_started = HashMap::new();
     for p in &places {
         if !now_started.contains_key(&p.task) {
             continue;
@@ -111,10 +130,11 @@ pub fn run(cli: Cli) -> Result<Status> {
             Ok(false) => {} // supervised already, or being started by a concurrent launch
             Err(e) => {
                 eprintln!("launch: {}: {e:#}", p.task);
-                failures += 1;
+                not_started.insert(p.task.clone(), e);
             }
         }
     }
+    let failures = not_started.len();
     // 3. Result.
     let deadline = Instant::now() + Duration::from_secs_f64(cli.wait.max(0.0));
     let mut reports: Vec<Option<rundir::Status>> = vec![None; started.len()];
@@ -137,7 +157,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     // told to stop too. A start that failed stays STARTING: reap collects it, with the
     // restart policy.
     let (events, orphaned) = state.write(|tx| {
-        let mut events = Vec::new();
+        let mut events = record_not_started(tx, &places, &not_started, &now_started);
         let mut orphaned = Vec::new();
         for ((p, dir), report) in started.iter().zip(&reports) {
             let slot = task_slot(tx, &p.job, p.instance);
@@ -184,6 +204,40 @@ pub fn run(cli: Cli) -> Result<Status> {
     } else {
         Status::Done
     })
+}
+
+/// Tasks whose supervisor could not be started fail at once, with the reason, so the
+/// next pass decides again (they are not left ASSIGNED for reap to find never started).
+fn record_not_started(
+    tx: &mut Txn,
+    places: &[Placement],
+    errors: &HashMap<String, anyhow::Error>,
+    intents: &HashMap<String, f64>,
+) -> Vec<Value> {
+    let mut events = Vec::new();
+    for p in places.iter().filter(|p| errors.contains_key(&p.task)) {
+        let Some(slot) = task_slot(tx, &p.job, p.instance) else {
+            continue;
+        };
+        let ours = tx.view().tasks.get(slot).filter(|t| {
+            t.state == TaskState::Assigned && Some(&t.since) == intents.get(&p.task)
+        });
+        let Some(t) = ours.cloned() else {
+            continue; // reap or another launch has it now
+        };
+        let error = &errors[&p.task];
+        let not_found = error.chain().any(|e| {
+            e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+        });
+        let mut failed = t.freed(TaskState::Failed, tx.now());
+        failed.exit = if not_found { 127 } else { 126 };
+        failed.failures = t.failures.saturating_add(1);
+        events.push(json!({"type":"event","task":p.task,"host":p.host,"state":"FAILED",
+            "exit":failed.exit,"ts":tx.now(),"reason":format!("{error:#}")}));
+        tx.set(slot, Some(failed));
+    }
+    events
 }
 
 type Specs = HashMap<(String, String), Map<String, Value>>;
@@ -402,7 +456,13 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
         false,
     )?;
     let _ = std::fs::remove_file(dir.join("status"));
-    let log = std::fs::File::create(dir.join("supervise.log")).context("creating supervise.log")?;
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(dir.join("supervise.log"))
+        .context("creating supervise.log")?;
     drop(lock);
     let mut cmd = Command::new(supervisor()?);
     cmd.arg(dir)
@@ -414,12 +474,17 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
         cmd.pre_exec(|| {
             nix::unistd::setsid().map_err(io::Error::from)?;
             // Nothing launch inherited (a caller's lock, a pipe) may live on in the
-            // supervisor: only fds 0-2 cross.
-            nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            // supervisor: only fds 0-2 cross. Marked close-on-exec rather than closed, so
+            // a failed exec is still reported through the standard library's pipe.
+            let close_on_exec = 1 << 2; // CLOSE_RANGE_CLOEXEC
+            if nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, close_on_exec) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-    cmd.spawn().context("starting formic-supervise")?;
+    cmd.spawn()
+        .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
     Ok(true)
 }
 
@@ -485,12 +550,10 @@ fn resolve(cli: &Cli, p: &Placement, job: &Map<String, Value>) -> Result<Spec> {
             port.to_string(),
         ));
     }
+    // A job that names no user gets an identity of its own (root only with --allow-root).
     let as_root = nix::unistd::Uid::effective().is_root();
-    let user = match f.str("user").ok().flatten() {
-        Some(u) => Some(u.to_string()),
-        None if as_root && !cli.allow_root => Some("nobody".to_string()),
-        None => None,
-    };
+    let user = f.str("user").ok().flatten().map(String::from);
+    let dynamic_ids = (user.is_none() && as_root && !cli.allow_root).then_some(cli.uid_range);
     let health = f.object("health").ok().flatten().and_then(|h| {
         let cmd: Vec<String> = h
             .get("cmd")
@@ -520,13 +583,20 @@ fn resolve(cli: &Cli, p: &Placement, job: &Map<String, Value>) -> Result<Spec> {
         argv,
         env,
         user,
+        dynamic_ids,
         allow_root: cli.allow_root,
         grace_s: cli.grace,
         log_max_bytes: 16 << 20,
+        log_group: Some(cli.log_group.clone()),
         health,
         limits: crate::limits::Limits {
             cpus: p.cpus,
             ram_mb: p.ram_mb,
+            pids: job
+                .get("resources")
+                .and_then(|r| r.get("pids"))
+                .and_then(Value::as_u64)
+                .map_or(crate::limits::DEFAULT_PIDS, |n| n as u32),
         },
     })
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod exit;
 pub mod fixed;
 pub mod host;
+pub mod identity;
 pub mod job;
 pub mod launch;
 pub mod limits;

@@ -1,52 +1,179 @@
-//! Resource limits of a task: what it reserved on its host, enforced by the kernel.
+//! A task's control groups: what it reserved on its host, enforced by the kernel, and the
+//! one handle that kills everything it started, however it started it.
 //!
-//! Through cgroups where the host has them: cgroup v2 (`memory.max`, `cpu.max`) when
-//! /sys/fs/cgroup is a v2 mount, else the v1 `memory` and `cpu` hierarchies (as on hosts of
-//! the hybrid layout). Each task gets `formic/TASK-TAG` in each (TAG names the task's
-//! directory, so two clusters on one host do not meet), joined by the
-//! task itself between fork and exec, so it never runs a moment outside, and removed when
-//! the task is over. Where no cgroup can be made (not root, no controllers), memory falls
-//! back to RLIMIT_DATA, which bounds the heap and private mappings; cpu has no rlimit
-//! counterpart for a rate, and is then not limited.
+//! Each task gets the group `formic/NAME` (NAME: the task id and a tag of its directory,
+//! so two clusters on one host do not meet) in every hierarchy the host has:
+//! - cgroup v2 at /sys/fs/cgroup (`memory.max`, `cpu.max`, `pids.max`), or
+//! - the v1 `memory`, `cpu`, `pids` and `freezer` hierarchies, plus the controller-less v2
+//!   hierarchy of the hybrid layout (/sys/fs/cgroup/unified) where there is one.
+//!
+//! The task joins its groups itself, between fork and exec, so it never runs a moment
+//! outside. A process cannot leave a group it has no right to write, so setsid, double
+//! forks and orphans stay in it: the group, not the process tree, is what dies with the
+//! task (`cgroup.kill` where a v2 group exists; else freeze, SIGKILL every member, thaw).
+//! Where a group cannot be made, memory falls back to RLIMIT_DATA and the number of
+//! processes to RLIMIT_NPROC (per user: exact for a task with an identity of its own); cpu
+//! has no rlimit for a rate. What was applied is reported ([`Applied`]), never assumed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-/// What a task may use: physical millicores and MiB of memory (0: no limit).
+use serde_json::{json, Value};
+
+/// What a task may use: physical millicores, MiB of memory and processes (0: no limit).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
     pub cpus: u32,
     pub ram_mb: u64,
+    pub pids: u32,
 }
 
+/// Processes (and threads) a task may have when its job names no `resources.pids`: room
+/// for a JVM's or a Go runtime's threads, not for a fork bomb.
+pub const DEFAULT_PIDS: u32 = 1024;
+
 const CFS_PERIOD_US: u64 = 100_000;
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// How each limit is enforced for one task: "cgroup", "rlimit" or "none".
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub memory: &'static str,
+    pub cpu: &'static str,
+    pub pids: &'static str,
+    /// How everything the task started is killed: "cgroup.kill", "freezer" or "process
+    /// group" (the last misses what left the group: setsid, orphans).
+    pub kill: &'static str,
+}
+
+impl Applied {
+    pub fn to_json(&self) -> Value {
+        json!({"memory": self.memory, "cpu": self.cpu, "pids": self.pids, "kill": self.kill})
+    }
+
+    pub fn from_json(v: &Value) -> Option<Applied> {
+        let word = |k: &str| -> Option<&'static str> {
+            ["cgroup", "rlimit", "none", "cgroup.kill", "freezer", "process group"]
+                .into_iter()
+                .find(|w| v[k].as_str() == Some(w))
+        };
+        Some(Applied {
+            memory: word("memory")?,
+            cpu: word("cpu")?,
+            pids: word("pids")?,
+            kill: word("kill")?,
+        })
+    }
+
+    /// The limits asked for that are not enforced as asked, for a warning.
+    pub fn weaker_than(&self, asked: Limits) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, asked, how) in [
+            ("memory", asked.ram_mb > 0, self.memory),
+            ("cpu", asked.cpus > 0, self.cpu),
+            ("pids", asked.pids > 0, self.pids),
+        ] {
+            if asked && how != "cgroup" {
+                out.push(format!("{name} by {how}"));
+            }
+        }
+        if self.kill == "process group" {
+            out.push("descendants that leave the task's process group are not killed".into());
+        }
+        out
+    }
+}
+
+/// The name of a task's groups: one per task directory, so the groups a supervisor died
+/// without removing are found by the next supervisor of the task, and by reap.
+fn group_name(task: &str, dir: &Path) -> String {
+    // The supervisor and reap may name the directory by different paths.
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let tag = crc32c::crc32c(dir.as_os_str().as_encoded_bytes());
+    format!("{}-{tag:08x}", task.replace('/', "."))
+}
+
+/// Where the hierarchies are on this host.
+struct Layout {
+    /// The v2 hierarchy holding the controllers (/sys/fs/cgroup), if the host is all v2.
+    v2: Option<PathBuf>,
+    /// A controller-less v2 hierarchy beside v1 (the hybrid layout), for cgroup.kill.
+    unified: Option<PathBuf>,
+    /// The v1 root holding `memory`, `cpu`, `pids`, `freezer` (when not all v2).
+    v1: Option<PathBuf>,
+}
+
+impl Layout {
+    fn of_host() -> Layout {
+        let root = Path::new(CGROUP_ROOT);
+        if root.join("cgroup.controllers").exists() {
+            return Layout {
+                v2: Some(root.to_path_buf()),
+                unified: None,
+                v1: None,
+            };
+        }
+        let unified = root.join("unified");
+        Layout {
+            v2: None,
+            unified: unified
+                .join("cgroup.controllers")
+                .exists()
+                .then_some(unified),
+            v1: root.exists().then(|| root.to_path_buf()),
+        }
+    }
+
+    /// Every group of the task that may hold its processes, the kill handle first.
+    fn groups(&self, name: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for v2 in [&self.v2, &self.unified].into_iter().flatten() {
+            out.push(v2.join("formic").join(name));
+        }
+        if let Some(v1) = &self.v1 {
+            for c in ["freezer", "memory", "cpu", "pids"] {
+                out.push(v1.join(c).join("formic").join(name));
+            }
+        }
+        out
+    }
+}
 
 /// The part of the limits the task applies to itself.
 pub struct InChild {
     join: Vec<std::os::fd::RawFd>,
     data_rlimit: Option<u64>,
+    nproc_rlimit: Option<u64>,
 }
 
 impl InChild {
-    /// Joins the cgroups and sets the rlimits: async-signal-safe calls only (write,
+    /// Joins the groups and sets the rlimits: async-signal-safe calls only (write,
     /// setrlimit), for use between fork and exec.
     pub fn apply(&self) -> io::Result<()> {
         for &fd in &self.join {
             // "0" is the writing process itself.
+            // SAFETY: a plain write of a static buffer to a descriptor the Enforcer owns.
             let n = unsafe { nix::libc::write(fd, b"0".as_ptr().cast(), 1) };
             if n != 1 {
                 return Err(io::Error::last_os_error());
             }
         }
-        if let Some(bytes) = self.data_rlimit {
-            let lim = nix::libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            if unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_DATA, &lim) } != 0 {
-                return Err(io::Error::last_os_error());
+        for (resource, limit) in [
+            (nix::libc::RLIMIT_DATA, self.data_rlimit),
+            (nix::libc::RLIMIT_NPROC, self.nproc_rlimit),
+        ] {
+            if let Some(n) = limit {
+                let lim = nix::libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                // SAFETY: setrlimit with a valid pointer to a local.
+                if unsafe { nix::libc::setrlimit(resource, &lim) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
         }
         Ok(())
@@ -57,103 +184,127 @@ impl InChild {
 pub struct Enforcer {
     /// cgroup.procs files the task writes itself into.
     join: Vec<File>,
-    /// cgroups to remove once the task is over.
+    /// Groups made for the task, removed once it is over.
     made: Vec<PathBuf>,
-    /// RLIMIT_DATA in bytes when no memory cgroup could be made.
     data_rlimit: Option<u64>,
-    /// How the limits are enforced, for the status.
-    pub how: String,
+    nproc_rlimit: Option<u64>,
+    pub applied: Applied,
 }
 
 impl Enforcer {
-    /// Makes the task's cgroups and writes its limits (or settles for rlimits).
+    /// Makes the task's groups and writes its limits, settling for rlimits where a group
+    /// cannot be made. Whatever an earlier supervisor of this task directory left in them
+    /// is killed first: the caller holds the task's lock, so no live supervisor owns it.
     pub fn prepare(task: &str, dir: &Path, limits: Limits) -> Enforcer {
-        // One name per task directory (a task id of one cluster on this host), so the
-        // groups a supervisor killed without a chance to clean up are taken over by the
-        // next supervisor of the task rather than left behind.
-        let tag = crc32c::crc32c(dir.as_os_str().as_encoded_bytes());
-        let name = format!("{}-{tag:08x}", task.replace('/', "."));
+        let name = group_name(task, dir);
+        let layout = Layout::of_host();
+        kill_groups(&layout, &name);
         let mut e = Enforcer {
             join: Vec::new(),
             made: Vec::new(),
             data_rlimit: None,
-            how: String::new(),
+            nproc_rlimit: None,
+            applied: Applied {
+                memory: "none",
+                cpu: "none",
+                pids: "none",
+                kill: "process group",
+            },
         };
-        if limits.cpus == 0 && limits.ram_mb == 0 {
-            e.how = "none".into();
-            return e;
-        }
-        let root = Path::new("/sys/fs/cgroup");
-        let done = if root.join("cgroup.controllers").exists() {
-            e.v2(root, &name, limits).map(|()| "cgroup v2".to_string())
+        if let Some(root) = &layout.v2 {
+            e.v2(root, &name, limits);
         } else {
-            e.v1(root, &name, limits).map(|()| "cgroup v1".to_string())
-        };
-        match done {
-            Ok(how) => e.how = how,
-            Err(_) => {
-                e.release_dirs();
-                e.join.clear();
-                e.data_rlimit = (limits.ram_mb > 0).then_some(limits.ram_mb << 20);
-                e.how = "rlimit".into();
+            if let Some(unified) = &layout.unified {
+                if e.join_group(&unified.join("formic").join(&name)).is_ok() {
+                    e.applied.kill = "cgroup.kill";
+                }
             }
+            if let Some(root) = &layout.v1 {
+                e.v1(root, &name, limits);
+            }
+        }
+        if limits.ram_mb > 0 && e.applied.memory == "none" {
+            e.data_rlimit = Some(limits.ram_mb << 20);
+            e.applied.memory = "rlimit";
+        }
+        if limits.pids > 0 && e.applied.pids == "none" {
+            e.nproc_rlimit = Some(limits.pids as u64);
+            e.applied.pids = "rlimit";
         }
         e
     }
 
-    fn v2(&mut self, root: &Path, name: &str, l: Limits) -> io::Result<()> {
+    fn v2(&mut self, root: &Path, name: &str, l: Limits) {
         let parent = root.join("formic");
-        fs::create_dir_all(&parent)?;
-        // The controllers must be delegated down to the task's group.
-        write(&root.join("cgroup.subtree_control"), "+memory +cpu")?;
-        write(&parent.join("cgroup.subtree_control"), "+memory +cpu")?;
+        if fs::create_dir_all(&parent).is_err() {
+            return;
+        }
+        // Each controller must be delegated down to the task's group; one the kernel
+        // lacks is left out (and reported as not applied).
+        for c in ["memory", "cpu", "pids"] {
+            let _ = write(&root.join("cgroup.subtree_control"), &format!("+{c}"));
+            let _ = write(&parent.join("cgroup.subtree_control"), &format!("+{c}"));
+        }
         let dir = parent.join(name);
-        take_over(&dir)?;
-        self.made.push(dir.clone());
-        if l.ram_mb > 0 {
-            write(&dir.join("memory.max"), &(l.ram_mb << 20).to_string())?;
+        if self.join_group(&dir).is_err() {
+            return;
         }
-        if l.cpus > 0 {
-            write(
-                &dir.join("cpu.max"),
-                &format!("{} {CFS_PERIOD_US}", quota_us(l.cpus)),
-            )?;
+        self.applied.kill = "cgroup.kill";
+        if l.ram_mb > 0 && write(&dir.join("memory.max"), &(l.ram_mb << 20).to_string()).is_ok()
+        {
+            self.applied.memory = "cgroup";
         }
-        self.join.push(
-            OpenOptions::new()
-                .write(true)
-                .open(dir.join("cgroup.procs"))?,
-        );
-        Ok(())
+        let cpu_max = format!("{} {CFS_PERIOD_US}", quota_us(l.cpus));
+        if l.cpus > 0 && write(&dir.join("cpu.max"), &cpu_max).is_ok() {
+            self.applied.cpu = "cgroup";
+        }
+        if l.pids > 0 && write(&dir.join("pids.max"), &l.pids.to_string()).is_ok() {
+            self.applied.pids = "cgroup";
+        }
     }
 
-    fn v1(&mut self, root: &Path, name: &str, l: Limits) -> io::Result<()> {
-        if l.ram_mb > 0 {
-            let dir = root.join("memory/formic").join(name);
-            take_over(&dir)?;
-            self.made.push(dir.clone());
-            write(
-                &dir.join("memory.limit_in_bytes"),
-                &(l.ram_mb << 20).to_string(),
-            )?;
-            self.join.push(
-                OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"))?,
-            );
+    fn v1(&mut self, root: &Path, name: &str, l: Limits) {
+        let group = |c: &str| root.join(c).join("formic").join(name);
+        if self.join_group(&group("freezer")).is_ok() && self.applied.kill == "process group" {
+            self.applied.kill = "freezer";
         }
-        if l.cpus > 0 {
-            let dir = root.join("cpu/formic").join(name);
-            take_over(&dir)?;
-            self.made.push(dir.clone());
+        let memory = (l.ram_mb > 0).then(|| {
+            let dir = group("memory");
+            self.join_group(&dir)?;
+            write(&dir.join("memory.limit_in_bytes"), &(l.ram_mb << 20).to_string())
+        });
+        if let Some(Ok(())) = memory {
+            self.applied.memory = "cgroup";
+        }
+        let cpu = (l.cpus > 0).then(|| {
+            let dir = group("cpu");
+            self.join_group(&dir)?;
             write(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-            write(&dir.join("cpu.cfs_quota_us"), &quota_us(l.cpus).to_string())?;
-            self.join.push(
-                OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"))?,
-            );
+            write(&dir.join("cpu.cfs_quota_us"), &quota_us(l.cpus).to_string())
+        });
+        if let Some(Ok(())) = cpu {
+            self.applied.cpu = "cgroup";
         }
+        let pids = (l.pids > 0).then(|| {
+            let dir = group("pids");
+            self.join_group(&dir)?;
+            write(&dir.join("pids.max"), &l.pids.to_string())
+        });
+        if let Some(Ok(())) = pids {
+            self.applied.pids = "cgroup";
+        }
+    }
+
+    /// Makes (or reuses) a group and opens its cgroup.procs for the task to join.
+    fn join_group(&mut self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        if !self.made.iter().any(|d| d == dir) {
+            self.made.push(dir.to_path_buf());
+        }
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
+        self.join.push(procs);
         Ok(())
     }
 
@@ -163,42 +314,117 @@ impl Enforcer {
         InChild {
             join: self.join.iter().map(|f| f.as_raw_fd()).collect(),
             data_rlimit: self.data_rlimit,
+            nproc_rlimit: self.nproc_rlimit,
         }
     }
 
-    /// Removes the task's cgroups; call once every process of the task is gone.
-    pub fn release(mut self) {
-        self.join.clear();
-        self.release_dirs();
+    /// Kills every process in the task's groups (it is over, or being given up); true
+    /// when they are empty afterwards.
+    pub fn kill_all(&self) -> bool {
+        kill_in(&self.made)
     }
 
-    fn release_dirs(&mut self) {
+    /// Removes the task's groups; call once every process of the task is gone.
+    pub fn release(&mut self) {
+        self.join.clear();
         for dir in self.made.drain(..).rev() {
-            // A cgroup empties a moment after its last process is reaped.
+            // A group empties a moment after its last process is reaped.
             for _ in 0..50 {
                 if fs::remove_dir(&dir).is_ok() || !dir.exists() {
                     break;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
     }
 }
 
-/// Makes the task's group, or takes over the one an earlier supervisor of the task left;
-/// one still holding processes (a task whose supervisor was lost) is not shared.
-fn take_over(dir: &Path) -> io::Result<()> {
-    if dir.exists() {
-        let procs = fs::read_to_string(dir.join("cgroup.procs"))?;
-        if !procs.trim().is_empty() {
-            return Err(io::Error::other(format!(
-                "{} still holds processes",
-                dir.display()
-            )));
-        }
-        return Ok(());
+/// Kills whatever is left in the groups of the task in `dir`, for a supervisor that died
+/// without doing it. Only while nobody supervises the task: the caller proves that by
+/// holding the task's lock. Ok(true) when the groups are empty afterwards.
+pub fn kill_leftovers(task: &str, dir: &Path) -> bool {
+    kill_groups(&Layout::of_host(), &group_name(task, dir))
+}
+
+fn kill_groups(layout: &Layout, name: &str) -> bool {
+    let groups: Vec<PathBuf> = layout
+        .groups(name)
+        .into_iter()
+        .filter(|g| g.exists())
+        .collect();
+    kill_in(&groups)
+}
+
+/// Kills every process in `groups` (one task's groups in the hierarchies of this host)
+/// and waits, briefly, until they are empty.
+fn kill_in(groups: &[PathBuf]) -> bool {
+    if groups.iter().all(|g| members(g).is_empty()) {
+        return true;
     }
-    fs::create_dir_all(dir)
+    // One v2 group is enough: cgroup.kill takes its members and every process forked
+    // while it works. Else freeze, so the members cannot fork while they are listed.
+    let v2 = groups.iter().find(|g| g.join("cgroup.kill").exists());
+    let freezer = groups.iter().find(|g| g.join("freezer.state").exists());
+    match (v2, freezer) {
+        (Some(g), _) => {
+            let _ = write(&g.join("cgroup.kill"), "1");
+        }
+        (None, Some(g)) => freeze_and_kill(g),
+        (None, None) => groups.iter().for_each(|g| sigkill_members(g)),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if groups.iter().all(|g| members(g).is_empty()) {
+            return true;
+        }
+        // Members of v1 groups without a freezer (or that raced in) are killed one by one.
+        groups.iter().for_each(|g| sigkill_members(g));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+/// The v1 way to kill a whole group: frozen members cannot fork, so the list is complete;
+/// SIGKILL is delivered as soon as they thaw.
+fn freeze_and_kill(group: &Path) {
+    let state = group.join("freezer.state");
+    if write(&state, "FROZEN").is_ok() {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline
+            && fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FREEZING")
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    sigkill_members(group);
+    let _ = write(&state, "THAWED");
+}
+
+fn sigkill_members(group: &Path) {
+    for pid in members(group) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The processes in a group (none when it is gone).
+pub fn members(group: &Path) -> Vec<i32> {
+    fs::read_to_string(group.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The groups of the task in `dir` that exist on this host, for tests and listings.
+pub fn groups_of(task: &str, dir: &Path) -> Vec<PathBuf> {
+    Layout::of_host()
+        .groups(&group_name(task, dir))
+        .into_iter()
+        .filter(|g| g.exists())
+        .collect()
 }
 
 fn quota_us(millicores: u32) -> u64 {
@@ -208,4 +434,35 @@ fn quota_us(millicores: u32) -> u64 {
 fn write(path: &Path, value: &str) -> io::Result<()> {
     let mut f = OpenOptions::new().write(true).open(path)?;
     f.write_all(value.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weaker_limits_are_named() {
+        let asked = Limits {
+            cpus: 500,
+            ram_mb: 64,
+            pids: 100,
+        };
+        let full = Applied {
+            memory: "cgroup",
+            cpu: "cgroup",
+            pids: "cgroup",
+            kill: "cgroup.kill",
+        };
+        assert!(full.weaker_than(asked).is_empty());
+        let weak = Applied {
+            memory: "rlimit",
+            cpu: "none",
+            pids: "cgroup",
+            kill: "process group",
+        };
+        let said = weak.weaker_than(asked).join("; ");
+        assert!(said.contains("memory by rlimit") && said.contains("cpu by none"), "{said}");
+        assert!(said.contains("not killed"), "{said}");
+        assert_eq!(Applied::from_json(&weak.to_json()), Some(weak));
+    }
 }

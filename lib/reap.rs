@@ -16,6 +16,7 @@
 //! Promises: one transaction per pass, all or nothing; an event is printed only for a
 //! transition that was committed; bad records on stdin change nothing (status 65).
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, IsTerminal, Write};
@@ -33,7 +34,7 @@ use crate::host::{Mode, Transport};
 use crate::records::{self, Record};
 use crate::rundir;
 use crate::state::{State, View};
-use crate::task::{check_job_key, Task, TaskState, MAX_PORTS, NO_HOST};
+use crate::task::{check_job_key, Task, TaskState};
 
 /// Stop what must stop, collect what ended, apply the restart policy, list tasks.
 ///
@@ -545,7 +546,7 @@ pub enum Act {
 pub struct Event {
     pub state: TaskState,
     pub exit: Option<i32>,
-    pub reason: Option<&'static str>,
+    pub reason: Option<Cow<'static, str>>,
     pub not_before: Option<f64>,
 }
 
@@ -560,7 +561,7 @@ impl Event {
     }
 
     fn why(mut self, reason: &'static str) -> Event {
-        self.reason = Some(reason);
+        self.reason = Some(Cow::Borrowed(reason));
         self
     }
 }
@@ -594,26 +595,6 @@ fn is_stopping(s: TaskState) -> bool {
     )
 }
 
-/// The task's record with nothing reserved (terminal, pending and throttled tasks hold no
-/// cpus, memory, disk, gpus or ports) and no process.
-fn freed(t: &Task, state: TaskState, now: f64) -> Task {
-    let mut r = t.clone();
-    r.state = state;
-    r.since = now;
-    r.healthy = false;
-    r.pid = 0;
-    r.pid_start = 0;
-    r.cpus = 0;
-    r.ram_mb = 0;
-    r.disk_mb = 0;
-    r.gpus = 0;
-    r.ports = [0; MAX_PORTS];
-    if matches!(state, TaskState::Pending | TaskState::Throttled) {
-        r.host = NO_HOST;
-    }
-    r
-}
-
 /// Decides what to do about a task in a holding state, given what its directory says,
 /// whether a stop was asked for, and the time. Pure: the caller acts on the plan.
 pub fn decide(
@@ -635,11 +616,13 @@ pub fn decide(
 fn finish(t: &Task, st: &rundir::Status, facts: &Facts, now: f64, timing: &Timing) -> Plan {
     let exit = st.exit.or(st.signal.map(|s| -s));
     let unhealthy = st.healthy == Some(false);
+    // The supervisor's own reason (the task could not be started, say) travels on.
+    let said = st.reason.clone().map(Cow::Owned);
     let (state, reason) = match st.state.as_str() {
         "FINISHED" => (TaskState::Finished, None),
-        "FAILED" => (TaskState::Failed, None),
+        "FAILED" => (TaskState::Failed, said),
         // Stopped because its health checks failed: a failure of the task, not a kill.
-        _ if unhealthy => (TaskState::Failed, Some("unhealthy")),
+        _ if unhealthy => (TaskState::Failed, Some(Cow::Borrowed("unhealthy"))),
         _ => (TaskState::Killed, None),
     };
     let started = facts.started.unwrap_or(t.since);
@@ -653,12 +636,12 @@ fn ended(
     t: &Task,
     state: TaskState,
     exit: Option<i32>,
-    reason: Option<&'static str>,
+    reason: Option<Cow<'static, str>>,
     healthy_run: bool,
     facts: &Facts,
     now: f64,
 ) -> Plan {
-    let mut r = freed(t, state, now);
+    let mut r = t.freed(state, now);
     r.exit = exit.unwrap_or(0);
     let policy = facts.policy();
     // A service is meant to run until stopped: its exit, even with 0, is a failure.
@@ -677,7 +660,7 @@ fn ended(
     });
     if failure && !healthy_run && policy.retries(failures) {
         let until = now + policy.backoff(failures);
-        plan.task = freed(&plan.task, TaskState::Throttled, now);
+        plan.task = plan.task.freed(TaskState::Throttled, now);
         plan.task.exit = exit.unwrap_or(0);
         plan.task.not_before = until;
         let mut e = Event::new(TaskState::Throttled).why("failed after a brief run");
@@ -706,7 +689,7 @@ fn gone(
         (None, _) if stop => (TaskState::Killed, "stopped before it started"),
         // Launch may be between recording the intent and starting the supervisor.
         (None, TaskState::Assigned) if waited => {
-            let mut plan = Plan::new(freed(t, TaskState::Pending, now));
+            let mut plan = Plan::new(t.freed(TaskState::Pending, now));
             plan.events
                 .push(Event::new(TaskState::Pending).why("never started"));
             return Some(plan);
@@ -716,7 +699,7 @@ fn gone(
         (Some(_), _) if stop => (TaskState::Killed, "supervisor gone"),
         (Some(_), _) => (TaskState::Lost, "supervisor gone"),
     };
-    let mut plan = ended(t, state, None, Some(reason), false, facts, now);
+    let mut plan = ended(t, state, None, Some(reason.into()), false, facts, now);
     if let Some(p) = task_pid {
         plan.before.push(Act::KillGroup { task: p });
     }
@@ -739,7 +722,7 @@ fn alive(
                 t,
                 TaskState::Killed,
                 Some(-9),
-                Some("stop timed out"),
+                Some("stop timed out".into()),
                 false,
                 facts,
                 now,
@@ -896,6 +879,22 @@ fn kill_group(who: (u32, u64)) -> Result<bool, String> {
     }
 }
 
+/// Kills whatever the task left in its cgroups (children that called setsid, orphans of
+/// a leader that exited: what its process group no longer reaches), once no supervisor
+/// holds its lock: holding it ourselves proves the groups are nobody's. A supervisor that
+/// holds it (again) owns them, and kills leftovers itself before it starts the task.
+fn kill_leftovers(w: &Watch) -> Result<(), String> {
+    let lock = rundir::lock_file(&w.dir).map_err(|e| format!("{e:#}"))?;
+    if !rundir::lock_exclusive(&lock, Duration::from_secs(1)) {
+        return Ok(());
+    }
+    if crate::limits::kill_leftovers(&w.id, &w.dir) {
+        Ok(())
+    } else {
+        Err("processes survive SIGKILL in its cgroups".into())
+    }
+}
+
 /// Unix time of a process start given in clock ticks since boot (/proc/PID/stat field 22).
 fn started_at(ticks: u64) -> Option<f64> {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -947,7 +946,7 @@ impl Out {
             if let Some(x) = e.exit {
                 l.push_str(&format!("  exit {x}"));
             }
-            if let Some(r) = e.reason {
+            if let Some(r) = &e.reason {
                 l.push_str(&format!("  ({r})"));
             }
             if let Some(nb) = e.not_before {
@@ -962,7 +961,7 @@ impl Out {
             m.insert("state".into(), json!(e.state.name()));
             m.insert("exit".into(), json!(e.exit));
             m.insert("ts".into(), json!(ts));
-            if let Some(r) = e.reason {
+            if let Some(r) = &e.reason {
                 m.insert("reason".into(), json!(r));
             }
             if let Some(nb) = e.not_before {
@@ -1245,11 +1244,11 @@ impl Reaper {
         use nix::sys::signal::Signal;
         let r = match *act {
             Act::Stop { supervisor } => signal_process(supervisor, Signal::SIGTERM).map(|_| ()),
-            Act::KillGroup { task } => kill_group(task).map(|_| ()),
+            Act::KillGroup { task } => kill_group(task).and_then(|_| kill_leftovers(w)),
             Act::KillAll { supervisor, task } => {
                 let a = task.map_or(Ok(false), kill_group);
                 let b = supervisor.map_or(Ok(false), |s| signal_process(s, Signal::SIGKILL));
-                a.and(b).map(|_| ())
+                a.and(b).and_then(|_| kill_leftovers(w))
             }
         };
         if let Err(e) = r {
@@ -1439,6 +1438,7 @@ fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::NO_HOST;
 
     fn task(state: TaskState, since: f64) -> Task {
         let mut t = Task::new(0, 0);
@@ -1464,6 +1464,7 @@ mod tests {
             since,
             healthy: None,
             health_failures: 0,
+            ..Default::default()
         }
     }
 
@@ -1801,7 +1802,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.task.state, TaskState::Killing);
-        assert_eq!(plan.events[0].reason, Some("unhealthy"));
+        assert_eq!(plan.events[0].reason.as_deref(), Some("unhealthy"));
         // Its end is a failure, not a kill.
         st.state = "KILLED".into();
         st.signal = Some(15);

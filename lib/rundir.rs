@@ -39,7 +39,7 @@ pub fn task_dir(root: &Path, task: &str) -> PathBuf {
 }
 
 /// What a supervisor reports.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Status {
     pub task: String,
     /// The supervisor's pid and start time (clock ticks since boot).
@@ -53,6 +53,15 @@ pub struct Status {
     pub since: f64,
     pub healthy: Option<bool>,
     pub health_failures: u32,
+    /// Why the task failed when the supervisor knows better than an exit status (it could
+    /// not be started; the supervisor gave up on it).
+    pub reason: Option<String>,
+    /// The uid the task runs as, once started.
+    pub uid: Option<u32>,
+    /// How its limits are enforced on this host.
+    pub limits: Option<crate::limits::Applied>,
+    /// Bytes of its output that could not be written to its logs (a full disk), dropped.
+    pub log_dropped: u64,
 }
 
 impl Status {
@@ -68,6 +77,10 @@ impl Status {
             "since": self.since,
             "healthy": self.healthy,
             "health_failures": self.health_failures,
+            "reason": self.reason,
+            "uid": self.uid,
+            "limits": self.limits.as_ref().map(|l| l.to_json()),
+            "log_dropped": self.log_dropped,
         })
     }
 
@@ -89,6 +102,10 @@ impl Status {
             since: v["since"].as_f64()?,
             healthy: v["healthy"].as_bool(),
             health_failures: v["health_failures"].as_u64().unwrap_or(0) as u32,
+            reason: v["reason"].as_str().map(String::from),
+            uid: v["uid"].as_u64().map(|u| u as u32),
+            limits: crate::limits::Applied::from_json(&v["limits"]),
+            log_dropped: v["log_dropped"].as_u64().unwrap_or(0),
         })
     }
 
@@ -223,6 +240,15 @@ mod tests {
             since: 1.5,
             healthy: Some(true),
             health_failures: 0,
+            reason: Some("why".into()),
+            uid: Some(70001),
+            limits: Some(crate::limits::Applied {
+                memory: "cgroup",
+                cpu: "none",
+                pids: "rlimit",
+                kill: "cgroup.kill",
+            }),
+            log_dropped: 7,
         };
         s.write(dir.path()).unwrap();
         assert_eq!(Status::read(dir.path()).unwrap(), Some(s));

@@ -5,20 +5,29 @@
 //!
 //! Its life, in the task's directory (see `rundir`):
 //! 1. take `lock` for good (a second supervisor of the same task gives up at once);
-//! 2. status STARTING; start the task: its own session and process group, the sandbox as
-//!    working directory, only fds 0-2 (stdin /dev/null, stdout and stderr piped into
-//!    size-bounded logs), the environment given and nothing inherited, the given user with
-//!    privileges dropped in the order setgroups, setgid, setuid;
+//! 2. status STARTING; make the task's cgroups (killing what an earlier supervisor of the
+//!    task left in them) and give it its identity; start it: its own session and process
+//!    group, the sandbox as working directory, only fds 0-2 (stdin /dev/null, stdout and
+//!    stderr piped into size-bounded logs in `logs/`), the environment given and nothing
+//!    inherited, no new privileges, no capabilities, the given or a dynamic user;
 //! 3. status RUNNING with the task's pid and start time;
-//! 4. wait: on the task's exit, kill what is left of its process group and every orphan it
-//!    left, and write FINISHED (exit 0) or FAILED; on SIGTERM (a stop request), send SIGTERM
-//!    to the task's process group, SIGKILL after the grace period, and write KILLED;
-//!    meanwhile run the health check and record its verdict.
+//! 4. wait: on the task's exit, kill everything left in its cgroups (and its process group,
+//!    and every orphan handed to us), and write FINISHED (exit 0) or FAILED; on SIGTERM (a
+//!    stop request), SIGTERM to the task's process group, SIGKILL after the grace period,
+//!    and write KILLED; meanwhile run the health check and record its verdict.
+//!
+//! A supervisor never leaves a task behind: whatever makes it give up (a status it cannot
+//! write on a full disk, say), it kills everything it started first.
+//!
+//! Nothing a task can change is ever opened by the supervisor: the task owns only its
+//! sandbox, and the supervisor writes the logs, the status and everything else in the
+//! root-owned task directory beside it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
@@ -29,20 +38,21 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{Gid, Pid, Uid, User};
+use nix::unistd::{Gid, Pid, Uid};
 use serde_json::Value;
 
 use crate::exit::{fail, Status as Exit};
+use crate::identity::{self, Ids};
 use crate::limits::{Enforcer, InChild, Limits};
 use crate::rundir::{self, Status};
 
 /// Supervise one task: start it, wait for it, record how it ended
 ///
 /// The per-task supervisor that launch starts for every instance. DIR is the task's
-/// directory on this host (spec.json, lock, status, sandbox/). It holds DIR/lock for as long
-/// as it lives, writes DIR/status atomically at every change, and outlives whoever started
-/// it. Send it SIGTERM to stop the task: SIGTERM to the task's process group, SIGKILL after
-/// the grace period.
+/// directory on this host (spec.json, lock, status, logs/, sandbox/). It holds DIR/lock for
+/// as long as it lives, writes DIR/status atomically at every change, and outlives whoever
+/// started it. Send it SIGTERM to stop the task: SIGTERM to the task's process group,
+/// SIGKILL after the grace period.
 #[derive(clap::Parser, Debug)]
 #[command(name = "formic-supervise", version, after_help = crate::exit::TABLE)]
 pub struct Cli {
@@ -62,14 +72,19 @@ pub struct Spec {
     pub task: String,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
-    /// Run as this user; None runs as the supervisor's own user.
+    /// Run as this user; None runs as a dynamic user when `dynamic_ids` names a range,
+    /// else as the supervisor's own user.
     pub user: Option<String>,
+    /// The uid range a task without a named user takes its own uid from.
+    pub dynamic_ids: Option<(u32, u32)>,
     /// Whether the task may run as root.
     pub allow_root: bool,
     /// Seconds between SIGTERM and SIGKILL on a stop.
     pub grace_s: f64,
     /// Size at which a log is rotated (one old generation is kept).
     pub log_max_bytes: u64,
+    /// The operators' group that may read the task's logs (root's when it does not exist).
+    pub log_group: Option<String>,
     pub health: Option<Health>,
     /// What the task may use (its reservation): cgroups where the host has them.
     pub limits: Limits,
@@ -80,8 +95,8 @@ pub struct Health {
     /// HTTP GET of `path` on 127.0.0.1:`port`; 2xx and 3xx are healthy.
     pub port: u16,
     pub path: String,
-    /// Or a command (argv, no shell) run in the sandbox as the task's user: exit 0 is
-    /// healthy. Used when not empty.
+    /// Or a command (argv, no shell) run in the sandbox as the task's user, in its
+    /// cgroups: exit 0 is healthy. Used when not empty.
     pub cmd: Vec<String>,
     pub interval_s: f64,
     pub timeout_s: f64,
@@ -111,6 +126,7 @@ impl Spec {
                 failures: h["failures"].as_u64().unwrap_or(3) as u32,
             })
         });
+        let range = |r: &Value| Some((r[0].as_u64()? as u32, r[1].as_u64()? as u32));
         Some(Spec {
             task: v["task"].as_str()?.to_string(),
             argv: strings(&v["argv"]).filter(|a| !a.is_empty())?,
@@ -123,13 +139,16 @@ impl Spec {
                 })
                 .unwrap_or_default(),
             user: v["user"].as_str().map(String::from),
+            dynamic_ids: range(&v["dynamic_ids"]),
             allow_root: v["allow_root"].as_bool().unwrap_or(false),
             grace_s: v["grace_s"].as_f64().unwrap_or(10.0),
             log_max_bytes: v["log_max_bytes"].as_u64().unwrap_or(16 << 20),
+            log_group: v["log_group"].as_str().map(String::from),
             health,
             limits: Limits {
                 cpus: v["limits"]["cpus"].as_u64().unwrap_or(0) as u32,
                 ram_mb: v["limits"]["ram_mb"].as_u64().unwrap_or(0),
+                pids: v["limits"]["pids"].as_u64().unwrap_or(0) as u32,
             },
         })
     }
@@ -138,9 +157,10 @@ impl Spec {
         serde_json::json!({
             "task": self.task, "argv": self.argv,
             "env": self.env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
-            "user": self.user, "allow_root": self.allow_root, "grace_s": self.grace_s,
-            "log_max_bytes": self.log_max_bytes,
-            "limits": {"cpus": self.limits.cpus, "ram_mb": self.limits.ram_mb},
+            "user": self.user, "dynamic_ids": self.dynamic_ids.map(|(a, b)| [a, b]),
+            "allow_root": self.allow_root, "grace_s": self.grace_s,
+            "log_max_bytes": self.log_max_bytes, "log_group": self.log_group,
+            "limits": {"cpus": self.limits.cpus, "ram_mb": self.limits.ram_mb, "pids": self.limits.pids},
             "health": self.health.as_ref().map(|h| serde_json::json!({"port": h.port, "path": h.path, "cmd": h.cmd,
                 "interval_s": h.interval_s, "timeout_s": h.timeout_s, "failures": h.failures})),
         })
@@ -155,6 +175,8 @@ fn now() -> f64 {
 
 /// Supervises the task in `dir` until it ends; returns its final status.
 pub fn run(dir: &Path) -> Result<Status> {
+    // Absolute, so a dynamic uid's claim names the directory whatever the caller's cwd.
+    let dir = &fs::canonicalize(dir).with_context(|| format!("opening {}", dir.display()))?;
     let lock = rundir::lock_file(dir)?;
     if !rundir::lock_exclusive(&lock, Duration::from_millis(100)) {
         return Err(fail(
@@ -178,17 +200,42 @@ pub fn run(dir: &Path) -> Result<Status> {
     let mut status = Status {
         task: spec.task.clone(),
         supervisor: (me, rundir::start_time(me).unwrap_or(0)),
-        pid: None,
         state: "STARTING".into(),
-        exit: None,
-        signal: None,
         since: now(),
-        healthy: None,
-        health_failures: 0,
+        ..Status::default()
     };
+    // Nothing is started yet: a status that cannot be written leaves nothing behind.
     status.write(dir)?;
+    let signals = stop_signals()?;
+    let limits = Enforcer::prepare(&spec.task, dir, spec.limits);
+    status.limits = Some(limits.applied.clone());
+    let weaker = limits.applied.weaker_than(spec.limits);
+    if !weaker.is_empty() {
+        eprintln!(
+            "formic-supervise: {}: limits weaker than asked on this host: {}",
+            spec.task,
+            weaker.join("; ")
+        );
+    }
+    let mut task = match Supervisor::start(dir, spec, status, limits) {
+        Ok(task) => task,
+        Err(not_started) => return not_started.record(dir),
+    };
+    match task.write_status().and_then(|()| task.supervise(&signals)) {
+        Ok(()) => {
+            drop(lock);
+            Ok(task.status)
+        }
+        Err(e) => {
+            task.give_up(&e);
+            Err(e)
+        }
+    }
+}
 
-    // Signals arrive as readable events, so the loop below is the only place they act.
+/// SIGCHLD and the stop signals, blocked and read from a descriptor, so the supervisor's
+/// loop is the only place they act.
+fn stop_signals() -> Result<SignalFd> {
     let mut signals = SigSet::empty();
     for s in [
         Signal::SIGCHLD,
@@ -199,64 +246,160 @@ pub fn run(dir: &Path) -> Result<Status> {
         signals.add(s);
     }
     signals.thread_block().context("blocking signals")?;
-    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    Ok(SignalFd::with_flags(
+        &signals,
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )?)
+}
 
-    let limits = Enforcer::prepare(&spec.task, dir, spec.limits);
-    let mut child = match start(&spec, dir, &limits) {
-        Ok(c) => c,
-        Err(e) => {
-            limits.release();
-            status.state = "FAILED".into();
-            status.exit = Some(127);
-            status.since = now();
-            status.write(dir)?;
-            return Err(e);
+/// A task that could not be started, and why: it failed as a shell says a command that
+/// cannot run failed (127: not found, 126: found but not runnable).
+struct NotStarted {
+    status: Status,
+    error: anyhow::Error,
+    logs: Option<PathBuf>,
+}
+
+impl NotStarted {
+    /// Records the failure; the supervisor then exits with the error's status.
+    fn record(mut self, dir: &Path) -> Result<Status> {
+        let not_found = self.error.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        });
+        let reason = format!("{:#}", self.error);
+        eprintln!("formic-supervise: {}: {reason}", self.status.task);
+        if let Some(stderr) = self.logs {
+            // Where the task's own complaint would have gone, for whoever reads its logs.
+            let line = format!("formic-supervise: {reason}\n");
+            let _ = append_private(&stderr).and_then(|mut f| f.write_all(line.as_bytes()));
         }
-    };
-    let pid = child.id();
-    status.pid = Some((pid, rundir::start_time(pid).unwrap_or(0)));
-    status.state = "RUNNING".into();
-    status.since = now();
-    status.write(dir)?;
+        self.status.state = "FAILED".into();
+        self.status.exit = Some(if not_found { 127 } else { 126 });
+        self.status.reason = Some(reason);
+        self.status.since = now();
+        self.status.write(dir)?;
+        Err(self.error)
+    }
+}
 
-    let mut logs = [
-        child.stdout.take().map(|p| {
-            Log::new(
-                Source::Out(p),
-                dir.join("sandbox/stdout"),
-                spec.log_max_bytes,
-            )
-        }),
-        child.stderr.take().map(|p| {
-            Log::new(
-                Source::Err(p),
-                dir.join("sandbox/stderr"),
-                spec.log_max_bytes,
-            )
-        }),
-    ];
-    let group = Pid::from_raw(pid as i32);
-    let mut exited: Option<WaitStatus> = None;
-    let mut stop_deadline: Option<Instant> = None;
-    let mut next_check = spec
-        .health
-        .as_ref()
-        .map(|h| Instant::now() + secs(h.interval_s));
-    drop(child); // waited for by pid below, with every orphan
+/// One supervised task, from its start to its final status.
+struct Supervisor {
+    dir: PathBuf,
+    spec: Spec,
+    status: Status,
+    limits: Enforcer,
+    ids: Option<Ids>,
+    /// The task's pid, which is also its process group and session.
+    group: Pid,
+    logs: [Option<Log>; 2],
+    exited: Option<WaitStatus>,
+    stop_deadline: Option<Instant>,
+    next_check: Option<Instant>,
+}
 
-    loop {
-        let deadline = [stop_deadline, next_check].into_iter().flatten().min();
+impl Supervisor {
+    /// Gives the task its identity, sandbox and logs, and starts it.
+    fn start(
+        dir: &Path,
+        spec: Spec,
+        mut status: Status,
+        limits: Enforcer,
+    ) -> Result<Supervisor, NotStarted> {
+        let mut logs_dir = None;
+        let started = (|| {
+            let ids = identity(&spec, dir)?;
+            let owner = ids.as_ref().map_or(Uid::effective(), |i| i.uid);
+            status.uid = Some(owner.as_raw());
+            let log_owner = (owner, identity::log_gid(spec.log_group.as_deref()));
+            logs_dir = Some(make_logs_dir(dir)?.join("stderr"));
+            give_sandbox(dir, ids.as_ref())?;
+            let mut cmd = in_task_world(&spec, dir, &spec.argv, ids.clone(), limits.for_child());
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting {:?}", spec.argv[0]))?;
+            Ok::<_, anyhow::Error>((ids, log_owner, child))
+        })();
+        let (ids, log_owner, mut child) = match started {
+            Ok(s) => s,
+            Err(error) => {
+                let mut limits = limits;
+                limits.kill_all();
+                limits.release();
+                return Err(NotStarted {
+                    status,
+                    error,
+                    logs: logs_dir,
+                });
+            }
+        };
+        let pid = child.id();
+        let logs_at = dir.join("logs");
+        let logs = [
+            child.stdout.take().map(|p| {
+                Log::new(Source::Out(p), logs_at.join("stdout"), &spec, log_owner)
+            }),
+            child.stderr.take().map(|p| {
+                Log::new(Source::Err(p), logs_at.join("stderr"), &spec, log_owner)
+            }),
+        ];
+        drop(child); // waited for by pid, with every orphan
+        let next_check = spec
+            .health
+            .as_ref()
+            .map(|h| Instant::now() + secs(h.interval_s));
+        let mut task = Supervisor {
+            dir: dir.to_path_buf(),
+            spec,
+            status,
+            limits,
+            ids,
+            group: Pid::from_raw(pid as i32),
+            logs,
+            exited: None,
+            stop_deadline: None,
+            next_check,
+        };
+        task.status.pid = Some((pid, rundir::start_time(pid).unwrap_or(0)));
+        task.status.state = "RUNNING".into();
+        task.status.since = now();
+        Ok(task)
+    }
+
+    fn write_status(&mut self) -> Result<()> {
+        self.status.log_dropped = self.logs.iter().flatten().map(|l| l.dropped).sum();
+        self.status.write(&self.dir)
+    }
+
+    /// Waits for the task (and every event about it) until it has ended and is recorded.
+    fn supervise(&mut self, signals: &SignalFd) -> Result<()> {
+        loop {
+            self.wait_for_events(signals)?;
+            self.reap();
+            self.enforce_stop_deadline();
+            self.check_health()?;
+            if self.exited.is_some() && self.try_finish()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Blocks until a signal, output or a deadline; copies output and acts on signals.
+    fn wait_for_events(&mut self, signals: &SignalFd) -> Result<()> {
+        let deadline = [self.stop_deadline, self.next_check]
+            .into_iter()
+            .flatten()
+            .min();
         let timeout = deadline.map_or(PollTimeout::NONE, |d| {
             PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
                 .unwrap_or(PollTimeout::MAX)
         });
-        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        let open: Vec<usize> = (0..2).filter(|&i| logs[i].is_some()).collect();
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let open: Vec<usize> = (0..2).filter(|&i| self.logs[i].is_some()).collect();
         for &i in &open {
-            fds.push(PollFd::new(
-                logs[i].as_ref().unwrap().fd(),
-                PollFlags::POLLIN,
-            ));
+            let log = self.logs[i].as_ref().expect("open logs only");
+            fds.push(PollFd::new(log.fd(), PollFlags::POLLIN));
         }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -268,82 +411,121 @@ pub fn run(dir: &Path) -> Result<Status> {
             .collect();
         drop(fds);
         for (k, &i) in open.iter().enumerate() {
-            if ready[k + 1] && !logs[i].as_mut().unwrap().pump()? {
-                logs[i] = None; // the task closed it
+            if ready[k + 1] && !self.logs[i].as_mut().is_some_and(Log::pump) {
+                self.logs[i] = None; // the task closed it
             }
         }
         if ready[0] {
-            while let Ok(Some(info)) = sfd.read_signal() {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => {}
-                    Ok(_) if stop_deadline.is_none() && exited.is_none() => {
-                        let _ = killpg(group, Signal::SIGTERM);
-                        stop_deadline = Some(Instant::now() + secs(spec.grace_s));
-                        status.state = "KILLING".into();
-                        status.since = now();
-                        status.write(dir)?;
-                    }
-                    Ok(_) => {}
-                    Err(_) => {}
+            while let Ok(Some(info)) = signals.read_signal() {
+                let stop = Signal::try_from(info.ssi_signo as i32)
+                    .is_ok_and(|s| s != Signal::SIGCHLD);
+                if stop && self.stop_deadline.is_none() && self.exited.is_none() {
+                    self.begin_stop()?;
                 }
             }
         }
-        // Reap whatever has ended: the task, and orphans handed to us as subreaper.
+        Ok(())
+    }
+
+    /// A stop request: SIGTERM to the task's group now, SIGKILL at the grace period's end.
+    fn begin_stop(&mut self) -> Result<()> {
+        let _ = killpg(self.group, Signal::SIGTERM);
+        self.stop_deadline = Some(Instant::now() + secs(self.spec.grace_s));
+        self.status.state = "KILLING".into();
+        self.status.since = now();
+        self.write_status()
+    }
+
+    /// Reaps whatever has ended: the task, and orphans handed to us as subreaper.
+    fn reap(&mut self) {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(ws) if ws.pid() == Some(group) => exited = Some(ws),
+                Ok(ws) if ws.pid() == Some(self.group) => self.exited = Some(ws),
                 Ok(_) => {}
             }
         }
-        if let Some(d) = stop_deadline {
-            if Instant::now() >= d && exited.is_none() {
-                let _ = killpg(group, Signal::SIGKILL);
-                stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
+    }
+
+    fn enforce_stop_deadline(&mut self) {
+        if let Some(d) = self.stop_deadline {
+            if Instant::now() >= d && self.exited.is_none() {
+                self.kill_everything();
+                self.stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
             }
         }
-        if let (Some(h), Some(at)) = (&spec.health, next_check) {
-            if Instant::now() >= at && exited.is_none() && stop_deadline.is_none() {
-                let ok = if h.cmd.is_empty() {
-                    http_ok(h)
-                } else {
-                    command_ok(h, &spec, dir)
-                };
-                status.health_failures = if ok { 0 } else { status.health_failures + 1 };
-                // Healthy from the first check that passes (not before: a task not yet
-                // answering must not be announced); unhealthy after `failures` in a row.
-                let healthy = if ok {
-                    Some(true)
-                } else if status.health_failures >= h.failures {
-                    Some(false)
-                } else {
-                    status.healthy
-                };
-                if status.healthy != healthy || !ok {
-                    status.healthy = healthy;
-                    status.write(dir)?;
-                }
-                next_check = Some(Instant::now() + secs(h.interval_s));
-            }
+    }
+
+    fn check_health(&mut self) -> Result<()> {
+        let (Some(h), Some(at)) = (&self.spec.health, self.next_check) else {
+            return Ok(());
+        };
+        if Instant::now() < at || self.exited.is_some() || self.stop_deadline.is_some() {
+            return Ok(());
         }
-        if let Some(ws) = exited {
-            // The task is gone: nothing it started may outlive it.
-            let _ = killpg(group, Signal::SIGKILL);
-            if !no_children() {
-                kill_orphans();
-            }
-            if logs.iter().all(Option::is_none) || no_children() {
-                for log in logs.iter_mut().flatten() {
-                    let _ = log.pump_until_eof();
-                }
-                reap_all();
-                limits.release();
-                finish(&mut status, ws, stop_deadline.is_some());
-                status.write(dir)?;
-                drop(lock);
-                return Ok(status);
-            }
+        let ok = if h.cmd.is_empty() {
+            http_ok(h)
+        } else {
+            command_ok(h, &self.spec, &self.dir, self.ids.clone(), &self.limits)
+        };
+        let failures = if ok { 0 } else { self.status.health_failures + 1 };
+        // Healthy from the first check that passes (not before: a task not yet answering
+        // must not be announced); unhealthy after `failures` in a row.
+        let healthy = if ok {
+            Some(true)
+        } else if failures >= h.failures {
+            Some(false)
+        } else {
+            self.status.healthy
+        };
+        self.next_check = Some(Instant::now() + secs(h.interval_s));
+        if self.status.healthy != healthy || !ok {
+            self.status.health_failures = failures;
+            self.status.healthy = healthy;
+            return self.write_status();
         }
+        self.status.health_failures = failures;
+        Ok(())
+    }
+
+    /// The task has exited: nothing it started may outlive it. Finishes once its output
+    /// is copied; false while descendants still hold its pipes (they are being killed).
+    fn try_finish(&mut self) -> Result<bool> {
+        self.kill_everything();
+        if !(self.logs.iter().all(Option::is_none) || no_children()) {
+            return Ok(false);
+        }
+        for log in self.logs.iter_mut().flatten() {
+            log.pump_until_eof();
+        }
+        reap_all();
+        self.limits.release();
+        let stopped = self.stop_deadline.is_some();
+        finish(&mut self.status, self.exited.expect("exited"), stopped);
+        self.write_status()?;
+        Ok(true)
+    }
+
+    /// SIGKILL to the task's cgroups, its process group and every orphan it left us.
+    fn kill_everything(&self) {
+        self.limits.kill_all();
+        let _ = killpg(self.group, Signal::SIGKILL);
+        if !no_children() {
+            kill_orphans();
+        }
+    }
+
+    /// The supervisor cannot go on: it kills and reaps everything it started, and tries
+    /// to leave a final word, so that nothing runs that no supervisor watches.
+    fn give_up(&mut self, why: &anyhow::Error) {
+        self.kill_everything();
+        reap_all();
+        self.limits.release();
+        eprintln!("formic-supervise: {}: giving up: {why:#}", self.spec.task);
+        self.status.state = "FAILED".into();
+        self.status.reason = Some(format!("supervisor gave up: {why:#}"));
+        self.status.since = now();
+        let _ = self.write_status();
     }
 }
 
@@ -368,22 +550,15 @@ fn finish(status: &mut Status, ws: WaitStatus, stopped: bool) {
     status.since = now();
 }
 
-/// Starts the task: its own session, the sandbox, fds 0-2 only, its environment, its user.
-/// The uid, gid and groups a task runs as (None: the supervisor's own), refused when that
-/// is root and the spec does not allow it.
-type Identity = Option<(Uid, Gid, Vec<Gid>)>;
-
-fn identity(spec: &Spec) -> Result<Identity> {
-    let ids = match &spec.user {
-        Some(name) => {
-            let user = User::from_name(name)
-                .with_context(|| format!("looking up user {name}"))?
-                .ok_or_else(|| fail(Exit::BadInput, format!("no user {name:?} on this host")))?;
-            Some((user.uid, user.gid, supplementary_groups(&user)?))
-        }
-        None => None,
+/// The ids the task runs as (None: the supervisor's own): the user its job names, else an
+/// identity of its own from the spec's range. Root only when the spec allows it.
+fn identity(spec: &Spec, dir: &Path) -> Result<Option<Ids>> {
+    let ids = match (&spec.user, spec.dynamic_ids) {
+        (Some(name), _) => Some(identity::named(name)?),
+        (None, Some(range)) => Some(identity::dynamic(dir, range)?),
+        (None, None) => None,
     };
-    let uid = ids.as_ref().map_or(Uid::effective(), |(u, _, _)| *u);
+    let uid = ids.as_ref().map_or(Uid::effective(), |i| i.uid);
     if uid.is_root() && !spec.allow_root {
         return Err(fail(
             Exit::Permission,
@@ -393,72 +568,110 @@ fn identity(spec: &Spec) -> Result<Identity> {
     Ok(ids)
 }
 
-fn start(spec: &Spec, dir: &Path, limits: &Enforcer) -> Result<std::process::Child> {
-    let ids = identity(spec)?;
-    if let Some((uid, gid, _)) = &ids {
-        // The sandbox is the task's to write in.
-        nix::unistd::chown(&dir.join("sandbox"), Some(*uid), Some(*gid))
+/// The sandbox belongs to the task alone: its owner, mode 0700. Changed through a
+/// descriptor of the directory itself, never by a path the task could redirect.
+fn give_sandbox(dir: &Path, ids: Option<&Ids>) -> Result<()> {
+    let sandbox = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(dir.join("sandbox"))
+        .with_context(|| format!("opening {}/sandbox", dir.display()))?;
+    if let Some(ids) = ids {
+        nix::unistd::fchown(sandbox.as_raw_fd(), Some(ids.uid), Some(ids.gid))
             .context("giving the sandbox to the task's user")?;
     }
-    let mut cmd = in_task_world(spec, dir, &spec.argv, ids, Some(limits.for_child()));
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.spawn()
-        .with_context(|| format!("starting {:?}", spec.argv[0]))
+    nix::sys::stat::fchmod(
+        sandbox.as_raw_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    )
+    .context("making the sandbox private")?;
+    Ok(())
+}
+
+/// `DIR/logs/`: root's, so nothing the task does can redirect a log the supervisor opens.
+/// Passable by all (the task's user and the operators' group read their files by path),
+/// listable by root alone.
+fn make_logs_dir(dir: &Path) -> Result<PathBuf> {
+    let logs = dir.join("logs");
+    match fs::DirBuilder::new().mode(0o711).create(&logs) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", logs.display())),
+    }
+    Ok(logs)
+}
+
+/// Opens a log for appending, never through a symbolic link.
+fn append_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// A command in the task's world, for the task and for its health command alike: the
 /// sandbox as working directory, the spec's environment and nothing else, stdin from
-/// /dev/null, a session of its own, the task's cgroups (for the task), the task's user,
-/// and only fds 0-2.
+/// /dev/null, a session of its own, the task's cgroups, no new privileges, the task's
+/// user with no capabilities, and only fds 0-2.
 fn in_task_world(
     spec: &Spec,
     dir: &Path,
     argv: &[String],
-    ids: Identity,
-    limits: Option<InChild>,
+    ids: Option<Ids>,
+    limits: InChild,
 ) -> Command {
+    use nix::libc;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir.join("sandbox"))
         .stdin(Stdio::null());
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+    // system calls (sigprocmask, setsid, write, setrlimit, prctl, setgroups, setgid,
+    // setuid, close_range) on values prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            // Between fork and exec: async-signal-safe calls only.
             SigSet::empty()
                 .thread_set_mask()
                 .map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             // Into its cgroups (or under its rlimits) before it runs a single instruction
             // of its own, and while still privileged enough to move itself.
-            if let Some(limits) = &limits {
-                limits.apply()?;
+            limits.apply()?;
+            // Neither setuid binaries nor file capabilities give it more than it has.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            if let Some((uid, gid, groups)) = &ids {
-                nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
-                nix::unistd::setgid(*gid).map_err(std::io::Error::from)?;
-                nix::unistd::setuid(*uid).map_err(std::io::Error::from)?;
+            if let Some(ids) = &ids {
+                if !ids.uid.is_root() {
+                    // No capability can come back, whatever it executes.
+                    for cap in 0..64 {
+                        libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                    }
+                }
+                nix::unistd::setgroups(&ids.groups).map_err(std::io::Error::from)?;
+                nix::unistd::setgid(ids.gid).map_err(std::io::Error::from)?;
+                nix::unistd::setuid(ids.uid).map_err(std::io::Error::from)?;
             }
-            // Only 0-2 cross, whatever a library left open without CLOEXEC.
-            nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            // Only 0-2 cross, whatever a library left open without CLOEXEC. Marked, not
+            // closed: the standard library reports a failed exec through a pipe that
+            // must stay open until the exec.
+            let close_on_exec = 1 << 2; // CLOSE_RANGE_CLOEXEC
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, close_on_exec) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
     cmd
 }
 
-fn supplementary_groups(user: &User) -> Result<Vec<Gid>> {
-    let name = std::ffi::CString::new(user.name.clone())?;
-    Ok(nix::unistd::getgrouplist(&name, user.gid).unwrap_or_else(|_| vec![user.gid]))
-}
-
 /// Runs the health command in the task's world; killed at the timeout.
-fn command_ok(h: &Health, spec: &Spec, dir: &Path) -> bool {
-    let Ok(ids) = identity(spec) else {
-        return false;
-    };
-    let mut cmd = in_task_world(spec, dir, &h.cmd, ids, None);
+fn command_ok(h: &Health, spec: &Spec, dir: &Path, ids: Option<Ids>, limits: &Enforcer) -> bool {
+    let mut cmd = in_task_world(spec, dir, &h.cmd, ids, limits.for_child());
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let Ok(mut child) = cmd.spawn() else {
         return false;
@@ -529,13 +742,21 @@ fn kill_orphans() {
 }
 
 /// Whether this process has no children left. The kernel knows at once (ECHILD); only when
-/// some remain does `children` walk /proc to find them. (Reaping a zombie on the way is
-/// what the caller is about anyway.)
+/// some remain does `children` walk /proc to find them. Nothing is reaped here (WNOWAIT):
+/// the task's own exit status is collected by `reap`.
 fn no_children() -> bool {
-    matches!(
-        waitpid(None, Some(WaitPidFlag::WNOHANG)),
-        Err(nix::errno::Errno::ECHILD)
-    )
+    use nix::libc;
+    // SAFETY: waitid with a zeroed siginfo_t owned by this frame.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    r == -1 && nix::errno::Errno::last() == nix::errno::Errno::ECHILD
 }
 
 fn reap_all() {
@@ -557,24 +778,31 @@ enum Source {
     Err(ChildStderr),
 }
 
-/// A task's output pipe copied into a log file that is rotated at a size bound.
+/// A task's output pipe copied into a log file in `DIR/logs/`, rotated at a size bound. The
+/// file belongs to the task's user and the operators' group (0640). What cannot be
+/// written (a full disk) is counted and dropped: a log is never a reason to stop
+/// supervising.
 struct Log {
     source: Source,
     path: PathBuf,
+    owner: (Uid, Gid),
     file: Option<File>,
     written: u64,
     max: u64,
+    dropped: u64,
 }
 
 impl Log {
-    fn new(source: Source, path: PathBuf, max: u64) -> Log {
-        let written = fs::metadata(&path).map_or(0, |m| m.len());
+    fn new(source: Source, path: PathBuf, spec: &Spec, owner: (Uid, Gid)) -> Log {
+        let written = fs::symlink_metadata(&path).map_or(0, |m| m.len());
         Log {
             source,
             path,
+            owner,
             file: None,
             written,
-            max: max.max(4096),
+            max: spec.log_max_bytes.max(4096),
+            dropped: 0,
         }
     }
 
@@ -585,20 +813,26 @@ impl Log {
         }
     }
 
-    /// Copies what is there; false at end of file.
-    fn pump(&mut self) -> Result<bool> {
+    /// Copies what is there; false at end of file, or when nothing more can be read.
+    fn pump(&mut self) -> bool {
         let mut buf = [0u8; 16384];
         let n = match &mut self.source {
             Source::Out(p) => p.read(&mut buf),
             Source::Err(p) => p.read(&mut buf),
         };
-        let n = match n {
-            Ok(0) => return Ok(false),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(true),
-            Err(e) => return Err(e).context("reading the task's output"),
-        };
-        if self.written + n as u64 > self.max {
+        match n {
+            Ok(0) => false,
+            Ok(n) => {
+                self.append(&buf[..n]);
+                true
+            }
+            Err(e) => e.kind() == std::io::ErrorKind::Interrupted,
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        let n = bytes.len() as u64;
+        if self.written + n > self.max {
             self.file = None;
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
@@ -606,26 +840,31 @@ impl Log {
             self.written = 0;
         }
         if self.file.is_none() {
-            self.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .with_context(|| format!("opening {}", self.path.display()))?,
-            );
+            self.file = self.open().ok();
         }
-        self.file.as_mut().unwrap().write_all(&buf[..n])?;
-        self.written += n as u64;
-        Ok(true)
+        match self.file.as_mut().map(|f| f.write_all(bytes)) {
+            Some(Ok(())) => self.written += n,
+            Some(Err(_)) | None => {
+                self.dropped += n;
+                self.file = None; // opened afresh for the next output
+            }
+        }
     }
 
-    fn pump_until_eof(&mut self) -> Result<()> {
+    fn open(&self) -> std::io::Result<File> {
+        let f = append_private(&self.path)?;
+        nix::unistd::fchown(f.as_raw_fd(), Some(self.owner.0), Some(self.owner.1))?;
+        nix::sys::stat::fchmod(f.as_raw_fd(), nix::sys::stat::Mode::from_bits_truncate(0o640))?;
+        Ok(f)
+    }
+
+    /// Copies what is left once the writers are gone, without blocking.
+    fn pump_until_eof(&mut self) {
         let fd = self.fd().as_raw_fd();
-        // The writers are dead; read what is left without blocking forever.
-        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-        while let Ok(true) = self.pump() {}
-        Ok(())
+        if let Ok(flags) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
+            let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags));
+        }
+        while self.pump() {}
     }
 }

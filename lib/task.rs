@@ -140,6 +140,26 @@ impl Task {
             announced: false,
         }
     }
+
+    /// This record in `state` with nothing reserved (terminal, pending and throttled
+    /// tasks hold no cpus, memory, disk, gpus or ports) and no process.
+    pub fn freed(&self, state: TaskState, now: f64) -> Task {
+        let mut r = self.clone();
+        r.state = state;
+        r.since = now;
+        r.healthy = false;
+        r.pid = 0;
+        r.pid_start = 0;
+        r.cpus = 0;
+        r.ram_mb = 0;
+        r.disk_mb = 0;
+        r.gpus = 0;
+        r.ports = [0; MAX_PORTS];
+        if matches!(state, TaskState::Pending | TaskState::Throttled) {
+            r.host = NO_HOST;
+        }
+        r
+    }
 }
 
 pub const TASK_SLOT_SIZE: usize = 128;

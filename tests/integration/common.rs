@@ -183,3 +183,71 @@ pub fn tasks_under(root: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Whether the tests run as root: containment (other users, cgroups, mounts) is tested
+/// only then; CI runs as root.
+pub fn root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A small tmpfs mounted on `dir` (root only), unmounted when dropped: a disk that fills.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0711"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {}", stderr(&out));
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills the filesystem until a write fails; returns the filler file.
+    pub fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A line of /proc/PID/status such as `Uid:`, without its name ("" when gone).
+pub fn proc_status(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// The ids in a line of /proc/PID/status such as `Uid:` (real, effective, saved, fs).
+pub fn proc_status_ids(pid: u32, field: &str) -> Vec<u64> {
+    proc_status(pid, field)
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
+/// Live processes (not zombies) whose real uid is `uid`.
+pub fn processes_of_uid(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            !proc_status(pid, "State:").starts_with('Z')
+                && proc_status_ids(pid, "Uid:").first() == Some(&(uid as u64))
+        })
+        .collect()
+}

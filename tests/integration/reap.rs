@@ -196,7 +196,13 @@ fn spec(task: &str, argv: &[&str]) -> Spec {
         allow_root: true,
         grace_s: 5.0,
         log_max_bytes: 1 << 20,
-        limits: formic::limits::Limits { cpus: 0, ram_mb: 0 },
+        limits: formic::limits::Limits {
+            cpus: 0,
+            ram_mb: 0,
+            pids: 0,
+        },
+        dynamic_ids: None,
+        log_group: None,
         health: None,
     }
 }
@@ -474,6 +480,7 @@ fn a_reused_pid_is_never_signalled() {
         since: 1.0,
         healthy: None,
         health_failures: 0,
+        ..Default::default()
     };
     let record = |task: &str| {
         let dir = c.dir_of("h1", task);

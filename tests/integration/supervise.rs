@@ -25,7 +25,13 @@ fn spec(task: &str, argv: &[&str]) -> Spec {
         allow_root: true,
         grace_s: 5.0,
         log_max_bytes: 1 << 20,
-        limits: formic::limits::Limits { cpus: 0, ram_mb: 0 },
+        limits: formic::limits::Limits {
+            cpus: 0,
+            ram_mb: 0,
+            pids: 0,
+        },
+        dynamic_ids: None,
+        log_group: None,
         health: None,
     }
 }
@@ -93,11 +99,11 @@ fn exit_statuses_and_output_are_recorded() {
     let s = Status::read(&dir).unwrap().unwrap();
     assert_eq!((s.state.as_str(), s.exit), ("FINISHED", Some(0)));
     assert_eq!(
-        std::fs::read_to_string(dir.join("sandbox/stdout")).unwrap(),
+        std::fs::read_to_string(dir.join("logs/stdout")).unwrap(),
         "out\n"
     );
     assert_eq!(
-        std::fs::read_to_string(dir.join("sandbox/stderr")).unwrap(),
+        std::fs::read_to_string(dir.join("logs/stderr")).unwrap(),
         "err\n"
     );
 
@@ -347,6 +353,7 @@ fn the_task_runs_in_cgroups_holding_it_to_its_reservation() {
     s.limits = formic::limits::Limits {
         cpus: 250,
         ram_mb: 64,
+        pids: 0,
     };
     let (_root, dir) = task(&s);
     let sup = supervise(&dir);
@@ -458,6 +465,7 @@ fn a_new_supervisor_takes_over_the_cgroups_a_killed_one_left() {
     s.limits = formic::limits::Limits {
         cpus: 100,
         ram_mb: 32,
+        pids: 0,
     };
     let (_root, dir) = task(&s);
     let mut sup = supervise(&dir);
@@ -492,5 +500,277 @@ fn a_new_supervisor_takes_over_the_cgroups_a_killed_one_left() {
             !Path::new(&format!("/sys/fs/cgroup/memory{path}")).exists(),
             "removed at the end"
         );
+    }
+}
+
+// --- containment: the task is hostile ---
+
+/// A task of its own identity (a dynamic uid, as launch gives a job that names no user).
+fn own_identity(mut s: Spec) -> Spec {
+    s.user = None;
+    s.allow_root = false;
+    s.dynamic_ids = Some(formic::identity::DEFAULT_RANGE);
+    s.log_group = Some("adm".into());
+    s
+}
+
+/// Paths a task's root directory shares with the world: a task of its own uid must pass
+/// through them (its logs are read by path too).
+fn passable(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711)).unwrap();
+}
+
+#[test]
+fn a_task_cannot_make_the_supervisor_write_through_its_links() {
+    if !common::root() {
+        return;
+    }
+    // Root's files that the task would like its output appended to, and a path where it
+    // would like a root-owned file made.
+    let secret_dir = common::tempdir();
+    let secret = secret_dir.path().join("shadow");
+    std::fs::write(&secret, "root's own\n").unwrap();
+    let made = secret_dir.path().join("cron.d-x");
+    // Links in the sandbox under every name the logs ever had (and their rotations), links
+    // attempted where the logs are now, then output enough for several rotations, twice:
+    // the second run in the same directory (a restart) opens the logs again.
+    let script = format!(
+        "for n in stdout stderr stdout.1 stderr.1; do ln -s {secret} $n; done; \
+         ln -s {made} ../logs/stdout 2>/dev/null; ln -s {made} ../logs/stdout.1 2>/dev/null; \
+         i=0; while [ $i -lt 300 ]; do echo '* * * * * root hostile line'; echo err >&2; i=$((i+1)); done",
+        secret = secret.display(),
+        made = made.display()
+    );
+    let mut s = own_identity(spec("t/e/links/0", &["sh", "-c", &script]));
+    s.log_max_bytes = 4096;
+    let (root, dir) = task(&s);
+    passable(root.path());
+    for _ in 0..2 {
+        assert_eq!(wait_exit(supervise(&dir)), 0);
+        let st = Status::read(&dir).unwrap().unwrap();
+        assert_eq!(st.state, "FINISHED", "{st:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root's own\n");
+    assert!(!made.exists(), "a file was made where the task pointed");
+    // The output is where the supervisor keeps it, beside the sandbox.
+    let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
+    assert!(out.contains("hostile line"), "{out:?}");
+    assert!(dir.join("logs/stdout.1").exists(), "rotated");
+}
+
+#[test]
+fn logs_and_sandbox_belong_to_the_task_and_the_operators_alone() {
+    if !common::root() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let s = own_identity(spec("t/e/own/0", &["sh", "-c", "echo secret; echo mine > file"]));
+    let (root, dir) = task(&s);
+    passable(root.path());
+    assert_eq!(wait_exit(supervise(&dir)), 0);
+    let st = Status::read(&dir).unwrap().unwrap();
+    assert_eq!(st.state, "FINISHED", "{st:?}");
+    let uid = st.uid.expect("the status names the task's uid");
+    let (first, last) = formic::identity::DEFAULT_RANGE;
+    assert!((first..=last).contains(&uid), "uid {uid} from the range");
+    let adm = nix::unistd::Group::from_name("adm").unwrap().map_or(0, |g| g.gid.as_raw());
+    for (path, mode, gid) in [
+        ("sandbox", 0o700, uid),
+        ("sandbox/file", 0o644, uid),
+        ("logs/stdout", 0o640, adm),
+    ] {
+        let m = std::fs::metadata(dir.join(path)).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o7777, m.gid()),
+            (uid, mode, gid),
+            "{path}: owner, mode, group"
+        );
+    }
+    let logs = std::fs::metadata(dir.join("logs")).unwrap();
+    assert_eq!((logs.uid(), logs.mode() & 0o7777), (0, 0o711), "logs/ is root's");
+    // The same directory keeps its uid; another task gets another.
+    assert_eq!(wait_exit(supervise(&dir)), 0);
+    assert_eq!(Status::read(&dir).unwrap().unwrap().uid, Some(uid));
+    let (root2, other) = task(&own_identity(spec("t/e/other/0", &["true"])));
+    passable(root2.path());
+    assert_eq!(wait_exit(supervise(&other)), 0);
+    let them = Status::read(&other).unwrap().unwrap().uid.unwrap();
+    assert_ne!(them, uid, "two tasks, two uids");
+}
+
+#[test]
+fn the_task_has_no_privileges_to_gain_and_its_health_command_runs_beside_it() {
+    if !common::root() {
+        return;
+    }
+    let mut s = own_identity(spec("t/e/nnp/0", &["sleep", "30"]));
+    s.limits.pids = 64;
+    // The check records who and where it runs, then passes.
+    s.health = Some(Health {
+        port: 0,
+        path: String::new(),
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "id -u > check.uid; cat /proc/self/cgroup > check.cgroup".into(),
+        ],
+        interval_s: 0.1,
+        timeout_s: 2.0,
+        failures: 3,
+    });
+    let (root, dir) = task(&s);
+    passable(root.path());
+    let sup = supervise(&dir);
+    let st = wait_for(&dir, Duration::from_secs(10), |s| s.healthy == Some(true));
+    let pid = st.pid.unwrap().0;
+    let seen = |f: &str| common::proc_status(pid, f);
+    let (nnp, bnd, eff) = (seen("NoNewPrivs:"), seen("CapBnd:"), seen("CapEff:"));
+    let task_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    assert_eq!(nnp, "1", "no new privileges");
+    assert_eq!(bnd, "0000000000000000", "no capability can be gained");
+    assert_eq!(eff, "0000000000000000", "no capability held");
+    let check_uid = std::fs::read_to_string(dir.join("sandbox/check.uid")).unwrap();
+    assert_eq!(check_uid.trim(), st.uid.unwrap().to_string(), "the check's user");
+    let check_cgroup = std::fs::read_to_string(dir.join("sandbox/check.cgroup")).unwrap();
+    assert_eq!(check_cgroup, task_cgroup, "the check runs in the task's cgroups");
+    let limits = st.limits.expect("the status says how limits are enforced");
+    assert_eq!(limits.pids, "cgroup");
+    assert_ne!(limits.kill, "process group", "{limits:?}");
+}
+
+#[test]
+fn a_fork_bomb_stays_inside_its_pids_limit() {
+    if !common::root() {
+        return;
+    }
+    // Forks until it cannot, says how far it got, and stays.
+    let script = r#"
+import os, time
+n = 0
+while n < 200:
+    try:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+    except OSError:
+        break
+    n += 1
+print("started", n, flush=True)
+time.sleep(30)
+"#;
+    let mut s = own_identity(spec("t/e/bomb/0", &["python3", "-c", script]));
+    s.limits.pids = 16;
+    let (root, dir) = task(&s);
+    passable(root.path());
+    let sup = supervise(&dir);
+    let st = wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
+    let uid = st.uid.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(dir.join("logs/stdout")).is_ok_and(|o| o.contains("started")) {
+        assert!(Instant::now() < deadline, "the bomb never finished forking");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let count = common::processes_of_uid(uid).len();
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    assert!((2..=16).contains(&count), "{count} processes under a limit of 16");
+    assert!(common::processes_of_uid(uid).is_empty(), "all gone with the task");
+}
+
+#[test]
+fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
+    if !common::root() {
+        return;
+    }
+    // The task's directory on a small disk; a check that fails writes the status each
+    // time, and the status cannot be written once the disk is full.
+    let base = common::tempdir();
+    let disk = common::Tmpfs::mount(&base.path().join("disk"), "1m");
+    let mut s = own_identity(spec(
+        "t/e/full/0",
+        &["sh", "-c", "setsid sleep 600 & echo $! > escaped.pid; sleep 600 & exec sleep 600"],
+    ));
+    s.health = Some(Health {
+        port: 0,
+        path: String::new(),
+        cmd: vec!["false".into()],
+        interval_s: 0.2,
+        timeout_s: 1.0,
+        failures: 1000,
+    });
+    passable(base.path());
+    let dir = base.path().join("disk/t/e/full/0");
+    rundir::create(&dir).unwrap();
+    std::fs::write(dir.join("spec.json"), s.to_json().to_string()).unwrap();
+    let sup = supervise(&dir);
+    let st = wait_for(&dir, Duration::from_secs(10), |s| s.health_failures >= 1);
+    let uid = st.uid.unwrap();
+    let escaped = dir.join("sandbox/escaped.pid");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&escaped).is_ok_and(|p| p.ends_with('\n')) {
+        assert!(Instant::now() < deadline, "the task never wrote its child's pid");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(common::processes_of_uid(uid).len(), 3);
+    disk.fill();
+    let code = wait_exit(sup);
+    assert_ne!(code, 0, "the supervisor gave up");
+    assert!(
+        common::processes_of_uid(uid).is_empty(),
+        "processes left running unsupervised: {:?}",
+        common::processes_of_uid(uid)
+    );
+    assert!(!rundir::supervised(&dir).unwrap());
+}
+
+#[test]
+fn a_full_disk_drops_log_lines_and_supervision_goes_on() {
+    if !common::root() {
+        return;
+    }
+    let base = common::tempdir();
+    let disk = common::Tmpfs::mount(&base.path().join("disk"), "1m");
+    // It fills the disk itself, talks while it is full, waits for room, then says bye.
+    let script = "head -c 4M /dev/zero > fill 2>/dev/null; i=0; \
+                  while [ $i -lt 100 ]; do echo lost line $i; i=$((i+1)); done; touch talked; \
+                  while [ -e fill ]; do sleep 0.05; done; echo bye";
+    let s = own_identity(spec("t/e/enospc/0", &["sh", "-c", script]));
+    passable(base.path());
+    let dir = base.path().join("disk/t/e/enospc/0");
+    rundir::create(&dir).unwrap();
+    std::fs::write(dir.join("spec.json"), s.to_json().to_string()).unwrap();
+    let sup = supervise(&dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("sandbox/talked").exists() {
+        assert!(Instant::now() < deadline, "the task never filled the disk");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rundir::supervised(&dir).unwrap(), "the supervisor lives on");
+    std::fs::remove_file(dir.join("sandbox/fill")).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    let st = Status::read(&dir).unwrap().unwrap();
+    assert_eq!(st.state, "FINISHED", "{st:?}");
+    assert!(st.log_dropped > 0, "dropped bytes are counted: {st:?}");
+    let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
+    assert!(out.ends_with("bye\n"), "{out:?}");
+    drop(disk);
+}
+
+#[test]
+fn a_command_that_cannot_be_run_fails_with_127_and_says_why() {
+    for (name, argv) in [("missing", "/nonexistent/binary"), ("empty", "")] {
+        let (_root, dir) = task(&spec(&format!("t/e/{name}/0"), &[argv]));
+        let code = wait_exit(supervise(&dir));
+        assert_ne!(code, 0);
+        let st = Status::read(&dir).unwrap().unwrap();
+        assert_eq!((st.state.as_str(), st.exit, st.pid), ("FAILED", Some(127), None), "{st:?}");
+        let reason = st.reason.unwrap_or_default();
+        assert!(reason.contains("No such file or directory"), "{reason}");
+        let log = std::fs::read_to_string(dir.join("logs/stderr")).unwrap();
+        assert!(log.contains("No such file or directory"), "{log}");
     }
 }

@@ -1,0 +1,196 @@
+//! Who a task runs as. A job that names a `user` runs as that user; one that names none gets
+//! an identity of its own, as systemd's DynamicUser does: a uid (and the gid of the same
+//! number, with no supplementary groups) from a configured range that no account uses,
+//! held by one task directory for as long as that directory exists. Two tasks then never
+//! share a uid, so neither reads the other's files, environment (/proc/PID/environ) or
+//! signals its processes.
+//!
+//! The claims are machine-wide, since uids are: `REGISTRY/UID` is a root-only file naming
+//! the task directory that holds UID, and the task directory's root-owned `uid` file names
+//! it back. A claim whose directory is gone, or names another uid, is stale and is taken
+//! over; allocation runs under `REGISTRY/lock`.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::exit::{fail, Status as Exit};
+
+/// Where the claims live: beside the default state, root's only, kept across reboots (a
+/// sandbox keeps its owner across reboots too).
+pub const REGISTRY: &str = "/var/lib/formic/uids";
+
+/// The default range: inside the block systemd leaves unused (65536-524287) and below
+/// the first subordinate-uid block that useradd hands out (100000).
+pub const DEFAULT_RANGE: (u32, u32) = (70000, 79999);
+
+/// The uid, gid and supplementary groups a task runs as.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ids {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
+}
+
+/// A uid range `FIRST-LAST`, as `--uid-range` takes it.
+pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let a: u32 = a.trim().parse().map_err(|_| format!("{a:?} is not a uid"))?;
+    let b: u32 = b.trim().parse().map_err(|_| format!("{b:?} is not a uid"))?;
+    if a == 0 || a > b || b >= u32::MAX - 1 {
+        return Err(format!("{s:?}: want 0 < FIRST <= LAST < 4294967294"));
+    }
+    Ok((a, b))
+}
+
+/// A named user's ids, with its supplementary groups.
+pub fn named(name: &str) -> Result<Ids> {
+    let user = User::from_name(name)
+        .with_context(|| format!("looking up user {name}"))?
+        .ok_or_else(|| fail(Exit::BadInput, format!("no user {name:?} on this host")))?;
+    let cname = std::ffi::CString::new(user.name.clone())?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
+    Ok(Ids {
+        uid: user.uid,
+        gid: user.gid,
+        groups,
+    })
+}
+
+/// The dynamic identity of the task in `dir`: the uid it held before if its claim still
+/// stands, else a free one from `range`.
+pub fn dynamic(dir: &Path, range: (u32, u32)) -> Result<Ids> {
+    dynamic_in(Path::new(REGISTRY), dir, range)
+}
+
+fn dynamic_in(registry: &Path, dir: &Path, (first, last): (u32, u32)) -> Result<Ids> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(registry)
+        .with_context(|| format!("creating {}", registry.display()))?;
+    let lock = open_lock(registry)?;
+    let held = fs::read_to_string(dir.join("uid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let size = (last - first) as u64 + 1;
+    let start = crc32c::crc32c(dir.as_os_str().as_encoded_bytes()) as u64 % size;
+    let candidates = held
+        .filter(|u| (first..=last).contains(u))
+        .into_iter()
+        .chain((0..size).map(|i| first + ((start + i) % size) as u32));
+    for uid in candidates {
+        if claimable(registry, uid, dir) {
+            claim(registry, uid, dir)?;
+            drop(lock);
+            let id = Uid::from_raw(uid);
+            return Ok(Ids {
+                uid: id,
+                gid: Gid::from_raw(uid),
+                groups: vec![Gid::from_raw(uid)],
+            });
+        }
+    }
+    Err(fail(
+        Exit::Unavailable,
+        format!("no free uid in {first}-{last} for {}", dir.display()),
+    ))
+}
+
+/// Whether `uid` may be given to the task in `dir`: no account or group has it, and no
+/// other live task directory claims it.
+fn claimable(registry: &Path, uid: u32, dir: &Path) -> bool {
+    if User::from_uid(Uid::from_raw(uid)).ok().flatten().is_some()
+        || Group::from_gid(Gid::from_raw(uid)).ok().flatten().is_some()
+    {
+        return false;
+    }
+    let Ok(owner) = fs::read_to_string(registry.join(uid.to_string())) else {
+        return true;
+    };
+    let owner = PathBuf::from(owner.trim_end_matches('\n'));
+    if owner == dir {
+        return true;
+    }
+    // Stale when the claiming directory is gone or names another uid now.
+    let names = fs::read_to_string(owner.join("uid")).ok();
+    names.as_deref().map(str::trim) != Some(&uid.to_string())
+}
+
+fn claim(registry: &Path, uid: u32, dir: &Path) -> Result<()> {
+    crate::rundir::replace_file_mode(
+        &registry.join(uid.to_string()),
+        dir.as_os_str().as_encoded_bytes(),
+        true,
+        0o600,
+    )?;
+    crate::rundir::replace_file_mode(&dir.join("uid"), format!("{uid}\n").as_bytes(), true, 0o644)
+}
+
+fn open_lock(registry: &Path) -> Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(registry.join("lock"))
+        .with_context(|| format!("opening {}/lock", registry.display()))?;
+    if !crate::rundir::lock_exclusive(&f, Duration::from_secs(30)) {
+        return Err(fail(
+            Exit::Temporary,
+            format!("{}/lock is held by another supervisor", registry.display()),
+        ));
+    }
+    Ok(f)
+}
+
+/// The gid of the operators' group that may read every task's logs (root's when the
+/// group does not exist here).
+pub fn log_gid(name: Option<&str>) -> Gid {
+    name.and_then(|n| Group::from_name(n).ok().flatten())
+        .map_or(Gid::from_raw(0), |g| g.gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked() {
+        assert_eq!(parse_range("70000-79999"), Ok((70000, 79999)));
+        for bad in ["", "7", "0-10", "10-9", "a-b", "1-4294967295"] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_task_directory_holds_its_own_uid_until_it_is_gone() {
+        if !Uid::effective().is_root() {
+            return; // claims write root-only files; the integration tests run as root
+        }
+        let reg = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (0..3).map(|i| root.path().join(format!("t{i}"))).collect();
+        for d in &dirs {
+            fs::create_dir(d).unwrap();
+        }
+        // A range of two: two directories get one each, the third finds none free.
+        let range = (4_000_000_000, 4_000_000_001);
+        let a = dynamic_in(reg.path(), &dirs[0], range).unwrap();
+        let b = dynamic_in(reg.path(), &dirs[1], range).unwrap();
+        assert_ne!(a.uid, b.uid);
+        assert_eq!(a.gid.as_raw(), a.uid.as_raw());
+        assert_eq!(dynamic_in(reg.path(), &dirs[0], range).unwrap(), a, "kept");
+        assert!(dynamic_in(reg.path(), &dirs[2], range).is_err(), "range full");
+        // The first directory goes: its uid is free again.
+        fs::remove_dir_all(&dirs[0]).unwrap();
+        assert_eq!(dynamic_in(reg.path(), &dirs[2], range).unwrap(), a);
+    }
+}
