@@ -254,6 +254,33 @@ fn a_crash_between_intent_and_start_is_repaired_without_a_double_start() {
 }
 
 #[test]
+fn a_task_whose_supervisor_cannot_start_fails_at_once_with_the_reason() {
+    let c = Cluster::new();
+    let records = c.pack(WEB);
+    // launch alone, with no formic-supervise beside it or on its PATH.
+    let alone = c.dir.path().join("bin");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(common::bin("launch"), alone.join("launch")).unwrap();
+    let mut cmd = std::process::Command::new(alone.join("launch"));
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("FORMIC_STATE", c.state())
+        .args(["--wait", "2"]);
+    let out = run(&mut cmd, records.as_bytes());
+    assert_eq!(code(&out), 1, "not everything started: {}", stderr(&out));
+    let events = lines(&stdout(&out));
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        assert_eq!((e["state"].as_str(), e["exit"].as_i64()), (Some("FAILED"), Some(127)), "{e}");
+        let reason = e["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("formic-supervise") && reason.contains("No such file"), "{reason}");
+    }
+    let state = State::open(&c.state()).unwrap();
+    let v = state.view();
+    assert!(v.tasks.iter().all(|(_, t)| t.state == TaskState::Failed && t.cpus == 0));
+}
+
+#[test]
 fn a_bad_place_record_starts_nothing_and_changes_nothing() {
     let c = Cluster::new();
     let records = c.pack(WEB);

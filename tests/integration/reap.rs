@@ -375,6 +375,45 @@ fn a_killed_supervisor_makes_its_task_lost_and_its_process_group_gone() {
 }
 
 #[test]
+fn a_lost_task_dies_whole_also_what_left_its_process_group() {
+    if !common::root() {
+        return; // no cgroups to kill through
+    }
+    let mut c = Cluster::new(&["h1"]);
+    let task = "t/e/scatter/0";
+    // A child in a session of its own, a double-forked one, one in the task's group; the
+    // leader exits only once its supervisor is gone, so its group has no leader left.
+    let script = "setsid sleep 600 & echo $! > setsid.pid; \
+                  (sleep 600 & echo $! > daemon.pid); \
+                  sleep 600 & echo $! > grouped.pid; \
+                  while [ ! -e go ]; do sleep 0.02; done";
+    let s = c.start("h1", &spec(task, &["sh", "-c", script]), &service("t/e/scatter"), &[]);
+    let dir = c.dir_of("h1", task);
+    let pid_of = |name: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(dir.join("sandbox").join(name)).ok()?;
+        text.trim().parse().ok()
+    };
+    let names = ["setsid.pid", "daemon.pid", "grouped.pid"];
+    assert!(soon(|| names.iter().all(|n| pid_of(n).is_some())));
+    let pids: Vec<u32> = names.iter().map(|n| pid_of(n).unwrap()).collect();
+    kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL).unwrap();
+    assert!(soon(|| !rundir::supervised(&dir).unwrap()));
+    std::fs::write(dir.join("sandbox/go"), "").unwrap();
+    assert!(soon(|| !alive(s.pid.unwrap().0)), "the leader exits");
+    assert!(pids.iter().all(|&p| alive(p)), "its children outlive it");
+
+    let ev = c.reap_ok(&[], "");
+    assert_eq!(of(&ev, task), [st("LOST", Value::Null)]);
+    for (name, pid) in names.iter().zip(&pids) {
+        assert!(soon(|| !alive(*pid)), "{name}: process {pid} survived reap");
+    }
+    // The next supervisor of the task finds its groups empty and keeps every limit.
+    let again = c.start("h1", &spec(task, &["sleep", "600"]), &service("t/e/scatter"), &[]);
+    let limits = again.limits.expect("limits reported");
+    assert_ne!(limits.kill, "process group", "{limits:?}");
+}
+
+#[test]
 fn kill_records_stop_tasks_gracefully_then_the_rest_passes_through() {
     let mut c = Cluster::new(&["h1"]);
     let web = c.start(
