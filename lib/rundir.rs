@@ -147,10 +147,9 @@ pub fn replace_file_mode(path: &Path, content: &[u8], durable: bool, mode: u32) 
         .mode(mode)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(content)?;
-    if durable {
-        f.sync_data()?;
-    }
+    f.write_all(content)
+        .and_then(|()| if durable { f.sync_data() } else { Ok(()) })
+        .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 

@@ -5,6 +5,7 @@
 mod announce;
 mod common;
 mod concurrency;
+mod containment;
 mod corruption;
 mod crash;
 mod docs;
