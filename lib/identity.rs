@@ -10,6 +10,7 @@
 //! it back. A claim whose directory is gone, or names another uid, is stale and is taken
 //! over; allocation runs under `REGISTRY/lock`.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -85,8 +86,12 @@ fn dynamic_in(registry: &Path, dir: &Path, (first, last): (u32, u32)) -> Result<
         .filter(|u| (first..=last).contains(u))
         .into_iter()
         .chain((0..size).map(|i| first + ((start + i) % size) as u32));
+    let mut running: Option<HashSet<u32>> = None;
     for uid in candidates {
-        if claimable(registry, uid, dir) {
+        // A process still running as the uid (left by a task whose claim went stale)
+        // would share it with the new task: such a uid is not handed out.
+        let mut busy = || running.get_or_insert_with(uids_running).contains(&uid);
+        if claimable(registry, uid, dir) && (held == Some(uid) || !busy()) {
             claim(registry, uid, dir)?;
             drop(lock);
             let id = Uid::from_raw(uid);
@@ -121,6 +126,22 @@ fn claimable(registry: &Path, uid: u32, dir: &Path) -> bool {
     // Stale when the claiming directory is gone or names another uid now.
     let names = fs::read_to_string(owner.join("uid")).ok();
     names.as_deref().map(str::trim) != Some(&uid.to_string())
+}
+
+/// The real uids of every process on this host.
+fn uids_running() -> HashSet<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| {
+            let status = fs::read_to_string(e.path().join("status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect()
 }
 
 fn claim(registry: &Path, uid: u32, dir: &Path) -> Result<()> {

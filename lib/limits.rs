@@ -465,4 +465,38 @@ mod tests {
         assert!(said.contains("not killed"), "{said}");
         assert_eq!(Applied::from_json(&weak.to_json()), Some(weak));
     }
+
+    #[test]
+    fn a_v1_freezer_group_is_killed_whole_with_what_left_the_process_group() {
+        let freezer = Path::new(CGROUP_ROOT).join("freezer");
+        if !nix::unistd::Uid::effective().is_root() || !freezer.join("cgroup.procs").exists() {
+            return; // the v1 freezer is what this host's v2-less path uses
+        }
+        use std::os::unix::process::CommandExt;
+        let group = freezer.join(format!("formic/unit-{}", std::process::id()));
+        fs::create_dir_all(&group).unwrap();
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(group.join("cgroup.procs"))
+            .unwrap();
+        let join = InChild {
+            join: vec![procs.as_raw_fd()],
+            data_rlimit: None,
+            nproc_rlimit: None,
+        };
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "setsid sleep 600 & (sleep 600 &); exec sleep 600"]);
+        // SAFETY: apply() makes only async-signal-safe calls.
+        unsafe { cmd.pre_exec(move || join.apply()) };
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while members(&group).len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(members(&group).len(), 3, "three processes in the group");
+        assert!(kill_in(std::slice::from_ref(&group)), "emptied");
+        let _ = child.wait();
+        assert_eq!(fs::read_to_string(group.join("freezer.state")).unwrap().trim(), "THAWED");
+        fs::remove_dir(&group).unwrap();
+    }
 }

@@ -7,8 +7,14 @@
 //!     job.json    the job spec the task was placed from (restart policy, announce, ...)
 //!     lock        held (flock, exclusive) by the task's supervisor for as long as it lives
 //!     status      the supervisor's last word, JSON, replaced atomically (write, fsync, rename)
-//!     sandbox/    the task's working directory, with its stdout and stderr logs
+//!     uid         the dynamic uid the task directory holds (see `identity`)
+//!     logs/       the task's stdout and stderr, rotated once (root's directory: the task
+//!                 cannot redirect what the supervisor opens there)
+//!     sandbox/    the task's working directory, its own (mode 0700)
 //! ```
+//!
+//! Everything but the sandbox is root's: nothing a task does can change what a root
+//! process of formic opens here.
 //!
 //! A supervisor is alive exactly while `lock` is held; the kernel drops the lock when the
 //! supervisor dies, however it dies, so "is it still supervised?" never trusts a pid file.
