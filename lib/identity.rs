@@ -88,10 +88,15 @@ fn dynamic_in(registry: &Path, dir: &Path, (first, last): (u32, u32)) -> Result<
         .chain((0..size).map(|i| first + ((start + i) % size) as u32));
     let mut running: Option<HashSet<u32>> = None;
     for uid in candidates {
-        // A process still running as the uid (left by a task whose claim went stale)
-        // would share it with the new task: such a uid is not handed out.
-        let mut busy = || running.get_or_insert_with(uids_running).contains(&uid);
-        if claimable(registry, uid, dir) && (held == Some(uid) || !busy()) {
+        let free = match claim_of(registry, uid, dir) {
+            Claim::Ours => true,
+            Claim::Free => true,
+            Claim::Taken => false,
+            // A process may still run as a uid whose claim went stale (left by a task
+            // whose directory was removed under it): such a uid is not handed out.
+            Claim::Stale => !running.get_or_insert_with(uids_running).contains(&uid),
+        };
+        if free {
             claim(registry, uid, dir)?;
             drop(lock);
             let id = Uid::from_raw(uid);
@@ -108,24 +113,37 @@ fn dynamic_in(registry: &Path, dir: &Path, (first, last): (u32, u32)) -> Result<
     ))
 }
 
-/// Whether `uid` may be given to the task in `dir`: no account or group has it, and no
-/// other live task directory claims it.
-fn claimable(registry: &Path, uid: u32, dir: &Path) -> bool {
+/// What the registry says of `uid` for the task in `dir`.
+enum Claim {
+    /// `dir` holds it.
+    Ours,
+    /// No one has claimed it, and no account or group has it.
+    Free,
+    /// Another live task directory holds it, or an account or group has it.
+    Taken,
+    /// A task directory held it that is gone, or names another uid now.
+    Stale,
+}
+
+fn claim_of(registry: &Path, uid: u32, dir: &Path) -> Claim {
     if User::from_uid(Uid::from_raw(uid)).ok().flatten().is_some()
         || Group::from_gid(Gid::from_raw(uid)).ok().flatten().is_some()
     {
-        return false;
+        return Claim::Taken;
     }
     let Ok(owner) = fs::read_to_string(registry.join(uid.to_string())) else {
-        return true;
+        return Claim::Free;
     };
     let owner = PathBuf::from(owner.trim_end_matches('\n'));
     if owner == dir {
-        return true;
+        return Claim::Ours;
     }
-    // Stale when the claiming directory is gone or names another uid now.
     let names = fs::read_to_string(owner.join("uid")).ok();
-    names.as_deref().map(str::trim) != Some(&uid.to_string())
+    if names.as_deref().map(str::trim) == Some(&uid.to_string()) {
+        Claim::Taken
+    } else {
+        Claim::Stale
+    }
 }
 
 /// The real uids of every process on this host.

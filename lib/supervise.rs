@@ -257,19 +257,20 @@ fn stop_signals() -> Result<SignalFd> {
 struct NotStarted {
     status: Status,
     error: anyhow::Error,
-    logs: Option<PathBuf>,
+    /// The task's stderr log, once its directory exists.
+    stderr_log: Option<PathBuf>,
 }
 
 impl NotStarted {
     /// Records the failure; the supervisor then exits with the error's status.
-    fn record(mut self, dir: &Path) -> Result<Status> {
+    fn record(mut self: Box<Self>, dir: &Path) -> Result<Status> {
         let not_found = self.error.chain().any(|e| {
             e.downcast_ref::<std::io::Error>()
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         });
         let reason = format!("{:#}", self.error);
         eprintln!("formic-supervise: {}: {reason}", self.status.task);
-        if let Some(stderr) = self.logs {
+        if let Some(stderr) = self.stderr_log {
             // Where the task's own complaint would have gone, for whoever reads its logs.
             let line = format!("formic-supervise: {reason}\n");
             let _ = append_private(&stderr).and_then(|mut f| f.write_all(line.as_bytes()));
@@ -293,6 +294,8 @@ struct Supervisor {
     /// The task's pid, which is also its process group and session.
     group: Pid,
     logs: [Option<Log>; 2],
+    /// What the logs closed so far could not write.
+    dropped_by_closed_logs: u64,
     exited: Option<WaitStatus>,
     stop_deadline: Option<Instant>,
     next_check: Option<Instant>,
@@ -305,14 +308,14 @@ impl Supervisor {
         spec: Spec,
         mut status: Status,
         limits: Enforcer,
-    ) -> Result<Supervisor, NotStarted> {
-        let mut logs_dir = None;
+    ) -> Result<Supervisor, Box<NotStarted>> {
+        let mut stderr_log = None;
         let started = (|| {
             let ids = identity(&spec, dir)?;
             let owner = ids.as_ref().map_or(Uid::effective(), |i| i.uid);
             status.uid = Some(owner.as_raw());
             let log_owner = (owner, identity::log_gid(spec.log_group.as_deref()));
-            logs_dir = Some(make_logs_dir(dir)?.join("stderr"));
+            stderr_log = Some(make_logs_dir(dir)?.join("stderr"));
             give_sandbox(dir, ids.as_ref())?;
             let mut cmd = in_task_world(&spec, dir, &spec.argv, ids.clone(), limits.for_child());
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -327,11 +330,11 @@ impl Supervisor {
                 let mut limits = limits;
                 limits.kill_all();
                 limits.release();
-                return Err(NotStarted {
+                return Err(Box::new(NotStarted {
                     status,
                     error,
-                    logs: logs_dir,
-                });
+                    stderr_log,
+                }));
             }
         };
         let pid = child.id();
@@ -357,6 +360,7 @@ impl Supervisor {
             ids,
             group: Pid::from_raw(pid as i32),
             logs,
+            dropped_by_closed_logs: 0,
             exited: None,
             stop_deadline: None,
             next_check,
@@ -368,7 +372,8 @@ impl Supervisor {
     }
 
     fn write_status(&mut self) -> Result<()> {
-        self.status.log_dropped = self.logs.iter().flatten().map(|l| l.dropped).sum();
+        let open: u64 = self.logs.iter().flatten().map(|l| l.dropped).sum();
+        self.status.log_dropped = self.dropped_by_closed_logs + open;
         self.status.write(&self.dir)
     }
 
@@ -412,7 +417,9 @@ impl Supervisor {
         drop(fds);
         for (k, &i) in open.iter().enumerate() {
             if ready[k + 1] && !self.logs[i].as_mut().is_some_and(Log::pump) {
-                self.logs[i] = None; // the task closed it
+                // The task closed it.
+                let closed = self.logs[i].take().map_or(0, |l| l.dropped);
+                self.dropped_by_closed_logs += closed;
             }
         }
         if ready[0] {

@@ -109,6 +109,31 @@ pub fn tempdir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// What a supervisor runs, as launch would resolve it: `argv` with a PATH, as root, no
+/// limits, no health check; tests change what they are about.
+pub fn spec(task: &str, argv: &[&str]) -> formic::supervise::Spec {
+    formic::supervise::Spec {
+        task: task.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("FORMIC_TASK".into(), task.into()),
+        ],
+        user: None,
+        dynamic_ids: None,
+        allow_root: true,
+        grace_s: 5.0,
+        log_max_bytes: 1 << 20,
+        log_group: None,
+        health: None,
+        limits: formic::limits::Limits {
+            cpus: 0,
+            ram_mb: 0,
+            pids: 0,
+        },
+    }
+}
+
 /// A host record line.
 pub fn host_line(name: &str, cpus: f64, ram_mb: u64) -> String {
     format!(

@@ -187,25 +187,7 @@ fn slot_of(view: &formic::state::View, task: &str) -> u32 {
     view.tasks.find(&(job, instance)).expect("task recorded")
 }
 
-fn spec(task: &str, argv: &[&str]) -> Spec {
-    Spec {
-        task: task.into(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        user: None,
-        allow_root: true,
-        grace_s: 5.0,
-        log_max_bytes: 1 << 20,
-        limits: formic::limits::Limits {
-            cpus: 0,
-            ram_mb: 0,
-            pids: 0,
-        },
-        dynamic_ids: None,
-        log_group: None,
-        health: None,
-    }
-}
+use crate::common::spec;
 
 fn with_grace(mut s: Spec, grace_s: f64) -> Spec {
     s.grace_s = grace_s;

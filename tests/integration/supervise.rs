@@ -13,28 +13,7 @@ use nix::unistd::Pid;
 
 use crate::common::{self, bin};
 
-fn spec(task: &str, argv: &[&str]) -> Spec {
-    Spec {
-        task: task.into(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: vec![
-            ("PATH".into(), "/usr/bin:/bin".into()),
-            ("FORMIC_TASK".into(), task.into()),
-        ],
-        user: None,
-        allow_root: true,
-        grace_s: 5.0,
-        log_max_bytes: 1 << 20,
-        limits: formic::limits::Limits {
-            cpus: 0,
-            ram_mb: 0,
-            pids: 0,
-        },
-        dynamic_ids: None,
-        log_group: None,
-        health: None,
-    }
-}
+use crate::common::spec;
 
 /// A task directory with `spec` written, under a fresh temporary root.
 fn task(spec: &Spec) -> (tempfile::TempDir, PathBuf) {
@@ -680,6 +659,15 @@ time.sleep(30)
     assert!(common::processes_of_uid(uid).is_empty(), "all gone with the task");
 }
 
+/// The task directory of `spec` on the disk mounted at `base/disk`.
+fn task_on(base: &tempfile::TempDir, spec: &Spec) -> PathBuf {
+    passable(base.path());
+    let dir = rundir::task_dir(&base.path().join("disk"), &spec.task);
+    rundir::create(&dir).unwrap();
+    std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
+    dir
+}
+
 #[test]
 fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
     if !common::root() {
@@ -701,10 +689,7 @@ fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
         timeout_s: 1.0,
         failures: 1000,
     });
-    passable(base.path());
-    let dir = base.path().join("disk/t/e/full/0");
-    rundir::create(&dir).unwrap();
-    std::fs::write(dir.join("spec.json"), s.to_json().to_string()).unwrap();
+    let dir = task_on(&base, &s);
     let sup = supervise(&dir);
     let st = wait_for(&dir, Duration::from_secs(10), |s| s.health_failures >= 1);
     let uid = st.uid.unwrap();
@@ -733,22 +718,18 @@ fn a_full_disk_drops_log_lines_and_supervision_goes_on() {
     }
     let base = common::tempdir();
     let disk = common::Tmpfs::mount(&base.path().join("disk"), "1m");
-    // It fills the disk itself, talks while it is full, waits for room, then says bye.
-    let script = "head -c 4M /dev/zero > fill 2>/dev/null; i=0; \
-                  while [ $i -lt 100 ]; do echo lost line $i; i=$((i+1)); done; touch talked; \
-                  while [ -e fill ]; do sleep 0.05; done; echo bye";
+    // It fills the disk itself, talks while it is full (more than a pipe holds, so the
+    // supervisor has read most of it once it is done), waits for room, then says bye.
+    let script = "head -c 4M /dev/zero > fill 2>/dev/null; yes lost | head -c 300000; \
+                  touch talked; while [ -e fill ]; do sleep 0.05; done; echo bye";
     let s = own_identity(spec("t/e/enospc/0", &["sh", "-c", script]));
-    passable(base.path());
-    let dir = base.path().join("disk/t/e/enospc/0");
-    rundir::create(&dir).unwrap();
-    std::fs::write(dir.join("spec.json"), s.to_json().to_string()).unwrap();
+    let dir = task_on(&base, &s);
     let sup = supervise(&dir);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !dir.join("sandbox/talked").exists() {
         assert!(Instant::now() < deadline, "the task never filled the disk");
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(200));
     assert!(rundir::supervised(&dir).unwrap(), "the supervisor lives on");
     std::fs::remove_file(dir.join("sandbox/fill")).unwrap();
     assert_eq!(wait_exit(sup), 0);
