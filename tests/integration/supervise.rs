@@ -160,6 +160,12 @@ fn the_task_sees_only_its_environment_fds_0_to_2_and_its_user() {
     let sup = supervise(&dir);
     let running = wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
     let pid = running.pid.unwrap().0;
+    // Looked at once the shell has become `sleep` (its environment is then final).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep")) {
+        assert!(Instant::now() < deadline, "the task never became sleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -737,7 +743,14 @@ fn a_full_disk_drops_log_lines_and_supervision_goes_on() {
     assert_eq!(st.state, "FINISHED", "{st:?}");
     assert!(st.log_dropped > 0, "dropped bytes are counted: {st:?}");
     let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
-    assert!(out.ends_with("bye\n"), "{out:?}");
+    let df = Command::new("df").arg(base.path().join("disk")).output().unwrap();
+    let ls = Command::new("ls").args(["-laR"]).arg(&dir).output().unwrap();
+    assert!(
+        out.ends_with("bye\n"),
+        "{out:?} {st:?} {} {}",
+        common::stdout(&df),
+        common::stdout(&ls)
+    );
     drop(disk);
 }
 
