@@ -7,8 +7,9 @@
 //!
 //! The claims are machine-wide, since uids are: `REGISTRY/UID` is a root-only file naming
 //! the task directory that holds UID, and the task directory's root-owned `uid` file names
-//! it back. A claim whose directory is gone, or names another uid, is stale and is taken
-//! over; allocation runs under `REGISTRY/lock`.
+//! it back. A claim whose directory is gone, or names another uid, is stale; stale claims
+//! are taken over (under `REGISTRY/lock`, and only for a uid no process runs as) once the
+//! range has no free uid left.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -76,7 +77,6 @@ fn dynamic_in(registry: &Path, dir: &Path, (first, last): (u32, u32)) -> Result<
         .mode(0o700)
         .create(registry)
         .with_context(|| format!("creating {}", registry.display()))?;
-    let lock = open_lock(registry)?;
     let held = fs::read_to_string(dir.join("uid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok());
@@ -86,31 +86,74 @@ fn dynamic_in(registry: &Path, dir: &Path, (first, last): (u32, u32)) -> Result<
         .filter(|u| (first..=last).contains(u))
         .into_iter()
         .chain((0..size).map(|i| first + ((start + i) % size) as u32));
-    let mut running: Option<HashSet<u32>> = None;
+    // Free uids first, claimed without a lock (a claim is a hard link, which exists or
+    // not); stale claims are taken over only when the range has no free uid left.
+    let mut stale = Vec::new();
     for uid in candidates {
-        let free = match claim_of(registry, uid, dir) {
-            Claim::Ours => true,
-            Claim::Free => true,
-            Claim::Taken => false,
-            // A process may still run as a uid whose claim went stale (left by a task
-            // whose directory was removed under it): such a uid is not handed out.
-            Claim::Stale => !running.get_or_insert_with(uids_running).contains(&uid),
-        };
-        if free {
-            claim(registry, uid, dir)?;
-            drop(lock);
-            let id = Uid::from_raw(uid);
-            return Ok(Ids {
-                uid: id,
-                gid: Gid::from_raw(uid),
-                groups: vec![Gid::from_raw(uid)],
-            });
+        match claim_of(registry, uid, dir) {
+            Claim::Ours => return held_by(dir, uid),
+            Claim::Free if try_claim(registry, uid, dir)? => return held_by(dir, uid),
+            Claim::Stale => stale.push(uid),
+            Claim::Free | Claim::Taken => {}
+        }
+    }
+    let _lock = open_lock(registry)?;
+    // A process may still run as a uid whose claim went stale (left by a task whose
+    // directory was removed under it): such a uid is not handed out.
+    let running = uids_running();
+    for uid in stale {
+        if !running.contains(&uid) && matches!(claim_of(registry, uid, dir), Claim::Stale) {
+            write_uid(dir, uid)?;
+            crate::rundir::replace_file_mode(
+                &registry.join(uid.to_string()),
+                dir.as_os_str().as_encoded_bytes(),
+                false,
+                0o600,
+            )?;
+            return held_by(dir, uid);
         }
     }
     Err(fail(
         Exit::Unavailable,
         format!("no free uid in {first}-{last} for {}", dir.display()),
     ))
+}
+
+/// The ids of a dynamic uid: the gid of the same number, no other group.
+fn held_by(dir: &Path, uid: u32) -> Result<Ids> {
+    write_uid(dir, uid)?;
+    Ok(Ids {
+        uid: Uid::from_raw(uid),
+        gid: Gid::from_raw(uid),
+        groups: vec![Gid::from_raw(uid)],
+    })
+}
+
+/// Records in the task directory the uid it holds (unless it says so already).
+fn write_uid(dir: &Path, uid: u32) -> Result<()> {
+    let line = format!("{uid}\n");
+    if fs::read_to_string(dir.join("uid")).is_ok_and(|s| s == line) {
+        return Ok(());
+    }
+    crate::rundir::replace_file_mode(&dir.join("uid"), line.as_bytes(), false, 0o644)
+}
+
+/// Claims a free uid for `dir`: the claim is written aside, then hard-linked to its
+/// name, which fails if another supervisor claimed it first. The task directory names
+/// the uid before the claim exists, so a claim never names a directory that disowns it.
+/// Not flushed: after a crash a task directory may get another uid, and its sandbox and
+/// logs are given to that one as the task starts.
+fn try_claim(registry: &Path, uid: u32, dir: &Path) -> Result<bool> {
+    write_uid(dir, uid)?;
+    let aside = registry.join(format!(".claim-{}", std::process::id()));
+    crate::rundir::replace_file_mode(&aside, dir.as_os_str().as_encoded_bytes(), false, 0o600)?;
+    let linked = fs::hard_link(&aside, registry.join(uid.to_string()));
+    let _ = fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("claiming uid {uid} in {}", registry.display())),
+    }
 }
 
 /// What the registry says of `uid` for the task in `dir`.
@@ -160,16 +203,6 @@ fn uids_running() -> HashSet<u32> {
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .collect()
-}
-
-fn claim(registry: &Path, uid: u32, dir: &Path) -> Result<()> {
-    crate::rundir::replace_file_mode(
-        &registry.join(uid.to_string()),
-        dir.as_os_str().as_encoded_bytes(),
-        true,
-        0o600,
-    )?;
-    crate::rundir::replace_file_mode(&dir.join("uid"), format!("{uid}\n").as_bytes(), true, 0o644)
 }
 
 fn open_lock(registry: &Path) -> Result<File> {

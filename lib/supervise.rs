@@ -315,7 +315,9 @@ impl Supervisor {
             let owner = ids.as_ref().map_or(Uid::effective(), |i| i.uid);
             status.uid = Some(owner.as_raw());
             let log_owner = (owner, identity::log_gid(spec.log_group.as_deref()));
-            stderr_log = Some(make_logs_dir(dir)?.join("stderr"));
+            let logs = make_logs_dir(dir)?;
+            give_logs(&logs, log_owner)?;
+            stderr_log = Some(logs.join("stderr"));
             give_sandbox(dir, ids.as_ref())?;
             let mut cmd = in_task_world(&spec, dir, &spec.argv, ids.clone(), limits.for_child());
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -606,6 +608,19 @@ fn make_logs_dir(dir: &Path) -> Result<PathBuf> {
         Err(e) => return Err(e).with_context(|| format!("creating {}", logs.display())),
     }
     Ok(logs)
+}
+
+/// The logs an earlier run left go to this run's user (a task directory whose uid changed
+/// must not leave them to the uid's next holder). `logs/` is root's: its entries are ours.
+fn give_logs(logs: &Path, (uid, gid): (Uid, Gid)) -> Result<()> {
+    for name in ["stdout", "stderr", "stdout.1", "stderr.1"] {
+        match std::os::unix::fs::lchown(logs.join(name), Some(uid.as_raw()), Some(gid.as_raw())) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("giving {}/{name} to the task", logs.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Opens a log for appending, never through a symbolic link.
