@@ -7,14 +7,15 @@
 //!
 //! The claims are machine-wide, since uids are: `REGISTRY/UID` is a root-only file naming
 //! the task directory that holds UID, and the task directory's root-owned `uid` file names
-//! it back. A claim whose directory is gone, or names another uid, is stale; stale claims
-//! are taken over (under `REGISTRY/lock`, and only for a uid no process runs as) once the
-//! range has no free uid left.
+//! it back. A claim is made by a hard link, which exists or not, so supervisors claim in
+//! parallel without a lock. A claim whose directory is gone, or names another uid, is
+//! stale; stale claims are collected in bulk (under `REGISTRY/lock`), except those of a uid
+//! a process still runs as.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -82,41 +83,98 @@ fn dynamic_in(registry: &Path, dir: &Path, (first, last): (u32, u32)) -> Result<
         .and_then(|s| s.trim().parse::<u32>().ok());
     let size = (last - first) as u64 + 1;
     let start = crc32c::crc32c(dir.as_os_str().as_encoded_bytes()) as u64 % size;
-    let candidates = held
-        .filter(|u| (first..=last).contains(u))
-        .into_iter()
-        .chain((0..size).map(|i| first + ((start + i) % size) as u32));
-    // Free uids first, claimed without a lock (a claim is a hard link, which exists or
-    // not); stale claims are taken over only when the range has no free uid left.
-    let mut stale = Vec::new();
-    for uid in candidates {
+    let candidates = || {
+        held.filter(|u| (first..=last).contains(u))
+            .into_iter()
+            .chain((0..size).map(move |i| first + ((start + i) % size) as u32))
+    };
+    // A free uid is claimed without a lock: a claim is a hard link, which exists or not.
+    // Stale claims are passed over, and collected in bulk once a probe meets many (the
+    // range would fill with them as task directories are removed).
+    let mut stale = 0;
+    for uid in candidates() {
         match claim_of(registry, uid, dir) {
             Claim::Ours => return held_by(dir, uid),
             Claim::Free if try_claim(registry, uid, dir)? => return held_by(dir, uid),
-            Claim::Stale => stale.push(uid),
+            Claim::Stale => {
+                stale += 1;
+                if stale == STALE_BEFORE_COLLECTING {
+                    collect_stale(registry, false)?;
+                }
+            }
             Claim::Free | Claim::Taken => {}
         }
     }
-    let _lock = open_lock(registry)?;
-    // A process may still run as a uid whose claim went stale (left by a task whose
-    // directory was removed under it): such a uid is not handed out.
-    let running = uids_running();
-    for uid in stale {
-        if !running.contains(&uid) && matches!(claim_of(registry, uid, dir), Claim::Stale) {
-            write_uid(dir, uid)?;
-            crate::rundir::replace_file_mode(
-                &registry.join(uid.to_string()),
-                dir.as_os_str().as_encoded_bytes(),
-                false,
-                0o600,
-            )?;
-            return held_by(dir, uid);
+    // The whole range is claimed: once more after a collection.
+    collect_stale(registry, true)?;
+    for uid in candidates() {
+        match claim_of(registry, uid, dir) {
+            Claim::Ours => return held_by(dir, uid),
+            Claim::Free if try_claim(registry, uid, dir)? => return held_by(dir, uid),
+            _ => {}
         }
     }
     Err(fail(
         Exit::Unavailable,
         format!("no free uid in {first}-{last} for {}", dir.display()),
     ))
+}
+
+/// Stale claims a probe passes before it collects them all.
+const STALE_BEFORE_COLLECTING: usize = 64;
+
+/// Removes every stale claim whose uid no process runs as (a process left by a task
+/// whose directory was removed under it keeps its uid from being handed out). One
+/// collector at a time, under `REGISTRY/lock`; the others go on probing, unless `wait`.
+/// A claim's name is only ever made by a link that fails while it exists, so a claim read
+/// stale here is still that claim when it is removed.
+fn collect_stale(registry: &Path, wait: bool) -> Result<()> {
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(registry.join("lock"))
+        .with_context(|| format!("opening {}/lock", registry.display()))?;
+    let patience = Duration::from_secs(if wait { 30 } else { 0 });
+    if !crate::rundir::lock_exclusive(&lock, patience) {
+        return Ok(());
+    }
+    let running = uids_running();
+    let entries =
+        fs::read_dir(registry).with_context(|| format!("reading {}", registry.display()))?;
+    for entry in entries.flatten() {
+        let Some(uid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(owner) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if is_stale(uid, Path::new(owner.trim_end_matches('\n'))) && !running.contains(&uid) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// The real uids of every process on this host.
+fn uids_running() -> HashSet<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| {
+            let status = fs::read_to_string(e.path().join("status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect()
 }
 
 /// The ids of a dynamic uid: the gid of the same number, no other group.
@@ -177,50 +235,21 @@ fn claim_of(registry: &Path, uid: u32, dir: &Path) -> Claim {
     let Ok(owner) = fs::read_to_string(registry.join(uid.to_string())) else {
         return Claim::Free;
     };
-    let owner = PathBuf::from(owner.trim_end_matches('\n'));
+    let owner = Path::new(owner.trim_end_matches('\n'));
     if owner == dir {
-        return Claim::Ours;
-    }
-    let names = fs::read_to_string(owner.join("uid")).ok();
-    if names.as_deref().map(str::trim) == Some(&uid.to_string()) {
-        Claim::Taken
-    } else {
+        Claim::Ours
+    } else if is_stale(uid, owner) {
         Claim::Stale
+    } else {
+        Claim::Taken
     }
 }
 
-/// The real uids of every process on this host.
-fn uids_running() -> HashSet<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return HashSet::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
-        .filter_map(|e| {
-            let status = fs::read_to_string(e.path().join("status")).ok()?;
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .collect()
-}
-
-fn open_lock(registry: &Path) -> Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(registry.join("lock"))
-        .with_context(|| format!("opening {}/lock", registry.display()))?;
-    if !crate::rundir::lock_exclusive(&f, Duration::from_secs(30)) {
-        return Err(fail(
-            Exit::Temporary,
-            format!("{}/lock is held by another supervisor", registry.display()),
-        ));
-    }
-    Ok(f)
+/// Whether the task directory `owner` no longer holds `uid`: it is gone, or names
+/// another uid now.
+fn is_stale(uid: u32, owner: &Path) -> bool {
+    let names = fs::read_to_string(owner.join("uid")).ok();
+    names.as_deref().map(str::trim) != Some(&uid.to_string())
 }
 
 /// The gid of the operators' group that may read every task's logs (root's when the
@@ -233,6 +262,7 @@ pub fn log_gid(name: Option<&str>) -> Gid {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn ranges_are_checked() {

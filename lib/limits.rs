@@ -339,11 +339,19 @@ impl Enforcer {
     }
 }
 
-/// Kills whatever is left in the groups of the task in `dir`, for a supervisor that died
-/// without doing it. Only while nobody supervises the task: the caller proves that by
-/// holding the task's lock. Ok(true) when the groups are empty afterwards.
+/// Kills whatever is left in the groups of the task in `dir`, and removes them, for a
+/// supervisor that died without doing it. Only while nobody supervises the task: the
+/// caller proves that by holding the task's lock. True when nothing is left.
 pub fn kill_leftovers(task: &str, dir: &Path) -> bool {
-    kill_groups(&Layout::of_host(), &group_name(task, dir))
+    let layout = Layout::of_host();
+    let name = group_name(task, dir);
+    if !kill_groups(&layout, &name) {
+        return false;
+    }
+    for group in layout.groups(&name).iter().rev() {
+        let _ = fs::remove_dir(group);
+    }
+    true
 }
 
 fn kill_groups(layout: &Layout, name: &str) -> bool {
