@@ -265,7 +265,8 @@ impl Enforcer {
 
     fn v1(&mut self, root: &Path, name: &str, l: Limits) {
         let group = |c: &str| root.join(c).join("formic").join(name);
-        if self.join_group(&group("freezer")).is_ok() && self.applied.kill == "process group" {
+        // The freezer is the kill handle only where no v2 group gives cgroup.kill.
+        if self.applied.kill == "process group" && self.join_group(&group("freezer")).is_ok() {
             self.applied.kill = "freezer";
         }
         let memory = (l.ram_mb > 0).then(|| {
