@@ -257,8 +257,6 @@ fn stop_signals() -> Result<SignalFd> {
 struct NotStarted {
     status: Status,
     error: anyhow::Error,
-    /// The task's stderr log, once its directory exists.
-    stderr_log: Option<PathBuf>,
 }
 
 impl NotStarted {
@@ -270,11 +268,11 @@ impl NotStarted {
         });
         let reason = format!("{:#}", self.error);
         eprintln!("formic-supervise: {}: {reason}", self.status.task);
-        if let Some(stderr) = self.stderr_log {
-            // Where the task's own complaint would have gone, for whoever reads its logs.
-            let line = format!("formic-supervise: {reason}\n");
-            let _ = append_private(&stderr).and_then(|mut f| f.write_all(line.as_bytes()));
-        }
+        // Where the task's own complaint would have gone, for whoever reads its logs (when
+        // it got as far as having them).
+        let line = format!("formic-supervise: {reason}\n");
+        let stderr = dir.join("logs/stderr");
+        let _ = append_private(&stderr).and_then(|mut f| f.write_all(line.as_bytes()));
         self.status.state = "FAILED".into();
         self.status.exit = Some(if not_found { 127 } else { 126 });
         self.status.reason = Some(reason);
@@ -302,41 +300,19 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    /// Gives the task its identity, sandbox and logs, and starts it.
+    /// Starts the task (see [`spawn`]); what its directory holds becomes its supervisor.
     fn start(
         dir: &Path,
         spec: Spec,
         mut status: Status,
-        limits: Enforcer,
+        mut limits: Enforcer,
     ) -> Result<Supervisor, Box<NotStarted>> {
-        let mut stderr_log = None;
-        let started = (|| {
-            let ids = identity(&spec, dir)?;
-            let owner = ids.as_ref().map_or(Uid::effective(), |i| i.uid);
-            status.uid = Some(owner.as_raw());
-            let log_owner = (owner, identity::log_gid(spec.log_group.as_deref()));
-            let logs = make_logs_dir(dir)?;
-            give_logs(&logs, log_owner)?;
-            stderr_log = Some(logs.join("stderr"));
-            give_sandbox(dir, ids.as_ref())?;
-            let mut cmd = in_task_world(&spec, dir, &spec.argv, ids.clone(), limits.for_child());
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting {:?}", spec.argv[0]))?;
-            Ok::<_, anyhow::Error>((ids, log_owner, child))
-        })();
-        let (ids, log_owner, mut child) = match started {
-            Ok(s) => s,
+        let (ids, log_owner, mut child) = match spawn(dir, &spec, &limits, &mut status) {
+            Ok(started) => started,
             Err(error) => {
-                let mut limits = limits;
                 limits.kill_all();
                 limits.release();
-                return Err(Box::new(NotStarted {
-                    status,
-                    error,
-                    stderr_log,
-                }));
+                return Err(Box::new(NotStarted { status, error }));
             }
         };
         let pid = child.id();
@@ -536,6 +512,28 @@ impl Supervisor {
         self.status.since = now();
         let _ = self.write_status();
     }
+}
+
+/// Gives the task its identity (recorded in `status`), its logs and sandbox, and starts it
+/// in its world; returns its ids, the owner of its logs and the child.
+fn spawn(
+    dir: &Path,
+    spec: &Spec,
+    limits: &Enforcer,
+    status: &mut Status,
+) -> Result<(Option<Ids>, (Uid, Gid), std::process::Child)> {
+    let ids = identity(spec, dir)?;
+    let owner = ids.as_ref().map_or(Uid::effective(), |i| i.uid);
+    status.uid = Some(owner.as_raw());
+    let log_owner = (owner, identity::log_gid(spec.log_group.as_deref()));
+    give_logs(&make_logs_dir(dir)?, log_owner)?;
+    give_sandbox(dir, ids.as_ref())?;
+    let mut cmd = in_task_world(spec, dir, &spec.argv, ids.clone(), limits.for_child());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", spec.argv[0]))?;
+    Ok((ids, log_owner, child))
 }
 
 fn secs(s: f64) -> Duration {
