@@ -240,12 +240,15 @@ fn a_hostile_task_touches_only_its_sandbox_and_dies_whole() {
     targets.unchanged();
 }
 
-/// Processes whose environment says they belong to `task` (the job is not hostile).
-fn processes_of_task(task: &str) -> usize {
+/// Processes of `task` in this cluster: their environment names the task and their
+/// working directory is its sandbox (the job is not hostile).
+fn processes_of_task(c: &Cluster, task: &str) -> usize {
     let want = format!("FORMIC_TASK={task}");
+    let sandbox = c.task_dir(task).join("sandbox");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|d| d == sandbox))
         .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
         .filter(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
         .count()
@@ -270,14 +273,18 @@ fn a_nearly_full_disk_never_leaves_a_task_running_twice_or_unsupervised() {
     for _ in 0..4 {
         c.pass(jobs, true);
         for i in 0..4 {
-            let n = processes_of_task(&format!("t/e/crowd/{i}"));
-            assert!(n <= 1, "t/e/crowd/{i} runs {n} times");
+            let task = format!("t/e/crowd/{i}");
+            let n = processes_of_task(&c, &task);
+            assert!(n <= 1, "{task} runs {n} times");
+            // A supervisor lets go of its lock only once it has killed what it started.
+            let watched = rundir::supervised(&c.task_dir(&task)).unwrap_or(false);
+            assert!(n == 0 || watched, "{task} runs unsupervised");
         }
     }
     c.reap(&["kill", "--job", "t/e/crowd"]);
     let gone = wait(Duration::from_secs(5), || {
         (0..4)
-            .all(|i| processes_of_task(&format!("t/e/crowd/{i}")) == 0)
+            .all(|i| processes_of_task(&c, &format!("t/e/crowd/{i}")) == 0)
             .then_some(())
     });
     assert!(gone.is_some(), "tasks survive reap kill");
