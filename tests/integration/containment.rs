@@ -86,13 +86,24 @@ impl Drop for Cluster {
     /// Whatever the test asserted: nothing it started lives on, and the disk goes.
     fn drop(&mut self) {
         for pass in 0..2 {
-            for uid in &self.uids {
-                for pid in common::processes_of_uid(*uid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+            // The tasks' uids, and whatever works in the cluster's directory.
+            let mut pids: Vec<u32> = self
+                .uids
+                .iter()
+                .flat_map(|&uid| common::processes_of_uid(uid))
+                .collect();
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let here = std::fs::read_link(e.path().join("cwd"))
+                    .is_ok_and(|d| d.starts_with(self.dir.path()));
+                if let (true, Some(pid)) = (here, e.file_name().to_str().and_then(|n| n.parse().ok())) {
+                    pids.push(pid);
                 }
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             let _ = Command::new(common::bin("reap"))
                 .args(["kill", "--host", "h1"])
