@@ -665,6 +665,16 @@ time.sleep(30)
     assert!(common::processes_of_uid(uid).is_empty(), "all gone with the task");
 }
 
+/// A directory with a disk of 1 MB mounted at `disk/` in it (as root only: None else).
+fn small_disk() -> Option<(tempfile::TempDir, common::Tmpfs)> {
+    if !common::root() {
+        return None;
+    }
+    let base = common::tempdir();
+    let disk = common::Tmpfs::mount(&base.path().join("disk"), "1m");
+    Some((base, disk))
+}
+
 /// The task directory of `spec` on the disk mounted at `base/disk`.
 fn task_on(base: &tempfile::TempDir, spec: &Spec) -> PathBuf {
     passable(base.path());
@@ -676,13 +686,11 @@ fn task_on(base: &tempfile::TempDir, spec: &Spec) -> PathBuf {
 
 #[test]
 fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
-    if !common::root() {
-        return;
-    }
     // The task's directory on a small disk; a check that fails writes the status each
     // time, and the status cannot be written once the disk is full.
-    let base = common::tempdir();
-    let disk = common::Tmpfs::mount(&base.path().join("disk"), "1m");
+    let Some((base, disk)) = small_disk() else {
+        return;
+    };
     let mut s = own_identity(spec(
         "t/e/full/0",
         &["sh", "-c", "setsid sleep 600 & echo $! > escaped.pid; sleep 600 & exec sleep 600"],
@@ -719,11 +727,9 @@ fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
 
 #[test]
 fn a_full_disk_drops_log_lines_and_supervision_goes_on() {
-    if !common::root() {
+    let Some((base, disk)) = small_disk() else {
         return;
-    }
-    let base = common::tempdir();
-    let disk = common::Tmpfs::mount(&base.path().join("disk"), "1m");
+    };
     // It fills the disk itself, talks while it is full (more than a pipe holds, so the
     // supervisor has read most of it once it is done), waits for room, then says bye.
     let script = "head -c 4M /dev/zero > fill 2>/dev/null; yes lost | head -c 300000; \
