@@ -44,8 +44,14 @@ pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
     let (a, b) = s
         .split_once('-')
         .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
-    let a: u32 = a.trim().parse().map_err(|_| format!("{a:?} is not a uid"))?;
-    let b: u32 = b.trim().parse().map_err(|_| format!("{b:?} is not a uid"))?;
+    let a: u32 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a uid"))?;
+    let b: u32 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a uid"))?;
     if a == 0 || a > b || b >= u32::MAX - 1 {
         return Err(format!("{s:?}: want 0 < FIRST <= LAST < 4294967294"));
     }
@@ -145,7 +151,11 @@ fn collect_stale(registry: &Path, wait: bool) -> Result<()> {
     let entries =
         fs::read_dir(registry).with_context(|| format!("reading {}", registry.display()))?;
     for entry in entries.flatten() {
-        let Some(uid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(uid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(owner) = fs::read_to_string(entry.path()) else {
@@ -167,7 +177,8 @@ fn uids_running() -> HashSet<u32> {
         .flatten()
         .filter(|e| {
             let name = e.file_name();
-            name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            name.to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         })
         .filter_map(|e| {
             let status = fs::read_to_string(e.path().join("status")).ok()?;
@@ -290,7 +301,10 @@ mod tests {
         assert_ne!(a.uid, b.uid);
         assert_eq!(a.gid.as_raw(), a.uid.as_raw());
         assert_eq!(dynamic_in(reg.path(), &dirs[0], range).unwrap(), a, "kept");
-        assert!(dynamic_in(reg.path(), &dirs[2], range).is_err(), "range full");
+        assert!(
+            dynamic_in(reg.path(), &dirs[2], range).is_err(),
+            "range full"
+        );
         // The first directory goes: its uid is free again.
         fs::remove_dir_all(&dirs[0]).unwrap();
         assert_eq!(dynamic_in(reg.path(), &dirs[2], range).unwrap(), a);

@@ -219,9 +219,10 @@ fn record_not_started(
         let Some(slot) = task_slot(tx, &p.job, p.instance) else {
             continue;
         };
-        let ours = tx.view().tasks.get(slot).filter(|t| {
-            t.state == TaskState::Assigned && Some(&t.since) == intents.get(&p.task)
-        });
+        let ours =
+            tx.view().tasks.get(slot).filter(|t| {
+                t.state == TaskState::Assigned && Some(&t.since) == intents.get(&p.task)
+            });
         let Some(t) = ours.cloned() else {
             continue; // reap or another launch has it now
         };
@@ -233,8 +234,10 @@ fn record_not_started(
         let mut failed = t.freed(TaskState::Failed, tx.now());
         failed.exit = if not_found { 127 } else { 126 };
         failed.failures = t.failures.saturating_add(1);
-        events.push(json!({"type":"event","task":p.task,"host":p.host,"state":"FAILED",
-            "exit":failed.exit,"ts":tx.now(),"reason":format!("{error:#}")}));
+        events.push(
+            json!({"type":"event","task":p.task,"host":p.host,"state":"FAILED",
+            "exit":failed.exit,"ts":tx.now(),"reason":format!("{error:#}")}),
+        );
         tx.set(slot, Some(failed));
     }
     events

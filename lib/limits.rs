@@ -56,9 +56,16 @@ impl Applied {
 
     pub fn from_json(v: &Value) -> Option<Applied> {
         let word = |k: &str| -> Option<&'static str> {
-            ["cgroup", "rlimit", "none", "cgroup.kill", "freezer", "process group"]
-                .into_iter()
-                .find(|w| v[k].as_str() == Some(w))
+            [
+                "cgroup",
+                "rlimit",
+                "none",
+                "cgroup.kill",
+                "freezer",
+                "process group",
+            ]
+            .into_iter()
+            .find(|w| v[k].as_str() == Some(w))
         };
         Some(Applied {
             memory: word("memory")?,
@@ -250,8 +257,7 @@ impl Enforcer {
             return;
         }
         self.applied.kill = "cgroup.kill";
-        if l.ram_mb > 0 && write(&dir.join("memory.max"), &(l.ram_mb << 20).to_string()).is_ok()
-        {
+        if l.ram_mb > 0 && write(&dir.join("memory.max"), &(l.ram_mb << 20).to_string()).is_ok() {
             self.applied.memory = "cgroup";
         }
         let cpu_max = format!("{} {CFS_PERIOD_US}", quota_us(l.cpus));
@@ -272,7 +278,10 @@ impl Enforcer {
         let memory = (l.ram_mb > 0).then(|| {
             let dir = group("memory");
             self.join_group(&dir)?;
-            write(&dir.join("memory.limit_in_bytes"), &(l.ram_mb << 20).to_string())
+            write(
+                &dir.join("memory.limit_in_bytes"),
+                &(l.ram_mb << 20).to_string(),
+            )
         });
         if let Some(Ok(())) = memory {
             self.applied.memory = "cgroup";
@@ -470,7 +479,10 @@ mod tests {
             kill: "process group",
         };
         let said = weak.weaker_than(asked).join("; ");
-        assert!(said.contains("memory by rlimit") && said.contains("cpu by none"), "{said}");
+        assert!(
+            said.contains("memory by rlimit") && said.contains("cpu by none"),
+            "{said}"
+        );
         assert!(said.contains("not killed"), "{said}");
         assert_eq!(Applied::from_json(&weak.to_json()), Some(weak));
     }
@@ -505,7 +517,12 @@ mod tests {
         assert_eq!(members(&group).len(), 3, "three processes in the group");
         assert!(kill_in(std::slice::from_ref(&group)), "emptied");
         let _ = child.wait();
-        assert_eq!(fs::read_to_string(group.join("freezer.state")).unwrap().trim(), "THAWED");
+        assert_eq!(
+            fs::read_to_string(group.join("freezer.state"))
+                .unwrap()
+                .trim(),
+            "THAWED"
+        );
         fs::remove_dir(&group).unwrap();
     }
 }

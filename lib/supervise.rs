@@ -318,12 +318,14 @@ impl Supervisor {
         let pid = child.id();
         let logs_at = dir.join("logs");
         let logs = [
-            child.stdout.take().map(|p| {
-                Log::new(Source::Out(p), logs_at.join("stdout"), &spec, log_owner)
-            }),
-            child.stderr.take().map(|p| {
-                Log::new(Source::Err(p), logs_at.join("stderr"), &spec, log_owner)
-            }),
+            child
+                .stdout
+                .take()
+                .map(|p| Log::new(Source::Out(p), logs_at.join("stdout"), &spec, log_owner)),
+            child
+                .stderr
+                .take()
+                .map(|p| Log::new(Source::Err(p), logs_at.join("stderr"), &spec, log_owner)),
         ];
         drop(child); // waited for by pid, with every orphan
         let next_check = spec
@@ -402,8 +404,8 @@ impl Supervisor {
         }
         if ready[0] {
             while let Ok(Some(info)) = signals.read_signal() {
-                let stop = Signal::try_from(info.ssi_signo as i32)
-                    .is_ok_and(|s| s != Signal::SIGCHLD);
+                let stop =
+                    Signal::try_from(info.ssi_signo as i32).is_ok_and(|s| s != Signal::SIGCHLD);
                 if stop && self.stop_deadline.is_none() && self.exited.is_none() {
                     self.begin_stop()?;
                 }
@@ -453,7 +455,11 @@ impl Supervisor {
         } else {
             command_ok(h, &self.spec, &self.dir, self.ids.clone(), &self.limits)
         };
-        let failures = if ok { 0 } else { self.status.health_failures + 1 };
+        let failures = if ok {
+            0
+        } else {
+            self.status.health_failures + 1
+        };
         // Healthy from the first check that passes (not before: a task not yet answering
         // must not be announced); unhealthy after `failures` in a row.
         let healthy = if ok {
@@ -615,7 +621,10 @@ fn give_logs(logs: &Path, (uid, gid): (Uid, Gid)) -> Result<()> {
         match std::os::unix::fs::lchown(logs.join(name), Some(uid.as_raw()), Some(gid.as_raw())) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("giving {}/{name} to the task", logs.display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("giving {}/{name} to the task", logs.display()))
+            }
         }
     }
     Ok(())
@@ -874,7 +883,10 @@ impl Log {
     fn open(&self) -> std::io::Result<File> {
         let f = append_private(&self.path)?;
         nix::unistd::fchown(f.as_raw_fd(), Some(self.owner.0), Some(self.owner.1))?;
-        nix::sys::stat::fchmod(f.as_raw_fd(), nix::sys::stat::Mode::from_bits_truncate(0o640))?;
+        nix::sys::stat::fchmod(
+            f.as_raw_fd(),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )?;
         Ok(f)
     }
 
@@ -882,7 +894,8 @@ impl Log {
     fn pump_until_eof(&mut self) {
         let fd = self.fd().as_raw_fd();
         if let Ok(flags) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
-            let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            let flags =
+                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
             let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags));
         }
         while self.pump() {}

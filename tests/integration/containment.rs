@@ -77,7 +77,11 @@ impl Cluster {
 
     fn reap(&self, args: &[&str]) -> String {
         let out = run(tool("reap", &self.state()).args(args), b"");
-        assert!(matches!(code(&out), 0 | 1), "reap {args:?}: {}", stderr(&out));
+        assert!(
+            matches!(code(&out), 0 | 1),
+            "reap {args:?}: {}",
+            stderr(&out)
+        );
         stdout(&out)
     }
 }
@@ -95,7 +99,9 @@ impl Drop for Cluster {
             for e in std::fs::read_dir("/proc").unwrap().flatten() {
                 let here = std::fs::read_link(e.path().join("cwd"))
                     .is_ok_and(|d| d.starts_with(self.dir.path()));
-                if let (true, Some(pid)) = (here, e.file_name().to_str().and_then(|n| n.parse().ok())) {
+                if let (true, Some(pid)) =
+                    (here, e.file_name().to_str().and_then(|n| n.parse().ok()))
+                {
                     pids.push(pid);
                 }
             }
@@ -161,7 +167,12 @@ impl Targets {
 
     fn unchanged(&self) {
         for (path, bytes) in &self.watched {
-            assert_eq!(&std::fs::read(path).unwrap(), bytes, "{} changed", path.display());
+            assert_eq!(
+                &std::fs::read(path).unwrap(),
+                bytes,
+                "{} changed",
+                path.display()
+            );
         }
         assert!(!self.absent.exists(), "{} was made", self.absent.display());
     }
@@ -225,10 +236,20 @@ fn a_hostile_task_touches_only_its_sandbox_and_dies_whole() {
     assert!(!victim_dir.join("sandbox/pwned").exists());
     targets.unchanged();
     let victim_log = std::fs::read_to_string(victim_dir.join("logs/stdout")).unwrap();
-    assert_eq!(victim_log, "DB_PASSWORD=hunter2-secret\n", "the victim's own log only");
-    assert_eq!(common::processes_of_uid(victim_uid).len(), 1, "the victim still runs");
+    assert_eq!(
+        victim_log, "DB_PASSWORD=hunter2-secret\n",
+        "the victim's own log only"
+    );
+    assert_eq!(
+        common::processes_of_uid(victim_uid).len(),
+        1,
+        "the victim still runs"
+    );
     let hostile_procs = common::processes_of_uid(hostile_uid).len();
-    assert!(hostile_procs <= 64, "{hostile_procs} processes under a limit of 64");
+    assert!(
+        hostile_procs <= 64,
+        "{hostile_procs} processes under a limit of 64"
+    );
 
     // Supervisors killed (the disk is full): nothing of either task may survive the next
     // pass and `reap kill`.
@@ -246,7 +267,11 @@ fn a_hostile_task_touches_only_its_sandbox_and_dies_whole() {
         let left = wait(Duration::from_secs(5), || {
             common::processes_of_uid(uid).is_empty().then_some(())
         });
-        assert!(left.is_some(), "uid {uid} still runs {:?}", common::processes_of_uid(uid));
+        assert!(
+            left.is_some(),
+            "uid {uid} still runs {:?}",
+            common::processes_of_uid(uid)
+        );
     }
     targets.unchanged();
 }

@@ -271,13 +271,23 @@ fn a_task_whose_supervisor_cannot_start_fails_at_once_with_the_reason() {
     let events = lines(&stdout(&out));
     assert_eq!(events.len(), 2, "{events:?}");
     for e in &events {
-        assert_eq!((e["state"].as_str(), e["exit"].as_i64()), (Some("FAILED"), Some(127)), "{e}");
+        assert_eq!(
+            (e["state"].as_str(), e["exit"].as_i64()),
+            (Some("FAILED"), Some(127)),
+            "{e}"
+        );
         let reason = e["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("formic-supervise") && reason.contains("No such file"), "{reason}");
+        assert!(
+            reason.contains("formic-supervise") && reason.contains("No such file"),
+            "{reason}"
+        );
     }
     let state = State::open(&c.state()).unwrap();
     let v = state.view();
-    assert!(v.tasks.iter().all(|(_, t)| t.state == TaskState::Failed && t.cpus == 0));
+    assert!(v
+        .tasks
+        .iter()
+        .all(|(_, t)| t.state == TaskState::Failed && t.cpus == 0));
 }
 
 #[test]

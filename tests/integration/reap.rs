@@ -369,7 +369,12 @@ fn a_lost_task_dies_whole_also_what_left_its_process_group() {
                   (sleep 600 & echo $! > daemon.pid); \
                   sleep 600 & echo $! > grouped.pid; \
                   while [ ! -e go ]; do sleep 0.02; done";
-    let s = c.start("h1", &spec(task, &["sh", "-c", script]), &service("t/e/scatter"), &[]);
+    let s = c.start(
+        "h1",
+        &spec(task, &["sh", "-c", script]),
+        &service("t/e/scatter"),
+        &[],
+    );
     let dir = c.dir_of("h1", task);
     let pid_of = |name: &str| -> Option<u32> {
         let text = std::fs::read_to_string(dir.join("sandbox").join(name)).ok()?;
@@ -390,7 +395,12 @@ fn a_lost_task_dies_whole_also_what_left_its_process_group() {
         assert!(soon(|| !alive(*pid)), "{name}: process {pid} survived reap");
     }
     // The next supervisor of the task finds its groups empty and keeps every limit.
-    let again = c.start("h1", &spec(task, &["sleep", "600"]), &service("t/e/scatter"), &[]);
+    let again = c.start(
+        "h1",
+        &spec(task, &["sleep", "600"]),
+        &service("t/e/scatter"),
+        &[],
+    );
     let limits = again.limits.expect("limits reported");
     assert_ne!(limits.kill, "process group", "{limits:?}");
 }

@@ -550,7 +550,10 @@ fn logs_and_sandbox_belong_to_the_task_and_the_operators_alone() {
         return;
     }
     use std::os::unix::fs::MetadataExt;
-    let s = own_identity(spec("t/e/own/0", &["sh", "-c", "echo secret; echo mine > file"]));
+    let s = own_identity(spec(
+        "t/e/own/0",
+        &["sh", "-c", "echo secret; echo mine > file"],
+    ));
     let (root, dir) = task(&s);
     passable(root.path());
     assert_eq!(wait_exit(supervise(&dir)), 0);
@@ -559,7 +562,9 @@ fn logs_and_sandbox_belong_to_the_task_and_the_operators_alone() {
     let uid = st.uid.expect("the status names the task's uid");
     let (first, last) = formic::identity::DEFAULT_RANGE;
     assert!((first..=last).contains(&uid), "uid {uid} from the range");
-    let adm = nix::unistd::Group::from_name("adm").unwrap().map_or(0, |g| g.gid.as_raw());
+    let adm = nix::unistd::Group::from_name("adm")
+        .unwrap()
+        .map_or(0, |g| g.gid.as_raw());
     for (path, mode, gid) in [
         ("sandbox", 0o700, uid),
         ("sandbox/file", 0o644, uid),
@@ -573,7 +578,11 @@ fn logs_and_sandbox_belong_to_the_task_and_the_operators_alone() {
         );
     }
     let logs = std::fs::metadata(dir.join("logs")).unwrap();
-    assert_eq!((logs.uid(), logs.mode() & 0o7777), (0, 0o711), "logs/ is root's");
+    assert_eq!(
+        (logs.uid(), logs.mode() & 0o7777),
+        (0, 0o711),
+        "logs/ is root's"
+    );
     // The same directory keeps its uid; another task gets another.
     assert_eq!(wait_exit(supervise(&dir)), 0);
     assert_eq!(Status::read(&dir).unwrap().unwrap().uid, Some(uid));
@@ -618,9 +627,16 @@ fn the_task_has_no_privileges_to_gain_and_its_health_command_runs_beside_it() {
     assert_eq!(bnd, "0000000000000000", "no capability can be gained");
     assert_eq!(eff, "0000000000000000", "no capability held");
     let check_uid = std::fs::read_to_string(dir.join("sandbox/check.uid")).unwrap();
-    assert_eq!(check_uid.trim(), st.uid.unwrap().to_string(), "the check's user");
+    assert_eq!(
+        check_uid.trim(),
+        st.uid.unwrap().to_string(),
+        "the check's user"
+    );
     let check_cgroup = std::fs::read_to_string(dir.join("sandbox/check.cgroup")).unwrap();
-    assert_eq!(check_cgroup, task_cgroup, "the check runs in the task's cgroups");
+    assert_eq!(
+        check_cgroup, task_cgroup,
+        "the check runs in the task's cgroups"
+    );
     let limits = st.limits.expect("the status says how limits are enforced");
     assert_eq!(limits.pids, "cgroup");
     assert_ne!(limits.kill, "process group", "{limits:?}");
@@ -661,8 +677,14 @@ time.sleep(30)
     let count = common::processes_of_uid(uid).len();
     kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(wait_exit(sup), 0);
-    assert!((2..=16).contains(&count), "{count} processes under a limit of 16");
-    assert!(common::processes_of_uid(uid).is_empty(), "all gone with the task");
+    assert!(
+        (2..=16).contains(&count),
+        "{count} processes under a limit of 16"
+    );
+    assert!(
+        common::processes_of_uid(uid).is_empty(),
+        "all gone with the task"
+    );
 }
 
 /// A directory with a disk of 1 MB mounted at `disk/` in it (as root only: None else).
@@ -693,7 +715,11 @@ fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
     };
     let mut s = own_identity(spec(
         "t/e/full/0",
-        &["sh", "-c", "setsid sleep 600 & echo $! > escaped.pid; sleep 600 & exec sleep 600"],
+        &[
+            "sh",
+            "-c",
+            "setsid sleep 600 & echo $! > escaped.pid; sleep 600 & exec sleep 600",
+        ],
     ));
     s.health = Some(Health {
         port: 0,
@@ -710,7 +736,10 @@ fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
     let escaped = dir.join("sandbox/escaped.pid");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !std::fs::read_to_string(&escaped).is_ok_and(|p| p.ends_with('\n')) {
-        assert!(Instant::now() < deadline, "the task never wrote its child's pid");
+        assert!(
+            Instant::now() < deadline,
+            "the task never wrote its child's pid"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(common::processes_of_uid(uid).len(), 3);
@@ -749,8 +778,15 @@ fn a_full_disk_drops_log_lines_and_supervision_goes_on() {
     assert_eq!(st.state, "FINISHED", "{st:?}");
     assert!(st.log_dropped > 0, "dropped bytes are counted: {st:?}");
     let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
-    let df = Command::new("df").arg(base.path().join("disk")).output().unwrap();
-    let ls = Command::new("ls").args(["-laR"]).arg(&dir).output().unwrap();
+    let df = Command::new("df")
+        .arg(base.path().join("disk"))
+        .output()
+        .unwrap();
+    let ls = Command::new("ls")
+        .args(["-laR"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(
         out.ends_with("bye\n"),
         "{out:?} {st:?} {} {}",
@@ -767,7 +803,11 @@ fn a_command_that_cannot_be_run_fails_with_127_and_says_why() {
         let code = wait_exit(supervise(&dir));
         assert_ne!(code, 0);
         let st = Status::read(&dir).unwrap().unwrap();
-        assert_eq!((st.state.as_str(), st.exit, st.pid), ("FAILED", Some(127), None), "{st:?}");
+        assert_eq!(
+            (st.state.as_str(), st.exit, st.pid),
+            ("FAILED", Some(127), None),
+            "{st:?}"
+        );
         let reason = st.reason.unwrap_or_default();
         assert!(reason.contains("No such file or directory"), "{reason}");
         let log = std::fs::read_to_string(dir.join("logs/stderr")).unwrap();
