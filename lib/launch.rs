@@ -227,12 +227,8 @@ fn record_not_started(
             continue; // reap or another launch has it now
         };
         let error = &errors[&p.task];
-        let not_found = error.chain().any(|e| {
-            e.downcast_ref::<io::Error>()
-                .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
-        });
         let mut failed = t.freed(TaskState::Failed, tx.now());
-        failed.exit = if not_found { 127 } else { 126 };
+        failed.exit = crate::supervise::cannot_run_status(error);
         failed.failures = t.failures.saturating_add(1);
         events.push(
             json!({"type":"event","task":p.task,"host":p.host,"state":"FAILED",
@@ -477,13 +473,8 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
         cmd.pre_exec(|| {
             nix::unistd::setsid().map_err(io::Error::from)?;
             // Nothing launch inherited (a caller's lock, a pipe) may live on in the
-            // supervisor: only fds 0-2 cross. Marked close-on-exec rather than closed, so
-            // a failed exec is still reported through the standard library's pipe.
-            let close_on_exec = 1 << 2; // CLOSE_RANGE_CLOEXEC
-            if nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, close_on_exec) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            // supervisor: only fds 0-2 cross.
+            crate::supervise::only_std_fds_cross_exec()
         });
     }
     cmd.spawn()

@@ -252,6 +252,34 @@ fn stop_signals() -> Result<SignalFd> {
     )?)
 }
 
+/// The exit status of a command that could not be run, as a shell gives it: 127 when it
+/// was not found, 126 when it was found but could not be run.
+pub fn cannot_run_status(error: &anyhow::Error) -> i32 {
+    let not_found = error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    });
+    if not_found {
+        127
+    } else {
+        126
+    }
+}
+
+/// Marks every descriptor above 2 close-on-exec, between fork and exec (one system call,
+/// async-signal-safe). Marked, not closed: the standard library reports a failed exec
+/// through a pipe that must stay open until the exec.
+pub fn only_std_fds_cross_exec() -> std::io::Result<()> {
+    use nix::libc;
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: a plain system call on integers.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A task that could not be started, and why: it failed as a shell says a command that
 /// cannot run failed (127: not found, 126: found but not runnable).
 struct NotStarted {
@@ -262,10 +290,6 @@ struct NotStarted {
 impl NotStarted {
     /// Records the failure; the supervisor then exits with the error's status.
     fn record(mut self: Box<Self>, dir: &Path) -> Result<Status> {
-        let not_found = self.error.chain().any(|e| {
-            e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-        });
         let reason = format!("{:#}", self.error);
         eprintln!("formic-supervise: {}: {reason}", self.status.task);
         // Where the task's own complaint would have gone, for whoever reads its logs (when
@@ -274,7 +298,7 @@ impl NotStarted {
         let stderr = dir.join("logs/stderr");
         let _ = append_private(&stderr).and_then(|mut f| f.write_all(line.as_bytes()));
         self.status.state = "FAILED".into();
-        self.status.exit = Some(if not_found { 127 } else { 126 });
+        self.status.exit = Some(cannot_run_status(&self.error));
         self.status.reason = Some(reason);
         self.status.since = now();
         self.status.write(dir)?;
@@ -685,14 +709,8 @@ fn in_task_world(
                 nix::unistd::setgid(ids.gid).map_err(std::io::Error::from)?;
                 nix::unistd::setuid(ids.uid).map_err(std::io::Error::from)?;
             }
-            // Only 0-2 cross, whatever a library left open without CLOEXEC. Marked, not
-            // closed: the standard library reports a failed exec through a pipe that
-            // must stay open until the exec.
-            let close_on_exec = 1 << 2; // CLOSE_RANGE_CLOEXEC
-            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, close_on_exec) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            // Only 0-2 cross, whatever a library left open without CLOEXEC.
+            only_std_fds_cross_exec()
         });
     }
     cmd
