@@ -406,6 +406,19 @@ fn the_task_runs_in_cgroups_holding_it_to_its_reservation() {
     );
 }
 
+/// A health check by a shell command, every `interval_s`, unhealthy after `failures` in a
+/// row, each given a second.
+fn shell_check(script: &str, interval_s: f64, failures: u32) -> Health {
+    Health {
+        port: 0,
+        path: String::new(),
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        interval_s,
+        timeout_s: 1.0,
+        failures,
+    }
+}
+
 #[test]
 fn health_follows_a_command_run_as_the_task_user() {
     // Healthy while a file is in the sandbox; the check runs there, as nobody.
@@ -413,18 +426,11 @@ fn health_follows_a_command_run_as_the_task_user() {
         let mut s = spec(task, &["sh", "-c", script]);
         s.user = Some("nobody".into());
         s.allow_root = false;
-        s.health = Some(Health {
-            port: 0,
-            path: String::new(),
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                "test -f ready && test \"$(id -u)\" != 0".into(),
-            ],
-            interval_s: 0.1,
-            timeout_s: 1.0,
-            failures: 2,
-        });
+        s.health = Some(shell_check(
+            "test -f ready && test \"$(id -u)\" != 0",
+            0.1,
+            2,
+        ));
         s
     };
     let (_root, dir) = task(&check("t/e/ready/0", "touch ready; exec sleep 30"));
@@ -601,18 +607,11 @@ fn the_task_has_no_privileges_to_gain_and_its_health_command_runs_beside_it() {
     let mut s = own_identity(spec("t/e/nnp/0", &["sleep", "30"]));
     s.limits.pids = 64;
     // The check records who and where it runs, then passes.
-    s.health = Some(Health {
-        port: 0,
-        path: String::new(),
-        cmd: vec![
-            "sh".into(),
-            "-c".into(),
-            "id -u > check.uid; cat /proc/self/cgroup > check.cgroup".into(),
-        ],
-        interval_s: 0.1,
-        timeout_s: 2.0,
-        failures: 3,
-    });
+    s.health = Some(shell_check(
+        "id -u > check.uid; cat /proc/self/cgroup > check.cgroup",
+        0.1,
+        3,
+    ));
     let (root, dir) = task(&s);
     passable(root.path());
     let sup = supervise(&dir);
@@ -721,14 +720,7 @@ fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
             "setsid sleep 600 & echo $! > escaped.pid; sleep 600 & exec sleep 600",
         ],
     ));
-    s.health = Some(Health {
-        port: 0,
-        path: String::new(),
-        cmd: vec!["false".into()],
-        interval_s: 0.2,
-        timeout_s: 1.0,
-        failures: 1000,
-    });
+    s.health = Some(shell_check("false", 0.2, 1000));
     let dir = task_on(&base, &s);
     let sup = supervise(&dir);
     let st = wait_for(&dir, Duration::from_secs(10), |s| s.health_failures >= 1);
