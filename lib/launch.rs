@@ -1,18 +1,21 @@
 //! `launch`: starts placed instances on their hosts, each under its own supervisor.
 //!
 //! For each `place` record (and the `spec` record pack sends before a job's first place):
-//! 1. intent: one transaction records every task ASSIGNED on its host with its
-//!    reservation, so the resources are spoken for before anything starts;
-//! 2. action: the task's directory on the host gets job.json and spec.json (argv with its
-//!    templates filled in, environment, user, health check), and `formic-supervise DIR`
-//!    starts in a session of its own, to outlive launch;
+//! 1. intent: one transaction admits each placement that still holds in the state as it is
+//!    now (Omega's optimistic concurrency: pack decided on a snapshot) and records it
+//!    ASSIGNED as the task's next incarnation, with its reservation and this launch's
+//!    name, so the resources are spoken for before anything starts; a placement that no
+//!    longer holds is a `conflict` record, and the next pass decides again;
+//! 2. action: under the task directory's lock, and only while the incarnation is still the
+//!    state's, the directory gets job.json and spec.json (argv with its templates filled
+//!    in, environment, user, health check, incarnation), and `formic-supervise DIR` starts
+//!    in a session of its own, to outlive launch;
 //! 3. result: a second transaction records STARTING, or RUNNING with the task's pid and
-//!    start time once its supervisor reports them.
+//!    start time once its supervisor reports them — for this launch's incarnation only.
 //!
-//! A crash between any two steps is repaired by the next pass: an ASSIGNED task with no
-//! supervisor is started again. Nothing starts twice: a task's supervisor holds the task
-//! directory's lock for as long as it lives, a second one gives up at once, and a task
-//! that is supervised already is left alone (also when two launches run at once).
+//! A crash between any two steps is repaired by the next pass: reap calls off the start of
+//! an incarnation whose launch has ended without a supervisor taking it (under the same
+//! lock, so a supervisor arriving late finds nothing to run), and believes one that did.
 
 use std::collections::HashMap;
 use std::io;
@@ -31,17 +34,20 @@ use crate::exit::{bad_input, fail, status_of, Status, TABLE};
 use crate::host::{millicores, Transport};
 use crate::records::{self, Fields, Record, Writer};
 use crate::rundir;
-use crate::state::{State, Txn};
+use crate::state::{State, Txn, View};
 use crate::supervise::{Health, Spec};
-use crate::task::{check_job_key, Job, Task, TaskState, MAX_PORTS, NO_HOST};
+use crate::task::{check_job_key, Job, Task, TaskState, MAX_PORTS};
+use crate::usage::{self, Usage};
 
 /// Start placed instances on their hosts
 ///
 /// Reads `place` records (and the `spec` records pack sends before them) on standard
 /// input, records each task in the state, starts it under its own supervisor
 /// (formic-supervise) on its host, and prints an `event` record per task. Lines of other
-/// types pass through. A task already running is left alone, so running launch twice on the
-/// same records starts nothing more.
+/// types pass through. A placement is a proposal: one that no longer holds (the task runs
+/// already or has moved on, is backing off, or its host is gone, takes no work, or lacks the
+/// room or ports now) starts nothing and prints a `conflict` record, with status 1; so
+/// running launch twice on the same records starts nothing more.
 #[derive(Parser, Debug)]
 #[command(name = "launch", version, after_help = TABLE)]
 pub struct Cli {
@@ -100,6 +106,28 @@ struct Placement {
     gpus: u32,
     ports: Vec<(String, u16)>,
     hash: String,
+    /// The incarnation this placement creates, when pack decided it on a view of the state:
+    /// it holds only while the task is still at the incarnation before.
+    incarnation: Option<u32>,
+}
+
+/// A placement launch recorded ASSIGNED: the incarnation it created, and where it runs.
+struct Intent<'a> {
+    place: &'a Placement,
+    incarnation: u32,
+    dir: PathBuf,
+}
+
+/// What became of one start.
+enum Start {
+    /// Its supervisor was started.
+    Started,
+    /// reap called the start off (it took it for abandoned): nothing may start.
+    CalledOff,
+    /// The task's directory is held by another supervisor.
+    Busy(String),
+    /// The supervisor could not be started.
+    Failed(anyhow::Error),
 }
 
 pub fn run(cli: Cli) -> Result<Status> {
@@ -114,129 +142,156 @@ pub fn run(cli: Cli) -> Result<Status> {
         out.finish()?;
         return Ok(Status::Done);
     }
-    // 1. Intent.
-    let now_started = state.write(|tx| record_intent(tx, &places, &specs))?;
+    // 1. Intent: a placement is a proposal, recorded only if what it was decided on still
+    // holds; the others are conflicts, for the next pass to decide again.
+    let me = rundir::short_name(std::process::id());
+    let (incarnations, conflicts) = state.write(|tx| record_intents(tx, &places, &specs, me))?;
+    for c in &conflicts {
+        out.record(c)?;
+    }
+    let intents: Vec<Intent> = places
+        .iter()
+        .zip(incarnations)
+        .filter_map(|(p, n)| {
+            Some(Intent {
+                place: p,
+                incarnation: n?,
+                dir: rundir::task_dir(&rundir::host_root(&path, &p.host), &p.task),
+            })
+        })
+        .collect();
     // 2. Action.
-    let mut started = Vec::new();
-    let mut not_started = HashMap::new();
-    for p in &places {
-        if !now_started.contains_key(&p.task) {
-            continue;
+    let mut starts = Vec::with_capacity(intents.len());
+    for i in &intents {
+        let job = &specs[&(i.place.job.clone(), i.place.hash.clone())];
+        let s = start(&cli, &mut state, i, job).unwrap_or_else(Start::Failed);
+        match &s {
+            Start::Failed(e) => eprintln!("launch: {}: {e:#}", i.place.task),
+            Start::Busy(why) => eprintln!("launch: {}: {why}", i.place.task),
+            _ => {}
         }
-        let dir = rundir::task_dir(&rundir::host_root(&path, &p.host), &p.task);
-        let job = &specs[&(p.job.clone(), p.hash.clone())];
-        match start(&cli, &dir, p, job) {
-            Ok(true) => started.push((p, dir)),
-            Ok(false) => {} // supervised already, or being started by a concurrent launch
-            Err(e) => {
-                eprintln!("launch: {}: {e:#}", p.task);
-                not_started.insert(p.task.clone(), e);
-            }
-        }
+        starts.push(s);
     }
-    let failures = not_started.len();
     // 3. Result.
-    let deadline = Instant::now() + Duration::from_secs_f64(cli.wait.max(0.0));
-    let mut reports: Vec<Option<rundir::Status>> = vec![None; started.len()];
-    loop {
-        for (i, (_, dir)) in started.iter().enumerate() {
-            if reports[i].as_ref().is_none_or(|s| s.state == "STARTING") {
-                reports[i] = rundir::Status::read(dir).ok().flatten();
-            }
-        }
-        let pending = reports
-            .iter()
-            .any(|r| r.as_ref().is_none_or(|s| s.state == "STARTING"));
-        if !pending || Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // Only launch's own intent is advanced: a record reap has changed since (a stop, a
-    // collection) is reap's, and a supervisor started for a task reap has since stopped is
-    // told to stop too. A start that failed stays STARTING: reap collects it, with the
-    // restart policy.
-    let (events, orphaned) = state.write(|tx| {
-        let mut events = record_not_started(tx, &places, &not_started, &now_started);
-        let mut orphaned = Vec::new();
-        for ((p, dir), report) in started.iter().zip(&reports) {
-            let slot = task_slot(tx, &p.job, p.instance);
-            let mut t = match slot.and_then(|s| tx.view().tasks.get(s)) {
-                Some(t) if t.state == TaskState::Assigned && Some(&t.since) == now_started.get(&p.task) => t.clone(),
-                // Another launch's intent, or its result: the task is in hand.
-                Some(t) if matches!(t.state, TaskState::Assigned | TaskState::Starting | TaskState::Running) => continue,
-                // reap stopped or collected it meanwhile: the supervisor must go too.
-                _ => {
-                    orphaned.push(dir.clone());
-                    continue;
-                }
-            };
-            match report {
-                Some(s) if s.state == "RUNNING" => {
-                    t.state = TaskState::Running;
-                    (t.pid, t.pid_start) = s.pid.unwrap_or((0, 0));
-                }
-                _ => t.state = TaskState::Starting,
-            }
-            t.since = tx.now();
-            events.push(json!({"type":"event","task":p.task,"host":p.host,"state":t.state.name(),"exit":null,"ts":tx.now()}));
-            tx.set(slot.unwrap(), Some(t));
-        }
-        Ok((events, orphaned))
-    })?;
+    let reports = await_reports(&intents, &starts, cli.wait);
+    let (events, orphaned) = state.write(|tx| record_results(tx, &intents, &starts, &reports))?;
     for dir in orphaned {
-        if let Ok(Some(s)) = rundir::Status::read(&dir) {
-            let (pid, start) = s.supervisor;
-            if rundir::same_process(pid, start) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
+        stop_supervisor(&dir);
     }
     for e in &events {
         out.record(e)?;
     }
     out.finish()?;
-    Ok(if failures > 0 {
-        Status::Partial
-    } else {
+    let all_started = starts
+        .iter()
+        .all(|s| matches!(s, Start::Started | Start::CalledOff));
+    Ok(if all_started && conflicts.is_empty() {
         Status::Done
+    } else {
+        Status::Partial
     })
 }
 
-/// Tasks whose supervisor could not be started fail at once, with the reason, so the
-/// next pass decides again (they are not left ASSIGNED for reap to find never started).
-fn record_not_started(
+/// Waits up to `wait` seconds for the supervisors started to report RUNNING (or an end).
+fn await_reports(intents: &[Intent], starts: &[Start], wait: f64) -> Vec<Option<rundir::Status>> {
+    let deadline = Instant::now() + Duration::from_secs_f64(wait);
+    let mut reports: Vec<Option<rundir::Status>> = vec![None; intents.len()];
+    let waiting = |r: &Option<rundir::Status>| r.as_ref().is_none_or(|s| s.state == "STARTING");
+    loop {
+        for ((i, s), report) in intents.iter().zip(starts).zip(&mut reports) {
+            if matches!(s, Start::Started) && waiting(report) {
+                *report = rundir::Status::read(&i.dir)
+                    .ok()
+                    .flatten()
+                    .filter(|st| st.incarnation == Some(i.incarnation));
+            }
+        }
+        let pending = reports
+            .iter()
+            .zip(starts)
+            .any(|(r, s)| matches!(s, Start::Started) && waiting(r));
+        if !pending || Instant::now() >= deadline {
+            return reports;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Advances each incarnation launch recorded, and only while it is still ASSIGNED: one that
+/// reap has moved on since (started, stopped, collected) is reap's. A start that failed is
+/// FAILED at once with its reason, and one whose directory another supervisor holds goes
+/// back to PENDING, so the next pass decides again rather than waiting. Returns the events
+/// and the directories whose supervisor runs an incarnation the state no longer has.
+fn record_results(
     tx: &mut Txn,
-    places: &[Placement],
-    errors: &HashMap<String, anyhow::Error>,
-    intents: &HashMap<String, f64>,
-) -> Vec<Value> {
+    intents: &[Intent],
+    starts: &[Start],
+    reports: &[Option<rundir::Status>],
+) -> Result<(Vec<Value>, Vec<PathBuf>)> {
     let mut events = Vec::new();
-    for p in places.iter().filter(|p| errors.contains_key(&p.task)) {
+    let mut orphaned = Vec::new();
+    let now = tx.now();
+    for ((i, start), report) in intents.iter().zip(starts).zip(reports) {
+        let p = i.place;
         let Some(slot) = task_slot(tx, &p.job, p.instance) else {
             continue;
         };
-        let ours =
-            tx.view().tasks.get(slot).filter(|t| {
-                t.state == TaskState::Assigned && Some(&t.since) == intents.get(&p.task)
-            });
-        let Some(t) = ours.cloned() else {
-            continue; // reap or another launch has it now
+        let t = tx.view().tasks.get(slot).cloned();
+        let Some(t) = t.filter(|t| t.incarnation == i.incarnation) else {
+            if matches!(start, Start::Started) {
+                orphaned.push(i.dir.clone());
+            }
+            continue;
         };
-        let error = &errors[&p.task];
-        let mut failed = t.freed(TaskState::Failed, tx.now());
-        failed.exit = crate::supervise::cannot_run_status(error);
-        failed.failures = t.failures.saturating_add(1);
-        events.push(
-            json!({"type":"event","task":p.task,"host":p.host,"state":"FAILED",
-            "exit":failed.exit,"ts":tx.now(),"reason":format!("{error:#}")}),
-        );
-        tx.set(slot, Some(failed));
+        if t.state != TaskState::Assigned {
+            continue;
+        }
+        let mut event = json!({"type":"event","task":p.task,"host":p.host,"exit":null,"ts":now});
+        let next = match start {
+            Start::Started => {
+                let mut r = t.clone();
+                match report {
+                    Some(s) if s.state == "RUNNING" => {
+                        r.state = TaskState::Running;
+                        (r.pid, r.pid_start) = s.pid.unwrap_or((0, 0));
+                    }
+                    _ => r.state = TaskState::Starting,
+                }
+                r.since = now;
+                r
+            }
+            Start::Failed(error) => {
+                let mut r = t.freed(TaskState::Failed, now);
+                r.exit = crate::supervise::cannot_run_status(error);
+                r.failures = t.failures.saturating_add(1);
+                event["exit"] = json!(r.exit);
+                event["reason"] = json!(format!("{error:#}"));
+                r
+            }
+            Start::Busy(why) => {
+                event["reason"] = json!(why);
+                t.freed(TaskState::Pending, now)
+            }
+            Start::CalledOff => continue,
+        };
+        event["state"] = json!(next.state.name());
+        events.push(event);
+        tx.set(slot, Some(next));
     }
-    events
+    Ok((events, orphaned))
+}
+
+/// SIGTERM to the supervisor in `dir`, if it is still the one its status names.
+fn stop_supervisor(dir: &Path) {
+    if let Ok(Some(s)) = rundir::Status::read(dir) {
+        let (pid, start) = s.supervisor;
+        if rundir::same_process(pid, start) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
 }
 
 type Specs = HashMap<(String, String), Map<String, Value>>;
@@ -261,12 +316,15 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
                 specs.insert((key, hash), spec);
             }),
             "place" => read_place(&rec).and_then(|p| {
-                if !specs.contains_key(&(p.job.clone(), p.hash.clone())) {
-                    return Err(format!(
+                let spec = specs.get(&(p.job.clone(), p.hash.clone())).ok_or_else(|| {
+                    format!(
                         "no spec record for job {} (hash {}) before it",
                         p.job, p.hash
-                    ));
-                }
+                    )
+                })?;
+                job_record(&p, spec)
+                    .and_then(|job| port_slots(&p, &job.ports))
+                    .map_err(|e| format!("{}: {e}", p.task))?;
                 places.push(p);
                 Ok(())
             }),
@@ -299,8 +357,18 @@ fn read_spec(rec: &Record) -> Result<(String, String, Map<String, Value>), Strin
 fn read_place(rec: &Record) -> Result<Placement, String> {
     let f = rec.get();
     f.only(&[
-        "type", "task", "job", "instance", "host", "cpus", "ram_mb", "disk_mb", "gpus", "ports",
+        "type",
+        "task",
+        "job",
+        "instance",
+        "host",
+        "cpus",
+        "ram_mb",
+        "disk_mb",
+        "gpus",
+        "ports",
         "spec",
+        "incarnation",
     ])?;
     let job = f.str("job")?.ok_or("field \"job\" is missing")?;
     check_job_key(job).map_err(|e| format!("field \"job\": {e}"))?;
@@ -334,6 +402,10 @@ fn read_place(rec: &Record) -> Result<Placement, String> {
     if hash.len() != 16 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("field \"spec\": {hash:?} is not a spec hash"));
     }
+    let incarnation = f.count("incarnation", u32::MAX as u64)?;
+    if incarnation == Some(0) {
+        return Err("field \"incarnation\": incarnations count from 1".into());
+    }
     Ok(Placement {
         task: task.to_string(),
         job: job.to_string(),
@@ -345,6 +417,7 @@ fn read_place(rec: &Record) -> Result<Placement, String> {
         gpus: f.count("gpus", 1 << 16)?.unwrap_or(0) as u32,
         ports,
         hash: hash.to_string(),
+        incarnation: incarnation.map(|n| n as u32),
     })
 }
 
@@ -353,22 +426,148 @@ fn task_slot(tx: &Txn, job: &str, instance: u32) -> Option<u32> {
     tx.view().tasks.find(&(j, instance))
 }
 
-/// Records every placement ASSIGNED with its reservation; returns the tasks to start: those
-/// newly assigned, and those assigned earlier whose start never happened.
-fn record_intent(
+/// The job as the state keeps it, from the spec the placement was made from.
+fn job_record(p: &Placement, spec: &Map<String, Value>) -> Result<Job, String> {
+    let ports: Vec<String> = spec["resources"]["ports"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let announce = crate::job::announce(&p.job, spec, &ports)?;
+    Ok(Job {
+        key: p.job.clone(),
+        ports,
+        announce,
+    })
+}
+
+/// The placement's ports in the order of the job's port names, as a task record keeps them.
+fn port_slots(p: &Placement, names: &[String]) -> Result<[u16; MAX_PORTS], String> {
+    let mut slots = [0; MAX_PORTS];
+    for (name, port) in &p.ports {
+        let i = names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| format!("port {name} is not one the job names"))?;
+        slots[i] = *port;
+    }
+    Ok(slots)
+}
+
+/// What the state says a placement may become.
+struct Admitted {
+    host: u32,
+    incarnation: u32,
+    /// Failures of the earlier incarnations (the restart policy counts on).
+    failures: u16,
+}
+
+/// Whether a placement, decided on an earlier view of the state, still holds in this one
+/// (Omega's optimistic concurrency): the task has no live incarnation and is still at the
+/// one the decision saw, it is not backing off, and its host is there, takes work and has
+/// the room and ports. Err says why not.
+fn admit(view: &View, usage: &[Usage], p: &Placement, now: f64) -> Result<Admitted, String> {
+    let previous = view
+        .jobs
+        .find(&p.job)
+        .and_then(|j| view.tasks.find(&(j, p.instance)))
+        .and_then(|s| view.tasks.get(s));
+    let current = previous.map_or(0, |t| t.incarnation);
+    if let Some(t) = previous.filter(|t| t.state.holds_resources()) {
+        let on = view
+            .hosts
+            .get(t.host)
+            .map_or("a removed host", |h| h.name.as_str());
+        return Err(format!(
+            "incarnation {current} is {} on {on}",
+            t.state.name()
+        ));
+    }
+    if let Some(n) = p.incarnation.filter(|&n| Some(n) != current.checked_add(1)) {
+        return Err(format!(
+            "placed as incarnation {n} on an out-of-date view: the task is at incarnation \
+             {current} now"
+        ));
+    }
+    if let Some(t) = previous.filter(|t| t.state == TaskState::Throttled && t.not_before > now) {
+        return Err(format!("backing off for {:.1} s more", t.not_before - now));
+    }
+    let h = view
+        .hosts
+        .find(&p.host)
+        .ok_or_else(|| format!("no host {} in the state", p.host))?;
+    let host = view.hosts.get(h).unwrap();
+    if !host.maintenance.mode.takes_work() {
+        return Err(format!(
+            "host {} is {}",
+            p.host,
+            host.maintenance.mode.name()
+        ));
+    }
+    let free = usage::free(host, &usage[h as usize]);
+    let short = |what: &str, free: String, asked: String| {
+        Err(format!(
+            "host {} has {free} {what} free, {asked} asked",
+            p.host
+        ))
+    };
+    if p.cpus as u64 > free.cpus {
+        return short("cpus", num(free.cpus), num(p.cpus as u64));
+    }
+    for (what, free, asked) in [
+        ("ram_mb", free.ram_mb, p.ram_mb),
+        ("disk_mb", free.disk_mb, p.disk_mb),
+        ("gpus", free.gpus, p.gpus as u64),
+    ] {
+        if asked > free {
+            return short(what, free.to_string(), asked.to_string());
+        }
+    }
+    for (name, port) in &p.ports {
+        if !free.ports.iter().any(|&(lo, hi)| (lo..=hi).contains(port)) {
+            return Err(format!(
+                "port {port} ({name}) is not free on host {}",
+                p.host
+            ));
+        }
+    }
+    Ok(Admitted {
+        host: h,
+        incarnation: current + 1,
+        failures: previous.map_or(0, |t| t.failures),
+    })
+}
+
+/// Millicores as cores, for people.
+fn num(milli: u64) -> String {
+    crate::host::cores(milli.min(u32::MAX as u64) as u32).to_string()
+}
+
+/// Records every placement that still holds ASSIGNED, with its reservation, as a new
+/// incarnation of its task started by this launch (`me`). Returns the incarnation recorded
+/// for each placement (None where it did not hold) and a conflict record for each that did
+/// not. Placements of a remote host are refused as a whole (launch reaches local hosts
+/// only, so far).
+fn record_intents(
     tx: &mut Txn,
     places: &[Placement],
     specs: &Specs,
-) -> Result<HashMap<String, f64>> {
-    let mut to_start = HashMap::new();
+    me: (u32, u32),
+) -> Result<(Vec<Option<u32>>, Vec<Value>)> {
+    let mut usage = usage::by_host(tx.view());
+    let now = tx.now();
+    let mut incarnations = Vec::with_capacity(places.len());
+    let mut conflicts = Vec::new();
     for p in places {
-        let h = tx
+        let remote = tx
             .view()
             .hosts
             .find(&p.host)
-            .ok_or_else(|| bad_input(format!("{}: no host {} in the state", p.task, p.host)))?;
-        let host = tx.view().hosts.get(h).unwrap();
-        if host.transport != Transport::Local {
+            .and_then(|h| tx.view().hosts.get(h));
+        if remote.is_some_and(|h| h.transport != Transport::Local) {
             return Err(fail(
                 Status::Unavailable,
                 format!(
@@ -377,76 +576,73 @@ fn record_intent(
                 ),
             ));
         }
-        let spec = &specs[&(p.job.clone(), p.hash.clone())];
-        let port_names: Vec<String> = spec["resources"]["ports"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let announce = crate::job::announce(&p.job, spec, &port_names)
-            .map_err(|e| bad_input(format!("{}: {e}", p.task)))?;
-        let record = Job {
-            key: p.job.clone(),
-            ports: port_names.clone(),
-            announce,
+        let admitted = match admit(tx.view(), &usage, p, now) {
+            Ok(a) => a,
+            Err(reason) => {
+                conflicts
+                    .push(json!({"type":"conflict","task":p.task,"host":p.host,"reason":reason}));
+                incarnations.push(None);
+                continue;
+            }
         };
+        // Checked when the records were read.
+        let spec = &specs[&(p.job.clone(), p.hash.clone())];
+        let record = job_record(p, spec).map_err(bad_input)?;
+        let ports = port_slots(p, &record.ports).map_err(bad_input)?;
         let job = match tx.view().jobs.find(&p.job) {
             Some(j) if *tx.view().jobs.get(j).unwrap() == record => j,
             _ => tx.upsert(record),
         };
-        let previous = tx
-            .view()
-            .tasks
-            .find(&(job, p.instance))
-            .map(|s| tx.view().tasks.get(s).unwrap().clone());
-        if let Some(t) = &previous {
-            if t.state.holds_resources() && t.state != TaskState::Assigned {
-                continue; // placed and started already: the next reap knows its fate
-            }
-        }
         let mut t = Task::new(job, p.instance);
-        t.failures = previous.as_ref().map_or(0, |t| t.failures);
-        t.host = h;
+        t.failures = admitted.failures;
+        t.host = admitted.host;
         t.state = TaskState::Assigned;
         t.cpus = p.cpus;
         t.ram_mb = p.ram_mb;
         t.disk_mb = p.disk_mb;
         t.gpus = p.gpus;
-        for (name, port) in &p.ports {
-            let i = port_names.iter().position(|n| n == name).ok_or_else(|| {
-                bad_input(format!("{}: port {name} is not one the job names", p.task))
-            })?;
-            t.ports[i] = *port;
-        }
+        t.ports = ports;
         t.spec = u64::from_str_radix(&p.hash, 16).unwrap_or(0);
-        t.since = tx.now();
-        if t.host == NO_HOST {
-            continue;
-        }
+        t.since = now;
+        t.incarnation = admitted.incarnation;
+        t.launcher = me;
+        usage[admitted.host as usize].add(&t);
         tx.upsert(t);
-        to_start.insert(p.task.clone(), tx.now());
+        incarnations.push(Some(admitted.incarnation));
     }
-    Ok(to_start)
+    Ok((incarnations, conflicts))
 }
 
-/// Writes the task's directory and starts its supervisor, unless one runs already; returns
-/// whether this launch started it.
-fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Result<bool> {
+/// Writes the task's directory and starts its supervisor, while this launch's intent is
+/// still the state's.
+fn start(cli: &Cli, state: &mut State, i: &Intent, job: &Map<String, Value>) -> Result<Start> {
+    let dir = &i.dir;
     rundir::create(dir)?;
-    // The task's lock is held by its supervisor for life; launch holds it only while it
-    // writes the directory. Busy means supervised, or being prepared by a concurrent
-    // launch: either way not ours to touch. A supervisor started by two launches at once
-    // gives up at once (it cannot take the lock), so nothing starts twice.
+    // The task's lock is held by its supervisor for life, by launch while it writes the
+    // directory, and by reap for a moment while it calls an abandoned start off.
     let lock = rundir::lock_file(dir)?;
-    if !rundir::lock_exclusive(&lock, Duration::from_millis(100)) {
-        return Ok(false);
+    if !rundir::lock_exclusive(&lock, Duration::from_secs(1)) {
+        return Ok(Start::Busy(format!(
+            "{} is held by another supervisor",
+            dir.display()
+        )));
     }
-    let spec = resolve(cli, p, job)?;
-    // Not flushed: a spec lost to a power cut is written again by the next launch, which
-    // finds its task ASSIGNED without a supervisor.
+    // Under the lock, the intent must still be ours: once reap has called it off (under
+    // this lock), nothing may start here.
+    state.refresh()?;
+    let view = state.view();
+    let ours = view
+        .jobs
+        .find(&i.place.job)
+        .and_then(|j| view.tasks.find(&(j, i.place.instance)))
+        .and_then(|s| view.tasks.get(s))
+        .is_some_and(|t| t.state == TaskState::Assigned && t.incarnation == i.incarnation);
+    if !ours {
+        return Ok(Start::CalledOff);
+    }
+    let spec = resolve(cli, i, job)?;
+    // Not flushed: a spec lost to a power cut leaves a task that never started, which reap
+    // calls off and the next pass places again.
     let job_json = Value::Object(job.clone()).to_string();
     rundir::replace_file(&dir.join("job.json"), job_json.as_bytes(), false)?;
     rundir::replace_file(
@@ -479,7 +675,7 @@ fn start(cli: &Cli, dir: &Path, p: &Placement, job: &Map<String, Value>) -> Resu
     }
     cmd.spawn()
         .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
-    Ok(true)
+    Ok(Start::Started)
 }
 
 /// formic-supervise beside launch's own binary, else on PATH.
@@ -496,7 +692,8 @@ fn supervisor() -> Result<PathBuf> {
 /// `{{task}}` and `{{host}}` filled in, its environment plus FORMIC_TASK, FORMIC_INSTANCE,
 /// FORMIC_HOST and FORMIC_PORT_NAME (and only what --pass-env names of launch's own),
 /// its user, and its health check on the port it names.
-fn resolve(cli: &Cli, p: &Placement, job: &Map<String, Value>) -> Result<Spec> {
+fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
+    let p = i.place;
     let f = Fields(job);
     let fill = |s: &str| {
         let mut out = s
@@ -574,6 +771,7 @@ fn resolve(cli: &Cli, p: &Placement, job: &Map<String, Value>) -> Result<Spec> {
     });
     Ok(Spec {
         task: p.task.clone(),
+        incarnation: i.incarnation,
         argv,
         env,
         user,

@@ -245,6 +245,14 @@ impl Cause {
         }
     }
 
+    /// The kind of record that asks for this stop.
+    fn record(self) -> &'static str {
+        match self {
+            Cause::Preempt => "preempt",
+            _ => "kill",
+        }
+    }
+
     fn reason(self) -> &'static str {
         match self {
             Cause::Kill => "killed",
@@ -263,6 +271,8 @@ pub struct StopRecord {
     pub cause: Cause,
     /// For preempt: the host the victim was on when pack decided.
     pub host: Option<String>,
+    /// The incarnation the stop was decided on: a later one is not stopped by it.
+    pub incarnation: Option<u32>,
 }
 
 /// Reads every line; returns the stop records and the other lines to pass through. Every
@@ -305,11 +315,13 @@ fn stop_record(rec: &Record, cause: Cause) -> Result<StopRecord, String> {
     f.str("reason")?;
     f.str("for")?;
     let host = f.str("host")?.map(str::to_string);
+    let incarnation = f.count("incarnation", u32::MAX as u64)?.map(|n| n as u32);
     Ok(StopRecord {
         line: rec.line,
         task: task.to_string(),
         cause,
         host,
+        incarnation,
     })
 }
 
@@ -387,11 +399,17 @@ pub fn look(dir: &Path, t: &Task) -> Result<Seen> {
     })
 }
 
-/// The status file, unless it is older than an ASSIGNED record: launch records ASSIGNED
-/// before it starts the supervisor, so such a status is left from an earlier run.
+/// The status file, if it speaks of the task's current incarnation: one left by an earlier
+/// run in the same directory says nothing about this one, and one of this incarnation is
+/// believed however old it is.
 fn current_status(dir: &Path, t: &Task) -> Result<Option<rundir::Status>> {
     let s = rundir::Status::read(dir)?;
-    Ok(s.filter(|s| !(t.state == TaskState::Assigned && s.since < t.since)))
+    Ok(s.filter(|s| match s.incarnation {
+        Some(n) => n == t.incarnation,
+        // From a supervisor older than incarnations: launch records ASSIGNED before it
+        // starts the supervisor, so a status older than that record is an earlier run's.
+        None => !(t.state == TaskState::Assigned && s.since < t.since),
+    }))
 }
 
 /// The restart policy of a job: `service` and the `restart` block of job.json.
@@ -457,6 +475,9 @@ pub struct Facts {
     /// A running `announce --follow` still holds a serverset member for the task: a
     /// graceful stop waits (up to [`LEAVE_WAIT_S`]) for it to go before signalling.
     pub held: bool,
+    /// The task is ASSIGNED and the launch that recorded it has ended: if no supervisor
+    /// ever took it, none will, and its start is abandoned.
+    pub launcher_gone: bool,
 }
 
 impl Facts {
@@ -467,6 +488,7 @@ impl Facts {
             spec: OnceCell::new(),
             started,
             held: false,
+            launcher_gone: false,
         }
     }
 
@@ -478,6 +500,7 @@ impl Facts {
             spec: OnceCell::from((grace_s, health_check)),
             started,
             held: false,
+            launcher_gone: false,
         }
     }
 
@@ -575,6 +598,11 @@ pub struct Plan {
     pub events: Vec<Event>,
     pub before: Vec<Act>,
     pub after: Vec<Act>,
+    /// No supervisor ever reported this incarnation: its start is called off before the
+    /// commit (its spec removed under the task's lock, held until the commit is made), so
+    /// a supervisor that launch started a moment ago finds nothing to run. When the lock
+    /// cannot be had, a supervisor has just taken it, and the plan is dropped.
+    pub call_off: bool,
 }
 
 impl Plan {
@@ -584,6 +612,7 @@ impl Plan {
             events: Vec::new(),
             before: Vec::new(),
             after: Vec::new(),
+            call_off: false,
         }
     }
 }
@@ -687,13 +716,20 @@ fn gone(
     let (state, reason) = match (st, t.state) {
         // Asked to stop before it started: there is nothing to signal.
         (None, _) if stop => (TaskState::Killed, "stopped before it started"),
-        // Launch may be between recording the intent and starting the supervisor.
-        (None, TaskState::Assigned) if waited => {
+        // The launch that recorded it is gone (or took too long) and no supervisor took
+        // it: placed again by the next pack.
+        (None, TaskState::Assigned) if waited || facts.launcher_gone => {
             let mut plan = Plan::new(t.freed(TaskState::Pending, now));
             plan.events
-                .push(Event::new(TaskState::Pending).why("never started"));
+                .push(Event::new(TaskState::Pending).why(if waited {
+                    "never started"
+                } else {
+                    "its launch ended before starting it"
+                }));
+            plan.call_off = true;
             return Some(plan);
         }
+        // Launch may be between recording the intent and starting the supervisor.
         (None, TaskState::Assigned | TaskState::Starting) if !waited => return None,
         (None, _) => (TaskState::Lost, "supervisor never reported"),
         (Some(_), _) if stop => (TaskState::Killed, "supervisor gone"),
@@ -703,6 +739,7 @@ fn gone(
     if let Some(p) = task_pid {
         plan.before.push(Act::KillGroup { task: p });
     }
+    plan.call_off = st.is_none();
     Some(plan)
 }
 
@@ -879,16 +916,39 @@ fn kill_group(who: (u32, u64)) -> Result<bool, String> {
     }
 }
 
+/// Calls off the start of a task no supervisor has reported for: with the task's lock
+/// held (no supervisor has it), and still no word from this incarnation, its spec is
+/// removed, so a supervisor that takes the lock after us has nothing to run. Returns the
+/// lock, to be held until the task's new record is committed; None when a supervisor got
+/// there first.
+fn call_off(dir: &Path, t: &Task) -> Option<std::fs::File> {
+    // The directory may not be there yet (launch may be about to write it): made here, so
+    // that launch finds the lock ours and then the start called off.
+    let lock = rundir::create(dir)
+        .and_then(|()| rundir::lock_file(dir))
+        .ok()?;
+    if !rundir::lock_exclusive(&lock, Duration::from_millis(20)) {
+        return None;
+    }
+    if !matches!(current_status(dir, t), Ok(None)) {
+        return None;
+    }
+    match std::fs::remove_file(dir.join("spec.json")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => None,
+        _ => Some(lock),
+    }
+}
+
 /// Kills whatever the task left in its cgroups (children that called setsid, orphans of
 /// a leader that exited: what its process group no longer reaches), once no supervisor
 /// holds its lock: holding it ourselves proves the groups are nobody's. A supervisor that
 /// holds it (again) owns them, and kills leftovers itself before it starts the task.
-fn kill_leftovers(w: &Watch) -> Result<(), String> {
-    let lock = rundir::lock_file(&w.dir).map_err(|e| format!("{e:#}"))?;
+fn kill_leftovers(task: &str, dir: &Path) -> Result<(), String> {
+    let lock = rundir::lock_file(dir).map_err(|e| format!("{e:#}"))?;
     if !rundir::lock_exclusive(&lock, Duration::from_secs(1)) {
         return Ok(());
     }
-    if crate::limits::kill_leftovers(&w.id, &w.dir) {
+    if crate::limits::kill_leftovers(task, dir) {
         Ok(())
     } else {
         Err("processes survive SIGKILL in its cgroups".into())
@@ -916,6 +976,47 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+// --- supervisors the state does not know ---
+
+/// A supervisor found in a local host's task directory.
+struct Found {
+    host: String,
+    id: String,
+    dir: PathBuf,
+    status: rundir::Status,
+}
+
+/// Every supervisor at work under the local hosts' run roots that has reported (one that
+/// has not yet is left for a later pass: it cannot be told apart from a start under way).
+fn supervisors(run_root: &Path) -> Vec<Found> {
+    let mut found = Vec::new();
+    for (host, root) in rundir::subdirs(run_root) {
+        for (id, dir) in rundir::task_dirs(&root) {
+            if !rundir::supervised(&dir).unwrap_or(false) {
+                continue;
+            }
+            if let Ok(Some(status)) = rundir::Status::read(&dir) {
+                found.push(Found {
+                    host: host.clone(),
+                    id,
+                    dir,
+                    status,
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Whether the state runs the incarnation that supervisor runs, on its host.
+fn accounted(view: &View, s: &Found) -> bool {
+    let Some(t) = find_task(view, &s.id).and_then(|slot| view.tasks.get(slot)) else {
+        return false;
+    };
+    let here = view.hosts.get(t.host).is_some_and(|h| h.name == s.host);
+    t.state.holds_resources() && here && s.status.incarnation.is_none_or(|n| n == t.incarnation)
+}
+
 // --- the engine ---
 
 /// A task reap looks after: in a holding state on a local host.
@@ -934,14 +1035,14 @@ struct Out {
 }
 
 impl Out {
-    fn event(&mut self, w: &Watch, e: &Event, ts: f64) -> Result<()> {
+    fn event(&mut self, task: &str, host: &str, e: &Event, ts: f64) -> Result<()> {
         let line = if self.human {
             let mut l = format!(
                 "{}  {:<10}  {}  on {}",
                 clock(ts),
                 e.state.name(),
-                w.id,
-                w.host
+                task,
+                host
             );
             if let Some(x) = e.exit {
                 l.push_str(&format!("  exit {x}"));
@@ -956,8 +1057,8 @@ impl Out {
         } else {
             let mut m = Map::new();
             m.insert("type".into(), json!("event"));
-            m.insert("task".into(), json!(w.id));
-            m.insert("host".into(), json!(w.host));
+            m.insert("task".into(), json!(task));
+            m.insert("host".into(), json!(host));
             m.insert("state".into(), json!(e.state.name()));
             m.insert("exit".into(), json!(e.exit));
             m.insert("ts".into(), json!(ts));
@@ -1081,8 +1182,9 @@ impl Reaper {
     }
 
     /// The tasks that kill and preempt records name. A task that no longer exists or holds
-    /// nothing needs no stop; a preempt for a task that has since moved to another host is
-    /// out of date and ignored.
+    /// nothing needs no stop; a stop decided on an incarnation that has since been
+    /// replaced, or a preempt for a task that has since moved to another host, is out of
+    /// date and ignored.
     fn requested(&self, stops: &[StopRecord]) -> HashMap<u32, Cause> {
         let view = self.state.view();
         let mut out = HashMap::new();
@@ -1092,6 +1194,17 @@ impl Reaper {
             };
             let t = view.tasks.get(slot).unwrap();
             if !t.state.holds_resources() {
+                continue;
+            }
+            if let Some(n) = s.incarnation.filter(|&n| n != t.incarnation) {
+                eprintln!(
+                    "reap: line {}: incarnation {n} of {} is gone (it is at {} now); {} \
+                     ignored",
+                    s.line,
+                    s.task,
+                    t.incarnation,
+                    s.cause.record()
+                );
                 continue;
             }
             if let Some(h) = &s.host {
@@ -1185,6 +1298,8 @@ impl Reaper {
             .or((w.task.pid_start != 0).then_some(w.task.pid_start));
             let mut facts = Facts::of(&w.dir, ticks.and_then(started_at));
             facts.held = w.task.announced && announcer;
+            facts.launcher_gone =
+                w.task.state == TaskState::Assigned && !rundir::alive(w.task.launcher);
             let plan = decide(&w.task, &seen, request, &facts, now, &self.timing);
             let next = plan.as_ref().map_or(w.task.state, |p| p.task.state);
             if is_stopping(next) {
@@ -1195,6 +1310,14 @@ impl Reaper {
                 plans.push((w, plan));
             }
         }
+        // Held until the commit: see `Plan::call_off`.
+        let mut called_off = Vec::new();
+        plans.retain(|(w, plan)| {
+            !plan.call_off
+                || call_off(&w.dir, &w.task)
+                    .map(|lock| called_off.push(lock))
+                    .is_some()
+        });
         for (w, plan) in &plans {
             for act in &plan.before {
                 self.act(w, act);
@@ -1225,12 +1348,13 @@ impl Reaper {
             }
             Ok(applied)
         })?;
+        drop(called_off);
         for ((w, plan), ok) in plans.iter().zip(applied) {
             if !ok {
                 continue;
             }
             for e in &plan.events {
-                self.out.event(w, e, now)?;
+                self.out.event(&w.id, &w.host, e, now)?;
             }
             for act in &plan.after {
                 self.act(w, act);
@@ -1244,11 +1368,11 @@ impl Reaper {
         use nix::sys::signal::Signal;
         let r = match *act {
             Act::Stop { supervisor } => signal_process(supervisor, Signal::SIGTERM).map(|_| ()),
-            Act::KillGroup { task } => kill_group(task).and_then(|_| kill_leftovers(w)),
+            Act::KillGroup { task } => kill_group(task).and_then(|_| kill_leftovers(&w.id, &w.dir)),
             Act::KillAll { supervisor, task } => {
                 let a = task.map_or(Ok(false), kill_group);
                 let b = supervisor.map_or(Ok(false), |s| signal_process(s, Signal::SIGKILL));
-                a.and(b).and_then(|_| kill_leftovers(w))
+                a.and(b).and_then(|_| kill_leftovers(&w.id, &w.dir))
             }
         };
         if let Err(e) = r {
@@ -1256,9 +1380,71 @@ impl Reaper {
         }
     }
 
+    /// Nothing runs that the state does not know: a supervisor whose incarnation the state
+    /// does not run on its host (two passes placed the task at once before launch refused
+    /// the loser, a host removed with --force, a state restored from a backup) is stopped
+    /// like any task, SIGTERM first and SIGKILL with its cgroups after its grace.
+    fn stop_strays(&mut self) -> Result<()> {
+        let found = supervisors(&rundir::run_root(&self.path));
+        if found.is_empty() {
+            return Ok(());
+        }
+        // Judged on the state as it is after the walk: launch records an incarnation
+        // before it starts its supervisor, so every supervisor found that the state runs
+        // is in this view.
+        self.state.refresh()?;
+        let now = now();
+        for s in found {
+            if !accounted(self.state.view(), &s) {
+                self.stop_stray(&s, now)?;
+            }
+        }
+        self.out.flush()
+    }
+
+    fn stop_stray(&mut self, s: &Found, now: f64) -> Result<()> {
+        use nix::sys::signal::Signal;
+        let why = match s.status.incarnation {
+            Some(n) => format!("the state does not run incarnation {n} on {}", s.host),
+            None => format!("the state does not run it on {}", s.host),
+        };
+        let event = if s.status.state == "KILLING" {
+            let facts = Facts::of(&s.dir, None);
+            if now < facts.stop_deadline(s.status.since) {
+                return Ok(());
+            }
+            let group = s.status.pid.map_or(Ok(false), kill_group);
+            let supervisor = signal_process(s.status.supervisor, Signal::SIGKILL);
+            if let Err(e) = group
+                .and(supervisor)
+                .and_then(|_| kill_leftovers(&s.id, &s.dir))
+            {
+                self.note(format!("task {} on {}: {e}", s.id, s.host));
+            }
+            let mut e = Event::new(TaskState::Killed);
+            e.exit = Some(-9);
+            e.reason = Some(format!("{why}; it did not stop in time").into());
+            e
+        } else {
+            match signal_process(s.status.supervisor, Signal::SIGTERM) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()), // gone meanwhile
+                Err(e) => {
+                    self.note(format!("task {} on {}: {e}", s.id, s.host));
+                    return Ok(());
+                }
+            }
+            let mut e = Event::new(TaskState::Killing);
+            e.reason = Some(why.into());
+            e
+        };
+        self.out.event(&s.id, &s.host, &event, now)
+    }
+
     /// One pass with these stops, then passes over the stopping tasks until every stop is
     /// complete; then the other input lines go on.
     fn once(&mut self, requests: HashMap<u32, Cause>, passthrough: &[String]) -> Result<Status> {
+        self.stop_strays()?;
         let mut pass = self.pass(&requests, &mut |_| true)?;
         // Every stop ends by its deadline: the supervisor reports, or reap kills it. A stop
         // that cannot (no status to find its supervisor by) is given up a little later.
@@ -1309,6 +1495,9 @@ impl Reaper {
                     || matches!(w.task.state, TaskState::Assigned | TaskState::Starting)
             };
             self.pass(&HashMap::new(), &mut select)?;
+            if sweep {
+                self.stop_strays()?;
+            }
             last = current;
             // Problems are reported as they happen; following goes on.
             self.trouble = 0;

@@ -31,11 +31,51 @@ use serde_json::{json, Value};
 /// may share this machine; each has its own root. Host names are checked (letters, digits,
 /// `.-_:`, not starting with `.` or `-`), so this never leaves the state's directory.
 pub fn host_root(state: &Path, host: &str) -> PathBuf {
+    run_root(state).join(host)
+}
+
+/// Where the local hosts' run roots are: `run/` beside the state file.
+pub fn run_root(state: &Path) -> PathBuf {
     let dir = state
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    dir.join("run").join(host)
+    dir.join("run")
+}
+
+/// The directories in `dir` (not following symbolic links), by name; none if it is not
+/// there.
+pub fn subdirs(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect()
+}
+
+/// Every task directory under a host's run root, with its task id
+/// (`role/env/name/instance`, as [`task_dir`] lays them out).
+pub fn task_dirs(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut found = vec![(String::new(), root.to_path_buf())];
+    for _ in 0..4 {
+        found = found
+            .into_iter()
+            .flat_map(|(id, dir)| {
+                subdirs(&dir).into_iter().map(move |(name, path)| {
+                    let id = if id.is_empty() {
+                        name
+                    } else {
+                        format!("{id}/{name}")
+                    };
+                    (id, path)
+                })
+            })
+            .collect();
+    }
+    found
 }
 
 /// Where a task's directory is under a host's run root. Task ids are checked
@@ -48,6 +88,9 @@ pub fn task_dir(root: &Path, task: &str) -> PathBuf {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Status {
     pub task: String,
+    /// The incarnation of the task the supervisor runs (None from supervisors that
+    /// predate incarnations).
+    pub incarnation: Option<u32>,
     /// The supervisor's pid and start time (clock ticks since boot).
     pub supervisor: (u32, u64),
     /// The task's pid and start time, once started.
@@ -74,6 +117,7 @@ impl Status {
     pub fn to_json(&self) -> Value {
         json!({
             "task": self.task,
+            "incarnation": self.incarnation,
             "supervisor": {"pid": self.supervisor.0, "start": self.supervisor.1},
             "pid": self.pid.map(|p| p.0),
             "pid_start": self.pid.map(|p| p.1),
@@ -97,6 +141,7 @@ impl Status {
         };
         Some(Status {
             task: v["task"].as_str()?.to_string(),
+            incarnation: v["incarnation"].as_u64().map(|n| n as u32),
             supervisor: (
                 v["supervisor"]["pid"].as_u64()? as u32,
                 v["supervisor"]["start"].as_u64()?,
@@ -223,6 +268,18 @@ pub fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// A process named compactly enough for a task record: its pid and the low 32 bits of its
+/// start time (at 100 ticks a second they wrap after 497 days, so a reused pid is still not
+/// mistaken for it).
+pub fn short_name(pid: u32) -> (u32, u32) {
+    (pid, start_time(pid).unwrap_or(0) as u32)
+}
+
+/// Whether the process [`short_name`] named is still alive.
+pub fn alive(name: (u32, u32)) -> bool {
+    name.0 != 0 && start_time(name.0).map(|s| s as u32) == Some(name.1)
+}
+
 /// Whether `pid` is still the process that started at `start`.
 pub fn same_process(pid: u32, start: u64) -> bool {
     start_time(pid) == Some(start)
@@ -237,6 +294,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Status {
             task: "a/b/c/0".into(),
+            incarnation: Some(3),
             supervisor: (10, 20),
             pid: Some((30, 40)),
             state: "RUNNING".into(),

@@ -70,6 +70,9 @@ pub fn main(cli: Cli) -> Result<Exit> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spec {
     pub task: String,
+    /// The incarnation of the task this directory was prepared for (see `Task::incarnation`);
+    /// the supervisor reports it in every status.
+    pub incarnation: u32,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     /// Run as this user; None runs as a dynamic user when `dynamic_ids` names a range,
@@ -129,6 +132,7 @@ impl Spec {
         let range = |r: &Value| Some((r[0].as_u64()? as u32, r[1].as_u64()? as u32));
         Some(Spec {
             task: v["task"].as_str()?.to_string(),
+            incarnation: v["incarnation"].as_u64().unwrap_or(0) as u32,
             argv: strings(&v["argv"]).filter(|a| !a.is_empty())?,
             env: v["env"]
                 .as_object()
@@ -155,7 +159,7 @@ impl Spec {
 
     pub fn to_json(&self) -> Value {
         serde_json::json!({
-            "task": self.task, "argv": self.argv,
+            "task": self.task, "incarnation": self.incarnation, "argv": self.argv,
             "env": self.env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
             "user": self.user, "dynamic_ids": self.dynamic_ids.map(|(a, b)| [a, b]),
             "allow_root": self.allow_root, "grace_s": self.grace_s,
@@ -184,8 +188,18 @@ pub fn run(dir: &Path) -> Result<Status> {
             format!("{} is supervised already", dir.display()),
         ));
     }
-    let text = fs::read_to_string(dir.join("spec.json"))
-        .with_context(|| format!("reading {}/spec.json", dir.display()))?;
+    // launch writes spec.json under the lock before it starts us, and reap removes it
+    // under the lock when it calls an abandoned start off: without it there is nothing
+    // this supervisor may run.
+    let text = match fs::read_to_string(dir.join("spec.json")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail(
+                Exit::Temporary,
+                format!("{}: the start was called off (no spec.json)", dir.display()),
+            ))
+        }
+        r => r.with_context(|| format!("reading {}/spec.json", dir.display()))?,
+    };
     let spec = serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| Spec::from_json(&v))
@@ -199,6 +213,7 @@ pub fn run(dir: &Path) -> Result<Status> {
     let me = std::process::id();
     let mut status = Status {
         task: spec.task.clone(),
+        incarnation: Some(spec.incarnation),
         supervisor: (me, rundir::start_time(me).unwrap_or(0)),
         state: "STARTING".into(),
         since: now(),

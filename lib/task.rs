@@ -115,6 +115,16 @@ pub struct Task {
     /// only by that announcer; a graceful stop waits for it to clear before the task is
     /// signalled, so clients stop being sent to an instance before it goes.
     pub announced: bool,
+    /// How many times this instance has been assigned to a host: each placement launch
+    /// commits starts a new incarnation. Records that act on a task (place, kill, preempt)
+    /// name the incarnation they were decided on, so a decision made on an out-of-date view
+    /// is refused rather than applied to what replaced it; a supervisor reports the
+    /// incarnation it runs, so reap never takes one run's word for another's.
+    pub incarnation: u32,
+    /// The launch that recorded the current incarnation ASSIGNED: its pid and the low 32
+    /// bits of its start time. When that launch is gone and no supervisor ever took the
+    /// task, the start was abandoned and reap calls it off at once.
+    pub launcher: (u32, u32),
 }
 
 impl Task {
@@ -138,6 +148,8 @@ impl Task {
             not_before: 0.0,
             exit: 0,
             announced: false,
+            incarnation: 0,
+            launcher: (0, 0),
         }
     }
 
@@ -163,10 +175,12 @@ impl Task {
 }
 
 pub const TASK_SLOT_SIZE: usize = 128;
-/// Bytes of a task record's fields: layout 2 adds `announced` to layout 1.
+/// Bytes of a task record's fields: layout 2 adds `announced` to layout 1, layout 3
+/// `incarnation` and `launcher`.
 const TASK_BODY_1: usize = 105;
-const TASK_BODY: usize = 106;
-const TASK_LAYOUT: u8 = 2;
+const TASK_BODY_2: usize = 106;
+const TASK_BODY: usize = 118;
+const TASK_LAYOUT: u8 = 3;
 
 impl Task {
     pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
@@ -191,12 +205,16 @@ impl Task {
         e.f64(self.not_before);
         e.i32(self.exit);
         e.u8(self.announced as u8);
+        e.u32(self.incarnation);
+        e.u32(self.launcher.0);
+        e.u32(self.launcher.1);
         e.seal(TASK_LAYOUT)
     }
 
     pub fn decode(version: u8, body: &[u8]) -> Result<Task, Corrupt> {
         let len = match version {
             1 => TASK_BODY_1,
+            2 => TASK_BODY_2,
             TASK_LAYOUT => TASK_BODY,
             _ => return Err(Corrupt(format!("task record layout {version} is unknown"))),
         };
@@ -224,7 +242,7 @@ impl Task {
         for p in &mut ports {
             *p = d.u16()?;
         }
-        Ok(Task {
+        let mut t = Task {
             job,
             instance,
             host,
@@ -243,7 +261,14 @@ impl Task {
             not_before: d.f64()?,
             exit: d.i32()?,
             announced: version >= 2 && d.u8()? != 0,
-        })
+            incarnation: 0,
+            launcher: (0, 0),
+        };
+        if version >= 3 {
+            t.incarnation = d.u32()?;
+            t.launcher = (d.u32()?, d.u32()?);
+        }
+        Ok(t)
     }
 }
 
@@ -346,7 +371,8 @@ mod tests {
         }
     }
 
-    /// Layout 2 only appends, so a state written by layout 1 reads as never announced.
+    /// Layouts 2 and 3 only append, so a state written by layout 1 reads as never announced
+    /// and one of layout 2 as at incarnation 0.
     #[test]
     fn records_of_layout_1_still_read() {
         let mut t = Task::new(3, 4);
@@ -360,6 +386,19 @@ mod tests {
             old,
             Task {
                 announced: false,
+                ..t.clone()
+            }
+        );
+        // Layout 3 only appends too: a task of layout 2 is at incarnation 0.
+        t.incarnation = 7;
+        t.launcher = (1234, 5678);
+        t.encode(&mut slot).unwrap();
+        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        assert_eq!(
+            Task::decode(2, body(&slot)).unwrap(),
+            Task {
+                incarnation: 0,
+                launcher: (0, 0),
                 ..t
             }
         );

@@ -5,7 +5,7 @@
 
 use crate::host::Host;
 use crate::state::View;
-use crate::task::NO_HOST;
+use crate::task::{Task, NO_HOST};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Usage {
@@ -25,17 +25,24 @@ pub fn by_host(view: &View) -> Vec<Usage> {
         if !t.state.holds_resources() || t.host == NO_HOST {
             continue;
         }
-        let Some(u) = usage.get_mut(t.host as usize) else {
-            continue;
-        };
-        u.cpus += t.cpus as u64;
-        u.ram_mb += t.ram_mb;
-        u.disk_mb += t.disk_mb;
-        u.gpus += t.gpus as u64;
-        u.tasks += 1;
-        u.ports.extend(t.ports.iter().copied().filter(|&p| p != 0));
+        if let Some(u) = usage.get_mut(t.host as usize) {
+            u.add(t);
+        }
     }
     usage
+}
+
+impl Usage {
+    /// Counts `t`'s reservation in.
+    pub fn add(&mut self, t: &Task) {
+        self.cpus += t.cpus as u64;
+        self.ram_mb += t.ram_mb;
+        self.disk_mb += t.disk_mb;
+        self.gpus += t.gpus as u64;
+        self.tasks += 1;
+        self.ports
+            .extend(t.ports.iter().copied().filter(|&p| p != 0));
+    }
 }
 
 /// A host's capacity left after `used`; never below zero (a host whose capacity shrank

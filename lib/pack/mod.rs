@@ -101,6 +101,7 @@ pub enum Decision {
     },
     Preempt {
         victim: String,
+        incarnation: u32,
         host: u32,
         job: usize,
         instance: u32,
@@ -112,6 +113,7 @@ pub enum Decision {
     },
     Kill {
         task: String,
+        incarnation: u32,
         reason: &'static str,
     },
 }
@@ -124,6 +126,9 @@ pub struct Input {
     pub running: Vec<Running>,
     pub quota: HashMap<String, [u64; 3]>,
     pub now: f64,
+    /// `running` was read from a state: placements name the incarnation they create, so
+    /// launch can tell whether the view they were decided on still holds.
+    pub from_state: bool,
 }
 
 /// A task the state says exists, with what pack needs of it.
@@ -144,6 +149,7 @@ pub struct Running {
     pub ports: Vec<u16>,
     /// Failures so far (reap counts them for the restart policy).
     pub failures: u16,
+    pub incarnation: u32,
 }
 
 /// The decisions and what the summary reports.
@@ -265,6 +271,7 @@ pub fn read_input(cli: &Cli, stdin: impl io::BufRead) -> Result<Input> {
         running,
         quota,
         now,
+        from_state: cli.state.is_some(),
     })
 }
 
@@ -332,6 +339,7 @@ fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
             gpus: t.gpus,
             ports: t.ports.iter().copied().filter(|&p| p != 0).collect(),
             failures: t.failures,
+            incarnation: t.incarnation,
         });
     }
     out.sort_by(|a, b| a.job_key.cmp(&b.job_key).then(a.instance.cmp(&b.instance)));
@@ -594,6 +602,7 @@ impl Run<'_> {
                 if prune && r.state.holds_resources() {
                     self.decisions.push(Decision::Kill {
                         task: r.task.clone(),
+                        incarnation: r.incarnation,
                         reason: "job removed",
                     });
                     self.free_room_of(r);
@@ -612,6 +621,7 @@ impl Run<'_> {
                     // Killed in this pass: it counts for nothing and its room is free.
                     self.decisions.push(Decision::Kill {
                         task: r.task.clone(),
+                        incarnation: r.incarnation,
                         reason: "surplus instance",
                     });
                     self.free_room_of(r);
@@ -784,6 +794,7 @@ impl Run<'_> {
                 .release(h, t.cpus, t.ram_mb, t.disk_mb, t.gpus, &t.ports);
             self.decisions.push(Decision::Preempt {
                 victim: t.task.clone(),
+                incarnation: t.incarnation,
                 host: h as u32,
                 job: class.job,
                 instance,

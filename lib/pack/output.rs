@@ -61,16 +61,22 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
                     }
                     write!(line, "\"{name}\":{port}")?;
                 }
-                write!(line, "}},\"spec\":\"{}\"}}", hashes[*job])?;
+                write!(line, "}},\"spec\":\"{}\"", hashes[*job])?;
+                if let Some(n) = incarnation_placed(input, &spec.key, *instance) {
+                    write!(line, ",\"incarnation\":{n}")?;
+                }
+                line.push(b'}');
             }
             Decision::Preempt {
                 victim,
+                incarnation,
                 host,
                 job,
                 instance,
             } => {
                 spec_once(&mut line, input, &hashes, &mut spec_sent, *job)?;
-                let rec = json!({"type":"preempt","task":victim,"host":input.fleet.names[*host as usize],
+                let rec = json!({"type":"preempt","task":victim,"incarnation":incarnation,
+                                 "host":input.fleet.names[*host as usize],
                                  "for":format!("{}/{instance}", input.jobs[*job].key)});
                 serde_json::to_writer(&mut line, &rec)?;
             }
@@ -88,10 +94,14 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
                                  "instance":instance,"reasons":why});
                 serde_json::to_writer(&mut line, &rec)?;
             }
-            Decision::Kill { task, reason } => {
+            Decision::Kill {
+                task,
+                incarnation,
+                reason,
+            } => {
                 serde_json::to_writer(
                     &mut line,
-                    &json!({"type":"kill","task":task,"reason":reason}),
+                    &json!({"type":"kill","task":task,"incarnation":incarnation,"reason":reason}),
                 )?;
             }
         }
@@ -99,6 +109,19 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
         out.write_all(&line)?;
     }
     Ok(())
+}
+
+/// The incarnation a placement of `key`/`instance` creates: the one after the task's
+/// current one (the state's tasks are sorted by job and instance). None when pack read no
+/// state: then launch checks only that the task has no live incarnation.
+fn incarnation_placed(input: &Input, key: &str, instance: u32) -> Option<u32> {
+    if !input.from_state {
+        return None;
+    }
+    let found = input
+        .running
+        .binary_search_by(|r| (r.job_key.as_str(), r.instance).cmp(&(key, instance)));
+    Some(found.map_or(1, |i| input.running[i].incarnation.saturating_add(1)))
 }
 
 /// launch starts what is placed: it needs each job's spec once, before the job's first

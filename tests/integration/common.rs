@@ -12,8 +12,13 @@ use std::time::{Duration, Instant};
 /// Every spawned command is killed after this long: a hung tool fails its test, not CI.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Path of one of formic's binaries, built by cargo for this test run.
+/// Path of one of formic's binaries, built by cargo for this test run; or in the directory
+/// FORMIC_TEST_BIN names, to run the tests against another build (an installed one, or an
+/// older one to show that a test catches what it is about).
 pub fn bin(tool: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("FORMIC_TEST_BIN") {
+        return PathBuf::from(dir).join(tool);
+    }
     match tool {
         "offer" => PathBuf::from(env!("CARGO_BIN_EXE_offer")),
         "pack" => PathBuf::from(env!("CARGO_BIN_EXE_pack")),
@@ -113,6 +118,7 @@ pub fn tempdir() -> tempfile::TempDir {
 /// limits, no health check; tests change what they are about.
 pub fn spec(task: &str, argv: &[&str]) -> formic::supervise::Spec {
     formic::supervise::Spec {
+        incarnation: 1,
         task: task.into(),
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![
@@ -281,4 +287,16 @@ pub fn processes_of_uid(uid: u32) -> Vec<u32> {
                 && proc_status_ids(pid, "Uid:").first() == Some(&(uid as u64))
         })
         .collect()
+}
+
+/// Waits until `cond` holds, looking every 5 ms; panics after `limit`.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -173,12 +173,22 @@ fn offer_pack_launch_runs_each_instance_under_its_supervisor() {
     let offers = lines(&stdout(&run(&mut tool("offer", &c.state()), b"")));
     assert_eq!(offers[0]["cpus"], 3.0);
 
-    // The same records again start nothing more.
+    // The same records again start nothing more: each is in conflict with the incarnation
+    // it created.
     let before: Vec<_> = (0..2)
         .map(|i| c.status(&format!("www/prod/web/{i}")).supervisor)
         .collect();
+    let snapshot = common::snapshot(&c.state());
     let out = c.launch(&records);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let conflicts = lines(&stdout(&out));
+    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    for (i, r) in conflicts.iter().enumerate() {
+        assert_eq!(r["type"], "conflict", "{r}");
+        assert_eq!(r["task"], format!("www/prod/web/{i}"));
+        assert_eq!(r["reason"], "incarnation 1 is RUNNING on h1", "{r}");
+    }
+    assert_eq!(common::snapshot(&c.state()), snapshot, "nothing recorded");
     let after: Vec<_> = (0..2)
         .map(|i| c.status(&format!("www/prod/web/{i}")).supervisor)
         .collect();
@@ -186,71 +196,252 @@ fn offer_pack_launch_runs_each_instance_under_its_supervisor() {
     assert_eq!(supervisors_of(&c.task_dir("www/prod/web/0")), 1);
 }
 
+/// launch on `records`, started now; its output is collected by `common::wait_output`.
+fn spawn_launch(c: &Cluster, records: &str) -> std::process::Child {
+    let mut cmd = tool("launch", &c.state());
+    cmd.args(["--wait", "10"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(records.as_bytes()).unwrap();
+    child
+}
+
+/// Each task's state record, by instance.
+fn records_of(c: &Cluster) -> Vec<formic::task::Task> {
+    let state = State::open(&c.state()).unwrap();
+    let v = state.view();
+    let job = v.jobs.find(&"www/prod/web".to_string()).unwrap();
+    (0..2)
+        .map(|i| {
+            v.tasks
+                .get(v.tasks.find(&(job, i)).unwrap())
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
 #[test]
-fn two_launches_at_once_start_each_task_once() {
-    let c = Cluster::new();
-    let records = c.pack(WEB);
-    let spawn = || {
-        let mut cmd = tool("launch", &c.state());
-        cmd.args(["--wait", "10"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(records.as_bytes())
-            .unwrap();
-        child
-    };
-    let (a, b) = (spawn(), spawn());
-    for child in [a, b] {
-        let out = common::wait_output(child, Duration::from_secs(60));
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+fn launches_at_once_start_each_task_once_and_the_state_says_so() {
+    for round in 0..5 {
+        let c = Cluster::new();
+        let records = c.pack(WEB);
+        let children: Vec<_> = (0..4).map(|_| spawn_launch(&c, &records)).collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|ch| common::wait_output(ch, Duration::from_secs(60)))
+            .collect();
+        // Every place record is either started by exactly one launch or refused by the
+        // others as a conflict, never both, never neither.
+        let mut running = Vec::new();
+        let mut conflicts = 0;
+        for out in &outs {
+            assert!([0, 1].contains(&code(out)), "{}", stderr(out));
+            for r in lines(&stdout(out)) {
+                match (r["type"].as_str(), r["state"].as_str()) {
+                    (Some("event"), Some("RUNNING")) => running.push(r["task"].clone()),
+                    (Some("conflict"), _) => conflicts += 1,
+                    _ => panic!("round {round}: unexpected {r}"),
+                }
+            }
+            assert_eq!(
+                code(out) == 0,
+                !stdout(out).contains("conflict"),
+                "1 exactly when there were conflicts: {}",
+                stdout(out)
+            );
+        }
+        running.sort_by_key(|t| t.to_string());
+        assert_eq!(
+            running,
+            ["www/prod/web/0", "www/prod/web/1"],
+            "round {round}"
+        );
+        assert_eq!(conflicts, 6, "round {round}");
+        // What the state says is what runs: RUNNING, with the process its one supervisor
+        // reports.
+        for (i, t) in records_of(&c).iter().enumerate() {
+            let task = format!("www/prod/web/{i}");
+            let s = c.status(&task);
+            assert_eq!(t.state, TaskState::Running, "round {round}: {task}");
+            assert_eq!(t.incarnation, 1, "round {round}: {task}");
+            assert_eq!(s.incarnation, Some(1));
+            assert_eq!(
+                (t.pid, t.pid_start),
+                s.pid.unwrap(),
+                "round {round}: {task}"
+            );
+            assert_eq!(
+                supervisors_of(&c.task_dir(&task)),
+                1,
+                "round {round}: {task}"
+            );
+        }
     }
-    std::thread::sleep(Duration::from_millis(300)); // a losing supervisor would be gone by now
-    for i in 0..2 {
-        let dir = c.task_dir(&format!("www/prod/web/{i}"));
-        assert_eq!(supervisors_of(&dir), 1, "task {i}");
-        assert_eq!(c.status(&format!("www/prod/web/{i}")).state, "RUNNING");
+}
+
+/// Where a launch can die between recording its intent and reporting the result: after
+/// what it had done last.
+#[derive(Clone, Copy, Debug)]
+enum DiedAfter {
+    /// The intent: nothing on the host.
+    Intent,
+    /// Writing the task's directory, before starting its supervisor.
+    Directory,
+    /// Starting the supervisor, before recording what it reported.
+    Start,
+}
+
+/// The identity of a process that has ended: a launch killed at some point.
+fn dead_process() -> (u32, u32) {
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let name = rundir::short_name(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!rundir::alive(name));
+    name
+}
+
+/// What a launch that died at `crash` leaves for the records `records`: each task ASSIGNED
+/// as incarnation 1 by a launch that is gone, and on the host what it got to do.
+fn leave_a_crashed_launch(c: &Cluster, records: &str, crash: DiedAfter) {
+    let launcher = dead_process();
+    let places: Vec<Value> = lines(records)
+        .into_iter()
+        .filter(|r| r["type"] == "place")
+        .collect();
+    let job: Value = serde_json::from_str(WEB).unwrap();
+    let mut state = State::open_writer(&c.state()).unwrap();
+    state
+        .write(|tx| {
+            let h = tx.view().hosts.find(&"h1".to_string()).unwrap();
+            let j = tx.upsert(formic::task::Job {
+                announce: None,
+                key: "www/prod/web".into(),
+                ports: vec!["http".into()],
+            });
+            for p in &places {
+                let mut t = formic::task::Task::new(j, p["instance"].as_u64().unwrap() as u32);
+                t.host = h;
+                t.state = TaskState::Assigned;
+                t.cpus = 500;
+                t.ram_mb = 64;
+                t.ports[0] = p["ports"]["http"].as_u64().unwrap() as u16;
+                t.since = tx.now();
+                t.incarnation = 1;
+                t.launcher = launcher;
+                tx.upsert(t);
+            }
+            Ok(())
+        })
+        .unwrap();
+    if matches!(crash, DiedAfter::Intent) {
+        return;
+    }
+    for p in &places {
+        let task = p["task"].as_str().unwrap();
+        let dir = c.task_dir(task);
+        rundir::create(&dir).unwrap();
+        let mut spec = common::spec(task, &["sleep", "600"]);
+        spec.incarnation = 1;
+        std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
+        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+        if matches!(crash, DiedAfter::Start) {
+            let mut cmd = std::process::Command::new(common::bin("formic-supervise"));
+            cmd.arg(&dir).stdin(std::process::Stdio::null());
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid()
+                        .map(|_| ())
+                        .map_err(std::io::Error::from)
+                });
+            }
+            let mut child = cmd.spawn().unwrap();
+            std::thread::spawn(move || child.wait());
+            common::wait_until(Duration::from_secs(10), || {
+                rundir::Status::read(&dir)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.state == "RUNNING")
+            });
+        }
     }
 }
 
 #[test]
-fn a_crash_between_intent_and_start_is_repaired_without_a_double_start() {
+fn a_launch_killed_at_any_point_is_repaired_by_the_next_pass_without_a_double_start() {
+    for crash in [DiedAfter::Intent, DiedAfter::Directory, DiedAfter::Start] {
+        let c = Cluster::new();
+        let jobs = c.dir.path().join("jobs");
+        std::fs::create_dir(&jobs).unwrap();
+        std::fs::write(jobs.join("web.json"), WEB).unwrap();
+        let records = c.pack(WEB);
+        leave_a_crashed_launch(&c, &records, crash);
+        let before: Vec<Option<rundir::Status>> = (0..2)
+            .map(|i| rundir::Status::read(&c.task_dir(&format!("www/prod/web/{i}"))).unwrap())
+            .collect();
+        // One pass, at once: the launch is gone, so nothing waits for --start-grace.
+        let out = run(&mut reconcile(&c, &jobs), b"");
+        assert_eq!(code(&out), 0, "{crash:?}: {}", stderr(&out));
+        for (i, t) in records_of(&c).iter().enumerate() {
+            let task = format!("www/prod/web/{i}");
+            let s = c.status(&task);
+            assert_eq!(
+                t.state,
+                TaskState::Running,
+                "{crash:?}: {task}: {}",
+                stderr(&out)
+            );
+            assert_eq!((t.pid, t.pid_start), s.pid.unwrap(), "{crash:?}: {task}");
+            assert_eq!(supervisors_of(&c.task_dir(&task)), 1, "{crash:?}: {task}");
+            match crash {
+                // The supervisor that was started is believed, and is the only one.
+                DiedAfter::Start => {
+                    assert_eq!(t.incarnation, 1, "{crash:?}");
+                    assert_eq!(Some(s.supervisor), before[i].as_ref().map(|b| b.supervisor));
+                }
+                // The abandoned start was called off, and placed again.
+                _ => assert_eq!(t.incarnation, 2, "{crash:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_supervisor_started_after_its_start_was_called_off_runs_nothing() {
     let c = Cluster::new();
     let records = c.pack(WEB);
-    // What a launch killed right after its first transaction leaves: tasks ASSIGNED, no
-    // directory, no supervisor. Record that intent through the library.
-    {
-        let mut state = State::open_writer(&c.state()).unwrap();
-        state
-            .write(|tx| {
-                let h = tx.view().hosts.find(&"h1".to_string()).unwrap();
-                let j = tx.upsert(formic::task::Job {
-                    announce: None,
-                    key: "www/prod/web".into(),
-                    ports: vec!["http".into()],
-                });
-                for i in 0..2 {
-                    let mut t = formic::task::Task::new(j, i);
-                    t.host = h;
-                    t.state = TaskState::Assigned;
-                    tx.upsert(t);
-                }
-                Ok(())
-            })
-            .unwrap();
-    }
-    let out = c.launch(&records);
+    leave_a_crashed_launch(&c, &records, DiedAfter::Directory);
+    // reap alone: the launch is gone and no supervisor took the tasks.
+    let out = run(
+        tool("reap", &c.state()).stdin(std::process::Stdio::null()),
+        b"",
+    );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    for i in 0..2 {
-        assert_eq!(c.status(&format!("www/prod/web/{i}")).state, "RUNNING");
-        assert_eq!(supervisors_of(&c.task_dir(&format!("www/prod/web/{i}"))), 1);
+    let events = lines(&stdout(&out));
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        assert_eq!(e["state"], "PENDING", "{e}");
+        assert_eq!(e["reason"], "its launch ended before starting it", "{e}");
     }
+    // The supervisor that launch started a moment before it died arrives now.
+    let dir = c.task_dir("www/prod/web/0");
+    let out = run(
+        std::process::Command::new(common::bin("formic-supervise")).arg(&dir),
+        b"",
+    );
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(stderr(&out).contains("called off"), "{}", stderr(&out));
+    assert_eq!(rundir::Status::read(&dir).unwrap(), None, "it ran nothing");
+    assert!(records_of(&c).iter().all(|t| t.state == TaskState::Pending));
 }
 
 #[test]
@@ -317,9 +508,15 @@ fn a_bad_place_record_starts_nothing_and_changes_nothing() {
             "nothing started"
         );
     }
-    // A host the state does not know: 65 too, before anything starts.
+    // A host the state does not know (removed since pack decided): a conflict, not bad
+    // input, and nothing changes.
     let out = c.launch(&records.replace(r#""host":"h1""#, r#""host":"h9""#));
-    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let conflicts = lines(&stdout(&out));
+    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    assert!(conflicts
+        .iter()
+        .all(|r| r["type"] == "conflict" && r["reason"] == "no host h9 in the state"));
     assert_eq!(common::snapshot(&c.state()), before);
 }
 

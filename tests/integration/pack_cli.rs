@@ -1044,7 +1044,9 @@ fn with_a_state_only_missing_instances_are_placed_and_surplus_ones_killed() {
     let recs = d.pack_expect(&["--state", st, "web.json"], &offers, 0);
     assert_eq!(
         recs,
-        vec![json!({"type":"kill","task":"www/prod/web/1","reason":"surplus instance"})]
+        vec![
+            json!({"type":"kill","task":"www/prod/web/1","incarnation":0,"reason":"surplus instance"})
+        ]
     );
 
     // --prune kills the instances of jobs that no file names.

@@ -54,9 +54,10 @@ impl Cluster {
         rundir::task_dir(&rundir::host_root(&self.state(), host), task)
     }
 
-    /// Launch's first step: the task ASSIGNED on `host` with its reservation. A task
-    /// placed again keeps its failure count, as launch keeps it.
-    fn assign(&self, host: &str, task: &str, ports: &[(&str, u16)]) {
+    /// Launch's first step: the task ASSIGNED on `host` with its reservation, as a new
+    /// incarnation recorded by this process; returns the incarnation. A task placed again
+    /// keeps its failure count, as launch keeps it.
+    fn assign(&self, host: &str, task: &str, ports: &[(&str, u16)]) -> u32 {
         let (key, instance) = formic::reap::parse_task_id(task).unwrap();
         let mut state = State::open_writer(&self.state()).unwrap();
         state
@@ -71,9 +72,15 @@ impl Cluster {
                     }),
                 };
                 let h = tx.view().hosts.find(&host.to_string()).unwrap();
-                let before = tx.view().tasks.find(&(job, instance));
+                let before = tx
+                    .view()
+                    .tasks
+                    .find(&(job, instance))
+                    .map(|s| tx.view().tasks.get(s).unwrap().clone());
                 let mut t = Task::new(job, instance);
-                t.failures = before.map_or(0, |s| tx.view().tasks.get(s).unwrap().failures);
+                t.failures = before.as_ref().map_or(0, |b| b.failures);
+                t.incarnation = before.map_or(0, |b| b.incarnation) + 1;
+                t.launcher = rundir::short_name(std::process::id());
                 t.host = h;
                 t.state = TaskState::Assigned;
                 t.cpus = 500;
@@ -83,21 +90,25 @@ impl Cluster {
                     t.ports[i] = p.1;
                 }
                 t.since = tx.now();
+                let incarnation = t.incarnation;
                 tx.upsert(t);
-                Ok(())
+                Ok(incarnation)
             })
-            .unwrap();
+            .unwrap()
     }
 
     /// Starts `spec` on `host` the way launch does; returns the supervisor's first report
     /// past STARTING.
     fn start(&mut self, host: &str, spec: &Spec, job: &Value, ports: &[(&str, u16)]) -> Status {
         let dir = self.dir_of(host, &spec.task);
+        let spec = Spec {
+            incarnation: self.assign(host, &spec.task, ports),
+            ..spec.clone()
+        };
         rundir::create(&dir).unwrap();
         let _ = std::fs::remove_file(dir.join("status"));
         std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
         std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
-        self.assign(host, &spec.task, ports);
         let mut cmd = Command::new(bin("formic-supervise"));
         cmd.arg(&dir)
             .stdin(Stdio::null())
