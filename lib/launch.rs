@@ -354,22 +354,25 @@ fn read_spec(rec: &Record) -> Result<(String, String, Map<String, Value>), Strin
     Ok((key.to_string(), hash.to_string(), spec.clone()))
 }
 
+/// The fields of a `place` record.
+const PLACE_FIELDS: &[&str] = &[
+    "type",
+    "task",
+    "job",
+    "instance",
+    "host",
+    "cpus",
+    "ram_mb",
+    "disk_mb",
+    "gpus",
+    "ports",
+    "spec",
+    "incarnation",
+];
+
 fn read_place(rec: &Record) -> Result<Placement, String> {
     let f = rec.get();
-    f.only(&[
-        "type",
-        "task",
-        "job",
-        "instance",
-        "host",
-        "cpus",
-        "ram_mb",
-        "disk_mb",
-        "gpus",
-        "ports",
-        "spec",
-        "incarnation",
-    ])?;
+    f.only(PLACE_FIELDS)?;
     let job = f.str("job")?.ok_or("field \"job\" is missing")?;
     check_job_key(job).map_err(|e| format!("field \"job\": {e}"))?;
     let instance = f

@@ -300,3 +300,24 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Starts `formic-supervise DIR` as launch does, in a session of its own, reaped by a
+/// thread; its output goes nowhere.
+pub fn supervise_detached(dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin("formic-supervise"));
+    cmd.arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().expect("starting formic-supervise");
+    std::thread::spawn(move || child.wait());
+}

@@ -354,18 +354,7 @@ fn leave_a_crashed_launch(c: &Cluster, records: &str, crash: DiedAfter) {
         std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
         std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
         if matches!(crash, DiedAfter::Start) {
-            let mut cmd = std::process::Command::new(common::bin("formic-supervise"));
-            cmd.arg(&dir).stdin(std::process::Stdio::null());
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    nix::unistd::setsid()
-                        .map(|_| ())
-                        .map_err(std::io::Error::from)
-                });
-            }
-            let mut child = cmd.spawn().unwrap();
-            std::thread::spawn(move || child.wait());
+            common::supervise_detached(&dir);
             common::wait_until(Duration::from_secs(10), || {
                 rundir::Status::read(&dir)
                     .ok()

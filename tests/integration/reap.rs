@@ -19,7 +19,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::common::{self, bin, code, run, snapshot, stderr, stdout, tool};
+use crate::common::{self, code, run, snapshot, stderr, stdout, tool};
 
 /// Local hosts in a temporary directory, and the supervisors the test started there.
 struct Cluster {
@@ -109,20 +109,7 @@ impl Cluster {
         let _ = std::fs::remove_file(dir.join("status"));
         std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
         std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
-        let mut cmd = Command::new(bin("formic-supervise"));
-        cmd.arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
-        std::thread::spawn(move || child.wait());
+        common::supervise_detached(&dir);
         self.started.push(dir.clone());
         let report = wait_for(&dir, Duration::from_secs(10), |s| s.state != "STARTING");
         self.update(&spec.task, |t| {
