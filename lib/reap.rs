@@ -43,9 +43,13 @@ use crate::task::{check_job_key, Task, TaskState};
 /// tasks failing their health checks; collects every task of a local host whose supervisor
 /// reported an end (FINISHED, FAILED with its exit status, KILLED) or died without a word
 /// (LOST, and its process group is killed); frees their reservations; and applies each
-/// job's restart policy. Prints one event record per transition, then passes every other
-/// input line (place records, ...) through unchanged, once the stops are complete. In a
-/// script whose standard input is not meant for reap, give it </dev/null.
+/// job's restart policy. A task left ASSIGNED by a launch that has ended, and that no
+/// supervisor took, goes back to PENDING at once (after --start-grace while its launch
+/// lives). A supervisor found in a local host's task directories that runs an incarnation
+/// the state does not run there is stopped. A kill or preempt record for an incarnation
+/// that has since been replaced stops nothing. Prints one event record per transition, then
+/// passes every other input line (place records, ...) through unchanged, once the stops are
+/// complete. In a script whose standard input is not meant for reap, give it </dev/null.
 ///
 /// Restart policy, from the job spec the task was launched with: a service (the default)
 /// that ended is missing, and the next pack places it again; one that failed or exited
@@ -81,8 +85,9 @@ pub struct Cli {
 /// The clocks of the restart policy.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Timing {
-    /// Seconds a task may stay ASSIGNED (or STARTING) with no supervisor before reap gives
-    /// up on its start: ASSIGNED goes back to PENDING, STARTING becomes LOST
+    /// Seconds a task may stay ASSIGNED (or STARTING) with no supervisor, while the launch
+    /// that recorded it lives, before reap gives up on its start: ASSIGNED goes back to
+    /// PENDING, STARTING becomes LOST
     #[arg(
         long,
         env = "FORMIC_START_GRACE",
