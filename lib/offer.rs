@@ -74,7 +74,8 @@ pub enum Verb {
     },
     /// Schedule maintenance on hosts
     ///
-    /// Scheduled hosts are still offered, marked so that pack uses them last.
+    /// Scheduled hosts are still offered, marked so that pack uses them last. A draining or
+    /// drained host is refused (undrain it first); the batch then changes nothing.
     #[command(after_help = TABLE)]
     Schedule {
         /// Names of the hosts
@@ -339,6 +340,7 @@ fn maintain(
         for slot in slots {
             let mut h = tx.view().hosts.get(slot).unwrap().clone();
             let tasks = usage[slot as usize].tasks;
+            refuse_backward_step(&h, mode, tasks)?;
             let target = settled(mode, tasks);
             let same_mode = h.maintenance.mode == target
                 || (mode == Mode::Draining && h.maintenance.mode == Mode::Drained);
@@ -398,6 +400,23 @@ fn maintain(
     }
     out.finish()?;
     Ok(Status::Done)
+}
+
+/// Scheduling is the first step of a maintenance: on a draining or drained host it would
+/// put the host back in service and end its drain without anyone asking for that. A drain
+/// ends only with `undrain`, as Aurora's end_maintenance and Nomad's `node drain -disable`.
+fn refuse_backward_step(h: &Host, mode: Mode, tasks: u32) -> Result<()> {
+    let now = settled(h.maintenance.mode, tasks);
+    if mode == Mode::Scheduled && !now.takes_work() {
+        return Err(bad_input(format!(
+            "host {} is {}; scheduling it would end its drain (end it first with \
+             `offer undrain {}`)",
+            h.name,
+            now.name(),
+            h.name
+        )));
+    }
+    Ok(())
 }
 
 /// Who is at the keyboard: $USER, else the name of the effective user.

@@ -11,16 +11,20 @@
 //! whatever the size of the tables. Opening maps the tables, decodes them and replays the
 //! journal over them. When the journal grows past a threshold the writer folds it into the
 //! tables (checkpoint): it marks the checkpoint sequence odd, writes the dirty slots, syncs,
-//! writes the next header copy, syncs, marks the sequence even and empties the journal. A
+//! writes the next header copy, syncs, empties the journal and marks the sequence even. A
 //! crash mid-checkpoint is harmless because the journal still holds every image the
 //! checkpoint was writing; a slot whose checksum fails is accepted only if the journal
 //! overwrites it.
 //!
 //! Telling a crash from damage: the sequence is twice the generation at rest, so a newest
 //! header copy that fails its checksum while the sequence says it was written is damage,
-//! not a torn write. The journal is emptied at every checkpoint, so after its last good
-//! entry only a torn tail can follow; an intact entry further on means the journal was
-//! damaged in the middle. Both are refused rather than read as an older state.
+//! not a torn write. Every commit is flushed before it is reported, so a crash can tear only
+//! the last journal entry, one never reported. The journal's header records the last
+//! commit (journal.rs says how, without a second flush), so an entry it covers that does
+//! not replay whole, or a journal shorter than it says, is damage; past it, a damaged entry
+//! with an intact one after it is damage too. All of these are refused rather than read as
+//! an older state. A checkpoint leaves the records alone: one of an older generation than
+//! the tables names what the tables already hold.
 //!
 //! Known limit: a reader may see a journal entry in the moment between its write and its
 //! fdatasync; if the machine loses power in that moment, the entry is gone although a
@@ -459,6 +463,7 @@ impl State {
         txn.view.txid += 1;
         self.journal_end += entry.len() as u64;
         self.dirty.extend(changed);
+        self.record_commit();
         if self.journal_end > self.opts.checkpoint_bytes {
             // The transaction is durable whatever happens here; a failed checkpoint is
             // finished by the next writer, so it is reported but does not undo the commit.
@@ -471,6 +476,28 @@ impl State {
             }
         }
         Ok(out)
+    }
+
+    /// Records in the journal's header the transaction just made durable. No flush: the
+    /// next commit's fdatasync carries the record, and until then the page cache shows it to
+    /// every process. The transaction is durable whether or not this works; a failure only
+    /// leaves the older record in place, so it is reported, and this handle stops as after
+    /// any failed write.
+    fn record_commit(&mut self) {
+        let (at, record) = journal::Record {
+            gen: self.header.gen,
+            txid: self.view.txid,
+            end: self.journal_end,
+        }
+        .encode();
+        if let Err(e) = self.journal.write_all_at(&record, at) {
+            self.poisoned = true;
+            eprintln!(
+                "formic: recording commit {} in {} failed (it is durable all the same): {e}",
+                self.view.txid,
+                journal_path(&self.path).display()
+            );
+        }
     }
 
     /// Reads the whole state so that it is consistent: optimistically without a lock, and
@@ -585,22 +612,35 @@ impl State {
     ) -> Result<u64> {
         let journal = &self.journal;
         let jpath = journal_path(&self.path);
+        let need = self.journal_need(header)?;
+        // The size is read after the header: the writer writes a record only once its
+        // entry is in the file, so the file is at least as long as any record read before.
         let mut len = journal
             .metadata()
             .context("reading the journal's size")?
             .len();
-        if len < journal::START {
-            return Err(corrupt(&jpath, "truncated: shorter than its header"));
+        if let Some(journal::Need {
+            txid,
+            end: Some(end),
+            ..
+        }) = need
+        {
+            if len < end {
+                return Err(corrupt(
+                    &jpath,
+                    format!(
+                        "truncated: {len} bytes, while its header records transaction {txid} \
+                         as committed, ending at byte {end}"
+                    ),
+                ));
+            }
         }
-        let mut magic = [0u8; 8];
-        journal
-            .read_exact_at(&mut magic, 0)
-            .context("reading the journal")?;
-        if &magic != journal::MAGIC {
-            return Err(corrupt(&jpath, "not a formic journal (bad magic)"));
-        }
-        // Read in chunks: the file may be much longer than its live entries (it is reused
-        // from the top after each checkpoint), and a writer catching up wants only the new ones.
+        let mut reached = need
+            .as_ref()
+            .is_some_and(|n| n.txid == view.txid)
+            .then_some(from);
+        // Read in chunks: the file may be much longer than its live entries (a checkpoint's
+        // cut may not have reached the disk), and a writer catching up wants only the new ones.
         let mut pos = from;
         let mut buf = Vec::new();
         let mut at = 0usize;
@@ -668,6 +708,9 @@ impl State {
             view.txid += 1;
             at += len_;
             want = 64 << 10;
+            if need.as_ref().is_some_and(|n| n.txid == view.txid) {
+                reached = Some(pos - (buf.len() - at) as u64);
+            }
         }
         let end = pos - (buf.len() - at) as u64;
         if end < len {
@@ -684,7 +727,26 @@ impl State {
                 ));
             }
         }
+        if let Some(need) = need {
+            need.check(view.txid, end, reached)
+                .map_err(|e| corrupt(&jpath, e))?;
+        }
         Ok(end)
+    }
+
+    /// Reads the journal's header: its magic, and what it records as committed over tables
+    /// whose header is `tables`.
+    fn journal_need(&self, tables: &Header) -> Result<Option<journal::Need>> {
+        let jpath = journal_path(&self.path);
+        let mut head = [0u8; journal::START as usize];
+        let n = read_up_to(&self.journal, &mut head, 0).context("reading the journal")?;
+        if n < head.len() {
+            return Err(corrupt(&jpath, "truncated: shorter than its header"));
+        }
+        if &head[..8] != journal::MAGIC {
+            return Err(corrupt(&jpath, "not a formic journal (bad magic)"));
+        }
+        journal::need(&head, tables.gen).map_err(|e| corrupt(&jpath, e))
     }
 
     /// Under the write lock: applies what other writers committed since this view was read.

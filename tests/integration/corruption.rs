@@ -321,19 +321,114 @@ fn four_commits() -> (tempfile::TempDir, PathBuf) {
     (dir, state)
 }
 
+/// h1..h3, one commit each, and the journal as they left it.
+fn three_commits() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = common::tempdir();
+    let state = dir.path().join("state");
+    for h in ["h1", "h2", "h3"] {
+        add(&state, &[h]);
+    }
+    let journal = std::fs::read(journal_of(&state)).unwrap();
+    (dir, state, journal)
+}
+
 #[test]
-fn flipped_byte_in_the_last_journal_entry_is_a_torn_write() {
-    // By design: the last entry with a bad checksum is what a crash mid-append leaves, and
-    // it was never reported done; it is dropped and the next commit overwrites it.
+fn damage_in_the_last_journal_entries_is_refused() {
+    // All four commits were reported done, so damage in the last k entries is not what a
+    // crash leaves. Before the journal recorded its commits, `offer hosts` exited 0 listing
+    // only the first 4-k hosts (k = 1, 2, 3), and the next `offer add` exited 0 and wrote
+    // over the damaged entries: the loss was silent and then permanent.
+    for k in 1..=3 {
+        let (_dir, state) = four_commits();
+        let journal = journal_of(&state);
+        let damaged = entries(&journal, 4)[4 - k..].to_vec();
+        edit(&journal, |b| {
+            for (at, len) in damaged {
+                b[at + len - 100] ^= 0x01;
+            }
+        });
+        println!("last {k} entries damaged");
+        assert_refused(&state, &journal, &["unusable", "damaged", "committed"]);
+    }
+}
+
+#[test]
+fn journal_cut_short_is_refused() {
+    // Before the journal recorded its commits, every cut was read as a torn tail: cut to its
+    // header the journal opened with no hosts, cut by a byte it lost the last commit.
     let (_dir, state) = four_commits();
     let journal = journal_of(&state);
+    let whole = std::fs::read(&journal).unwrap();
+    let mut cuts = vec![64, whole.len() - 1];
+    for (at, len) in entries(&journal, 4) {
+        cuts.extend([at, at + 1, at + 32, at + len / 2]);
+    }
+    for cut in cuts {
+        std::fs::write(&journal, &whole[..cut]).unwrap();
+        println!("journal cut to {cut} of {} bytes", whole.len());
+        assert_refused(&state, &journal, &["unusable", "truncated"]);
+    }
+    // Also when the tables hold a checkpoint and the journal only what followed it.
+    let (_dir, state) = fixture(1);
+    let journal = journal_of(&state);
+    edit(&journal, |b| b.truncate(64));
+    assert_refused(&state, &journal, &["unusable", "truncated"]);
+}
+
+#[test]
+fn a_torn_tail_left_by_a_crash_mid_append_is_dropped() {
+    // A crash while commit 4 was being appended, before it was reported: the journal holds
+    // commits 1..3, their record, and part of entry 4. That is the one damage a crash can
+    // leave; it is dropped, and the next commit writes over it.
+    let (_dir, state, after_three) = three_commits();
+    add(&state, &["h4"]);
+    let journal = journal_of(&state);
     let (at, len) = entries(&journal, 4)[3];
-    edit(&journal, |b| b[at + len - 100] ^= 0x01);
-    assert_eq!(host_names(&state), ["h1", "h2", "h3"]);
+    let entry4 = std::fs::read(&journal).unwrap()[at..at + len].to_vec();
+    for part in [1, 31, 32, len / 2, len - 1] {
+        std::fs::write(&journal, [&after_three[..], &entry4[..part]].concat()).unwrap();
+        println!("{part} bytes of entry 4");
+        assert_eq!(host_names(&state), ["h1", "h2", "h3"]);
+    }
     add(&state, &["h9"]);
     assert_eq!(host_names(&state), ["h1", "h2", "h3", "h9"]);
     checkpoint(&state);
     assert_eq!(host_names(&state), ["h1", "h2", "h3", "h9"]);
+}
+
+/// Where the journal's header records commits (see lib/state/journal.rs): the record of an
+/// even transaction id at byte 8, of an odd one at byte 36, 28 bytes each.
+const RECORDS: [usize; 2] = [8, 36];
+
+#[test]
+fn damaged_commit_records_in_the_journal_header() {
+    // After four commits the newest record (commit 4) is at 8, the one before it at 36.
+    // A power cut while the newest was being written can leave it torn; the older one then
+    // names commit 3, and commit 4, flushed before its record was written, must be whole.
+    let (_dir, state) = four_commits();
+    let journal = journal_of(&state);
+    edit(&journal, |b| b[RECORDS[0] + 12] ^= 0x01);
+    assert_eq!(host_names(&state), ["h1", "h2", "h3", "h4"]);
+    // Both damaged is more than a crash leaves; so is a damaged older record (nothing was
+    // writing it) or a damaged newest record with a damaged entry 4. Before the records
+    // existed, each of these opened; the last one without h4.
+    let cases: [(&str, &[usize]); 3] = [
+        ("both records", &[RECORDS[0] + 3, RECORDS[1] + 20]),
+        ("older record", &[RECORDS[1] + 20]),
+        ("newest record and entry 4", &[RECORDS[0] + 12, usize::MAX]),
+    ];
+    for (what, flips) in cases {
+        let (_dir, state) = four_commits();
+        let journal = journal_of(&state);
+        let (at, len) = entries(&journal, 4)[3];
+        edit(&journal, |b| {
+            for &f in flips {
+                b[if f == usize::MAX { at + len - 100 } else { f }] ^= 0x01;
+            }
+        });
+        println!("damaged: {what}");
+        assert_refused(&state, &journal, &["unusable"]);
+    }
 }
 
 #[test]

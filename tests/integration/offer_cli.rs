@@ -543,6 +543,43 @@ fn drain_with_a_running_task_is_draining_until_it_ends() {
     assert_eq!(offered_names(&state), ["h2"]);
 }
 
+#[test]
+fn schedule_refuses_a_draining_or_drained_host_and_changes_nothing() {
+    // Scheduling is the first step of a maintenance; a draining or drained host is past it.
+    // `offer schedule` used to set such a host back to scheduled, so it was offered again
+    // and its drain ended without anyone saying so. A drain ends only when asked to
+    // (`offer undrain`), as with Aurora's end_maintenance or Nomad's `node drain -disable`.
+    let dir = common::tempdir();
+    let state = state_in(&dir);
+    add_hosts(&state, &["h1", "h2", "h3"]);
+    place_task(&state, "h2", 0, TaskState::Running, 31005);
+    offer_ok(&state, &["drain", "h1", "h2", "--reason", "rma"], b"");
+    let snap = snapshot(&state);
+    for (named, mode) in [("h1", "drained"), ("h2", "draining")] {
+        // h3 could be scheduled, but the batch is all or nothing.
+        let out = offer(
+            &state,
+            &["schedule", "h3", named, "--reason", "kernel"],
+            b"",
+        );
+        let err = stderr(&out);
+        assert_eq!(code(&out), 65, "schedule {named}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("offer: "), "{err}");
+        for want in [named, mode, "offer undrain"] {
+            assert!(err.contains(want), "want {want:?} in: {err}");
+        }
+        assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+        assert_eq!(snapshot(&state), snap, "schedule {named} changed the state");
+    }
+    assert_eq!(offered_names(&state), ["h3"]);
+    assert_eq!(host(&state, "h3")["maintenance"]["state"], "none");
+    // Once its drain is ended, the host can be scheduled.
+    offer_ok(&state, &["undrain", "h1"], b"");
+    offer_ok(&state, &["schedule", "h1", "--reason", "kernel"], b"");
+    assert_eq!(host(&state, "h1")["maintenance"]["state"], "scheduled");
+}
+
 // --- exit statuses and files ---
 
 #[test]
