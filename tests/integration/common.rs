@@ -209,10 +209,31 @@ pub fn tasks_under(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Whether the tests run as root: containment (other users, cgroups, mounts) is tested
-/// only then; CI runs as root.
+/// Whether the tests run as root.
 pub fn root() -> bool {
     nix::unistd::Uid::effective().is_root()
+}
+
+/// Fails the calling test unless the tests run as root. What such a test is about (other
+/// users, cgroups, mounts) exists only for root, and CI runs the suite as root: a test that
+/// passed without looking would hide the regression it is there to catch.
+pub fn require_root(what: &str) {
+    assert!(
+        root(),
+        "this test needs root ({what}); run the suite as root, as CI does"
+    );
+}
+
+/// Waits up to `limit` for `f` to give a value, looking every 10 ms; fails naming `what`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A small tmpfs mounted on `dir` (root only), unmounted when dropped: a disk that fills.

@@ -358,9 +358,7 @@ fn a_killed_supervisor_makes_its_task_lost_and_its_process_group_gone() {
 
 #[test]
 fn a_lost_task_dies_whole_also_what_left_its_process_group() {
-    if !common::root() {
-        return; // no cgroups to kill through
-    }
+    common::require_root("cgroups to kill through");
     let mut c = Cluster::new(&["h1"]);
     let task = "t/e/scatter/0";
     // A child in a session of its own, a double-forked one, one in the task's group; the
@@ -419,14 +417,21 @@ fn kill_records_stop_tasks_gracefully_then_the_rest_passes_through() {
         &with_grace(
             spec(
                 "t/e/stubborn/0",
-                &["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"],
+                &[
+                    "sh",
+                    "-c",
+                    "trap '' TERM; touch trapped; while :; do sleep 0.05; done",
+                ],
             ),
             0.6,
         ),
         &service("t/e/stubborn"),
         &[],
     );
-    std::thread::sleep(Duration::from_millis(100)); // let the trap be set
+    let trapped = c.dir_of("h1", "t/e/stubborn/0").join("sandbox/trapped");
+    common::wait_until("the task set its trap", Duration::from_secs(10), || {
+        trapped.exists().then_some(())
+    });
     let place = r#"{"type":"place","task":"t/e/new/0","job":"t/e/new","instance":0,"host":"h1","cpus":0.5,"ram_mb":128,"disk_mb":0,"gpus":0,"ports":{},"spec":"ab"}"#;
     let note = r#"{"type":"note", "text":"passed on as it came"}"#;
     let input = format!(
