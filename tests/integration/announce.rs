@@ -262,6 +262,28 @@ fn until_or<T>(
     }
 }
 
+/// Watches for the whole of `window`, looking every 20 ms, that `holds` stays true: a
+/// state that must not show even briefly (a duplicate member, a member too early) is
+/// caught when it comes and goes between two looks far apart. Fails with `what` and
+/// what `context` says at that moment.
+fn throughout(
+    what: &str,
+    window: Duration,
+    mut holds: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        assert!(
+            holds(),
+            "after {:?} of {window:?}: {what}\n{}",
+            start.elapsed(),
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A web job: `instances` of python's http.server on port `http`, healthy when it answers
 /// on `/`, with a second port `admin` that is only announced.
 fn web(instances: u32) -> String {
@@ -627,16 +649,15 @@ fn zk_no_member_before_the_health_check_first_passes() {
     until("the announcer connected", Duration::from_secs(20), || {
         c.said("announce").contains("connected").then_some(())
     });
-    // The announcer and reap have had many rounds to act on it: still no member.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(c.task(task)["state"], "RUNNING");
-    assert_eq!(
-        zk_members(&zk),
-        [],
-        "a member for an instance whose health check never passed; task: {}",
-        c.task(task)
+    // For many rounds of the announcer (every 50 ms) and of reap, never a member, not
+    // even for a moment, and the task is not healthy.
+    throughout(
+        "no member for an instance whose health check never passed",
+        Duration::from_millis(1500),
+        || zk_members(&zk).is_empty() && c.task(task)["healthy"] == false,
+        || format!("members: {:?}; task: {}", zk_members(&zk), c.task(task)),
     );
-    assert_eq!(c.task(task)["healthy"], false);
+    assert_eq!(c.task(task)["state"], "RUNNING");
     // The check passes: the member appears.
     std::fs::write(www.join("ready"), "ok").unwrap();
     let members = c.members_until(&zk, "a member once healthy", |m| !m.is_empty());
@@ -709,19 +730,24 @@ fn zk_members_follow_health_failure_and_leave_before_a_graceful_stop() {
     let pid = c.task("www/prod/hello/1")["pid"].as_u64().unwrap();
     let watcher_zk = zk.client();
     let node = format!("{PATH}/{}", members[1].0);
+    let (looking, watching) = std::sync::mpsc::channel();
     let watcher = std::thread::spawn(move || {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             match futures::executor::block_on(watcher_zk.check_stat(&node)) {
                 Ok(None) => return Some((now(), alive(pid))),
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => {
+                    let _ = looking.send(());
+                }
                 Err(e) => panic!("checking {node}: {e}"),
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         None
     });
-    std::thread::sleep(Duration::from_millis(100)); // the watcher is looking
+    watching
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the watcher saw instance 1's member");
     let asked = now();
     let out = run(
         tool("reap", &c.state()).args(["kill", "www/prod/hello/1"]),
@@ -781,10 +807,22 @@ fn zk_members_come_back_once_after_a_forced_session_expiry() {
     // It notices, opens a new session and announces every instance again: exactly once.
     // Session timeout + backoff, with room for a loaded machine.
     let after = c.members_until(&zk, "three members again", |m| m.len() >= 3);
-    std::thread::sleep(Duration::from_secs(2)); // a late duplicate would show by now
+    assert_eq!(shards(&after), [0, 1, 2], "{}", c.said("announce"));
+    // Watched for longer than the announcer's rounds and retries take: a duplicate that
+    // comes late, even one deleted again soon after, is seen.
+    throughout(
+        "the same three members, no duplicate",
+        Duration::from_secs(2),
+        || zk_members(&zk) == after,
+        || {
+            format!(
+                "{:?}\nannounce said:\n{}",
+                zk_members(&zk),
+                c.said("announce")
+            )
+        },
+    );
     let settled = zk_members(&zk);
-    assert_eq!(shards(&settled), [0, 1, 2], "{}", c.said("announce"));
-    assert_eq!(settled, after);
     for ((old_name, old), (new_name, new)) in before.iter().zip(&settled) {
         assert_eq!(old, new, "the same member data");
         assert_ne!(old_name, new_name, "new nodes of a new session");
@@ -844,8 +882,18 @@ fn zk_down_exits_69_and_the_follower_converges_after_an_outage() {
     let after = c.members_until(&zk, "only instance 1's member after the outage", |m| {
         shards(m) == [1]
     });
-    std::thread::sleep(Duration::from_secs(3)); // settled: no duplicate, no late removal
-    assert_eq!(zk_members(&zk), after, "{}", c.said("announce"));
+    throughout(
+        "only instance 1's member: no duplicate, no late removal",
+        Duration::from_secs(3),
+        || zk_members(&zk) == after,
+        || {
+            format!(
+                "{:?}\nannounce said:\n{}",
+                zk_members(&zk),
+                c.said("announce")
+            )
+        },
+    );
     assert_eq!(after[0].1, before[1].1);
     assert_eq!(c.task("www/prod/hello/1")["announced"], true);
     assert_eq!(c.task("www/prod/hello/0")["announced"], false);
