@@ -303,3 +303,60 @@ pub fn processes_of_uid(uid: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+/// A pseudo-terminal: the master side and the path of the slave.
+fn pty() -> (std::fs::File, PathBuf) {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain libc calls on a descriptor this function owns; the name buffer is
+    // NUL-terminated by ptsname_r on success, which the asserts check.
+    unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(fd >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+        let path = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        (std::fs::File::from_raw_fd(fd), PathBuf::from(path))
+    }
+}
+
+/// Runs `cmd` with its standard output on a terminal (stdin /dev/null, stderr a pipe);
+/// returns its output with what it printed on the terminal as `stdout` (without the
+/// terminal's carriage returns).
+pub fn run_on_tty(cmd: &mut Command) -> Output {
+    use std::io::Read;
+    let (mut master, slave_path) = pty();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Reading the master ends with EIO once the last slave descriptor is closed.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(slave)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `cmd` still holds our copy of the slave: replace it, so the reader sees the end.
+    cmd.stdout(Stdio::null());
+    let mut out = wait_output(child, TIMEOUT);
+    let text = reader.join().unwrap();
+    out.stdout = text.into_iter().filter(|&b| b != b'\r').collect();
+    out
+}

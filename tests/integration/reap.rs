@@ -740,6 +740,88 @@ fn reap_tasks_lists_what_the_state_holds() {
 }
 
 #[test]
+fn reap_tasks_on_a_terminal_is_a_table() {
+    let c = Cluster::new(&["h1", "h2"]);
+    // Three tasks as the state records them (no processes: the listing reads the state).
+    c.assign("h1", "t/e/web/0", &[("http", 31005), ("admin", 31006)]);
+    c.update("t/e/web/0", |t| {
+        t.state = TaskState::Running;
+        t.pid = 4242;
+        t.healthy = true;
+    });
+    c.assign("h2", "t/e/once/0", &[]);
+    c.update("t/e/once/0", |t| {
+        t.state = TaskState::Finished;
+        t.exit = 0;
+    });
+    c.assign("h1", "t/e/flap/0", &[]);
+    c.update("t/e/flap/0", |t| {
+        t.state = TaskState::Throttled;
+        t.host = NO_HOST;
+        t.failures = 2;
+        t.exit = 3;
+    });
+
+    let out = common::run_on_tty(tool("reap", &c.state()).arg("tasks"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["TASK", "HOST", "STATE", "PID", "PORTS", "HEALTHY", "FAILURES", "EXIT"],
+            vec!["t/e/flap/0", "-", "THROTTLED", "-", "-", "-", "2", "3"],
+            vec!["t/e/once/0", "h2", "FINISHED", "-", "-", "-", "0", "0"],
+            vec![
+                "t/e/web/0",
+                "h1",
+                "RUNNING",
+                "4242",
+                "http=31005,admin=31006",
+                "yes",
+                "0",
+                "-"
+            ],
+        ],
+        "{text}"
+    );
+    // Aligned: every column starts where its header does.
+    let header = text.lines().next().unwrap();
+    for line in text.lines().skip(1) {
+        for name in ["HOST", "STATE", "PID", "PORTS"] {
+            let at = header.find(name).unwrap();
+            assert!(
+                line[..at].ends_with("  ") && !line[at..].starts_with(' '),
+                "{name} not aligned:\n{text}"
+            );
+        }
+    }
+    // --json gives the records on a terminal too, the filters apply to the table.
+    let out = common::run_on_tty(tool("reap", &c.state()).args(["tasks", "--json"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let records = json_lines(&stdout(&out));
+    assert_eq!(records.len(), 3, "{}", stdout(&out));
+    assert!(records.iter().all(|r| r["type"] == "task"), "{records:?}");
+    let out = common::run_on_tty(tool("reap", &c.state()).args(["tasks", "--host", "h2"]));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("t/e/once/0 "),
+        "{text}"
+    );
+}
+
+/// Every record of `text` (one JSON object a line).
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
 fn follow_reports_a_killed_task_within_milliseconds() {
     let mut c = Cluster::new(&["h1"]);
     let mut pids = Vec::new();
