@@ -97,6 +97,57 @@ fn exit_statuses_and_output_are_recorded() {
 }
 
 #[test]
+fn logs_are_bounded_and_rotated_once() {
+    // Far more output than the bound on both streams, at full speed (the supervisor reads
+    // it in chunks larger than the smallest bound).
+    let seq = "seq 1 200000";
+    for max in [4096u64, 65536] {
+        let mut s = spec(
+            &format!("t/e/chatty{max}/0"),
+            &["sh", "-c", &format!("{seq}; {seq} >&2")],
+        );
+        s.log_max_bytes = max;
+        let (_root, dir) = task(&s);
+        assert_eq!(wait_exit(supervise(&dir)), 0);
+        assert_eq!(Status::read(&dir).unwrap().unwrap().state, "FINISHED");
+        let all: String = (1..=200000).map(|i| format!("{i}\n")).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["stderr", "stderr.1", "stdout", "stdout.1"],
+            "bound {max}: one old generation of each, no more"
+        );
+        for log in ["stdout", "stderr"] {
+            let now = std::fs::read_to_string(dir.join("logs").join(log)).unwrap();
+            let old = std::fs::read_to_string(dir.join("logs").join(format!("{log}.1"))).unwrap();
+            for (name, text) in [(log.to_string(), &now), (format!("{log}.1"), &old)] {
+                assert!(
+                    text.len() as u64 <= max,
+                    "bound {max}: {name} holds {} bytes",
+                    text.len()
+                );
+            }
+            // The two generations are the last of the output, in order and whole, and
+            // the rotation kept at least a bound's worth of it.
+            let kept = format!("{old}{now}");
+            assert!(
+                all.ends_with(&kept),
+                "bound {max}: {log} is not the output's tail"
+            );
+            assert!(
+                kept.len() as u64 >= max,
+                "bound {max}: only {} bytes of {log} kept",
+                kept.len()
+            );
+        }
+    }
+}
+
+#[test]
 fn a_stop_sends_sigterm_to_the_group_then_sigkill_after_the_grace_period() {
     // A well-behaved task ends on SIGTERM.
     let (_root, dir) = task(&spec("t/e/term/0", &["sleep", "60"]));
