@@ -387,6 +387,64 @@ fn health_follows_an_http_check() {
     assert_eq!(wait_exit(sup), 0);
 }
 
+/// A server that answers 302 (to /gone) on /moved and 404 on everything else.
+const REDIRECTING: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(302 if self.path == "/moved" else 404)
+        if self.path == "/moved":
+            self.send_header("Location", "/gone")
+        self.end_headers()
+    def log_message(self, *_):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[test]
+fn a_redirect_is_healthy_and_a_missing_page_is_not() {
+    // README: 2xx and 3xx are healthy. The redirect leads to a 404, so a check that
+    // followed it, or took only 2xx, would call the first task unhealthy.
+    for (name, path, healthy) in [("moved", "/moved", true), ("gone", "/gone", false)] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = spec(
+            &format!("t/e/{name}/0"),
+            &["python3", "-c", REDIRECTING, &port.to_string()],
+        );
+        s.health = Some(Health {
+            port,
+            path: path.into(),
+            cmd: vec![],
+            interval_s: 0.1,
+            timeout_s: 1.0,
+            failures: 2,
+        });
+        let (_root, dir) = task(&s);
+        let sup = supervise(&dir);
+        // Judged once the server answers: a passing check, or three more failures in a row
+        // (checks fail while the server is not yet listening, so count from then).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let before = Status::read(&dir).unwrap().unwrap().health_failures;
+        let judged = wait_for(&dir, Duration::from_secs(20), |s| {
+            s.healthy == Some(true) || s.health_failures >= before + 3
+        });
+        kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+        assert_eq!(wait_exit(sup), 0);
+        assert_eq!(judged.healthy, Some(healthy), "{name} ({path}): {judged:?}");
+    }
+}
+
 #[test]
 fn the_task_runs_in_cgroups_holding_it_to_its_reservation() {
     let mut s = spec("t/e/limited/0", &["sleep", "30"]);
