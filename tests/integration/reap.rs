@@ -852,8 +852,17 @@ fn follow_reports_a_killed_task_within_milliseconds() {
             }
         }
     });
-    // The first pass brings health up to date and says nothing.
-    std::thread::sleep(Duration::from_millis(500));
+    // The first pass brings health up to date (no check: healthy while it runs) and says
+    // nothing; the kills come after it.
+    common::wait_until(
+        "reap --follow's first pass",
+        Duration::from_secs(10),
+        || {
+            (0..5)
+                .all(|i| c.task(&format!("t/e/f/{i}")).healthy)
+                .then_some(())
+        },
+    );
     let mut latencies = Vec::new();
     for (i, (task, (pid, _))) in pids.iter().enumerate() {
         // Kills land at different moments of reap's 50 ms polling cycle.
