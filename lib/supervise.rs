@@ -892,15 +892,32 @@ impl Log {
         }
     }
 
-    fn append(&mut self, bytes: &[u8]) {
-        let n = bytes.len() as u64;
-        if self.written + n > self.max {
-            self.file = None;
-            let mut old = self.path.clone().into_os_string();
-            old.push(".1");
-            let _ = fs::rename(&self.path, old);
-            self.written = 0;
+    /// Appends `bytes`, rotating whenever the log reaches its bound: a read larger than
+    /// the bound (it may be up to 16 KiB, the bound as little as 4 KiB) is split across
+    /// files rather than making one larger than promised.
+    fn append(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.written >= self.max {
+                self.rotate();
+            }
+            let room = (self.max - self.written).min(bytes.len() as u64) as usize;
+            let (now, rest) = bytes.split_at(room);
+            self.write(now);
+            bytes = rest;
         }
+    }
+
+    /// The current log becomes the one old generation (`.1`), replacing the one before.
+    fn rotate(&mut self) {
+        self.file = None;
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        let _ = fs::rename(&self.path, old);
+        self.written = 0;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let n = bytes.len() as u64;
         if self.file.is_none() {
             self.file = self.open().ok();
         }

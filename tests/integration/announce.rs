@@ -262,6 +262,28 @@ fn until_or<T>(
     }
 }
 
+/// Watches for the whole of `window`, looking every 20 ms, that `holds` stays true: a
+/// state that must not show even briefly (a duplicate member, a member too early) is
+/// caught when it comes and goes between two looks far apart. Fails with `what` and
+/// what `context` says at that moment.
+fn throughout(
+    what: &str,
+    window: Duration,
+    mut holds: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        assert!(
+            holds(),
+            "after {:?} of {window:?}: {what}\n{}",
+            start.elapsed(),
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A web job: `instances` of python's http.server on port `http`, healthy when it answers
 /// on `/`, with a second port `admin` that is only announced.
 fn web(instances: u32) -> String {
@@ -580,6 +602,59 @@ fn a_files_follower_keeps_members_in_step_and_leaves_before_a_graceful_stop() {
     assert_eq!(member_files(&dir), ["member_0000000000"]);
 }
 
+#[test]
+fn files_go_where_dir_or_formic_serversets_says() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new(&["v1"], 47000, Some("127.0.0.1"));
+    c.deploy(&web(1));
+    let task = c.reap_until_healthy().pop().unwrap();
+    let member = |root: &Path| {
+        root.join(PATH.trim_start_matches('/'))
+            .join("member_0000000000")
+    };
+    let beside = c.path("serversets");
+    let plain = format!("127.0.0.1:{}\n", task["ports"]["http"]);
+    for (how, root) in [
+        ("--dir", c.path("by-flag")),
+        ("FORMIC_SERVERSETS", c.path("by-env")),
+    ] {
+        let with = |args: &[&str]| {
+            let mut cmd = tool("announce", &c.state());
+            cmd.args(args);
+            if how == "--dir" {
+                cmd.arg("--dir").arg(&root);
+            } else {
+                cmd.env("FORMIC_SERVERSETS", &root);
+            }
+            run(&mut cmd, b"")
+        };
+        let out = with(&[]);
+        assert_eq!(code(&out), 0, "{how}: {}", stderr(&out));
+        let file = member(&root);
+        let data: Value = serde_json::from_slice(
+            &std::fs::read(&file)
+                .unwrap_or_else(|e| panic!("{how}: no member at {}: {e}", file.display())),
+        )
+        .unwrap();
+        assert_eq!(data, finagle("127.0.0.1", &task), "{how}");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o444, 0o444, "{how}: readable by all: {mode:o}");
+        assert!(
+            !beside.exists(),
+            "{how}: something was written beside the state"
+        );
+        // resolve reads the same place.
+        let out = with(&["resolve", PATH, "--plain"]);
+        assert_eq!(code(&out), 0, "{how}: {}", stderr(&out));
+        assert_eq!(stdout(&out), plain, "{how}");
+    }
+    // Neither: serversets/ beside the state, which resolve then reads too.
+    let out = c.announce(&[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(member(&beside).exists(), "the default is beside the state");
+    assert_eq!(stdout(&c.announce(&["resolve", PATH, "--plain"])), plain);
+}
+
 // --- ZooKeeper ---
 
 /// A web job whose health check passes only once the file `ready` exists in `www` (served
@@ -627,16 +702,15 @@ fn zk_no_member_before_the_health_check_first_passes() {
     until("the announcer connected", Duration::from_secs(20), || {
         c.said("announce").contains("connected").then_some(())
     });
-    // The announcer and reap have had many rounds to act on it: still no member.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(c.task(task)["state"], "RUNNING");
-    assert_eq!(
-        zk_members(&zk),
-        [],
-        "a member for an instance whose health check never passed; task: {}",
-        c.task(task)
+    // For many rounds of the announcer (every 50 ms) and of reap, never a member, not
+    // even for a moment, and the task is not healthy.
+    throughout(
+        "no member for an instance whose health check never passed",
+        Duration::from_millis(1500),
+        || zk_members(&zk).is_empty() && c.task(task)["healthy"] == false,
+        || format!("members: {:?}; task: {}", zk_members(&zk), c.task(task)),
     );
-    assert_eq!(c.task(task)["healthy"], false);
+    assert_eq!(c.task(task)["state"], "RUNNING");
     // The check passes: the member appears.
     std::fs::write(www.join("ready"), "ok").unwrap();
     let members = c.members_until(&zk, "a member once healthy", |m| !m.is_empty());
@@ -709,19 +783,24 @@ fn zk_members_follow_health_failure_and_leave_before_a_graceful_stop() {
     let pid = c.task("www/prod/hello/1")["pid"].as_u64().unwrap();
     let watcher_zk = zk.client();
     let node = format!("{PATH}/{}", members[1].0);
+    let (looking, watching) = std::sync::mpsc::channel();
     let watcher = std::thread::spawn(move || {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             match futures::executor::block_on(watcher_zk.check_stat(&node)) {
                 Ok(None) => return Some((now(), alive(pid))),
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => {
+                    let _ = looking.send(());
+                }
                 Err(e) => panic!("checking {node}: {e}"),
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         None
     });
-    std::thread::sleep(Duration::from_millis(100)); // the watcher is looking
+    watching
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the watcher saw instance 1's member");
     let asked = now();
     let out = run(
         tool("reap", &c.state()).args(["kill", "www/prod/hello/1"]),
@@ -747,6 +826,90 @@ fn zk_members_follow_health_failure_and_leave_before_a_graceful_stop() {
     assert!(
         !terms.join("term-0").exists(),
         "instance 0 was killed, not stopped"
+    );
+}
+
+#[test]
+fn zk_a_drained_hosts_member_leaves_before_its_instance_is_stopped() {
+    let zk = Zk::start();
+    let mut c = Cluster::new(&["n1", "n2"], 47100, Some("127.0.0.1"));
+    let terms = c.path("terms");
+    std::fs::create_dir(&terms).unwrap();
+    c.deploy(&web_logging_sigterm(&terms, 2));
+    c.reap_follow();
+    c.announcer(&zk, &["--session-timeout", "2"]);
+    c.healthy();
+    let members = c.members_until(&zk, "two members", |m| m.len() == 2);
+    until(
+        "both tasks marked announced",
+        Duration::from_secs(10),
+        || {
+            c.tasks()
+                .iter()
+                .all(|t| t["announced"] == true)
+                .then_some(())
+        },
+    );
+    let drained = c
+        .tasks()
+        .into_iter()
+        .find(|t| t["host"] == "n1")
+        .expect("an instance on n1");
+    let (instance, pid) = (
+        drained["instance"].as_u64().unwrap(),
+        drained["pid"].as_u64().unwrap(),
+    );
+    let (kept_node, kept) = members[1 - instance as usize].clone();
+
+    // The watcher sees the member go, and whether the process still ran then.
+    let watcher_zk = zk.client();
+    let node = format!("{PATH}/{}", members[instance as usize].0);
+    let (looking, watching) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            match futures::executor::block_on(watcher_zk.check_stat(&node)) {
+                Ok(None) => return Some((now(), alive(pid))),
+                Ok(Some(_)) => {
+                    let _ = looking.send(());
+                }
+                Err(e) => panic!("checking {node}: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    });
+    watching
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the watcher saw n1's member");
+    let out = run(
+        tool("offer", &c.state()).args(["drain", "n1", "--reason", "test"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // reap --follow stops the instance on the draining host; the member goes first.
+    let (gone_at, alive_then) = watcher
+        .join()
+        .unwrap()
+        .expect("the drained instance's member removed");
+    let term_file = terms.join(format!("term-{instance}"));
+    let term_at: f64 = until(
+        "the drained instance got SIGTERM",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&term_file).ok()?.parse().ok(),
+    );
+    assert!(
+        alive_then && gone_at < term_at,
+        "member gone at {gone_at}, SIGTERM at {term_at}: the member must leave first"
+    );
+    c.members_until(&zk, "only the other host's member", |m| {
+        m.len() == 1 && m[0].0 == kept_node && m[0].1 == kept
+    });
+    let task = format!("www/prod/hello/{instance}");
+    until(
+        "the drained instance KILLED",
+        Duration::from_secs(10),
+        || (c.task(&task)["state"] == "KILLED").then_some(()),
     );
 }
 
@@ -781,10 +944,22 @@ fn zk_members_come_back_once_after_a_forced_session_expiry() {
     // It notices, opens a new session and announces every instance again: exactly once.
     // Session timeout + backoff, with room for a loaded machine.
     let after = c.members_until(&zk, "three members again", |m| m.len() >= 3);
-    std::thread::sleep(Duration::from_secs(2)); // a late duplicate would show by now
+    assert_eq!(shards(&after), [0, 1, 2], "{}", c.said("announce"));
+    // Watched for longer than the announcer's rounds and retries take: a duplicate that
+    // comes late, even one deleted again soon after, is seen.
+    throughout(
+        "the same three members, no duplicate",
+        Duration::from_secs(2),
+        || zk_members(&zk) == after,
+        || {
+            format!(
+                "{:?}\nannounce said:\n{}",
+                zk_members(&zk),
+                c.said("announce")
+            )
+        },
+    );
     let settled = zk_members(&zk);
-    assert_eq!(shards(&settled), [0, 1, 2], "{}", c.said("announce"));
-    assert_eq!(settled, after);
     for ((old_name, old), (new_name, new)) in before.iter().zip(&settled) {
         assert_eq!(old, new, "the same member data");
         assert_ne!(old_name, new_name, "new nodes of a new session");
@@ -844,8 +1019,18 @@ fn zk_down_exits_69_and_the_follower_converges_after_an_outage() {
     let after = c.members_until(&zk, "only instance 1's member after the outage", |m| {
         shards(m) == [1]
     });
-    std::thread::sleep(Duration::from_secs(3)); // settled: no duplicate, no late removal
-    assert_eq!(zk_members(&zk), after, "{}", c.said("announce"));
+    throughout(
+        "only instance 1's member: no duplicate, no late removal",
+        Duration::from_secs(3),
+        || zk_members(&zk) == after,
+        || {
+            format!(
+                "{:?}\nannounce said:\n{}",
+                zk_members(&zk),
+                c.said("announce")
+            )
+        },
+    );
     assert_eq!(after[0].1, before[1].1);
     assert_eq!(c.task("www/prod/hello/1")["announced"], true);
     assert_eq!(c.task("www/prod/hello/0")["announced"], false);

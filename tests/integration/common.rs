@@ -215,10 +215,31 @@ pub fn tasks_under(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Whether the tests run as root: containment (other users, cgroups, mounts) is tested
-/// only then; CI runs as root.
+/// Whether the tests run as root.
 pub fn root() -> bool {
     nix::unistd::Uid::effective().is_root()
+}
+
+/// Fails the calling test unless the tests run as root. What such a test is about (other
+/// users, cgroups, mounts) exists only for root, and CI runs the suite as root: a test that
+/// passed without looking would hide the regression it is there to catch.
+pub fn require_root(what: &str) {
+    assert!(
+        root(),
+        "this test needs root ({what}); run the suite as root, as CI does"
+    );
+}
+
+/// Waits up to `limit` for `f` to give a value, looking every 10 ms; fails naming `what`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A small tmpfs mounted on `dir` (root only), unmounted when dropped: a disk that fills.
@@ -289,18 +310,6 @@ pub fn processes_of_uid(uid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Waits until `cond` holds, looking every 5 ms; panics after `limit`.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Starts `formic-supervise DIR` as launch does, in a session of its own, reaped by a
 /// thread; its output goes nowhere.
 pub fn supervise_detached(dir: &Path) {
@@ -320,4 +329,61 @@ pub fn supervise_detached(dir: &Path) {
     }
     let mut child = cmd.spawn().expect("starting formic-supervise");
     std::thread::spawn(move || child.wait());
+}
+
+/// A pseudo-terminal: the master side and the path of the slave.
+fn pty() -> (std::fs::File, PathBuf) {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain libc calls on a descriptor this function owns; the name buffer is
+    // NUL-terminated by ptsname_r on success, which the asserts check.
+    unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(fd >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+        let path = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        (std::fs::File::from_raw_fd(fd), PathBuf::from(path))
+    }
+}
+
+/// Runs `cmd` with its standard output on a terminal (stdin /dev/null, stderr a pipe);
+/// returns its output with what it printed on the terminal as `stdout` (without the
+/// terminal's carriage returns).
+pub fn run_on_tty(cmd: &mut Command) -> Output {
+    use std::io::Read;
+    let (mut master, slave_path) = pty();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Reading the master ends with EIO once the last slave descriptor is closed.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(slave)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `cmd` still holds our copy of the slave: replace it, so the reader sees the end.
+    cmd.stdout(Stdio::null());
+    let mut out = wait_output(child, TIMEOUT);
+    let text = reader.join().unwrap();
+    out.stdout = text.into_iter().filter(|&b| b != b'\r').collect();
+    out
 }

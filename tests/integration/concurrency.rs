@@ -144,15 +144,22 @@ fn a_child_of_a_writer_does_not_inherit_the_lock() {
         lock_timeout: Duration::from_millis(300),
         ..Options::default()
     };
-    let mut other = State::open_with(&path, quick.clone(), true);
-    let blocked = other
-        .as_mut()
-        .map(|s| s.write(|_| Ok(())))
-        .map(|r| r.is_err());
-    // (open_with itself reads under the lock, so either step may be the one refused)
+    // (open_with itself reads under the lock, so either step may be the one refused;
+    // only the documented busy error counts, not any failure to open)
+    let refused = match State::open_with(&path, quick.clone(), true) {
+        Err(e) => e,
+        Ok(mut other) => other
+            .write(|_| Ok(()))
+            .expect_err("a second writer got the lock while it was held"),
+    };
+    assert_eq!(
+        formic::exit::status_of(&refused),
+        formic::exit::Status::Temporary,
+        "refused, but not as a busy lock (exit 75): {refused:#}"
+    );
     assert!(
-        blocked.unwrap_or(true),
-        "a second writer got the lock while it was held"
+        format!("{refused:#}").contains("locked by another writer"),
+        "{refused:#}"
     );
 
     // ...and the sleeper it started holds no descriptor of the state's files.

@@ -207,9 +207,7 @@ exec sleep 600
 
 #[test]
 fn a_hostile_task_touches_only_its_sandbox_and_dies_whole() {
-    if !common::root() {
-        return;
-    }
+    common::require_root("tasks of their own uids, cgroups, a disk to fill");
     let mut c = Cluster::new("16m");
     let targets = Targets::new();
     let victim_dir = c.task_dir("www/prod/victim/0");
@@ -292,9 +290,7 @@ fn processes_of_task(c: &Cluster, task: &str) -> usize {
 
 #[test]
 fn a_nearly_full_disk_never_leaves_a_task_running_twice_or_unsupervised() {
-    if !common::root() {
-        return;
-    }
+    common::require_root("a small disk to mount");
     let c = Cluster::new("2m");
     // 48 KB left: enough for some of a task's files, not for all of them.
     let filler = c.disk.as_ref().unwrap().fill();

@@ -355,12 +355,16 @@ fn leave_a_crashed_launch(c: &Cluster, records: &str, crash: DiedAfter) {
         std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
         if matches!(crash, DiedAfter::Start) {
             common::supervise_detached(&dir);
-            common::wait_until(Duration::from_secs(10), || {
-                rundir::Status::read(&dir)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|s| s.state == "RUNNING")
-            });
+            common::wait_until(
+                "the supervisor reports RUNNING",
+                Duration::from_secs(10),
+                || {
+                    rundir::Status::read(&dir)
+                        .ok()
+                        .flatten()
+                        .filter(|s| s.state == "RUNNING")
+                },
+            );
         }
     }
 }

@@ -3,7 +3,6 @@
 //! tasks placed; exit statuses; and a corpus of malformed host records, each of which must
 //! fail the whole batch with a message naming its line and leave the state byte for byte.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -666,58 +665,11 @@ fn closed_stdout_ends_quietly() {
     }
 }
 
-/// A pseudo-terminal: the master side and the path of the slave.
-fn pty() -> (File, PathBuf) {
-    use nix::libc;
-    use std::os::fd::FromRawFd;
-    unsafe {
-        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        assert!(fd >= 0, "posix_openpt");
-        assert_eq!(libc::grantpt(fd), 0);
-        assert_eq!(libc::unlockpt(fd), 0);
-        let mut name = [0 as libc::c_char; 128];
-        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
-        let path = std::ffi::CStr::from_ptr(name.as_ptr())
-            .to_string_lossy()
-            .into_owned();
-        (File::from_raw_fd(fd), PathBuf::from(path))
-    }
-}
-
 /// Runs offer with its stdout on a terminal; returns what it printed there.
 fn offer_on_tty(state: &Path, args: &[&str]) -> String {
-    let (mut master, slave_path) = pty();
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&slave_path)
-        .unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Reading the master ends with EIO once the last slave descriptor is closed.
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        got
-    });
-    let child = {
-        let mut cmd = tool("offer", state);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(slave)
-            .stderr(Stdio::piped());
-        cmd.spawn().unwrap()
-        // `cmd` and with it our copy of the slave are dropped here.
-    };
-    let out = common::wait_output(child, common::TIMEOUT);
+    let out = common::run_on_tty(tool("offer", state).args(args));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    String::from_utf8(reader.join().unwrap())
-        .unwrap()
-        .replace('\r', "")
+    stdout(&out)
 }
 
 #[test]

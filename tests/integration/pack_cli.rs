@@ -656,14 +656,28 @@ fn limit_on_an_attribute_is_not_escaped_by_a_host_without_it() {
         offer_attrs("b1", 16.0, 65536, json!({"rack": "b"})),
         offer("norack", 16.0, 65536),
     ]);
-    let out = d.pack(&["web.json"], &offers);
-    let recs = records(&out);
+    // README: a limit on an attribute keeps the job off hosts that lack the attribute.
+    let recs = d.pack_expect(&["web.json"], &offers, 1);
     let n = per_host(&recs, "www/prod/web");
-    assert!(
-        n.get("norack").copied().unwrap_or(0) <= 2,
-        "a host with no rack took {:?} instances of a job limited to 2 per rack",
-        n.get("norack")
+    assert_eq!(
+        n.get("norack"),
+        None,
+        "the host without a rack took some: {n:?}"
     );
+    let mut racks: BTreeMap<char, usize> = BTreeMap::new();
+    for (h, k) in &n {
+        *racks.entry(h.chars().next().unwrap()).or_default() += k;
+    }
+    assert_eq!(racks, BTreeMap::from([('a', 2), ('b', 2)]), "{n:?}");
+    let pending = of(&recs, "pending");
+    assert_eq!(pending.len(), 2, "{recs:?}");
+    for p in pending {
+        assert_eq!(
+            reasons(p),
+            BTreeMap::from([("limit rack:2".to_string(), 4)]),
+            "the host without a rack gives the limit too: {p}"
+        );
+    }
 }
 
 #[test]
@@ -805,28 +819,30 @@ fn dedicated_hosts_take_only_their_roles_jobs() {
 fn hosts_scheduled_for_maintenance_are_used_last() {
     let d = Dir::new();
     d.jobs("web.json", &[job("www/prod/web", 4, 1.0, 10)]);
-    // The scheduled host is the one either strategy would otherwise prefer.
-    let scheduled = |o: Value| with(o, json!({"maintenance": "scheduled"}));
+    // The scheduled host is the one each strategy would otherwise prefer: for binpack the
+    // largest fresh host (it opens that one first and fills it), for spread the emptiest.
     for (strategy, sched) in [
-        ("binpack", scheduled(offer("sched", 2.0, 4096))),
-        ("spread", scheduled(offer("sched", 64.0, 65536))),
+        ("binpack", offer("sched", 4.0, 4096)),
+        ("spread", offer("sched", 64.0, 65536)),
     ] {
-        let offers = lines_of(&[sched, offer("ok", 3.0, 4096)]);
-        let recs = d.pack_expect(&["--strategy", strategy, "web.json"], &offers, 0);
-        let p: Vec<(String, String)> = of(&recs, "place")
-            .iter()
-            .map(|p| (s(&p["task"]), s(&p["host"])))
-            .collect();
+        let hosts_of = |maintenance: &str| -> Vec<String> {
+            let offers = lines_of(&[
+                with(sched.clone(), json!({ "maintenance": maintenance })),
+                offer("ok", 3.0, 4096),
+            ]);
+            let recs = d.pack_expect(&["--strategy", strategy, "web.json"], &offers, 0);
+            of(&recs, "place").iter().map(|p| s(&p["host"])).collect()
+        };
+        // Without maintenance the strategy puts the job's first instances there...
+        let free = hosts_of("none");
         assert_eq!(
-            p.iter().filter(|(_, h)| h == "ok").count(),
-            3,
-            "{strategy}: {p:?}"
+            free.iter().filter(|h| *h == "sched").count(),
+            4,
+            "{strategy} without maintenance: {free:?}"
         );
-        assert_eq!(
-            p.last().unwrap().1,
-            "sched",
-            "{strategy}: only the instance nothing else can take goes to the scheduled host"
-        );
+        // ...scheduled, only the instance no other host can take goes there, last.
+        let p = hosts_of("scheduled");
+        assert_eq!(p, ["ok", "ok", "ok", "sched"], "{strategy}");
     }
 }
 
@@ -848,6 +864,101 @@ fn an_offer_of_a_draining_host_is_bad_input() {
             err.contains("line 3") && err.contains("h2") && err.contains(mode),
             "{mode}: {err}"
         );
+    }
+}
+
+// --- order and GPUs ---
+
+/// Hosts of each placed instance of `job`, in the order placed.
+fn hosts_of(recs: &[Value], job: &str) -> Vec<String> {
+    of(recs, "place")
+        .into_iter()
+        .filter(|p| p["job"] == job)
+        .map(|p| s(&p["host"]))
+        .collect()
+}
+
+#[test]
+fn larger_instances_go_first_when_everything_fits() {
+    let d = Dir::new();
+    // The small job's name sorts first, so only the size can put the big one ahead.
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            job("www/prod/a-small", 3, 1.0, 10),
+            job("www/prod/z-big", 1, 3.0, 10),
+        ],
+    );
+    // Six cores asked, six offered: all fit only if the big instance takes h1 first (the
+    // small ones first would fill h1 and leave the big one two cores on h2).
+    let offers = lines_of(&[offer("h1", 4.0, 4096), offer("h2", 2.0, 4096)]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 0);
+    let order: Vec<String> = of(&recs, "place").iter().map(|p| s(&p["task"])).collect();
+    assert_eq!(order.len(), 4, "{recs:?}");
+    assert_eq!(order[0], "www/prod/z-big/0", "larger first: {order:?}");
+    assert_eq!(hosts_of(&recs, "www/prod/z-big"), ["h1"]);
+    let mut small = hosts_of(&recs, "www/prod/a-small");
+    small.sort();
+    assert_eq!(small, ["h1", "h2", "h2"]);
+}
+
+#[test]
+fn smaller_instances_go_first_when_the_offers_cannot_hold_everything() {
+    let d = Dir::new();
+    // The big job's name sorts first, so only the size can put the small ones ahead.
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            job("www/prod/a-big", 1, 3.0, 10),
+            job("www/prod/z-small", 3, 1.0, 10),
+        ],
+    );
+    // Six cores asked, four offered: small ones first place three instances, the big
+    // one first only two.
+    let offers = lines_of(&[offer("h1", 4.0, 4096)]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 1);
+    let order: Vec<String> = of(&recs, "place").iter().map(|p| s(&p["task"])).collect();
+    assert_eq!(
+        order,
+        [
+            "www/prod/z-small/0",
+            "www/prod/z-small/1",
+            "www/prod/z-small/2"
+        ],
+        "{recs:?}"
+    );
+    let pending = of(&recs, "pending");
+    assert_eq!(pending.len(), 1, "{recs:?}");
+    assert_eq!(pending[0]["task"], "www/prod/a-big/0");
+    assert_eq!(
+        reasons(pending[0]),
+        BTreeMap::from([("insufficient cpus".to_string(), 1)])
+    );
+}
+
+#[test]
+fn gpu_instances_go_where_free_cpus_per_gpu_match_their_need() {
+    let d = Dir::new();
+    // Per GPU, the light job needs one core and the heavy job four; it places first.
+    let gpu_job = |key: &str, cpus: f64| with_resources(job(key, 4, cpus, 10), json!({"gpus": 1}));
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            gpu_job("ml/prod/a-light", 1.0),
+            gpu_job("ml/prod/b-heavy", 4.0),
+        ],
+    );
+    // g1 has four cores per GPU, g2 one. Light instances on g1 (the larger host, which
+    // binpack would open first) would leave its GPUs without the cores the heavy job needs.
+    let offers = lines_of(&[
+        with(offer("g1", 16.0, 65536), json!({"gpus": 4})),
+        with(offer("g2", 4.0, 65536), json!({"gpus": 4})),
+    ]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 0);
+    assert_eq!(hosts_of(&recs, "ml/prod/a-light"), ["g2"; 4], "{recs:?}");
+    assert_eq!(hosts_of(&recs, "ml/prod/b-heavy"), ["g1"; 4], "{recs:?}");
+    for p in of(&recs, "place") {
+        assert_eq!(p["gpus"], 1, "{p}");
     }
 }
 
@@ -1161,13 +1272,15 @@ fn full_host(d: &Dir, tasks: Vec<Existing>) -> String {
 #[test]
 fn production_preempts_the_fewest_lowest_priority_preemptible_instances() {
     let d = Dir::new();
-    let mut low0 = running("batch/prod/low", 0, "h1", 2000);
-    low0.ports = vec![31005];
+    // Two alike low-priority victims; only low/1 holds a port, and the web instance needs
+    // one: taking the first of the alike victims, low/0, would not make room.
+    let mut low1 = running("batch/prod/low", 1, "h1", 2000);
+    low1.ports = vec![31005];
     let st = full_host(
         &d,
         vec![
-            low0,
-            running("batch/prod/low", 1, "h1", 2000),
+            running("batch/prod/low", 0, "h1", 2000),
+            low1,
             running("batch/prod/high", 0, "h1", 2000),
         ],
     );
@@ -1204,20 +1317,20 @@ fn production_preempts_the_fewest_lowest_priority_preemptible_instances() {
         recs[0]["type"], "preempt",
         "the preempt comes first: {recs:?}"
     );
-    let victim = s(&recs[0]["task"]);
-    assert!(victim.starts_with("batch/prod/low/"), "{victim}");
+    assert_eq!(
+        recs[0]["task"], "batch/prod/low/1",
+        "the lowest priority victim whose stop frees the port the web instance needs"
+    );
     assert_eq!(recs[0]["host"], "h1");
     assert_eq!(recs[0]["for"], "www/prod/web/0");
     assert_eq!(recs[1]["type"], "place");
     assert_eq!(recs[1]["task"], "www/prod/web/0");
     assert_eq!(recs[1]["host"], "h1");
     assert_eq!(recs[1]["cpus"], 2.0);
-    if victim.ends_with("/0") {
-        assert_eq!(
-            recs[1]["ports"]["http"], 31005,
-            "the victim's port is reused"
-        );
-    }
+    assert_eq!(
+        recs[1]["ports"]["http"], 31005,
+        "the victim's port is reused"
+    );
 }
 
 #[test]

@@ -10,7 +10,11 @@
 //!   (running instances included), and ports: the job's names, each a free number from the
 //!   host's ranges, never one given twice;
 //! - a pending record is for an instance no host can take (nor, for production, any host
-//!   once its preemptible instances are stopped), with reasons whose counts cover every host;
+//!   once its preemptible instances are stopped), with each host's first failed check as
+//!   its reasons (the model's names and counts); the rest of that job is pending with the
+//!   same reasons;
+//! - an instance in restart backoff is never placed: it is pending with the one reason
+//!   `throttled until T`, T its time;
 //! - a scheduled host is used only when no other host can take the instance;
 //! - preempt records stop preemptible instances only, for a production instance that fits
 //!   nowhere, and come right before its place on the same host;
@@ -19,7 +23,7 @@
 //!
 //! Case counts honour PROPTEST_CASES; the defaults keep the module to a few seconds.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 
 use proptest::prelude::*;
@@ -338,12 +342,29 @@ struct Model<'a> {
 }
 
 impl<'a> Model<'a> {
-    /// Whether host `h` passes the job's dedicated, values/not and limit checks.
+    /// Whether host `h` passes the job's dedicated, values/not and limit checks, or the
+    /// first it fails, in pack's order (dedicated, then values/not, then limits), named as
+    /// pending records name it.
     fn allowed(&self, j: usize, h: usize) -> Result<(), String> {
         let (job, host) = (&self.jobs[j], &self.hosts[h]);
         if let Some(d) = host.dedicated {
             if d != job.role {
                 return Err("dedicated".into());
+            }
+        }
+        for c in &job.constraints {
+            match c {
+                GenConstraint::Values(a, vs) => {
+                    if !host.attr(*a).is_some_and(|v| vs.contains(&v)) {
+                        return Err(format!("constraint {}", a.name()));
+                    }
+                }
+                GenConstraint::Not(a, vs) => {
+                    if host.attr(*a).is_some_and(|v| vs.contains(&v)) {
+                        return Err(format!("constraint {}", a.name()));
+                    }
+                }
+                GenConstraint::HostLimit(_) | GenConstraint::Limit(..) => {}
             }
         }
         let here = |h2: usize| self.count.get(&(j, h2)).copied().unwrap_or(0);
@@ -367,16 +388,7 @@ impl<'a> Model<'a> {
                         return Err(format!("limit {}:{n}", a.name()));
                     }
                 }
-                GenConstraint::Values(a, vs) => {
-                    if !host.attr(*a).is_some_and(|v| vs.contains(&v)) {
-                        return Err(format!("constraint {}", a.name()));
-                    }
-                }
-                GenConstraint::Not(a, vs) => {
-                    if host.attr(*a).is_some_and(|v| vs.contains(&v)) {
-                        return Err(format!("constraint {}", a.name()));
-                    }
-                }
+                GenConstraint::Values(..) | GenConstraint::Not(..) => {}
             }
         }
         Ok(())
@@ -412,6 +424,18 @@ impl<'a> Model<'a> {
     fn fits_anywhere(&self, j: usize) -> Option<usize> {
         (0..self.hosts.len()).find(|&h| self.fits(j, h).is_ok())
     }
+
+    /// The reasons a pending record of job `j` should give now: each host's first failed
+    /// check, with how many hosts gave it.
+    fn reasons(&self, j: usize) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for h in 0..self.hosts.len() {
+            if let Err(why) = self.fits(j, h) {
+                *out.entry(why).or_default() += 1;
+            }
+        }
+        out
+    }
 }
 
 /// Everything one run is checked against.
@@ -421,6 +445,8 @@ struct Case<'a> {
     existing: &'a [Existing],
     /// What each host offers (capacity less what runs there).
     offered: Vec<Free>,
+    /// When the backoff of the throttled instances ends.
+    not_before: f64,
 }
 
 fn fail(msg: String) -> TestCaseError {
@@ -486,6 +512,8 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
     // The instance the last preempt records made room for, and where.
     let mut preempting: Option<(String, usize)> = None;
     let mut spec_seen: BTreeSet<usize> = BTreeSet::new();
+    // The reasons of each job's first pending instance (not throttled).
+    let mut stuck: HashMap<usize, BTreeMap<String, u64>> = HashMap::new();
     for (n, r) in recs.iter().enumerate() {
         let at = format!("record {} {r}", n + 1);
         let kind = r["type"].as_str().unwrap_or("");
@@ -618,6 +646,9 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
                 if present.contains(&(j, i)) {
                     return Err(format!("{at}: the instance already runs"));
                 }
+                if throttled.contains(&(j, i)) {
+                    return Err(format!("{at}: placed during its restart backoff"));
+                }
                 if !decided.insert((j, i)) {
                     return Err(format!("{at}: decided twice"));
                 }
@@ -699,23 +730,48 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
                 if reasons.is_empty() {
                     return Err(format!("{at}: pending without a reason"));
                 }
+                let reasons: BTreeMap<String, u64> = reasons
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.as_u64().ok_or("a count that is not one")?)))
+                    .collect::<Result<_, String>>()
+                    .map_err(|e| format!("{at}: {e}"))?;
                 if throttled.contains(&(j, i)) {
-                    let only = reasons.keys().next().unwrap();
-                    if reasons.len() != 1 || !only.starts_with("throttled") {
-                        return Err(format!("{at}: a throttled instance's reason"));
+                    let want =
+                        BTreeMap::from([(format!("throttled until {:.0}", case.not_before), 1)]);
+                    if reasons != want {
+                        return Err(format!(
+                            "{at}: a throttled instance's reasons, not {want:?}"
+                        ));
+                    }
+                    continue;
+                }
+                // Instances of a job are alike: once one fits nowhere, the rest of the job
+                // is pending with the same reasons, whatever the pass placed in between.
+                if let Some(first) = stuck.get(&j) {
+                    if *first != reasons {
+                        return Err(format!(
+                            "{at}: reasons differ from the job's first pending instance's {first:?}"
+                        ));
                     }
                     continue;
                 }
                 if let Some(h) = m.fits_anywhere(j) {
                     return Err(format!("{at}: pending although {} has room", host_name(h)));
                 }
-                let total: u64 = reasons.values().map(|v| v.as_u64().unwrap_or(0)).sum();
+                let total: u64 = reasons.values().sum();
                 if total != case.hosts.len() as u64 {
                     return Err(format!(
                         "{at}: reasons count {total} hosts of {}",
                         case.hosts.len()
                     ));
                 }
+                let want = m.reasons(j);
+                if reasons != want {
+                    return Err(format!(
+                        "{at}: reasons are not each host's first failed check {want:?}"
+                    ));
+                }
+                stuck.insert(j, reasons);
                 if case.jobs[j].production {
                     // Preemption must have been tried: no host takes it even with every
                     // preemptible instance on it stopped.
@@ -863,12 +919,14 @@ fn offers_text(hosts: &[GenHost], free: &[Free]) -> String {
         .collect()
 }
 
-fn write_state(path: &std::path::Path, hosts: &[GenHost], jobs: &[GenJob], existing: &[Existing]) {
-    let later = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        + 3600.0;
+/// A state of `hosts` and `existing` tasks; throttled ones wait until `later`.
+fn write_state(
+    path: &std::path::Path,
+    hosts: &[GenHost],
+    jobs: &[GenJob],
+    existing: &[Existing],
+    later: f64,
+) {
     let mut st = State::open_writer(path).unwrap();
     st.write(|tx| {
         for (i, h) in hosts.iter().enumerate() {
@@ -935,14 +993,21 @@ fn run_case(hosts: &[GenHost], jobs: &[GenJob], wanted: &[GenTask]) -> Result<()
     let offers = offers_text(hosts, &offered);
     let state = dir.path().join("state");
     let with_state = !wanted.is_empty();
+    // An hour from now, in whole seconds as pending records print it.
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600) as f64;
     if with_state {
-        write_state(&state, hosts, jobs, &existing);
+        write_state(&state, hosts, jobs, &existing, later);
     }
     let case = Case {
         hosts,
         jobs,
         existing: &existing,
         offered,
+        not_before: later,
     };
     for strategy in ["binpack", "spread"] {
         let pack = || {
@@ -1044,7 +1109,8 @@ fn the_checker_catches_broken_output() {
         hosts: &hosts,
         jobs: &jobs,
         existing: &existing,
-        offered,
+        offered: offered.clone(),
+        not_before: 1e9,
     };
     let place = |i: u32, h: &str, cpus: f64, port: u16| {
         json!({"type":"place","task":format!("a/prod/j0/{i}"),"job":"a/prod/j0","instance":i,
@@ -1110,6 +1176,103 @@ fn the_checker_catches_broken_output() {
         let recs: Vec<Value> = std::iter::once(spec.clone()).chain(recs).collect();
         assert!(
             check(&case, &output(status, &recs)).is_err(),
+            "{what} was not caught"
+        );
+    }
+
+    // Instance 1 in its restart backoff: pending until its time, with that one reason.
+    let backoff = [Existing {
+        job: 0,
+        instance: 1,
+        host: None,
+        throttled: true,
+        cpus: 0,
+        ports: Vec::new(),
+    }];
+    let throttled_case = Case {
+        existing: &backoff,
+        offered: offered.clone(),
+        ..case
+    };
+    let waits = pending(1, json!({"throttled until 1000000000": 1}));
+    let good = [spec.clone(), place(0, "h00", 1.0, 31000), waits.clone()];
+    assert_eq!(check(&throttled_case, &output(1, &good)), Ok(()));
+    let broken: Vec<(&str, i32, Vec<Value>)> = vec![
+        (
+            "placed during its backoff",
+            0,
+            vec![place(0, "h00", 1.0, 31000), place(1, "h01", 1.0, 31000)],
+        ),
+        (
+            "another time in the throttled reason",
+            1,
+            vec![
+                place(0, "h00", 1.0, 31000),
+                pending(1, json!({"throttled until 1000000005": 1})),
+            ],
+        ),
+    ];
+    for (what, status, recs) in broken {
+        let recs: Vec<Value> = std::iter::once(spec.clone()).chain(recs).collect();
+        assert!(
+            check(&throttled_case, &output(status, &recs)).is_err(),
+            "{what} was not caught"
+        );
+    }
+
+    // Three instances on two hosts with a limit of one per host: the third is pending,
+    // and each host gives the limit as its reason.
+    let three = [GenJob {
+        instances: 4,
+        ..jobs[0].clone()
+    }];
+    let case = Case {
+        jobs: &three,
+        ..case
+    };
+    let placed = [place(0, "h00", 1.0, 31000), place(1, "h01", 1.0, 31000)];
+    let with = |rest: &[Value]| -> Vec<Value> {
+        std::iter::once(spec.clone())
+            .chain(placed.iter().cloned())
+            .chain(rest.iter().cloned())
+            .collect()
+    };
+    let limit = json!({"limit host:1": 2});
+    assert_eq!(
+        check(
+            &case,
+            &output(
+                1,
+                &with(&[pending(2, limit.clone()), pending(3, limit.clone())])
+            )
+        ),
+        Ok(())
+    );
+    for (what, rest) in [
+        (
+            "a reason no host gives",
+            vec![
+                pending(2, json!({"insufficient cpus": 2})),
+                pending(3, json!({"insufficient cpus": 2})),
+            ],
+        ),
+        (
+            "a host counted under another reason",
+            vec![
+                pending(2, json!({"limit host:1": 1, "insufficient ports": 1})),
+                pending(3, json!({"limit host:1": 1, "insufficient ports": 1})),
+            ],
+        ),
+        (
+            "the rest of the job with other reasons",
+            vec![
+                pending(2, limit.clone()),
+                pending(3, json!({"insufficient ram_mb": 2})),
+            ],
+        ),
+    ] {
+        assert!(
+            check(&case, &output(1, &with(&rest))).is_err(),
             "{what} was not caught"
         );
     }

@@ -261,13 +261,14 @@ fn reap_stops_a_supervisor_the_state_does_not_know() {
     let mut cmd = Command::new(common::bin("formic-supervise"));
     cmd.arg(&dir).stdin(Stdio::null());
     let mut ghost = cmd.spawn().unwrap();
-    common::wait_until(Duration::from_secs(10), || {
+    let ghost_task = common::wait_until("the ghost runs", Duration::from_secs(10), || {
         rundir::Status::read(&dir)
             .ok()
             .flatten()
-            .is_some_and(|s| s.state == "RUNNING")
-    });
-    let ghost_task = rundir::Status::read(&dir).unwrap().unwrap().pid.unwrap();
+            .filter(|s| s.state == "RUNNING")
+    })
+    .pid
+    .unwrap();
 
     let out = c.reap(&[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -284,12 +285,12 @@ fn reap_stops_a_supervisor_the_state_does_not_know() {
         format!("the state does not run incarnation 1 on {other}")
     );
     // The ghost stops (its supervisor reports KILLED and exits), the state's copy runs on.
-    let mut status = None;
-    common::wait_until(Duration::from_secs(20), || {
-        status = ghost.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(status.unwrap().success(), "{status:?}");
+    let status = common::wait_until(
+        "the ghost's supervisor exits",
+        Duration::from_secs(20),
+        || ghost.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{status:?}");
     assert_eq!(rundir::Status::read(&dir).unwrap().unwrap().state, "KILLED");
     assert!(!rundir::same_process(ghost_task.0, ghost_task.1));
     let now = supervisors(&c.state());

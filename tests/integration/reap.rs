@@ -356,9 +356,7 @@ fn a_killed_supervisor_makes_its_task_lost_and_its_process_group_gone() {
 
 #[test]
 fn a_lost_task_dies_whole_also_what_left_its_process_group() {
-    if !common::root() {
-        return; // no cgroups to kill through
-    }
+    common::require_root("cgroups to kill through");
     let mut c = Cluster::new(&["h1"]);
     let task = "t/e/scatter/0";
     // A child in a session of its own, a double-forked one, one in the task's group; the
@@ -417,14 +415,21 @@ fn kill_records_stop_tasks_gracefully_then_the_rest_passes_through() {
         &with_grace(
             spec(
                 "t/e/stubborn/0",
-                &["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"],
+                &[
+                    "sh",
+                    "-c",
+                    "trap '' TERM; touch trapped; while :; do sleep 0.05; done",
+                ],
             ),
             0.6,
         ),
         &service("t/e/stubborn"),
         &[],
     );
-    std::thread::sleep(Duration::from_millis(100)); // let the trap be set
+    let trapped = c.dir_of("h1", "t/e/stubborn/0").join("sandbox/trapped");
+    common::wait_until("the task set its trap", Duration::from_secs(10), || {
+        trapped.exists().then_some(())
+    });
     let place = r#"{"type":"place","task":"t/e/new/0","job":"t/e/new","instance":0,"host":"h1","cpus":0.5,"ram_mb":128,"disk_mb":0,"gpus":0,"ports":{},"spec":"ab"}"#;
     let note = r#"{"type":"note", "text":"passed on as it came"}"#;
     let input = format!(
@@ -733,6 +738,88 @@ fn reap_tasks_lists_what_the_state_holds() {
 }
 
 #[test]
+fn reap_tasks_on_a_terminal_is_a_table() {
+    let c = Cluster::new(&["h1", "h2"]);
+    // Three tasks as the state records them (no processes: the listing reads the state).
+    c.assign("h1", "t/e/web/0", &[("http", 31005), ("admin", 31006)]);
+    c.update("t/e/web/0", |t| {
+        t.state = TaskState::Running;
+        t.pid = 4242;
+        t.healthy = true;
+    });
+    c.assign("h2", "t/e/once/0", &[]);
+    c.update("t/e/once/0", |t| {
+        t.state = TaskState::Finished;
+        t.exit = 0;
+    });
+    c.assign("h1", "t/e/flap/0", &[]);
+    c.update("t/e/flap/0", |t| {
+        t.state = TaskState::Throttled;
+        t.host = NO_HOST;
+        t.failures = 2;
+        t.exit = 3;
+    });
+
+    let out = common::run_on_tty(tool("reap", &c.state()).arg("tasks"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["TASK", "HOST", "STATE", "PID", "PORTS", "HEALTHY", "FAILURES", "EXIT"],
+            vec!["t/e/flap/0", "-", "THROTTLED", "-", "-", "-", "2", "3"],
+            vec!["t/e/once/0", "h2", "FINISHED", "-", "-", "-", "0", "0"],
+            vec![
+                "t/e/web/0",
+                "h1",
+                "RUNNING",
+                "4242",
+                "http=31005,admin=31006",
+                "yes",
+                "0",
+                "-"
+            ],
+        ],
+        "{text}"
+    );
+    // Aligned: every column starts where its header does.
+    let header = text.lines().next().unwrap();
+    for line in text.lines().skip(1) {
+        for name in ["HOST", "STATE", "PID", "PORTS"] {
+            let at = header.find(name).unwrap();
+            assert!(
+                line[..at].ends_with("  ") && !line[at..].starts_with(' '),
+                "{name} not aligned:\n{text}"
+            );
+        }
+    }
+    // --json gives the records on a terminal too, the filters apply to the table.
+    let out = common::run_on_tty(tool("reap", &c.state()).args(["tasks", "--json"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let records = json_lines(&stdout(&out));
+    assert_eq!(records.len(), 3, "{}", stdout(&out));
+    assert!(records.iter().all(|r| r["type"] == "task"), "{records:?}");
+    let out = common::run_on_tty(tool("reap", &c.state()).args(["tasks", "--host", "h2"]));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("t/e/once/0 "),
+        "{text}"
+    );
+}
+
+/// Every record of `text` (one JSON object a line).
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
 fn follow_reports_a_killed_task_within_milliseconds() {
     let mut c = Cluster::new(&["h1"]);
     let mut pids = Vec::new();
@@ -763,8 +850,17 @@ fn follow_reports_a_killed_task_within_milliseconds() {
             }
         }
     });
-    // The first pass brings health up to date and says nothing.
-    std::thread::sleep(Duration::from_millis(500));
+    // The first pass brings health up to date (no check: healthy while it runs) and says
+    // nothing; the kills come after it.
+    common::wait_until(
+        "reap --follow's first pass",
+        Duration::from_secs(10),
+        || {
+            (0..5)
+                .all(|i| c.task(&format!("t/e/f/{i}")).healthy)
+                .then_some(())
+        },
+    );
     let mut latencies = Vec::new();
     for (i, (task, (pid, _))) in pids.iter().enumerate() {
         // Kills land at different moments of reap's 50 ms polling cycle.
