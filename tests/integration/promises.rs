@@ -482,3 +482,65 @@ fn reconcile_skips_with_0_while_another_pass_holds_its_lock() {
         stderr(&out)
     );
 }
+
+/// Placements in conflict with another pass are news for the next pass (0, counted in the
+/// summary); a task launch could not start fails the pass (1). The conflicts are made
+/// as another pass would make them: a launch that commits the same placements first (a
+/// wrapper around the real launch, run twice on its input).
+#[test]
+fn reconcile_counts_conflicts_as_news_and_a_failed_start_as_a_failure() {
+    let site = Site::new(&["h1"]);
+    let jobs = site.path("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("web.json"),
+        r#"{"job":"t/e/web","instances":2,"cmd":["sleep","600"],"resources":{"cpus":0.5,"ram_mb":64}}"#,
+    )
+    .unwrap();
+    let tools = site.path("bin");
+    std::fs::create_dir(&tools).unwrap();
+    for t in ["offer", "pack", "reap", "announce", "formic-supervise"] {
+        std::os::unix::fs::symlink(bin(t), tools.join(t)).unwrap();
+    }
+    let wrapper = format!(
+        "#!/bin/sh\nin=$(mktemp)\ncat > \"$in\"\n{launch} < \"$in\" > /dev/null\n{launch} < \"$in\"\nstatus=$?\nrm -f \"$in\"\nexit $status\n",
+        launch = bin("launch").display()
+    );
+    std::fs::write(tools.join("launch"), wrapper).unwrap();
+    std::fs::set_permissions(tools.join("launch"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/reconcile");
+    let pass = |tools: &Path| {
+        let mut cmd = Command::new(&script);
+        cmd.arg(&jobs)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("FORMIC_STATE", site.state())
+            .env("FORMIC_BIN", tools);
+        run(&mut cmd, b"")
+    };
+    let out = pass(&tools);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let line = summary(&out);
+    assert!(
+        line.contains("2 placed, 0 pending, 2 in conflict"),
+        "{line}"
+    );
+    assert!(!line.contains("failed"), "{line}");
+
+    // The same pass where launch finds no formic-supervise: FAILED starts, status 1.
+    let out = run(
+        tool("reap", &site.state()).args(["kill", "--job", "t/e/web"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::fs::remove_file(tools.join("formic-supervise")).unwrap();
+    std::fs::remove_file(tools.join("launch")).unwrap();
+    std::fs::copy(bin("launch"), tools.join("launch")).unwrap();
+    let out = pass(&tools);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        summary(&out).contains("a step failed (status 1)"),
+        "{}",
+        stderr(&out)
+    );
+}
