@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::cli::{OutputArgs, StateArgs};
 use crate::exit::{bad_input, fail, status_of, Status, TABLE};
 use crate::host::{millicores, Transport};
-use crate::records::{self, Fields, Record, Writer};
+use crate::job::{Check, JobSpec};
+use crate::records::{self, Record, Writer};
 use crate::rundir;
 use crate::state::{State, Txn, View};
 use crate::supervise::{Health, Spec};
@@ -294,7 +295,7 @@ fn stop_supervisor(dir: &Path) {
     }
 }
 
-type Specs = HashMap<(String, String), Map<String, Value>>;
+type Specs = HashMap<(String, String), JobSpec>;
 
 /// Reads and checks every record first: one bad record starts nothing.
 fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)> {
@@ -322,9 +323,7 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
                         p.job, p.hash
                     )
                 })?;
-                job_record(&p, spec)
-                    .and_then(|job| port_slots(&p, &job.ports))
-                    .map_err(|e| format!("{}: {e}", p.task))?;
+                port_slots(&p, &spec.resources.ports).map_err(|e| format!("{}: {e}", p.task))?;
                 places.push(p);
                 Ok(())
             }),
@@ -341,7 +340,7 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
     Ok((places, specs, others))
 }
 
-fn read_spec(rec: &Record) -> Result<(String, String, Map<String, Value>), String> {
+fn read_spec(rec: &Record) -> Result<(String, String, JobSpec), String> {
     let f = rec.get();
     f.only(&["type", "job", "hash", "spec"])?;
     let key = f.str("job")?.ok_or("field \"job\" is missing")?;
@@ -351,7 +350,7 @@ fn read_spec(rec: &Record) -> Result<(String, String, Map<String, Value>), Strin
     if job.key != key || format!("{:016x}", job.hash) != hash {
         return Err(format!("the spec of job {key} does not hash to {hash}"));
     }
-    Ok((key.to_string(), hash.to_string(), spec.clone()))
+    Ok((key.to_string(), hash.to_string(), job))
 }
 
 /// The fields of a `place` record.
@@ -430,21 +429,12 @@ fn task_slot(tx: &Txn, job: &str, instance: u32) -> Option<u32> {
 }
 
 /// The job as the state keeps it, from the spec the placement was made from.
-fn job_record(p: &Placement, spec: &Map<String, Value>) -> Result<Job, String> {
-    let ports: Vec<String> = spec["resources"]["ports"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let announce = crate::job::announce(&p.job, spec, &ports)?;
-    Ok(Job {
-        key: p.job.clone(),
-        ports,
-        announce,
-    })
+fn job_record(spec: &JobSpec) -> Job {
+    Job {
+        key: spec.key.clone(),
+        ports: spec.resources.ports.clone(),
+        announce: spec.announce.clone(),
+    }
 }
 
 /// The placement's ports in the order of the job's port names, as a task record keeps them.
@@ -590,7 +580,7 @@ fn record_intents(
         };
         // Checked when the records were read.
         let spec = &specs[&(p.job.clone(), p.hash.clone())];
-        let record = job_record(p, spec).map_err(bad_input)?;
+        let record = job_record(spec);
         let ports = port_slots(p, &record.ports).map_err(bad_input)?;
         let job = match tx.view().jobs.find(&p.job) {
             Some(j) if *tx.view().jobs.get(j).unwrap() == record => j,
@@ -618,7 +608,7 @@ fn record_intents(
 
 /// Writes the task's directory and starts its supervisor, while this launch's intent is
 /// still the state's.
-fn start(cli: &Cli, state: &mut State, i: &Intent, job: &Map<String, Value>) -> Result<Start> {
+fn start(cli: &Cli, state: &mut State, i: &Intent, job: &JobSpec) -> Result<Start> {
     let dir = &i.dir;
     rundir::create(dir)?;
     // The task's lock is held by its supervisor for life, by launch while it writes the
@@ -646,7 +636,7 @@ fn start(cli: &Cli, state: &mut State, i: &Intent, job: &Map<String, Value>) -> 
     let spec = resolve(cli, i, job)?;
     // Not flushed: a spec lost to a power cut leaves a task that never started, which reap
     // calls off and the next pass places again.
-    let job_json = Value::Object(job.clone()).to_string();
+    let job_json = Value::Object(job.raw.clone()).to_string();
     rundir::replace_file(&dir.join("job.json"), job_json.as_bytes(), false)?;
     rundir::replace_file(
         &dir.join("spec.json"),
@@ -695,9 +685,8 @@ fn supervisor() -> Result<PathBuf> {
 /// `{{task}}` and `{{host}}` filled in, its environment plus FORMIC_TASK, FORMIC_INSTANCE,
 /// FORMIC_HOST and FORMIC_PORT_NAME (and only what --pass-env names of launch's own),
 /// its user, and its health check on the port it names.
-fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
+fn resolve(cli: &Cli, i: &Intent, job: &JobSpec) -> Result<Spec> {
     let p = i.place;
-    let f = Fields(job);
     let fill = |s: &str| {
         let mut out = s
             .replace("{{instance}}", &p.instance.to_string())
@@ -708,15 +697,8 @@ fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
         }
         out
     };
-    let cmd: Vec<String> = f
-        .array("cmd")
-        .ok()
-        .flatten()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(fill))
-        .collect();
-    let argv = if job.get("shell").and_then(Value::as_bool) == Some(true) {
+    let cmd: Vec<String> = job.cmd.iter().map(|a| fill(a)).collect();
+    let argv = if job.shell {
         vec!["/bin/sh".to_string(), "-c".to_string(), cmd.join(" ")]
     } else {
         cmd
@@ -727,10 +709,8 @@ fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
             env.push((name.clone(), v));
         }
     }
-    for (k, v) in f.object("env").ok().flatten().into_iter().flatten() {
-        if let Some(v) = v.as_str() {
-            env.push((k.clone(), fill(v)));
-        }
+    for (k, v) in &job.env {
+        env.push((k.clone(), fill(v)));
     }
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
@@ -746,31 +726,24 @@ fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
     }
     // A job that names no user gets an identity of its own (root only with --allow-root).
     let as_root = nix::unistd::Uid::effective().is_root();
-    let user = f.str("user").ok().flatten().map(String::from);
+    let user = job.user.clone();
     let dynamic_ids = (user.is_none() && as_root && !cli.allow_root).then_some(cli.uid_range);
-    let health = f.object("health").ok().flatten().and_then(|h| {
-        let cmd: Vec<String> = h
-            .get("cmd")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(fill)).collect())
-            .unwrap_or_default();
-        let port = match h.get("port").and_then(Value::as_str) {
-            Some(name) => p.ports.iter().find(|(n, _)| n == name)?.1,
-            None if !cmd.is_empty() => 0,
-            None => return None,
+    let health = job.health.as_ref().map(|h| {
+        let (port, path, cmd) = match &h.check {
+            Check::Http { port, path } => {
+                let number = p.ports.iter().find(|(n, _)| n == port).map_or(0, |x| x.1);
+                (number, path.clone(), Vec::new())
+            }
+            Check::Cmd(argv) => (0, "/".to_string(), argv.iter().map(|a| fill(a)).collect()),
         };
-        Some(Health {
+        Health {
             port,
-            path: h
-                .get("http")
-                .and_then(Value::as_str)
-                .unwrap_or("/")
-                .to_string(),
+            path,
             cmd,
-            interval_s: h.get("interval_s").and_then(Value::as_f64).unwrap_or(10.0),
-            timeout_s: h.get("timeout_s").and_then(Value::as_f64).unwrap_or(1.0),
-            failures: h.get("failures").and_then(Value::as_u64).unwrap_or(3) as u32,
-        })
+            interval_s: h.interval_s,
+            timeout_s: h.timeout_s,
+            failures: h.failures,
+        }
     });
     Ok(Spec {
         task: p.task.clone(),
@@ -787,11 +760,10 @@ fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
         limits: crate::limits::Limits {
             cpus: p.cpus,
             ram_mb: p.ram_mb,
-            pids: job
-                .get("resources")
-                .and_then(|r| r.get("pids"))
-                .and_then(Value::as_u64)
-                .map_or(crate::limits::DEFAULT_PIDS, |n| n as u32),
+            pids: match job.resources.pids {
+                0 => crate::limits::DEFAULT_PIDS,
+                n => n,
+            },
         },
     })
 }
