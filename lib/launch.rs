@@ -60,16 +60,22 @@ pub struct Cli {
     /// as root); otherwise such a job runs as nobody
     #[arg(long, env = "FORMIC_ALLOW_ROOT")]
     pub allow_root: bool,
-    /// Seconds a stopped task gets between SIGTERM and SIGKILL
+    /// Seconds a stopped task gets between SIGTERM and SIGKILL (at most an hour)
     #[arg(
         long,
         value_name = "SECONDS",
         default_value = "10",
-        env = "FORMIC_GRACE"
+        env = "FORMIC_GRACE",
+        value_parser = crate::cli::up_to_an_hour
     )]
     pub grace: f64,
-    /// How long to wait for the supervisors to report their tasks running
-    #[arg(long, value_name = "SECONDS", default_value = "5")]
+    /// How long to wait for the supervisors to report their tasks running (at most an hour)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "5",
+        value_parser = crate::cli::up_to_an_hour
+    )]
     pub wait: f64,
     /// Variables of launch's own environment that tasks also get (repeatable)
     #[arg(long = "pass-env", value_name = "NAME")]

@@ -581,3 +581,53 @@ fn two_reconcile_passes_at_once_start_each_instance_once_and_converge() {
         .collect();
     assert_eq!(before, after);
 }
+
+/// Issue 11: `launch --wait inf` panicked after recording the task and starting its
+/// supervisor. Durations on the command line are checked before anything is done, and a
+/// usage error of any tool is one line with status 2.
+#[test]
+fn durations_out_of_range_are_usage_errors_before_anything_starts() {
+    let c = Cluster::new();
+    let records = c.pack(WEB);
+    let before = common::snapshot(&c.state());
+    for args in [
+        ["--wait", "inf"],
+        ["--wait", "1e30"],
+        ["--grace", "inf"],
+        ["--grace", "NaN"],
+        ["--wait", "3601"],
+    ] {
+        let out = run(tool("launch", &c.state()).args(args), records.as_bytes());
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.starts_with("launch: ") && err.contains(args[0]) && err.contains("0 to 3600"),
+            "{err}"
+        );
+        assert_eq!(
+            common::snapshot(&c.state()),
+            before,
+            "{args:?}: nothing recorded"
+        );
+        assert!(
+            !rundir::host_root(&c.state(), "h1").exists(),
+            "nothing started"
+        );
+    }
+    for name in [
+        "offer",
+        "pack",
+        "launch",
+        "reap",
+        "announce",
+        "formic-supervise",
+    ] {
+        let out = run(tool(name, &c.state()).arg("--no-such-option"), b"");
+        assert_eq!(code(&out), 2, "{name}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out),
+            format!("{name}: unexpected argument '--no-such-option' found (try --help)\n")
+        );
+    }
+}
