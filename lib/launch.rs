@@ -37,7 +37,7 @@ use crate::records::{self, Record, Writer};
 use crate::rundir;
 use crate::state::{State, Txn, View};
 use crate::supervise::{Health, Spec};
-use crate::task::{check_job_key, Job, Task, TaskState, MAX_PORTS};
+use crate::task::{check_job_key, Announce, Job, Task, TaskState, MAX_PORTS};
 use crate::usage::{self, Usage};
 
 /// Start placed instances on their hosts
@@ -434,13 +434,76 @@ fn task_slot(tx: &Txn, job: &str, instance: u32) -> Option<u32> {
     tx.view().tasks.find(&(j, instance))
 }
 
-/// The job as the state keeps it, from the spec the placement was made from.
-fn job_record(spec: &JobSpec) -> Job {
-    Job {
+/// The job as the state keeps it, for a placement of `spec`. Tasks keep their ports by
+/// position in the job's list of port names, and instances of an earlier spec may still run
+/// when a new one renames or reorders its ports: so a name keeps its position, a new name
+/// takes a position no live instance holds a port at (or a new one), and no position a live
+/// instance uses is ever given another name.
+fn job_record(view: &View, spec: &JobSpec) -> Result<Job, String> {
+    let wanted = &spec.resources.ports;
+    let old = view
+        .jobs
+        .find(&spec.key)
+        .and_then(|j| Some((j, view.jobs.get(j)?)));
+    let names = match old {
+        None => wanted.clone(),
+        Some((_, old)) if old.ports == *wanted => old.ports.clone(),
+        Some((j, old)) => {
+            let mut held = [false; MAX_PORTS];
+            for (_, t) in view.tasks.iter() {
+                if t.job == j && t.state.holds_resources() {
+                    for (h, &port) in held.iter_mut().zip(&t.ports) {
+                        *h |= port != 0;
+                    }
+                }
+            }
+            // Positions neither held nor wanted are free (an empty name).
+            let mut names: Vec<String> = old
+                .ports
+                .iter()
+                .zip(held)
+                .map(|(n, h)| {
+                    if h || wanted.contains(n) {
+                        n.clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .collect();
+            for name in wanted {
+                if names.contains(name) {
+                    continue;
+                }
+                match names.iter().position(String::is_empty) {
+                    Some(free) => names[free] = name.clone(),
+                    None if names.len() < MAX_PORTS => names.push(name.clone()),
+                    None => {
+                        return Err(format!(
+                            "job {}: its port names changed while instances of the earlier \
+                             spec run, and together they are more than {MAX_PORTS}",
+                            spec.key
+                        ))
+                    }
+                }
+            }
+            while names.last().is_some_and(String::is_empty) {
+                names.pop();
+            }
+            names
+        }
+    };
+    let announce = spec.announce.as_ref().map(|a| Announce {
+        path: a.path.clone(),
+        primary: names
+            .iter()
+            .position(|n| *n == wanted[a.primary as usize])
+            .unwrap_or(0) as u8,
+    });
+    Ok(Job {
         key: spec.key.clone(),
-        ports: spec.resources.ports.clone(),
-        announce: spec.announce.clone(),
-    }
+        ports: names,
+        announce,
+    })
 }
 
 /// The placement's ports in the order of the job's port names, as a task record keeps them.
@@ -586,7 +649,15 @@ fn record_intents(
         };
         // Checked when the records were read.
         let spec = &specs[&(p.job.clone(), p.hash.clone())];
-        let record = job_record(spec);
+        let record = match job_record(tx.view(), spec) {
+            Ok(r) => r,
+            Err(reason) => {
+                conflicts
+                    .push(json!({"type":"conflict","task":p.task,"host":p.host,"reason":reason}));
+                incarnations.push(None);
+                continue;
+            }
+        };
         let ports = port_slots(p, &record.ports).map_err(bad_input)?;
         let job = match tx.view().jobs.find(&p.job) {
             Some(j) if *tx.view().jobs.get(j).unwrap() == record => j,

@@ -631,3 +631,40 @@ fn durations_out_of_range_are_usage_errors_before_anything_starts() {
         );
     }
 }
+
+/// Issue 11: after a spec reorders or renames its ports, an instance of the earlier spec
+/// was listed and announced with the new names on its old ports (admin on http's port),
+/// because the job's list of port names was replaced while tasks keep ports by position.
+#[test]
+fn instances_of_an_earlier_spec_keep_their_port_names_when_a_spec_renames_them() {
+    let c = Cluster::new();
+    let v1 = r#"{"job":"www/prod/two","instances":1,"cmd":["sleep","600"],"resources":{"cpus":0.1,"ram_mb":8,"ports":["http","admin"]}}"#;
+    let out = c.launch(&c.pack(v1));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ports_of = |instance: u32| -> Value {
+        let out = run(tool("reap", &c.state()).args(["tasks", "--json"]), b"");
+        lines(&stdout(&out))
+            .into_iter()
+            .find(|t| t["task"] == format!("www/prod/two/{instance}"))
+            .unwrap()["ports"]
+            .clone()
+    };
+    let before = ports_of(0);
+    assert_eq!(before.as_object().unwrap().len(), 2, "{before}");
+    // v2 swaps the order and renames admin to metrics; instance 1 starts from it.
+    let v2 = r#"{"job":"www/prod/two","instances":2,"cmd":["sleep","601"],"resources":{"cpus":0.1,"ram_mb":8,"ports":["metrics","http"]}}"#;
+    let out = c.launch(&c.pack(v2));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(ports_of(0), before, "the earlier instance keeps its names");
+    let new = ports_of(1);
+    let names: Vec<&String> = new.as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 2, "{new}");
+    assert!(
+        new.get("metrics").is_some() && new.get("http").is_some(),
+        "{new}"
+    );
+    // What the new instance's process was given agrees with the listing.
+    let status = c.status("www/prod/two/1");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", status.pid.unwrap().0)).unwrap();
+    assert_eq!(cmdline, b"sleep\0601\0");
+}
