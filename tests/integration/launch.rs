@@ -666,5 +666,5 @@ fn instances_of_an_earlier_spec_keep_their_port_names_when_a_spec_renames_them()
     // What the new instance's process was given agrees with the listing.
     let status = c.status("www/prod/two/1");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", status.pid.unwrap().0)).unwrap();
-    assert_eq!(cmdline, b"sleep\0601\0");
+    assert_eq!(cmdline, b"sleep\x00601\x00");
 }
