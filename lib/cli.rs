@@ -9,6 +9,16 @@ use clap::Parser;
 
 use crate::exit::{self, Status};
 
+/// Standard input, saying on stderr what the tool waits for when it is a terminal (a
+/// person who typed `pack jobs/` alone would otherwise see nothing happen).
+pub fn stdin_for(tool: &str, what: &str) -> std::io::StdinLock<'static> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("{tool}: reading {what} from standard input (end with Ctrl-D)");
+    }
+    stdin.lock()
+}
+
 /// A number of seconds from 0 to an hour: a duration given on a command line (inf, NaN
 /// and 1e30 are refused here, not found out later by a panic).
 pub fn up_to_an_hour(text: &str) -> Result<f64, String> {

@@ -138,7 +138,7 @@ enum Start {
 }
 
 pub fn run(cli: Cli) -> Result<Status> {
-    let (places, specs, others) = read(io::stdin().lock())?;
+    let (places, specs, others) = read(crate::cli::stdin_for("launch", "place and spec records"))?;
     let path = cli.state.path();
     let mut state = State::open_writer(&path)?;
     let mut out = Writer::stdout();

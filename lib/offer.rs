@@ -143,7 +143,7 @@ pub fn run(cli: Cli) -> Result<Status> {
             add(&mut State::open_writer(&path)?, vec![(0, host)], Vec::new())
         }
         Some(Verb::Add { probe: None, .. }) => {
-            let (hosts, others) = read_hosts(io::stdin().lock())?;
+            let (hosts, others) = read_hosts(crate::cli::stdin_for("offer", "host records"))?;
             add(&mut State::open_writer(&path)?, hosts, others)
         }
         Some(Verb::Remove { hosts, force }) => {

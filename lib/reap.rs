@@ -1509,10 +1509,20 @@ fn list(
     states: &[TaskState],
     output: &OutputArgs,
 ) -> Result<Status> {
+    let view = state.view();
+    // One rule for names, as `offer hosts` and `reap kill` have it: an unknown one is an
+    // error, not an empty listing.
     for key in jobs {
         check_job_key(key).map_err(bad_input)?;
+        view.jobs
+            .find(key)
+            .ok_or_else(|| bad_input(format!("no job {key}")))?;
     }
-    let view = state.view();
+    for name in hosts {
+        view.hosts
+            .find(name)
+            .ok_or_else(|| bad_input(format!("no host named {name:?}")))?;
+    }
     let mut rows: Vec<(&str, u32, &Task)> = Vec::new();
     for (_, t) in view.tasks.iter() {
         let Some(job) = view.jobs.get(t.job) else {

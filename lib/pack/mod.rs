@@ -178,7 +178,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         return check(&cli.jobs);
     }
     let t0 = Instant::now();
-    let mut input = read_input(&cli, io::stdin().lock())?;
+    let mut input = read_input(&cli, crate::cli::stdin_for("pack", "offers"))?;
     let parse_ms = ms(t0);
     let strategy = match cli.strategy {
         StrategyArg::Binpack => Strategy::Binpack,

@@ -332,7 +332,7 @@ pub fn supervise_detached(dir: &Path) {
 }
 
 /// A pseudo-terminal: the master side and the path of the slave.
-fn pty() -> (std::fs::File, PathBuf) {
+pub fn pty() -> (std::fs::File, PathBuf) {
     use nix::libc;
     use std::os::fd::FromRawFd;
     // SAFETY: plain libc calls on a descriptor this function owns; the name buffer is
@@ -386,4 +386,22 @@ pub fn run_on_tty(cmd: &mut Command) -> Output {
     let text = reader.join().unwrap();
     out.stdout = text.into_iter().filter(|&b| b != b'\r').collect();
     out
+}
+
+/// Runs `cmd` with its standard input on a terminal nobody types on (its other side is
+/// closed once the command has started, so a read ends); returns its output.
+pub fn run_with_tty_stdin(cmd: &mut Command) -> Output {
+    let (master, slave_path) = pty();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .unwrap();
+    cmd.stdin(slave)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawning a tool");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(master);
+    wait_output(child, TIMEOUT)
 }

@@ -542,15 +542,16 @@ fn two_reconcile_passes_at_once_start_each_instance_once_and_converge() {
         .into_iter()
         .map(|p| common::wait_output(p, Duration::from_secs(60)))
         .collect();
+    // Each pass ran (one summary line), or skipped quietly while the other held the lock.
     for out in &outs {
         assert_eq!(code(out), 0, "{}", stderr(out));
+        let err = stderr(out);
         assert!(
-            stderr(out).starts_with("reconcile: "),
-            "one summary line: {}",
-            stderr(out)
+            err.is_empty() || (err.starts_with("reconcile: ") && err.lines().count() == 1),
+            "one summary line, or none: {err}"
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(outs.iter().any(|o| !stderr(o).is_empty()), "a pass ran");
     for i in 0..2 {
         assert_eq!(
             supervisors_of(&c.task_dir(&format!("www/prod/web/{i}"))),

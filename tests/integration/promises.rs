@@ -462,7 +462,8 @@ fn reconcile_skips_with_0_while_another_pass_holds_its_lock() {
     let before = snapshot(&site.state());
     let out = reconcile(&site, &jobs);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("skips"), "{}", stderr(&out));
+    // Quiet: cron mails whatever a job prints, and an overlap needs no person.
+    assert_eq!(stderr(&out), "", "a skipped pass says nothing");
     assert_eq!(
         snapshot(&site.state()),
         before,
@@ -522,10 +523,31 @@ fn reconcile_counts_conflicts_as_news_and_a_failed_start_as_a_failure() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let line = summary(&out);
     assert!(
-        line.contains("2 placed, 0 pending, 2 in conflict"),
+        line.contains("2 placed, 0 pending, 2 in conflict, 0 stopped, 2 running"),
         "{line}"
     );
     assert!(!line.contains("failed"), "{line}");
+
+    // A steady pass reports what runs, not what it launched; a scale-down its stops.
+    let out = pass(&tools);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        summary(&out).contains("0 placed, 0 pending, 0 in conflict, 0 stopped, 2 running"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        jobs.join("web.json"),
+        r#"{"job":"t/e/web","instances":1,"cmd":["sleep","600"],"resources":{"cpus":0.5,"ram_mb":64}}"#,
+    )
+    .unwrap();
+    let out = pass(&tools);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        summary(&out).contains("1 stopped, 1 running"),
+        "{}",
+        stderr(&out)
+    );
 
     // The same pass where launch finds no formic-supervise: FAILED starts, status 1.
     let out = run(
@@ -543,4 +565,59 @@ fn reconcile_counts_conflicts_as_news_and_a_failed_start_as_a_failure() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Issue 11: tools that read standard input said nothing when it was a terminal, so a
+/// person who typed `pack jobs/` alone saw nothing happen; they say what they wait for.
+#[test]
+fn tools_reading_stdin_from_a_terminal_say_what_they_wait_for() {
+    let site = Site::new(&["h1"]);
+    let jobs = site.path("web.json");
+    std::fs::write(
+        &jobs,
+        r#"{"job":"t/e/web","instances":1,"cmd":["sleep","600"],"resources":{"cpus":0.5,"ram_mb":64}}"#,
+    )
+    .unwrap();
+    for (name, args, what) in [
+        (
+            "pack",
+            vec![jobs.to_str().unwrap()],
+            "pack: reading offers from standard input",
+        ),
+        (
+            "launch",
+            vec![],
+            "launch: reading place and spec records from standard input",
+        ),
+        (
+            "offer",
+            vec!["add"],
+            "offer: reading host records from standard input",
+        ),
+    ] {
+        let out = common::run_with_tty_stdin(tool(name, &site.state()).args(&args));
+        let err = stderr(&out);
+        assert!(err.starts_with(what), "{name}: {err}");
+    }
+    // Not on a terminal: not a word.
+    let out = run(tool("pack", &site.state()).arg(&jobs), b"");
+    assert!(!stderr(&out).contains("reading"), "{}", stderr(&out));
+}
+
+/// One rule for unknown names: `reap tasks --host nosuch` (0 with nothing listed before)
+/// is an error, as `offer hosts nosuch` and `reap kill --host nosuch` are.
+#[test]
+fn an_unknown_host_or_job_is_an_error_for_every_tool() {
+    let site = Site::new(&["h1"]);
+    for args in [
+        vec!["tasks", "--host", "nosuch"],
+        vec!["tasks", "--job", "no/such/job"],
+        vec!["kill", "--host", "nosuch"],
+    ] {
+        let out = run(tool("reap", &site.state()).args(&args), b"");
+        assert_eq!(code(&out), 65, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no"), "{}", stderr(&out));
+    }
+    let out = run(tool("offer", &site.state()).args(["hosts", "nosuch"]), b"");
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
 }
