@@ -979,13 +979,54 @@ fn explain(
         )));
     }
     let fleet = &input.fleet;
-    let Some(class) = &outcome.classes[j] else {
-        writeln!(
+    // An instance that runs already is not placed, and no host is asked about it.
+    let live = input
+        .running
+        .iter()
+        .find(|r| r.job_key == key && r.instance == instance && r.state.holds_resources());
+    if let Some(r) = live {
+        let host = r.host.map(|h| fleet.names[h].clone());
+        let note = format!("{} already; nothing to place", r.state.name());
+        return explain_only(
             out,
-            "{}",
-            json!({"type":"explain","task":task,"placed":null,"note":"already running"})
-        )?;
-        return Ok(());
+            human,
+            json!({"type":"explain","task":task,"placed":null,
+            "state":r.state.name(),"host":host,"note":note}),
+            &format!("{task} is {note}"),
+        );
+    }
+    // Held back before any host was asked (quota, a restart backoff): that is the answer.
+    let pending = outcome.decisions.iter().find_map(|d| match d {
+        Decision::Pending {
+            job,
+            instance: i,
+            reasons,
+        } if *job == j && *i == instance => Some(&outcome.reasons[*reasons]),
+        _ => None,
+    });
+    let held = pending.filter(|r| {
+        r.iter()
+            .all(|(why, _)| why == "quota" || why.starts_with("throttled"))
+    });
+    if let Some(reasons) = held {
+        let why: Vec<&str> = reasons.iter().map(|(w, _)| w.as_str()).collect();
+        let note = format!("pending: {} (no host was asked)", why.join(", "));
+        return explain_only(
+            out,
+            human,
+            json!({"type":"explain","task":task,"placed":null,
+            "pending":why,"note":note}),
+            &format!("{task} is {note}"),
+        );
+    }
+    let Some(class) = &outcome.classes[j] else {
+        return explain_only(
+            out,
+            human,
+            json!({"type":"explain","task":task,"placed":null,
+            "note":"not considered in this pass"}),
+            &format!("{task} was not considered in this pass"),
+        );
     };
     let mut scratch = Scratch::new(fleet.len());
     scratch.load(class);
@@ -1041,6 +1082,21 @@ fn explain(
             };
             writeln!(out, "{rec}")?;
         }
+    }
+    Ok(())
+}
+
+/// An explanation with no per-host verdicts: one record, or one line for a person.
+fn explain_only(
+    out: &mut impl Write,
+    human: bool,
+    record: serde_json::Value,
+    line: &str,
+) -> Result<()> {
+    if human {
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(out, "{record}")?;
     }
     Ok(())
 }

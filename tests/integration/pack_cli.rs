@@ -2095,3 +2095,53 @@ fn a_job_file_without_end_is_refused_unread() {
         stderr(&out)
     );
 }
+
+/// Issue 11: `--explain` of an instance that runs said "placed: null" and blamed `limit
+/// host:1` on every host; of one held back by quota it said every host fits. Now each says
+/// why, and asks no host.
+#[test]
+fn explain_says_an_instance_runs_or_is_held_back_before_any_host() {
+    let d = Dir::new();
+    let state = d.path("state");
+    build_state(
+        &state,
+        &[("h1", &[]), ("h2", &[])],
+        &[running("www/prod/web", 0, "h1", 1000)],
+    );
+    let st = state.to_str().unwrap();
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 2, 1.0, 100),
+            json!({"tier": "production", "constraints": [{"attr": "host", "limit": 1}]}),
+        )],
+    );
+    let offers = lines_of(&[offer("h1", 6.0, 8192), offer("h2", 6.0, 8192)]);
+    let recs = d.pack_expect(
+        &["--state", st, "--explain", "www/prod/web/0", "web.json"],
+        &offers,
+        0,
+    );
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["state"], "RUNNING");
+    assert_eq!(recs[0]["host"], "h1");
+    assert_eq!(recs[0]["note"], "RUNNING already; nothing to place");
+    // A quota of one core for www: instance 1 is held back before any host is asked.
+    d.write("quota.jsonl", r#"{"role":"www","cpus":1}"#);
+    let recs = d.pack_expect(
+        &[
+            "--state",
+            st,
+            "--quota",
+            "quota.jsonl",
+            "--explain",
+            "www/prod/web/1",
+            "web.json",
+        ],
+        &offers,
+        1,
+    );
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["pending"], json!(["quota"]));
+    assert!(recs.iter().all(|r| r.get("fits").is_none()), "{recs:?}");
+}
