@@ -315,8 +315,16 @@ pub fn read_input(cli: &Cli, stdin: impl io::BufRead) -> Result<Input> {
 /// A quota file: one object per line, `{"role":"www","cpus":64,"ram_mb":262144,
 /// "disk_mb":0}` (a "type" of "quota" is allowed). A resource left out is not limited.
 fn read_quota(path: &std::path::Path) -> Result<HashMap<String, [u64; 3]>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading quota file {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading quota file {}", path.display()))?;
+    // Not text is bad input, named where it goes wrong (not an I/O error).
+    let text = String::from_utf8(bytes).map_err(|e| {
+        bad_input(format!(
+            "quota file {}: not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     let mut quota = HashMap::new();
     for (i, line) in text
         .lines()
