@@ -3,7 +3,8 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,6 +33,9 @@ pub(super) fn spawn(
     let log_owner = (owner, identity::log_gid(spec.log_group.as_deref()));
     give_logs(&make_logs_dir(dir)?, log_owner)?;
     give_sandbox(dir, ids.as_ref())?;
+    if let Some(ids) = &ids {
+        reachable(&dir.join("sandbox"), ids)?;
+    }
     let mut cmd = in_task_world(spec, dir, &spec.argv, ids.clone(), limits.for_child())?;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd
@@ -107,8 +111,48 @@ fn give_logs(logs: &Path, (uid, gid): (Uid, Gid)) -> Result<()> {
     Ok(())
 }
 
+/// Whether the task's user can reach its sandbox by its path: search permission on every
+/// directory from `/` down, by mode and owner. A task that cannot still runs if started
+/// (the supervisor enters the sandbox for it), but cannot name its own working directory:
+/// getcwd() and every path under it fail, and a web server answers 404 to everything.
+/// (The task's own `chdir` into the sandbox, after it has its identity, is the exact test:
+/// it also sees ACLs. This one is the explanation.)
+fn reachable(sandbox: &Path, ids: &Ids) -> Result<()> {
+    if ids.uid.is_root() {
+        return Ok(());
+    }
+    let mut at = PathBuf::new();
+    for part in sandbox.components() {
+        at.push(part);
+        let meta = fs::metadata(&at).with_context(|| format!("reading {}", at.display()))?;
+        let bit = if meta.uid() == ids.uid.as_raw() {
+            0o100
+        } else if meta.gid() == ids.gid.as_raw()
+            || ids.groups.iter().any(|g| g.as_raw() == meta.gid())
+        {
+            0o010
+        } else {
+            0o001
+        };
+        if meta.mode() & bit == 0 {
+            return Err(fail(
+                Exit::Permission,
+                format!(
+                    "the task's user {} cannot reach its sandbox: {} is mode {:04o} (owner {}, group {})",
+                    ids.uid,
+                    at.display(),
+                    meta.mode() & 0o7777,
+                    meta.uid(),
+                    meta.gid()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A command in the task's world, for the task and for its health command alike: the
-/// sandbox as working directory, the spec's environment and
+/// sandbox as working directory (entered as the task's user), the spec's environment and
 /// nothing else, stdin from /dev/null, a session of its own, the task's cgroups, no new
 /// privileges, the task's user with no capabilities, and only fds 0-2.
 pub(super) fn in_task_world(
@@ -122,15 +166,16 @@ pub(super) fn in_task_world(
     let Some((program, args)) = argv.split_first() else {
         return Err(fail(Exit::BadInput, "an empty command"));
     };
+    let sandbox = std::ffi::CString::new(dir.join("sandbox").as_os_str().as_bytes())
+        .context("the sandbox's path")?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir.join("sandbox"))
         .stdin(Stdio::null());
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
     // system calls (sigprocmask, setsid, write, setrlimit, prctl, setgroups, setgid,
-    // setuid, close_range) on values prepared before the fork.
+    // setuid, chdir, close_range) on values prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             SigSet::empty()
@@ -154,6 +199,11 @@ pub(super) fn in_task_world(
                 nix::unistd::setgroups(&ids.groups).map_err(std::io::Error::from)?;
                 nix::unistd::setgid(ids.gid).map_err(std::io::Error::from)?;
                 nix::unistd::setuid(ids.uid).map_err(std::io::Error::from)?;
+            }
+            // Entered as the task: a sandbox its user cannot reach is refused here rather
+            // than given to it as a working directory it cannot name.
+            if libc::chdir(sandbox.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             // Only 0-2 cross, whatever a library left open without CLOEXEC.
             super::only_std_fds_cross_exec()

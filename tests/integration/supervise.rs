@@ -1141,3 +1141,26 @@ fn an_http_check_reads_the_answer_before_it_hangs_up() {
         "the server saw checks hang up on it:\n{log}"
     );
 }
+
+#[test]
+fn a_sandbox_the_task_user_cannot_reach_is_refused_with_the_reason() {
+    common::require_root("a task of its own uid");
+    use std::os::unix::fs::PermissionsExt;
+    // A directory as `mktemp -d` makes it (0700, root's) above the task's directory.
+    let s = own_identity(spec("t/e/hidden/0", &["sh", "-c", "echo started"]));
+    let (root, dir) = task(&s);
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let code = wait_exit(supervise(&dir));
+    assert_ne!(code, 0);
+    let st = Status::read(&dir).unwrap().unwrap();
+    assert_eq!((st.state.as_str(), st.pid), ("FAILED", None), "{st:?}");
+    let reason = st.reason.unwrap_or_default();
+    let uid = st.uid.expect("the uid it would have run as");
+    let want = format!(
+        "the task's user {uid} cannot reach its sandbox: {} is mode 0700",
+        root.path().display()
+    );
+    assert!(reason.contains(&want), "{reason:?} does not say {want:?}");
+    let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap_or_default();
+    assert_eq!(out, "", "the task must not have run");
+}
