@@ -31,8 +31,20 @@ pub(super) struct Check {
 enum Kind {
     /// The health command, in a session of its own (its pid is its process group).
     Command(Pid),
-    /// The read end of the pipe an HTTP check's thread answers on: one byte, 1 healthy.
-    Http(PipeReader),
+    /// The read end of the pipe an HTTP check's thread answers on (one byte, 1 healthy),
+    /// and whether it has. The thread then reads the rest of the answer and closes the
+    /// pipe: the check is over only then, so that a server that keeps its connections
+    /// open never has more than one check's thread waiting on it.
+    Http { pipe: PipeReader, answered: bool },
+}
+
+/// What an HTTP check's pipe says.
+#[derive(Debug, PartialEq)]
+pub(super) enum Answer {
+    /// Its verdict: healthy or not.
+    Verdict(bool),
+    /// Its thread is done.
+    Over,
 }
 
 impl Check {
@@ -47,7 +59,10 @@ impl Check {
     ) -> Option<Check> {
         let deadline = Instant::now() + h.timeout();
         let kind = if h.cmd.is_empty() {
-            Kind::Http(http_on_a_thread(h)?)
+            Kind::Http {
+                pipe: http_on_a_thread(h)?,
+                answered: false,
+            }
         } else {
             let mut cmd = world::in_task_world(spec, dir, &h.cmd, ids, limits.for_child()).ok()?;
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -63,11 +78,16 @@ impl Check {
         self.deadline
     }
 
+    /// Whether its verdict is in (what is left is the end of an HTTP check's thread).
+    pub(super) fn answered(&self) -> bool {
+        matches!(self.kind, Kind::Http { answered: true, .. })
+    }
+
     /// The health command's pid, whose exit is the verdict.
     pub(super) fn pid(&self) -> Option<Pid> {
         match self.kind {
             Kind::Command(pid) => Some(pid),
-            Kind::Http(_) => None,
+            Kind::Http { .. } => None,
         }
     }
 
@@ -75,19 +95,23 @@ impl Check {
     pub(super) fn answer(&self) -> Option<BorrowedFd<'_>> {
         match &self.kind {
             Kind::Command(_) => None,
-            Kind::Http(pipe) => Some(pipe.as_fd()),
+            Kind::Http { pipe, .. } => Some(pipe.as_fd()),
         }
     }
 
-    /// The HTTP check's verdict, once its pipe is readable. A thread that ended without one
-    /// hit a bug (its panic is on stderr already).
-    pub(super) fn read_answer(&mut self) -> Result<bool> {
-        let Kind::Http(pipe) = &mut self.kind else {
-            return Ok(false);
+    /// What the HTTP check's pipe says, once it is readable. A thread that ended without
+    /// a verdict hit a bug (its panic is on stderr already).
+    pub(super) fn read_answer(&mut self) -> Result<Answer> {
+        let Kind::Http { pipe, answered } = &mut self.kind else {
+            return Ok(Answer::Over);
         };
         let mut byte = [0u8; 1];
         match pipe.read(&mut byte) {
-            Ok(1) => Ok(byte[0] == 1),
+            Ok(1) if !*answered => {
+                *answered = true;
+                Ok(Answer::Verdict(byte[0] == 1))
+            }
+            Ok(0) if *answered => Ok(Answer::Over),
             _ => Err(fail(
                 Exit::Internal,
                 "the HTTP health check ended without a verdict (a bug)",
@@ -281,6 +305,41 @@ mod tests {
         );
         assert!(request.contains("\r\nConnection: close\r\n"), "{request:?}");
         assert!(clean, "the check hung up on the answer (a reset)");
+    }
+
+    #[test]
+    fn the_verdict_comes_with_the_status_line_from_a_server_that_keeps_the_connection() {
+        // It ignores "Connection: close": the check reads on until its timeout, but its
+        // verdict does not wait for that.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.read(&mut [0u8; 1024]);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        let started = Instant::now();
+        let mut told = None;
+        http_check(port, "/", Duration::from_secs(1), |ok| {
+            told = Some((ok, started.elapsed()))
+        });
+        let (ok, after) = told.unwrap();
+        assert!(ok);
+        assert!(
+            after < Duration::from_millis(500),
+            "verdict after {after:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "read until the timeout"
+        );
+    }
+
+    #[test]
+    fn the_longest_timeout_is_taken() {
+        let (port, _served) = serve_once(b"HTTP/1.0 204 No Content\r\n\r\n".to_vec());
+        assert!(check(port, "/", crate::supervise::spec::LONGEST));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::health::Check;
+use super::health::{Answer, Check};
 use super::log::{Log, Source};
 use super::{now, procs, world, NotStarted, Spec};
 use crate::identity::Ids;
@@ -58,7 +58,7 @@ enum Event {
     CheckExited(WaitStatus),
     /// A log's pipe (0 stdout, 1 stderr) has output, or has closed.
     Output(usize),
-    /// The HTTP check has answered on its pipe.
+    /// The HTTP check's pipe has its verdict, or has closed.
     Answered,
     /// A deadline has come.
     Timer,
@@ -188,12 +188,13 @@ impl Supervisor {
                 self.on_verdict(ok)?;
             }
             (_, Event::Answered) => {
-                let ok = match self.check.as_mut() {
-                    Some(check) => check.read_answer()?,
-                    None => return Ok(()),
+                let Some(check) = self.check.as_mut() else {
+                    return Ok(());
                 };
-                self.check = None;
-                self.on_verdict(ok)?;
+                match check.read_answer()? {
+                    Answer::Verdict(ok) => self.on_verdict(ok)?,
+                    Answer::Over => self.check = None,
+                }
             }
             (_, Event::Timer) => self.on_timer()?,
         }
@@ -276,9 +277,12 @@ impl Supervisor {
                 self.state = State::Stopping { kill_at: None };
             }
         }
-        if self.check.as_ref().is_some_and(|c| now >= c.deadline()) {
-            self.abandon_check();
-            self.on_verdict(false)?;
+        if let Some(check) = self.check.take_if(|c| now >= c.deadline()) {
+            let answered = check.answered();
+            check.abandon();
+            if !answered {
+                self.on_verdict(false)?;
+            }
         }
         if self.state == State::Running
             && self.check.is_none()
