@@ -338,31 +338,40 @@ fn a_killed_supervisor_releases_the_task_lock() {
     let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
 
+/// A port on 127.0.0.1 that nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A task serving its sandbox with Python's http.server on 127.0.0.1:`port`.
+fn web_server(task: &str, port: u16) -> Spec {
+    let port = port.to_string();
+    let argv = ["python3", "-m", "http.server", "--bind", "127.0.0.1", &port];
+    spec(task, &argv)
+}
+
+/// An HTTP health check of `path` on `port`, every `interval_s`, given `timeout_s`,
+/// unhealthy after `failures` in a row.
+fn http_check(port: u16, path: &str, interval_s: f64, timeout_s: f64, failures: u32) -> Health {
+    Health {
+        port,
+        path: path.into(),
+        cmd: vec![],
+        interval_s,
+        timeout_s,
+        failures,
+    }
+}
+
 #[test]
 fn health_follows_an_http_check() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut s = spec(
-        "t/e/web/0",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ],
-    );
-    s.health = Some(Health {
-        port,
-        path: "/".into(),
-        cmd: vec![],
-        interval_s: 0.2,
-        timeout_s: 1.0,
-        failures: 2,
-    });
+    let port = free_port();
+    let mut s = web_server("t/e/web/0", port);
+    s.health = Some(http_check(port, "/", 0.2, 1.0, 2));
     let (_root, dir) = task(&s);
     let sup = supervise(&dir);
     let healthy = wait_for(&dir, Duration::from_secs(20), |s| s.healthy == Some(true));
@@ -372,14 +381,7 @@ fn health_follows_an_http_check() {
 
     // Nothing listens: unhealthy after `failures` checks in a row.
     let mut s = spec("t/e/deaf/0", &["sleep", "30"]);
-    s.health = Some(Health {
-        port,
-        path: "/".into(),
-        cmd: vec![],
-        interval_s: 0.1,
-        timeout_s: 0.2,
-        failures: 2,
-    });
+    s.health = Some(http_check(port, "/", 0.1, 0.2, 2));
     let (_root, dir) = task(&s);
     let sup = supervise(&dir);
     let sick = wait_for(&dir, Duration::from_secs(10), |s| s.healthy == Some(false));
@@ -407,23 +409,12 @@ fn a_redirect_is_healthy_and_a_missing_page_is_not() {
     // README: 2xx and 3xx are healthy. The redirect leads to a 404, so a check that
     // followed it, or took only 2xx, would call the first task unhealthy.
     for (name, path, healthy) in [("moved", "/moved", true), ("gone", "/gone", false)] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut s = spec(
             &format!("t/e/{name}/0"),
             &["python3", "-c", REDIRECTING, &port.to_string()],
         );
-        s.health = Some(Health {
-            port,
-            path: path.into(),
-            cmd: vec![],
-            interval_s: 0.1,
-            timeout_s: 1.0,
-            failures: 2,
-        });
+        s.health = Some(http_check(port, path, 0.1, 1.0, 2));
         let (_root, dir) = task(&s);
         let sup = supervise(&dir);
         // Judged once the server answers: a passing check, or three more failures in a row
@@ -912,15 +903,6 @@ fn a_command_that_cannot_be_run_fails_with_127_and_says_why() {
 
 // --- health checks: they never hold the supervisor up, and cost what they should ---
 
-/// A port on 127.0.0.1 that nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A server that takes every request, says so (`asked` in its working directory) and
 /// answers none of them for a minute.
 const SILENT: &str = r#"
@@ -949,14 +931,7 @@ fn a_stop_during_a_slow_health_check_signals_the_task_at_once() {
             "t/e/slowhttp/0",
             &["python3", "-c", SILENT, &port.to_string()],
         );
-        s.health = Some(Health {
-            port,
-            path: "/".into(),
-            cmd: vec![],
-            interval_s: 0.1,
-            timeout_s: 20.0,
-            failures: 3,
-        });
+        s.health = Some(http_check(port, "/", 0.1, 20.0, 3));
         s
     };
     for s in [slow_command, slow_http] {
@@ -1104,25 +1079,8 @@ fn an_http_check_reads_the_answer_before_it_hangs_up() {
     // Python's http.server logs each request on stderr, and a traceback for each client
     // that hung up on its answer (a connection reset).
     let port = free_port();
-    let mut s = spec(
-        "t/e/polite/0",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ],
-    );
-    s.health = Some(Health {
-        port,
-        path: "/".into(),
-        cmd: vec![],
-        interval_s: 0.1,
-        timeout_s: 2.0,
-        failures: 3,
-    });
+    let mut s = web_server("t/e/polite/0", port);
+    s.health = Some(http_check(port, "/", 0.1, 2.0, 3));
     let (_root, dir) = task(&s);
     let sup = supervise(&dir);
     let log = || std::fs::read_to_string(dir.join("logs/stderr")).unwrap_or_default();
