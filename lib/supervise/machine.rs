@@ -67,7 +67,7 @@ enum Event {
 /// A change of the failure count alone is written at most this often (a change of state
 /// or of the health verdict is written at once): a check that fails every 0.1 s must not
 /// fsync the status ten times a second.
-pub const COUNT_WRITE_SPACING: Duration = Duration::from_secs(1);
+const COUNT_WRITE_SPACING: Duration = Duration::from_secs(1);
 
 /// One supervised task, from its start to its final status.
 pub(super) struct Supervisor {

@@ -90,10 +90,14 @@ impl Spec {
 
     /// Why the supervisor cannot run this spec as it stands, if it cannot.
     pub fn refusal(&self) -> Option<String> {
-        let h = self.health.as_ref()?;
-        if !h.cmd.is_empty() {
-            return None;
+        if let Some((first, last)) = self.dynamic_ids {
+            if first == 0 || first > last {
+                return Some(format!(
+                    "the dynamic uid range {first}-{last} is not a range of uids above 0"
+                ));
+            }
         }
+        let h = self.health.as_ref().filter(|h| h.cmd.is_empty())?;
         // The path goes into the request line as it is: nothing that would end or split it.
         let sendable =
             h.path.starts_with('/') && h.path.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
@@ -131,7 +135,10 @@ impl Spec {
                 failures: h["failures"].as_u64().unwrap_or(3) as u32,
             })
         });
-        let range = |r: &Value| Some((r[0].as_u64()? as u32, r[1].as_u64()? as u32));
+        // A uid past u32 is read as 0, which `refusal` refuses, rather than cut short to
+        // some other account's uid.
+        let uid = |v: &Value| v.as_u64().map(|n| u32::try_from(n).unwrap_or(0));
+        let range = |r: &Value| Some((uid(&r[0])?, uid(&r[1])?));
         Some(Spec {
             task: v["task"].as_str()?.to_string(),
             incarnation: v["incarnation"].as_u64().unwrap_or(0) as u32,
@@ -224,6 +231,18 @@ mod tests {
         assert_eq!(seconds(0.0, MIN_INTERVAL), MIN_INTERVAL);
         assert_eq!(seconds(f64::NAN, MIN_INTERVAL), MIN_INTERVAL);
         assert_eq!(seconds(1e30, Duration::ZERO), LONGEST);
+    }
+
+    #[test]
+    fn a_uid_range_that_is_not_one_is_refused() {
+        let read = |range: &str| {
+            let text = format!(r#"{{"task":"a/b/c/0","argv":["true"],"dynamic_ids":{range}}}"#);
+            Spec::from_json(&serde_json::from_str(&text).unwrap()).unwrap()
+        };
+        assert_eq!(read("[70000,79999]").refusal(), None);
+        for bad in ["[79999,70000]", "[0,10]", "[4294967301,4294967302]"] {
+            assert!(read(bad).refusal().is_some(), "{bad}");
+        }
     }
 
     #[test]

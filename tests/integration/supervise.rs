@@ -1122,3 +1122,38 @@ fn a_sandbox_the_task_user_cannot_reach_is_refused_with_the_reason() {
     let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap_or_default();
     assert_eq!(out, "", "the task must not have run");
 }
+
+#[test]
+fn a_spec_the_supervisor_cannot_honour_is_refused_before_anything_starts() {
+    // An upside-down uid range (its size overflowed: a panic), and a health path that
+    // would split the request line.
+    let mut backwards = spec("t/e/backwards/0", &["sh", "-c", "echo started"]);
+    backwards.allow_root = false;
+    backwards.dynamic_ids = Some((79999, 70000));
+    let mut split = spec("t/e/split/0", &["sh", "-c", "echo started"]);
+    split.health = Some(http_check(
+        free_port(),
+        "/ HTTP/1.0\r\nHost: x",
+        1.0,
+        1.0,
+        3,
+    ));
+    for (s, why) in [
+        (backwards, "uid range 79999-70000"),
+        (split, "not an HTTP request path"),
+    ] {
+        let (_root, dir) = task(&s);
+        let out = common::wait_output(supervise(&dir), Duration::from_secs(30));
+        let st = Status::read(&dir).unwrap().unwrap();
+        assert_eq!(
+            (common::code(&out), st.state.as_str(), st.pid),
+            (65, "FAILED", None),
+            "{}: {}; {st:?}",
+            s.task,
+            common::stderr(&out)
+        );
+        let reason = st.reason.unwrap_or_default();
+        assert!(reason.contains(why), "{}: {reason}", s.task);
+        assert!(!dir.join("logs/stdout").exists(), "{}: it ran", s.task);
+    }
+}
