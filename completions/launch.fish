@@ -1,6 +1,6 @@
 complete -c launch -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
-complete -c launch -l grace -d 'Seconds a stopped task gets between SIGTERM and SIGKILL' -r
-complete -c launch -l wait -d 'How long to wait for the supervisors to report their tasks running' -r
+complete -c launch -l grace -d 'Seconds a stopped task gets between SIGTERM and SIGKILL (at most an hour)' -r
+complete -c launch -l wait -d 'How long to wait for the supervisors to report their tasks running (at most an hour)' -r
 complete -c launch -l pass-env -d 'Variables of launch\'s own environment that tasks also get (repeatable)' -r
 complete -c launch -l uid-range -d 'The uids (and gids of the same numbers) that tasks of jobs naming no user get, one of its own per task, when launch runs as root; no account may use them' -r
 complete -c launch -l log-group -d 'The operators\' group that may read every task\'s logs (beside the task\'s own user)' -r

@@ -9,6 +9,17 @@ use clap::Parser;
 
 use crate::exit::{self, Status};
 
+/// A number of seconds from 0 to an hour: a duration given on a command line (inf, NaN
+/// and 1e30 are refused here, not found out later by a panic).
+pub fn up_to_an_hour(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if (0.0..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 to 3600"
+        )),
+    }
+}
+
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct StateArgs {
     /// The cluster's state file [default: /var/lib/formic/state for root,
@@ -77,11 +88,25 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A binary's whole `main`: parse the command line (usage errors exit 2, as clap does), run
-/// the tool, and map the outcome to the shared exit-status table.
+/// A binary's whole `main`: parse the command line, run the tool, and map the outcome to
+/// the shared exit-status table. A usage error is one line, `TOOL: what is wrong (try
+/// --help)`, with status 2, like every other error of the tools.
 pub fn main<C: Parser>(tool: &str, run: fn(C) -> anyhow::Result<Status>) -> ExitCode {
-    let cli = C::parse();
+    let cli = match C::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version: to stdout, status 0
+        Err(e) => {
+            eprintln!("{tool}: {} (try --help)", usage_error(&e.to_string()));
+            return ExitCode::from(Status::Usage as u8);
+        }
+    };
     exit::run(tool, || run(cli))
+}
+
+/// The first line of clap's rendering of a usage error, without its `error: `.
+fn usage_error(rendered: &str) -> &str {
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).trim_end()
 }
 
 /// Formats a number the way people read capacity: no trailing ".0".

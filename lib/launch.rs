@@ -27,16 +27,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::cli::{OutputArgs, StateArgs};
 use crate::exit::{bad_input, fail, status_of, Status, TABLE};
 use crate::host::{millicores, Transport};
-use crate::records::{self, Fields, Record, Writer};
+use crate::job::{Check, JobSpec};
+use crate::records::{self, Record, Writer};
 use crate::rundir;
 use crate::state::{State, Txn, View};
 use crate::supervise::{Health, Spec};
-use crate::task::{check_job_key, Job, Task, TaskState, MAX_PORTS};
+use crate::task::{check_job_key, Announce, Job, Task, TaskState, MAX_PORTS};
 use crate::usage::{self, Usage};
 
 /// Start placed instances on their hosts
@@ -59,16 +60,22 @@ pub struct Cli {
     /// as root); otherwise such a job runs as nobody
     #[arg(long, env = "FORMIC_ALLOW_ROOT")]
     pub allow_root: bool,
-    /// Seconds a stopped task gets between SIGTERM and SIGKILL
+    /// Seconds a stopped task gets between SIGTERM and SIGKILL (at most an hour)
     #[arg(
         long,
         value_name = "SECONDS",
         default_value = "10",
-        env = "FORMIC_GRACE"
+        env = "FORMIC_GRACE",
+        value_parser = crate::cli::up_to_an_hour
     )]
     pub grace: f64,
-    /// How long to wait for the supervisors to report their tasks running
-    #[arg(long, value_name = "SECONDS", default_value = "5")]
+    /// How long to wait for the supervisors to report their tasks running (at most an hour)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "5",
+        value_parser = crate::cli::up_to_an_hour
+    )]
     pub wait: f64,
     /// Variables of launch's own environment that tasks also get (repeatable)
     #[arg(long = "pass-env", value_name = "NAME")]
@@ -294,7 +301,7 @@ fn stop_supervisor(dir: &Path) {
     }
 }
 
-type Specs = HashMap<(String, String), Map<String, Value>>;
+type Specs = HashMap<(String, String), JobSpec>;
 
 /// Reads and checks every record first: one bad record starts nothing.
 fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)> {
@@ -322,9 +329,7 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
                         p.job, p.hash
                     )
                 })?;
-                job_record(&p, spec)
-                    .and_then(|job| port_slots(&p, &job.ports))
-                    .map_err(|e| format!("{}: {e}", p.task))?;
+                port_slots(&p, &spec.resources.ports).map_err(|e| format!("{}: {e}", p.task))?;
                 places.push(p);
                 Ok(())
             }),
@@ -341,7 +346,7 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
     Ok((places, specs, others))
 }
 
-fn read_spec(rec: &Record) -> Result<(String, String, Map<String, Value>), String> {
+fn read_spec(rec: &Record) -> Result<(String, String, JobSpec), String> {
     let f = rec.get();
     f.only(&["type", "job", "hash", "spec"])?;
     let key = f.str("job")?.ok_or("field \"job\" is missing")?;
@@ -351,7 +356,7 @@ fn read_spec(rec: &Record) -> Result<(String, String, Map<String, Value>), Strin
     if job.key != key || format!("{:016x}", job.hash) != hash {
         return Err(format!("the spec of job {key} does not hash to {hash}"));
     }
-    Ok((key.to_string(), hash.to_string(), spec.clone()))
+    Ok((key.to_string(), hash.to_string(), job))
 }
 
 /// The fields of a `place` record.
@@ -429,20 +434,74 @@ fn task_slot(tx: &Txn, job: &str, instance: u32) -> Option<u32> {
     tx.view().tasks.find(&(j, instance))
 }
 
-/// The job as the state keeps it, from the spec the placement was made from.
-fn job_record(p: &Placement, spec: &Map<String, Value>) -> Result<Job, String> {
-    let ports: Vec<String> = spec["resources"]["ports"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let announce = crate::job::announce(&p.job, spec, &ports)?;
+/// The job as the state keeps it, for a placement of `spec`. Tasks keep their ports by
+/// position in the job's list of port names, and instances of an earlier spec may still run
+/// when a new one renames or reorders its ports: so a name keeps its position, a new name
+/// takes a position no live instance holds a port at (or a new one), and no position a live
+/// instance uses is ever given another name.
+fn job_record(view: &View, spec: &JobSpec) -> Result<Job, String> {
+    let wanted = &spec.resources.ports;
+    let old = view
+        .jobs
+        .find(&spec.key)
+        .and_then(|j| Some((j, view.jobs.get(j)?)));
+    let names = match old {
+        None => wanted.clone(),
+        Some((_, old)) if old.ports == *wanted => old.ports.clone(),
+        Some((j, old)) => {
+            let mut held = [false; MAX_PORTS];
+            for (_, t) in view.tasks.iter() {
+                if t.job == j && t.state.holds_resources() {
+                    for (h, &port) in held.iter_mut().zip(&t.ports) {
+                        *h |= port != 0;
+                    }
+                }
+            }
+            // Positions neither held nor wanted are free (an empty name).
+            let mut names: Vec<String> = old
+                .ports
+                .iter()
+                .zip(held)
+                .map(|(n, h)| {
+                    if h || wanted.contains(n) {
+                        n.clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .collect();
+            for name in wanted {
+                if names.contains(name) {
+                    continue;
+                }
+                match names.iter().position(String::is_empty) {
+                    Some(free) => names[free] = name.clone(),
+                    None if names.len() < MAX_PORTS => names.push(name.clone()),
+                    None => {
+                        return Err(format!(
+                            "job {}: its port names changed while instances of the earlier \
+                             spec run, and together they are more than {MAX_PORTS}",
+                            spec.key
+                        ))
+                    }
+                }
+            }
+            while names.last().is_some_and(String::is_empty) {
+                names.pop();
+            }
+            names
+        }
+    };
+    let announce = spec.announce.as_ref().map(|a| Announce {
+        path: a.path.clone(),
+        primary: names
+            .iter()
+            .position(|n| *n == wanted[a.primary as usize])
+            .unwrap_or(0) as u8,
+    });
     Ok(Job {
-        key: p.job.clone(),
-        ports,
+        key: spec.key.clone(),
+        ports: names,
         announce,
     })
 }
@@ -590,7 +649,15 @@ fn record_intents(
         };
         // Checked when the records were read.
         let spec = &specs[&(p.job.clone(), p.hash.clone())];
-        let record = job_record(p, spec).map_err(bad_input)?;
+        let record = match job_record(tx.view(), spec) {
+            Ok(r) => r,
+            Err(reason) => {
+                conflicts
+                    .push(json!({"type":"conflict","task":p.task,"host":p.host,"reason":reason}));
+                incarnations.push(None);
+                continue;
+            }
+        };
         let ports = port_slots(p, &record.ports).map_err(bad_input)?;
         let job = match tx.view().jobs.find(&p.job) {
             Some(j) if *tx.view().jobs.get(j).unwrap() == record => j,
@@ -618,7 +685,7 @@ fn record_intents(
 
 /// Writes the task's directory and starts its supervisor, while this launch's intent is
 /// still the state's.
-fn start(cli: &Cli, state: &mut State, i: &Intent, job: &Map<String, Value>) -> Result<Start> {
+fn start(cli: &Cli, state: &mut State, i: &Intent, job: &JobSpec) -> Result<Start> {
     let dir = &i.dir;
     rundir::create(dir)?;
     // The task's lock is held by its supervisor for life, by launch while it writes the
@@ -646,7 +713,7 @@ fn start(cli: &Cli, state: &mut State, i: &Intent, job: &Map<String, Value>) -> 
     let spec = resolve(cli, i, job)?;
     // Not flushed: a spec lost to a power cut leaves a task that never started, which reap
     // calls off and the next pass places again.
-    let job_json = Value::Object(job.clone()).to_string();
+    let job_json = Value::Object(job.raw.clone()).to_string();
     rundir::replace_file(&dir.join("job.json"), job_json.as_bytes(), false)?;
     rundir::replace_file(
         &dir.join("spec.json"),
@@ -695,9 +762,8 @@ fn supervisor() -> Result<PathBuf> {
 /// `{{task}}` and `{{host}}` filled in, its environment plus FORMIC_TASK, FORMIC_INSTANCE,
 /// FORMIC_HOST and FORMIC_PORT_NAME (and only what --pass-env names of launch's own),
 /// its user, and its health check on the port it names.
-fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
+fn resolve(cli: &Cli, i: &Intent, job: &JobSpec) -> Result<Spec> {
     let p = i.place;
-    let f = Fields(job);
     let fill = |s: &str| {
         let mut out = s
             .replace("{{instance}}", &p.instance.to_string())
@@ -708,15 +774,8 @@ fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
         }
         out
     };
-    let cmd: Vec<String> = f
-        .array("cmd")
-        .ok()
-        .flatten()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(fill))
-        .collect();
-    let argv = if job.get("shell").and_then(Value::as_bool) == Some(true) {
+    let cmd: Vec<String> = job.cmd.iter().map(|a| fill(a)).collect();
+    let argv = if job.shell {
         vec!["/bin/sh".to_string(), "-c".to_string(), cmd.join(" ")]
     } else {
         cmd
@@ -727,10 +786,8 @@ fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
             env.push((name.clone(), v));
         }
     }
-    for (k, v) in f.object("env").ok().flatten().into_iter().flatten() {
-        if let Some(v) = v.as_str() {
-            env.push((k.clone(), fill(v)));
-        }
+    for (k, v) in &job.env {
+        env.push((k.clone(), fill(v)));
     }
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
@@ -746,31 +803,24 @@ fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
     }
     // A job that names no user gets an identity of its own (root only with --allow-root).
     let as_root = nix::unistd::Uid::effective().is_root();
-    let user = f.str("user").ok().flatten().map(String::from);
+    let user = job.user.clone();
     let dynamic_ids = (user.is_none() && as_root && !cli.allow_root).then_some(cli.uid_range);
-    let health = f.object("health").ok().flatten().and_then(|h| {
-        let cmd: Vec<String> = h
-            .get("cmd")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(fill)).collect())
-            .unwrap_or_default();
-        let port = match h.get("port").and_then(Value::as_str) {
-            Some(name) => p.ports.iter().find(|(n, _)| n == name)?.1,
-            None if !cmd.is_empty() => 0,
-            None => return None,
+    let health = job.health.as_ref().map(|h| {
+        let (port, path, cmd) = match &h.check {
+            Check::Http { port, path } => {
+                let number = p.ports.iter().find(|(n, _)| n == port).map_or(0, |x| x.1);
+                (number, path.clone(), Vec::new())
+            }
+            Check::Cmd(argv) => (0, "/".to_string(), argv.iter().map(|a| fill(a)).collect()),
         };
-        Some(Health {
+        Health {
             port,
-            path: h
-                .get("http")
-                .and_then(Value::as_str)
-                .unwrap_or("/")
-                .to_string(),
+            path,
             cmd,
-            interval_s: h.get("interval_s").and_then(Value::as_f64).unwrap_or(10.0),
-            timeout_s: h.get("timeout_s").and_then(Value::as_f64).unwrap_or(1.0),
-            failures: h.get("failures").and_then(Value::as_u64).unwrap_or(3) as u32,
-        })
+            interval_s: h.interval_s,
+            timeout_s: h.timeout_s,
+            failures: h.failures,
+        }
     });
     Ok(Spec {
         task: p.task.clone(),
@@ -787,11 +837,10 @@ fn resolve(cli: &Cli, i: &Intent, job: &Map<String, Value>) -> Result<Spec> {
         limits: crate::limits::Limits {
             cpus: p.cpus,
             ram_mb: p.ram_mb,
-            pids: job
-                .get("resources")
-                .and_then(|r| r.get("pids"))
-                .and_then(Value::as_u64)
-                .map_or(crate::limits::DEFAULT_PIDS, |n| n as u32),
+            pids: match job.resources.pids {
+                0 => crate::limits::DEFAULT_PIDS,
+                n => n,
+            },
         },
     })
 }

@@ -31,6 +31,7 @@ use serde_json::{json, Map, Value};
 use crate::cli::{self, OutputArgs, StateArgs};
 use crate::exit::{bad_input, fail, status_of, Status, TABLE};
 use crate::host::{Mode, Transport};
+use crate::job::{JobSpec, Restart};
 use crate::records::{self, Record};
 use crate::rundir;
 use crate::state::{State, View};
@@ -417,55 +418,39 @@ fn current_status(dir: &Path, t: &Task) -> Result<Option<rundir::Status>> {
     }))
 }
 
-/// The restart policy of a job: `service` and the `restart` block of job.json.
+/// The restart policy of a job: whether it is a service, and its `restart` block, as the
+/// typed job spec reads them (pack reads the same, and does not place a batch task that
+/// failed `max_failures` times).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Policy {
     pub service: bool,
-    /// Failures after which a batch task is not retried (pack reads the same field the
-    /// same way, and does not place such a task again).
-    pub max_failures: u64,
-    pub backoff_s: f64,
-    pub max_backoff_s: f64,
+    pub restart: Restart,
 }
 
 impl Default for Policy {
-    /// Aurora's defaults where DESIGN.md's example gives none: a batch task is not retried
-    /// after it failed once; backoff 1 s doubling up to 5 minutes.
     fn default() -> Self {
         Policy {
             service: true,
-            max_failures: 1,
-            backoff_s: 1.0,
-            max_backoff_s: 300.0,
+            restart: Restart::default(),
         }
     }
 }
 
 impl Policy {
-    pub fn from_job(v: &Value) -> Policy {
-        let d = Policy::default();
-        let r = &v["restart"];
-        let secs = |x: &Value, dflt: f64| {
-            x.as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .unwrap_or(dflt)
-        };
+    pub fn of(job: &JobSpec) -> Policy {
         Policy {
-            service: v["service"].as_bool().unwrap_or(d.service),
-            max_failures: r["max_failures"].as_u64().unwrap_or(d.max_failures),
-            backoff_s: secs(&r["backoff_s"], d.backoff_s),
-            max_backoff_s: secs(&r["max_backoff_s"], d.max_backoff_s),
+            service: job.service,
+            restart: job.restart,
         }
     }
 
     /// The wait before the next start after `failures` failed brief runs in a row.
     pub fn backoff(&self, failures: u16) -> f64 {
-        let doublings = failures.saturating_sub(1).min(60) as i32;
-        (self.backoff_s * 2f64.powi(doublings)).min(self.max_backoff_s)
+        self.restart.backoff(failures)
     }
 
     fn retries(&self, failures: u16) -> bool {
-        self.service || (failures as u64) < self.max_failures
+        self.service || (failures as u64) < self.restart.max_failures
     }
 }
 
@@ -520,13 +505,14 @@ impl Facts {
             let Some(dir) = &self.dir else {
                 return Policy::default();
             };
-            match std::fs::read_to_string(dir.join("job.json")) {
-                Ok(text) => match serde_json::from_str::<Value>(&text) {
-                    Ok(v) => Policy::from_job(&v),
+            let path = dir.join("job.json");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match crate::job::parse_text(&text, &path.display().to_string()) {
+                    Ok(job) => Policy::of(&job),
                     Err(e) => {
                         eprintln!(
-                            "reap: {}/job.json is not JSON ({e}); default restart policy",
-                            dir.display()
+                            "reap: {}: {e}; the default restart policy applies",
+                            path.display()
                         );
                         Policy::default()
                     }
@@ -1665,18 +1651,21 @@ mod tests {
     fn service(backoff: f64, cap: f64) -> Policy {
         Policy {
             service: true,
-            max_failures: 1,
-            backoff_s: backoff,
-            max_backoff_s: cap,
+            restart: Restart {
+                max_failures: 1,
+                backoff_s: backoff,
+                max_backoff_s: cap,
+            },
         }
     }
 
     fn batch(max_failures: u64) -> Policy {
         Policy {
             service: false,
-            max_failures,
-            backoff_s: 1.0,
-            max_backoff_s: 300.0,
+            restart: Restart {
+                max_failures,
+                ..Restart::default()
+            },
         }
     }
 

@@ -77,6 +77,11 @@ pub struct Cli {
     /// instead of the decisions
     #[arg(long, value_name = "TASK")]
     pub explain: Option<String>,
+    /// Only check the job files (every job spec, every field, templates and port names)
+    /// and exit: 0 when all are good, 65 with one line per problem otherwise; reads no
+    /// offers and no state
+    #[arg(long, conflicts_with_all = ["state", "explain", "prune"])]
+    pub check: bool,
     /// Print one JSON object of counts and timings on standard error
     #[arg(long)]
     pub stats: bool,
@@ -129,6 +134,8 @@ pub struct Input {
     /// `running` was read from a state: placements name the incarnation they create, so
     /// launch can tell whether the view they were decided on still holds.
     pub from_state: bool,
+    /// Job files, lines or jobs that could not be read (their jobs are not placed).
+    pub job_errors: Vec<String>,
 }
 
 /// A task the state says exists, with what pack needs of it.
@@ -167,6 +174,9 @@ pub struct Outcome {
 }
 
 pub fn run(cli: Cli) -> Result<Status> {
+    if cli.check {
+        return check(&cli.jobs);
+    }
     let t0 = Instant::now();
     let mut input = read_input(&cli, io::stdin().lock())?;
     let parse_ms = ms(t0);
@@ -178,7 +188,9 @@ pub fn run(cli: Cli) -> Result<Status> {
         input.fleet.spread_by(&cli.spread_by);
     }
     let t1 = Instant::now();
-    let outcome = decide(&mut input, strategy, cli.prune);
+    // A job whose file could not be read is not a removed job: nothing is pruned then.
+    let prune = cli.prune && input.job_errors.is_empty();
+    let outcome = decide(&mut input, strategy, prune);
     let place_ms = ms(t1);
     let t2 = Instant::now();
     let stdout = io::stdout();
@@ -201,11 +213,32 @@ pub fn run(cli: Cli) -> Result<Status> {
         });
         eprintln!("{stats}");
     }
+    crate::exit::refuse_batch(
+        "pack",
+        &input.job_errors,
+        "job files, lines or jobs",
+        if cli.prune {
+            "every other job was placed, and nothing was pruned"
+        } else {
+            "every other job was placed"
+        },
+    )?;
     Ok(if outcome.pending > 0 {
         Status::Partial
     } else {
         Status::Done
     })
+}
+
+/// `pack --check`: the job files alone.
+fn check(paths: &[PathBuf]) -> Result<Status> {
+    if paths.is_empty() {
+        return Err(crate::exit::fail(Status::Usage, "--check needs job files"));
+    }
+    let read = job::read_all(paths);
+    crate::exit::refuse_batch("pack", &read.errors, "job files, lines or jobs", "checked")?;
+    eprintln!("pack: {} jobs, all good", read.jobs.len());
+    Ok(Status::Done)
 }
 
 /// A million records through a 64 KiB pipe is thousands of context switches; a 1 MiB pipe
@@ -231,7 +264,10 @@ fn peak_rss_mb() -> f64 {
 /// Reads offers from `stdin`, jobs from their files, and the state if given. Every problem
 /// is reported; any problem fails the whole run before a record is written.
 pub fn read_input(cli: &Cli, stdin: impl io::BufRead) -> Result<Input> {
-    let jobs = job::read_all(&cli.jobs)?;
+    let job::Read {
+        jobs,
+        errors: job_errors,
+    } = job::read_all(&cli.jobs);
     let mut fleet = Fleet::default();
     let mut passthrough = Vec::new();
     let mut errors = Vec::new();
@@ -272,6 +308,7 @@ pub fn read_input(cli: &Cli, stdin: impl io::BufRead) -> Result<Input> {
         quota,
         now,
         from_state: cli.state.is_some(),
+        job_errors,
     })
 }
 
@@ -381,12 +418,7 @@ fn batch_done(spec: &JobSpec, r: &Running) -> bool {
     if spec.service {
         return false;
     }
-    let max = spec
-        .raw
-        .get("restart")
-        .and_then(|r| r.get("max_failures"))
-        .and_then(|m| m.as_u64())
-        .unwrap_or(1);
+    let max = spec.restart.max_failures;
     r.state == TaskState::Finished || (r.state == TaskState::Failed && r.failures as u64 >= max)
 }
 

@@ -581,3 +581,90 @@ fn two_reconcile_passes_at_once_start_each_instance_once_and_converge() {
         .collect();
     assert_eq!(before, after);
 }
+
+/// Issue 11: `launch --wait inf` panicked after recording the task and starting its
+/// supervisor. Durations on the command line are checked before anything is done, and a
+/// usage error of any tool is one line with status 2.
+#[test]
+fn durations_out_of_range_are_usage_errors_before_anything_starts() {
+    let c = Cluster::new();
+    let records = c.pack(WEB);
+    let before = common::snapshot(&c.state());
+    for args in [
+        ["--wait", "inf"],
+        ["--wait", "1e30"],
+        ["--grace", "inf"],
+        ["--grace", "NaN"],
+        ["--wait", "3601"],
+    ] {
+        let out = run(tool("launch", &c.state()).args(args), records.as_bytes());
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.starts_with("launch: ") && err.contains(args[0]) && err.contains("0 to 3600"),
+            "{err}"
+        );
+        assert_eq!(
+            common::snapshot(&c.state()),
+            before,
+            "{args:?}: nothing recorded"
+        );
+        assert!(
+            !rundir::host_root(&c.state(), "h1").exists(),
+            "nothing started"
+        );
+    }
+    for name in [
+        "offer",
+        "pack",
+        "launch",
+        "reap",
+        "announce",
+        "formic-supervise",
+    ] {
+        let out = run(tool(name, &c.state()).arg("--no-such-option"), b"");
+        assert_eq!(code(&out), 2, "{name}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out),
+            format!("{name}: unexpected argument '--no-such-option' found (try --help)\n")
+        );
+    }
+}
+
+/// Issue 11: after a spec reorders or renames its ports, an instance of the earlier spec
+/// was listed and announced with the new names on its old ports (admin on http's port),
+/// because the job's list of port names was replaced while tasks keep ports by position.
+#[test]
+fn instances_of_an_earlier_spec_keep_their_port_names_when_a_spec_renames_them() {
+    let c = Cluster::new();
+    let v1 = r#"{"job":"www/prod/two","instances":1,"cmd":["sleep","600"],"resources":{"cpus":0.1,"ram_mb":8,"ports":["http","admin"]}}"#;
+    let out = c.launch(&c.pack(v1));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ports_of = |instance: u32| -> Value {
+        let out = run(tool("reap", &c.state()).args(["tasks", "--json"]), b"");
+        lines(&stdout(&out))
+            .into_iter()
+            .find(|t| t["task"] == format!("www/prod/two/{instance}"))
+            .unwrap()["ports"]
+            .clone()
+    };
+    let before = ports_of(0);
+    assert_eq!(before.as_object().unwrap().len(), 2, "{before}");
+    // v2 swaps the order and renames admin to metrics; instance 1 starts from it.
+    let v2 = r#"{"job":"www/prod/two","instances":2,"cmd":["sleep","601"],"resources":{"cpus":0.1,"ram_mb":8,"ports":["metrics","http"]}}"#;
+    let out = c.launch(&c.pack(v2));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(ports_of(0), before, "the earlier instance keeps its names");
+    let new = ports_of(1);
+    let names: Vec<&String> = new.as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 2, "{new}");
+    assert!(
+        new.get("metrics").is_some() && new.get("http").is_some(),
+        "{new}"
+    );
+    // What the new instance's process was given agrees with the listing.
+    let status = c.status("www/prod/two/1");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", status.pid.unwrap().0)).unwrap();
+    assert_eq!(cmdline, b"sleep\x00601\x00");
+}

@@ -1708,7 +1708,7 @@ fn offers_with_passthrough() -> String {
 }
 
 #[test]
-fn every_bad_job_spec_fails_the_run_naming_file_line_and_field() {
+fn every_bad_job_spec_is_named_by_file_line_and_field_and_the_good_ones_are_placed() {
     let base = r#""job":"a/b/c","instances":1,"cmd":["x"],"resources":{"cpus":1,"ram_mb":1}"#;
     let cases: Vec<(&str, String, &[&str])> = vec![
         ("bad JSON", format!("{{{base}"), &["bad.json:1:", "not valid JSON"]),
@@ -1777,13 +1777,33 @@ fn every_bad_job_spec_fails_the_run_naming_file_line_and_field() {
         d.write("bad.json", &text);
         let out = d.pack(&["good.json", "bad.json"], &offers_with_passthrough());
         assert_eq!(code(&out), 65, "{what}: {}", stderr(&out));
-        assert_eq!(stdout(&out), "", "{what}: nothing is emitted");
+        // Every job that could be read is placed: the good file's, and the good line of a
+        // file with a bad one.
+        let good: &[&str] = match what {
+            "second line of JSON lines" => &["a/b/c/0", "www/prod/web/0"],
+            _ => &["www/prod/web/0"],
+        };
+        assert_eq!(
+            placed_tasks(&out),
+            good,
+            "{what}: the good jobs are still placed"
+        );
         let err = stderr(&out);
         for w in want {
             assert!(err.contains(w), "{what}: {w:?} not in {err}");
         }
         assert!(err.starts_with("pack: "), "{what}: {err}");
     }
+}
+
+/// The tasks pack placed, in its order.
+fn placed_tasks(out: &std::process::Output) -> Vec<String> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["type"] == "place")
+        .map(|r| r["task"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -1797,7 +1817,7 @@ fn every_bad_job_of_a_run_is_reported_on_its_own_line() {
     );
     let out = d.pack(&["jobs.jsonl"], &offers_with_passthrough());
     assert_eq!(code(&out), 65);
-    assert_eq!(stdout(&out), "");
+    assert_eq!(placed_tasks(&out), ["a/b/ok/0"]);
     let err = stderr(&out);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 2, "{err}");
@@ -1825,7 +1845,8 @@ fn a_job_defined_in_two_files_is_bad_input() {
     );
     let out = d.pack(&["jobs"], &offers_with_passthrough());
     assert_eq!(code(&out), 65, "{}", stderr(&out));
-    assert_eq!(stdout(&out), "");
+    // The first definition stands; the rest of the files is placed.
+    assert_eq!(placed_tasks(&out), ["www/prod/other/0", "www/prod/web/0"]);
     let err = stderr(&out);
     assert!(
         err.contains("b.jsonl:2") && err.contains("www/prod/web") && err.contains("a.json"),
@@ -1842,7 +1863,7 @@ fn a_syntax_error_in_a_pretty_printed_job_file_names_its_line() {
     );
     let out = d.pack(&["web.json"], &offers_with_passthrough());
     assert_eq!(code(&out), 65);
-    assert_eq!(stdout(&out), "");
+    assert_eq!(placed_tasks(&out), Vec::<String>::new());
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "one mistake, one line: {err}");
     assert!(err.contains("web.json:3"), "{err}");
@@ -1968,5 +1989,109 @@ fn finished_batch_instances_and_those_out_of_retries_are_not_placed_again() {
         placed,
         set(&["batch/prod/retry/0", "batch/prod/retry/1", "www/prod/web/0"]),
         "a finished batch instance is done, one out of retries too; a service comes back"
+    );
+}
+
+/// Issue 11: a truncated job file of another team stopped every placement, and an empty
+/// file did the same. Now every job that can be read is placed, the bad file is named on
+/// a line of its own (status 65), and nothing is pruned in that pass: a job whose file
+/// cannot be read is not a removed job.
+#[test]
+fn an_unreadable_job_file_holds_back_only_its_own_jobs_and_any_pruning() {
+    let d = Dir::new();
+    let state = d.path("state");
+    build_state(
+        &state,
+        &[("h1", &[])],
+        &[
+            running("www/prod/web", 0, "h1", 1000),
+            running("team/prod/other", 0, "h1", 1000),
+        ],
+    );
+    let st = state.to_str().unwrap();
+    std::fs::create_dir(d.path("jobs")).unwrap();
+    d.jobs("jobs/web.json", &[job("www/prod/web", 2, 1.0, 10)]);
+    d.write("jobs/empty.jsonl", "");
+    d.write(
+        "jobs/zz-other-team.json",
+        "{\"job\":\"team/prod/other\",\"inst",
+    );
+    let offers = lines_of(&[offer("h1", 6.0, 8192)]);
+    let out = d.pack(&["--state", st, "--prune", "jobs"], &offers);
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert_eq!(placed_tasks(&out), ["www/prod/web/1"]);
+    assert!(
+        !stdout(&out).contains("\"kill\""),
+        "nothing pruned: {}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("zz-other-team.json") && err.contains("nothing was pruned"),
+        "{err}"
+    );
+    // Once the file is gone for good, the pass prunes its job, and the empty file is no
+    // jobs, not an error.
+    std::fs::remove_file(d.path("jobs/zz-other-team.json")).unwrap();
+    let out = d.pack(&["--state", st, "--prune", "jobs"], &offers);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(r#""type":"kill","task":"team/prod/other/0""#),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// `pack --check FILES`: every job checked as pack and launch would, with no offers and
+/// no state; 0 when all are good, 65 with one line per problem.
+#[test]
+fn pack_check_validates_job_files_without_offers() {
+    let d = Dir::new();
+    d.jobs("good.json", &[job("www/prod/web", 2, 1.0, 10)]);
+    let out = d.pack(&["--check", "good.json"], "");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("1 jobs, all good"),
+        "{}",
+        stderr(&out)
+    );
+    d.write(
+        "bad.jsonl",
+        concat!(
+            r#"{"job":"a/b/one","instances":1,"cmd":["x","{{port.http}}"],"resources":{"cpus":1,"ram_mb":1}}"#,
+            "\n",
+            r#"{"job":"a/b/two","instances":1,"cmd":["x"],"resources":{"cpus":1,"ram_mb":1},"restart":{"max_failure":2}}"#,
+            "\n",
+        ),
+    );
+    let out = d.pack(&["--check", "good.json", "bad.jsonl"], "");
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("bad.jsonl:1") && lines[0].contains(r#"port "http" is not in"#),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("bad.jsonl:2") && lines[1].contains(r#"unknown field "max_failure""#),
+        "{err}"
+    );
+}
+
+/// A job file is read up to a bound, as lines on pipes are: `pack /dev/zero` no longer
+/// grows without end.
+#[test]
+fn a_job_file_without_end_is_refused_unread() {
+    let d = Dir::new();
+    let out = d.pack(&["--check", "/dev/zero"], "");
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/zero: larger than"),
+        "{}",
+        stderr(&out)
     );
 }
