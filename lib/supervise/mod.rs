@@ -88,27 +88,7 @@ pub fn run(dir: &Path) -> Result<Status> {
             format!("{} is supervised already", dir.display()),
         ));
     }
-    // launch writes spec.json under the lock before it starts us, and reap removes it
-    // under the lock when it calls an abandoned start off: without it there is nothing
-    // this supervisor may run.
-    let text = match fs::read_to_string(dir.join("spec.json")) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(fail(
-                Exit::Temporary,
-                format!("{}: the start was called off (no spec.json)", dir.display()),
-            ))
-        }
-        r => r.with_context(|| format!("reading {}/spec.json", dir.display()))?,
-    };
-    let spec = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| Spec::from_json(&v))
-        .ok_or_else(|| {
-            fail(
-                Exit::BadInput,
-                format!("{}/spec.json is not a task spec", dir.display()),
-            )
-        })?;
+    let spec = read_spec(dir)?;
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
     let me = std::process::id();
     let mut status = Status {
@@ -156,6 +136,30 @@ pub fn run(dir: &Path) -> Result<Status> {
             Err(e)
         }
     }
+}
+
+/// The task's `spec.json`. launch writes it under the lock before it starts us, and reap
+/// removes it under the lock when it calls an abandoned start off: without it there is
+/// nothing this supervisor may run.
+fn read_spec(dir: &Path) -> Result<Spec> {
+    let text = match fs::read_to_string(dir.join("spec.json")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail(
+                Exit::Temporary,
+                format!("{}: the start was called off (no spec.json)", dir.display()),
+            ))
+        }
+        r => r.with_context(|| format!("reading {}/spec.json", dir.display()))?,
+    };
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| Spec::from_json(&v))
+        .ok_or_else(|| {
+            fail(
+                Exit::BadInput,
+                format!("{}/spec.json is not a task spec", dir.display()),
+            )
+        })
 }
 
 /// SIGCHLD and the stop signals, blocked and read from a descriptor, so the supervisor's
