@@ -1,3 +1,4 @@
 fn main() -> std::process::ExitCode {
+    formic::exit::exit_70_on_panic("pack");
     formic::cli::main("pack", formic::pack::run)
 }

@@ -5,8 +5,9 @@
 //! [`Status`] with [`fail`] or [`Context`]-style helpers. The first `Status` found walking the
 //! error chain wins; an I/O error without one is classified by its kind.
 
+use std::cell::Cell;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 /// What a tool's exit status tells the caller. The numbers are sysexits(3) where one fits.
@@ -22,6 +23,8 @@ pub enum Status {
     BadInput = 65,
     /// A service the tool needs (ZooKeeper, a remote host) did not answer.
     Unavailable = 69,
+    /// An internal error: a bug, never a verdict on input (see [`exit_70_on_panic`]).
+    Internal = 70,
     /// An I/O error, or a state file that is corrupt, truncated, foreign or newer.
     Io = 74,
     /// Temporary: the state is locked by another writer; try again.
@@ -38,6 +41,7 @@ Exit status:
   2   usage error
   65  bad input (a malformed record or file; nothing was changed)
   69  a needed service is unavailable
+  70  internal error (a bug; never caused by input)
   74  I/O error, or a corrupt, truncated, foreign or newer-version state file
   75  temporary failure (the state is locked by another writer); retry
   77  permission denied
@@ -120,6 +124,46 @@ pub fn status_of(err: &anyhow::Error) -> Status {
     Status::Io
 }
 
+/// Makes a panic, which is a bug and never a verdict on input, end the tool with status 70
+/// (not Rust's 101) and one line on stderr. Every binary's `main` calls it first.
+///
+/// A panic inside [`catch_bug`] is printed the same way but left to unwind, so that the
+/// code which must clean up after a bug (the supervisor kills the task it started) can.
+pub fn exit_70_on_panic(tool: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic");
+        let at = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        // Not eprintln!: a closed stderr must not turn this panic into an abort.
+        let line = one_line(&format!("{tool}: internal error (a bug): {what}{at}"));
+        let _ = writeln!(io::stderr(), "{line}");
+        if CATCHING.with(Cell::get) == 0 {
+            std::process::exit(Status::Internal.code().into());
+        }
+    }));
+}
+
+thread_local! {
+    /// How many [`catch_bug`] calls this thread is inside.
+    static CATCHING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `f`; a panic in it (a bug, already printed by the hook [`exit_70_on_panic`]
+/// installs) comes back as an error with status 70 instead of ending the process, for a
+/// caller that must clean up first.
+pub fn catch_bug<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    CATCHING.with(|c| c.set(c.get() + 1));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(c.get() - 1));
+    outcome.map_err(|_| fail(Status::Internal, "internal error (a bug)"))
+}
+
 /// True when the error is only that our reader went away (`| head`): not an error at all.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
@@ -165,6 +209,66 @@ mod tests {
             .unwrap_err();
         assert_eq!(status_of(&e), Status::BadInput);
         assert_eq!(format!("{e:#}"), "reading hosts: line 3: no name");
+    }
+
+    /// Runs `role` of [`panic_child`] in a child process of this test binary.
+    fn panic_child_run(role: &str) -> std::process::Output {
+        // /proc/self/exe: still this binary if cargo replaced it while the tests run.
+        std::process::Command::new("/proc/self/exe")
+            .args(["--exact", "exit::tests::panic_child", "--ignored"])
+            .args(["--nocapture", "--test-threads=1", "-q"])
+            .env(PANIC_ROLE, role)
+            .output()
+            .unwrap()
+    }
+
+    const PANIC_ROLE: &str = "FORMIC_PANIC_ROLE";
+
+    #[test]
+    #[ignore = "entry point of the child processes of the panic tests"]
+    fn panic_child() {
+        let Ok(role) = std::env::var(PANIC_ROLE) else {
+            return;
+        };
+        exit_70_on_panic("tool");
+        match role.as_str() {
+            "uncaught" => panic!("a bug\nover two lines"),
+            "caught" => {
+                let e = catch_bug(|| -> u32 { panic!("a bug") }).unwrap_err();
+                assert_eq!(status_of(&e), Status::Internal);
+                println!("cleaned up after: {e}");
+            }
+            other => unreachable!("unknown role {other}"),
+        }
+    }
+
+    #[test]
+    fn a_panic_exits_70_with_one_line_on_stderr() {
+        let out = panic_child_run("uncaught");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(70), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tool:")).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].starts_with("tool: internal error (a bug): a bug over two lines"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn a_caught_panic_leaves_its_caller_to_clean_up() {
+        let out = panic_child_run("caught");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains("cleaned up after: internal error (a bug)"),
+            "{out:?}"
+        );
+        assert!(
+            stderr.contains("tool: internal error (a bug): a bug at "),
+            "{stderr}"
+        );
     }
 
     #[test]

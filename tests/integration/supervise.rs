@@ -2,6 +2,7 @@
 //! orphans, the task's world (environment, descriptors, user), health checks, one
 //! supervisor per task.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -337,31 +338,40 @@ fn a_killed_supervisor_releases_the_task_lock() {
     let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
 
+/// A port on 127.0.0.1 that nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A task serving its sandbox with Python's http.server on 127.0.0.1:`port`.
+fn web_server(task: &str, port: u16) -> Spec {
+    let port = port.to_string();
+    let argv = ["python3", "-m", "http.server", "--bind", "127.0.0.1", &port];
+    spec(task, &argv)
+}
+
+/// An HTTP health check of `path` on `port`, every `interval_s`, given `timeout_s`,
+/// unhealthy after `failures` in a row.
+fn http_check(port: u16, path: &str, interval_s: f64, timeout_s: f64, failures: u32) -> Health {
+    Health {
+        port,
+        path: path.into(),
+        cmd: vec![],
+        interval_s,
+        timeout_s,
+        failures,
+    }
+}
+
 #[test]
 fn health_follows_an_http_check() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut s = spec(
-        "t/e/web/0",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ],
-    );
-    s.health = Some(Health {
-        port,
-        path: "/".into(),
-        cmd: vec![],
-        interval_s: 0.2,
-        timeout_s: 1.0,
-        failures: 2,
-    });
+    let port = free_port();
+    let mut s = web_server("t/e/web/0", port);
+    s.health = Some(http_check(port, "/", 0.2, 1.0, 2));
     let (_root, dir) = task(&s);
     let sup = supervise(&dir);
     let healthy = wait_for(&dir, Duration::from_secs(20), |s| s.healthy == Some(true));
@@ -371,14 +381,7 @@ fn health_follows_an_http_check() {
 
     // Nothing listens: unhealthy after `failures` checks in a row.
     let mut s = spec("t/e/deaf/0", &["sleep", "30"]);
-    s.health = Some(Health {
-        port,
-        path: "/".into(),
-        cmd: vec![],
-        interval_s: 0.1,
-        timeout_s: 0.2,
-        failures: 2,
-    });
+    s.health = Some(http_check(port, "/", 0.1, 0.2, 2));
     let (_root, dir) = task(&s);
     let sup = supervise(&dir);
     let sick = wait_for(&dir, Duration::from_secs(10), |s| s.healthy == Some(false));
@@ -406,23 +409,12 @@ fn a_redirect_is_healthy_and_a_missing_page_is_not() {
     // README: 2xx and 3xx are healthy. The redirect leads to a 404, so a check that
     // followed it, or took only 2xx, would call the first task unhealthy.
     for (name, path, healthy) in [("moved", "/moved", true), ("gone", "/gone", false)] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut s = spec(
             &format!("t/e/{name}/0"),
             &["python3", "-c", REDIRECTING, &port.to_string()],
         );
-        s.health = Some(Health {
-            port,
-            path: path.into(),
-            cmd: vec![],
-            interval_s: 0.1,
-            timeout_s: 1.0,
-            failures: 2,
-        });
+        s.health = Some(http_check(port, path, 0.1, 1.0, 2));
         let (_root, dir) = task(&s);
         let sup = supervise(&dir);
         // Judged once the server answers: a passing check, or three more failures in a row
@@ -906,5 +898,262 @@ fn a_command_that_cannot_be_run_fails_with_127_and_says_why() {
         assert!(reason.contains("No such file or directory"), "{reason}");
         let log = std::fs::read_to_string(dir.join("logs/stderr")).unwrap();
         assert!(log.contains("No such file or directory"), "{log}");
+    }
+}
+
+// --- health checks: they never hold the supervisor up, and cost what they should ---
+
+/// A server that takes every request, says so (`asked` in its working directory) and
+/// answers none of them for a minute.
+const SILENT: &str = r#"
+import http.server, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        open("asked", "w").close()
+        time.sleep(60)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[test]
+fn a_stop_during_a_slow_health_check_signals_the_task_at_once() {
+    // Checks that take far longer than the grace period: a command, and an HTTP server
+    // that never answers. The stop must not wait for either.
+    let port = free_port();
+    let slow_command = {
+        let mut s = spec("t/e/slowcmd/0", &["sleep", "60"]);
+        let mut h = shell_check("touch asked; exec sleep 60", 0.1, 3);
+        h.timeout_s = 20.0;
+        s.health = Some(h);
+        s
+    };
+    let slow_http = {
+        let mut s = spec(
+            "t/e/slowhttp/0",
+            &["python3", "-c", SILENT, &port.to_string()],
+        );
+        s.health = Some(http_check(port, "/", 0.1, 20.0, 3));
+        s
+    };
+    for s in [slow_command, slow_http] {
+        let (_root, dir) = task(&s);
+        let sup = supervise(&dir);
+        common::wait_until("a check under way", Duration::from_secs(20), || {
+            dir.join("sandbox/asked").exists().then_some(())
+        });
+        let asked = Instant::now();
+        kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+        let st = wait_for(&dir, Duration::from_secs(30), finished);
+        let took = asked.elapsed();
+        assert_eq!(wait_exit(sup), 0);
+        assert_eq!(
+            (st.state.as_str(), st.signal),
+            ("KILLED", Some(15)),
+            "{}: the task got SIGTERM, not SIGKILL: {st:?}",
+            s.task
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "{}: stopped {took:?} after it was asked, not at once",
+            s.task
+        );
+    }
+}
+
+/// Counts the times a task's status is replaced (renamed into place), by inotify.
+struct StatusWrites(std::os::fd::OwnedFd);
+
+impl StatusWrites {
+    fn watch(dir: &Path) -> StatusWrites {
+        use nix::libc;
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain system calls; the descriptor is owned from here on.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            assert!(fd >= 0, "inotify_init1");
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let wd = libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_MOVED_TO);
+            assert!(wd >= 0, "inotify_add_watch");
+            StatusWrites(fd)
+        }
+    }
+
+    /// Replacements of `status` since the last call.
+    fn take(&self) -> usize {
+        use nix::libc;
+        let mut n = 0;
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: reads into a buffer of the size given.
+            let got = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got <= 0 {
+                return n;
+            }
+            let mut at = 0;
+            let head = std::mem::size_of::<libc::inotify_event>();
+            while at + head <= got as usize {
+                // SAFETY: the kernel wrote whole events; read_unaligned copes with the
+                // buffer's alignment.
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+                let name = &buf[at + head..at + head + ev.len as usize];
+                if name.split(|&b| b == 0).next() == Some(b"status") {
+                    n += 1;
+                }
+                at += head + ev.len as usize;
+            }
+        }
+    }
+}
+
+#[test]
+fn health_checks_at_interval_zero_are_spaced_and_do_not_rewrite_the_status_each_time() {
+    // A check that always fails, asked for as often as possible; each one leaves a line.
+    let mut s = spec("t/e/spin/0", &["sleep", "60"]);
+    s.health = Some(shell_check("echo >> checks; exit 1", 0.0, 3));
+    let (_root, dir) = task(&s);
+    let checks =
+        || std::fs::read_to_string(dir.join("sandbox/checks")).map_or(0, |c| c.lines().count());
+    let started = Instant::now();
+    let sup = supervise(&dir);
+    common::wait_until("six checks", Duration::from_secs(20), || {
+        (checks() >= 6).then_some(())
+    });
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "six checks within {took:?}: not spaced by the 0.1 s floor"
+    );
+    // Unhealthy now or soon; from then on a failure changes only the count, and the
+    // status is replaced at most once a second for that.
+    wait_for(&dir, Duration::from_secs(10), |s| s.healthy == Some(false));
+    let writes = StatusWrites::watch(&dir);
+    let (from, at) = (checks(), Instant::now());
+    common::wait_until("twenty more checks", Duration::from_secs(20), || {
+        (checks() >= from + 20).then_some(())
+    });
+    let (n, window) = (writes.take(), at.elapsed());
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    assert!(
+        n as f64 <= window.as_secs_f64().ceil() + 1.0,
+        "the status was replaced {n} times in {window:?} of failing checks"
+    );
+    assert!(n >= 1, "the count of failures is still written");
+}
+
+#[test]
+fn huge_durations_in_the_spec_are_taken_without_a_panic() {
+    // 1e30 s does not fit a Duration; each must still mean "practically never".
+    let huge = 1e30;
+    for field in ["interval_s", "timeout_s", "grace_s"] {
+        let mut s = spec(&format!("t/e/huge{}/0", &field[..4]), &["sleep", "60"]);
+        let mut h = shell_check("exit 0", 0.1, 3);
+        match field {
+            "interval_s" => h.interval_s = huge,
+            "timeout_s" => h.timeout_s = huge,
+            _ => s.grace_s = huge,
+        }
+        s.health = Some(h);
+        let (_root, dir) = task(&s);
+        let sup = supervise(&dir);
+        // A check with a huge timeout has passed; with a huge interval none comes.
+        wait_for(&dir, Duration::from_secs(10), |s| {
+            s.state == "RUNNING" && (field == "interval_s" || s.healthy == Some(true))
+        });
+        kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+        let out = common::wait_output(sup, Duration::from_secs(30));
+        let st = Status::read(&dir).unwrap().unwrap();
+        assert_eq!(
+            (common::code(&out), st.state.as_str(), st.signal),
+            (0, "KILLED", Some(15)),
+            "{field} {huge}: {}; {st:?}",
+            common::stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn an_http_check_reads_the_answer_before_it_hangs_up() {
+    // Python's http.server logs each request on stderr, and a traceback for each client
+    // that hung up on its answer (a connection reset).
+    let port = free_port();
+    let mut s = web_server("t/e/polite/0", port);
+    s.health = Some(http_check(port, "/", 0.1, 2.0, 3));
+    let (_root, dir) = task(&s);
+    let sup = supervise(&dir);
+    let log = || std::fs::read_to_string(dir.join("logs/stderr")).unwrap_or_default();
+    common::wait_until("forty checks answered", Duration::from_secs(30), || {
+        let answered = log()
+            .lines()
+            .filter(|l| l.contains("\"GET / HTTP/1.") && l.contains("\" 200 "))
+            .count();
+        (answered >= 40).then_some(())
+    });
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(sup), 0);
+    let log = log();
+    assert!(
+        !log.contains("Traceback") && !log.contains("Error"),
+        "the server saw checks hang up on it:\n{log}"
+    );
+}
+
+#[test]
+fn a_sandbox_the_task_user_cannot_reach_is_refused_with_the_reason() {
+    common::require_root("a task of its own uid");
+    use std::os::unix::fs::PermissionsExt;
+    // A directory as `mktemp -d` makes it (0700, root's) above the task's directory.
+    let s = own_identity(spec("t/e/hidden/0", &["sh", "-c", "echo started"]));
+    let (root, dir) = task(&s);
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let code = wait_exit(supervise(&dir));
+    assert_ne!(code, 0);
+    let st = Status::read(&dir).unwrap().unwrap();
+    assert_eq!((st.state.as_str(), st.pid), ("FAILED", None), "{st:?}");
+    let reason = st.reason.unwrap_or_default();
+    let uid = st.uid.expect("the uid it would have run as");
+    let want = format!(
+        "the task's user {uid} cannot reach its sandbox: {} is mode 0700",
+        root.path().display()
+    );
+    assert!(reason.contains(&want), "{reason:?} does not say {want:?}");
+    let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap_or_default();
+    assert_eq!(out, "", "the task must not have run");
+}
+
+#[test]
+fn a_spec_the_supervisor_cannot_honour_is_refused_before_anything_starts() {
+    // An upside-down uid range (its size overflowed: a panic), and a health path that
+    // would split the request line.
+    let mut backwards = spec("t/e/backwards/0", &["sh", "-c", "echo started"]);
+    backwards.allow_root = false;
+    backwards.dynamic_ids = Some((79999, 70000));
+    let mut split = spec("t/e/split/0", &["sh", "-c", "echo started"]);
+    split.health = Some(http_check(
+        free_port(),
+        "/ HTTP/1.0\r\nHost: x",
+        1.0,
+        1.0,
+        3,
+    ));
+    for (s, why) in [
+        (backwards, "uid range 79999-70000"),
+        (split, "not an HTTP request path"),
+    ] {
+        let (_root, dir) = task(&s);
+        let out = common::wait_output(supervise(&dir), Duration::from_secs(30));
+        let st = Status::read(&dir).unwrap().unwrap();
+        assert_eq!(
+            (common::code(&out), st.state.as_str(), st.pid),
+            (65, "FAILED", None),
+            "{}: {}; {st:?}",
+            s.task,
+            common::stderr(&out)
+        );
+        let reason = st.reason.unwrap_or_default();
+        assert!(reason.contains(why), "{}: {reason}", s.task);
+        assert!(!dir.join("logs/stdout").exists(), "{}: it ran", s.task);
     }
 }
