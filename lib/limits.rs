@@ -231,7 +231,7 @@ impl Enforcer {
             }
         }
         if limits.ram_mb > 0 && e.applied.memory == "none" {
-            e.data_rlimit = Some(limits.ram_mb << 20);
+            e.data_rlimit = Some(bytes(limits.ram_mb));
             e.applied.memory = "rlimit";
         }
         if limits.pids > 0 && e.applied.pids == "none" {
@@ -257,7 +257,7 @@ impl Enforcer {
             return;
         }
         self.applied.kill = "cgroup.kill";
-        if l.ram_mb > 0 && write(&dir.join("memory.max"), &(l.ram_mb << 20).to_string()).is_ok() {
+        if l.ram_mb > 0 && write(&dir.join("memory.max"), &bytes(l.ram_mb).to_string()).is_ok() {
             self.applied.memory = "cgroup";
         }
         let cpu_max = format!("{} {CFS_PERIOD_US}", quota_us(l.cpus));
@@ -280,7 +280,7 @@ impl Enforcer {
             self.join_group(&dir)?;
             write(
                 &dir.join("memory.limit_in_bytes"),
-                &(l.ram_mb << 20).to_string(),
+                &bytes(l.ram_mb).to_string(),
             )
         });
         if let Some(Ok(())) = memory {
@@ -454,8 +454,23 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
     f.write_all(value.as_bytes())
 }
 
+/// Megabytes as bytes, saturating: a spec.json asking for more than a u64 holds gets the
+/// most there is, never a limit wrapped round to almost nothing.
+fn bytes(mb: u64) -> u64 {
+    mb.saturating_mul(1 << 20)
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// A memory limit of a huge spec.json saturates; it was `ram_mb << 20`, which wraps round
+    /// to a tiny (or zero) memory.max.
+    #[test]
+    fn megabytes_as_bytes_saturate() {
+        assert_eq!(bytes(1), 1 << 20);
+        assert_eq!(bytes(u64::MAX >> 10), u64::MAX);
+        assert_eq!(bytes(1 << 44), u64::MAX);
+    }
     use super::*;
 
     #[test]

@@ -532,7 +532,8 @@ impl Facts {
                 .and_then(|t| serde_json::from_str::<Value>(&t).ok())
                 .and_then(|v| crate::supervise::Spec::from_json(&v));
             match spec {
-                Some(s) => (s.grace_s.max(0.0), s.health.is_some()),
+                // The supervisor's own reading of it (clamped), so both keep one deadline.
+                Some(s) => (s.grace().as_secs_f64(), s.health.is_some()),
                 None => (DEFAULT_GRACE_S, false),
             }
         })
@@ -1683,6 +1684,22 @@ mod tests {
         start_grace: 30.0,
         min_run: 60.0,
     };
+
+    /// A grace period of 1e30 s in spec.json (the supervisor clamps it) gave reap a stop
+    /// deadline that never came: reap reads it as the supervisor does.
+    #[test]
+    fn a_huge_grace_in_spec_json_still_gives_a_stop_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = crate::supervise::Spec::from_json(&serde_json::json!({
+            "task": "a/b/c/0", "argv": ["true"]
+        }))
+        .unwrap();
+        spec.grace_s = 1e30;
+        std::fs::write(dir.path().join("spec.json"), spec.to_json().to_string()).unwrap();
+        let facts = Facts::of(dir.path(), None);
+        let deadline = facts.stop_deadline(0.0);
+        assert!(deadline.is_finite() && deadline <= 1e9 + 10.0, "{deadline}");
+    }
 
     fn facts(p: Policy) -> Facts {
         Facts::fixed(p, 5.0, false, None)
