@@ -1023,4 +1023,88 @@ mod tests {
         );
         assert_eq!(job.restart, Restart::default());
     }
+
+    use proptest::prelude::*;
+
+    /// JSON values of a job's shape, mostly wrong: the fields a spec has, with values of
+    /// any type, nested a little.
+    fn near_spec() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "[ -~\\x00\\r\\n{}]{0,12}".prop_map(Value::from),
+            prop_oneof![
+                Just("{{port.http}}"),
+                Just("{{nope}}"),
+                Just("a/b/c"),
+                Just("http")
+            ]
+            .prop_map(Value::from),
+        ];
+        let value = leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("port".to_string()),
+                        Just("http".to_string()),
+                        Just("cmd".to_string()),
+                        Just("interval_s".to_string()),
+                        Just("cpus".to_string()),
+                        Just("ram_mb".to_string()),
+                        Just("ports".to_string()),
+                        Just("attr".to_string()),
+                        Just("limit".to_string()),
+                        "[a-z]{1,6}"
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        prop::collection::btree_map(
+            prop_oneof![
+                Just("job"),
+                Just("instances"),
+                Just("cmd"),
+                Just("env"),
+                Just("resources"),
+                Just("health"),
+                Just("restart"),
+                Just("constraints"),
+                Just("announce"),
+                Just("tier"),
+                Just("user"),
+                Just("update")
+            ],
+            value,
+            0..10,
+        )
+        .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+    }
+
+    proptest! {
+        /// Whatever the job file holds, reading it gives a spec or an error naming the
+        /// job or field, never a panic; and a spec read from text reads the same as from
+        /// its value.
+        #[test]
+        fn any_job_object_is_read_or_refused_without_a_panic(v in near_spec()) {
+            let text = v.to_string();
+            let from_text = parse_text(&text, "prop");
+            let from_value = parse(v.as_object().unwrap(), "prop");
+            prop_assert_eq!(from_text.is_ok(), from_value.is_ok(), "{}", text);
+            if let Err(e) = from_text {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_text_is_read_or_refused_without_a_panic(text in "[ -~\\x00\\n]{0,80}") {
+            let _ = parse_text(&text, "prop");
+        }
+    }
 }
