@@ -411,6 +411,33 @@ impl State {
         result
     }
 
+    /// Like [`State::write`], for a body that often has nothing to change (a follower's
+    /// pass): the body first runs on the view brought up to date without the lock, and its
+    /// changes are undone; only if it set something (or failed) is the lock taken and
+    /// the body run again as a real transaction on what is committed by then. Otherwise its
+    /// result from that rehearsal is returned, and no other writer waited.
+    pub fn write_if_changed<R>(
+        &mut self,
+        mut body: impl FnMut(&mut Txn) -> Result<R>,
+    ) -> Result<R> {
+        if !self.writable || self.poisoned {
+            return self.write(body);
+        }
+        self.read_consistent()?;
+        let mut txn = Txn {
+            view: &mut self.view,
+            undo: Vec::new(),
+            now: now(),
+        };
+        let out = body(&mut txn);
+        let changed = !txn.undo.is_empty();
+        txn.rollback();
+        match out {
+            Ok(out) if !changed => Ok(out),
+            _ => self.write(body),
+        }
+    }
+
     fn write_locked<R>(&mut self, body: impl FnOnce(&mut Txn) -> Result<R>) -> Result<R> {
         self.catch_up()?;
         if self.read_seq()? % 2 == 1 {

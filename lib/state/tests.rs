@@ -470,3 +470,46 @@ fn a_file_truncated_under_its_readers_is_an_error_not_a_crash() {
     let rounds = cutter.join().unwrap();
     eprintln!("{whole} whole reads and {refused} refused over {rounds} cuts");
 }
+
+/// A body that sets nothing runs without the lock (here held by someone else), on the view
+/// as committed now; one that sets something waits for the lock like any transaction, and
+/// its rehearsal leaves the view as it was.
+#[test]
+fn write_if_changed_takes_the_lock_only_to_change_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let opts = Options {
+        lock_timeout: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let mut s = State::open_with(&path, opts, true).unwrap();
+    let mut other = State::open_writer(&path).unwrap();
+    add_host(&mut other, "a");
+    let held = File::open(lock_path(&path)).unwrap();
+    held.lock().unwrap();
+    let seen = s
+        .write_if_changed(|tx| Ok(names_in(tx.view())))
+        .unwrap_or_else(|e| panic!("no change, yet: {e:#}"));
+    assert_eq!(seen, ["a"], "the body saw what was committed");
+    let e = s
+        .write_if_changed(|tx| {
+            tx.upsert(host("c", 1));
+            Ok(())
+        })
+        .expect_err("a change waits for the lock");
+    assert_eq!(crate::exit::status_of(&e), Status::Temporary, "{e:#}");
+    assert_eq!(names(&s), ["a"], "a refused change is undone");
+    held.unlock().unwrap();
+    s.write_if_changed(|tx| {
+        tx.upsert(host("c", 1));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(names(&State::open(&path).unwrap()), ["a", "c"]);
+}
+
+fn names_in(view: &View) -> Vec<String> {
+    let mut v: Vec<String> = view.hosts.iter().map(|(_, h)| h.name.clone()).collect();
+    v.sort();
+    v
+}
