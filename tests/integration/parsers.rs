@@ -154,7 +154,7 @@ fn nth(v: &mut Value, k: &mut usize, f: &mut dyn FnMut(&mut Value, Option<&str>,
 fn apply_json_edit(v: &mut Value, e: &JsonEdit) {
     let n = descendants(v);
     match e {
-        JsonEdit::Replace(i, new) if n == 0 => *v = new.clone(),
+        JsonEdit::Replace(_, new) if n == 0 => *v = new.clone(),
         JsonEdit::Replace(i, new) => {
             nth(
                 v,
