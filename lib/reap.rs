@@ -1324,7 +1324,7 @@ impl Reaper {
                 .any(|(_, h)| h.maintenance.mode == Mode::Draining);
         // Apply each plan only to the record it was made from: if launch or another reap
         // changed the task meanwhile, the next pass decides again from what is there now.
-        let applied = self.state.write(|tx| {
+        let applied = self.state.write_if_changed(|tx| {
             let mut applied = Vec::with_capacity(plans.len());
             let mut changed = false;
             for (w, plan) in &plans {

@@ -10,7 +10,7 @@
 //!
 //! A header names the checkpoint generation, the last transaction folded into the tables,
 //! the file length in use and where each table's extents are. Extents are appended and never
-//! moved, so the file grows without a rebuild and a reader's old mapping stays valid.
+//! moved, so the file grows without a rebuild and a slot's offset never changes.
 
 use crate::fixed::Corrupt;
 use crate::state::table::{Kind, KINDS};
@@ -48,6 +48,13 @@ impl TableDesc {
         let first = self.base as u64 * ((1 << k) - 1);
         let start = self.extents[k as usize] + (slot as u64 - first) * self.slot_size as u64;
         start as usize..(start + self.slot_size as u64) as usize
+    }
+
+    /// How many slots from `slot` on lie back to back in its extent (`slot` included).
+    pub fn run_from(&self, slot: u32) -> u64 {
+        let x = slot as u64 / self.base as u64 + 1;
+        let k = 63 - x.leading_zeros() as u64;
+        self.base as u64 * ((2 << k) - 1) - slot as u64
     }
 }
 
@@ -288,6 +295,9 @@ mod tests {
         assert_eq!(t.slot_range(0).start as u64, t.extents[0]);
         assert_eq!(t.slot_range(4096).start as u64, t.extents[1]);
         assert_eq!(t.slot_range(4097).start as u64, t.extents[1] + 128);
+        assert_eq!(t.run_from(0), 4096);
+        assert_eq!(t.run_from(4095), 1);
+        assert_eq!(t.run_from(4097), 8191);
         assert_eq!(h.end, PAGE + 4096 * 128 * 3);
     }
 

@@ -8,7 +8,7 @@
 //! How: the tables file (`STATE`) holds fixed-size, checksummed slots at fixed offsets and is
 //! only rewritten at checkpoints. A commit appends the new images of the slots it changed to
 //! the journal (`STATE.journal`) and fdatasyncs it — one sequential write and one flush,
-//! whatever the size of the tables. Opening maps the tables, decodes them and replays the
+//! whatever the size of the tables. Opening reads the tables, decodes them and replays the
 //! journal over them. When the journal grows past a threshold the writer folds it into the
 //! tables (checkpoint): it marks the checkpoint sequence odd, writes the dirty slots, syncs,
 //! writes the next header copy, syncs, empties the journal and marks the sequence even. A
@@ -32,9 +32,15 @@
 //!
 //! Readers take no lock: they note the checkpoint sequence, read, and check it did not move
 //! (a seqlock); only if a checkpoint keeps getting in the way do they take the lock shared.
-//! Writers take `STATE.lock` exclusively for the length of one transaction. The writer
-//! writes with pwrite, not through the mapping, so a full disk is an error it can report
-//! rather than a SIGBUS.
+//! A writer refreshing its view between transactions reads the same way. Writers take
+//! `STATE.lock` exclusively for the length of one transaction.
+//!
+//! Nothing is read or written through a mapping of the files: all of it is pread into
+//! buffers of our own and pwritten from them. A reader racing a checkpoint copies bytes
+//! that fail a checksum or a sequence that moved, and reads again, where decoding a shared
+//! mapping would race the checkpoint's writes (undefined behaviour, not just a stale value).
+//! A file cut short by someone else is a short read, status 74, not a SIGBUS; so is a full
+//! disk for the writer, an error it can report.
 
 mod journal;
 mod layout;
@@ -49,7 +55,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use memmap2::MmapOptions;
 
 use crate::exit::{fail, Status};
 use crate::fixed::{open_slot, Corrupt, Slot};
@@ -261,6 +266,9 @@ pub struct State {
     /// Set when a flush failed: what is on disk is no longer known, so this handle stops.
     poisoned: bool,
     header: Header,
+    /// Whether `view` was read whole from the files, so that catching up may build on it
+    /// (false until the first read, and after a catch-up that failed half-way).
+    loaded: bool,
     view: View,
     journal_end: u64,
     /// Slots the journal has changed since the last checkpoint.
@@ -357,6 +365,7 @@ impl State {
             writable,
             poisoned: false,
             header: Header::new(),
+            loaded: false,
             view: View::default(),
             journal_end: journal::START,
             dirty: BTreeSet::new(),
@@ -400,6 +409,33 @@ impl State {
         let _ = lock.unlock();
         self.lock = Some(lock);
         result
+    }
+
+    /// Like [`State::write`], for a body that often has nothing to change (a follower's
+    /// pass): the body first runs on the view brought up to date without the lock, and its
+    /// changes are undone; only if it set something (or failed) is the lock taken and
+    /// the body run again as a real transaction on what is committed by then. Otherwise its
+    /// result from that rehearsal is returned, and no other writer waited.
+    pub fn write_if_changed<R>(
+        &mut self,
+        mut body: impl FnMut(&mut Txn) -> Result<R>,
+    ) -> Result<R> {
+        if !self.writable || self.poisoned {
+            return self.write(body);
+        }
+        self.read_consistent()?;
+        let mut txn = Txn {
+            view: &mut self.view,
+            undo: Vec::new(),
+            now: now(),
+        };
+        let out = body(&mut txn);
+        let changed = !txn.undo.is_empty();
+        txn.rollback();
+        match out {
+            Ok(out) if !changed => Ok(out),
+            _ => self.write(body),
+        }
     }
 
     fn write_locked<R>(&mut self, body: impl FnOnce(&mut Txn) -> Result<R>) -> Result<R> {
@@ -500,25 +536,17 @@ impl State {
         }
     }
 
-    /// Reads the whole state so that it is consistent: optimistically without a lock, and
-    /// under a shared lock if checkpoints keep moving underneath.
+    /// Brings the view up to date so that it is consistent, without a lock: note the
+    /// checkpoint sequence, catch up (replay the journal entries committed since the view
+    /// was read, or read everything again if a checkpoint has folded them), and check that
+    /// the sequence did not move. A catch-up that raced a checkpoint may fail (the journal
+    /// cut under it) or stop early, but what it applied was committed, in order; it is
+    /// tried again. Only if checkpoints keep getting in the way, or one was left half done
+    /// by a crash, is the shared lock taken.
     fn read_consistent(&mut self) -> Result<()> {
-        if self.writable {
-            // A writer keeps its view (a follower polls every few milliseconds): it replays
-            // only the journal entries committed since it last looked, under a shared lock
-            // so that no commit is half-written meanwhile. A checkpoint since (caught by
-            // catch_up), or one a crash interrupted, means reading the files again.
-            return self.under_shared_lock(|s| {
-                if s.read_seq()? % 2 == 1 {
-                    s.load()
-                } else {
-                    s.catch_up()
-                }
-            });
-        }
         for attempt in 0..4u64 {
             let before = self.read_seq()?;
-            if before % 2 == 0 && self.load().is_ok() && self.read_seq()? == before {
+            if before % 2 == 0 && self.catch_up().is_ok() && self.read_seq()? == before {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(attempt * 5));
@@ -526,7 +554,13 @@ impl State {
         if self.lock.is_none() {
             return self.load();
         }
-        self.under_shared_lock(State::load)
+        self.under_shared_lock(|s| {
+            if s.read_seq()? % 2 == 1 {
+                s.load()
+            } else {
+                s.catch_up()
+            }
+        })
     }
 
     fn under_shared_lock(&mut self, read: impl FnOnce(&mut State) -> Result<()>) -> Result<()> {
@@ -563,24 +597,28 @@ impl State {
         let mut view = View::default();
         let mut torn = BTreeSet::new();
         {
-            // Map exactly what the header says is in use: never past the end of the file.
-            let map = unsafe {
-                MmapOptions::new()
-                    .len(header.end as usize)
-                    .populate()
-                    .map(&self.tables)
-            }
-            .context("mapping the state file")?;
-            let bad = |kind: Kind, (slot, c): (u32, Corrupt)| {
-                corrupt(&self.path, format!("{} slot {slot}: {c}", kind.name()))
+            let bad = |kind: Kind, e: TableError| match e {
+                TableError::Slot(slot, c) => {
+                    corrupt(&self.path, format!("{} slot {slot}: {c}", kind.name()))
+                }
+                TableError::Short(at) => corrupt(
+                    &self.path,
+                    format!(
+                        "truncated while being read: it ended before byte {at}, and its \
+                         header needs {} bytes",
+                        header.end
+                    ),
+                ),
+                TableError::Io(e) => anyhow::Error::from(e)
+                    .context(format!("reading state file {}", self.path.display())),
             };
-            let (hosts, t) = decode_table::<Host>(&map, header.table(Kind::Host))
+            let (hosts, t) = decode_table::<Host>(&self.tables, header.table(Kind::Host))
                 .map_err(|e| bad(Kind::Host, e))?;
             torn.extend(t.into_iter().map(|s| (Kind::Host, s)));
-            let (jobs, t) = decode_table::<Job>(&map, header.table(Kind::Job))
+            let (jobs, t) = decode_table::<Job>(&self.tables, header.table(Kind::Job))
                 .map_err(|e| bad(Kind::Job, e))?;
             torn.extend(t.into_iter().map(|s| (Kind::Job, s)));
-            let (tasks, t) = decode_table::<Task>(&map, header.table(Kind::Task))
+            let (tasks, t) = decode_table::<Task>(&self.tables, header.table(Kind::Task))
                 .map_err(|e| bad(Kind::Task, e))?;
             torn.extend(t.into_iter().map(|s| (Kind::Task, s)));
             (view.hosts, view.jobs, view.tasks) = (hosts, jobs, tasks);
@@ -598,6 +636,7 @@ impl State {
         self.view = view;
         self.journal_end = journal_end;
         self.dirty = dirty;
+        self.loaded = true;
         Ok(())
     }
 
@@ -749,10 +788,12 @@ impl State {
         journal::need(&head, tables.gen).map_err(|e| corrupt(&jpath, e))
     }
 
-    /// Under the write lock: applies what other writers committed since this view was read.
+    /// Applies what writers committed since this view was read; under the write lock, what
+    /// other writers committed.
+    /// Also what every refresh does, without the lock (see `read_consistent`).
     fn catch_up(&mut self) -> Result<()> {
         let header = self.read_header()?;
-        if header.gen != self.header.gen {
+        if !self.loaded || header.gen != self.header.gen {
             return self.load(); // a checkpoint folded the journal we had been following
         }
         let mut view = std::mem::take(&mut self.view);
@@ -772,7 +813,10 @@ impl State {
                 Ok(())
             }
             Err(e) => {
-                self.load()?; // our view may be half-updated: start again from the files
+                // Our view may be half-updated: start again from the files, now or (if they
+                // cannot be read either) at the next catch-up.
+                self.loaded = false;
+                let _ = self.load();
                 Err(e)
             }
         }
@@ -844,12 +888,33 @@ impl State {
     }
 }
 
-/// Decodes a table's slots from the mapping, split across the cores when it is large.
-/// Returns the records by slot and the slots whose checksum failed (torn or damaged).
+/// Why a table could not be read.
+enum TableError {
+    /// A slot whose checksum holds decodes to nonsense.
+    Slot(u32, Corrupt),
+    /// The file ended before this byte: someone cut it while it was being read.
+    Short(u64),
+    Io(io::Error),
+}
+
+/// Bytes of slots read at a time: a block stays in the core's cache while it is decoded.
+const READ_BLOCK: usize = 128 << 10;
+
+/// Reads a table's slots with pread, a block at a time into a buffer of its own, and
+/// decodes them, split across the cores when the table is large. Returns the records by
+/// slot and the slots whose checksum failed (torn or damaged).
+///
+/// Why pread and not a mapping of the file: a checkpoint rewrites slots in place while
+/// readers read without a lock (the checkpoint sequence tells them afterwards to read
+/// again), and anyone may truncate the file. Decoding a shared mapping would race those
+/// writes (undefined behaviour for Rust, not merely a stale value) and die of SIGBUS on a
+/// page cut off; a private mapping does neither better, since its pages not yet copied
+/// still follow the file. Copied out with pread, a torn slot is only bytes that fail
+/// their checksum or a sequence that moved, and a cut file is a short read.
 fn decode_table<T: Stored + Send>(
-    map: &[u8],
+    file: &File,
     desc: &layout::TableDesc,
-) -> Result<(Table<T>, Vec<u32>), (u32, Corrupt)> {
+) -> Result<(Table<T>, Vec<u32>), TableError> {
     let used = desc.used as usize;
     let threads = if used < 65_536 {
         1
@@ -859,36 +924,68 @@ fn decode_table<T: Stored + Send>(
             .min(8)
     };
     let chunk = used.div_ceil(threads).max(1);
+    let slot_size = desc.slot_size as usize;
+    let per_block = (READ_BLOCK / slot_size).max(1);
     // Each part returns its torn slots and its empty ones (the table's free list).
-    type Part = Result<(Vec<u32>, Vec<u32>), (u32, Corrupt)>;
+    type Part = Result<(Vec<u32>, Vec<u32>), TableError>;
     let decode_part = |first: usize, part: &mut [MaybeUninit<Option<T>>]| -> Part {
         let mut torn = Vec::new();
         let mut free = Vec::new();
-        for i in 0..part.len() {
+        let mut buf = vec![0u8; per_block.min(part.len()) * slot_size];
+        let mut i = 0;
+        let mut fail = None;
+        while i < part.len() && fail.is_none() {
+            // The slots from here on that lie together in one extent, up to a block.
             let slot = (first + i) as u32;
-            let value = match open_slot(&map[desc.slot_range(slot)]) {
-                Ok(Slot::Empty) => None,
-                Ok(Slot::Live { version, body }) => match T::decode(version, body) {
-                    Ok(v) => Some(v),
-                    Err(c) => {
-                        // Leave no element uninitialised, then report.
-                        part[i..].iter_mut().for_each(|rest| {
-                            rest.write(None);
-                        });
-                        return Err((slot, c));
-                    }
-                },
-                Err(_) => {
-                    torn.push(slot);
-                    None
+            let start = desc.slot_range(slot).start;
+            let n = (desc.run_from(slot) as usize)
+                .min(per_block)
+                .min(part.len() - i);
+            let bytes = &mut buf[..n * slot_size];
+            match read_up_to(file, bytes, start as u64) {
+                Ok(got) if got == bytes.len() => {}
+                Ok(got) => {
+                    fail = Some(TableError::Short((start + got) as u64));
+                    break;
                 }
-            };
-            if value.is_none() {
-                free.push(slot);
+                Err(e) => {
+                    fail = Some(TableError::Io(e));
+                    break;
+                }
             }
-            part[i].write(value);
+            for (k, image) in bytes.chunks_exact(slot_size).enumerate() {
+                let slot = slot + k as u32;
+                let value = match open_slot(image) {
+                    Ok(Slot::Empty) => None,
+                    Ok(Slot::Live { version, body }) => match T::decode(version, body) {
+                        Ok(v) => Some(v),
+                        Err(c) => {
+                            fail = Some(TableError::Slot(slot, c));
+                            break;
+                        }
+                    },
+                    Err(_) => {
+                        torn.push(slot);
+                        None
+                    }
+                };
+                if value.is_none() {
+                    free.push(slot);
+                }
+                part[i].write(value);
+                i += 1;
+            }
         }
-        Ok((torn, free))
+        match fail {
+            None => Ok((torn, free)),
+            Some(e) => {
+                // Leave no element uninitialised, then report.
+                part[i..].iter_mut().for_each(|rest| {
+                    rest.write(None);
+                });
+                Err(e)
+            }
+        }
     };
     // Each slot is written exactly once, straight into the table's vector: a million tasks
     // are not first filled with None and then overwritten.

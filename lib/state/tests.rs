@@ -313,7 +313,9 @@ fn commit_records_say_what_must_be_replayed() {
 /// Lock-free readers opening and refreshing while a writer commits and checkpoints: the
 /// record a reader reads never claims more than the journal it then reads holds, and a
 /// checkpoint in between is caught by the checkpoint sequence, so no open fails and no
-/// view is torn or goes back.
+/// view is torn or goes back. Commits rewrite records the checkpoints are rewriting in
+/// place (commit i adds host i and changes host i/2), so a view that mixed two moments
+/// would show a host with the wrong value. A writer's refresh reads the same way.
 #[test]
 fn readers_racing_commits_and_checkpoints_never_see_damage() {
     let dir = tempfile::tempdir().unwrap();
@@ -322,28 +324,192 @@ fn readers_racing_commits_and_checkpoints_never_see_damage() {
         checkpoint_bytes: 8 << 10,
         ..Options::default()
     };
-    let mut w = State::open_with(&path, opts, true).unwrap();
+    let mut w = State::open_with(&path, opts.clone(), true).unwrap();
     let writer = std::thread::spawn(move || {
-        for i in 0..400 {
-            add_host(&mut w, &format!("h{i:03}"));
+        for i in 0..400u32 {
+            w.write(|tx| {
+                tx.upsert(host(&format!("h{i:03}"), 1000 + i));
+                let older = tx.view().hosts.find(&format!("h{:03}", i / 2)).unwrap();
+                let mut h = tx.view().hosts.get(older).unwrap().clone();
+                h.cpus = 1000 + i;
+                tx.set(older, Some(h));
+                Ok(())
+            })
+            .unwrap();
         }
     });
+    // After t commits, host j holds the last of commits j, 2j and 2j+1 made.
+    let check = |s: &State, who: &str| {
+        let t = s.view().txid as u32;
+        let mut got: Vec<(String, u32)> = s
+            .view()
+            .hosts
+            .iter()
+            .map(|(_, h)| (h.name.clone(), h.cpus))
+            .collect();
+        got.sort();
+        let want: Vec<(String, u32)> = (0..t)
+            .map(|j| {
+                let last = [2 * j + 1, 2 * j, j].into_iter().find(|&c| c < t).unwrap();
+                (format!("h{j:03}"), 1000 + last)
+            })
+            .collect();
+        assert_eq!(got, want, "{who}'s view of transaction {t}");
+    };
     let mut follower = State::open(&path).unwrap();
-    let mut last = 0;
+    let mut writing_follower = State::open_with(&path, opts, true).unwrap();
+    let (mut last, mut last_w, mut views) = (0, 0, 0);
     while !writer.is_finished() {
         let fresh = State::open(&path).unwrap_or_else(|e| panic!("open: {e:#}"));
+        check(&fresh, "a new reader");
         follower
             .refresh()
             .unwrap_or_else(|e| panic!("refresh: {e:#}"));
-        for s in [&fresh, &follower] {
-            let t = s.view().txid;
-            let want: Vec<String> = (0..t).map(|i| format!("h{i:03}")).collect();
-            assert_eq!(names(s), want, "a view of transaction {t}");
-        }
+        check(&follower, "a reader that refreshes");
+        writing_follower
+            .refresh()
+            .unwrap_or_else(|e| panic!("a writer's refresh: {e:#}"));
+        check(&writing_follower, "a writer that refreshes");
         assert!(follower.view().txid >= last, "the follower went back");
-        last = follower.view().txid;
+        assert!(
+            writing_follower.view().txid >= last_w,
+            "the writer went back"
+        );
+        (last, last_w) = (follower.view().txid, writing_follower.view().txid);
+        views += 1;
     }
     writer.join().unwrap();
+    assert!(
+        views > 10,
+        "only {views} views were read while the writer wrote"
+    );
     follower.refresh().unwrap();
     assert_eq!(follower.view().txid, 400);
+    check(&follower, "the follower at the end");
+}
+
+/// A state holding `tasks` tasks of one job, checkpointed into the tables.
+fn big_state(path: &Path, tasks: u32) {
+    let mut s = State::open_writer(path).unwrap();
+    s.write(|tx| {
+        let job = tx.upsert(Job {
+            announce: None,
+            key: "big/test/job".into(),
+            ports: vec![],
+        });
+        for i in 0..tasks {
+            tx.upsert(Task::new(job, i));
+        }
+        Ok(())
+    })
+    .unwrap();
+    s.checkpoint_now().unwrap();
+}
+
+/// Someone else truncates the tables file (to half its length, then puts the bytes back,
+/// over and over) while readers open and refresh it: each read either gives the whole
+/// state or fails with status 74 saying the file is truncated. Nothing dies of SIGBUS, as
+/// a reader that decoded a shared mapping of the file would when a page it reads is cut.
+#[test]
+fn a_file_truncated_under_its_readers_is_an_error_not_a_crash() {
+    const TASKS: u32 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    big_state(&path, TASKS);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let cut = len / 2 / PAGE * PAGE;
+    let tail = std::fs::read(&path).unwrap()[cut as usize..].to_vec();
+    let mut follower = State::open(&path).unwrap();
+    let mut writer = State::open_writer(&path).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cutter = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.set_len(cut).unwrap();
+                std::thread::sleep(Duration::from_micros(500));
+                f.write_all_at(&tail, cut).unwrap();
+                rounds += 1;
+                // Whole for a varying while, so that some reads start and end in it.
+                std::thread::sleep(Duration::from_millis(3 * (rounds % 8) as u64));
+            }
+            rounds
+        })
+    };
+    let (mut whole, mut refused) = (0, 0);
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline || whole == 0 || refused == 0 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "{whole} whole reads, {refused} refused"
+        );
+        // A fresh reader, a reader's refresh and a writer's full reload (a writer reads
+        // the tables again when a checkpoint has folded the journal it followed).
+        let reads = [
+            State::open(&path).map(|s| s.view().tasks.len()),
+            follower.load().map(|()| follower.view().tasks.len()),
+            writer.load().map(|()| writer.view().tasks.len()),
+        ];
+        for r in reads {
+            match r {
+                Ok(n) => {
+                    assert_eq!(n, TASKS as usize, "a whole read sees every task");
+                    whole += 1;
+                }
+                Err(e) => {
+                    assert_eq!(crate::exit::status_of(&e), Status::Io, "{e:#}");
+                    assert!(format!("{e:#}").contains("truncated"), "{e:#}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = cutter.join().unwrap();
+    eprintln!("{whole} whole reads and {refused} refused over {rounds} cuts");
+}
+
+/// A body that sets nothing runs without the lock (here held by someone else), on the view
+/// as committed now; one that sets something waits for the lock like any transaction, and
+/// its rehearsal leaves the view as it was.
+#[test]
+fn write_if_changed_takes_the_lock_only_to_change_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let opts = Options {
+        lock_timeout: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let mut s = State::open_with(&path, opts, true).unwrap();
+    let mut other = State::open_writer(&path).unwrap();
+    add_host(&mut other, "a");
+    let held = File::open(lock_path(&path)).unwrap();
+    held.lock().unwrap();
+    let seen = s
+        .write_if_changed(|tx| Ok(names_in(tx.view())))
+        .unwrap_or_else(|e| panic!("no change, yet: {e:#}"));
+    assert_eq!(seen, ["a"], "the body saw what was committed");
+    let e = s
+        .write_if_changed(|tx| {
+            tx.upsert(host("c", 1));
+            Ok(())
+        })
+        .expect_err("a change waits for the lock");
+    assert_eq!(crate::exit::status_of(&e), Status::Temporary, "{e:#}");
+    assert_eq!(names(&s), ["a"], "a refused change is undone");
+    held.unlock().unwrap();
+    s.write_if_changed(|tx| {
+        tx.upsert(host("c", 1));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(names(&State::open(&path).unwrap()), ["a", "c"]);
+}
+
+fn names_in(view: &View) -> Vec<String> {
+    let mut v: Vec<String> = view.hosts.iter().map(|(_, h)| h.name.clone()).collect();
+    v.sort();
+    v
 }

@@ -195,3 +195,157 @@ fn a_child_of_a_writer_does_not_inherit_the_lock() {
     r.expect("the lock was free once its holder exited");
     assert_eq!(state.view().jobs.len(), 2);
 }
+
+/// An idle `reap --follow` (one task, running and healthy) only reads: over a few
+/// seconds, another writer finds the lock free every time it tries, and the state's files
+/// do not change. Then the follower still does its job: a killed task is reported.
+#[test]
+fn an_idle_reap_follow_leaves_the_lock_alone() {
+    use formic::rundir;
+    use std::fs::TryLockError;
+    use std::time::Instant;
+
+    let dir = common::tempdir();
+    let state = dir.path().join("state");
+    let host = common::host_line("h1", 4.0, 4096) + "\n";
+    let out = common::run(common::tool("offer", &state).arg("add"), host.as_bytes());
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+
+    // Start a task as launch does: recorded ASSIGNED, its supervisor started, RUNNING.
+    let task = "idle/test/sleeper/0";
+    let mut s = State::open_writer(&state).unwrap();
+    let slot = s
+        .write(|tx| {
+            let job = tx.upsert(Job {
+                announce: None,
+                key: "idle/test/sleeper".into(),
+                ports: vec![],
+            });
+            let mut t = Task::new(job, 0);
+            t.incarnation = 1;
+            t.launcher = rundir::short_name(std::process::id());
+            t.host = tx.view().hosts.find(&"h1".to_string()).unwrap();
+            t.state = TaskState::Assigned;
+            t.cpus = 500;
+            t.ram_mb = 64;
+            t.since = tx.now();
+            Ok(tx.upsert(t))
+        })
+        .unwrap();
+    let tdir = rundir::task_dir(&rundir::host_root(&state, "h1"), task);
+    rundir::create(&tdir).unwrap();
+    let spec = common::spec(task, &["sleep", "600"]);
+    std::fs::write(tdir.join("spec.json"), spec.to_json().to_string()).unwrap();
+    let job = serde_json::json!({"job": "idle/test/sleeper", "service": true});
+    std::fs::write(tdir.join("job.json"), job.to_string()).unwrap();
+    common::supervise_detached(&tdir);
+    let running = common::wait_until("the task running", Duration::from_secs(10), || {
+        rundir::Status::read(&tdir)
+            .ok()
+            .flatten()
+            .filter(|st| st.state == "RUNNING")
+    });
+    let (pid, start) = running.pid.unwrap();
+    // Whatever happens below, the task and its supervisor end with the test.
+    struct Cleanup(rundir::Status);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            use nix::sys::signal::{kill, Signal};
+            use nix::unistd::Pid;
+            let (sup, sup_start) = self.0.supervisor;
+            if rundir::same_process(sup, sup_start) {
+                let _ = kill(Pid::from_raw(sup as i32), Signal::SIGKILL);
+            }
+            if let Some((pid, start)) = self.0.pid {
+                if rundir::same_process(pid, start) {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    let _cleanup = Cleanup(running);
+    s.write(|tx| {
+        let mut t = tx.view().tasks.get(slot).unwrap().clone();
+        t.state = TaskState::Running;
+        (t.pid, t.pid_start) = (pid, start);
+        t.since = tx.now();
+        tx.set(slot, Some(t));
+        Ok(())
+    })
+    .unwrap();
+
+    let mut follow = common::tool("reap", &state)
+        .arg("--follow")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reaper(std::process::Child);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let events = BufReader::new(follow.stdout.take().unwrap());
+    let follow = Reaper(follow);
+    // Its first pass records the task healthy (a commit); from then on it is idle.
+    common::wait_until(
+        "reap --follow's first pass",
+        Duration::from_secs(10),
+        || {
+            s.refresh().unwrap();
+            s.view().tasks.get(slot).unwrap().healthy.then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let files = common::snapshot(&state);
+
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(formic::state::lock_path(&state))
+        .unwrap();
+    let (mut tries, mut busy) = (0u64, 0u64);
+    let begin = Instant::now();
+    while begin.elapsed() < Duration::from_secs(3) {
+        match lock.try_lock() {
+            Ok(()) => lock.unlock().unwrap(),
+            Err(TryLockError::WouldBlock) => busy += 1,
+            Err(TryLockError::Error(e)) => panic!("locking: {e}"),
+        }
+        tries += 1;
+    }
+    assert_eq!(
+        busy, 0,
+        "the lock was busy {busy} times out of {tries} while reap --follow was idle"
+    );
+    assert!(
+        common::snapshot(&state) == files,
+        "an idle reap --follow changed the state's files"
+    );
+
+    // Still following: a killed task is reported.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in events.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reap --follow reports the killed task");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["task"] == task && v["state"] == "FAILED" {
+            break;
+        }
+    }
+    drop(follow);
+}

@@ -233,6 +233,86 @@ fn truncated_tables_file() {
     }
 }
 
+/// Someone else cuts the tables file (to half its length, then puts the bytes back, over
+/// and over) while tools read it: each run lists the state whole or exits 74 with one line
+/// saying the file is truncated. None dies of SIGBUS, as a tool decoding a shared mapping
+/// of the file does when a page it is reading is cut off.
+#[test]
+fn tables_cut_while_tools_read_them() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let dir = common::tempdir();
+    let state = dir.path().join("state");
+    add(&state, &["h1"]);
+    {
+        // Enough tasks that reading them takes a while: cuts land in the middle of reads.
+        let mut s = State::open_writer(&state).unwrap();
+        s.write(|tx| {
+            let job = tx.upsert(formic::task::Job {
+                announce: None,
+                key: "cut/test/job".into(),
+                ports: vec![],
+            });
+            for i in 0..100_000 {
+                tx.upsert(formic::task::Task::new(job, i));
+            }
+            Ok(())
+        })
+        .unwrap();
+        s.checkpoint_now().unwrap();
+    }
+    let len = std::fs::metadata(&state).unwrap().len();
+    let cut = len / 2 / PAGE * PAGE;
+    let tail = std::fs::read(&state).unwrap()[cut as usize..].to_vec();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let cutter = {
+        let (state, stop) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&state)
+                .unwrap();
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                f.set_len(cut).unwrap();
+                std::thread::sleep(Duration::from_millis(1 + rounds % 3));
+                f.write_all_at(&tail, cut).unwrap();
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(2 * (rounds % 7)));
+            }
+        })
+    };
+    let (mut whole, mut refused, mut runs) = (0, 0, 0);
+    let start = Instant::now();
+    while runs < 40 || whole == 0 || refused == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{whole} whole, {refused} refused"
+        );
+        let out = offer(&state, &["hosts"], b"");
+        let err = stderr(&out);
+        match code(&out) {
+            0 => {
+                assert!(stdout(&out).contains("h1"), "{}", stdout(&out));
+                whole += 1;
+            }
+            74 => {
+                assert_eq!(err.lines().count(), 1, "{err}");
+                assert!(err.starts_with("offer: "), "{err}");
+                assert!(err.contains(&state.display().to_string()), "{err}");
+                assert!(err.contains("truncated"), "{err}");
+                refused += 1;
+            }
+            other => panic!("offer hosts exited {other}: {err}"),
+        }
+        runs += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    cutter.join().unwrap();
+    eprintln!("{whole} whole and {refused} refused of {runs} runs");
+}
+
 #[test]
 fn foreign_file_in_place_of_the_tables() {
     let png = [

@@ -30,7 +30,7 @@ use crate::common;
 
 /// `default` cases unless PROPTEST_CASES says otherwise; no regression files are written
 /// into the source tree (a failure prints its minimal input instead).
-fn config(default: u32) -> Config {
+pub(crate) fn config(default: u32) -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -46,7 +46,7 @@ fn config(default: u32) -> Config {
 
 /// What the reader must make of `input`, line by line (1-based): the lines it must yield,
 /// each with its exact bytes.
-fn expected_lines(input: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn expected_lines(input: &[u8]) -> Vec<&[u8]> {
     let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop(); // the newline ends the last line; it does not start another
@@ -55,7 +55,7 @@ fn expected_lines(input: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The line number an error message starts with.
-fn line_of(msg: &str) -> Option<u64> {
+pub(crate) fn line_of(msg: &str) -> Option<u64> {
     let rest = msg.strip_prefix("line ")?;
     let (n, rest) = rest.split_once(':')?;
     rest.starts_with(' ').then(|| n.parse().ok())?
@@ -192,7 +192,7 @@ const TOKENS: &[&str] = &[
     "\u{7f}",
 ];
 
-fn token_soup() -> impl Strategy<Value = Vec<u8>> {
+pub(crate) fn token_soup() -> impl Strategy<Value = Vec<u8>> {
     let token = prop_oneof![
         8 => proptest::sample::select(TOKENS).prop_map(|t| t.as_bytes().to_vec()),
         1 => proptest::collection::vec(any::<u8>(), 1..4),
@@ -202,7 +202,7 @@ fn token_soup() -> impl Strategy<Value = Vec<u8>> {
 
 /// An edit of a valid line.
 #[derive(Clone, Debug)]
-enum Edit {
+pub(crate) enum Edit {
     Flip(Index, u8),
     Delete(Index, usize),
     Insert(Index, Vec<u8>),
@@ -210,7 +210,7 @@ enum Edit {
     Duplicate(Index, usize),
 }
 
-fn edit() -> impl Strategy<Value = Edit> {
+pub(crate) fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Edit::Flip(i, m)),
         (any::<Index>(), 1..8usize).prop_map(|(i, n)| Edit::Delete(i, n)),
@@ -221,7 +221,7 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
-fn apply_edit(line: &mut Vec<u8>, e: &Edit) {
+pub(crate) fn apply_edit(line: &mut Vec<u8>, e: &Edit) {
     if line.is_empty() {
         return;
     }
@@ -312,17 +312,17 @@ proptest! {
 
 // --- random valid hosts through the state file ---
 
-fn name() -> impl Strategy<Value = String> {
+pub(crate) fn name() -> impl Strategy<Value = String> {
     "[A-Za-z0-9_:][A-Za-z0-9._:-]{0,40}"
 }
 
-fn text() -> impl Strategy<Value = String> {
+pub(crate) fn text() -> impl Strategy<Value = String> {
     // Printable text of any script; sometimes past the 255 bytes a slot keeps of one text,
     // which Host::fits must refuse rather than let the slot cut it.
     prop_oneof![4 => "[^\\p{Cc}]{0,20}", 1 => "[é☕𝄞]{80,100}"]
 }
 
-fn ports() -> impl Strategy<Value = Vec<(u16, u16)>> {
+pub(crate) fn ports() -> impl Strategy<Value = Vec<(u16, u16)>> {
     // Sorted, disjoint ranges: consecutive pairs of distinct sorted points, some collapsed
     // to a single port.
     (
@@ -344,13 +344,13 @@ fn ports() -> impl Strategy<Value = Vec<(u16, u16)>> {
         })
 }
 
-fn attrs() -> impl Strategy<Value = Vec<(String, String)>> {
+pub(crate) fn attrs() -> impl Strategy<Value = Vec<(String, String)>> {
     proptest::collection::btree_map("[A-Za-z0-9._-]{1,16}", "[^\\p{Cc}]{0,24}", 0..5).prop_map(
         |m: BTreeMap<String, String>| m.into_iter().filter(|(k, _)| k != "host").collect(),
     )
 }
 
-fn maintenance() -> impl Strategy<Value = Maintenance> {
+pub(crate) fn maintenance() -> impl Strategy<Value = Maintenance> {
     (0..4u8, text(), text(), 0.0..4e9f64).prop_map(|(mode, reason, owner, since)| {
         let mode = [Mode::None, Mode::Scheduled, Mode::Draining, Mode::Drained][mode as usize];
         Maintenance {
@@ -363,7 +363,7 @@ fn maintenance() -> impl Strategy<Value = Maintenance> {
 }
 
 /// A host as `offer add` could accept it (plus any maintenance), within its slot.
-fn host() -> impl Strategy<Value = Host> {
+pub(crate) fn host() -> impl Strategy<Value = Host> {
     (
         name(),
         1..=4_000_000_000u32,

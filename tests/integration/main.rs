@@ -14,6 +14,7 @@ mod launch;
 mod offer_cli;
 mod pack_cli;
 mod pack_props;
+mod parsers;
 mod promises;
 mod races;
 mod reap;
