@@ -420,7 +420,10 @@ impl State {
         &mut self,
         mut body: impl FnMut(&mut Txn) -> Result<R>,
     ) -> Result<R> {
-        if !self.writable || self.poisoned {
+        // An odd sequence is a checkpoint under way, or one a crash interrupted, which only
+        // a writer holding the lock finishes: until one does, every read waits it out and
+        // then reads the whole file under the lock.
+        if !self.writable || self.poisoned || self.read_seq()? % 2 == 1 {
             return self.write(body);
         }
         self.read_consistent()?;
