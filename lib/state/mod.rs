@@ -420,7 +420,10 @@ impl State {
         &mut self,
         mut body: impl FnMut(&mut Txn) -> Result<R>,
     ) -> Result<R> {
-        if !self.writable || self.poisoned {
+        // An odd sequence is a checkpoint under way, or one a crash interrupted, which only
+        // a writer holding the lock finishes: until one does, every read waits it out and
+        // then reads the whole file under the lock.
+        if !self.writable || self.poisoned || self.read_seq()? % 2 == 1 {
             return self.write(body);
         }
         self.read_consistent()?;
@@ -788,9 +791,9 @@ impl State {
         journal::need(&head, tables.gen).map_err(|e| corrupt(&jpath, e))
     }
 
-    /// Applies what writers committed since this view was read; under the write lock, what
-    /// other writers committed.
-    /// Also what every refresh does, without the lock (see `read_consistent`).
+    /// Applies what was committed since this view was read, or reads everything again if a
+    /// checkpoint has folded the journal it followed. A writer does this under the lock
+    /// before each transaction; every refresh does it without one (see `read_consistent`).
     fn catch_up(&mut self) -> Result<()> {
         let header = self.read_header()?;
         if !self.loaded || header.gen != self.header.gen {
