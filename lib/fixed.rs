@@ -2,7 +2,7 @@
 //!
 //! Each record lives in a slot of fixed size: a CRC32C of the rest of the slot, a live byte,
 //! a layout version, then fields at fixed offsets and a tail of length-prefixed strings. The
-//! decoder copies values out (it never hands out references into the mapping) and checks every
+//! decoder copies values out (it never hands out references into the buffer it reads) and checks every
 //! bound, so a corrupt slot is an error, never a panic or an out-of-bounds read.
 
 use std::fmt;
