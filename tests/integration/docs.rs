@@ -300,3 +300,45 @@ fn readme_setup_commands_exist() {
         );
     }
 }
+
+/// The job specs people copy first — the README's example and the demo's jobs — are
+/// specs pack accepts (`pack --check`): the demo once broke on a health timeout the
+/// typed spec refuses.
+#[test]
+fn the_readme_and_demo_job_specs_pass_pack_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = crate::common::tempdir();
+    let mut files = Vec::new();
+    // The demo's jobs: each `cat >"$demo/jobs/NAME" <<'JOB'` ... `JOB`.
+    let demo = std::fs::read_to_string(root.join("scripts/demo")).unwrap();
+    let mut lines = demo.lines();
+    while let Some(line) = lines.next() {
+        if line.contains("/jobs/") && line.ends_with("<<'JOB'") {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "JOB").collect();
+            let file = dir.path().join(format!("demo-{}.json", files.len()));
+            std::fs::write(&file, body.join("\n")).unwrap();
+            files.push(file);
+        }
+    }
+    assert!(files.len() >= 2, "the demo's jobs were found");
+    // The README's example: the ```json block of "The job spec".
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = &readme[readme.find("### The job spec").unwrap()..];
+    let block = &section[section.find("```json\n").unwrap() + 8..];
+    let block = &block[..block.find("```").unwrap()];
+    let file = dir.path().join("readme.json");
+    std::fs::write(&file, block).unwrap();
+    files.push(file);
+    let out = crate::common::run(
+        std::process::Command::new(crate::common::bin("pack"))
+            .arg("--check")
+            .args(&files),
+        b"",
+    );
+    assert_eq!(
+        crate::common::code(&out),
+        0,
+        "{}",
+        crate::common::stderr(&out)
+    );
+}
