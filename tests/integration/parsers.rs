@@ -188,6 +188,16 @@ fn apply_json_edit(v: &mut Value, e: &JsonEdit) {
 }
 
 /// JSON lines made from `values`, each line then edited as bytes.
+/// `values` with each JSON edit applied to the record it picks, as lines with `edits`.
+fn mutated(values: &[Value], json_edits: &[(usize, JsonEdit)], edits: &[(usize, Edit)]) -> Vec<u8> {
+    let mut values = values.to_vec();
+    for (which, e) in json_edits {
+        let n = values.len();
+        apply_json_edit(&mut values[which % n], e);
+    }
+    lines_of(&values, edits)
+}
+
 fn lines_of(values: &[Value], edits: &[(usize, Edit)]) -> Vec<u8> {
     let mut lines: Vec<Vec<u8>> = values
         .iter()
@@ -607,12 +617,7 @@ proptest! {
         json_edits in proptest::collection::vec((0..4usize, json_edit(STOP_KEYS)), 0..3),
         edits in proptest::collection::vec((0..4usize, edit()), 0..3),
     ) {
-        let mut values = stops.clone();
-        for (which, e) in &json_edits {
-            let n = values.len();
-            apply_json_edit(&mut values[which % n], e);
-        }
-        check_stops(&lines_of(&values, &edits))?;
+        check_stops(&mutated(&stops, &json_edits, &edits))?;
     }
 
     /// Valid stops are read as written, in order, with the other lines passed through.
@@ -750,12 +755,7 @@ proptest! {
         json_edits in proptest::collection::vec((0..4usize, json_edit(PLACE_KEYS)), 0..3),
         edits in proptest::collection::vec((0..4usize, edit()), 0..3),
     ) {
-        let mut values = places.clone();
-        for (which, e) in &json_edits {
-            let n = values.len();
-            apply_json_edit(&mut values[which % n], e);
-        }
-        check_launch(&lines_of(&values, &edits))?;
+        check_launch(&mutated(&places, &json_edits, &edits))?;
     }
 }
 
