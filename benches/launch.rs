@@ -743,7 +743,10 @@ fn death_section(dir: &Path) {
     for (k, dir) in c.dirs.iter().enumerate().take(KILLS) {
         std::thread::sleep(pauses.next_pause());
         let (pid, start) = rundir::Status::read(dir).unwrap().unwrap().pid.unwrap();
-        assert!(rundir::same_process(pid, start), "task {k} is not running");
+        assert!(
+            formic::process::same_process(pid, start),
+            "task {k} is not running"
+        );
         let task = format!("{JOB}/{k}");
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         let t = Instant::now();

@@ -151,7 +151,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     }
     // 1. Intent: a placement is a proposal, recorded only if what it was decided on still
     // holds; the others are conflicts, for the next pass to decide again.
-    let me = rundir::short_name(std::process::id());
+    let me = crate::process::short_name(std::process::id());
     let (incarnations, conflicts) = state.write(|tx| record_intents(tx, &places, &specs, me))?;
     for c in &conflicts {
         out.record(c)?;
@@ -291,13 +291,7 @@ fn record_results(
 /// SIGTERM to the supervisor in `dir`, if it is still the one its status names.
 fn stop_supervisor(dir: &Path) {
     if let Ok(Some(s)) = rundir::Status::read(dir) {
-        let (pid, start) = s.supervisor;
-        if rundir::same_process(pid, start) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        let _ = crate::process::signal(s.supervisor, nix::sys::signal::Signal::SIGTERM);
     }
 }
 

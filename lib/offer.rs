@@ -12,8 +12,9 @@ use serde_json::{json, Map, Value};
 use crate::cli::{self, num, OutputArgs, StateArgs};
 use crate::exit::{bad_input, Status, TABLE};
 use crate::host::{self, check_text, cores, Host, Maintenance, Mode};
+use crate::maintenance;
 use crate::records::{self, Record, Writer};
-use crate::state::{State, Txn, View};
+use crate::state::{State, View};
 use crate::task::{TaskState, NO_HOST};
 use crate::usage::{self, Free, Usage};
 
@@ -340,8 +341,8 @@ fn maintain(
         for slot in slots {
             let mut h = tx.view().hosts.get(slot).unwrap().clone();
             let tasks = usage[slot as usize].tasks;
-            refuse_backward_step(&h, mode, tasks)?;
-            let target = settled(mode, tasks);
+            maintenance::refuse_backward_step(&h, mode, tasks)?;
+            let target = maintenance::settled(mode, tasks);
             let same_mode = h.maintenance.mode == target
                 || (mode == Mode::Draining && h.maintenance.mode == Mode::Drained);
             if !same_mode
@@ -402,23 +403,6 @@ fn maintain(
     Ok(Status::Done)
 }
 
-/// Scheduling is the first step of a maintenance: on a draining or drained host it would
-/// put the host back in service and end its drain without anyone asking for that. A drain
-/// ends only with `undrain`, as Aurora's end_maintenance and Nomad's `node drain -disable`.
-fn refuse_backward_step(h: &Host, mode: Mode, tasks: u32) -> Result<()> {
-    let now = settled(h.maintenance.mode, tasks);
-    if mode == Mode::Scheduled && !now.takes_work() {
-        return Err(bad_input(format!(
-            "host {} is {}; scheduling it would end its drain (end it first with \
-             `offer undrain {}`)",
-            h.name,
-            now.name(),
-            h.name
-        )));
-    }
-    Ok(())
-}
-
 /// Who is at the keyboard: $USER, else the name of the effective user.
 fn operator() -> String {
     std::env::var("USER")
@@ -431,34 +415,6 @@ fn operator() -> String {
                 .flatten()
                 .map_or_else(|| uid.to_string(), |u| u.name)
         })
-}
-
-/// A drain with no tasks left to move is already complete.
-fn settled(mode: Mode, tasks: u32) -> Mode {
-    if mode == Mode::Draining && tasks == 0 {
-        Mode::Drained
-    } else {
-        mode
-    }
-}
-
-/// Moves draining hosts that no longer hold tasks to drained. Any transaction that stops
-/// tasks calls this, so "drained" always means "nothing left there".
-pub fn settle_drains(tx: &mut Txn) {
-    let usage = usage::by_host(tx.view());
-    let done: Vec<u32> = tx
-        .view()
-        .hosts
-        .iter()
-        .filter(|(s, h)| h.maintenance.mode == Mode::Draining && usage[*s as usize].tasks == 0)
-        .map(|(s, _)| s)
-        .collect();
-    for slot in done {
-        let mut h = tx.view().hosts.get(slot).unwrap().clone();
-        h.maintenance.mode = Mode::Drained;
-        h.maintenance.since = tx.now();
-        tx.set(slot, Some(h));
-    }
 }
 
 /// Hosts in name order with what they hold and what is free.
@@ -486,7 +442,7 @@ fn inventory<'a>(view: &'a View, only: &[String]) -> Result<Vec<(&'a Host, Usage
 /// The maintenance state as people and pack read it: a draining host with nothing left on
 /// it is drained even before a writer has recorded so.
 fn shown_mode(h: &Host, used: &Usage) -> Mode {
-    settled(h.maintenance.mode, used.tasks)
+    maintenance::settled(h.maintenance.mode, used.tasks)
 }
 
 fn offers(state: &State, output: &OutputArgs) -> Result<Status> {

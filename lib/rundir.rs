@@ -258,33 +258,6 @@ pub fn supervised(dir: &Path) -> Result<bool> {
     }
 }
 
-/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the
-/// pid, it names one process for as long as the machine is up, so a pid reused by another
-/// process is never mistaken for the task.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// A process named compactly enough for a task record: its pid and the low 32 bits of its
-/// start time (at 100 ticks a second they wrap after 497 days, so a reused pid is still not
-/// mistaken for it).
-pub fn short_name(pid: u32) -> (u32, u32) {
-    (pid, start_time(pid).unwrap_or(0) as u32)
-}
-
-/// Whether the process [`short_name`] named is still alive.
-pub fn alive(name: (u32, u32)) -> bool {
-    name.0 != 0 && start_time(name.0).map(|s| s as u32) == Some(name.1)
-}
-
-/// Whether `pid` is still the process that started at `start`.
-pub fn same_process(pid: u32, start: u64) -> bool {
-    start_time(pid) == Some(start)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,14 +289,6 @@ mod tests {
         s.write(dir.path()).unwrap();
         assert_eq!(Status::read(dir.path()).unwrap(), Some(s));
         assert!(!dir.path().join("status.new").exists());
-    }
-
-    #[test]
-    fn start_time_names_this_process_and_not_a_dead_one() {
-        let me = std::process::id();
-        let t = start_time(me).unwrap();
-        assert!(same_process(me, t));
-        assert!(!same_process(me, t + 1));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::log::{Log, Source};
 use super::{now, procs, world, NotStarted, Spec};
 use crate::identity::Ids;
 use crate::limits::Enforcer;
-use crate::rundir::{self, Status};
+use crate::rundir::Status;
 
 /// Where the task is in its life, once started.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -133,7 +133,7 @@ impl Supervisor {
             written_at: Instant::now(),
             write_due: None,
         };
-        task.status.pid = Some((pid, rundir::start_time(pid).unwrap_or(0)));
+        task.status.pid = Some((pid, crate::process::start_time(pid).unwrap_or(0)));
         task.status.state = "RUNNING".into();
         task.status.since = now();
         Ok(task)

@@ -94,7 +94,7 @@ pub fn run(dir: &Path) -> Result<Status> {
     let mut status = Status {
         task: spec.task.clone(),
         incarnation: Some(spec.incarnation),
-        supervisor: (me, rundir::start_time(me).unwrap_or(0)),
+        supervisor: (me, crate::process::start_time(me).unwrap_or(0)),
         state: "STARTING".into(),
         since: now(),
         ..Status::default()

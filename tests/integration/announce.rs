@@ -217,11 +217,11 @@ impl Drop for Cluster {
         }
         for dir in self.task_dirs() {
             if let Ok(Some(s)) = rundir::Status::read(&dir) {
-                if rundir::same_process(s.supervisor.0, s.supervisor.1) {
+                if formic::process::same_process(s.supervisor.0, s.supervisor.1) {
                     let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL);
                 }
                 if let Some((pid, start)) = s.pid {
-                    if rundir::same_process(pid, start) {
+                    if formic::process::same_process(pid, start) {
                         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     }
                 }

@@ -223,7 +223,7 @@ fn an_idle_reap_follow_leaves_the_lock_alone() {
             });
             let mut t = Task::new(job, 0);
             t.incarnation = 1;
-            t.launcher = rundir::short_name(std::process::id());
+            t.launcher = formic::process::short_name(std::process::id());
             t.host = tx.view().hosts.find(&"h1".to_string()).unwrap();
             t.state = TaskState::Assigned;
             t.cpus = 500;
@@ -253,11 +253,11 @@ fn an_idle_reap_follow_leaves_the_lock_alone() {
             use nix::sys::signal::{kill, Signal};
             use nix::unistd::Pid;
             let (sup, sup_start) = self.0.supervisor;
-            if rundir::same_process(sup, sup_start) {
+            if formic::process::same_process(sup, sup_start) {
                 let _ = kill(Pid::from_raw(sup as i32), Signal::SIGKILL);
             }
             if let Some((pid, start)) = self.0.pid {
-                if rundir::same_process(pid, start) {
+                if formic::process::same_process(pid, start) {
                     let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
             }

@@ -72,7 +72,7 @@ impl Drop for Cluster {
             .filter_map(|d| Some((d.clone(), rundir::Status::read(&d).ok()??)))
             .collect();
         for (_, s) in &statuses {
-            if rundir::same_process(s.supervisor.0, s.supervisor.1) {
+            if formic::process::same_process(s.supervisor.0, s.supervisor.1) {
                 let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGTERM);
             }
         }
@@ -85,11 +85,11 @@ impl Drop for Cluster {
             std::thread::sleep(Duration::from_millis(10));
         }
         for (_, s) in &statuses {
-            if rundir::same_process(s.supervisor.0, s.supervisor.1) {
+            if formic::process::same_process(s.supervisor.0, s.supervisor.1) {
                 let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL);
             }
             if let Some((pid, start)) = s.pid {
-                if rundir::same_process(pid, start) {
+                if formic::process::same_process(pid, start) {
                     let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
             }
@@ -147,7 +147,7 @@ fn offer_pack_launch_runs_each_instance_under_its_supervisor() {
             s.pid.unwrap(),
             "the state names the task's process"
         );
-        assert!(rundir::same_process(t.pid, t.pid_start));
+        assert!(formic::process::same_process(t.pid, t.pid_start));
         assert!(t.ports[0] >= 31000 && t.ports[0] <= 31099);
         // Templates filled, environment given: what the process itself sees.
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", t.pid)).unwrap();
@@ -302,10 +302,10 @@ fn dead_process() -> (u32, u32) {
         .arg("60")
         .spawn()
         .unwrap();
-    let name = rundir::short_name(child.id());
+    let name = formic::process::short_name(child.id());
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!rundir::alive(name));
+    assert!(!formic::process::alive(name));
     name
 }
 

@@ -92,7 +92,7 @@ impl Drop for Cluster {
                 nix::sys::signal::Signal::SIGKILL,
             );
             if let Some((pid, start)) = s.pid {
-                if rundir::same_process(pid, start) {
+                if formic::process::same_process(pid, start) {
                     let _ = nix::sys::signal::killpg(
                         nix::unistd::Pid::from_raw(pid as i32),
                         nix::sys::signal::Signal::SIGKILL,
@@ -113,7 +113,7 @@ fn supervisors(state: &Path) -> Vec<(String, PathBuf, rundir::Status)> {
             }
             // A supervisor reports before launch reports it: all launches have ended.
             let status = rundir::Status::read(&dir).unwrap().expect("a status");
-            if rundir::same_process(status.supervisor.0, status.supervisor.1) {
+            if formic::process::same_process(status.supervisor.0, status.supervisor.1) {
                 out.push((host.clone(), dir, status));
             }
         }
@@ -292,7 +292,7 @@ fn reap_stops_a_supervisor_the_state_does_not_know() {
     );
     assert!(status.success(), "{status:?}");
     assert_eq!(rundir::Status::read(&dir).unwrap().unwrap().state, "KILLED");
-    assert!(!rundir::same_process(ghost_task.0, ghost_task.1));
+    assert!(!formic::process::same_process(ghost_task.0, ghost_task.1));
     let now = supervisors(&c.state());
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].2.supervisor, mine.supervisor);

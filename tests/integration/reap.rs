@@ -80,7 +80,7 @@ impl Cluster {
                 let mut t = Task::new(job, instance);
                 t.failures = before.as_ref().map_or(0, |b| b.failures);
                 t.incarnation = before.map_or(0, |b| b.incarnation) + 1;
-                t.launcher = rundir::short_name(std::process::id());
+                t.launcher = formic::process::short_name(std::process::id());
                 t.host = h;
                 t.state = TaskState::Assigned;
                 t.cpus = 500;
@@ -166,11 +166,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for dir in &self.started {
             if let Ok(Some(s)) = Status::read(dir) {
-                if rundir::same_process(s.supervisor.0, s.supervisor.1) {
+                if formic::process::same_process(s.supervisor.0, s.supervisor.1) {
                     let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL);
                 }
                 if let Some((pid, start)) = s.pid {
-                    if rundir::same_process(pid, start) {
+                    if formic::process::same_process(pid, start) {
                         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     }
                 }
@@ -514,7 +514,7 @@ fn a_reused_pid_is_never_signalled() {
         .spawn()
         .unwrap();
     let pid = innocent.id();
-    let wrong = rundir::start_time(pid).unwrap() + 1;
+    let wrong = formic::process::start_time(pid).unwrap() + 1;
     let stale = |task: &str| Status {
         task: task.into(),
         supervisor: (pid, wrong),

@@ -334,7 +334,7 @@ fn a_killed_supervisor_releases_the_task_lock() {
     // calls LOST. Clean up the task it left.
     let (pid, start) = running.pid.unwrap();
     assert!(!finished(&Status::read(&dir).unwrap().unwrap()));
-    assert!(rundir::same_process(pid, start));
+    assert!(formic::process::same_process(pid, start));
     let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
 
