@@ -32,7 +32,7 @@ complete -c reap -n "__fish_reap_needs_command" -l follow -d 'Stay running: coll
 complete -c reap -n "__fish_reap_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c reap -n "__fish_reap_needs_command" -s V -l version -d 'Print version'
 complete -c reap -n "__fish_reap_needs_command" -f -a "kill" -d 'Stop tasks gracefully'
-complete -c reap -n "__fish_reap_needs_command" -f -a "tasks" -d 'List tasks with their host, state, pid, ports, health and failure count'
+complete -c reap -n "__fish_reap_needs_command" -f -a "tasks" -d 'List tasks with their host, state, pid, ports, health, failure count, last exit status and the reason for their state'
 complete -c reap -n "__fish_reap_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c reap -n "__fish_reap_using_subcommand kill" -l job -d 'Stop every instance of this job (role/env/name; repeatable)' -r
 complete -c reap -n "__fish_reap_using_subcommand kill" -l host -d 'Stop every task on this host (repeatable)' -r
@@ -50,5 +50,5 @@ complete -c reap -n "__fish_reap_using_subcommand tasks" -l min-run -d 'A failed
 complete -c reap -n "__fish_reap_using_subcommand tasks" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c reap -n "__fish_reap_using_subcommand tasks" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c reap -n "__fish_reap_using_subcommand help; and not __fish_seen_subcommand_from kill tasks help" -f -a "kill" -d 'Stop tasks gracefully'
-complete -c reap -n "__fish_reap_using_subcommand help; and not __fish_seen_subcommand_from kill tasks help" -f -a "tasks" -d 'List tasks with their host, state, pid, ports, health and failure count'
+complete -c reap -n "__fish_reap_using_subcommand help; and not __fish_seen_subcommand_from kill tasks help" -f -a "tasks" -d 'List tasks with their host, state, pid, ports, health, failure count, last exit status and the reason for their state'
 complete -c reap -n "__fish_reap_using_subcommand help; and not __fish_seen_subcommand_from kill tasks help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -37,7 +37,7 @@ use crate::records::{self, Record, Writer};
 use crate::rundir;
 use crate::state::{State, Txn, View};
 use crate::supervise::{Health, Spec};
-use crate::task::{check_job_key, Announce, Job, Task, TaskState, MAX_PORTS};
+use crate::task::{check_job_key, Announce, Job, Reason, Task, TaskState, MAX_PORTS};
 use crate::usage::{self, Usage};
 
 /// Start placed instances on their hosts
@@ -271,13 +271,16 @@ fn record_results(
                 let mut r = t.freed(TaskState::Failed, now);
                 r.exit = crate::supervise::cannot_run_status(error);
                 r.failures = t.failures.saturating_add(1);
+                r.reason = Reason::CouldNotStart;
                 event["exit"] = json!(r.exit);
                 event["reason"] = json!(format!("{error:#}"));
                 r
             }
             Start::Busy(why) => {
                 event["reason"] = json!(why);
-                t.freed(TaskState::Pending, now)
+                let mut r = t.freed(TaskState::Pending, now);
+                r.reason = Reason::DirectoryBusy;
+                r
             }
             Start::CalledOff => continue,
         };
@@ -661,6 +664,7 @@ fn record_intents(
         t.failures = admitted.failures;
         t.host = admitted.host;
         t.state = TaskState::Assigned;
+        t.reason = Reason::None;
         t.cpus = p.cpus;
         t.ram_mb = p.ram_mb;
         t.disk_mb = p.disk_mb;

@@ -15,7 +15,7 @@ use crate::host::{self, check_text, cores, Host, Maintenance, Mode};
 use crate::maintenance;
 use crate::records::{self, Record, Writer};
 use crate::state::{State, View};
-use crate::task::{TaskState, NO_HOST};
+use crate::task::{Reason, TaskState, NO_HOST};
 use crate::usage::{self, Free, Usage};
 
 /// Keep the host inventory and print what each host offers.
@@ -311,6 +311,7 @@ fn remove(state: &mut State, names: &[String], force: bool) -> Result<Status> {
             let mut task = tx.view().tasks.get(slot).unwrap().clone();
             if task.state.holds_resources() {
                 task.state = TaskState::Lost;
+                task.reason = Reason::HostRemoved;
                 task.since = tx.now();
             }
             task.host = NO_HOST; // the slot may be reused by another host

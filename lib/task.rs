@@ -77,6 +77,99 @@ impl TaskState {
     }
 }
 
+/// Why a task is in its state, kept in its record so that `reap tasks` says it without the
+/// task's directory or its history: a code from a fixed list, since a task record has no
+/// room for text. The words of the moment (what the supervisor could not do, say) travel in
+/// the transition's event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The state needs no reason (RUNNING, ASSIGNED, ...), or the record predates reasons.
+    #[default]
+    None = 0,
+    /// The run ended by itself; its exit status says how.
+    Exited = 1,
+    /// Stopped by a `kill` record or `reap kill`.
+    Killed = 2,
+    /// Stopped for a task of a higher tier.
+    Preempted = 3,
+    /// Stopped because its host is draining.
+    Drained = 4,
+    /// Stopped because its health check failed.
+    Unhealthy = 5,
+    /// Its supervisor could not start it (no such program or user, a sandbox the task's
+    /// user cannot reach, no formic-supervise).
+    CouldNotStart = 6,
+    /// Its supervisor gave up on it after it started.
+    SupervisorGaveUp = 7,
+    /// Its supervisor died without a final word.
+    SupervisorGone = 8,
+    /// No supervisor ever reported for it.
+    NeverReported = 9,
+    /// Its start was abandoned before a supervisor took it (its launch ended, or
+    /// --start-grace passed).
+    NeverStarted = 10,
+    /// Stopped before it had started.
+    StoppedBeforeStart = 11,
+    /// A stop that did not end within the grace period and margin: SIGKILL.
+    StopTimedOut = 12,
+    /// Its supervisor was asked to stop by someone other than reap.
+    SupervisorStopping = 13,
+    /// Its task directory was held by another supervisor when launch came to start it.
+    DirectoryBusy = 14,
+    /// Its host was removed from the inventory with `offer remove --force`.
+    HostRemoved = 15,
+}
+
+const REASONS: [Reason; 16] = [
+    Reason::None,
+    Reason::Exited,
+    Reason::Killed,
+    Reason::Preempted,
+    Reason::Drained,
+    Reason::Unhealthy,
+    Reason::CouldNotStart,
+    Reason::SupervisorGaveUp,
+    Reason::SupervisorGone,
+    Reason::NeverReported,
+    Reason::NeverStarted,
+    Reason::StoppedBeforeStart,
+    Reason::StopTimedOut,
+    Reason::SupervisorStopping,
+    Reason::DirectoryBusy,
+    Reason::HostRemoved,
+];
+
+impl Reason {
+    /// The words for it, in events, `reap tasks` and its JSON; empty for [`Reason::None`].
+    pub fn text(self) -> &'static str {
+        match self {
+            Reason::None => "",
+            Reason::Exited => "exited",
+            Reason::Killed => "killed",
+            Reason::Preempted => "preempted",
+            Reason::Drained => "host draining",
+            Reason::Unhealthy => "unhealthy",
+            Reason::CouldNotStart => "could not start",
+            Reason::SupervisorGaveUp => "supervisor gave up",
+            Reason::SupervisorGone => "supervisor gone",
+            Reason::NeverReported => "supervisor never reported",
+            Reason::NeverStarted => "never started",
+            Reason::StoppedBeforeStart => "stopped before it started",
+            Reason::StopTimedOut => "stop timed out",
+            Reason::SupervisorStopping => "supervisor stopping",
+            Reason::DirectoryBusy => "task directory held by another supervisor",
+            Reason::HostRemoved => "host removed",
+        }
+    }
+
+    fn from_u8(code: u8) -> Result<Reason, Corrupt> {
+        REASONS
+            .get(code as usize)
+            .copied()
+            .ok_or_else(|| Corrupt(format!("task reason {code} is unknown")))
+    }
+}
+
 /// No host: the task is pending, throttled or its host was removed.
 pub const NO_HOST: u32 = u32::MAX;
 /// The most named ports one task can hold.
@@ -125,6 +218,8 @@ pub struct Task {
     /// bits of its start time. When that launch is gone and no supervisor ever took the
     /// task, the start was abandoned and reap calls it off at once.
     pub launcher: (u32, u32),
+    /// Why it is in its state.
+    pub reason: Reason,
 }
 
 impl Task {
@@ -150,6 +245,7 @@ impl Task {
             announced: false,
             incarnation: 0,
             launcher: (0, 0),
+            reason: Reason::None,
         }
     }
 
@@ -176,11 +272,13 @@ impl Task {
 
 pub const TASK_SLOT_SIZE: usize = 128;
 /// Bytes of a task record's fields: layout 2 adds `announced` to layout 1, layout 3
-/// `incarnation` and `launcher`.
-const TASK_BODY_1: usize = 105;
-const TASK_BODY_2: usize = 106;
-const TASK_BODY: usize = 118;
-const TASK_LAYOUT: u8 = 3;
+/// `incarnation` and `launcher`, layout 4 `reason`. Each only appends, so a record of an
+/// older layout reads with the new fields at their defaults.
+const TASK_BODY_1: usize = 96;
+const TASK_BODY_2: usize = 97;
+const TASK_BODY_3: usize = 109;
+const TASK_BODY: usize = 110;
+const TASK_LAYOUT: u8 = 4;
 
 impl Task {
     pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
@@ -208,6 +306,7 @@ impl Task {
         e.u32(self.incarnation);
         e.u32(self.launcher.0);
         e.u32(self.launcher.1);
+        e.u8(self.reason as u8);
         e.seal(TASK_LAYOUT)
     }
 
@@ -215,6 +314,7 @@ impl Task {
         let len = match version {
             1 => TASK_BODY_1,
             2 => TASK_BODY_2,
+            3 => TASK_BODY_3,
             TASK_LAYOUT => TASK_BODY,
             _ => return Err(Corrupt(format!("task record layout {version} is unknown"))),
         };
@@ -263,10 +363,14 @@ impl Task {
             announced: version >= 2 && d.u8()? != 0,
             incarnation: 0,
             launcher: (0, 0),
+            reason: Reason::None,
         };
         if version >= 3 {
             t.incarnation = d.u32()?;
             t.launcher = (d.u32()?, d.u32()?);
+        }
+        if version >= 4 {
+            t.reason = Reason::from_u8(d.u8()?)?;
         }
         Ok(t)
     }
@@ -371,7 +475,7 @@ mod tests {
         }
     }
 
-    /// Layouts 2 and 3 only append, so a state written by layout 1 reads as never announced
+    /// Layouts 2, 3 and 4 only append, so a state written by layout 1 reads as never announced
     /// and one of layout 2 as at incarnation 0.
     #[test]
     fn records_of_layout_1_still_read() {
@@ -399,8 +503,40 @@ mod tests {
             Task {
                 incarnation: 0,
                 launcher: (0, 0),
+                reason: Reason::None,
+                ..t.clone()
+            }
+        );
+        // Layout 4 only appends too: a task of layout 3 has no reason.
+        t.reason = Reason::StopTimedOut;
+        t.encode(&mut slot).unwrap();
+        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        assert_eq!(
+            Task::decode(3, body(&slot)).unwrap(),
+            Task {
+                reason: Reason::None,
                 ..t
             }
+        );
+        // The lengths above are the layouts' own: a body one byte short does not read.
+        for (layout, len) in [
+            (1, TASK_BODY_1),
+            (2, TASK_BODY_2),
+            (3, TASK_BODY_3),
+            (4, TASK_BODY),
+        ] {
+            assert!(Task::decode(layout, &body(&slot)[..len]).is_ok());
+            assert!(Task::decode(layout, &body(&slot)[..len - 1]).is_err());
+        }
+        assert!(
+            body(&slot)[TASK_BODY..].iter().all(|&b| b == 0),
+            "nothing past the fields"
+        );
+        let mut bad = body(&slot).to_vec();
+        bad[TASK_BODY - 1] = 200;
+        assert!(
+            Task::decode(TASK_LAYOUT, &bad).is_err(),
+            "an unknown reason"
         );
 
         let mut j = Job {

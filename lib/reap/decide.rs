@@ -11,7 +11,7 @@ use super::input::Cause;
 use super::{Timing, LEAVE_WAIT_S, STOP_MARGIN_S};
 use crate::job::{JobSpec, Restart};
 use crate::rundir;
-use crate::task::{Task, TaskState};
+use crate::task::{Reason, Task, TaskState};
 
 /// The supervisor's default grace period, when spec.json does not say.
 const DEFAULT_GRACE_S: f64 = 10.0;
@@ -172,7 +172,11 @@ pub enum Act {
 pub struct Event {
     pub state: TaskState,
     pub exit: Option<i32>,
-    pub reason: Option<Cow<'static, str>>,
+    /// Why, as the task's record keeps it.
+    pub reason: Reason,
+    /// The words of the moment, when there is more to say than the reason's own (what
+    /// the supervisor could not do, say).
+    pub detail: Option<Cow<'static, str>>,
     pub not_before: Option<f64>,
 }
 
@@ -181,14 +185,27 @@ impl Event {
         Event {
             state,
             exit: None,
-            reason: None,
+            reason: Reason::None,
+            detail: None,
             not_before: None,
         }
     }
 
-    fn why(mut self, reason: &'static str) -> Event {
-        self.reason = Some(Cow::Borrowed(reason));
+    pub(super) fn why(mut self, reason: Reason) -> Event {
+        self.reason = reason;
         self
+    }
+
+    pub(super) fn saying(mut self, detail: impl Into<Cow<'static, str>>) -> Event {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// What the event says of why: its own words, else its reason's.
+    pub fn words(&self) -> Option<&str> {
+        self.detail
+            .as_deref()
+            .or((self.reason != Reason::None).then(|| self.reason.text()))
     }
 }
 
@@ -237,42 +254,56 @@ pub fn decide(
     now: f64,
     timing: &Timing,
 ) -> Option<Plan> {
-    match seen {
+    let mut plan = match seen {
         Seen::Ended(st) => Some(finish(t, st, facts, now, timing)),
         Seen::Gone(st) => gone(t, st.as_ref(), request, facts, now, timing),
         Seen::Alive(st) => alive(t, st.as_ref(), request, facts, now, timing),
+    }?;
+    // The record keeps why it is in its state: the reason of its last transition.
+    if let Some(e) = plan.events.last() {
+        plan.task.reason = e.reason;
     }
+    Some(plan)
 }
 
 /// The supervisor reported the end of the run.
 fn finish(t: &Task, st: &rundir::Status, facts: &Facts, now: f64, timing: &Timing) -> Plan {
     let exit = st.exit.or(st.signal.map(|s| -s));
     let unhealthy = st.healthy == Some(false);
-    // The supervisor's own reason (the task could not be started, say) travels on.
+    // The supervisor's own words (what it could not do) travel on in the event.
     let said = st.reason.clone().map(Cow::Owned);
     let (state, reason) = match st.state.as_str() {
-        "FINISHED" => (TaskState::Finished, None),
-        "FAILED" => (TaskState::Failed, said),
+        "FINISHED" => (TaskState::Finished, Reason::Exited),
+        "FAILED" if said.is_none() => (TaskState::Failed, Reason::Exited),
+        "FAILED" if st.pid.is_none() => (TaskState::Failed, Reason::CouldNotStart),
+        "FAILED" => (TaskState::Failed, Reason::SupervisorGaveUp),
         // Stopped because its health checks failed: a failure of the task, not a kill.
-        _ if unhealthy => (TaskState::Failed, Some(Cow::Borrowed("unhealthy"))),
-        _ => (TaskState::Killed, None),
+        _ if unhealthy => (TaskState::Failed, Reason::Unhealthy),
+        // The end of a stop keeps the stop's reason.
+        _ if t.reason != Reason::None => (TaskState::Killed, t.reason),
+        _ => (TaskState::Killed, Reason::Killed),
     };
     let started = facts.started.unwrap_or(t.since);
     let long = st.since - started >= timing.min_run;
-    ended(t, state, exit, reason, long && !unhealthy, facts, now)
+    let why = Event::new(state).why(reason);
+    let why = match said {
+        Some(words) => why.saying(words),
+        None => why,
+    };
+    ended(t, why, exit, long && !unhealthy, facts, now)
 }
 
 /// A run is over: the terminal record, then the restart policy. `healthy_run` says the run
 /// lasted at least --min-run and was not ended by its health check.
 fn ended(
     t: &Task,
-    state: TaskState,
+    mut event: Event,
     exit: Option<i32>,
-    reason: Option<Cow<'static, str>>,
     healthy_run: bool,
     facts: &Facts,
     now: f64,
 ) -> Plan {
+    let state = event.state;
     let mut r = t.freed(state, now);
     r.exit = exit.unwrap_or(0);
     let policy = facts.policy();
@@ -284,18 +315,18 @@ fn ended(
     }
     r.failures = failures;
     let mut plan = Plan::new(r);
-    plan.events.push(Event {
-        state,
-        exit,
-        reason,
-        not_before: None,
-    });
+    event.exit = exit;
+    let reason = event.reason;
+    plan.events.push(event);
     if failure && !healthy_run && policy.retries(failures) {
         let until = now + policy.backoff(failures);
         plan.task = plan.task.freed(TaskState::Throttled, now);
         plan.task.exit = exit.unwrap_or(0);
         plan.task.not_before = until;
-        let mut e = Event::new(TaskState::Throttled).why("failed after a brief run");
+        // Held back for what ended the run: the record says why it failed.
+        let mut e = Event::new(TaskState::Throttled)
+            .why(reason)
+            .saying("failed after a brief run");
         e.not_before = Some(until);
         plan.events.push(e);
     }
@@ -318,27 +349,27 @@ fn gone(
     let waited = now - t.since >= timing.start_grace;
     let (state, reason) = match (st, t.state) {
         // Asked to stop before it started: there is nothing to signal.
-        (None, _) if stop => (TaskState::Killed, "stopped before it started"),
+        (None, _) if stop => (TaskState::Killed, Reason::StoppedBeforeStart),
         // The launch that recorded it is gone (or took too long) and no supervisor took
         // it: placed again by the next pack.
         (None, TaskState::Assigned) if waited || facts.launcher_gone => {
             let mut plan = Plan::new(t.freed(TaskState::Pending, now));
-            plan.events
-                .push(Event::new(TaskState::Pending).why(if waited {
-                    "never started"
-                } else {
-                    "its launch ended before starting it"
-                }));
+            let e = Event::new(TaskState::Pending).why(Reason::NeverStarted);
+            plan.events.push(if waited {
+                e
+            } else {
+                e.saying("its launch ended before starting it")
+            });
             plan.call_off = true;
             return Some(plan);
         }
         // Launch may be between recording the intent and starting the supervisor.
         (None, TaskState::Assigned | TaskState::Starting) if !waited => return None,
-        (None, _) => (TaskState::Lost, "supervisor never reported"),
-        (Some(_), _) if stop => (TaskState::Killed, "supervisor gone"),
-        (Some(_), _) => (TaskState::Lost, "supervisor gone"),
+        (None, _) => (TaskState::Lost, Reason::NeverReported),
+        (Some(_), _) if stop => (TaskState::Killed, Reason::SupervisorGone),
+        (Some(_), _) => (TaskState::Lost, Reason::SupervisorGone),
     };
-    let mut plan = ended(t, state, None, Some(reason.into()), false, facts, now);
+    let mut plan = ended(t, Event::new(state).why(reason), None, false, facts, now);
     if let Some(p) = task_pid {
         plan.before.push(Act::KillGroup { task: p });
     }
@@ -358,15 +389,8 @@ fn alive(
     if is_stopping(t.state) {
         let st = st?; // no status yet: no supervisor pid to signal; the next pass will
         if now >= facts.stop_deadline(t.since) {
-            let mut plan = ended(
-                t,
-                TaskState::Killed,
-                Some(-9),
-                Some("stop timed out".into()),
-                false,
-                facts,
-                now,
-            );
+            let why = Event::new(TaskState::Killed).why(Reason::StopTimedOut);
+            let mut plan = ended(t, why, Some(-9), false, facts, now);
             plan.before.push(Act::KillAll {
                 supervisor: Some(st.supervisor),
                 task: st.pid,
@@ -444,7 +468,7 @@ fn alive(
             r.since = now;
             let mut plan = Plan::new(r);
             plan.events
-                .push(Event::new(TaskState::Killing).why("supervisor stopping"));
+                .push(Event::new(TaskState::Killing).why(Reason::SupervisorStopping));
             Some(plan)
         }
         _ => None,
@@ -822,7 +846,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.task.state, TaskState::Killing);
-        assert_eq!(plan.events[0].reason.as_deref(), Some("unhealthy"));
+        assert_eq!(plan.events[0].reason, Reason::Unhealthy);
+        assert_eq!(plan.events[0].words(), Some("unhealthy"));
         // Its end is a failure, not a kill.
         st.state = "KILLED".into();
         st.signal = Some(15);

@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::exit::{bad_input, status_of, Status};
 use crate::records::{self, Record};
 use crate::state::View;
-use crate::task::{check_job_key, Task, TaskState};
+use crate::task::{check_job_key, Reason, Task, TaskState};
 
 /// Why a task is being stopped; each cause has its own state while the stop is under way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,12 +41,12 @@ impl Cause {
         }
     }
 
-    pub(super) fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> Reason {
         match self {
-            Cause::Kill => "killed",
-            Cause::Preempt => "preempted",
-            Cause::Drain => "host draining",
-            Cause::Unhealthy => "unhealthy",
+            Cause::Kill => Reason::Killed,
+            Cause::Preempt => Reason::Preempted,
+            Cause::Drain => Reason::Drained,
+            Cause::Unhealthy => Reason::Unhealthy,
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::cli::{self, OutputArgs};
 use crate::exit::{bad_input, Status};
 use crate::records;
 use crate::state::State;
-use crate::task::{check_job_key, Task, TaskState};
+use crate::task::{check_job_key, Reason, Task, TaskState};
 
 pub(super) fn list(
     state: &State,
@@ -55,6 +55,15 @@ pub(super) fn list(
             .map(|(n, p)| (n.clone(), p))
             .collect()
     };
+    // The exit status means something once a run is over.
+    let exit_of = |t: &Task| {
+        matches!(
+            t.state,
+            TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Throttled
+        )
+        .then_some(t.exit)
+    };
+    let reason_of = |t: &Task| (t.reason != Reason::None).then(|| t.reason.text());
     if output.human() {
         let table: Vec<Vec<String>> = rows
             .iter()
@@ -63,13 +72,6 @@ pub(super) fn list(
                     .iter()
                     .map(|(n, p)| format!("{n}={p}"))
                     .collect();
-                let terminal = matches!(
-                    t.state,
-                    TaskState::Finished
-                        | TaskState::Failed
-                        | TaskState::Killed
-                        | TaskState::Throttled
-                );
                 vec![
                     format!("{key}/{i}"),
                     view.hosts
@@ -92,17 +94,14 @@ pub(super) fn list(
                         "-".into()
                     },
                     t.failures.to_string(),
-                    if terminal {
-                        t.exit.to_string()
-                    } else {
-                        "-".into()
-                    },
+                    exit_of(t).map_or("-".into(), |x| x.to_string()),
+                    reason_of(t).unwrap_or("-").into(),
                 ]
             })
             .collect();
         out.text(&cli::table(
             &[
-                "TASK", "HOST", "STATE", "PID", "PORTS", "HEALTHY", "FAILURES", "EXIT",
+                "TASK", "HOST", "STATE", "PID", "PORTS", "HEALTHY", "FAILURES", "EXIT", "REASON",
             ],
             &table,
         ))?;
@@ -124,6 +123,8 @@ pub(super) fn list(
                 "healthy": t.healthy,
                 "announced": t.announced,
                 "failures": t.failures,
+                "exit": exit_of(t),
+                "reason": reason_of(t),
             });
             out.record(&rec)?;
         }

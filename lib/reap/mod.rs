@@ -148,7 +148,8 @@ pub enum Verb {
         #[arg(long, value_name = "HOST")]
         host: Vec<String>,
     },
-    /// List tasks with their host, state, pid, ports, health and failure count
+    /// List tasks with their host, state, pid, ports, health, failure count, last exit
+    /// status and the reason for their state
     ///
     /// Reads the state only; it collects nothing.
     #[command(after_help = TABLE)]

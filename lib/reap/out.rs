@@ -26,7 +26,7 @@ impl Out {
             if let Some(x) = e.exit {
                 l.push_str(&format!("  exit {x}"));
             }
-            if let Some(r) = &e.reason {
+            if let Some(r) = e.words() {
                 l.push_str(&format!("  ({r})"));
             }
             if let Some(nb) = e.not_before {
@@ -41,7 +41,7 @@ impl Out {
             m.insert("state".into(), json!(e.state.name()));
             m.insert("exit".into(), json!(e.exit));
             m.insert("ts".into(), json!(ts));
-            if let Some(r) = &e.reason {
+            if let Some(r) = e.words() {
                 m.insert("reason".into(), json!(r));
             }
             if let Some(nb) = e.not_before {

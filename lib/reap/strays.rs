@@ -95,7 +95,7 @@ impl Reaper {
             }
             let mut e = Event::new(TaskState::Killed);
             e.exit = Some(-9);
-            e.reason = Some(format!("{why}; it did not stop in time").into());
+            e.detail = Some(format!("{why}; it did not stop in time").into());
             e
         } else {
             match process::signal(s.status.supervisor, Signal::SIGTERM) {
@@ -107,7 +107,7 @@ impl Reaper {
                 }
             }
             let mut e = Event::new(TaskState::Killing);
-            e.reason = Some(why.into());
+            e.detail = Some(why.into());
             e
         };
         self.out.event(&s.id, &s.host, &event, now)

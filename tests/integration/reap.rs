@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use formic::rundir::{self, Status};
 use formic::state::State;
 use formic::supervise::{Health, Spec};
-use formic::task::{Job, Task, TaskState, NO_HOST};
+use formic::task::{Job, Reason, Task, TaskState, NO_HOST};
 use formic::usage::Usage;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -726,11 +726,11 @@ fn reap_tasks_lists_what_the_state_holds() {
         [
             json!({"type":"task","task":"t/e/once/0","job":"t/e/once","instance":0,
                    "host":"h2","state":"FINISHED","pid":null,"ports":{},"healthy":false,
-                   "announced":false,"failures":0}),
+                   "announced":false,"failures":0,"exit":0,"reason":"exited"}),
             json!({"type":"task","task":"t/e/web/0","job":"t/e/web","instance":0,
                    "host":"h1","state":"RUNNING","pid":web.pid.unwrap().0,
                    "ports":{"http":31005,"admin":31006},"healthy":true,"announced":false,
-                   "failures":0}),
+                   "failures":0,"exit":null,"reason":null}),
         ]
     );
     let tasks = |v: Vec<Value>| -> Vec<String> {
@@ -762,6 +762,7 @@ fn reap_tasks_on_a_terminal_is_a_table() {
     c.update("t/e/once/0", |t| {
         t.state = TaskState::Finished;
         t.exit = 0;
+        t.reason = Reason::Exited;
     });
     c.assign("h1", "t/e/flap/0", &[]);
     c.update("t/e/flap/0", |t| {
@@ -769,6 +770,7 @@ fn reap_tasks_on_a_terminal_is_a_table() {
         t.host = NO_HOST;
         t.failures = 2;
         t.exit = 3;
+        t.reason = Reason::Unhealthy;
     });
 
     let out = common::run_on_tty(tool("reap", &c.state()).arg("tasks"));
@@ -781,9 +783,29 @@ fn reap_tasks_on_a_terminal_is_a_table() {
     assert_eq!(
         rows,
         [
-            vec!["TASK", "HOST", "STATE", "PID", "PORTS", "HEALTHY", "FAILURES", "EXIT"],
-            vec!["t/e/flap/0", "-", "THROTTLED", "-", "-", "-", "2", "3"],
-            vec!["t/e/once/0", "h2", "FINISHED", "-", "-", "-", "0", "0"],
+            vec!["TASK", "HOST", "STATE", "PID", "PORTS", "HEALTHY", "FAILURES", "EXIT", "REASON"],
+            vec![
+                "t/e/flap/0",
+                "-",
+                "THROTTLED",
+                "-",
+                "-",
+                "-",
+                "2",
+                "3",
+                "unhealthy"
+            ],
+            vec![
+                "t/e/once/0",
+                "h2",
+                "FINISHED",
+                "-",
+                "-",
+                "-",
+                "0",
+                "0",
+                "exited"
+            ],
             vec![
                 "t/e/web/0",
                 "h1",
@@ -792,6 +814,7 @@ fn reap_tasks_on_a_terminal_is_a_table() {
                 "http=31005,admin=31006",
                 "yes",
                 "0",
+                "-",
                 "-"
             ],
         ],
@@ -1040,6 +1063,16 @@ fn an_unhealthy_task_is_stopped_and_counts_as_a_failure() {
     );
     let t = c.task(task);
     assert_eq!((t.state, t.failures), (TaskState::Throttled, 1));
+    // THROTTLED / EXIT -15 alone did not say why: the record keeps the reason, and
+    // `reap tasks` shows it with the exit status, as a table and as records.
+    assert_eq!(t.reason, Reason::Unhealthy);
+    let out = c.reap(&["tasks", "--json"], "");
+    let rec: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        (&rec["state"], &rec["exit"], &rec["reason"]),
+        (&json!("THROTTLED"), &json!(-15), &json!("unhealthy")),
+        "{rec}"
+    );
 }
 
 #[test]
@@ -1061,6 +1094,8 @@ fn a_preempt_record_stops_its_victim_unless_it_moved() {
         of(&ev, "t/e/v/0"),
         [st("PREEMPTING", Value::Null), st("KILLED", json!(-15))]
     );
+    // The end of a stop keeps the stop's reason.
+    assert_eq!(c.task("t/e/v/0").reason, Reason::Preempted);
     assert!(of(&ev, "t/e/w/0").is_empty());
     assert!(
         stderr(&out).contains("t/e/w/0 is no longer on h2"),
