@@ -47,9 +47,9 @@ use common::{
     command_output, fresh_dir, keep_files, lines_of, loadavg, median, ms, package_version,
     percentile, pipe, processes_under, schedstat, settle, verdict, Bench, Pauses, Proc, Sweep,
 };
-use formic::rundir;
 use formic::state::State;
 use formic::task::TaskState;
+use formic::taskdir;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -214,9 +214,9 @@ impl Cluster {
         let places = pipe(c.tool("pack").arg(&jobs), &offers);
         c.pack_ms = ms(t.elapsed());
         fs::write(&c.places, &places).unwrap();
-        let root = rundir::host_root(&c.state, "h1");
+        let root = taskdir::host_root(&c.state, "h1");
         c.dirs = (0..TASKS)
-            .map(|i| rundir::task_dir(&root, &format!("{JOB}/{i}")))
+            .map(|i| taskdir::task_dir(&root, &format!("{JOB}/{i}")))
             .collect();
         c
     }
@@ -279,7 +279,7 @@ fn formic_round(work: &Path) -> (Round, f64) {
         exited.is_some()
     };
     let mut running = each_pending(TASKS, |i| {
-        match rundir::Status::read(&dirs[i]).ok().flatten() {
+        match taskdir::Status::read(&dirs[i]).ok().flatten() {
             Some(s) if s.state == "RUNNING" => true,
             Some(s) if s.state != "STARTING" => panic!("formic: {} is {}", s.task, s.state),
             _ => false,
@@ -319,9 +319,9 @@ fn formic_round(work: &Path) -> (Round, f64) {
 
     // Where the time went: supervisors' and tasks' fork times, and each task's latency from
     // its supervisor's fork to its RUNNING status.
-    let statuses: Vec<rundir::Status> = dirs
+    let statuses: Vec<taskdir::Status> = dirs
         .iter()
-        .map(|d| rundir::Status::read(d).unwrap().unwrap())
+        .map(|d| taskdir::Status::read(d).unwrap().unwrap())
         .collect();
     let rel_ticks = |ticks: u64| ticks as f64 / clk_tck() * 1e3 - boot0 * 1e3;
     let wall_ms =
@@ -712,7 +712,7 @@ fn death_section(dir: &Path) {
     let status = c.launch().wait().unwrap();
     assert!(status.success(), "launch: {status}");
     for d in &c.dirs {
-        assert_eq!(rundir::Status::read(d).unwrap().unwrap().state, "RUNNING");
+        assert_eq!(taskdir::Status::read(d).unwrap().unwrap().state, "RUNNING");
     }
 
     let mut follow = c
@@ -742,7 +742,7 @@ fn death_section(dir: &Path) {
     let mut pauses = Pauses::default();
     for (k, dir) in c.dirs.iter().enumerate().take(KILLS) {
         std::thread::sleep(pauses.next_pause());
-        let (pid, start) = rundir::Status::read(dir).unwrap().unwrap().pid.unwrap();
+        let (pid, start) = taskdir::Status::read(dir).unwrap().unwrap().pid.unwrap();
         assert!(
             formic::process::same_process(pid, start),
             "task {k} is not running"
@@ -766,7 +766,7 @@ fn death_section(dir: &Path) {
             }
             // Other lines: later events of tasks killed before; not timed.
         }
-        let s = rundir::Status::read(dir).unwrap().unwrap();
+        let s = taskdir::Status::read(dir).unwrap().unwrap();
         supervisor.push((s.since - wall.as_secs_f64()) * 1e3);
     }
     let cpu = on_cpu(reap_pid) - cpu_before.0;

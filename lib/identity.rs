@@ -144,7 +144,7 @@ fn collect_stale(registry: &Path, wait: bool) -> Result<()> {
         .open(registry.join("lock"))
         .with_context(|| format!("opening {}/lock", registry.display()))?;
     let patience = Duration::from_secs(if wait { 30 } else { 0 });
-    if !crate::rundir::lock_exclusive(&lock, patience) {
+    if !crate::taskdir::lock_exclusive(&lock, patience) {
         return Ok(());
     }
     let running = uids_running();
@@ -204,7 +204,7 @@ fn write_uid(dir: &Path, uid: u32) -> Result<()> {
     if fs::read_to_string(dir.join("uid")).is_ok_and(|s| s == line) {
         return Ok(());
     }
-    crate::rundir::replace_file_mode(&dir.join("uid"), line.as_bytes(), false, 0o644)
+    crate::taskdir::replace_file_mode(&dir.join("uid"), line.as_bytes(), false, 0o644)
 }
 
 /// Claims a free uid for `dir`: the claim is written aside, then hard-linked to its
@@ -215,7 +215,7 @@ fn write_uid(dir: &Path, uid: u32) -> Result<()> {
 fn try_claim(registry: &Path, uid: u32, dir: &Path) -> Result<bool> {
     write_uid(dir, uid)?;
     let aside = registry.join(format!(".claim-{}", std::process::id()));
-    crate::rundir::replace_file_mode(&aside, dir.as_os_str().as_encoded_bytes(), false, 0o600)?;
+    crate::taskdir::replace_file_mode(&aside, dir.as_os_str().as_encoded_bytes(), false, 0o600)?;
     let linked = fs::hard_link(&aside, registry.join(uid.to_string()));
     let _ = fs::remove_file(&aside);
     match linked {

@@ -6,26 +6,25 @@
 //!    ASSIGNED as the task's next incarnation, with its reservation and this launch's
 //!    name, so the resources are spoken for before anything starts; a placement that no
 //!    longer holds is a `conflict` record, and the next pass decides again;
-//! 2. action: under the task directory's lock, and only while the incarnation is still the
-//!    state's, the directory gets job.json and spec.json (argv with its templates filled
-//!    in, environment, user, health check, incarnation), and `formic-supervise DIR` starts
-//!    in a session of its own, to outlive launch;
+//! 2. action: each host is asked once (`transport`) to write its tasks' directories, under
+//!    each directory's lock and only while no call-off or later start has fenced the
+//!    incarnation out: job.json and spec.json (argv with its templates filled in,
+//!    environment, user, health check, incarnation), then `formic-supervise DIR` in a
+//!    session of its own, to outlive launch;
 //! 3. result: a second transaction records STARTING, or RUNNING with the task's pid and
 //!    start time once its supervisor reports them — for this launch's incarnation only.
 //!
 //! A crash between any two steps is repaired by the next pass: reap calls off the start of
 //! an incarnation whose launch has ended without a supervisor taking it (under the same
-//! lock, so a supervisor arriving late finds nothing to run), and believes one that did.
+//! lock, raising the fence, so neither a supervisor nor this launch arriving late starts
+//! it), and believes one that did.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use serde_json::{json, Value};
 
@@ -34,10 +33,11 @@ use crate::exit::{bad_input, fail, status_of, Status, TABLE};
 use crate::host::{millicores, Transport};
 use crate::job::{Check, JobSpec};
 use crate::records::{self, Record, Writer};
-use crate::rundir;
 use crate::state::{State, Txn, View};
 use crate::supervise::{Health, Spec};
 use crate::task::{check_job_key, Announce, Job, Reason, Task, TaskState, MAX_PORTS};
+use crate::taskdir;
+use crate::transport::{self, Prepared, Start, TaskHost};
 use crate::usage::{self, Usage};
 
 /// Start placed instances on their hosts
@@ -118,23 +118,10 @@ struct Placement {
     incarnation: Option<u32>,
 }
 
-/// A placement launch recorded ASSIGNED: the incarnation it created, and where it runs.
+/// A placement launch recorded ASSIGNED: the incarnation it created.
 struct Intent<'a> {
     place: &'a Placement,
     incarnation: u32,
-    dir: PathBuf,
-}
-
-/// What became of one start.
-enum Start {
-    /// Its supervisor was started.
-    Started,
-    /// reap called the start off (it took it for abandoned): nothing may start.
-    CalledOff,
-    /// The task's directory is held by another supervisor.
-    Busy(String),
-    /// The supervisor could not be started.
-    Failed(anyhow::Error),
 }
 
 pub fn run(cli: Cli) -> Result<Status> {
@@ -163,27 +150,25 @@ pub fn run(cli: Cli) -> Result<Status> {
             Some(Intent {
                 place: p,
                 incarnation: n?,
-                dir: rundir::task_dir(&rundir::host_root(&path, &p.host), &p.task),
             })
         })
         .collect();
-    // 2. Action.
-    let mut starts = Vec::with_capacity(intents.len());
-    for i in &intents {
-        let job = &specs[&(i.place.job.clone(), i.place.hash.clone())];
-        let s = start(&cli, &mut state, i, job).unwrap_or_else(Start::Failed);
-        match &s {
+    // 2. Action: one call per host.
+    let hosts = reach_hosts(state.view(), &path, &intents)?;
+    let starts = start_all(&cli, &hosts, &intents, &specs);
+    for (i, s) in intents.iter().zip(&starts) {
+        match s {
             Start::Failed(e) => eprintln!("launch: {}: {e:#}", i.place.task),
             Start::Busy(why) => eprintln!("launch: {}: {why}", i.place.task),
             _ => {}
         }
-        starts.push(s);
     }
     // 3. Result.
-    let reports = await_reports(&intents, &starts, cli.wait);
+    let reports = await_reports(&hosts, &intents, &starts, cli.wait);
     let (events, orphaned) = state.write(|tx| record_results(tx, &intents, &starts, &reports))?;
-    for dir in orphaned {
-        stop_supervisor(&dir);
+    // A supervisor started for an incarnation the state has moved on from meanwhile.
+    for i in orphaned {
+        hosts[&i.place.host].stop(&[(&i.place.task, i.incarnation)]);
     }
     for e in &events {
         out.record(e)?;
@@ -199,18 +184,92 @@ pub fn run(cli: Cli) -> Result<Status> {
     })
 }
 
-/// Waits up to `wait` seconds for the supervisors started to report RUNNING (or an end).
-fn await_reports(intents: &[Intent], starts: &[Start], wait: f64) -> Vec<Option<rundir::Status>> {
+type Hosts = HashMap<String, Box<dyn TaskHost>>;
+
+/// Every host the intents are for, as launch reaches it.
+fn reach_hosts(view: &View, state: &Path, intents: &[Intent]) -> Result<Hosts> {
+    let mut hosts = Hosts::new();
+    for i in intents {
+        if hosts.contains_key(&i.place.host) {
+            continue;
+        }
+        // Recorded in this launch's intent transaction: the host is there.
+        let h = view
+            .hosts
+            .find(&i.place.host)
+            .and_then(|s| view.hosts.get(s))
+            .ok_or_else(|| anyhow::anyhow!("host {} left the state", i.place.host))?;
+        hosts.insert(i.place.host.clone(), transport::reach(state, h)?);
+    }
+    Ok(hosts)
+}
+
+/// Resolves each intent's spec and starts them, one call per host; the starts come back in
+/// the intents' order.
+fn start_all(cli: &Cli, hosts: &Hosts, intents: &[Intent], specs: &Specs) -> Vec<Start> {
+    let mut starts: Vec<Option<Start>> = intents.iter().map(|_| None).collect();
+    for (name, host) in hosts {
+        let mut idx = Vec::new();
+        let mut resolved = Vec::new();
+        for (n, i) in intents.iter().enumerate() {
+            if i.place.host != *name {
+                continue;
+            }
+            let job = &specs[&(i.place.job.clone(), i.place.hash.clone())];
+            match resolve(cli, i, job) {
+                Ok(spec) => {
+                    idx.push(n);
+                    resolved.push((spec, Value::Object(job.raw.clone()).to_string()));
+                }
+                Err(e) => starts[n] = Some(Start::Failed(e)),
+            }
+        }
+        let prepared: Vec<Prepared> = idx
+            .iter()
+            .zip(&resolved)
+            .map(|(&n, (spec, job))| Prepared {
+                task: &intents[n].place.task,
+                incarnation: intents[n].incarnation,
+                spec,
+                job,
+            })
+            .collect();
+        for (n, s) in idx.iter().zip(host.start(&prepared)) {
+            starts[*n] = Some(s);
+        }
+    }
+    starts
+        .into_iter()
+        .map(|s| s.unwrap_or_else(|| Start::Failed(anyhow::anyhow!("no host to start on"))))
+        .collect()
+}
+
+/// Waits up to `wait` seconds for the supervisors started to report RUNNING (or an end),
+/// asking each host once per round.
+fn await_reports(
+    hosts: &Hosts,
+    intents: &[Intent],
+    starts: &[Start],
+    wait: f64,
+) -> Vec<Option<taskdir::Status>> {
     let deadline = Instant::now() + Duration::from_secs_f64(wait);
-    let mut reports: Vec<Option<rundir::Status>> = vec![None; intents.len()];
-    let waiting = |r: &Option<rundir::Status>| r.as_ref().is_none_or(|s| s.state == "STARTING");
+    let mut reports: Vec<Option<taskdir::Status>> = vec![None; intents.len()];
+    let waiting = |r: &Option<taskdir::Status>| r.as_ref().is_none_or(|s| s.state == "STARTING");
     loop {
-        for ((i, s), report) in intents.iter().zip(starts).zip(&mut reports) {
-            if matches!(s, Start::Started) && waiting(report) {
-                *report = rundir::Status::read(&i.dir)
-                    .ok()
-                    .flatten()
-                    .filter(|st| st.incarnation == Some(i.incarnation));
+        for (name, host) in hosts {
+            let idx: Vec<usize> = (0..intents.len())
+                .filter(|&n| intents[n].place.host == *name)
+                .filter(|&n| matches!(starts[n], Start::Started) && waiting(&reports[n]))
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let asked: Vec<(&str, u32)> = idx
+                .iter()
+                .map(|&n| (intents[n].place.task.as_str(), intents[n].incarnation))
+                .collect();
+            for (n, r) in idx.iter().zip(host.reports(&asked)) {
+                reports[*n] = r;
             }
         }
         let pending = reports
@@ -228,13 +287,13 @@ fn await_reports(intents: &[Intent], starts: &[Start], wait: f64) -> Vec<Option<
 /// reap has moved on since (started, stopped, collected) is reap's. A start that failed is
 /// FAILED at once with its reason, and one whose directory another supervisor holds goes
 /// back to PENDING, so the next pass decides again rather than waiting. Returns the events
-/// and the directories whose supervisor runs an incarnation the state no longer has.
-fn record_results(
+/// and the intents whose supervisor runs an incarnation the state no longer has.
+fn record_results<'a>(
     tx: &mut Txn,
-    intents: &[Intent],
+    intents: &'a [Intent<'a>],
     starts: &[Start],
-    reports: &[Option<rundir::Status>],
-) -> Result<(Vec<Value>, Vec<PathBuf>)> {
+    reports: &[Option<taskdir::Status>],
+) -> Result<(Vec<Value>, Vec<&'a Intent<'a>>)> {
     let mut events = Vec::new();
     let mut orphaned = Vec::new();
     let now = tx.now();
@@ -246,7 +305,7 @@ fn record_results(
         let t = tx.view().tasks.get(slot).cloned();
         let Some(t) = t.filter(|t| t.incarnation == i.incarnation) else {
             if matches!(start, Start::Started) {
-                orphaned.push(i.dir.clone());
+                orphaned.push(i);
             }
             continue;
         };
@@ -289,13 +348,6 @@ fn record_results(
         tx.set(slot, Some(next));
     }
     Ok((events, orphaned))
-}
-
-/// SIGTERM to the supervisor in `dir`, if it is still the one its status names.
-fn stop_supervisor(dir: &Path) {
-    if let Ok(Some(s)) = rundir::Status::read(dir) {
-        let _ = crate::process::signal(s.supervisor, nix::sys::signal::Signal::SIGTERM);
-    }
 }
 
 type Specs = HashMap<(String, String), JobSpec>;
@@ -679,81 +731,6 @@ fn record_intents(
         incarnations.push(Some(admitted.incarnation));
     }
     Ok((incarnations, conflicts))
-}
-
-/// Writes the task's directory and starts its supervisor, while this launch's intent is
-/// still the state's.
-fn start(cli: &Cli, state: &mut State, i: &Intent, job: &JobSpec) -> Result<Start> {
-    let dir = &i.dir;
-    rundir::create(dir)?;
-    // The task's lock is held by its supervisor for life, by launch while it writes the
-    // directory, and by reap for a moment while it calls an abandoned start off.
-    let lock = rundir::lock_file(dir)?;
-    if !rundir::lock_exclusive(&lock, Duration::from_secs(1)) {
-        return Ok(Start::Busy(format!(
-            "{} is held by another supervisor",
-            dir.display()
-        )));
-    }
-    // Under the lock, the intent must still be ours: once reap has called it off (under
-    // this lock), nothing may start here.
-    state.refresh()?;
-    let view = state.view();
-    let ours = view
-        .jobs
-        .find(&i.place.job)
-        .and_then(|j| view.tasks.find(&(j, i.place.instance)))
-        .and_then(|s| view.tasks.get(s))
-        .is_some_and(|t| t.state == TaskState::Assigned && t.incarnation == i.incarnation);
-    if !ours {
-        return Ok(Start::CalledOff);
-    }
-    let spec = resolve(cli, i, job)?;
-    // Not flushed: a spec lost to a power cut leaves a task that never started, which reap
-    // calls off and the next pass places again.
-    let job_json = Value::Object(job.raw.clone()).to_string();
-    rundir::replace_file(&dir.join("job.json"), job_json.as_bytes(), false)?;
-    rundir::replace_file(
-        &dir.join("spec.json"),
-        spec.to_json().to_string().as_bytes(),
-        false,
-    )?;
-    let _ = std::fs::remove_file(dir.join("status"));
-    let log = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(dir.join("supervise.log"))
-        .context("creating supervise.log")?;
-    drop(lock);
-    let mut cmd = Command::new(supervisor()?);
-    cmd.arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    unsafe {
-        // A session of its own: the supervisor outlives launch and its terminal.
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(io::Error::from)?;
-            // Nothing launch inherited (a caller's lock, a pipe) may live on in the
-            // supervisor: only fds 0-2 cross.
-            crate::supervise::only_std_fds_cross_exec()
-        });
-    }
-    cmd.spawn()
-        .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
-    Ok(Start::Started)
-}
-
-/// formic-supervise beside launch's own binary, else on PATH.
-fn supervisor() -> Result<PathBuf> {
-    let beside = std::env::current_exe()
-        .ok()
-        .map(|e| e.with_file_name("formic-supervise"));
-    Ok(beside
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("formic-supervise")))
 }
 
 /// What the supervisor runs: the job's argv with `{{port.NAME}}`, `{{instance}}`,

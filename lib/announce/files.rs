@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::{parse_member, Endpoint, Held, Member, Out, Publisher};
-use crate::rundir::replace_file_mode;
+use crate::taskdir::replace_file_mode;
 
 const PREFIX: &str = "member_";
 

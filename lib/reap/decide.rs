@@ -5,13 +5,11 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use super::input::Cause;
 use super::{Timing, LEAVE_WAIT_S, STOP_MARGIN_S};
 use crate::job::{JobSpec, Restart};
-use crate::rundir;
 use crate::task::{Reason, Task, TaskState};
+use crate::taskdir;
 
 /// The supervisor's default grace period, when spec.json does not say.
 const DEFAULT_GRACE_S: f64 = 10.0;
@@ -20,15 +18,11 @@ const DEFAULT_GRACE_S: f64 = 10.0;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Seen {
     /// A supervisor holds the lock, with its latest status (none yet while it starts).
-    Alive(Option<rundir::Status>),
+    Alive(Option<taskdir::Status>),
     /// The supervisor's last word: FINISHED, FAILED or KILLED.
-    Ended(rundir::Status),
+    Ended(taskdir::Status),
     /// No supervisor and no final status: it died without a word (or never started).
-    Gone(Option<rundir::Status>),
-}
-
-pub(super) fn is_final(s: &rundir::Status) -> bool {
-    matches!(s.state.as_str(), "FINISHED" | "FAILED" | "KILLED")
+    Gone(Option<taskdir::Status>),
 }
 
 /// The restart policy of a job: whether it is a service, and its `restart` block, as the
@@ -84,7 +78,7 @@ pub struct Facts {
 }
 
 impl Facts {
-    pub(super) fn of(dir: &Path, started: Option<f64>) -> Facts {
+    pub fn of(dir: &Path, started: Option<f64>) -> Facts {
         Facts {
             dir: Some(dir.to_path_buf()),
             policy: OnceCell::new(),
@@ -108,7 +102,7 @@ impl Facts {
     }
 
     /// When a stop recorded at `since` must be over: the leave, the grace, a margin.
-    pub(super) fn stop_deadline(&self, since: f64) -> f64 {
+    pub fn stop_deadline(&self, since: f64) -> f64 {
         let leave = if self.held { LEAVE_WAIT_S } else { 0.0 };
         since + leave + self.spec().0 + STOP_MARGIN_S
     }
@@ -118,19 +112,12 @@ impl Facts {
             let Some(dir) = &self.dir else {
                 return Policy::default();
             };
-            let path = dir.join("job.json");
-            match std::fs::read_to_string(&path) {
-                Ok(text) => match crate::job::parse_text(&text, &path.display().to_string()) {
-                    Ok(job) => Policy::of(&job),
-                    Err(e) => {
-                        eprintln!(
-                            "reap: {}: {e}; the default restart policy applies",
-                            path.display()
-                        );
-                        Policy::default()
-                    }
-                },
-                Err(_) => Policy::default(),
+            match taskdir::read_job(dir) {
+                Ok(job) => job.as_ref().map_or_else(Policy::default, Policy::of),
+                Err(e) => {
+                    eprintln!("reap: {e}; the default restart policy applies");
+                    Policy::default()
+                }
             }
         })
     }
@@ -138,13 +125,7 @@ impl Facts {
     /// The grace period of the task's stop, and whether it has a health check.
     fn spec(&self) -> (f64, bool) {
         *self.spec.get_or_init(|| {
-            let spec = self
-                .dir
-                .as_ref()
-                .and_then(|d| std::fs::read_to_string(d.join("spec.json")).ok())
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| crate::supervise::Spec::from_json(&v));
-            match spec {
+            match self.dir.as_deref().and_then(taskdir::read_spec) {
                 // The supervisor's own reading of it (clamped), so both keep one deadline.
                 Some(s) => (s.grace().as_secs_f64(), s.health.is_some()),
                 None => (DEFAULT_GRACE_S, false),
@@ -267,7 +248,7 @@ pub fn decide(
 }
 
 /// The supervisor reported the end of the run.
-fn finish(t: &Task, st: &rundir::Status, facts: &Facts, now: f64, timing: &Timing) -> Plan {
+fn finish(t: &Task, st: &taskdir::Status, facts: &Facts, now: f64, timing: &Timing) -> Plan {
     let exit = st.exit.or(st.signal.map(|s| -s));
     let unhealthy = st.healthy == Some(false);
     // The supervisor's own words (what it could not do) travel on in the event.
@@ -336,7 +317,7 @@ fn ended(
 /// No supervisor holds the lock and there is no final word.
 fn gone(
     t: &Task,
-    st: Option<&rundir::Status>,
+    st: Option<&taskdir::Status>,
     request: Option<Cause>,
     facts: &Facts,
     now: f64,
@@ -380,7 +361,7 @@ fn gone(
 /// A supervisor holds the lock.
 fn alive(
     t: &Task,
-    st: Option<&rundir::Status>,
+    st: Option<&taskdir::Status>,
     request: Option<Cause>,
     facts: &Facts,
     now: f64,
@@ -493,8 +474,8 @@ mod tests {
         t
     }
 
-    fn status(state: &str, since: f64) -> rundir::Status {
-        rundir::Status {
+    fn status(state: &str, since: f64) -> taskdir::Status {
+        taskdir::Status {
             task: "a/b/c/0".into(),
             supervisor: (99, 5),
             pid: Some((100, 7)),

@@ -1,110 +1,30 @@
 //! reap's passes: look at the watched tasks' directories, decide, kill what must die before
 //! the commit, commit every plan in one transaction, report, then signal the stops that were
-//! recorded; `once` repeats passes until the stops are over, `follow` forever.
+//! recorded; `once` repeats passes until the stops are over, `follow` forever. Hosts are
+//! reached through `transport`, one call per host per step.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use super::decide::{decide, is_final, is_stopping, Act, Facts, Plan, Seen};
+use super::decide::{decide, is_stopping, Act, Plan};
 use super::input::{task_id, Cause};
 use super::out::Out;
 use super::{Timing, POLL};
 use crate::exit::Status;
 use crate::host::{Mode, Transport};
 use crate::process;
-use crate::rundir;
 use crate::state::State;
 use crate::task::{Task, TaskState};
+use crate::transport::{self, Stamp, TaskHost};
 
 /// With --follow, every task directory is looked at this often even when its status file
 /// has not changed (a supervisor that dies without a word changes no file).
 const SWEEP_TICKS: u32 = 20;
-
-/// Looks at a task's directory. The order matters: a supervisor writes its final status
-/// and only then lets go of the lock, and takes the lock before it writes anything; so a
-/// free lock followed by a status that is not final, with the lock still free after, is a
-/// supervisor that died without a word, never one that was just finishing or starting.
-pub fn look(dir: &Path, t: &Task) -> Result<Seen> {
-    let held = rundir::supervised(dir)?;
-    let status = current_status(dir, t)?;
-    if let Some(s) = &status {
-        if is_final(s) {
-            // A final word from a supervisor that is gone, while the lock is held: a new
-            // supervisor has started and not yet written; the word is an earlier run's.
-            if held && !process::same_process(s.supervisor.0, s.supervisor.1) {
-                return Ok(Seen::Alive(None));
-            }
-            return Ok(Seen::Ended(status.unwrap()));
-        }
-    }
-    if held {
-        return Ok(Seen::Alive(status));
-    }
-    if rundir::supervised(dir)? {
-        return Ok(Seen::Alive(current_status(dir, t)?));
-    }
-    Ok(match current_status(dir, t)? {
-        Some(s) if is_final(&s) => Seen::Ended(s),
-        other => Seen::Gone(other),
-    })
-}
-
-/// The status file, if it speaks of the task's current incarnation: one left by an earlier
-/// run in the same directory says nothing about this one, and one of this incarnation is
-/// believed however old it is.
-fn current_status(dir: &Path, t: &Task) -> Result<Option<rundir::Status>> {
-    let s = rundir::Status::read(dir)?;
-    Ok(s.filter(|s| match s.incarnation {
-        Some(n) => n == t.incarnation,
-        // From a supervisor older than incarnations: launch records ASSIGNED before it
-        // starts the supervisor, so a status older than that record is an earlier run's.
-        None => !(t.state == TaskState::Assigned && s.since < t.since),
-    }))
-}
-
-/// Calls off the start of a task no supervisor has reported for: with the task's lock
-/// held (no supervisor has it), and still no word from this incarnation, its spec is
-/// removed, so a supervisor that takes the lock after us has nothing to run. Returns the
-/// lock, to be held until the task's new record is committed; None when a supervisor got
-/// there first.
-fn call_off(dir: &Path, t: &Task) -> Option<std::fs::File> {
-    // The directory may not be there yet (launch may be about to write it): made here, so
-    // that launch finds the lock ours and then the start called off.
-    let lock = rundir::create(dir)
-        .and_then(|()| rundir::lock_file(dir))
-        .ok()?;
-    if !rundir::lock_exclusive(&lock, Duration::from_millis(20)) {
-        return None;
-    }
-    if !matches!(current_status(dir, t), Ok(None)) {
-        return None;
-    }
-    match std::fs::remove_file(dir.join("spec.json")) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => None,
-        _ => Some(lock),
-    }
-}
-
-/// Kills whatever the task left in its cgroups (children that called setsid, orphans of
-/// a leader that exited: what its process group no longer reaches), once no supervisor
-/// holds its lock: holding it ourselves proves the groups are nobody's. A supervisor that
-/// holds it (again) owns them, and kills leftovers itself before it starts the task.
-pub(super) fn kill_leftovers(task: &str, dir: &Path) -> Result<(), String> {
-    let lock = rundir::lock_file(dir).map_err(|e| format!("{e:#}"))?;
-    if !rundir::lock_exclusive(&lock, Duration::from_secs(1)) {
-        return Ok(());
-    }
-    if crate::limits::kill_leftovers(task, dir) {
-        Ok(())
-    } else {
-        Err("processes survive SIGKILL in its cgroups".into())
-    }
-}
 
 pub(super) fn now() -> f64 {
     SystemTime::now()
@@ -113,12 +33,11 @@ pub(super) fn now() -> f64 {
 }
 
 /// A task reap looks after: in a holding state on a local host.
-struct Watch {
+pub(super) struct Watch {
     slot: u32,
     task: Task,
     id: String,
     host: String,
-    dir: PathBuf,
 }
 
 pub(super) struct Reaper {
@@ -130,6 +49,8 @@ pub(super) struct Reaper {
     trouble: usize,
     /// What was reported already: a pass repeated every 50 ms says a thing once.
     told: HashSet<String>,
+    /// The hosts reached so far, by name.
+    hosts: HashMap<String, Rc<dyn TaskHost>>,
 }
 
 /// What a pass left to wait for: tasks still being stopped, with when their stop is due.
@@ -152,6 +73,7 @@ impl Reaper {
             },
             trouble: 0,
             told: HashSet::new(),
+            hosts: HashMap::new(),
         })
     }
 
@@ -168,13 +90,35 @@ impl Reaper {
         self.trouble += 1;
     }
 
+    /// The host named `name` as reap reaches it (None, with a note, when it cannot be).
+    pub(super) fn host(&mut self, name: &str) -> Option<Rc<dyn TaskHost>> {
+        if let Some(h) = self.hosts.get(name) {
+            return Some(h.clone());
+        }
+        let view = self.state.view();
+        let record = view
+            .hosts
+            .find(&name.to_string())
+            .and_then(|s| view.hosts.get(s))?;
+        match transport::reach(&self.path, record) {
+            Ok(h) => {
+                let h: Rc<dyn TaskHost> = Rc::from(h);
+                self.hosts.insert(name.to_string(), h.clone());
+                Some(h)
+            }
+            Err(e) => {
+                self.note(format!("{e:#}"));
+                None
+            }
+        }
+    }
+
     /// Tasks in holding states on local hosts, and the stops that draining hosts ask for.
     fn watched(&mut self) -> (Vec<Watch>, HashSet<u32>) {
         let view = self.state.view();
         let mut watches = Vec::new();
         let mut draining = HashSet::new();
         let mut remote = 0;
-        let mut roots: HashMap<u32, PathBuf> = HashMap::new();
         for (slot, t) in view.tasks.iter() {
             if !t.state.holds_resources() {
                 continue;
@@ -189,15 +133,10 @@ impl Reaper {
             if host.maintenance.mode == Mode::Draining {
                 draining.insert(slot);
             }
-            let id = task_id(view, t);
-            let root = roots
-                .entry(t.host)
-                .or_insert_with(|| rundir::host_root(&self.path, &host.name));
             watches.push(Watch {
                 slot,
                 task: t.clone(),
-                dir: rundir::task_dir(root, &id),
-                id,
+                id: task_id(view, t),
                 host: host.name.clone(),
             });
         }
@@ -210,65 +149,68 @@ impl Reaper {
         (watches, draining)
     }
 
-    /// One pass over the tasks that `only` selects: look, decide, kill what must die,
-    /// commit, report, then start the stops that were recorded.
+    /// One pass over the tasks that `only` selects (given each task's status stamp): look,
+    /// decide, call off abandoned starts, kill what must die, commit, report, then start
+    /// the stops that were recorded.
     fn pass(
         &mut self,
         requests: &HashMap<u32, Cause>,
-        only: &mut dyn FnMut(&Watch) -> bool,
+        only: &mut dyn FnMut(&Watch, Option<Stamp>) -> bool,
     ) -> Result<Pass> {
         let (watches, draining) = self.watched();
         let announcer = crate::announce::follower_alive(self.state.path());
         let now = now();
+        let mut by_host: BTreeMap<String, Vec<Watch>> = BTreeMap::new();
+        for w in watches {
+            by_host.entry(w.host.clone()).or_default().push(w);
+        }
         let mut plans: Vec<(Watch, Plan)> = Vec::new();
         let mut stopping = Vec::new();
-        for w in watches {
-            let request = requests
-                .get(&w.slot)
-                .copied()
-                .or(draining.contains(&w.slot).then_some(Cause::Drain));
-            if request.is_none() && !only(&w) {
+        for (name, watches) in by_host {
+            let Some(host) = self.host(&name) else {
                 continue;
-            }
-            let seen = match look(&w.dir, &w.task) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.note(format!("task {}: {e:#}", w.id));
-                    continue;
-                }
             };
-            let ticks = match &seen {
-                Seen::Alive(Some(s)) | Seen::Ended(s) | Seen::Gone(Some(s)) => s.pid.map(|p| p.1),
-                _ => None,
+            let ids: Vec<&str> = watches.iter().map(|w| w.id.as_str()).collect();
+            let stamps = host.stamps(&ids);
+            let mut chosen = Vec::new();
+            for (w, stamp) in watches.into_iter().zip(stamps) {
+                let request = requests
+                    .get(&w.slot)
+                    .copied()
+                    .or(draining.contains(&w.slot).then_some(Cause::Drain));
+                if request.is_some() || only(&w, stamp) {
+                    chosen.push((w, request));
+                }
             }
-            .or((w.task.pid_start != 0).then_some(w.task.pid_start));
-            let mut facts = Facts::of(&w.dir, ticks.and_then(process::started_at));
-            facts.held = w.task.announced && announcer;
-            facts.launcher_gone =
-                w.task.state == TaskState::Assigned && !process::alive(w.task.launcher);
-            let plan = decide(&w.task, &seen, request, &facts, now, &self.timing);
-            let next = plan.as_ref().map_or(w.task.state, |p| p.task.state);
-            if is_stopping(next) {
-                let since = plan.as_ref().map_or(w.task.since, |p| p.task.since);
-                stopping.push((w.slot, facts.stop_deadline(since)));
-            }
-            if let Some(plan) = plan {
-                plans.push((w, plan));
+            let probes: Vec<(&str, &Task)> = chosen
+                .iter()
+                .map(|(w, _)| (w.id.as_str(), &w.task))
+                .collect();
+            let looks = host.look(&probes);
+            for ((w, request), look) in chosen.into_iter().zip(looks) {
+                let mut look = match look {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.note(format!("task {}: {e:#}", w.id));
+                        continue;
+                    }
+                };
+                look.facts.held = w.task.announced && announcer;
+                look.facts.launcher_gone =
+                    w.task.state == TaskState::Assigned && !process::alive(w.task.launcher);
+                let plan = decide(&w.task, &look.seen, request, &look.facts, now, &self.timing);
+                let next = plan.as_ref().map_or(w.task.state, |p| p.task.state);
+                if is_stopping(next) {
+                    let since = plan.as_ref().map_or(w.task.since, |p| p.task.since);
+                    stopping.push((w.slot, look.facts.stop_deadline(since)));
+                }
+                if let Some(plan) = plan {
+                    plans.push((w, plan));
+                }
             }
         }
-        // Held until the commit: see `Plan::call_off`.
-        let mut called_off = Vec::new();
-        plans.retain(|(w, plan)| {
-            !plan.call_off
-                || call_off(&w.dir, &w.task)
-                    .map(|lock| called_off.push(lock))
-                    .is_some()
-        });
-        for (w, plan) in &plans {
-            for act in &plan.before {
-                self.act(w, act);
-            }
-        }
+        self.call_off(&mut plans);
+        self.act(&plans, |p| &p.before);
         let any_draining = !draining.is_empty()
             || self
                 .state
@@ -294,37 +236,61 @@ impl Reaper {
             }
             Ok(applied)
         })?;
-        drop(called_off);
-        for ((w, plan), ok) in plans.iter().zip(applied) {
-            if !ok {
-                continue;
-            }
+        let plans: Vec<(Watch, Plan)> = plans
+            .into_iter()
+            .zip(applied)
+            .filter_map(|(p, ok)| ok.then_some(p))
+            .collect();
+        for (w, plan) in &plans {
             for e in &plan.events {
                 self.out.event(&w.id, &w.host, e, now)?;
             }
-            for act in &plan.after {
-                self.act(w, act);
-            }
         }
+        self.act(&plans, |p| &p.after);
         self.out.flush()?;
         Ok(Pass { stopping })
     }
 
-    fn act(&mut self, w: &Watch, act: &Act) {
-        use nix::sys::signal::Signal;
-        let r = match *act {
-            Act::Stop { supervisor } => process::signal(supervisor, Signal::SIGTERM).map(|_| ()),
-            Act::KillGroup { task } => {
-                process::kill_group(task).and_then(|_| kill_leftovers(&w.id, &w.dir))
+    /// Calls off the starts the plans give up on, one call per host; a plan whose start a
+    /// supervisor took after all is dropped (the next pass sees it running).
+    fn call_off(&mut self, plans: &mut Vec<(Watch, Plan)>) {
+        let mut kept = vec![true; plans.len()];
+        for (name, idx) in by_host(plans, |p| p.call_off) {
+            let Some(host) = self.host(&name) else {
+                idx.iter().for_each(|&i| kept[i] = false);
+                continue;
+            };
+            let tasks: Vec<(&str, u32)> = idx
+                .iter()
+                .map(|&i| (plans[i].0.id.as_str(), plans[i].0.task.incarnation))
+                .collect();
+            for (i, ok) in idx.iter().zip(host.call_off(&tasks)) {
+                kept[*i] = ok;
             }
-            Act::KillAll { supervisor, task } => {
-                let a = task.map_or(Ok(false), process::kill_group);
-                let b = supervisor.map_or(Ok(false), |s| process::signal(s, Signal::SIGKILL));
-                a.and(b).and_then(|_| kill_leftovers(&w.id, &w.dir))
+        }
+        let mut keep = kept.into_iter();
+        plans.retain(|_| keep.next().unwrap_or(false));
+    }
+
+    /// Carries out the acts `which` picks from each plan, one call per host.
+    fn act(&mut self, plans: &[(Watch, Plan)], which: fn(&Plan) -> &Vec<Act>) {
+        for (name, idx) in by_host(plans, |p| !which(p).is_empty()) {
+            let Some(host) = self.host(&name) else {
+                continue;
+            };
+            let acts: Vec<(&str, &Act)> = idx
+                .iter()
+                .flat_map(|&i| {
+                    let (w, p) = &plans[i];
+                    which(p).iter().map(move |a| (w.id.as_str(), a))
+                })
+                .collect();
+            let results = host.act(&acts);
+            for ((task, _), r) in acts.iter().zip(results) {
+                if let Err(e) = r {
+                    self.note(format!("task {task}: {e}"));
+                }
             }
-        };
-        if let Err(e) = r {
-            self.note(format!("task {}: {e}", w.id));
         }
     }
 
@@ -336,14 +302,14 @@ impl Reaper {
         passthrough: &[String],
     ) -> Result<Status> {
         self.stop_strays()?;
-        let mut pass = self.pass(&requests, &mut |_| true)?;
+        let mut pass = self.pass(&requests, &mut |_, _| true)?;
         // Every stop ends by its deadline: the supervisor reports, or reap kills it. A stop
         // that cannot (no status to find its supervisor by) is given up a little later.
         let give_up = |p: &Pass| p.stopping.iter().map(|s| s.1).fold(0.0, f64::max) + 5.0;
         while !pass.stopping.is_empty() && now() < give_up(&pass) {
             std::thread::sleep(POLL);
             let waiting: HashSet<u32> = pass.stopping.iter().map(|s| s.0).collect();
-            pass = self.pass(&HashMap::new(), &mut |w| waiting.contains(&w.slot))?;
+            pass = self.pass(&HashMap::new(), &mut |w, _| waiting.contains(&w.slot))?;
         }
         if !pass.stopping.is_empty() {
             let n = pass.stopping.len();
@@ -365,17 +331,13 @@ impl Reaper {
     /// Passes forever: a task is looked at when its status file changes, while it is
     /// starting or stopping (its clocks run), and every second in any case.
     pub(super) fn follow(&mut self) -> Result<Status> {
-        type Key = (u64, i64, i64, u64);
-        let mut last: HashMap<u32, (Option<Key>, Task)> = HashMap::new();
+        let mut last: HashMap<u32, (Option<Stamp>, Task)> = HashMap::new();
         let mut tick: u32 = 0;
         loop {
             let started = Instant::now();
             let sweep = tick.is_multiple_of(SWEEP_TICKS);
-            let mut current: HashMap<u32, (Option<Key>, Task)> = HashMap::new();
-            let mut select = |w: &Watch| {
-                let key = std::fs::metadata(w.dir.join("status"))
-                    .ok()
-                    .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.size()));
+            let mut current: HashMap<u32, (Option<Stamp>, Task)> = HashMap::new();
+            let mut select = |w: &Watch, key: Option<Stamp>| {
                 let changed = last
                     .get(&w.slot)
                     .is_none_or(|(k, t)| *k != key || *t != w.task);
@@ -398,4 +360,15 @@ impl Reaper {
             }
         }
     }
+}
+
+/// The plans that `pick` selects, as indexes grouped by host.
+fn by_host(plans: &[(Watch, Plan)], pick: impl Fn(&Plan) -> bool) -> BTreeMap<String, Vec<usize>> {
+    let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, (w, p)) in plans.iter().enumerate() {
+        if pick(p) {
+            out.entry(w.host.clone()).or_default().push(i);
+        }
+    }
+    out
 }

@@ -36,7 +36,6 @@ use crate::task::TaskState;
 use engine::Reaper;
 
 pub use decide::{decide, Act, Event, Facts, Plan, Policy, Seen};
-pub use engine::look;
 pub use input::{parse_task_id, read_input, Cause, StopRecord};
 
 /// Stop what must stop, collect what ended, apply the restart policy, list tasks.

@@ -1,53 +1,23 @@
-//! Supervisors at work that the state does not run: found by walking the local hosts'
-//! task directories, and stopped like any task.
+//! Supervisors at work that the state does not run: found on every host reap reaches, and
+//! stopped like any task.
+
+use std::rc::Rc;
 
 use anyhow::Result;
-use std::path::{Path, PathBuf};
 
-use super::decide::{Event, Facts};
-use super::engine::{kill_leftovers, now, Reaper};
+use super::decide::{Act, Event};
+use super::engine::{now, Reaper};
 use super::input::find_task;
-use crate::process;
-use crate::rundir;
 use crate::state::View;
 use crate::task::TaskState;
-
-/// A supervisor found in a local host's task directory.
-struct Found {
-    host: String,
-    id: String,
-    dir: PathBuf,
-    status: rundir::Status,
-}
-
-/// Every supervisor at work under the local hosts' run roots that has reported (one that
-/// has not yet is left for a later pass: it cannot be told apart from a start under way).
-fn supervisors(run_root: &Path) -> Vec<Found> {
-    let mut found = Vec::new();
-    for (host, root) in rundir::subdirs(run_root) {
-        for (id, dir) in rundir::task_dirs(&root) {
-            if !rundir::supervised(&dir).unwrap_or(false) {
-                continue;
-            }
-            if let Ok(Some(status)) = rundir::Status::read(&dir) {
-                found.push(Found {
-                    host: host.clone(),
-                    id,
-                    dir,
-                    status,
-                });
-            }
-        }
-    }
-    found
-}
+use crate::transport::{self, Found, TaskHost};
 
 /// Whether the state runs the incarnation that supervisor runs, on its host.
-fn accounted(view: &View, s: &Found) -> bool {
-    let Some(t) = find_task(view, &s.id).and_then(|slot| view.tasks.get(slot)) else {
+fn accounted(view: &View, host: &str, s: &Found) -> bool {
+    let Some(t) = find_task(view, &s.task).and_then(|slot| view.tasks.get(slot)) else {
         return false;
     };
-    let here = view.hosts.get(t.host).is_some_and(|h| h.name == s.host);
+    let here = view.hosts.get(t.host).is_some_and(|h| h.name == host);
     t.state.holds_resources() && here && s.status.incarnation.is_none_or(|n| n == t.incarnation)
 }
 
@@ -57,7 +27,17 @@ impl Reaper {
     /// the loser, a host removed with --force, a state restored from a backup) is stopped
     /// like any task, SIGTERM first and SIGKILL with its cgroups after its grace.
     pub(super) fn stop_strays(&mut self) -> Result<()> {
-        let found = supervisors(&rundir::run_root(&self.path));
+        // Every local host root on this machine, those of hosts no longer in the state too.
+        let hosts = transport::local_hosts(&self.path);
+        let found: Vec<(String, Rc<dyn TaskHost>, Vec<Found>)> = hosts
+            .into_iter()
+            .map(|(name, host)| {
+                let host: Rc<dyn TaskHost> = Rc::new(host);
+                let found = host.supervisors();
+                (name, host, found)
+            })
+            .filter(|(_, _, found)| !found.is_empty())
+            .collect();
         if found.is_empty() {
             return Ok(());
         }
@@ -66,50 +46,55 @@ impl Reaper {
         // is in this view.
         self.state.refresh()?;
         let now = now();
-        for s in found {
-            if !accounted(self.state.view(), &s) {
-                self.stop_stray(&s, now)?;
+        for (name, host, found) in found {
+            for s in found {
+                if !accounted(self.state.view(), &name, &s) {
+                    self.stop_stray(&name, host.as_ref(), &s, now)?;
+                }
             }
         }
         self.out.flush()
     }
 
-    fn stop_stray(&mut self, s: &Found, now: f64) -> Result<()> {
-        use nix::sys::signal::Signal;
+    fn stop_stray(&mut self, host: &str, on: &dyn TaskHost, s: &Found, now: f64) -> Result<()> {
         let why = match s.status.incarnation {
-            Some(n) => format!("the state does not run incarnation {n} on {}", s.host),
-            None => format!("the state does not run it on {}", s.host),
+            Some(n) => format!("the state does not run incarnation {n} on {host}"),
+            None => format!("the state does not run it on {host}"),
         };
-        let event = if s.status.state == "KILLING" {
-            let facts = Facts::of(&s.dir, None);
-            if now < facts.stop_deadline(s.status.since) {
-                return Ok(());
+        let killing = s.status.state == "KILLING";
+        if killing && now < s.facts.stop_deadline(s.status.since) {
+            return Ok(());
+        }
+        let act = if killing {
+            Act::KillAll {
+                supervisor: Some(s.status.supervisor),
+                task: s.status.pid,
             }
-            let group = s.status.pid.map_or(Ok(false), process::kill_group);
-            let supervisor = process::signal(s.status.supervisor, Signal::SIGKILL);
-            if let Err(e) = group
-                .and(supervisor)
-                .and_then(|_| kill_leftovers(&s.id, &s.dir))
-            {
-                self.note(format!("task {} on {}: {e}", s.id, s.host));
-            }
-            let mut e = Event::new(TaskState::Killed);
-            e.exit = Some(-9);
-            e.detail = Some(format!("{why}; it did not stop in time").into());
-            e
         } else {
-            match process::signal(s.status.supervisor, Signal::SIGTERM) {
-                Ok(true) => {}
-                Ok(false) => return Ok(()), // gone meanwhile
-                Err(e) => {
-                    self.note(format!("task {} on {}: {e}", s.id, s.host));
+            Act::Stop {
+                supervisor: s.status.supervisor,
+            }
+        };
+        let done = on.act(&[(&s.task, &act)]).pop().unwrap_or(Ok(false));
+        let event = match done {
+            Err(e) => {
+                self.note(format!("task {} on {host}: {e}", s.task));
+                if !killing {
                     return Ok(());
                 }
+                Event::new(TaskState::Killed)
             }
-            let mut e = Event::new(TaskState::Killing);
-            e.detail = Some(why.into());
-            e
+            Ok(false) if !killing => return Ok(()), // gone meanwhile
+            Ok(_) if killing => Event::new(TaskState::Killed),
+            Ok(_) => Event::new(TaskState::Killing),
         };
-        self.out.event(&s.id, &s.host, &event, now)
+        let event = if killing {
+            let mut e = event.saying(format!("{why}; it did not stop in time"));
+            e.exit = Some(-9);
+            e
+        } else {
+            event.saying(why)
+        };
+        self.out.event(&s.task, host, &event, now)
     }
 }

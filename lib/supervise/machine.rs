@@ -31,7 +31,7 @@ use super::log::{Log, Source};
 use super::{now, procs, world, NotStarted, Spec};
 use crate::identity::Ids;
 use crate::limits::Enforcer;
-use crate::rundir::Status;
+use crate::taskdir::Status;
 
 /// Where the task is in its life, once started.
 #[derive(Clone, Copy, Debug, PartialEq)]

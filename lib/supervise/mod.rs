@@ -3,7 +3,7 @@
 //! kernel is trusted for "it exited": the supervisor is the task's parent and reaps it, and
 //! it is the subreaper of everything the task leaves behind.
 //!
-//! Its life, in the task's directory (see `rundir`):
+//! Its life, in the task's directory (see `taskdir`):
 //! 1. take `lock` for good (a second supervisor of the same task gives up at once);
 //! 2. status STARTING; refuse a spec it cannot honour (`spec`); make the task's cgroups
 //!    (killing what an earlier supervisor of the task left in them) and give it its
@@ -48,7 +48,7 @@ pub use spec::{Health, Spec};
 
 use crate::exit::{fail, Status as Exit};
 use crate::limits::Enforcer;
-use crate::rundir::{self, Status};
+use crate::taskdir::{self, Status};
 use machine::Supervisor;
 
 /// Supervise one task: start it, wait for it, record how it ended
@@ -81,8 +81,8 @@ fn now() -> f64 {
 pub fn run(dir: &Path) -> Result<Status> {
     // Absolute, so a dynamic uid's claim names the directory whatever the caller's cwd.
     let dir = &fs::canonicalize(dir).with_context(|| format!("opening {}", dir.display()))?;
-    let lock = rundir::lock_file(dir)?;
-    if !rundir::lock_exclusive(&lock, Duration::from_millis(100)) {
+    let lock = taskdir::lock_file(dir)?;
+    if !taskdir::lock_exclusive(&lock, Duration::from_millis(100)) {
         return Err(fail(
             Exit::Temporary,
             format!("{} is supervised already", dir.display()),

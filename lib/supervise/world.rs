@@ -17,7 +17,7 @@ use super::Spec;
 use crate::exit::{fail, Status as Exit};
 use crate::identity::{self, Ids};
 use crate::limits::{Enforcer, InChild};
-use crate::rundir::Status;
+use crate::taskdir::Status;
 
 /// Gives the task its identity (recorded in `status`), its logs and sandbox, and starts it
 /// in its world; returns its ids, the owner of its logs and the child.

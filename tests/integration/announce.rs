@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use formic::rundir;
+use formic::taskdir;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -194,7 +194,7 @@ impl Cluster {
     fn task_dirs(&self) -> Vec<PathBuf> {
         self.hosts
             .iter()
-            .flat_map(|h| tasks_under(&rundir::host_root(&self.state(), h)))
+            .flat_map(|h| tasks_under(&taskdir::host_root(&self.state(), h)))
             .collect()
     }
 }
@@ -216,7 +216,7 @@ impl Drop for Cluster {
             let _ = d.wait();
         }
         for dir in self.task_dirs() {
-            if let Ok(Some(s)) = rundir::Status::read(&dir) {
+            if let Ok(Some(s)) = taskdir::Status::read(&dir) {
                 if formic::process::same_process(s.supervisor.0, s.supervisor.1) {
                     let _ = kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL);
                 }
@@ -695,7 +695,7 @@ fn zk_no_member_before_the_health_check_first_passes() {
         "three failed health checks",
         Duration::from_secs(20),
         || {
-            let s = rundir::Status::read(&dir).ok()??;
+            let s = taskdir::Status::read(&dir).ok()??;
             (s.state == "RUNNING" && s.health_failures >= 3).then_some(())
         },
     );

@@ -201,7 +201,7 @@ fn a_child_of_a_writer_does_not_inherit_the_lock() {
 /// do not change. Then the follower still does its job: a killed task is reported.
 #[test]
 fn an_idle_reap_follow_leaves_the_lock_alone() {
-    use formic::rundir;
+    use formic::taskdir;
     use std::fs::TryLockError;
     use std::time::Instant;
 
@@ -232,22 +232,22 @@ fn an_idle_reap_follow_leaves_the_lock_alone() {
             Ok(tx.upsert(t))
         })
         .unwrap();
-    let tdir = rundir::task_dir(&rundir::host_root(&state, "h1"), task);
-    rundir::create(&tdir).unwrap();
+    let tdir = taskdir::task_dir(&taskdir::host_root(&state, "h1"), task);
+    taskdir::create(&tdir).unwrap();
     let spec = common::spec(task, &["sleep", "600"]);
     std::fs::write(tdir.join("spec.json"), spec.to_json().to_string()).unwrap();
     let job = serde_json::json!({"job": "idle/test/sleeper", "service": true});
     std::fs::write(tdir.join("job.json"), job.to_string()).unwrap();
     common::supervise_detached(&tdir);
     let running = common::wait_until("the task running", Duration::from_secs(10), || {
-        rundir::Status::read(&tdir)
+        taskdir::Status::read(&tdir)
             .ok()
             .flatten()
             .filter(|st| st.state == "RUNNING")
     });
     let (pid, start) = running.pid.unwrap();
     // Whatever happens below, the task and its supervisor end with the test.
-    struct Cleanup(rundir::Status);
+    struct Cleanup(taskdir::Status);
     impl Drop for Cleanup {
         fn drop(&mut self) {
             use nix::sys::signal::{kill, Signal};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use formic::rundir;
+use formic::taskdir;
 use serde_json::Value;
 
 use crate::common::{self, code, run, stderr, stdout, tool, Tmpfs};
@@ -41,7 +41,7 @@ impl Cluster {
     }
 
     fn task_dir(&self, task: &str) -> PathBuf {
-        rundir::task_dir(&rundir::host_root(&self.state(), "h1"), task)
+        taskdir::task_dir(&taskdir::host_root(&self.state(), "h1"), task)
     }
 
     /// One reconciliation pass (scripts/reconcile) over `jobs`; its status is 0, or 1
@@ -64,13 +64,13 @@ impl Cluster {
     fn uid_of(&mut self, task: &str) -> u32 {
         let dir = self.task_dir(task);
         let uid = wait(Duration::from_secs(10), || {
-            rundir::Status::read(&dir)
+            taskdir::Status::read(&dir)
                 .ok()
                 .flatten()
                 .filter(|s| s.state == "RUNNING")
                 .and_then(|s| s.uid)
         })
-        .unwrap_or_else(|| panic!("{task} never ran: {:?}", rundir::Status::read(&dir)));
+        .unwrap_or_else(|| panic!("{task} never ran: {:?}", taskdir::Status::read(&dir)));
         self.uids.push(uid);
         uid
     }
@@ -252,7 +252,7 @@ fn a_hostile_task_touches_only_its_sandbox_and_dies_whole() {
     // Supervisors killed (the disk is full): nothing of either task may survive the next
     // pass and `reap kill`.
     for task in ["www/prod/victim/0", "evil/prod/hostile/0"] {
-        let s = rundir::Status::read(&c.task_dir(task)).unwrap().unwrap();
+        let s = taskdir::Status::read(&c.task_dir(task)).unwrap().unwrap();
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(s.supervisor.0 as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -309,7 +309,7 @@ fn a_nearly_full_disk_never_leaves_a_task_running_twice_or_unsupervised() {
             let n = processes_of_task(&c, &task);
             assert!(n <= 1, "{task} runs {n} times");
             // A supervisor lets go of its lock only once it has killed what it started.
-            let watched = rundir::supervised(&c.task_dir(&task)).unwrap_or(false);
+            let watched = taskdir::supervised(&c.task_dir(&task)).unwrap_or(false);
             assert!(n == 0 || watched, "{task} runs unsupervised");
         }
     }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use formic::rundir;
 use formic::state::State;
 use formic::task::TaskState;
+use formic::taskdir;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -52,11 +52,11 @@ impl Cluster {
     }
 
     fn task_dir(&self, task: &str) -> PathBuf {
-        rundir::task_dir(&rundir::host_root(&self.state(), "h1"), task)
+        taskdir::task_dir(&taskdir::host_root(&self.state(), "h1"), task)
     }
 
-    fn status(&self, task: &str) -> rundir::Status {
-        rundir::Status::read(&self.task_dir(task))
+    fn status(&self, task: &str) -> taskdir::Status {
+        taskdir::Status::read(&self.task_dir(task))
             .unwrap()
             .expect("a status")
     }
@@ -66,10 +66,10 @@ impl Drop for Cluster {
     /// Stops every supervisor the test started: gracefully, so each removes its cgroups,
     /// then by force whatever is left.
     fn drop(&mut self) {
-        let root = rundir::host_root(&self.state(), "h1");
-        let statuses: Vec<(PathBuf, rundir::Status)> = tasks_under(&root)
+        let root = taskdir::host_root(&self.state(), "h1");
+        let statuses: Vec<(PathBuf, taskdir::Status)> = tasks_under(&root)
             .into_iter()
-            .filter_map(|d| Some((d.clone(), rundir::Status::read(&d).ok()??)))
+            .filter_map(|d| Some((d.clone(), taskdir::Status::read(&d).ok()??)))
             .collect();
         for (_, s) in &statuses {
             if formic::process::same_process(s.supervisor.0, s.supervisor.1) {
@@ -79,7 +79,7 @@ impl Drop for Cluster {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while statuses
             .iter()
-            .any(|(d, _)| rundir::supervised(d).unwrap_or(false))
+            .any(|(d, _)| taskdir::supervised(d).unwrap_or(false))
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(10));
@@ -348,7 +348,7 @@ fn leave_a_crashed_launch(c: &Cluster, records: &str, crash: DiedAfter) {
     for p in &places {
         let task = p["task"].as_str().unwrap();
         let dir = c.task_dir(task);
-        rundir::create(&dir).unwrap();
+        taskdir::create(&dir).unwrap();
         let mut spec = common::spec(task, &["sleep", "600"]);
         spec.incarnation = 1;
         std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
@@ -359,7 +359,7 @@ fn leave_a_crashed_launch(c: &Cluster, records: &str, crash: DiedAfter) {
                 "the supervisor reports RUNNING",
                 Duration::from_secs(10),
                 || {
-                    rundir::Status::read(&dir)
+                    taskdir::Status::read(&dir)
                         .ok()
                         .flatten()
                         .filter(|s| s.state == "RUNNING")
@@ -378,8 +378,8 @@ fn a_launch_killed_at_any_point_is_repaired_by_the_next_pass_without_a_double_st
         std::fs::write(jobs.join("web.json"), WEB).unwrap();
         let records = c.pack(WEB);
         leave_a_crashed_launch(&c, &records, crash);
-        let before: Vec<Option<rundir::Status>> = (0..2)
-            .map(|i| rundir::Status::read(&c.task_dir(&format!("www/prod/web/{i}"))).unwrap())
+        let before: Vec<Option<taskdir::Status>> = (0..2)
+            .map(|i| taskdir::Status::read(&c.task_dir(&format!("www/prod/web/{i}"))).unwrap())
             .collect();
         // One pass, at once: the launch is gone, so nothing waits for --start-grace.
         let out = run(&mut reconcile(&c, &jobs), b"");
@@ -433,7 +433,7 @@ fn a_supervisor_started_after_its_start_was_called_off_runs_nothing() {
     );
     assert_eq!(code(&out), 75, "{}", stderr(&out));
     assert!(stderr(&out).contains("called off"), "{}", stderr(&out));
-    assert_eq!(rundir::Status::read(&dir).unwrap(), None, "it ran nothing");
+    assert_eq!(taskdir::Status::read(&dir).unwrap(), None, "it ran nothing");
     assert!(records_of(&c).iter().all(|t| t.state == TaskState::Pending));
 }
 
@@ -497,7 +497,7 @@ fn a_bad_place_record_starts_nothing_and_changes_nothing() {
         assert_eq!(stdout(&out), "", "nothing emitted");
         assert_eq!(common::snapshot(&c.state()), before, "state unchanged");
         assert!(
-            !rundir::host_root(&c.state(), "h1").exists(),
+            !taskdir::host_root(&c.state(), "h1").exists(),
             "nothing started"
         );
     }
@@ -612,7 +612,7 @@ fn durations_out_of_range_are_usage_errors_before_anything_starts() {
             "{args:?}: nothing recorded"
         );
         assert!(
-            !rundir::host_root(&c.state(), "h1").exists(),
+            !taskdir::host_root(&c.state(), "h1").exists(),
             "nothing started"
         );
     }

@@ -19,9 +19,9 @@ use serde_json::{json, Map, Value};
 use formic::exit::{status_of, Status};
 use formic::host::{Host, Maintenance, Mode, Transport};
 use formic::records::Reader;
-use formic::rundir;
 use formic::supervise::{Health, Spec};
 use formic::task::{Announce, Job, Task, TaskState, MAX_PORTS};
+use formic::taskdir;
 
 use crate::common::{self, code, snapshot, stderr, stdout, tool};
 use crate::fuzz::{apply_edit, config, edit, expected_lines, line_of, Edit};
@@ -857,7 +857,7 @@ fn finite() -> impl Strategy<Value = f64> {
     any::<f64>().prop_filter("finite", |x| x.is_finite())
 }
 
-fn status() -> impl Strategy<Value = rundir::Status> {
+fn status() -> impl Strategy<Value = taskdir::Status> {
     (
         (
             "(?s:.){0,24}",
@@ -886,7 +886,7 @@ fn status() -> impl Strategy<Value = rundir::Status> {
             |(
                 (task, incarnation, supervisor, pid, state, exit, signal),
                 (since, healthy, health_failures, reason, uid, limits, log_dropped),
-            )| rundir::Status {
+            )| taskdir::Status {
                 task,
                 incarnation,
                 supervisor,
@@ -1019,9 +1019,9 @@ proptest! {
 
     #[test]
     fn status_from_any_json(v in json_value(STATUS_KEYS)) {
-        if let Some(s) = rundir::Status::from_json(&v) {
+        if let Some(s) = taskdir::Status::from_json(&v) {
             // What was read prints and reads back as itself.
-            prop_assert_eq!(rundir::Status::from_json(&s.to_json()), Some(s));
+            prop_assert_eq!(taskdir::Status::from_json(&s.to_json()), Some(s));
         }
     }
 
@@ -1034,8 +1034,8 @@ proptest! {
         for e in &edits {
             apply_json_edit(&mut v, e);
         }
-        if let Some(s) = rundir::Status::from_json(&v) {
-            prop_assert_eq!(rundir::Status::from_json(&s.to_json()), Some(s));
+        if let Some(s) = taskdir::Status::from_json(&v) {
+            prop_assert_eq!(taskdir::Status::from_json(&s.to_json()), Some(s));
         }
     }
 
@@ -1044,7 +1044,7 @@ proptest! {
     fn status_file_of_arbitrary_bytes(bytes in soup(STATUS_KEYS)) {
         let dir = common::tempdir();
         std::fs::write(dir.path().join("status"), &bytes).unwrap();
-        let _ = rundir::Status::read(dir.path());
+        let _ = taskdir::Status::read(dir.path());
     }
 
     /// What the supervisor writes is what reap and launch read, through the file's text.
@@ -1052,7 +1052,7 @@ proptest! {
     fn status_round_trips(s in status()) {
         let dir = common::tempdir();
         s.write(dir.path()).unwrap();
-        prop_assert_eq!(rundir::Status::read(dir.path()).unwrap(), Some(s));
+        prop_assert_eq!(taskdir::Status::read(dir.path()).unwrap(), Some(s));
     }
 
     #[test]
@@ -1256,7 +1256,7 @@ proptest! {
 fn a_huge_health_interval_does_not_crash_the_supervisor() {
     let dir = common::tempdir();
     let tdir = dir.path().join("t");
-    rundir::create(&tdir).unwrap();
+    taskdir::create(&tdir).unwrap();
     let mut spec = common::spec("a/b/c/0", &["true"]);
     spec.health = Some(Health {
         port: 0,

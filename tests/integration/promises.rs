@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use formic::rundir;
+use formic::taskdir;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -57,7 +57,7 @@ impl Site {
     }
 
     fn sandbox(&self, host: &str, task: &str) -> PathBuf {
-        rundir::task_dir(&rundir::host_root(&self.state(), host), task).join("sandbox")
+        taskdir::task_dir(&taskdir::host_root(&self.state(), host), task).join("sandbox")
     }
 }
 
@@ -68,11 +68,11 @@ impl Drop for Site {
         let dirs: Vec<PathBuf> = self
             .hosts
             .iter()
-            .flat_map(|h| common::tasks_under(&rundir::host_root(&self.state(), h)))
+            .flat_map(|h| common::tasks_under(&taskdir::host_root(&self.state(), h)))
             .collect();
-        let statuses: Vec<rundir::Status> = dirs
+        let statuses: Vec<taskdir::Status> = dirs
             .iter()
-            .filter_map(|d| rundir::Status::read(d).ok()?)
+            .filter_map(|d| taskdir::Status::read(d).ok()?)
             .collect();
         for s in &statuses {
             if formic::process::same_process(s.supervisor.0, s.supervisor.1) {
@@ -81,7 +81,7 @@ impl Drop for Site {
         }
         let _ = std::panic::catch_unwind(|| {
             common::wait_until("supervisors gone", Duration::from_secs(10), || {
-                (!dirs.iter().any(|d| rundir::supervised(d).unwrap_or(false))).then_some(())
+                (!dirs.iter().any(|d| taskdir::supervised(d).unwrap_or(false))).then_some(())
             })
         });
         for s in &statuses {
@@ -470,7 +470,7 @@ fn reconcile_skips_with_0_while_another_pass_holds_its_lock() {
         "the skipped pass changed the state"
     );
     assert!(
-        !rundir::host_root(&site.state(), "h1").exists(),
+        !taskdir::host_root(&site.state(), "h1").exists(),
         "the skipped pass started something"
     );
     // Once the lock is free, the next pass acts.

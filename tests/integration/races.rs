@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use formic::rundir;
 use formic::state::State;
 use formic::task::TaskState;
+use formic::taskdir;
 use serde_json::Value;
 
 use crate::common::{self, code, run, stderr, stdout, tool};
@@ -104,15 +104,15 @@ impl Drop for Cluster {
 }
 
 /// Every live supervisor under the local hosts' run roots: host, directory, status.
-fn supervisors(state: &Path) -> Vec<(String, PathBuf, rundir::Status)> {
+fn supervisors(state: &Path) -> Vec<(String, PathBuf, taskdir::Status)> {
     let mut out = Vec::new();
-    for (host, root) in rundir::subdirs(&rundir::run_root(state)) {
-        for (_, dir) in rundir::task_dirs(&root) {
-            if !rundir::supervised(&dir).unwrap_or(false) {
+    for (host, root) in taskdir::subdirs(&taskdir::run_root(state)) {
+        for (_, dir) in taskdir::task_dirs(&root) {
+            if !taskdir::supervised(&dir).unwrap_or(false) {
                 continue;
             }
             // A supervisor reports before launch reports it: all launches have ended.
-            let status = rundir::Status::read(&dir).unwrap().expect("a status");
+            let status = taskdir::Status::read(&dir).unwrap().expect("a status");
             if formic::process::same_process(status.supervisor.0, status.supervisor.1) {
                 out.push((host.clone(), dir, status));
             }
@@ -253,8 +253,8 @@ fn reap_stops_a_supervisor_the_state_does_not_know() {
     let (host, _, mine) = supervisors(&c.state()).pop().expect("one supervisor");
     let other = if host == "h1" { "h2" } else { "h1" };
     // The ghost: the same task, prepared as launch would, on the other host.
-    let dir = rundir::task_dir(&rundir::host_root(&c.state(), other), "www/prod/web/0");
-    rundir::create(&dir).unwrap();
+    let dir = taskdir::task_dir(&taskdir::host_root(&c.state(), other), "www/prod/web/0");
+    taskdir::create(&dir).unwrap();
     let mut spec = common::spec("www/prod/web/0", &["sleep", "600"]);
     spec.incarnation = 1;
     std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
@@ -262,7 +262,7 @@ fn reap_stops_a_supervisor_the_state_does_not_know() {
     cmd.arg(&dir).stdin(Stdio::null());
     let mut ghost = cmd.spawn().unwrap();
     let ghost_task = common::wait_until("the ghost runs", Duration::from_secs(10), || {
-        rundir::Status::read(&dir)
+        taskdir::Status::read(&dir)
             .ok()
             .flatten()
             .filter(|s| s.state == "RUNNING")
@@ -291,7 +291,10 @@ fn reap_stops_a_supervisor_the_state_does_not_know() {
         || ghost.try_wait().unwrap(),
     );
     assert!(status.success(), "{status:?}");
-    assert_eq!(rundir::Status::read(&dir).unwrap().unwrap().state, "KILLED");
+    assert_eq!(
+        taskdir::Status::read(&dir).unwrap().unwrap().state,
+        "KILLED"
+    );
     assert!(!formic::process::same_process(ghost_task.0, ghost_task.1));
     let now = supervisors(&c.state());
     assert_eq!(now.len(), 1);

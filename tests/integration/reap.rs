@@ -10,10 +10,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use formic::rundir::{self, Status};
 use formic::state::State;
 use formic::supervise::{Health, Spec};
 use formic::task::{Job, Reason, Task, TaskState, NO_HOST};
+use formic::taskdir::{self, Status};
 use formic::usage::Usage;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -51,7 +51,7 @@ impl Cluster {
     }
 
     fn dir_of(&self, host: &str, task: &str) -> PathBuf {
-        rundir::task_dir(&rundir::host_root(&self.state(), host), task)
+        taskdir::task_dir(&taskdir::host_root(&self.state(), host), task)
     }
 
     /// Launch's first step: the task ASSIGNED on `host` with its reservation, as a new
@@ -105,7 +105,7 @@ impl Cluster {
             incarnation: self.assign(host, &spec.task, ports),
             ..spec.clone()
         };
-        rundir::create(&dir).unwrap();
+        taskdir::create(&dir).unwrap();
         let _ = std::fs::remove_file(dir.join("status"));
         std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
         std::fs::write(dir.join("job.json"), whole(job).to_string()).unwrap();
@@ -354,7 +354,7 @@ fn a_killed_supervisor_makes_its_task_lost_and_its_process_group_gone() {
     assert!(soon(|| group(pid).len() == 3), "{:?}", group(pid));
     kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL).unwrap();
     let dir = c.dir_of("h1", task);
-    assert!(soon(|| !rundir::supervised(&dir).unwrap()));
+    assert!(soon(|| !taskdir::supervised(&dir).unwrap()));
     assert_eq!(group(pid).len(), 3, "the task outlives its supervisor");
 
     let ev = c.reap_ok(&[], "");
@@ -391,7 +391,7 @@ fn a_lost_task_dies_whole_also_what_left_its_process_group() {
     assert!(soon(|| names.iter().all(|n| pid_of(n).is_some())));
     let pids: Vec<u32> = names.iter().map(|n| pid_of(n).unwrap()).collect();
     kill(Pid::from_raw(s.supervisor.0 as i32), Signal::SIGKILL).unwrap();
-    assert!(soon(|| !rundir::supervised(&dir).unwrap()));
+    assert!(soon(|| !taskdir::supervised(&dir).unwrap()));
     std::fs::write(dir.join("sandbox/go"), "").unwrap();
     assert!(soon(|| !alive(s.pid.unwrap().0)), "the leader exits");
     assert!(pids.iter().all(|&p| alive(p)), "its children outlive it");
@@ -529,7 +529,7 @@ fn a_reused_pid_is_never_signalled() {
     };
     let record = |task: &str| {
         let dir = c.dir_of("h1", task);
-        rundir::create(&dir).unwrap();
+        taskdir::create(&dir).unwrap();
         let s = with_grace(spec(task, &["true"]), 0.2);
         std::fs::write(dir.join("spec.json"), s.to_json().to_string()).unwrap();
         stale(task).write(&dir).unwrap();
@@ -551,7 +551,7 @@ fn a_reused_pid_is_never_signalled() {
     // A live supervisor (this test holds the lock) whose status names the reused pid: the
     // stop sends it nothing, and neither does the SIGKILL at the deadline.
     let dir = record("t/e/reused/1");
-    let lock = rundir::lock_file(&dir).unwrap();
+    let lock = taskdir::lock_file(&dir).unwrap();
     lock.lock().unwrap();
     let ev = c.reap_ok(&["kill", "t/e/reused/1"], "");
     assert_eq!(

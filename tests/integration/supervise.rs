@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use formic::rundir::{self, Status};
 use formic::supervise::{Health, Spec};
+use formic::taskdir::{self, Status};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -19,8 +19,8 @@ use crate::common::spec;
 /// A task directory with `spec` written, under a fresh temporary root.
 fn task(spec: &Spec) -> (tempfile::TempDir, PathBuf) {
     let root = common::tempdir();
-    let dir = rundir::task_dir(root.path(), &spec.task);
-    rundir::create(&dir).unwrap();
+    let dir = taskdir::task_dir(root.path(), &spec.task);
+    taskdir::create(&dir).unwrap();
     std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
     (root, dir)
 }
@@ -92,7 +92,7 @@ fn exit_statuses_and_output_are_recorded() {
     let s = Status::read(&dir).unwrap().unwrap();
     assert_eq!((s.state.as_str(), s.exit), ("FAILED", Some(3)));
     assert!(
-        !rundir::supervised(&dir).unwrap(),
+        !taskdir::supervised(&dir).unwrap(),
         "the lock is released at the end"
     );
 }
@@ -309,7 +309,7 @@ fn one_supervisor_per_task() {
     let (_root, dir) = task(&spec("t/e/once/0", &["sleep", "30"]));
     let first = supervise(&dir);
     wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
-    assert!(rundir::supervised(&dir).unwrap());
+    assert!(taskdir::supervised(&dir).unwrap());
     assert_eq!(
         wait_exit(supervise(&dir)),
         75,
@@ -327,7 +327,7 @@ fn a_killed_supervisor_releases_the_task_lock() {
     sup.kill().unwrap();
     sup.wait().unwrap();
     assert!(
-        !rundir::supervised(&dir).unwrap(),
+        !taskdir::supervised(&dir).unwrap(),
         "the kernel drops the lock of a dead supervisor"
     );
     // The status still says RUNNING: a supervisor gone without a final word is what reap
@@ -797,8 +797,8 @@ fn small_disk() -> (tempfile::TempDir, common::Tmpfs) {
 /// The task directory of `spec` on the disk mounted at `base/disk`.
 fn task_on(base: &tempfile::TempDir, spec: &Spec) -> PathBuf {
     passable(base.path());
-    let dir = rundir::task_dir(&base.path().join("disk"), &spec.task);
-    rundir::create(&dir).unwrap();
+    let dir = taskdir::task_dir(&base.path().join("disk"), &spec.task);
+    taskdir::create(&dir).unwrap();
     std::fs::write(dir.join("spec.json"), spec.to_json().to_string()).unwrap();
     dir
 }
@@ -839,7 +839,7 @@ fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
         "processes left running unsupervised: {:?}",
         common::processes_of_uid(uid)
     );
-    assert!(!rundir::supervised(&dir).unwrap());
+    assert!(!taskdir::supervised(&dir).unwrap());
 }
 
 #[test]
@@ -857,7 +857,10 @@ fn a_full_disk_drops_log_lines_and_supervision_goes_on() {
         assert!(Instant::now() < deadline, "the task never filled the disk");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(rundir::supervised(&dir).unwrap(), "the supervisor lives on");
+    assert!(
+        taskdir::supervised(&dir).unwrap(),
+        "the supervisor lives on"
+    );
     std::fs::remove_file(dir.join("sandbox/fill")).unwrap();
     assert_eq!(wait_exit(sup), 0);
     let st = Status::read(&dir).unwrap().unwrap();

@@ -7,6 +7,7 @@
 //!     job.json    the job spec the task was placed from (restart policy, announce, ...)
 //!     lock        held (flock, exclusive) by the task's supervisor for as long as it lives
 //!     status      the supervisor's last word, JSON, replaced atomically (write, fsync, rename)
+//!     fence       the lowest incarnation that may still start here (see [`fence`])
 //!     uid         the dynamic uid the task directory holds (see `identity`)
 //!     logs/       the task's stdout and stderr, rotated once (root's directory: the task
 //!                 cannot redirect what the supervisor opens there)
@@ -178,6 +179,92 @@ impl Status {
         let v: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}/status is not JSON", dir.display()))?;
         Ok(Status::from_json(&v))
+    }
+}
+
+impl Status {
+    /// Whether this is the supervisor's last word on its run: FINISHED, FAILED or KILLED.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "FINISHED" | "FAILED" | "KILLED")
+    }
+}
+
+/// The lowest incarnation of the task that may still start in this directory: a start
+/// raises it to its own incarnation and a call-off past the one it calls off, both under
+/// the task's lock, so a start that was called off, or that a later start overtook, finds
+/// itself fenced out however late it comes. 0 when there is none yet.
+pub fn fence(dir: &Path) -> Result<u32> {
+    match fs::read_to_string(dir.join("fence")) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{}/fence is not an incarnation", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading {}/fence", dir.display())),
+    }
+}
+
+/// Raises the fence to `incarnation` (never lowers it). Call with the task's lock held.
+pub fn set_fence(dir: &Path, incarnation: u32) -> Result<()> {
+    if fence(dir)? >= incarnation {
+        return Ok(());
+    }
+    replace_file(
+        &dir.join("fence"),
+        format!("{incarnation}\n").as_bytes(),
+        false,
+    )
+}
+
+/// Writes what the supervisor is to run.
+pub fn write_spec(dir: &Path, spec: &crate::supervise::Spec) -> Result<()> {
+    replace_file(
+        &dir.join("spec.json"),
+        spec.to_json().to_string().as_bytes(),
+        false,
+    )
+}
+
+/// Takes the spec away: a supervisor that comes for it finds nothing to run.
+pub fn remove_spec(dir: &Path) -> Result<()> {
+    remove(&dir.join("spec.json"))
+}
+
+/// What the supervisor is to run, as the supervisor reads it (None when there is none or
+/// it cannot be read: the stop deadline and health then take their defaults).
+pub fn read_spec(dir: &Path) -> Option<crate::supervise::Spec> {
+    let text = fs::read_to_string(dir.join("spec.json")).ok()?;
+    crate::supervise::Spec::from_json(&serde_json::from_str(&text).ok()?)
+}
+
+/// Writes the job spec the task was placed from, as it was read.
+pub fn write_job(dir: &Path, job: &str) -> Result<()> {
+    replace_file(&dir.join("job.json"), job.as_bytes(), false)
+}
+
+/// The job spec the task was placed from: None when there is none, an error naming the
+/// file when it does not read as a job spec.
+pub fn read_job(dir: &Path) -> Result<Option<crate::job::JobSpec>, String> {
+    let path = dir.join("job.json");
+    match fs::read_to_string(&path) {
+        Ok(text) => crate::job::parse_text(&text, &path.display().to_string())
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Removes the last run's status before a new run starts.
+pub fn remove_status(dir: &Path) -> Result<()> {
+    remove(&dir.join("status"))
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,279 @@
+//! Hosts on this machine: their task directories under a run root, their processes ours to
+//! signal.
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+
+use super::{Found, Look, Prepared, Stamp, Start, TaskHost};
+use crate::process;
+use crate::reap::{Act, Facts, Seen};
+use crate::task::{Task, TaskState};
+use crate::taskdir::{self, Status};
+
+/// A host whose task directories are under `root` on this machine.
+pub struct Local {
+    root: PathBuf,
+}
+
+impl Local {
+    pub fn new(root: PathBuf) -> Local {
+        Local { root }
+    }
+
+    fn dir(&self, task: &str) -> PathBuf {
+        taskdir::task_dir(&self.root, task)
+    }
+
+    /// Writes one task's directory and starts its supervisor.
+    fn start_one(&self, p: &Prepared) -> Result<Start> {
+        let dir = self.dir(p.task);
+        taskdir::create(&dir)?;
+        // The task's lock is held by its supervisor for life, by launch while it writes the
+        // directory, and by reap for a moment while it calls an abandoned start off.
+        let lock = taskdir::lock_file(&dir)?;
+        if !taskdir::lock_exclusive(&lock, Duration::from_secs(1)) {
+            return Ok(Start::Busy(format!(
+                "{} is held by another supervisor",
+                dir.display()
+            )));
+        }
+        // Under the lock: a start reap called off, or one older than a start made since,
+        // must not run.
+        if p.incarnation < taskdir::fence(&dir)? {
+            return Ok(Start::CalledOff);
+        }
+        taskdir::set_fence(&dir, p.incarnation)?;
+        // Not flushed: a spec lost to a power cut leaves a task that never started, which
+        // reap calls off and the next pass places again.
+        taskdir::write_job(&dir, p.job)?;
+        taskdir::write_spec(&dir, p.spec)?;
+        taskdir::remove_status(&dir)?;
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(dir.join("supervise.log"))
+            .context("creating supervise.log")?;
+        drop(lock);
+        let mut cmd = Command::new(supervisor());
+        cmd.arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            // A session of its own: the supervisor outlives launch and its terminal.
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(io::Error::from)?;
+                // Nothing launch inherited (a caller's lock, a pipe) may live on in the
+                // supervisor: only fds 0-2 cross.
+                crate::supervise::only_std_fds_cross_exec()
+            });
+        }
+        cmd.spawn()
+            .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
+        Ok(Start::Started)
+    }
+
+    /// Calls off one start: with the task's lock held (no supervisor has it) and still no
+    /// word from this incarnation, its spec is removed and the fence raised past it, so
+    /// neither a supervisor nor a launch that takes the lock after us starts it.
+    fn call_off_one(&self, task: &str, incarnation: u32) -> Result<bool> {
+        let dir = self.dir(task);
+        // The directory may not be there yet (launch may be about to write it): made
+        // here, so that launch finds the fence raised.
+        taskdir::create(&dir)?;
+        let lock = taskdir::lock_file(&dir)?;
+        if !taskdir::lock_exclusive(&lock, Duration::from_millis(20)) {
+            return Ok(false);
+        }
+        if Status::read(&dir)?.is_some_and(|s| s.incarnation == Some(incarnation)) {
+            return Ok(false);
+        }
+        taskdir::set_fence(&dir, incarnation.saturating_add(1))?;
+        taskdir::remove_spec(&dir)?;
+        Ok(true)
+    }
+
+    fn act_one(&self, task: &str, act: &Act) -> Result<bool, String> {
+        let dir = self.dir(task);
+        match *act {
+            Act::Stop { supervisor } => process::signal(supervisor, Signal::SIGTERM),
+            Act::KillGroup { task: leader } => {
+                let hit = process::kill_group(leader)?;
+                kill_leftovers(task, &dir).map(|()| hit)
+            }
+            Act::KillAll {
+                supervisor,
+                task: leader,
+            } => {
+                let a = leader.map_or(Ok(false), process::kill_group);
+                let b = supervisor.map_or(Ok(false), |s| process::signal(s, Signal::SIGKILL));
+                let hit = a.and(b)?;
+                kill_leftovers(task, &dir).map(|()| hit)
+            }
+        }
+    }
+}
+
+impl TaskHost for Local {
+    fn start(&self, tasks: &[Prepared]) -> Vec<Start> {
+        tasks
+            .iter()
+            .map(|p| self.start_one(p).unwrap_or_else(Start::Failed))
+            .collect()
+    }
+
+    fn reports(&self, tasks: &[(&str, u32)]) -> Vec<Option<Status>> {
+        tasks
+            .iter()
+            .map(|&(task, n)| {
+                Status::read(&self.dir(task))
+                    .ok()
+                    .flatten()
+                    .filter(|s| s.incarnation == Some(n))
+            })
+            .collect()
+    }
+
+    fn stop(&self, tasks: &[(&str, u32)]) {
+        for s in self.reports(tasks).into_iter().flatten() {
+            let _ = process::signal(s.supervisor, Signal::SIGTERM);
+        }
+    }
+
+    fn look(&self, tasks: &[(&str, &Task)]) -> Vec<Result<Look>> {
+        tasks
+            .iter()
+            .map(|&(task, t)| {
+                let dir = self.dir(task);
+                let seen = look(&dir, t)?;
+                let ticks = match &seen {
+                    Seen::Alive(Some(s)) | Seen::Ended(s) | Seen::Gone(Some(s)) => {
+                        s.pid.map(|p| p.1)
+                    }
+                    _ => None,
+                }
+                .or((t.pid_start != 0).then_some(t.pid_start));
+                let facts = Facts::of(&dir, ticks.and_then(process::started_at));
+                Ok(Look { seen, facts })
+            })
+            .collect()
+    }
+
+    fn stamps(&self, tasks: &[&str]) -> Vec<Option<Stamp>> {
+        tasks
+            .iter()
+            .map(|task| {
+                std::fs::metadata(self.dir(task).join("status"))
+                    .ok()
+                    .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+            })
+            .collect()
+    }
+
+    fn call_off(&self, tasks: &[(&str, u32)]) -> Vec<bool> {
+        tasks
+            .iter()
+            .map(|&(task, n)| self.call_off_one(task, n).unwrap_or(false))
+            .collect()
+    }
+
+    fn act(&self, acts: &[(&str, &Act)]) -> Vec<Result<bool, String>> {
+        acts.iter()
+            .map(|&(task, act)| self.act_one(task, act))
+            .collect()
+    }
+
+    fn supervisors(&self) -> Vec<Found> {
+        let mut found = Vec::new();
+        for (task, dir) in taskdir::task_dirs(&self.root) {
+            if !taskdir::supervised(&dir).unwrap_or(false) {
+                continue;
+            }
+            if let Ok(Some(status)) = Status::read(&dir) {
+                found.push(Found {
+                    task,
+                    status,
+                    facts: Facts::of(&dir, None),
+                });
+            }
+        }
+        found
+    }
+}
+
+/// Looks at a task's directory. The order matters: a supervisor writes its final status
+/// and only then lets go of the lock, and takes the lock before it writes anything; so a
+/// free lock followed by a status that is not final, with the lock still free after, is a
+/// supervisor that died without a word, never one that was just finishing or starting.
+pub fn look(dir: &Path, t: &Task) -> Result<Seen> {
+    let held = taskdir::supervised(dir)?;
+    let status = current_status(dir, t)?;
+    if let Some(s) = &status {
+        if s.is_final() {
+            // A final word from a supervisor that is gone, while the lock is held: a new
+            // supervisor has started and not yet written; the word is an earlier run's.
+            if held && !process::same_process(s.supervisor.0, s.supervisor.1) {
+                return Ok(Seen::Alive(None));
+            }
+            return Ok(Seen::Ended(status.unwrap()));
+        }
+    }
+    if held {
+        return Ok(Seen::Alive(status));
+    }
+    if taskdir::supervised(dir)? {
+        return Ok(Seen::Alive(current_status(dir, t)?));
+    }
+    Ok(match current_status(dir, t)? {
+        Some(s) if s.is_final() => Seen::Ended(s),
+        other => Seen::Gone(other),
+    })
+}
+
+/// The status file, if it speaks of the task's current incarnation: one left by an earlier
+/// run in the same directory says nothing about this one, and one of this incarnation is
+/// believed however old it is.
+fn current_status(dir: &Path, t: &Task) -> Result<Option<Status>> {
+    let s = Status::read(dir)?;
+    Ok(s.filter(|s| match s.incarnation {
+        Some(n) => n == t.incarnation,
+        // From a supervisor older than incarnations: launch records ASSIGNED before it
+        // starts the supervisor, so a status older than that record is an earlier run's.
+        None => !(t.state == TaskState::Assigned && s.since < t.since),
+    }))
+}
+
+/// Kills whatever the task left in its cgroups (children that called setsid, orphans of
+/// a leader that exited: what its process group no longer reaches), once no supervisor
+/// holds its lock: holding it ourselves proves the groups are nobody's. A supervisor that
+/// holds it (again) owns them, and kills leftovers itself before it starts the task.
+fn kill_leftovers(task: &str, dir: &Path) -> Result<(), String> {
+    let lock = taskdir::lock_file(dir).map_err(|e| format!("{e:#}"))?;
+    if !taskdir::lock_exclusive(&lock, Duration::from_secs(1)) {
+        return Ok(());
+    }
+    if crate::limits::kill_leftovers(task, dir) {
+        Ok(())
+    } else {
+        Err("processes survive SIGKILL in its cgroups".into())
+    }
+}
+
+/// formic-supervise beside this binary, else on PATH.
+fn supervisor() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("formic-supervise"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("formic-supervise"))
+}

@@ -1,0 +1,130 @@
+//! How launch and reap reach a host: its task directories and the processes they name.
+//!
+//! The scheduler's half of formic (pack, the state, the decisions of launch and reap) runs in
+//! one place; the host's half (writing a task's directory, starting its supervisor, reading
+//! what the supervisor reported, signalling, killing what a task left in its cgroups) runs
+//! on the host. [`TaskHost`] is the line between them. Every method takes all of one host's
+//! tasks for one step, so that a host reached over the network costs one round trip a step,
+//! not one a task; and nothing crosses it that needs the state, so the host's half never
+//! trusts a view of the state it cannot lock.
+//!
+//! A start that reap calls off must never run afterwards, however launch and reap
+//! interleave. The host's half keeps that promise by itself with a fence in each task's
+//! directory (see `taskdir::fence`): a call-off raises it past the incarnation it calls
+//! off, a start lowers nothing and is refused below it, both under the task's lock.
+
+mod local;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::exit::{fail, Status};
+use crate::host::{Host, Transport};
+use crate::reap::{Act, Facts, Seen};
+use crate::supervise::Spec;
+use crate::task::Task;
+use crate::taskdir;
+
+pub use local::Local;
+
+/// A task's directory to write and its supervisor to start.
+pub struct Prepared<'a> {
+    /// `role/env/name/instance`.
+    pub task: &'a str,
+    pub incarnation: u32,
+    /// What the supervisor runs (`spec.json`).
+    pub spec: &'a Spec,
+    /// The job spec it was placed from, as it was read (`job.json`).
+    pub job: &'a str,
+}
+
+/// What became of one start.
+#[derive(Debug)]
+pub enum Start {
+    /// Its supervisor was started.
+    Started,
+    /// reap called the start off (it took it for abandoned), or a later incarnation has
+    /// been started there since: nothing may start.
+    CalledOff,
+    /// The task's directory is held by another supervisor.
+    Busy(String),
+    /// The supervisor could not be started.
+    Failed(anyhow::Error),
+}
+
+/// What one look at a task's directory found, and what reap reads beside it when a
+/// decision needs it.
+pub struct Look {
+    pub seen: Seen,
+    pub facts: Facts,
+}
+
+/// A supervisor at work on a host, as its status names it.
+pub struct Found {
+    /// `role/env/name/instance`.
+    pub task: String,
+    pub status: taskdir::Status,
+    /// The grace period of its stop, and whether it has a health check (see `Facts`).
+    pub facts: Facts,
+}
+
+/// Something that changes whenever a task's status file is replaced: reap --follow looks
+/// again only at tasks whose stamp moved.
+pub type Stamp = (u64, i64, i64, u64);
+
+/// A host as launch and reap reach it.
+pub trait TaskHost {
+    /// Writes each task's directory and starts its supervisor, unless a call-off or a later
+    /// incarnation has fenced the incarnation out.
+    fn start(&self, tasks: &[Prepared]) -> Vec<Start>;
+
+    /// The latest status of each (task, incarnation), when its supervisor has written one.
+    fn reports(&self, tasks: &[(&str, u32)]) -> Vec<Option<taskdir::Status>>;
+
+    /// SIGTERM to the supervisor of each (task, incarnation), if that incarnation runs.
+    fn stop(&self, tasks: &[(&str, u32)]);
+
+    /// What each task's directory says of the task's current incarnation.
+    fn look(&self, tasks: &[(&str, &Task)]) -> Vec<Result<Look>>;
+
+    /// The stamp of each task's status file (None: no status yet).
+    fn stamps(&self, tasks: &[&str]) -> Vec<Option<Stamp>>;
+
+    /// Calls off each (task, incarnation) whose start no supervisor has taken: afterwards
+    /// no supervisor can start it. false where a supervisor got there first.
+    fn call_off(&self, tasks: &[(&str, u32)]) -> Vec<bool>;
+
+    /// Signals and kills, each checked against pid and start time first: Ok(false) when the
+    /// process signalled first was gone.
+    fn act(&self, acts: &[(&str, &Act)]) -> Vec<Result<bool, String>>;
+
+    /// Every supervisor at work on the host that has reported (one that has not yet cannot
+    /// be told from a start under way).
+    fn supervisors(&self) -> Vec<Found>;
+}
+
+/// Every local host root on this machine (`run/*` beside the state file), with the host
+/// names they are for: those of hosts no longer in the state too, whose supervisors may
+/// still run.
+pub fn local_hosts(state: &Path) -> Vec<(String, Local)> {
+    taskdir::subdirs(&taskdir::run_root(state))
+        .into_iter()
+        .map(|(name, root)| (name, Local::new(root)))
+        .collect()
+}
+
+/// How to reach `host`, a host of the state at `state`. Local hosts keep their task
+/// directories under `run/HOST/` beside the state file.
+pub fn reach(state: &Path, host: &Host) -> Result<Box<dyn TaskHost>> {
+    match host.transport {
+        Transport::Local => Ok(Box::new(Local::new(taskdir::host_root(state, &host.name)))),
+        _ => Err(fail(
+            Status::Unavailable,
+            format!(
+                "host {} is reached by ssh, which formic does not do yet",
+                host.name
+            ),
+        )),
+    }
+}
