@@ -529,8 +529,7 @@ impl Facts {
                 .dir
                 .as_ref()
                 .and_then(|d| std::fs::read_to_string(d.join("spec.json")).ok())
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| crate::supervise::Spec::from_json(&v));
+                .and_then(|t| crate::supervise::Spec::parse(&t).ok());
             match spec {
                 // The supervisor's own reading of it (clamped), so both keep one deadline.
                 Some(s) => (s.grace().as_secs_f64(), s.health.is_some()),
@@ -1690,10 +1689,8 @@ mod tests {
     #[test]
     fn a_huge_grace_in_spec_json_still_gives_a_stop_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spec = crate::supervise::Spec::from_json(&serde_json::json!({
-            "task": "a/b/c/0", "argv": ["true"]
-        }))
-        .unwrap();
+        let mut spec =
+            crate::supervise::Spec::parse(r#"{"task": "a/b/c/0", "argv": ["true"]}"#).unwrap();
         spec.grace_s = 1e30;
         std::fs::write(dir.path().join("spec.json"), spec.to_json().to_string()).unwrap();
         let facts = Facts::of(dir.path(), None);
