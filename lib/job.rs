@@ -237,7 +237,7 @@ impl<'de> Deserialize<'de> for NotYet {
 /// A JSON object of strings whose keys must each appear once (serde's maps let the last
 /// of two equal keys win silently).
 #[derive(Default)]
-struct UniqueMap(Vec<(String, String)>);
+pub(crate) struct UniqueMap(pub(crate) Vec<(String, String)>);
 
 impl<'de> Deserialize<'de> for UniqueMap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// What a task may use: physical millicores, MiB of memory and processes (0: no limit).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,43 +38,47 @@ pub const DEFAULT_PIDS: u32 = 1024;
 const CFS_PERIOD_US: u64 = 100_000;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// How each limit is enforced for one task: "cgroup", "rlimit" or "none".
-#[derive(Clone, Debug, PartialEq)]
+/// How each limit is enforced for one task: "cgroup", "rlimit" or "none". Reported in the
+/// task's status (see `taskdir::Status`), where a word out of its place is refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Applied {
-    pub memory: &'static str,
-    pub cpu: &'static str,
-    pub pids: &'static str,
+    #[serde(deserialize_with = "enforced_by")]
+    pub memory: Word,
+    #[serde(deserialize_with = "enforced_by")]
+    pub cpu: Word,
+    #[serde(deserialize_with = "enforced_by")]
+    pub pids: Word,
     /// How everything the task started is killed: "cgroup.kill", "freezer" or "process
     /// group" (the last misses what left the group: setsid, orphans).
-    pub kill: &'static str,
+    #[serde(deserialize_with = "killed_by")]
+    pub kill: Word,
+}
+
+/// One of a few fixed words. Named, because serde's derive takes a field spelled
+/// `&'static str` for text borrowed from the input, which only a `'static` input could
+/// give.
+pub type Word = &'static str;
+
+fn enforced_by<'de, D: Deserializer<'de>>(d: D) -> Result<Word, D::Error> {
+    one_of(d, &["cgroup", "rlimit", "none"])
+}
+
+fn killed_by<'de, D: Deserializer<'de>>(d: D) -> Result<Word, D::Error> {
+    one_of(d, &["cgroup.kill", "freezer", "process group"])
+}
+
+/// The word of `words` that `d` holds.
+fn one_of<'de, D: Deserializer<'de>>(d: D, words: &'static [Word]) -> Result<Word, D::Error> {
+    let word = std::borrow::Cow::<str>::deserialize(d)?;
+    words
+        .iter()
+        .find(|w| **w == word)
+        .copied()
+        .ok_or_else(|| serde::de::Error::unknown_variant(&word, words))
 }
 
 impl Applied {
-    pub fn to_json(&self) -> Value {
-        json!({"memory": self.memory, "cpu": self.cpu, "pids": self.pids, "kill": self.kill})
-    }
-
-    pub fn from_json(v: &Value) -> Option<Applied> {
-        let word = |k: &str| -> Option<&'static str> {
-            [
-                "cgroup",
-                "rlimit",
-                "none",
-                "cgroup.kill",
-                "freezer",
-                "process group",
-            ]
-            .into_iter()
-            .find(|w| v[k].as_str() == Some(w))
-        };
-        Some(Applied {
-            memory: word("memory")?,
-            cpu: word("cpu")?,
-            pids: word("pids")?,
-            kill: word("kill")?,
-        })
-    }
-
     /// The limits asked for that are not enforced as asked, for a warning.
     pub fn weaker_than(&self, asked: Limits) -> Vec<String> {
         let mut out = Vec::new();
@@ -499,7 +503,39 @@ mod tests {
             "{said}"
         );
         assert!(said.contains("not killed"), "{said}");
-        assert_eq!(Applied::from_json(&weak.to_json()), Some(weak));
+        let text = serde_json::to_string(&weak).unwrap();
+        assert_eq!(serde_json::from_str::<Applied>(&text).unwrap(), weak);
+    }
+
+    /// How a limit is enforced is one of the words for it: a kill word for memory, or a
+    /// word no formic writes, is refused.
+    #[test]
+    fn an_applied_word_out_of_place_is_refused() {
+        use serde_json::json;
+        let read = |v: &serde_json::Value| Applied::deserialize(v);
+        let good =
+            json!({"memory": "cgroup", "cpu": "rlimit", "pids": "none", "kill": "process group"});
+        assert_eq!(
+            read(&good).unwrap(),
+            Applied {
+                memory: "cgroup",
+                cpu: "rlimit",
+                pids: "none",
+                kill: "process group"
+            }
+        );
+        for (field, bad) in [
+            ("memory", json!("cgroup.kill")),
+            ("cpu", json!("freezer")),
+            ("pids", json!("lots")),
+            ("kill", json!("cgroup")),
+            ("kill", json!(1)),
+            ("extra", json!("none")),
+        ] {
+            let mut v = good.clone();
+            v[field] = bad.clone();
+            assert!(read(&v).is_err(), "{field}: {bad}");
+        }
     }
 
     #[test]

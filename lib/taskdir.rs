@@ -25,8 +25,10 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use anyhow::{anyhow, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The run root of a local host: `run/HOST/` beside the state file. Several local hosts
 /// may share this machine; each has its own root. Host names are checked (letters, digits,
@@ -85,8 +87,12 @@ pub fn task_dir(root: &Path, task: &str) -> PathBuf {
     root.join(task)
 }
 
-/// What a supervisor reports.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What a supervisor reports (the `status` file). Read by reap and launch as the
+/// supervisor wrote it or not at all: a field of the wrong type, a number the field cannot
+/// hold (a pid past u32 is no pid, not another one), or a field no supervisor writes is
+/// refused with its name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StatusFile", into = "StatusFile")]
 pub struct Status {
     pub task: String,
     /// The incarnation of the task the supervisor runs (None from supervisors that
@@ -114,51 +120,98 @@ pub struct Status {
     pub log_dropped: u64,
 }
 
-impl Status {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "task": self.task,
-            "incarnation": self.incarnation,
-            "supervisor": {"pid": self.supervisor.0, "start": self.supervisor.1},
-            "pid": self.pid.map(|p| p.0),
-            "pid_start": self.pid.map(|p| p.1),
-            "state": self.state,
-            "exit": self.exit,
-            "signal": self.signal,
-            "since": self.since,
-            "healthy": self.healthy,
-            "health_failures": self.health_failures,
-            "reason": self.reason,
-            "uid": self.uid,
-            "limits": self.limits.as_ref().map(|l| l.to_json()),
-            "log_dropped": self.log_dropped,
+/// The status file as written: the supervisor's pid and start time in an object of their
+/// own, the task's side by side (`pid`, `pid_start`). A field that may be missing is one
+/// that supervisors of an earlier version did not write.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusFile {
+    task: String,
+    incarnation: Option<u32>,
+    supervisor: Supervisor,
+    pid: Option<u32>,
+    pid_start: Option<u64>,
+    state: String,
+    exit: Option<i32>,
+    signal: Option<i32>,
+    since: f64,
+    healthy: Option<bool>,
+    health_failures: u32,
+    reason: Option<String>,
+    uid: Option<u32>,
+    limits: Option<crate::limits::Applied>,
+    #[serde(default)]
+    log_dropped: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Supervisor {
+    pid: u32,
+    start: u64,
+}
+
+impl From<Status> for StatusFile {
+    fn from(s: Status) -> StatusFile {
+        StatusFile {
+            task: s.task,
+            incarnation: s.incarnation,
+            supervisor: Supervisor {
+                pid: s.supervisor.0,
+                start: s.supervisor.1,
+            },
+            pid: s.pid.map(|p| p.0),
+            pid_start: s.pid.map(|p| p.1),
+            state: s.state,
+            exit: s.exit,
+            signal: s.signal,
+            since: s.since,
+            healthy: s.healthy,
+            health_failures: s.health_failures,
+            reason: s.reason,
+            uid: s.uid,
+            limits: s.limits,
+            log_dropped: s.log_dropped,
+        }
+    }
+}
+
+impl TryFrom<StatusFile> for Status {
+    type Error = String;
+
+    fn try_from(f: StatusFile) -> Result<Status, String> {
+        let pid = match (f.pid, f.pid_start) {
+            (Some(pid), Some(start)) => Some((pid, start)),
+            (None, None) => None,
+            _ => return Err("\"pid\" and \"pid_start\" are given together or not at all".into()),
+        };
+        Ok(Status {
+            task: f.task,
+            incarnation: f.incarnation,
+            supervisor: (f.supervisor.pid, f.supervisor.start),
+            pid,
+            state: f.state,
+            exit: f.exit,
+            signal: f.signal,
+            since: f.since,
+            healthy: f.healthy,
+            health_failures: f.health_failures,
+            reason: f.reason,
+            uid: f.uid,
+            limits: f.limits,
+            log_dropped: f.log_dropped,
         })
     }
+}
 
-    pub fn from_json(v: &Value) -> Option<Status> {
-        let pid = match (v["pid"].as_u64(), v["pid_start"].as_u64()) {
-            (Some(p), Some(s)) => Some((p as u32, s)),
-            _ => None,
-        };
-        Some(Status {
-            task: v["task"].as_str()?.to_string(),
-            incarnation: v["incarnation"].as_u64().map(|n| n as u32),
-            supervisor: (
-                v["supervisor"]["pid"].as_u64()? as u32,
-                v["supervisor"]["start"].as_u64()?,
-            ),
-            pid,
-            state: v["state"].as_str()?.to_string(),
-            exit: v["exit"].as_i64().map(|x| x as i32),
-            signal: v["signal"].as_i64().map(|x| x as i32),
-            since: v["since"].as_f64()?,
-            healthy: v["healthy"].as_bool(),
-            health_failures: v["health_failures"].as_u64().unwrap_or(0) as u32,
-            reason: v["reason"].as_str().map(String::from),
-            uid: v["uid"].as_u64().map(|u| u as u32),
-            limits: crate::limits::Applied::from_json(&v["limits"]),
-            log_dropped: v["log_dropped"].as_u64().unwrap_or(0),
-        })
+impl Status {
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("a status is JSON: its only map has string keys")
+    }
+
+    /// A status from the text of a status file; the error names the field refused.
+    pub fn parse(text: &str) -> Result<Status, String> {
+        decode(text)
     }
 
     /// Replaces `dir/status` atomically, durably: a reader sees the old status or the new.
@@ -170,15 +223,18 @@ impl Status {
         )
     }
 
+    /// The task's status; None when the supervisor has not written one. A status that is
+    /// not one (see [`Status`]) is an error naming the file and the field.
     pub fn read(dir: &Path) -> Result<Option<Status>> {
-        let text = match fs::read_to_string(dir.join("status")) {
+        let path = dir.join("status");
+        let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}/status", dir.display())),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}/status is not JSON", dir.display()))?;
-        Ok(Status::from_json(&v))
+        Status::parse(&text)
+            .map(Some)
+            .map_err(|why| anyhow!("{}: {why}", path.display()))
     }
 }
 
@@ -234,7 +290,7 @@ pub fn remove_spec(dir: &Path) -> Result<()> {
 /// it cannot be read: the stop deadline and health then take their defaults).
 pub fn read_spec(dir: &Path) -> Option<crate::supervise::Spec> {
     let text = fs::read_to_string(dir.join("spec.json")).ok()?;
-    crate::supervise::Spec::from_json(&serde_json::from_str(&text).ok()?)
+    crate::supervise::Spec::parse(&text).ok()
 }
 
 /// Writes the job spec the task was placed from, as it was read.
@@ -266,6 +322,60 @@ fn remove(path: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Reads the text of one of the task directory's JSON files as `T`, whole: an error is one
+/// line, naming the field refused (`field "supervisor.pid": invalid value: ...`) or where
+/// the text stops being JSON.
+pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let t = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        refusal(&path, e.into_inner())
+    })?;
+    de.end().map_err(|e| refusal(".", e))?;
+    Ok(t)
+}
+
+/// Why [`decode`] refused a file, naming the field (`path`; `.` for the file as a whole).
+fn refusal(path: &str, e: serde_json::Error) -> String {
+    let syntax = e.is_syntax() || e.is_eof();
+    let e = e.to_string();
+    // Where in the text a value was refused is of no use when the field is named; where
+    // the text stops being JSON is.
+    let why = match syntax {
+        true => e.as_str(),
+        false => e
+            .rsplit_once(" at line ")
+            .map_or(e.as_str(), |(why, _)| why),
+    };
+    match path {
+        "." if syntax => format!("not JSON: {why}"),
+        "." => why.to_string(),
+        path => format!("field \"{path}\": {why}"),
+    }
+}
+
+/// For the tests of the readers of a task directory's files: `v` with `bad` at `path`
+/// (dot-separated) is refused by [`decode`] as a `T`, naming the field `named`.
+#[cfg(test)]
+pub(crate) fn assert_refused<T: DeserializeOwned + std::fmt::Debug>(
+    mut v: Value,
+    path: &str,
+    bad: Value,
+    named: &str,
+) {
+    let mut at = &mut v;
+    for key in path.split('.') {
+        at = &mut at[key];
+    }
+    *at = bad.clone();
+    let text = v.to_string();
+    let e = decode::<T>(&text).expect_err(&text);
+    assert!(
+        e.starts_with(&format!("field \"{named}\": ")),
+        "{path}: {bad}: {e}"
+    );
 }
 
 /// Writes a file of a task's directory whole (write `NAME.new`, rename): a reader sees the
@@ -348,6 +458,7 @@ pub fn supervised(dir: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn status_round_trips_and_replaces_atomically() {
@@ -376,6 +487,133 @@ mod tests {
         s.write(dir.path()).unwrap();
         assert_eq!(Status::read(dir.path()).unwrap(), Some(s));
         assert!(!dir.path().join("status.new").exists());
+    }
+
+    /// A status with every field given, as a supervisor of a task that failed writes it.
+    fn full() -> Status {
+        Status {
+            task: "a/b/c/0".into(),
+            incarnation: Some(u32::MAX),
+            supervisor: (u32::MAX, u64::MAX),
+            pid: Some((4_194_304, 1 << 40)),
+            state: "FAILED".into(),
+            exit: Some(i32::MIN),
+            signal: Some(i32::MAX),
+            since: 1.5e9,
+            healthy: Some(false),
+            health_failures: u32::MAX,
+            reason: Some("why".into()),
+            uid: Some(u32::MAX),
+            limits: Some(crate::limits::Applied {
+                memory: "rlimit",
+                cpu: "none",
+                pids: "cgroup",
+                kill: "freezer",
+            }),
+            log_dropped: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_full_status_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        full().write(dir.path()).unwrap();
+        assert_eq!(Status::read(dir.path()).unwrap(), Some(full()));
+    }
+
+    /// Status files as supervisors of this version and of the first one wrote them (the
+    /// latter without incarnation, reason, uid, limits and log_dropped) still read.
+    #[test]
+    fn a_status_an_earlier_supervisor_wrote_still_reads() {
+        let now = r#"{"task":"a/b/c/0","incarnation":4294967295,"supervisor":{"pid":4294967295,"start":18446744073709551615},"pid":4194304,"pid_start":1099511627776,"state":"FAILED","exit":-2147483648,"signal":2147483647,"since":1500000000.0,"healthy":false,"health_failures":4294967295,"reason":"why","uid":4294967295,"limits":{"memory":"rlimit","cpu":"none","pids":"cgroup","kill":"freezer"},"log_dropped":18446744073709551615}"#;
+        assert_eq!(Status::parse(now), Ok(full()));
+        assert_eq!(full().to_json().to_string(), now, "the file's shape");
+        let first = r#"{"task":"a/b/c/0","supervisor":{"pid":10,"start":20},"pid":null,"pid_start":null,"state":"STARTING","exit":null,"signal":null,"since":1.5,"healthy":null,"health_failures":0}"#;
+        let expected = Status {
+            task: "a/b/c/0".into(),
+            supervisor: (10, 20),
+            state: "STARTING".into(),
+            since: 1.5,
+            ..Status::default()
+        };
+        assert_eq!(Status::parse(first), Ok(expected));
+    }
+
+    /// `full()` with `bad` at `path` is refused, naming the field.
+    fn refused(path: &str, bad: Value) {
+        assert_refused::<Status>(full().to_json(), path, bad, path);
+    }
+
+    /// A number a field cannot hold is refused, not wrapped into another pid, exit status
+    /// or incarnation.
+    #[test]
+    fn a_number_out_of_range_is_refused() {
+        for (path, bad) in [
+            ("supervisor.pid", json!(4_294_967_301u64)),
+            ("supervisor.start", json!(-1)),
+            ("pid", json!(4_294_967_301u64)),
+            ("pid_start", json!(-1)),
+            ("exit", json!(2_147_483_648u64)),
+            ("exit", json!(-2_147_483_649i64)),
+            ("signal", json!(2_147_483_648u64)),
+            ("incarnation", json!(4_294_967_296u64)),
+            ("health_failures", json!(4_294_967_296u64)),
+            ("uid", json!(-1)),
+            ("log_dropped", json!(-1)),
+            ("exit", json!(1.5)),
+        ] {
+            refused(path, bad);
+        }
+    }
+
+    /// A field of the wrong type, or one no supervisor writes, is refused rather than
+    /// read as absent.
+    #[test]
+    fn a_field_of_the_wrong_type_is_refused() {
+        for (path, bad) in [
+            ("exit", json!("1")),
+            ("healthy", json!(1)),
+            ("uid", json!("70001")),
+            ("reason", json!(["why"])),
+            ("limits.memory", json!("lots")),
+            ("limits.kill", json!("none")),
+            ("health_failures", Value::Null),
+            ("extra", json!(1)),
+        ] {
+            refused(path, bad);
+        }
+    }
+
+    /// A status file that is not one is an error naming the file and the field (reap
+    /// reports it and leaves the task as it is); none at all is no status yet.
+    #[test]
+    fn a_status_file_refused_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Status::read(dir.path()).unwrap(), None);
+        let file = dir.path().join("status");
+        let mut v = full().to_json();
+        v["supervisor"]["pid"] = json!(4_294_967_301u64);
+        fs::write(&file, v.to_string()).unwrap();
+        let e = format!("{:#}", Status::read(dir.path()).unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "{}: field \"supervisor.pid\": invalid value: integer `4294967301`, \
+                 expected u32",
+                file.display()
+            )
+        );
+        fs::write(&file, "nonsense").unwrap();
+        let e = format!("{:#}", Status::read(dir.path()).unwrap_err());
+        assert!(
+            e.starts_with(&format!("{}: not JSON: ", file.display())),
+            "{e}"
+        );
+        v = full().to_json();
+        v["pid"] = Value::Null;
+        fs::write(&file, v.to_string()).unwrap();
+        let e = format!("{:#}", Status::read(dir.path()).unwrap_err());
+        assert!(e.contains("\"pid\" and \"pid_start\""), "{e}");
     }
 
     #[test]

@@ -520,10 +520,8 @@ mod tests {
     #[test]
     fn a_huge_grace_in_spec_json_still_gives_a_stop_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spec = crate::supervise::Spec::from_json(&serde_json::json!({
-            "task": "a/b/c/0", "argv": ["true"]
-        }))
-        .unwrap();
+        let mut spec =
+            crate::supervise::Spec::parse(r#"{"task": "a/b/c/0", "argv": ["true"]}"#).unwrap();
         spec.grace_s = 1e30;
         std::fs::write(dir.path().join("spec.json"), spec.to_json().to_string()).unwrap();
         let facts = Facts::of(dir.path(), None);

@@ -42,7 +42,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use serde_json::Value;
 
 pub use spec::{Health, Spec};
 
@@ -151,15 +150,12 @@ fn read_spec(dir: &Path) -> Result<Spec> {
         }
         r => r.with_context(|| format!("reading {}/spec.json", dir.display()))?,
     };
-    serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| Spec::from_json(&v))
-        .ok_or_else(|| {
-            fail(
-                Exit::BadInput,
-                format!("{}/spec.json is not a task spec", dir.display()),
-            )
-        })
+    Spec::parse(&text).map_err(|why| {
+        fail(
+            Exit::BadInput,
+            format!("{}/spec.json: {why}", dir.display()),
+        )
+    })
 }
 
 /// SIGCHLD and the stop signals, blocked and read from a descriptor, so the supervisor's

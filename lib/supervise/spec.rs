@@ -5,22 +5,32 @@
 //! clamped into a range the loop can act on: nothing in `spec.json` can make the
 //! supervisor panic (a float too large for a `Duration`, or an `Instant` overflowed by
 //! one) or spin (a health check every 0 s). What cannot be honoured at all (a health check
-//! that could only send a malformed request) is refused before anything starts.
+//! that could only send a malformed request) is refused before anything starts, and so is
+//! a spec.json that is not one (see [`Spec`]).
 
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::limits::Limits;
 
-/// What to run, as launch resolved it (`spec.json` in the task's directory).
-#[derive(Clone, Debug, PartialEq)]
+/// What to run, as launch resolved it (`spec.json` in the task's directory). Read as launch
+/// wrote it or not at all: a field of the wrong type, a number the field cannot hold (a
+/// port past 65535 is no port, not another one), or a field launch does not write is
+/// refused with its name. A field that may be missing is one that launch of an earlier
+/// version did not write, or that has always had a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Spec {
     pub task: String,
     /// The incarnation of the task this directory was prepared for (see `Task::incarnation`);
     /// the supervisor reports it in every status.
+    #[serde(default)]
     pub incarnation: u32,
+    #[serde(deserialize_with = "command")]
     pub argv: Vec<String>,
+    #[serde(default, serialize_with = "env_out", deserialize_with = "env_in")]
     pub env: Vec<(String, String)>,
     /// Run as this user; None runs as a dynamic user when `dynamic_ids` names a range,
     /// else as the supervisor's own user.
@@ -28,34 +38,105 @@ pub struct Spec {
     /// The uid range a task without a named user takes its own uid from.
     pub dynamic_ids: Option<(u32, u32)>,
     /// Whether the task may run as root.
+    #[serde(default)]
     pub allow_root: bool,
     /// Seconds between SIGTERM and SIGKILL on a stop (see [`Spec::grace`]).
+    #[serde(default = "ten")]
     pub grace_s: f64,
     /// Size at which a log is rotated (one old generation is kept).
+    #[serde(default = "sixteen_mib")]
     pub log_max_bytes: u64,
     /// The operators' group that may read the task's logs (root's when it does not exist).
     pub log_group: Option<String>,
-    pub health: Option<Health>,
     /// What the task may use (its reservation): cgroups where the host has them.
+    #[serde(default = "no_limits", with = "LimitsFile")]
     pub limits: Limits,
+    pub health: Option<Health>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Health {
-    /// HTTP GET of `path` on 127.0.0.1:`port`; 2xx and 3xx are healthy.
+    /// HTTP GET of `path` on 127.0.0.1:`port`; 2xx and 3xx are healthy. 0 (or missing)
+    /// with no `cmd` is refused (see [`Spec::refusal`]).
+    #[serde(default)]
     pub port: u16,
+    #[serde(default = "root_path")]
     pub path: String,
     /// Or a command (argv, no shell) run in the sandbox as the task's user, in its
     /// cgroups: exit 0 is healthy. Used when not empty.
+    #[serde(default)]
     pub cmd: Vec<String>,
     /// Seconds from the end of one check to the start of the next (see
     /// [`Health::interval`]).
+    #[serde(default = "ten")]
     pub interval_s: f64,
     /// Seconds a check may take; one that takes longer has failed (see
     /// [`Health::timeout`]).
+    #[serde(default = "one")]
     pub timeout_s: f64,
     /// Consecutive failures that make the task unhealthy.
+    #[serde(default = "three")]
     pub failures: u32,
+}
+
+/// [`Limits`] as spec.json holds them (0, or missing: no limit).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Limits", deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    cpus: u32,
+    #[serde(default)]
+    ram_mb: u64,
+    #[serde(default)]
+    pids: u32,
+}
+
+fn no_limits() -> Limits {
+    Limits {
+        cpus: 0,
+        ram_mb: 0,
+        pids: 0,
+    }
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn sixteen_mib() -> u64 {
+    16 << 20
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+/// An argv: at least the program.
+fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let argv = Vec::<String>::deserialize(d)?;
+    if argv.is_empty() {
+        return Err(serde::de::Error::custom("no program to run"));
+    }
+    Ok(argv)
+}
+
+/// The environment as an object of strings, in order.
+fn env_out<S: Serializer>(env: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(env.iter().map(|(k, v)| (k, v)))
+}
+
+/// An object of strings, each name once.
+fn env_in<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    crate::job::UniqueMap::deserialize(d).map(|m| m.0)
 }
 
 /// The shortest interval between health checks: a check asked for more often (0, or a
@@ -114,69 +195,13 @@ impl Spec {
         None
     }
 
-    pub fn from_json(v: &Value) -> Option<Spec> {
-        let strings = |v: &Value| {
-            v.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect::<Vec<_>>()
-            })
-        };
-        let health = v.get("health").filter(|h| !h.is_null()).and_then(|h| {
-            let cmd = strings(&h["cmd"]).unwrap_or_default();
-            Some(Health {
-                port: h["port"]
-                    .as_u64()
-                    .or(if cmd.is_empty() { None } else { Some(0) })? as u16,
-                path: h["path"].as_str().unwrap_or("/").to_string(),
-                cmd,
-                interval_s: h["interval_s"].as_f64().unwrap_or(10.0),
-                timeout_s: h["timeout_s"].as_f64().unwrap_or(1.0),
-                failures: h["failures"].as_u64().unwrap_or(3) as u32,
-            })
-        });
-        // A uid past u32 is read as 0, which `refusal` refuses, rather than cut short to
-        // some other account's uid.
-        let uid = |v: &Value| v.as_u64().map(|n| u32::try_from(n).unwrap_or(0));
-        let range = |r: &Value| Some((uid(&r[0])?, uid(&r[1])?));
-        Some(Spec {
-            task: v["task"].as_str()?.to_string(),
-            incarnation: v["incarnation"].as_u64().unwrap_or(0) as u32,
-            argv: strings(&v["argv"]).filter(|a| !a.is_empty())?,
-            env: v["env"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            user: v["user"].as_str().map(String::from),
-            dynamic_ids: range(&v["dynamic_ids"]),
-            allow_root: v["allow_root"].as_bool().unwrap_or(false),
-            grace_s: v["grace_s"].as_f64().unwrap_or(10.0),
-            log_max_bytes: v["log_max_bytes"].as_u64().unwrap_or(16 << 20),
-            log_group: v["log_group"].as_str().map(String::from),
-            health,
-            limits: Limits {
-                cpus: v["limits"]["cpus"].as_u64().unwrap_or(0) as u32,
-                ram_mb: v["limits"]["ram_mb"].as_u64().unwrap_or(0),
-                pids: v["limits"]["pids"].as_u64().unwrap_or(0) as u32,
-            },
-        })
+    /// A spec from the text of spec.json; the error names the field refused.
+    pub fn parse(text: &str) -> Result<Spec, String> {
+        crate::taskdir::decode(text)
     }
 
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "task": self.task, "incarnation": self.incarnation, "argv": self.argv,
-            "env": self.env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
-            "user": self.user, "dynamic_ids": self.dynamic_ids.map(|(a, b)| [a, b]),
-            "allow_root": self.allow_root, "grace_s": self.grace_s,
-            "log_max_bytes": self.log_max_bytes, "log_group": self.log_group,
-            "limits": {"cpus": self.limits.cpus, "ram_mb": self.limits.ram_mb, "pids": self.limits.pids},
-            "health": self.health.as_ref().map(|h| serde_json::json!({"port": h.port, "path": h.path, "cmd": h.cmd,
-                "interval_s": h.interval_s, "timeout_s": h.timeout_s, "failures": h.failures})),
-        })
+        serde_json::to_value(self).expect("a spec is JSON: its maps have string keys")
     }
 }
 
@@ -195,6 +220,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::time::Instant;
 
     #[test]
@@ -233,14 +259,139 @@ mod tests {
         assert_eq!(seconds(1e30, Duration::ZERO), LONGEST);
     }
 
+    /// A spec with every field given.
+    fn full() -> Spec {
+        Spec {
+            task: "a/b/c/0".into(),
+            incarnation: u32::MAX,
+            argv: vec!["sh".into(), "-c".into(), "exec \"$@\"".into()],
+            env: vec![("Z".into(), "1".into()), ("A".into(), "\u{e9}".into())],
+            user: Some("nobody".into()),
+            dynamic_ids: Some((70000, u32::MAX)),
+            allow_root: true,
+            grace_s: 2.5,
+            log_max_bytes: u64::MAX,
+            log_group: Some("adm".into()),
+            health: Some(Health {
+                port: u16::MAX,
+                path: "/health".into(),
+                cmd: vec!["true".into()],
+                interval_s: 0.25,
+                timeout_s: 1e9,
+                failures: u32::MAX,
+            }),
+            limits: Limits {
+                cpus: u32::MAX,
+                ram_mb: u64::MAX,
+                pids: u32::MAX,
+            },
+        }
+    }
+
+    #[test]
+    fn a_full_spec_round_trips() {
+        assert_eq!(Spec::parse(&full().to_json().to_string()), Ok(full()));
+    }
+
+    /// spec.json as launch of this version and of the first one wrote it (the latter
+    /// without incarnation, dynamic_ids, log_group, a limit on pids and a health command)
+    /// still reads.
+    #[test]
+    fn a_spec_an_earlier_launch_wrote_still_reads() {
+        let now = r#"{"task":"a/b/c/0","incarnation":4294967295,"argv":["sh","-c","exec \"$@\""],"env":{"Z":"1","A":"é"},"user":"nobody","dynamic_ids":[70000,4294967295],"allow_root":true,"grace_s":2.5,"log_max_bytes":18446744073709551615,"log_group":"adm","limits":{"cpus":4294967295,"ram_mb":18446744073709551615,"pids":4294967295},"health":{"port":65535,"path":"/health","cmd":["true"],"interval_s":0.25,"timeout_s":1000000000.0,"failures":4294967295}}"#;
+        assert_eq!(Spec::parse(now), Ok(full()));
+        assert_eq!(full().to_json().to_string(), now, "the file's shape");
+        let first = r#"{"task":"a/b/c/0","argv":["true"],"env":{},"user":null,"allow_root":false,"grace_s":10.0,"log_max_bytes":16777216,"limits":{"cpus":500,"ram_mb":64},"health":{"port":8080,"path":"/","interval_s":10.0,"timeout_s":1.0,"failures":3}}"#;
+        let spec = Spec::parse(first).unwrap();
+        assert_eq!(
+            (spec.incarnation, spec.dynamic_ids, spec.log_group),
+            (0, None, None)
+        );
+        assert_eq!(
+            spec.limits,
+            Limits {
+                cpus: 500,
+                ram_mb: 64,
+                pids: 0
+            }
+        );
+        assert_eq!(spec.health.map(|h| (h.port, h.cmd)), Some((8080, vec![])));
+    }
+
+    /// `full()` with `bad` at `path` is refused, naming the field `named`.
+    fn refused(path: &str, bad: Value, named: &str) {
+        crate::taskdir::assert_refused::<Spec>(full().to_json(), path, bad, named);
+    }
+
+    /// A number a field cannot hold is refused, not wrapped into another port, uid or
+    /// limit.
+    #[test]
+    fn a_number_out_of_range_is_refused() {
+        for (path, bad, named) in [
+            ("health.port", json!(70000), "health.port"),
+            ("health.port", json!(-1), "health.port"),
+            (
+                "health.failures",
+                json!(4_294_967_296u64),
+                "health.failures",
+            ),
+            ("incarnation", json!(4_294_967_296u64), "incarnation"),
+            (
+                "dynamic_ids",
+                json!([4_294_967_301u64, 4_294_967_302u64]),
+                "dynamic_ids[0]",
+            ),
+            ("dynamic_ids", json!([70000, -1]), "dynamic_ids[1]"),
+            ("limits.cpus", json!(4_294_967_296u64), "limits.cpus"),
+            ("limits.ram_mb", json!(-1), "limits.ram_mb"),
+            ("limits.pids", json!(4_294_967_296u64), "limits.pids"),
+            ("log_max_bytes", json!(1.5), "log_max_bytes"),
+        ] {
+            refused(path, bad, named);
+        }
+    }
+
+    /// A field of the wrong type, or one launch does not write, is refused rather than read
+    /// as absent: a uid range that is not one must not make the task run as the
+    /// supervisor's own user, an argument that is not a string must not be dropped.
+    #[test]
+    fn a_field_of_the_wrong_type_is_refused() {
+        for (path, bad, named) in [
+            ("dynamic_ids", json!("70000-79999"), "dynamic_ids"),
+            ("dynamic_ids", json!([70000]), "dynamic_ids"),
+            ("dynamic_ids", json!([70000, 79999, 1]), "dynamic_ids"),
+            ("argv", json!(["sh", 1]), "argv[1]"),
+            ("argv", json!([]), "argv"),
+            ("env", json!({"A": 1}), "env.A"),
+            ("grace_s", json!("10"), "grace_s"),
+            ("allow_root", json!("yes"), "allow_root"),
+            ("health.path", Value::Null, "health.path"),
+            ("health.cmd", json!("true"), "health.cmd"),
+            ("limits.memory", json!(1), "limits.memory"),
+            ("extra", json!(1), "extra"),
+        ] {
+            refused(path, bad, named);
+        }
+    }
+
+    /// An environment variable given twice is refused: the file says two things.
+    #[test]
+    fn an_environment_variable_given_twice_is_refused() {
+        let text = r#"{"task":"a/b/c/0","argv":["true"],"env":{"A":"1","A":"2"}}"#;
+        assert_eq!(
+            Spec::parse(text),
+            Err(r#"field "env": "A" is given twice"#.into())
+        );
+    }
+
     #[test]
     fn a_uid_range_that_is_not_one_is_refused() {
         let read = |range: &str| {
             let text = format!(r#"{{"task":"a/b/c/0","argv":["true"],"dynamic_ids":{range}}}"#);
-            Spec::from_json(&serde_json::from_str(&text).unwrap()).unwrap()
+            Spec::parse(&text).unwrap()
         };
         assert_eq!(read("[70000,79999]").refusal(), None);
-        for bad in ["[79999,70000]", "[0,10]", "[4294967301,4294967302]"] {
+        for bad in ["[79999,70000]", "[0,10]"] {
             assert!(read(bad).refusal().is_some(), "{bad}");
         }
     }

@@ -5,8 +5,10 @@
 //!
 //! Each target: arbitrary bytes, JSON-ish token soup and mutated valid input never panic;
 //! bad input is the documented error (for a tool, status 65 naming a line of the input, and
-//! nothing changed); what round-trips (status, spec, member data) comes back equal. Case
-//! counts honour PROPTEST_CASES; the targets that run a binary per case default to fewer.
+//! nothing changed); what round-trips (status, spec, member data) comes back equal. A
+//! status or spec.json is read with every number it holds as given, or refused naming the
+//! field: a number out of its field's range is never read as another. Case counts honour
+//! PROPTEST_CASES; the targets that run a binary per case default to fewer.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -1014,15 +1016,155 @@ fn check_policy(v: &Value) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A status file holding `v`, as reap and launch read it.
+fn read_status(v: &Value) -> Result<taskdir::Status, String> {
+    taskdir::Status::parse(&v.to_string())
+}
+
+/// spec.json holding `v`, as formic-supervise and reap read it.
+fn read_spec(v: &Value) -> Result<Spec, String> {
+    Spec::parse(&v.to_string())
+}
+
+/// A status read from `v`, if it is one, holds every number of `v` as given, and prints
+/// and reads back as itself.
+fn check_status(v: &Value) -> Result<(), TestCaseError> {
+    if let Ok(s) = read_status(v) {
+        numbers_kept(v, &s.to_json(), "")?;
+        prop_assert_eq!(read_status(&s.to_json()), Ok(s));
+    }
+    Ok(())
+}
+
+/// A spec read from `v`, if it is one, has a program to run, holds every number of `v` as
+/// given, and prints and reads back as itself.
+fn check_spec(v: &Value) -> Result<(), TestCaseError> {
+    if let Ok(s) = read_spec(v) {
+        prop_assert!(!s.argv.is_empty());
+        numbers_kept(v, &s.to_json(), "")?;
+        prop_assert_eq!(read_spec(&s.to_json()), Ok(s));
+    }
+    Ok(())
+}
+
+/// What a field of a task directory's file holds: the numbers outside it must be refused,
+/// never read as another pid, port or uid.
+#[derive(Clone, Copy, Debug)]
+enum Int {
+    U16,
+    U32,
+    I32,
+    U64,
+}
+
+/// The whole-number fields of a status file.
+const STATUS_INTS: &[(&str, Int)] = &[
+    ("incarnation", Int::U32),
+    ("supervisor.pid", Int::U32),
+    ("supervisor.start", Int::U64),
+    ("pid", Int::U32),
+    ("pid_start", Int::U64),
+    ("exit", Int::I32),
+    ("signal", Int::I32),
+    ("health_failures", Int::U32),
+    ("uid", Int::U32),
+    ("log_dropped", Int::U64),
+];
+
+/// The whole-number fields of spec.json.
+const SPEC_INTS: &[(&str, Int)] = &[
+    ("incarnation", Int::U32),
+    ("dynamic_ids[0]", Int::U32),
+    ("dynamic_ids[1]", Int::U32),
+    ("log_max_bytes", Int::U64),
+    ("limits.cpus", Int::U32),
+    ("limits.ram_mb", Int::U64),
+    ("limits.pids", Int::U32),
+    ("health.port", Int::U16),
+    ("health.failures", Int::U32),
+];
+
+/// A number `int` cannot hold: past either end, or not whole.
+fn beyond(int: Int) -> BoxedStrategy<Value> {
+    let (low, high): (i64, u64) = match int {
+        Int::U16 => (0, u16::MAX as u64),
+        Int::U32 => (0, u32::MAX as u64),
+        Int::I32 => (i32::MIN as i64, i32::MAX as u64),
+        Int::U64 => (0, u64::MAX),
+    };
+    let mut out = vec![
+        (i64::MIN..low).prop_map(Value::from).boxed(),
+        (-1_000_000i64..1_000_000)
+            .prop_map(|n| Value::from(n as f64 + 0.5))
+            .boxed(),
+    ];
+    if high < u64::MAX {
+        out.push((high + 1..=u64::MAX).prop_map(Value::from).boxed());
+        out.push(Just(Value::from(high + 1)).boxed());
+    }
+    proptest::strategy::Union::new(out).boxed()
+}
+
+/// A whole-number field of `fields` and a number it cannot hold.
+fn out_of_range(
+    fields: &'static [(&'static str, Int)],
+) -> impl Strategy<Value = (&'static str, Value)> {
+    proptest::sample::select(fields).prop_flat_map(|(path, int)| (Just(path), beyond(int)))
+}
+
+/// `value` put into `v` at `path` as serde names it (`health.port`, `dynamic_ids[0]`),
+/// making the objects and arrays on the way.
+fn put(v: &mut Value, path: &str, value: Value) {
+    let mut at = v;
+    for part in path.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((key, i)) => (key, Some(i.trim_end_matches(']').parse::<usize>().unwrap())),
+            None => (part, None),
+        };
+        at = &mut at[key];
+        if let Some(i) = index {
+            if at.as_array().is_none_or(|a| a.len() <= i) {
+                *at = json!(vec![1; i + 1]);
+            }
+            at = &mut at[i];
+        }
+    }
+    *at = value;
+}
+
+/// Every number of `given` is where it was in `read` (the value read, printed again),
+/// unchanged: a number that a field cannot hold, or in a place no field is, was not read.
+fn numbers_kept(given: &Value, read: &Value, at: &str) -> Result<(), TestCaseError> {
+    match (given, read) {
+        (Value::Number(g), Value::Number(r)) => {
+            let same = match g.is_f64() || r.is_f64() {
+                true => g.as_f64() == r.as_f64(),
+                false => g == r,
+            };
+            prop_assert!(same, "{at}: {g} was read as {r}");
+        }
+        (Value::Number(g), r) => prop_assert!(false, "{at}: {g} was read as {r}"),
+        (Value::Array(g), r) => {
+            for (i, g) in g.iter().enumerate() {
+                numbers_kept(g, r.get(i).unwrap_or(&Value::Null), &format!("{at}[{i}]"))?;
+            }
+        }
+        (Value::Object(g), r) => {
+            for (k, g) in g {
+                numbers_kept(g, r.get(k).unwrap_or(&Value::Null), &format!("{at}.{k}"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config(256))]
 
     #[test]
     fn status_from_any_json(v in json_value(STATUS_KEYS)) {
-        if let Some(s) = taskdir::Status::from_json(&v) {
-            // What was read prints and reads back as itself.
-            prop_assert_eq!(taskdir::Status::from_json(&s.to_json()), Some(s));
-        }
+        check_status(&v)?;
     }
 
     #[test]
@@ -1034,9 +1176,27 @@ proptest! {
         for e in &edits {
             apply_json_edit(&mut v, e);
         }
-        if let Some(s) = taskdir::Status::from_json(&v) {
-            prop_assert_eq!(taskdir::Status::from_json(&s.to_json()), Some(s));
-        }
+        check_status(&v)?;
+    }
+
+    /// A number a field of the status cannot hold is refused, never read as another: the
+    /// status file is an error naming itself and the field.
+    #[test]
+    fn status_with_a_number_out_of_range(
+        s in status(),
+        (path, bad) in out_of_range(STATUS_INTS),
+    ) {
+        let mut v = s.to_json();
+        put(&mut v, path, bad.clone());
+        let dir = common::tempdir();
+        let file = dir.path().join("status");
+        std::fs::write(&file, v.to_string()).unwrap();
+        let got = taskdir::Status::read(dir.path()).map_err(|e| format!("{e:#}"));
+        let named = format!("{}: field \"{path}\": ", file.display());
+        prop_assert!(
+            got.as_ref().is_err_and(|e| e.starts_with(&named)),
+            "{} = {}: {:?}", path, bad, got
+        );
     }
 
     /// A status file whatever its bytes: read, or an error, or "no status".
@@ -1057,10 +1217,7 @@ proptest! {
 
     #[test]
     fn spec_from_any_json(v in json_value(SPEC_KEYS)) {
-        if let Some(s) = Spec::from_json(&v) {
-            prop_assert!(!s.argv.is_empty());
-            prop_assert_eq!(Spec::from_json(&s.to_json()), Some(s));
-        }
+        check_spec(&v)?;
     }
 
     #[test]
@@ -1072,18 +1229,27 @@ proptest! {
         for e in &edits {
             apply_json_edit(&mut v, e);
         }
-        if let Some(s) = Spec::from_json(&v) {
-            prop_assert!(!s.argv.is_empty());
-            prop_assert_eq!(Spec::from_json(&s.to_json()), Some(s));
-        }
+        check_spec(&v)?;
+    }
+
+    /// A number a field of spec.json cannot hold is refused, never read as another, and
+    /// the refusal names the field.
+    #[test]
+    fn spec_with_a_number_out_of_range(s in spec(), (path, bad) in out_of_range(SPEC_INTS)) {
+        let mut v = s.to_json();
+        put(&mut v, path, bad.clone());
+        let got = read_spec(&v);
+        let named = format!("field \"{path}\": ");
+        prop_assert!(
+            got.as_ref().is_err_and(|e| e.starts_with(&named)),
+            "{} = {}: {:?}", path, bad, got
+        );
     }
 
     /// spec.json as launch writes it is what the supervisor and reap read.
     #[test]
     fn spec_round_trips(s in spec()) {
-        let text = s.to_json().to_string();
-        let v: Value = serde_json::from_str(&text).unwrap();
-        prop_assert_eq!(Spec::from_json(&v), Some(s));
+        prop_assert_eq!(Spec::parse(&s.to_json().to_string()), Ok(s));
     }
 
     #[test]
@@ -1247,6 +1413,36 @@ proptest! {
             .collect();
         prop_assert_eq!(got, expected);
     }
+}
+
+/// formic-supervise refuses a spec.json with a number out of range (a health check on
+/// port 70000 would have been one on port 4464) as it refuses any spec.json that is not a
+/// task spec: status 65, one line naming the file and the field, nothing started.
+#[test]
+fn a_port_out_of_range_in_spec_json_is_refused_by_the_supervisor() {
+    let dir = common::tempdir();
+    let tdir = dir.path().join("t");
+    taskdir::create(&tdir).unwrap();
+    let mut v = common::spec("a/b/c/0", &["sh", "-c", "echo started"]).to_json();
+    v["health"] = json!({"port": 70000, "path": "/"});
+    std::fs::write(tdir.join("spec.json"), v.to_string()).unwrap();
+    let out = common::run(
+        std::process::Command::new(common::bin("formic-supervise")).arg(&tdir),
+        b"",
+    );
+    let tdir = std::fs::canonicalize(&tdir).unwrap();
+    assert_eq!(
+        (code(&out), stderr(&out)),
+        (
+            65,
+            format!(
+                "formic-supervise: {}/spec.json: field \"health.port\": invalid value: \
+                 integer `70000`, expected u16\n",
+                tdir.display()
+            )
+        )
+    );
+    assert!(!tdir.join("logs/stdout").exists(), "it ran");
 }
 
 /// spec.json's durations are the job's health block as written (launch copies
