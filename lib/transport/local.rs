@@ -277,3 +277,86 @@ fn supervisor() -> PathBuf {
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("formic-supervise"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(task: &str, incarnation: u32) -> crate::supervise::Spec {
+        let mut s =
+            crate::supervise::Spec::parse(&format!(r#"{{"task": "{task}", "argv": ["true"]}}"#))
+                .unwrap();
+        s.incarnation = incarnation;
+        s
+    }
+
+    fn start(host: &Local, task: &str, incarnation: u32) -> Start {
+        let spec = spec(task, incarnation);
+        let p = Prepared {
+            task,
+            incarnation,
+            spec: &spec,
+            job: "{}",
+        };
+        host.start(&[p]).pop().unwrap()
+    }
+
+    /// However launch and reap interleave, a start reap called off never runs: the fence
+    /// keeps the promise on the host, with no lock held across reap's commit.
+    #[test]
+    fn a_start_called_off_or_overtaken_is_fenced_out() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Local::new(root.path().to_path_buf());
+        let task = "a/b/c/0";
+        let dir = host.dir(task);
+        // reap calls incarnation 5 off before launch has written anything.
+        assert_eq!(host.call_off(&[(task, 5)]), [true]);
+        assert_eq!(taskdir::fence(&dir).unwrap(), 6);
+        assert!(matches!(start(&host, task, 5), Start::CalledOff));
+        assert!(!dir.join("spec.json").exists(), "nothing written for it");
+        // An older start that arrives after a newer one is fenced out too.
+        taskdir::set_fence(&dir, 9).unwrap();
+        assert!(matches!(start(&host, task, 8), Start::CalledOff));
+        // The fence is only ever raised.
+        taskdir::set_fence(&dir, 3).unwrap();
+        assert_eq!(taskdir::fence(&dir).unwrap(), 9);
+    }
+
+    #[test]
+    fn a_start_a_supervisor_reported_is_not_called_off() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Local::new(root.path().to_path_buf());
+        let task = "a/b/c/0";
+        let dir = host.dir(task);
+        taskdir::create(&dir).unwrap();
+        let status = Status {
+            task: task.into(),
+            incarnation: Some(2),
+            supervisor: (1, 1),
+            state: "STARTING".into(),
+            ..Default::default()
+        };
+        status.write(&dir).unwrap();
+        taskdir::write_spec(&dir, &spec(task, 2)).unwrap();
+        assert_eq!(host.call_off(&[(task, 2)]), [false]);
+        assert!(dir.join("spec.json").exists());
+        // A status of another incarnation says nothing of this one.
+        assert_eq!(host.call_off(&[(task, 3)]), [true]);
+        assert!(!dir.join("spec.json").exists());
+    }
+
+    #[test]
+    fn a_directory_held_by_a_supervisor_is_busy_and_not_called_off() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Local::new(root.path().to_path_buf());
+        let task = "a/b/c/0";
+        let dir = host.dir(task);
+        taskdir::create(&dir).unwrap();
+        let held = taskdir::lock_file(&dir).unwrap();
+        held.lock().unwrap();
+        assert_eq!(host.call_off(&[(task, 1)]), [false]);
+        assert!(matches!(start(&host, task, 1), Start::Busy(_)));
+        drop(held);
+        assert_eq!(host.call_off(&[(task, 1)]), [true]);
+    }
+}
