@@ -475,6 +475,7 @@ fn fill_join_state(state: &Path, path: &str) -> Vec<Vec<u8>> {
             cpu_factor: 1.0,
             transport: Transport::Local,
             maintenance: Maintenance::none(),
+            access: Default::default(),
         });
         tx.upsert(Job {
             key: "bench/prod/join".into(),

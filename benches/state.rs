@@ -35,6 +35,7 @@ fn host(i: u32) -> Host {
         cpu_factor: 1.0,
         transport: Transport::Local,
         maintenance: Maintenance::none(),
+        access: Default::default(),
     }
 }
 

@@ -30,6 +30,9 @@ pub const FIELDS: &[&str] = &[
     "attrs",
     "cpu_factor",
     "transport",
+    "address",
+    "ssh",
+    "root",
 ];
 
 /// Names may carry host and domain names, never path or shell syntax.
@@ -125,6 +128,47 @@ pub struct Host {
     pub cpu_factor: f64,
     pub transport: Transport,
     pub maintenance: Maintenance,
+    pub access: Access,
+}
+
+/// Where a host is and how formic reaches it; empty fields take their defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Access {
+    /// The address clients reach its tasks at (announced in serversets); default its name.
+    pub address: String,
+    /// The ssh destination, `[user@]address[:port]`; default its address.
+    pub ssh: String,
+    /// The task-directory root on the host (ssh hosts); default [`DEFAULT_ROOT`].
+    pub root: String,
+}
+
+/// Where an ssh host keeps its task directories unless its record says otherwise.
+pub const DEFAULT_ROOT: &str = "/var/lib/formic/host";
+
+impl Host {
+    /// The address clients reach its tasks at.
+    pub fn address(&self) -> &str {
+        match self.access.address.as_str() {
+            "" => &self.name,
+            a => a,
+        }
+    }
+
+    /// The ssh destination.
+    pub fn ssh_target(&self) -> &str {
+        match self.access.ssh.as_str() {
+            "" => self.address(),
+            t => t,
+        }
+    }
+
+    /// The task-directory root on an ssh host.
+    pub fn root(&self) -> &str {
+        match self.access.root.as_str() {
+            "" => DEFAULT_ROOT,
+            r => r,
+        }
+    }
 }
 
 /// Capacity limits that keep every host record inside its slot.
@@ -176,6 +220,15 @@ impl Host {
         m.insert("attrs".into(), attrs_json(&self.attrs));
         m.insert("cpu_factor".into(), json!(self.cpu_factor));
         m.insert("transport".into(), json!(self.transport.name()));
+        for (k, v) in [
+            ("address", &self.access.address),
+            ("ssh", &self.access.ssh),
+            ("root", &self.access.root),
+        ] {
+            if !v.is_empty() {
+                m.insert(k.into(), json!(v));
+            }
+        }
         m
     }
 }
@@ -252,6 +305,7 @@ fn parse_fields(name: &str, f: Fields<'_>) -> Result<Host, String> {
         None => Vec::new(),
         Some(map) => parse_attrs(map).map_err(|e| format!("field \"attrs\": {e}"))?,
     };
+    let access = parse_access(&f)?;
     Ok(Host {
         name: name.to_string(),
         cpus: cap.cpus,
@@ -263,7 +317,43 @@ fn parse_fields(name: &str, f: Fields<'_>) -> Result<Host, String> {
         cpu_factor: cap.cpu_factor,
         transport,
         maintenance: Maintenance::none(),
+        access,
     })
+}
+
+/// `address`, `ssh` and `root`: each a word the ssh command line and the far shell take as
+/// it is (no spaces, quotes or shell syntax), the root an absolute path.
+fn parse_access(f: &Fields<'_>) -> Result<Access, String> {
+    let word = |key: &str, extra: &str| -> Result<String, String> {
+        let Some(v) = f.str(key)? else {
+            return Ok(String::new());
+        };
+        let ok = !v.is_empty()
+            && v.len() <= 255
+            && !v.starts_with('-')
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_:@[]".contains(c) || extra.contains(c));
+        if !ok {
+            return Err(format!(
+                "field \"{key}\": {v:?} is not a host address (letters, digits, .-_:@[]{extra})"
+            ));
+        }
+        Ok(v.to_string())
+    };
+    let access = Access {
+        address: word("address", "")?,
+        ssh: word("ssh", "")?,
+        root: word("root", "/")?,
+    };
+    if !access.root.is_empty()
+        && (!access.root.starts_with('/') || access.root.split('/').any(|p| p == ".." || p == "."))
+    {
+        return Err(format!(
+            "field \"root\": {:?} is not an absolute path without . or ..",
+            access.root
+        ));
+    }
+    Ok(access)
 }
 
 /// The capacity fields host records and offers share: what a host has, or has free.
@@ -373,7 +463,8 @@ fn parse_attrs(map: &Map<String, Value>) -> Result<Vec<(String, String)>, String
 // --- the slot in the state file ---
 
 pub const SLOT_SIZE: usize = 512;
-const LAYOUT: u8 = 1;
+/// Layout 2 appends the access fields.
+const LAYOUT: u8 = 2;
 
 impl Host {
     pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
@@ -399,11 +490,14 @@ impl Host {
         }
         e.str8(&self.maintenance.reason);
         e.str8(&self.maintenance.owner);
+        e.str8(&self.access.address);
+        e.str8(&self.access.ssh);
+        e.str8(&self.access.root);
         e.seal(LAYOUT)
     }
 
     pub fn decode(version: u8, body: &[u8]) -> Result<Host, Corrupt> {
-        if version != LAYOUT {
+        if version != 1 && version != LAYOUT {
             return Err(Corrupt(format!("host record layout {version} is unknown")));
         }
         let mut d = Decoder::new(body);
@@ -432,6 +526,15 @@ impl Host {
         }
         let reason = d.str8()?;
         let owner = d.str8()?;
+        let access = if version >= 2 {
+            Access {
+                address: d.str8()?,
+                ssh: d.str8()?,
+                root: d.str8()?,
+            }
+        } else {
+            Access::default()
+        };
         Ok(Host {
             name,
             cpus,
@@ -448,6 +551,7 @@ impl Host {
                 owner,
                 since,
             },
+            access,
         })
     }
 }

@@ -158,8 +158,9 @@ pub fn run(cli: Cli) -> Result<Status> {
     let starts = start_all(&cli, &hosts, &intents, &specs);
     for (i, s) in intents.iter().zip(&starts) {
         match s {
-            Start::Failed(e) => eprintln!("launch: {}: {e:#}", i.place.task),
-            Start::Busy(why) => eprintln!("launch: {}: {why}", i.place.task),
+            Start::Failed { why, .. } | Start::Busy(why) | Start::Unreached(why) => {
+                eprintln!("launch: {}: {why}", i.place.task)
+            }
             _ => {}
         }
     }
@@ -168,7 +169,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     let (events, orphaned) = state.write(|tx| record_results(tx, &intents, &starts, &reports))?;
     // A supervisor started for an incarnation the state has moved on from meanwhile.
     for i in orphaned {
-        hosts[&i.place.host].stop(&[(&i.place.task, i.incarnation)]);
+        let _ = hosts[&i.place.host].stop(&[(&i.place.task, i.incarnation)]);
     }
     for e in &events {
         out.record(e)?;
@@ -221,7 +222,7 @@ fn start_all(cli: &Cli, hosts: &Hosts, intents: &[Intent], specs: &Specs) -> Vec
                     idx.push(n);
                     resolved.push((spec, Value::Object(job.raw.clone()).to_string()));
                 }
-                Err(e) => starts[n] = Some(Start::Failed(e)),
+                Err(e) => starts[n] = Some(Start::failed(&e)),
             }
         }
         let prepared: Vec<Prepared> = idx
@@ -234,13 +235,22 @@ fn start_all(cli: &Cli, hosts: &Hosts, intents: &[Intent], specs: &Specs) -> Vec
                 job,
             })
             .collect();
-        for (n, s) in idx.iter().zip(host.start(&prepared)) {
-            starts[*n] = Some(s);
+        match host.start(&prepared) {
+            Ok(answers) => {
+                for (n, s) in idx.iter().zip(answers) {
+                    starts[*n] = Some(s);
+                }
+            }
+            Err(e) => {
+                for n in &idx {
+                    starts[*n] = Some(Start::Unreached(format!("host {name}: {e}")));
+                }
+            }
         }
     }
     starts
         .into_iter()
-        .map(|s| s.unwrap_or_else(|| Start::Failed(anyhow::anyhow!("no host to start on"))))
+        .map(|s| s.unwrap_or_else(|| Start::Unreached("no host to start on".into())))
         .collect()
 }
 
@@ -268,7 +278,8 @@ fn await_reports(
                 .iter()
                 .map(|&n| (intents[n].place.task.as_str(), intents[n].incarnation))
                 .collect();
-            for (n, r) in idx.iter().zip(host.reports(&asked)) {
+            // An unreached host is asked again next round, until the deadline.
+            for (n, r) in idx.iter().zip(host.reports(&asked).unwrap_or_default()) {
                 reports[*n] = r;
             }
         }
@@ -326,13 +337,13 @@ fn record_results<'a>(
                 r.since = now;
                 r
             }
-            Start::Failed(error) => {
+            Start::Failed { why, exit } => {
                 let mut r = t.freed(TaskState::Failed, now);
-                r.exit = crate::supervise::cannot_run_status(error);
+                r.exit = *exit;
                 r.failures = t.failures.saturating_add(1);
                 r.reason = Reason::CouldNotStart;
                 event["exit"] = json!(r.exit);
-                event["reason"] = json!(format!("{error:#}"));
+                event["reason"] = json!(why);
                 r
             }
             Start::Busy(why) => {
@@ -341,7 +352,9 @@ fn record_results<'a>(
                 r.reason = Reason::DirectoryBusy;
                 r
             }
-            Start::CalledOff => continue,
+            // Whether it started is not known: it stays ASSIGNED, for reap to find out (or
+            // to call it off) once the host answers.
+            Start::CalledOff | Start::Unreached(_) => continue,
         };
         event["state"] = json!(next.state.name());
         events.push(event);

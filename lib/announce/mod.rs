@@ -716,6 +716,7 @@ mod tests {
             cpu_factor: 1.0,
             transport: Transport::Local,
             maintenance: Maintenance::none(),
+            access: Default::default(),
         }
     }
 

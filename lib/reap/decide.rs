@@ -107,6 +107,12 @@ impl Facts {
         since + leave + self.spec().0 + STOP_MARGIN_S
     }
 
+    /// Everything a decision may read, read now: what a remote host sends with its look.
+    pub fn resolved(&self) -> (Policy, f64, bool) {
+        let (grace, health) = self.spec();
+        (self.policy(), grace, health)
+    }
+
     fn policy(&self) -> Policy {
         *self.policy.get_or_init(|| {
             let Some(dir) = &self.dir else {
@@ -135,7 +141,8 @@ impl Facts {
 }
 
 /// Something to do to processes, always checked against pid and start time first.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Act {
     /// SIGTERM to a supervisor: stop the task gracefully.
     Stop { supervisor: (u32, u64) },

@@ -171,7 +171,13 @@ impl Reaper {
                 continue;
             };
             let ids: Vec<&str> = watches.iter().map(|w| w.id.as_str()).collect();
-            let stamps = host.stamps(&ids);
+            let stamps = match host.stamps(&ids) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.note(format!("host {name} not reached: {e}"));
+                    continue;
+                }
+            };
             let mut chosen = Vec::new();
             for (w, stamp) in watches.into_iter().zip(stamps) {
                 let request = requests
@@ -186,12 +192,18 @@ impl Reaper {
                 .iter()
                 .map(|(w, _)| (w.id.as_str(), &w.task))
                 .collect();
-            let looks = host.look(&probes);
+            let looks = match host.look(&probes) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.note(format!("host {name} not reached: {e}"));
+                    continue;
+                }
+            };
             for ((w, request), look) in chosen.into_iter().zip(looks) {
                 let mut look = match look {
                     Ok(l) => l,
                     Err(e) => {
-                        self.note(format!("task {}: {e:#}", w.id));
+                        self.note(format!("task {}: {e}", w.id));
                         continue;
                     }
                 };
@@ -264,8 +276,16 @@ impl Reaper {
                 .iter()
                 .map(|&i| (plans[i].0.id.as_str(), plans[i].0.task.incarnation))
                 .collect();
-            for (i, ok) in idx.iter().zip(host.call_off(&tasks)) {
-                kept[*i] = ok;
+            match host.call_off(&tasks) {
+                Ok(answers) => {
+                    for (i, ok) in idx.iter().zip(answers) {
+                        kept[*i] = ok;
+                    }
+                }
+                Err(e) => {
+                    idx.iter().for_each(|&i| kept[i] = false);
+                    self.note(format!("host {name} not reached: {e}"));
+                }
             }
         }
         let mut keep = kept.into_iter();
@@ -285,7 +305,13 @@ impl Reaper {
                     which(p).iter().map(move |a| (w.id.as_str(), a))
                 })
                 .collect();
-            let results = host.act(&acts);
+            let results = match host.act(&acts) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.note(format!("host {name} not reached: {e}"));
+                    continue;
+                }
+            };
             for ((task, _), r) in acts.iter().zip(results) {
                 if let Err(e) = r {
                     self.note(format!("task {task}: {e}"));

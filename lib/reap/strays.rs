@@ -33,7 +33,7 @@ impl Reaper {
             .into_iter()
             .map(|(name, host)| {
                 let host: Rc<dyn TaskHost> = Rc::new(host);
-                let found = host.supervisors();
+                let found = host.supervisors().unwrap_or_default();
                 (name, host, found)
             })
             .filter(|(_, _, found)| !found.is_empty())
@@ -75,7 +75,10 @@ impl Reaper {
                 supervisor: s.status.supervisor,
             }
         };
-        let done = on.act(&[(&s.task, &act)]).pop().unwrap_or(Ok(false));
+        let done = match on.act(&[(&s.task, &act)]) {
+            Ok(mut r) => r.pop().unwrap_or(Ok(false)),
+            Err(e) => Err(format!("host not reached: {e}")),
+        };
         let event = match done {
             Err(e) => {
                 self.note(format!("task {} on {host}: {e}", s.task));

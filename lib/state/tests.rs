@@ -16,6 +16,7 @@ fn host(name: &str, cpus: u32) -> Host {
         cpu_factor: 1.0,
         transport: Transport::Local,
         maintenance: Maintenance::none(),
+        access: Default::default(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 
-use super::{Found, Look, Prepared, Stamp, Start, TaskHost};
+use super::{Found, Look, Prepared, Reply, Stamp, Start, TaskHost};
 use crate::process;
 use crate::reap::{Act, Facts, Seen};
 use crate::task::{Task, TaskState};
@@ -125,15 +125,15 @@ impl Local {
 }
 
 impl TaskHost for Local {
-    fn start(&self, tasks: &[Prepared]) -> Vec<Start> {
-        tasks
+    fn start(&self, tasks: &[Prepared]) -> Reply<Start> {
+        Ok(tasks
             .iter()
-            .map(|p| self.start_one(p).unwrap_or_else(Start::Failed))
-            .collect()
+            .map(|p| self.start_one(p).unwrap_or_else(|e| Start::failed(&e)))
+            .collect())
     }
 
-    fn reports(&self, tasks: &[(&str, u32)]) -> Vec<Option<Status>> {
-        tasks
+    fn reports(&self, tasks: &[(&str, u32)]) -> Reply<Option<Status>> {
+        Ok(tasks
             .iter()
             .map(|&(task, n)| {
                 Status::read(&self.dir(task))
@@ -141,21 +141,23 @@ impl TaskHost for Local {
                     .flatten()
                     .filter(|s| s.incarnation == Some(n))
             })
-            .collect()
+            .collect())
     }
 
-    fn stop(&self, tasks: &[(&str, u32)]) {
-        for s in self.reports(tasks).into_iter().flatten() {
-            let _ = process::signal(s.supervisor, Signal::SIGTERM);
-        }
+    fn stop(&self, tasks: &[(&str, u32)]) -> Reply<bool> {
+        Ok(self
+            .reports(tasks)?
+            .into_iter()
+            .map(|s| s.is_some_and(|s| process::signal(s.supervisor, Signal::SIGTERM) == Ok(true)))
+            .collect())
     }
 
-    fn look(&self, tasks: &[(&str, &Task)]) -> Vec<Result<Look>> {
-        tasks
+    fn look(&self, tasks: &[(&str, &Task)]) -> Reply<Result<Look, String>> {
+        Ok(tasks
             .iter()
             .map(|&(task, t)| {
                 let dir = self.dir(task);
-                let seen = look(&dir, t)?;
+                let seen = look(&dir, t).map_err(|e| format!("{e:#}"))?;
                 let ticks = match &seen {
                     Seen::Alive(Some(s)) | Seen::Ended(s) | Seen::Gone(Some(s)) => {
                         s.pid.map(|p| p.1)
@@ -166,34 +168,35 @@ impl TaskHost for Local {
                 let facts = Facts::of(&dir, ticks.and_then(process::started_at));
                 Ok(Look { seen, facts })
             })
-            .collect()
+            .collect())
     }
 
-    fn stamps(&self, tasks: &[&str]) -> Vec<Option<Stamp>> {
-        tasks
+    fn stamps(&self, tasks: &[&str]) -> Reply<Option<Stamp>> {
+        Ok(tasks
             .iter()
             .map(|task| {
                 std::fs::metadata(self.dir(task).join("status"))
                     .ok()
                     .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
             })
-            .collect()
+            .collect())
     }
 
-    fn call_off(&self, tasks: &[(&str, u32)]) -> Vec<bool> {
-        tasks
+    fn call_off(&self, tasks: &[(&str, u32)]) -> Reply<bool> {
+        Ok(tasks
             .iter()
             .map(|&(task, n)| self.call_off_one(task, n).unwrap_or(false))
-            .collect()
+            .collect())
     }
 
-    fn act(&self, acts: &[(&str, &Act)]) -> Vec<Result<bool, String>> {
-        acts.iter()
+    fn act(&self, acts: &[(&str, &Act)]) -> Reply<Result<bool, String>> {
+        Ok(acts
+            .iter()
             .map(|&(task, act)| self.act_one(task, act))
-            .collect()
+            .collect())
     }
 
-    fn supervisors(&self) -> Vec<Found> {
+    fn supervisors(&self) -> Reply<Found> {
         let mut found = Vec::new();
         for (task, dir) in taskdir::task_dirs(&self.root) {
             if !taskdir::supervised(&dir).unwrap_or(false) {
@@ -207,7 +210,7 @@ impl TaskHost for Local {
                 });
             }
         }
-        found
+        Ok(found)
     }
 }
 
@@ -298,7 +301,7 @@ mod tests {
             spec: &spec,
             job: "{}",
         };
-        host.start(&[p]).pop().unwrap()
+        host.start(&[p]).unwrap().pop().unwrap()
     }
 
     /// However launch and reap interleave, a start reap called off never runs: the fence
@@ -310,7 +313,7 @@ mod tests {
         let task = "a/b/c/0";
         let dir = host.dir(task);
         // reap calls incarnation 5 off before launch has written anything.
-        assert_eq!(host.call_off(&[(task, 5)]), [true]);
+        assert_eq!(host.call_off(&[(task, 5)]).unwrap(), [true]);
         assert_eq!(taskdir::fence(&dir).unwrap(), 6);
         assert!(matches!(start(&host, task, 5), Start::CalledOff));
         assert!(!dir.join("spec.json").exists(), "nothing written for it");
@@ -338,10 +341,10 @@ mod tests {
         };
         status.write(&dir).unwrap();
         taskdir::write_spec(&dir, &spec(task, 2)).unwrap();
-        assert_eq!(host.call_off(&[(task, 2)]), [false]);
+        assert_eq!(host.call_off(&[(task, 2)]).unwrap(), [false]);
         assert!(dir.join("spec.json").exists());
         // A status of another incarnation says nothing of this one.
-        assert_eq!(host.call_off(&[(task, 3)]), [true]);
+        assert_eq!(host.call_off(&[(task, 3)]).unwrap(), [true]);
         assert!(!dir.join("spec.json").exists());
     }
 
@@ -354,9 +357,9 @@ mod tests {
         taskdir::create(&dir).unwrap();
         let held = taskdir::lock_file(&dir).unwrap();
         held.lock().unwrap();
-        assert_eq!(host.call_off(&[(task, 1)]), [false]);
+        assert_eq!(host.call_off(&[(task, 1)]).unwrap(), [false]);
         assert!(matches!(start(&host, task, 1), Start::Busy(_)));
         drop(held);
-        assert_eq!(host.call_off(&[(task, 1)]), [true]);
+        assert_eq!(host.call_off(&[(task, 1)]).unwrap(), [true]);
     }
 }

@@ -14,12 +14,14 @@
 //! off, a start lowers nothing and is refused below it, both under the task's lock.
 
 mod local;
+pub mod serve;
+mod ssh;
+pub mod wire;
 
 use std::path::Path;
 
 use anyhow::Result;
 
-use crate::exit::{fail, Status};
 use crate::host::{Host, Transport};
 use crate::reap::{Act, Facts, Seen};
 use crate::supervise::Spec;
@@ -27,6 +29,7 @@ use crate::task::Task;
 use crate::taskdir;
 
 pub use local::Local;
+pub use ssh::Ssh;
 
 /// A task's directory to write and its supervisor to start.
 pub struct Prepared<'a> {
@@ -49,8 +52,20 @@ pub enum Start {
     CalledOff,
     /// The task's directory is held by another supervisor.
     Busy(String),
-    /// The supervisor could not be started.
-    Failed(anyhow::Error),
+    /// The supervisor could not be started: why, and the exit status that stands for it
+    /// (127: a program not found, 126: could not run).
+    Failed { why: String, exit: i32 },
+    /// The host was not reached: whether the supervisor started is not known.
+    Unreached(String),
+}
+
+impl Start {
+    pub fn failed(e: &anyhow::Error) -> Start {
+        Start::Failed {
+            why: format!("{e:#}"),
+            exit: crate::supervise::cannot_run_status(e),
+        }
+    }
 }
 
 /// What one look at a task's directory found, and what reap reads beside it when a
@@ -73,35 +88,50 @@ pub struct Found {
 /// again only at tasks whose stamp moved.
 pub type Stamp = (u64, i64, i64, u64);
 
-/// A host as launch and reap reach it.
-pub trait TaskHost {
+/// The host could not be reached, or its answer was cut short (ssh's exit status 255, a
+/// timeout): nothing is known of what happened there, and never that a task failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreached(pub String);
+
+impl std::fmt::Display for Unreached {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One answer per task asked about, in the order asked, or the host was not reached.
+pub type Reply<T> = Result<Vec<T>, Unreached>;
+
+/// A host as launch and reap reach it. Shared by the threads that work hosts in parallel.
+pub trait TaskHost: Send + Sync {
     /// Writes each task's directory and starts its supervisor, unless a call-off or a later
     /// incarnation has fenced the incarnation out.
-    fn start(&self, tasks: &[Prepared]) -> Vec<Start>;
+    fn start(&self, tasks: &[Prepared]) -> Reply<Start>;
 
     /// The latest status of each (task, incarnation), when its supervisor has written one.
-    fn reports(&self, tasks: &[(&str, u32)]) -> Vec<Option<taskdir::Status>>;
+    fn reports(&self, tasks: &[(&str, u32)]) -> Reply<Option<taskdir::Status>>;
 
-    /// SIGTERM to the supervisor of each (task, incarnation), if that incarnation runs.
-    fn stop(&self, tasks: &[(&str, u32)]);
+    /// SIGTERM to the supervisor of each (task, incarnation), if that incarnation runs:
+    /// whether it was signalled.
+    fn stop(&self, tasks: &[(&str, u32)]) -> Reply<bool>;
 
     /// What each task's directory says of the task's current incarnation.
-    fn look(&self, tasks: &[(&str, &Task)]) -> Vec<Result<Look>>;
+    fn look(&self, tasks: &[(&str, &Task)]) -> Reply<Result<Look, String>>;
 
     /// The stamp of each task's status file (None: no status yet).
-    fn stamps(&self, tasks: &[&str]) -> Vec<Option<Stamp>>;
+    fn stamps(&self, tasks: &[&str]) -> Reply<Option<Stamp>>;
 
     /// Calls off each (task, incarnation) whose start no supervisor has taken: afterwards
     /// no supervisor can start it. false where a supervisor got there first.
-    fn call_off(&self, tasks: &[(&str, u32)]) -> Vec<bool>;
+    fn call_off(&self, tasks: &[(&str, u32)]) -> Reply<bool>;
 
     /// Signals and kills, each checked against pid and start time first: Ok(false) when the
     /// process signalled first was gone.
-    fn act(&self, acts: &[(&str, &Act)]) -> Vec<Result<bool, String>>;
+    fn act(&self, acts: &[(&str, &Act)]) -> Reply<Result<bool, String>>;
 
     /// Every supervisor at work on the host that has reported (one that has not yet cannot
     /// be told from a start under way).
-    fn supervisors(&self) -> Vec<Found>;
+    fn supervisors(&self) -> Reply<Found>;
 }
 
 /// Every local host root on this machine (`run/*` beside the state file), with the host
@@ -115,16 +145,26 @@ pub fn local_hosts(state: &Path) -> Vec<(String, Local)> {
 }
 
 /// How to reach `host`, a host of the state at `state`. Local hosts keep their task
-/// directories under `run/HOST/` beside the state file.
+/// directories under `run/HOST/` beside the state file; ssh hosts are reached with
+/// FORMIC_SSH (default `ssh`), their connections shared through sockets beside the state
+/// file, running `formic-host` from FORMIC_REMOTE_BIN there (default: its PATH).
 pub fn reach(state: &Path, host: &Host) -> Result<Box<dyn TaskHost>> {
-    match host.transport {
-        Transport::Local => Ok(Box::new(Local::new(taskdir::host_root(state, &host.name)))),
-        _ => Err(fail(
-            Status::Unavailable,
-            format!(
-                "host {} is reached by ssh, which formic does not do yet",
-                host.name
-            ),
-        )),
-    }
+    Ok(match host.transport {
+        Transport::Local => Box::new(Local::new(taskdir::host_root(state, &host.name))),
+        Transport::Ssh => {
+            let command = std::env::var("FORMIC_SSH").unwrap_or_else(|_| "ssh".into());
+            let remote_bin = std::env::var("FORMIC_REMOTE_BIN").ok();
+            let control = state
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Box::new(Ssh::new(
+                &command,
+                host.ssh_target(),
+                host.root().into(),
+                control,
+                remote_bin.as_deref(),
+            ))
+        }
+    })
 }

@@ -68,6 +68,7 @@ fn apply(tx: &mut Txn, i: u64) -> anyhow::Result<()> {
         cpu_factor: 1.0,
         transport: Transport::Local,
         maintenance: Maintenance::none(),
+        access: Default::default(),
     };
     let host_slot = tx.upsert(host);
     let job = tx.view().jobs.find(&plan.job).unwrap_or_else(|| {

@@ -393,6 +393,23 @@ pub(crate) fn host() -> impl Strategy<Value = Host> {
                         Transport::Local
                     },
                     maintenance,
+                    access: formic::host::Access {
+                        address: if ssh {
+                            "198.18.0.2".into()
+                        } else {
+                            String::new()
+                        },
+                        ssh: if ssh {
+                            "root@198.18.0.2:22".into()
+                        } else {
+                            String::new()
+                        },
+                        root: if ssh {
+                            "/var/lib/formic/host".into()
+                        } else {
+                            String::new()
+                        },
+                    },
                 }
             },
         )
@@ -503,6 +520,7 @@ fn base() -> &'static Base {
             cpu_factor: 1.0 + i as f64 / 10.0,
             transport: Transport::Local,
             maintenance: Maintenance::none(),
+            access: Default::default(),
         };
         for i in 0..6 {
             s.write(|tx| {

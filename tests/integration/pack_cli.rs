@@ -209,6 +209,7 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
                 cpu_factor: 1.0,
                 transport: Transport::Local,
                 maintenance: Maintenance::none(),
+                access: Default::default(),
             });
         }
         for t in tasks {

@@ -946,6 +946,7 @@ fn write_state(
                 cpu_factor: h.factor(),
                 transport: Transport::Local,
                 maintenance: Maintenance::none(),
+                access: Default::default(),
             });
         }
         for e in existing {

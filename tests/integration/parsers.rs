@@ -1362,6 +1362,7 @@ proptest! {
                 cpu_factor: 1.0,
                 transport: if *ssh { Transport::Ssh } else { Transport::Local },
                 maintenance: Maintenance::none(),
+                access: Default::default(),
             }));
         }
         for (j, (names, primary)) in f.jobs.iter().enumerate() {

@@ -1,0 +1,161 @@
+//! `formic-host`: the host's half of launch and reap, run on a remote host through ssh. It
+//! reads one request (see `wire`) on standard input, carries it out on the host's task
+//! directories exactly as launch and reap do on a local host, and prints the answers. It
+//! keeps nothing running but the supervisors it starts: no agent, no daemon.
+
+use std::io::{self, BufRead, Read, Write};
+
+use anyhow::{Context, Result};
+
+use super::local::Local;
+use super::wire::{Answer, End, FoundWire, LookWire, Op, Request, StartWire};
+use super::{Prepared, Reply, TaskHost};
+use crate::exit::{bad_input, Status};
+use crate::supervise::Spec;
+
+/// The host's half of launch and reap, for a scheduler that reaches this host over ssh.
+///
+/// Reads one request (a JSON line formic writes) on standard input, carries it out on this
+/// host's task directories (start supervisors, report their status, call starts off,
+/// signal, list supervisors) and prints one JSON line per answer, then a line counting
+/// them. Not meant for people: give it as the forced command of the ssh key the scheduler
+/// uses (`command="formic-host",restrict` in root's authorized_keys).
+#[derive(clap::Parser, Debug)]
+#[command(name = "formic-host", version, after_help = crate::exit::TABLE)]
+pub struct Cli {}
+
+/// The longest request read: a start of every task a host could hold, with their specs.
+const MAX_REQUEST: u64 = 64 << 20;
+
+pub fn run(_: Cli) -> Result<Status> {
+    let mut line = String::new();
+    io::stdin()
+        .lock()
+        .take(MAX_REQUEST)
+        .read_line(&mut line)
+        .context("reading the request")?;
+    let request: Request = serde_json::from_str(&line)
+        .map_err(|e| bad_input(format!("the request is not one formic sends: {e}")))?;
+    if !request.root.is_absolute()
+        || request
+            .root
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(bad_input(format!(
+            "root {} is not an absolute path without ..",
+            request.root.display()
+        )));
+    }
+    let host = Local::new(request.root.clone());
+    let answers = answer(&host, request.op).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for a in &answers {
+        serde_json::to_writer(&mut out, a)?;
+        out.write_all(b"\n")?;
+    }
+    serde_json::to_writer(&mut out, &End { end: answers.len() })?;
+    out.write_all(b"\n")?;
+    out.flush().context("writing the answer")?;
+    Ok(Status::Done)
+}
+
+/// Carries out one request on `host`.
+pub fn answer(host: &dyn TaskHost, op: Op) -> Reply<Answer> {
+    Ok(match op {
+        Op::Start(tasks) => {
+            let specs: Vec<Result<Spec, String>> = tasks
+                .iter()
+                .map(|t| Spec::parse(&t.spec.to_string()))
+                .collect();
+            let mut answers: Vec<Option<Answer>> = Vec::with_capacity(tasks.len());
+            let mut prepared = Vec::new();
+            for (t, spec) in tasks.iter().zip(&specs) {
+                match spec {
+                    Ok(spec) => {
+                        answers.push(None);
+                        prepared.push(Prepared {
+                            task: &t.task,
+                            incarnation: t.incarnation,
+                            spec,
+                            job: &t.job,
+                        });
+                    }
+                    Err(e) => answers.push(Some(Answer::Start(StartWire::Failed {
+                        why: format!("spec.json: {e}"),
+                        exit: 126,
+                    }))),
+                }
+            }
+            let mut started = host.start(&prepared)?.into_iter();
+            answers
+                .into_iter()
+                .map(|a| {
+                    a.unwrap_or_else(|| {
+                        Answer::Start(started.next().map_or(StartWire::CalledOff, |s| (&s).into()))
+                    })
+                })
+                .collect()
+        }
+        Op::Reports(tasks) => host
+            .reports(&pairs(&tasks))?
+            .into_iter()
+            .map(|s| Answer::Status(s.map(|s| s.to_json())))
+            .collect(),
+        Op::Stop(tasks) => host
+            .stop(&pairs(&tasks))?
+            .into_iter()
+            .map(Answer::Done)
+            .collect(),
+        Op::Look(probes) => {
+            let records: Vec<Result<crate::task::Task, String>> =
+                probes.iter().map(|p| p.task()).collect();
+            let asked: Vec<(&str, &crate::task::Task)> = probes
+                .iter()
+                .zip(&records)
+                .filter_map(|(p, t)| Some((p.task.as_str(), t.as_ref().ok()?)))
+                .collect();
+            let mut looks = host.look(&asked)?.into_iter();
+            records
+                .iter()
+                .map(|t| match t {
+                    Err(e) => Answer::Error(e.clone()),
+                    Ok(_) => match looks.next() {
+                        Some(Ok(l)) => Answer::Look(LookWire::of(&l)),
+                        Some(Err(e)) => Answer::Error(e),
+                        None => Answer::Error("no look".into()),
+                    },
+                })
+                .collect()
+        }
+        Op::Stamps(tasks) => {
+            let ids: Vec<&str> = tasks.iter().map(String::as_str).collect();
+            host.stamps(&ids)?.into_iter().map(Answer::Stamp).collect()
+        }
+        Op::CallOff(tasks) => host
+            .call_off(&pairs(&tasks))?
+            .into_iter()
+            .map(Answer::Done)
+            .collect(),
+        Op::Act(acts) => {
+            let asked: Vec<(&str, &crate::reap::Act)> =
+                acts.iter().map(|(t, a)| (t.as_str(), a)).collect();
+            host.act(&asked)?
+                .into_iter()
+                .map(|r| match r {
+                    Ok(hit) => Answer::Acted(hit),
+                    Err(e) => Answer::Error(e),
+                })
+                .collect()
+        }
+        Op::Supervisors => host
+            .supervisors()?
+            .iter()
+            .map(|f| Answer::Found(FoundWire::of(f)))
+            .collect(),
+    })
+}
+
+fn pairs(tasks: &[(String, u32)]) -> Vec<(&str, u32)> {
+    tasks.iter().map(|(t, n)| (t.as_str(), *n)).collect()
+}
