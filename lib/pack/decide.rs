@@ -9,7 +9,7 @@ use crate::task::TaskState;
 use super::explain::reasons_for;
 use super::fleet::{self, Fleet};
 use super::place::{self, lower_bound, Class, Placer, Scratch, Strategy};
-use super::preempt::preemption;
+use super::preempt::{Room, Victims};
 use super::{Input, Running};
 
 /// What pack decided, in decision order.
@@ -68,9 +68,7 @@ struct Run<'a> {
     /// Production reservations and quota per role (cpus, ram_mb, disk_mb).
     used: Vec<[u64; 3]>,
     role_quota: Vec<Option<[u64; 3]>>,
-    /// Preemptible running tasks per offered host, and which have been preempted.
-    victims: HashMap<usize, Vec<usize>>,
-    preempted_tasks: Vec<bool>,
+    victims: Victims<'a>,
     throttled: HashMap<(usize, u32), f64>,
     /// Per job: why its instances stopped being placeable (set once one fits nowhere).
     stuck: Vec<Option<&'static str>>,
@@ -145,8 +143,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         role_of: Vec::new(),
         used: Vec::new(),
         role_quota: Vec::new(),
-        victims: HashMap::new(),
-        preempted_tasks: vec![false; running.len()],
+        victims: Victims::new(running),
         throttled: HashMap::new(),
         stuck: vec![None; jobs.len()],
         decisions: Vec::new(),
@@ -345,7 +342,7 @@ impl Run<'_> {
                 class.count(fleet, r.host, &values, &mut self.scratch);
                 match (spec.tier, r.host) {
                     (Tier::Production, _) => self.charge(j),
-                    (Tier::Preemptible, Some(h)) => self.victims.entry(h).or_default().push(ri),
+                    (Tier::Preemptible, Some(h)) => self.victims.add(h, ri, spec.priority),
                     (Tier::Preemptible, None) => {}
                 }
             } else if r.state == TaskState::Throttled
@@ -480,19 +477,9 @@ impl Run<'_> {
         if spec.tier != Tier::Production {
             return None;
         }
-        let (h, chosen) = preemption(
-            self.fleet,
-            class,
-            &self.scratch,
-            self.running,
-            &self.victims,
-            &self.preempted_tasks,
-            self.jobs,
-            &self.by_key,
-        )?;
-        for v in chosen {
-            let t = &self.running[v];
-            self.preempted_tasks[v] = true;
+        let Room { host: h, stop } = self.victims.room_for(self.fleet, class, &self.scratch)?;
+        for v in stop {
+            let t = self.victims.stop(v);
             self.fleet
                 .release(h, t.cpus, t.ram_mb, t.disk_mb, t.gpus, &t.ports);
             self.decisions.push(Decision::Preempt {

@@ -1,36 +1,138 @@
 //! Preemption: for a production instance that fits nowhere, which preemptible instances to
 //! stop, and on which host. Apart from the placement loop: it runs only for an instance
-//! that found no host.
+//! that found no host, and may sort and allocate.
 
-use std::collections::HashMap;
-
-use crate::job::JobSpec;
+use std::collections::BTreeMap;
 
 use super::fleet::{self, Fleet};
 use super::place::{Class, Reason, Scratch};
 use super::Running;
 
-/// For a production instance that fits nowhere: the offered host where the fewest
-/// preemptible instances (lowest priority first) must stop to make room, and those
-/// instances.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn preemption(
-    fleet: &Fleet,
-    class: &Class,
-    scratch: &Scratch,
-    running: &[Running],
-    victims: &HashMap<usize, Vec<usize>>,
-    gone: &[bool],
-    jobs: &[JobSpec],
-    by_key: &HashMap<&str, usize>,
-) -> Option<(usize, Vec<usize>)> {
-    let priority = |v: usize| {
-        by_key
-            .get(running[v].job_key.as_str())
-            .map_or(0, |&j| jobs[j].priority)
-    };
-    let [need_cpu, need_ram, need_gpus] = class.demand();
-    let fits = |h: usize, set: &[usize]| {
+/// The preemptible instances running on offered hosts: what a production instance that fits
+/// nowhere may stop.
+pub(super) struct Victims<'a> {
+    running: &'a [Running],
+    /// Per offered host, in host order: its preemptible tasks.
+    on_host: BTreeMap<usize, Vec<Victim>>,
+    /// The tasks this pass has preempted.
+    gone: Vec<bool>,
+}
+
+/// A preemptible task: its index into the running tasks, and its job's priority.
+#[derive(Clone, Copy)]
+struct Victim {
+    task: usize,
+    priority: i32,
+}
+
+/// Where a production instance goes by preemption: the host, and the tasks to stop there
+/// first (indexes into the running tasks; none when the host has room already).
+pub(super) struct Room {
+    pub host: usize,
+    pub stop: Vec<usize>,
+}
+
+impl<'a> Victims<'a> {
+    pub fn new(running: &'a [Running]) -> Victims<'a> {
+        Victims {
+            running,
+            on_host: BTreeMap::new(),
+            gone: vec![false; running.len()],
+        }
+    }
+
+    /// Running task `t`, of a preemptible job of `priority`, is on offered host `h`.
+    pub fn add(&mut self, h: usize, t: usize, priority: i32) {
+        self.on_host
+            .entry(h)
+            .or_default()
+            .push(Victim { task: t, priority });
+    }
+
+    /// Running task `t` is preempted in this pass: it makes room once. Returns the task.
+    pub fn stop(&mut self, t: usize) -> &'a Running {
+        self.gone[t] = true;
+        &self.running[t]
+    }
+
+    /// For a production instance of `class` that fits nowhere: the offered host where the
+    /// fewest preemptible instances (lowest priority first) must stop to make room, and
+    /// those instances.
+    pub fn room_for(&self, fleet: &Fleet, class: &Class, scratch: &Scratch) -> Option<Room> {
+        // The room found so far, and its worst victim's priority.
+        let mut best: Option<(Room, i64)> = None;
+        for (&h, victims) in &self.on_host {
+            match class.check(fleet, scratch, h) {
+                Ok(()) => {
+                    return Some(Room {
+                        host: h,
+                        stop: Vec::new(),
+                    })
+                }
+                Err(Reason::Cpus | Reason::Ram | Reason::Disk | Reason::Gpus | Reason::Ports) => {}
+                Err(_) => continue, // constraints do not change by stopping anything
+            }
+            let Some(chosen) = self.fewest_on(fleet, class, h, victims) else {
+                continue;
+            };
+            let worst = chosen
+                .iter()
+                .map(|v| v.priority as i64)
+                .max()
+                .unwrap_or(i64::MIN);
+            if best
+                .as_ref()
+                .is_none_or(|(room, p)| (chosen.len(), worst) < (room.stop.len(), *p))
+            {
+                let stop = chosen.iter().map(|v| v.task).collect();
+                best = Some((Room { host: h, stop }, worst));
+            }
+        }
+        best.map(|(room, _)| room)
+    }
+
+    /// The fewest of `victims`, on host `h`, whose stopping makes room for an instance of
+    /// `class`, lowest priority first; None when stopping them all would not.
+    fn fewest_on(
+        &self,
+        fleet: &Fleet,
+        class: &Class,
+        h: usize,
+        victims: &[Victim],
+    ) -> Option<Vec<Victim>> {
+        let mut list: Vec<Victim> = victims
+            .iter()
+            .copied()
+            .filter(|v| !self.gone[v.task])
+            .collect();
+        list.sort_by_key(|v| {
+            (
+                v.priority,
+                std::cmp::Reverse(self.running[v.task].cpus),
+                v.task,
+            )
+        });
+        let enough = (1..=list.len()).find(|&n| self.fits(fleet, class, h, &list[..n]))?;
+        let mut chosen = list[..enough].to_vec();
+        // Taking victims in order may take one that a later, larger one made unnecessary:
+        // give back every victim the room does not need, the most valuable first.
+        for i in (0..chosen.len()).rev() {
+            let without: Vec<Victim> = chosen
+                .iter()
+                .enumerate()
+                .filter(|&(k, _)| k != i)
+                .map(|(_, &v)| v)
+                .collect();
+            if self.fits(fleet, class, h, &without) {
+                chosen = without;
+            }
+        }
+        Some(chosen)
+    }
+
+    /// Whether an instance of `class` fits on host `h` once the tasks of `set` stop.
+    fn fits(&self, fleet: &Fleet, class: &Class, h: usize, set: &[Victim]) -> bool {
+        let [need_cpu, need_ram, need_gpus] = class.demand();
         let (mut cpus, mut ram, mut disk, mut gpus, mut ports) = (
             fleet.cpus[h],
             fleet.ram_mb[h],
@@ -38,8 +140,8 @@ pub(super) fn preemption(
             fleet.gpus[h] as u64,
             fleet.ports[h],
         );
-        for &v in set {
-            let t = &running[v];
+        for v in set {
+            let t = &self.running[v.task];
             cpus += t.cpus;
             ram += t.ram_mb;
             disk += t.disk_mb;
@@ -51,47 +153,5 @@ pub(super) fn preemption(
             && disk >= class.disk_need()
             && gpus >= need_gpus
             && ports >= class.ports_need()
-    };
-    let mut hosts: Vec<&usize> = victims.keys().collect();
-    hosts.sort();
-    // (host, victims, worst victim priority)
-    let mut best: Option<(usize, Vec<usize>, i64)> = None;
-    for &h in hosts {
-        match class.check(fleet, scratch, h) {
-            Ok(()) => return Some((h, Vec::new())),
-            Err(Reason::Cpus | Reason::Ram | Reason::Disk | Reason::Gpus | Reason::Ports) => {}
-            Err(_) => continue, // constraints do not change by stopping anything
-        }
-        let mut list: Vec<usize> = victims[&h].iter().copied().filter(|&v| !gone[v]).collect();
-        list.sort_by_key(|&v| (priority(v), std::cmp::Reverse(running[v].cpus), v));
-        let Some(enough) = (1..=list.len()).find(|&n| fits(h, &list[..n])) else {
-            continue;
-        };
-        let mut chosen = list[..enough].to_vec();
-        // Taking victims in order may take one that a later, larger one made unnecessary:
-        // give back every victim the room does not need, the most valuable first.
-        for i in (0..chosen.len()).rev() {
-            let without: Vec<usize> = chosen
-                .iter()
-                .enumerate()
-                .filter(|&(k, _)| k != i)
-                .map(|(_, &v)| v)
-                .collect();
-            if fits(h, &without) {
-                chosen = without;
-            }
-        }
-        let worst = chosen
-            .iter()
-            .map(|&v| priority(v) as i64)
-            .max()
-            .unwrap_or(i64::MIN);
-        if best
-            .as_ref()
-            .is_none_or(|(_, c, p)| (chosen.len(), worst) < (c.len(), *p))
-        {
-            best = Some((h, chosen, worst));
-        }
     }
-    best.map(|(h, chosen, _)| (h, chosen))
 }
