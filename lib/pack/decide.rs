@@ -10,7 +10,7 @@ use super::explain::reasons_for;
 use super::fleet::{self, Fleet};
 use super::place::{self, lower_bound, Class, Placer, Scratch, Strategy};
 use super::preempt::{Room, Victims};
-use super::{Input, Running};
+use super::{Input, Resources, Running};
 
 /// What pack decided, in decision order.
 pub enum Decision {
@@ -65,9 +65,9 @@ struct Run<'a> {
     classes: Vec<Option<Class>>,
     /// Each job's role, as an index into `used` and `role_quota`.
     role_of: Vec<usize>,
-    /// Production reservations and quota per role (cpus, ram_mb, disk_mb).
-    used: Vec<[u64; 3]>,
-    role_quota: Vec<Option<[u64; 3]>>,
+    /// Production reservations and quota per role.
+    used: Vec<Resources>,
+    role_quota: Vec<Option<Resources>>,
     victims: Victims<'a>,
     throttled: HashMap<(usize, u32), f64>,
     /// Per job: why its instances stopped being placeable (set once one fits nowhere).
@@ -77,8 +77,9 @@ struct Run<'a> {
     reasons: Vec<Vec<(String, u32)>>,
     reason_of_job: HashMap<usize, usize>,
     hosts_used: Vec<bool>,
-    counts: [usize; 3],
-    demand: [u64; 4],
+    placed: usize,
+    pending: usize,
+    preempted: usize,
 }
 
 /// Whether a batch (not service) instance is over: finished, or failed as many times as its
@@ -101,69 +102,11 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         now,
         ..
     } = input;
-    // The least cpus and memory any GPU job needs per GPU: a host left with less than this
-    // beside idle GPUs has stranded them.
-    let per_gpu =
-        jobs.iter()
-            .filter(|j| j.resources.gpus > 0)
-            .fold(None, |acc: Option<(u64, u64)>, j| {
-                let r = &j.resources;
-                let need = (r.cpus as u64 / r.gpus as u64, r.ram_mb / r.gpus as u64);
-                Some(acc.map_or(need, |(c, m)| (c.min(need.0), m.min(need.1))))
-            });
-    let start_caps: [Vec<u64>; 4] = [
-        fleet.ref_cpus.iter().map(|&c| c as u64).collect(),
-        fleet.ram_mb.clone(),
-        fleet.disk_mb.clone(),
-        fleet.gpus.iter().map(|&g| g as u64).collect(),
-    ];
-    let scale = [
-        fleet.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
-        fleet.ram_mb.iter().copied().max().unwrap_or(0),
-    ];
-    let mut in_use = vec![false; fleet.len()];
-    for r in running.iter().filter(|r| r.state.holds_resources()) {
-        if let Some(h) = r.host {
-            in_use[h] = true;
-        }
-    }
-    let mut run = Run {
-        placer: Placer::new(fleet, strategy, per_gpu, &in_use),
-        scratch: Scratch::new(fleet.len()),
-        hosts_used: vec![false; fleet.len()],
-        fleet,
-        jobs,
-        running,
-        by_key: jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (j.key.as_str(), i))
-            .collect(),
-        classes: (0..jobs.len()).map(|_| None).collect(),
-        role_of: Vec::new(),
-        used: Vec::new(),
-        role_quota: Vec::new(),
-        victims: Victims::new(running),
-        throttled: HashMap::new(),
-        stuck: vec![None; jobs.len()],
-        decisions: Vec::new(),
-        ports: Vec::new(),
-        reasons: Vec::new(),
-        reason_of_job: HashMap::new(),
-        counts: [0; 3],
-        demand: [0; 4],
-    };
-    // Roles are numbered once here, so the loop indexes rather than hashes.
-    let mut roles: HashMap<&str, usize> = HashMap::new();
-    for spec in jobs.iter() {
-        let next = roles.len();
-        let r = *roles.entry(spec.role()).or_insert(next);
-        run.role_of.push(r);
-        if r == run.used.len() {
-            run.used.push([0; 3]);
-            run.role_quota.push(quota.get(spec.role()).copied());
-        }
-    }
+    // What the offers hold before this pass frees anything: the lower bound and whether the
+    // fleet is oversubscribed are measured against it, the jobs' sizes against its largest.
+    let offered = fleet.free_columns();
+    let scale = fleet.largest();
+    let mut run = Run::new(fleet, jobs, running, quota, strategy);
     let present = run.take_stock(*now, prune);
     let missing: Vec<Vec<u32>> = jobs
         .iter()
@@ -175,58 +118,31 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
         })
         .collect();
     // Oversubscribed: some resource is asked for more than the offers hold in all.
-    let mut want = [0u64; 4];
-    for (j, spec) in jobs.iter().enumerate() {
-        let n = missing[j].len() as u64;
-        let r = &spec.resources;
-        for (d, amount) in [r.cpus as u64, r.ram_mb, r.disk_mb, r.gpus as u64]
-            .into_iter()
-            .enumerate()
-        {
-            want[d] += n * amount;
-        }
+    let mut want = Resources::default();
+    for (spec, m) in jobs.iter().zip(&missing) {
+        want += Resources::of(&spec.resources).times(m.len() as u64);
     }
-    let oversubscribed = (0..4).any(|d| want[d] > start_caps[d].iter().sum::<u64>());
-    let gpu_scale = fleet_gpus_max(run.fleet);
-    let order = place::order(jobs, [scale[0], scale[1], gpu_scale], oversubscribed);
+    let total = Resources::from_array(offered.each_ref().map(|c| c.iter().sum()));
+    let oversubscribed = !want.fits_in(total);
+    // The order's GPU scale is read after take_stock has freed the room of what this pass
+    // kills, its cpus and ram scale before. Kept as it was: reading both at one point would
+    // reorder jobs when a kill frees the most GPUs any host has.
+    let order_scale = Resources {
+        gpus: fleet_gpus_max(run.fleet),
+        ..scale
+    };
+    let order = place::order(jobs, order_scale, oversubscribed);
     for group in place::groups(jobs, &order) {
-        // Jobs with limits are placed one after the other, each with its own counts. The
-        // others are interleaved instance by instance between those heavier in cpus and
-        // those heavier in memory, so hosts fill with a mix rather than strand one resource.
-        let (sequential, free): (Vec<usize>, Vec<usize>) = group
-            .iter()
-            .partition(|&&j| run.class(j).has_limits() || jobs[j].resources.gpus > 0);
-        for j in sequential {
-            run.scratch.load(run.classes[j].as_ref().unwrap());
-            for &instance in &missing[j] {
-                run.place_one(j, instance);
-            }
-        }
-        let (cpu_heavy, ram_heavy): (Vec<usize>, Vec<usize>) = free.iter().partition(|&&j| {
-            let r = &jobs[j].resources;
-            r.cpus as f64 / scale[0].max(1) as f64 >= r.ram_mb as f64 / scale[1].max(1) as f64
-        });
-        let mut streams = [
-            Stream::new(cpu_heavy, &missing),
-            Stream::new(ram_heavy, &missing),
-        ];
-        while let Some(s) = Stream::next_turn(&streams) {
-            let (j, instance) = streams[s].take(&missing);
-            run.place_one(j, instance);
-        }
+        run.place_group(&group, &missing, scale);
     }
-    let caps = [
-        &start_caps[0][..],
-        &start_caps[1][..],
-        &start_caps[2][..],
-        &start_caps[3][..],
-    ];
     Outcome {
-        lower_bound: lower_bound(caps, run.demand),
+        // Every missing instance went through place_one once: `want` is what was placed
+        // or left pending.
+        lower_bound: lower_bound(offered, want),
         hosts_used: run.hosts_used.iter().filter(|&&u| u).count(),
-        placed: run.counts[0],
-        pending: run.counts[1],
-        preempted: run.counts[2],
+        placed: run.placed,
+        pending: run.pending,
+        preempted: run.preempted,
         decisions: run.decisions,
         ports: run.ports,
         reasons: run.reasons,
@@ -283,7 +199,100 @@ impl Stream {
     }
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(
+        fleet: &'a mut Fleet,
+        jobs: &'a [JobSpec],
+        running: &'a [Running],
+        quota: &HashMap<String, Resources>,
+        strategy: Strategy,
+    ) -> Run<'a> {
+        // The least cpus and memory any GPU job needs per GPU: a host left with less than
+        // this beside idle GPUs has stranded them.
+        let per_gpu = jobs.iter().filter(|j| j.resources.gpus > 0).fold(
+            None,
+            |acc: Option<(u64, u64)>, j| {
+                let r = &j.resources;
+                let need = (r.cpus as u64 / r.gpus as u64, r.ram_mb / r.gpus as u64);
+                Some(acc.map_or(need, |(c, m)| (c.min(need.0), m.min(need.1))))
+            },
+        );
+        let mut in_use = vec![false; fleet.len()];
+        for r in running.iter().filter(|r| r.state.holds_resources()) {
+            if let Some(h) = r.host {
+                in_use[h] = true;
+            }
+        }
+        let mut run = Run {
+            placer: Placer::new(fleet, strategy, per_gpu, &in_use),
+            scratch: Scratch::new(fleet.len()),
+            hosts_used: vec![false; fleet.len()],
+            fleet,
+            jobs,
+            running,
+            by_key: jobs
+                .iter()
+                .enumerate()
+                .map(|(i, j)| (j.key.as_str(), i))
+                .collect(),
+            classes: (0..jobs.len()).map(|_| None).collect(),
+            role_of: Vec::new(),
+            used: Vec::new(),
+            role_quota: Vec::new(),
+            victims: Victims::new(running),
+            throttled: HashMap::new(),
+            stuck: vec![None; jobs.len()],
+            decisions: Vec::new(),
+            ports: Vec::new(),
+            reasons: Vec::new(),
+            reason_of_job: HashMap::new(),
+            placed: 0,
+            pending: 0,
+            preempted: 0,
+        };
+        // Roles are numbered once here, so the loop indexes rather than hashes.
+        let mut roles: HashMap<&str, usize> = HashMap::new();
+        for spec in jobs {
+            let next = roles.len();
+            let r = *roles.entry(spec.role()).or_insert(next);
+            run.role_of.push(r);
+            if r == run.used.len() {
+                run.used.push(Resources::default());
+                run.role_quota.push(quota.get(spec.role()).copied());
+            }
+        }
+        run
+    }
+
+    /// Places the missing instances of a group of jobs of one tier and priority.
+    fn place_group(&mut self, group: &[usize], missing: &[Vec<u32>], scale: Resources) {
+        // Jobs with limits are placed one after the other, each with its own counts. The
+        // others are interleaved instance by instance between those heavier in cpus and
+        // those heavier in memory, so hosts fill with a mix rather than strand one resource.
+        let jobs = self.jobs;
+        let (sequential, free): (Vec<usize>, Vec<usize>) = group
+            .iter()
+            .partition(|&&j| self.class(j).has_limits() || jobs[j].resources.gpus > 0);
+        for j in sequential {
+            self.scratch.load(self.classes[j].as_ref().unwrap());
+            for &instance in &missing[j] {
+                self.place_one(j, instance);
+            }
+        }
+        let (cpu_heavy, ram_heavy): (Vec<usize>, Vec<usize>) = free.iter().partition(|&&j| {
+            let r = &jobs[j].resources;
+            r.cpus as f64 / scale.cpus.max(1) as f64 >= r.ram_mb as f64 / scale.ram_mb.max(1) as f64
+        });
+        let mut streams = [
+            Stream::new(cpu_heavy, missing),
+            Stream::new(ram_heavy, missing),
+        ];
+        while let Some(s) = Stream::next_turn(&streams) {
+            let (j, instance) = streams[s].take(missing);
+            self.place_one(j, instance);
+        }
+    }
+
     fn class(&mut self, j: usize) -> &mut Class {
         let (jobs, fleet) = (self.jobs, &mut *self.fleet);
         self.classes[j].get_or_insert_with(|| Class::compile(j, &jobs[j], fleet))
@@ -370,12 +379,6 @@ impl Run<'_> {
     fn place_one(&mut self, j: usize, instance: u32) {
         let spec = &self.jobs[j];
         let r = &spec.resources;
-        for (d, amount) in [r.cpus as u64, r.ram_mb, r.disk_mb, r.gpus as u64]
-            .into_iter()
-            .enumerate()
-        {
-            self.demand[d] += amount;
-        }
         let throttled = if self.throttled.is_empty() {
             None
         } else {
@@ -389,14 +392,13 @@ impl Run<'_> {
                 instance,
                 reasons: self.reasons.len() - 1,
             });
-            self.counts[1] += 1;
+            self.pending += 1;
             return;
         }
         if self.stuck[j].is_none() && spec.tier == Tier::Production {
-            if let Some(q) = self.role_quota[self.role_of[j]] {
-                let u = self.used[self.role_of[j]];
-                let want = [u[0] + r.cpus as u64, u[1] + r.ram_mb, u[2] + r.disk_mb];
-                if want.iter().zip(q).any(|(w, q)| *w > q) {
+            if let Some(quota) = self.role_quota[self.role_of[j]] {
+                let want = self.used[self.role_of[j]] + Resources::of(r);
+                if !want.fits_in(quota) {
                     self.stuck[j] = Some("quota");
                 }
             }
@@ -430,7 +432,7 @@ impl Run<'_> {
                     ports: at..self.ports.len(),
                 });
                 self.hosts_used[h] = true;
-                self.counts[0] += 1;
+                self.placed += 1;
                 if spec.tier == Tier::Production {
                     self.charge(j);
                 }
@@ -456,18 +458,14 @@ impl Run<'_> {
                     instance,
                     reasons: idx,
                 });
-                self.counts[1] += 1;
+                self.pending += 1;
             }
         }
     }
 
     /// Counts one production instance of job `j` against its role's quota.
     fn charge(&mut self, j: usize) {
-        let r = &self.jobs[j].resources;
-        let u = &mut self.used[self.role_of[j]];
-        u[0] += r.cpus as u64;
-        u[1] += r.ram_mb;
-        u[2] += r.disk_mb;
+        self.used[self.role_of[j]] += Resources::of(&self.jobs[j].resources);
     }
 
     /// A production instance that fits nowhere: stops preemptible instances on the host
@@ -489,7 +487,7 @@ impl Run<'_> {
                 job: class.job,
                 instance,
             });
-            self.counts[2] += 1;
+            self.preempted += 1;
         }
         self.placer.update(self.fleet, h);
         Some(h)

@@ -12,7 +12,7 @@ use crate::exit::bad_input;
 use crate::job::JobSpec;
 
 use super::place::{Class, Reason, Scratch};
-use super::{Decision, Fleet, Input, Outcome};
+use super::{Decision, Fleet, Input, Outcome, Resources};
 
 /// Every reason the hosts give, with how many gave it (most first, then by name).
 pub(super) fn reasons_for(
@@ -129,17 +129,14 @@ pub(super) fn explain(
         } if *job == j && *i == instance => Some(*host as usize),
         _ => None,
     });
-    let scale = [
-        fleet.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
-        fleet.ram_mb.iter().copied().max().unwrap_or(0),
-    ];
+    let largest = fleet.largest();
     let mut rows = Vec::new();
     let mut order: Vec<usize> = (0..fleet.len()).collect();
     order.sort_by(|&a, &b| fleet.names[a].cmp(&fleet.names[b]));
     for h in order {
         let verdict = class.check(fleet, &scratch, h);
         let (fits, why) = match verdict {
-            Ok(()) => (true, format!("score {}", fleet_score(fleet, scale, h))),
+            Ok(()) => (true, format!("score {}", fleet_score(fleet, largest, h))),
             Err(r) => (false, class.describe(spec, r)),
         };
         rows.push((fleet.names[h].clone(), fits, why));
@@ -193,8 +190,8 @@ fn explain_only(
 
 /// How full a host is, from 0 (as free as the largest host) to 1 (full), by its scarcest
 /// resource against the fleet's largest: binpack prefers higher scores, spread lower ones.
-fn fleet_score(fleet: &Fleet, scale: [u64; 2], h: usize) -> f64 {
-    let cpu = fleet.ref_cpus[h] as f64 / scale[0].max(1) as f64;
-    let ram = fleet.ram_mb[h] as f64 / scale[1].max(1) as f64;
+fn fleet_score(fleet: &Fleet, largest: Resources, h: usize) -> f64 {
+    let cpu = fleet.ref_cpus[h] as f64 / largest.cpus.max(1) as f64;
+    let ram = fleet.ram_mb[h] as f64 / largest.ram_mb.max(1) as f64;
     ((1.0 - cpu.min(ram)) * 1000.0).round() / 1000.0
 }

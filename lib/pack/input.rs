@@ -15,7 +15,7 @@ use crate::records::{self, Record};
 use crate::state::{State, View};
 use crate::task::{TaskState, NO_HOST};
 
-use super::Fleet;
+use super::{Fleet, Resources};
 
 /// Everything pack read, checked.
 pub struct Input {
@@ -23,7 +23,8 @@ pub struct Input {
     pub jobs: Vec<JobSpec>,
     pub passthrough: Vec<String>,
     pub running: Vec<Running>,
-    pub quota: HashMap<String, [u64; 3]>,
+    /// Per role; gpus are not limited (u64::MAX).
+    pub quota: HashMap<String, Resources>,
     pub now: f64,
     /// `running` was read from a state: placements name the incarnation they create, so
     /// launch can tell whether the view they were decided on still holds.
@@ -43,6 +44,7 @@ pub struct Running {
     pub host: Option<usize>,
     /// Attribute values of its host, by name (for limits on hosts not offered).
     pub attrs: Vec<(String, String)>,
+    /// Physical millicores, as its host was charged.
     pub cpus: u32,
     pub ram_mb: u64,
     pub disk_mb: u64,
@@ -51,6 +53,18 @@ pub struct Running {
     /// Failures so far (reap counts them for the restart policy).
     pub failures: u16,
     pub incarnation: u32,
+}
+
+impl Running {
+    /// What the task holds on its host (cpus in physical millicores).
+    pub fn held(&self) -> Resources {
+        Resources {
+            cpus: self.cpus as u64,
+            ram_mb: self.ram_mb,
+            disk_mb: self.disk_mb,
+            gpus: self.gpus as u64,
+        }
+    }
 }
 
 /// Where pack's input comes from, besides the offers on standard input.
@@ -114,7 +128,7 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
 
 /// A quota file: one object per line, `{"role":"www","cpus":64,"ram_mb":262144,
 /// "disk_mb":0}` (a "type" of "quota" is allowed). A resource left out is not limited.
-fn read_quota(path: &Path) -> Result<HashMap<String, [u64; 3]>> {
+fn read_quota(path: &Path) -> Result<HashMap<String, Resources>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading quota file {}", path.display()))?;
     // Not text is bad input, named where it goes wrong (not an I/O error).
@@ -149,9 +163,13 @@ fn read_quota(path: &Path) -> Result<HashMap<String, [u64; 3]>> {
                 Some(c) => return Err(format!("field \"cpus\": {c} is out of range")),
                 None => u64::MAX,
             };
-            let ram = f.count("ram_mb", 1 << 50)?.unwrap_or(u64::MAX);
-            let disk = f.count("disk_mb", 1 << 60)?.unwrap_or(u64::MAX);
-            Ok((role, [cpus, ram, disk]))
+            let quota = Resources {
+                cpus,
+                ram_mb: f.count("ram_mb", 1 << 50)?.unwrap_or(u64::MAX),
+                disk_mb: f.count("disk_mb", 1 << 60)?.unwrap_or(u64::MAX),
+                gpus: u64::MAX,
+            };
+            Ok((role, quota))
         })();
         let (role, q) =
             parsed.map_err(|e| bad_input(format!("{}: line {}: {e}", path.display(), i + 1)))?;

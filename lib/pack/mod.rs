@@ -6,7 +6,7 @@
 //! first, so bad input (exit 65) emits nothing; `decide` works out what is missing and
 //! places it with the loop in `place` (over the `fleet`'s arrays), calling on `preempt`
 //! when a production instance fits nowhere; `output` writes the records, or `explain`
-//! says why one task goes where it goes.
+//! says why one task goes where it goes. `Resources` is the amount they count in.
 
 mod decide;
 mod explain;
@@ -15,6 +15,7 @@ mod input;
 mod output;
 mod place;
 mod preempt;
+mod resources;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub use decide::{decide, Decision, Outcome};
 pub use fleet::Fleet;
 pub use input::{Input, Running};
 pub use place::{lower_bound, Strategy};
+pub use resources::Resources;
 
 /// Decide where every instance runs
 ///

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::fleet::{self, Fleet};
 use super::place::{Class, Reason, Scratch};
-use super::Running;
+use super::{Resources, Running};
 
 /// The preemptible instances running on offered hosts: what a production instance that fits
 /// nowhere may stop.
@@ -132,26 +132,21 @@ impl<'a> Victims<'a> {
 
     /// Whether an instance of `class` fits on host `h` once the tasks of `set` stop.
     fn fits(&self, fleet: &Fleet, class: &Class, h: usize, set: &[Victim]) -> bool {
-        let [need_cpu, need_ram, need_gpus] = class.demand();
-        let (mut cpus, mut ram, mut disk, mut gpus, mut ports) = (
-            fleet.cpus[h],
-            fleet.ram_mb[h],
-            fleet.disk_mb[h],
-            fleet.gpus[h] as u64,
-            fleet.ports[h],
-        );
+        // Physical millicores add up; the instance asks in reference ones.
+        let mut room = Resources {
+            cpus: fleet.cpus[h] as u64,
+            ram_mb: fleet.ram_mb[h],
+            disk_mb: fleet.disk_mb[h],
+            gpus: fleet.gpus[h] as u64,
+        };
+        let mut ports = fleet.ports[h];
         for v in set {
             let t = &self.running[v.task];
-            cpus += t.cpus;
-            ram += t.ram_mb;
-            disk += t.disk_mb;
-            gpus += t.gpus as u64;
+            room += t.held();
             ports += t.ports.len() as u32;
         }
-        fleet::ref_milli(cpus, fleet.cpu_factor[h]) as u64 >= need_cpu
-            && ram >= need_ram
-            && disk >= class.disk_need()
-            && gpus >= need_gpus
-            && ports >= class.ports_need()
+        let physical = u32::try_from(room.cpus).unwrap_or(u32::MAX);
+        room.cpus = fleet::ref_milli(physical, fleet.cpu_factor[h]) as u64;
+        class.need().fits_in(room) && ports >= class.ports_need()
     }
 }
