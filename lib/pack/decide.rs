@@ -309,12 +309,7 @@ impl<'a> Run<'a> {
         for (ri, r) in self.running.iter().enumerate() {
             let Some(&j) = self.by_key.get(r.job_key.as_str()) else {
                 if prune && r.state.holds_resources() {
-                    self.decisions.push(Decision::Kill {
-                        task: r.task.clone(),
-                        incarnation: r.incarnation,
-                        reason: "job removed",
-                    });
-                    self.free_room_of(r);
+                    self.kill(r, "job removed");
                 }
                 continue;
             };
@@ -328,12 +323,7 @@ impl<'a> Run<'a> {
             if r.state.holds_resources() {
                 if r.instance >= spec.instances {
                     // Killed in this pass: it counts for nothing and its room is free.
-                    self.decisions.push(Decision::Kill {
-                        task: r.task.clone(),
-                        incarnation: r.incarnation,
-                        reason: "surplus instance",
-                    });
-                    self.free_room_of(r);
+                    self.kill(r, "surplus instance");
                     continue;
                 }
                 present[j][r.instance as usize] = true;
@@ -364,9 +354,14 @@ impl<'a> Run<'a> {
         present
     }
 
-    /// A task that this pass kills frees its room for this pass: reap stops what pack kills
+    /// Kills a running task. Its room is free for this pass: reap stops what pack kills
     /// before it passes the placements on to launch.
-    fn free_room_of(&mut self, r: &Running) {
+    fn kill(&mut self, r: &Running, reason: &'static str) {
+        self.decisions.push(Decision::Kill {
+            task: r.task.clone(),
+            incarnation: r.incarnation,
+            reason,
+        });
         if let Some(h) = r.host {
             self.fleet
                 .release(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, &r.ports);

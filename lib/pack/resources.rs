@@ -96,25 +96,10 @@ mod tests {
         };
         assert!(room.fits_in(room));
         assert!(Resources::default().fits_in(room));
-        for more in [
-            Resources {
-                cpus: 1,
-                ..Default::default()
-            },
-            Resources {
-                ram_mb: 1,
-                ..Default::default()
-            },
-            Resources {
-                disk_mb: 1,
-                ..Default::default()
-            },
-            Resources {
-                gpus: 1,
-                ..Default::default()
-            },
-        ] {
-            assert!(!(room + more).fits_in(room), "{more:?}");
+        for i in 0..4 {
+            let one = std::array::from_fn(|k| (k == i) as u64);
+            let more = room + Resources::from_array(one);
+            assert!(!more.fits_in(room), "{more:?}");
         }
     }
 
