@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use crate::host::Mode;
 use crate::records::Record;
 
+use super::Resources;
+
 /// No value for an attribute on a host.
 pub const NONE: u32 = u32::MAX;
 
@@ -72,6 +74,11 @@ impl Attrs {
 }
 
 /// Free capacity per host. Index = position of the host's offer on input.
+///
+/// A column per resource, not a `Resources` per host: these are the placement loop's own
+/// data, laid out for `place` and measured with it (benches/pack.rs), in the widths offers
+/// allow (u32 millicores, GPUs and ports, where `Resources` has u64s). What runs once per
+/// pass sees them as `Resources` through `largest` and `free_columns`.
 #[derive(Default, Debug)]
 pub struct Fleet {
     pub names: Vec<String>,
@@ -197,6 +204,28 @@ impl Fleet {
             self.attrs.set(c, h, id);
         }
         c
+    }
+
+    /// The largest free amount of each resource on any one host (cpus in reference
+    /// millicores): the fleet's unit of size.
+    pub fn largest(&self) -> Resources {
+        Resources {
+            cpus: self.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
+            ram_mb: self.ram_mb.iter().copied().max().unwrap_or(0),
+            disk_mb: self.disk_mb.iter().copied().max().unwrap_or(0),
+            gpus: self.gpus.iter().copied().max().unwrap_or(0) as u64,
+        }
+    }
+
+    /// A copy of the free capacity, a column per resource in the order of
+    /// `Resources::to_array` (cpus in reference millicores).
+    pub fn free_columns(&self) -> [Vec<u64>; 4] {
+        [
+            self.ref_cpus.iter().map(|&c| c as u64).collect(),
+            self.ram_mb.clone(),
+            self.disk_mb.clone(),
+            self.gpus.iter().map(|&g| g as u64).collect(),
+        ]
     }
 
     /// Physical millicores host `h` spends on `ref_cpus` reference millicores.

@@ -10,6 +10,7 @@
 
 use crate::job::{Constraint, JobSpec, Tier};
 use crate::pack::fleet::{Fleet, NONE};
+use crate::pack::Resources;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
@@ -54,6 +55,8 @@ enum Scope {
 #[derive(Debug)]
 pub struct Class {
     pub job: usize,
+    /// What one instance asks for, in the widths of the fleet's columns that `check`
+    /// compares them with (no widening in the loop); `need` gives them as `Resources`.
     ref_cpus: u32,
     ram: u64,
     disk: u64,
@@ -319,16 +322,18 @@ impl Class {
         !self.limits.is_empty()
     }
 
-    pub fn disk_need(&self) -> u64 {
-        self.disk
+    /// What one instance asks for (cpus in reference millicores).
+    pub fn need(&self) -> Resources {
+        Resources {
+            cpus: self.ref_cpus as u64,
+            ram_mb: self.ram,
+            disk_mb: self.disk,
+            gpus: self.gpus as u64,
+        }
     }
 
     pub fn ports_need(&self) -> u32 {
         self.ports
-    }
-
-    pub fn demand(&self) -> [u64; 3] {
-        [self.ref_cpus as u64, self.ram, self.gpus as u64]
     }
 }
 
@@ -445,8 +450,9 @@ pub struct Placer {
     bucket: Vec<u16>,
     pos: Vec<u32>,
     kind: Vec<u8>,
-    /// Largest free amount per keyed resource (cpus, ram, gpus) at the start; 0 = unkeyed.
-    scale: [u64; 3],
+    /// Largest free amount per keyed resource at the start: cpus, ram and, when jobs need
+    /// GPUs, gpus (0: not keyed); disk is not keyed.
+    scale: Resources,
     strategy: Strategy,
     /// The least cpus and memory any GPU job needs per GPU.
     per_gpu: Option<(u64, u64)>,
@@ -463,14 +469,12 @@ impl Placer {
         per_gpu: Option<(u64, u64)>,
         in_use: &[bool],
     ) -> Placer {
-        let max = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
-        let cpus: Vec<u64> = fleet.ref_cpus.iter().map(|&c| c as u64).collect();
-        let gpus: Vec<u64> = fleet.gpus.iter().map(|&g| g as u64).collect();
-        let scale = [
-            max(&cpus),
-            max(&fleet.ram_mb),
-            if per_gpu.is_some() { max(&gpus) } else { 0 },
-        ];
+        let largest = fleet.largest();
+        let scale = Resources {
+            disk_mb: 0,
+            gpus: if per_gpu.is_some() { largest.gpus } else { 0 },
+            ..largest
+        };
         let kind = (0..fleet.len())
             .map(|h| match () {
                 _ if strategy == Strategy::Spread || in_use[h] => IN_USE as u8,
@@ -504,9 +508,9 @@ impl Placer {
     fn key(&self, cpus: u64, ram: u64, gpus: u64) -> usize {
         let mut share = 1.0f64;
         for (amount, scale) in [
-            (cpus, self.scale[0]),
-            (ram, self.scale[1]),
-            (gpus, self.scale[2]),
+            (cpus, self.scale.cpus),
+            (ram, self.scale.ram_mb),
+            (gpus, self.scale.gpus),
         ] {
             if scale > 0 {
                 share = share.min(amount as f64 / scale as f64);
@@ -539,7 +543,8 @@ impl Placer {
 
     /// The host the strategy picks for one instance of `class`, if any can take it.
     pub fn find(&self, fleet: &Fleet, class: &Class, scratch: &Scratch) -> Option<usize> {
-        let [c, r, g] = class.demand();
+        let need = class.need();
+        let (c, r, g) = (need.cpus, need.ram_mb, need.gpus);
         let lowest = self.key(c, r, g);
         let fits = |h: &u32| class.check(fleet, scratch, *h as usize).is_ok();
         // Work that needs no GPU takes a host with idle GPUs only when no other will do;
@@ -662,19 +667,17 @@ const GPU_SCAN: usize = 512;
 /// When everything fits, larger first packs into the fewest hosts. When the fleet is
 /// oversubscribed (some resource is asked for more than it has), smaller first places the
 /// most instances, and the most of the scarce resource, that the fleet can hold.
-pub fn order(jobs: &[JobSpec], scale: [u64; 3], oversubscribed: bool) -> Vec<usize> {
+pub fn order(jobs: &[JobSpec], scale: Resources, oversubscribed: bool) -> Vec<usize> {
     let size = |j: &JobSpec| {
         let r = &j.resources;
-        let shares = [
-            r.cpus as f64 / scale[0].max(1) as f64,
-            r.ram_mb as f64 / scale[1].max(1) as f64,
-        ];
-        let g = if scale[2] > 0 {
-            r.gpus as f64 / scale[2] as f64
+        let cpus = r.cpus as f64 / scale.cpus.max(1) as f64;
+        let ram = r.ram_mb as f64 / scale.ram_mb.max(1) as f64;
+        let gpus = if scale.gpus > 0 {
+            r.gpus as f64 / scale.gpus as f64
         } else {
             0.0
         };
-        shares[0].max(shares[1]).max(g)
+        cpus.max(ram).max(gpus)
     };
     let mut idx: Vec<usize> = (0..jobs.len()).collect();
     idx.sort_by(|&a, &b| {
@@ -712,22 +715,49 @@ pub fn groups(jobs: &[JobSpec], order: &[usize]) -> Vec<Vec<usize>> {
 }
 
 /// The resource lower bound on hosts needed: per resource, the fewest hosts (largest
-/// first) whose capacity covers the demand; the bound is the largest of those.
-pub fn lower_bound(capacity: [&[u64]; 4], demand: [u64; 4]) -> usize {
+/// first) whose capacity covers the demand; the bound is the largest of those. `capacity`
+/// has a column per resource, in the order of `Resources::to_array`.
+pub fn lower_bound(capacity: [Vec<u64>; 4], demand: Resources) -> usize {
     let mut bound = 0;
-    for d in 0..4 {
-        if demand[d] == 0 {
+    for (mut caps, want) in capacity.into_iter().zip(demand.to_array()) {
+        if want == 0 {
             continue;
         }
-        let mut caps = capacity[d].to_vec();
         caps.sort_unstable_by(|a, b| b.cmp(a));
         let mut sum = 0u64;
         let n = caps.iter().take_while(|&&c| {
-            let more = sum < demand[d];
+            let more = sum < want;
             sum += c;
             more
         });
         bound = bound.max(n.count());
     }
     bound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_bound_counts_the_largest_hosts_of_the_scarcest_resource() {
+        let capacity = [
+            vec![2000, 8000, 4000],
+            vec![65536, 16384, 16384],
+            vec![100, 100, 100],
+            vec![0, 0, 0],
+        ];
+        let demand = |cpus, ram_mb, disk_mb| Resources {
+            cpus,
+            ram_mb,
+            disk_mb,
+            gpus: 0,
+        };
+        // cpus: the two largest (8000 + 4000) cover 11,000; ram: 65536 alone covers 60,000.
+        assert_eq!(lower_bound(capacity.clone(), demand(11_000, 60_000, 1)), 2);
+        // ram: 65536 + 16384 do not cover 90,000; all three hosts do.
+        assert_eq!(lower_bound(capacity.clone(), demand(1000, 90_000, 1)), 3);
+        // disk alone: 250 MB takes all three hosts of 100.
+        assert_eq!(lower_bound(capacity, demand(1000, 1000, 250)), 3);
+    }
 }

@@ -510,7 +510,12 @@ proptest! {
             let disk = q["disk_mb"].as_u64().unwrap_or(u64::MAX);
             want.insert(q["role"].as_str().unwrap().to_string(), [cpus, ram, disk]);
         }
-        let got: BTreeMap<String, [u64; 3]> = got.unwrap().quota.into_iter().collect();
+        let got: BTreeMap<String, [u64; 3]> = got
+            .unwrap()
+            .quota
+            .into_iter()
+            .map(|(role, q)| (role, [q.cpus, q.ram_mb, q.disk_mb]))
+            .collect();
         prop_assert_eq!(got, want);
     }
 }

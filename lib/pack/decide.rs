@@ -1,0 +1,490 @@
+//! The placement decision: what already runs, which instances are missing, then the loop
+//! that places them (in `place`), with preemption and quota on the way.
+
+use std::collections::HashMap;
+
+use crate::job::{JobSpec, Tier};
+use crate::task::TaskState;
+
+use super::explain::reasons_for;
+use super::fleet::{self, Fleet};
+use super::place::{self, lower_bound, Class, Placer, Scratch, Strategy};
+use super::preempt::{Room, Victims};
+use super::{Input, Resources, Running};
+
+/// What pack decided, in decision order.
+pub enum Decision {
+    Place {
+        job: usize,
+        instance: u32,
+        host: u32,
+        cpus: u32,
+        ports: std::ops::Range<usize>,
+    },
+    Preempt {
+        victim: String,
+        incarnation: u32,
+        host: u32,
+        job: usize,
+        instance: u32,
+    },
+    Pending {
+        job: usize,
+        instance: u32,
+        reasons: usize,
+    },
+    Kill {
+        task: String,
+        incarnation: u32,
+        reason: &'static str,
+    },
+}
+
+/// The decisions and what the summary reports.
+pub struct Outcome {
+    pub decisions: Vec<Decision>,
+    pub ports: Vec<u16>,
+    pub reasons: Vec<Vec<(String, u32)>>,
+    pub placed: usize,
+    pub pending: usize,
+    pub preempted: usize,
+    pub hosts_used: usize,
+    pub lower_bound: usize,
+    /// For --explain: the compiled classes and scratch, by job.
+    pub(super) classes: Vec<Option<Class>>,
+}
+
+/// The state of one decision run: the fleet as it fills, and what has been decided.
+struct Run<'a> {
+    fleet: &'a mut Fleet,
+    jobs: &'a [JobSpec],
+    running: &'a [Running],
+    by_key: HashMap<&'a str, usize>,
+    placer: Placer,
+    scratch: Scratch,
+    classes: Vec<Option<Class>>,
+    /// Each job's role, as an index into `used` and `role_quota`.
+    role_of: Vec<usize>,
+    /// Production reservations and quota per role.
+    used: Vec<Resources>,
+    role_quota: Vec<Option<Resources>>,
+    victims: Victims<'a>,
+    throttled: HashMap<(usize, u32), f64>,
+    /// Per job: why its instances stopped being placeable (set once one fits nowhere).
+    stuck: Vec<Option<&'static str>>,
+    decisions: Vec<Decision>,
+    ports: Vec<u16>,
+    reasons: Vec<Vec<(String, u32)>>,
+    reason_of_job: HashMap<usize, usize>,
+    hosts_used: Vec<bool>,
+    placed: usize,
+    pending: usize,
+    preempted: usize,
+}
+
+/// Whether a batch (not service) instance is over: finished, or failed as many times as its
+/// job's restart policy allows (`restart.max_failures`, 1 when not given).
+fn batch_done(spec: &JobSpec, r: &Running) -> bool {
+    if spec.service {
+        return false;
+    }
+    let max = spec.restart.max_failures;
+    r.state == TaskState::Finished || (r.state == TaskState::Failed && r.failures as u64 >= max)
+}
+
+/// The whole decision: what exists, which instances are missing, then the loop.
+pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
+    let Input {
+        fleet,
+        jobs,
+        running,
+        quota,
+        now,
+        ..
+    } = input;
+    // What the offers hold before this pass frees anything: the lower bound and whether the
+    // fleet is oversubscribed are measured against it, the jobs' sizes against its largest.
+    let offered = fleet.free_columns();
+    let scale = fleet.largest();
+    let mut run = Run::new(fleet, jobs, running, quota, strategy);
+    let present = run.take_stock(*now, prune);
+    let missing: Vec<Vec<u32>> = jobs
+        .iter()
+        .enumerate()
+        .map(|(j, spec)| {
+            (0..spec.instances)
+                .filter(|&i| !present[j][i as usize])
+                .collect()
+        })
+        .collect();
+    // Oversubscribed: some resource is asked for more than the offers hold in all.
+    let mut want = Resources::default();
+    for (spec, m) in jobs.iter().zip(&missing) {
+        want += Resources::of(&spec.resources).times(m.len() as u64);
+    }
+    let total = Resources::from_array(offered.each_ref().map(|c| c.iter().sum()));
+    let oversubscribed = !want.fits_in(total);
+    // The order's GPU scale is read after take_stock has freed the room of what this pass
+    // kills, its cpus and ram scale before. Kept as it was: reading both at one point would
+    // reorder jobs when a kill frees the most GPUs any host has.
+    let order_scale = Resources {
+        gpus: fleet_gpus_max(run.fleet),
+        ..scale
+    };
+    let order = place::order(jobs, order_scale, oversubscribed);
+    for group in place::groups(jobs, &order) {
+        run.place_group(&group, &missing, scale);
+    }
+    Outcome {
+        // Every missing instance went through place_one once: `want` is what was placed
+        // or left pending.
+        lower_bound: lower_bound(offered, want),
+        hosts_used: run.hosts_used.iter().filter(|&&u| u).count(),
+        placed: run.placed,
+        pending: run.pending,
+        preempted: run.preempted,
+        decisions: run.decisions,
+        ports: run.ports,
+        reasons: run.reasons,
+        classes: run.classes,
+    }
+}
+
+fn fleet_gpus_max(fleet: &Fleet) -> u64 {
+    fleet.gpus.iter().copied().max().unwrap_or(0) as u64
+}
+
+/// Instances of a list of jobs, taken in order, one at a time.
+struct Stream {
+    jobs: Vec<usize>,
+    job: usize,
+    instance: usize,
+    taken: usize,
+    total: usize,
+}
+
+impl Stream {
+    fn new(jobs: Vec<usize>, missing: &[Vec<u32>]) -> Stream {
+        let total = jobs.iter().map(|&j| missing[j].len()).sum();
+        Stream {
+            jobs,
+            job: 0,
+            instance: 0,
+            taken: 0,
+            total,
+        }
+    }
+
+    /// Which stream goes next: the one that is proportionally furthest behind.
+    fn next_turn(streams: &[Stream; 2]) -> Option<usize> {
+        let progress =
+            |s: &Stream| (s.taken < s.total).then(|| (s.taken + 1) as f64 / s.total as f64);
+        match (progress(&streams[0]), progress(&streams[1])) {
+            (Some(a), Some(b)) => Some(if a <= b { 0 } else { 1 }),
+            (Some(_), None) => Some(0),
+            (None, Some(_)) => Some(1),
+            (None, None) => None,
+        }
+    }
+
+    fn take(&mut self, missing: &[Vec<u32>]) -> (usize, u32) {
+        while self.instance >= missing[self.jobs[self.job]].len() {
+            self.job += 1;
+            self.instance = 0;
+        }
+        let j = self.jobs[self.job];
+        self.instance += 1;
+        self.taken += 1;
+        (j, missing[j][self.instance - 1])
+    }
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        fleet: &'a mut Fleet,
+        jobs: &'a [JobSpec],
+        running: &'a [Running],
+        quota: &HashMap<String, Resources>,
+        strategy: Strategy,
+    ) -> Run<'a> {
+        // The least cpus and memory any GPU job needs per GPU: a host left with less than
+        // this beside idle GPUs has stranded them.
+        let per_gpu = jobs.iter().filter(|j| j.resources.gpus > 0).fold(
+            None,
+            |acc: Option<(u64, u64)>, j| {
+                let r = &j.resources;
+                let need = (r.cpus as u64 / r.gpus as u64, r.ram_mb / r.gpus as u64);
+                Some(acc.map_or(need, |(c, m)| (c.min(need.0), m.min(need.1))))
+            },
+        );
+        let mut in_use = vec![false; fleet.len()];
+        for r in running.iter().filter(|r| r.state.holds_resources()) {
+            if let Some(h) = r.host {
+                in_use[h] = true;
+            }
+        }
+        let mut run = Run {
+            placer: Placer::new(fleet, strategy, per_gpu, &in_use),
+            scratch: Scratch::new(fleet.len()),
+            hosts_used: vec![false; fleet.len()],
+            fleet,
+            jobs,
+            running,
+            by_key: jobs
+                .iter()
+                .enumerate()
+                .map(|(i, j)| (j.key.as_str(), i))
+                .collect(),
+            classes: (0..jobs.len()).map(|_| None).collect(),
+            role_of: Vec::new(),
+            used: Vec::new(),
+            role_quota: Vec::new(),
+            victims: Victims::new(running),
+            throttled: HashMap::new(),
+            stuck: vec![None; jobs.len()],
+            decisions: Vec::new(),
+            ports: Vec::new(),
+            reasons: Vec::new(),
+            reason_of_job: HashMap::new(),
+            placed: 0,
+            pending: 0,
+            preempted: 0,
+        };
+        // Roles are numbered once here, so the loop indexes rather than hashes.
+        let mut roles: HashMap<&str, usize> = HashMap::new();
+        for spec in jobs {
+            let next = roles.len();
+            let r = *roles.entry(spec.role()).or_insert(next);
+            run.role_of.push(r);
+            if r == run.used.len() {
+                run.used.push(Resources::default());
+                run.role_quota.push(quota.get(spec.role()).copied());
+            }
+        }
+        run
+    }
+
+    /// Places the missing instances of a group of jobs of one tier and priority.
+    fn place_group(&mut self, group: &[usize], missing: &[Vec<u32>], scale: Resources) {
+        // Jobs with limits are placed one after the other, each with its own counts. The
+        // others are interleaved instance by instance between those heavier in cpus and
+        // those heavier in memory, so hosts fill with a mix rather than strand one resource.
+        let jobs = self.jobs;
+        let (sequential, free): (Vec<usize>, Vec<usize>) = group
+            .iter()
+            .partition(|&&j| self.class(j).has_limits() || jobs[j].resources.gpus > 0);
+        for j in sequential {
+            self.scratch.load(self.classes[j].as_ref().unwrap());
+            for &instance in &missing[j] {
+                self.place_one(j, instance);
+            }
+        }
+        let (cpu_heavy, ram_heavy): (Vec<usize>, Vec<usize>) = free.iter().partition(|&&j| {
+            let r = &jobs[j].resources;
+            r.cpus as f64 / scale.cpus.max(1) as f64 >= r.ram_mb as f64 / scale.ram_mb.max(1) as f64
+        });
+        let mut streams = [
+            Stream::new(cpu_heavy, missing),
+            Stream::new(ram_heavy, missing),
+        ];
+        while let Some(s) = Stream::next_turn(&streams) {
+            let (j, instance) = streams[s].take(missing);
+            self.place_one(j, instance);
+        }
+    }
+
+    fn class(&mut self, j: usize) -> &mut Class {
+        let (jobs, fleet) = (self.jobs, &mut *self.fleet);
+        self.classes[j].get_or_insert_with(|| Class::compile(j, &jobs[j], fleet))
+    }
+
+    /// Reads what the state says runs: kills for surplus and removed jobs, counts for limits
+    /// and quota, victims for preemption, backoff times. Returns the instances present.
+    fn take_stock(&mut self, now: f64, prune: bool) -> Vec<Vec<bool>> {
+        let mut present: Vec<Vec<bool>> = self
+            .jobs
+            .iter()
+            .map(|j| vec![false; j.instances as usize])
+            .collect();
+        for (ri, r) in self.running.iter().enumerate() {
+            let Some(&j) = self.by_key.get(r.job_key.as_str()) else {
+                if prune && r.state.holds_resources() {
+                    self.kill(r, "job removed");
+                }
+                continue;
+            };
+            let spec = &self.jobs[j];
+            if r.instance < spec.instances && batch_done(spec, r) {
+                // A batch instance that finished, or failed for the last time, is done:
+                // not placed again.
+                present[j][r.instance as usize] = true;
+                continue;
+            }
+            if r.state.holds_resources() {
+                if r.instance >= spec.instances {
+                    // Killed in this pass: it counts for nothing and its room is free.
+                    self.kill(r, "surplus instance");
+                    continue;
+                }
+                present[j][r.instance as usize] = true;
+                self.class(j);
+                let fleet = &*self.fleet;
+                let values = |col: usize| {
+                    let name = fleet.attrs.key_name(col);
+                    r.attrs
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .and_then(|(_, v)| fleet.attrs.lookup(col, v))
+                        .unwrap_or(fleet::NONE)
+                };
+                let class = self.classes[j].as_mut().unwrap();
+                class.count(fleet, r.host, &values, &mut self.scratch);
+                match (spec.tier, r.host) {
+                    (Tier::Production, _) => self.charge(j),
+                    (Tier::Preemptible, Some(h)) => self.victims.add(h, ri, spec.priority),
+                    (Tier::Preemptible, None) => {}
+                }
+            } else if r.state == TaskState::Throttled
+                && r.not_before > now
+                && r.instance < spec.instances
+            {
+                self.throttled.insert((j, r.instance), r.not_before);
+            }
+        }
+        present
+    }
+
+    /// Kills a running task. Its room is free for this pass: reap stops what pack kills
+    /// before it passes the placements on to launch.
+    fn kill(&mut self, r: &Running, reason: &'static str) {
+        self.decisions.push(Decision::Kill {
+            task: r.task.clone(),
+            incarnation: r.incarnation,
+            reason,
+        });
+        if let Some(h) = r.host {
+            self.fleet
+                .release(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, &r.ports);
+            self.placer.update(self.fleet, h);
+        }
+    }
+
+    /// Places one instance of job `j`, or records it pending. The class's limit counts must
+    /// be loaded in the scratch when the class has limits.
+    fn place_one(&mut self, j: usize, instance: u32) {
+        let spec = &self.jobs[j];
+        let r = &spec.resources;
+        let throttled = if self.throttled.is_empty() {
+            None
+        } else {
+            self.throttled.get(&(j, instance))
+        };
+        if let Some(until) = throttled {
+            self.reasons
+                .push(vec![(format!("throttled until {until:.0}"), 1)]);
+            self.decisions.push(Decision::Pending {
+                job: j,
+                instance,
+                reasons: self.reasons.len() - 1,
+            });
+            self.pending += 1;
+            return;
+        }
+        if self.stuck[j].is_none() && spec.tier == Tier::Production {
+            if let Some(quota) = self.role_quota[self.role_of[j]] {
+                let want = self.used[self.role_of[j]] + Resources::of(r);
+                if !want.fits_in(quota) {
+                    self.stuck[j] = Some("quota");
+                }
+            }
+        }
+        let class = self.classes[j]
+            .take()
+            .unwrap_or_else(|| Class::compile(j, spec, self.fleet));
+        let host = match self.stuck[j] {
+            Some(_) => None,
+            None => self
+                .placer
+                .find(self.fleet, &class, &self.scratch)
+                .or_else(|| self.preempt_for(&class, instance)),
+        };
+        match host {
+            Some(h) => {
+                let (cpus, given) =
+                    self.fleet
+                        .reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
+                self.placer.update(self.fleet, h);
+                let mut class = class;
+                class.count(self.fleet, Some(h), &|_| fleet::NONE, &mut self.scratch);
+                self.classes[j] = Some(class);
+                let at = self.ports.len();
+                self.ports.extend(given);
+                self.decisions.push(Decision::Place {
+                    job: j,
+                    instance,
+                    host: h as u32,
+                    cpus,
+                    ports: at..self.ports.len(),
+                });
+                self.hosts_used[h] = true;
+                self.placed += 1;
+                if spec.tier == Tier::Production {
+                    self.charge(j);
+                }
+            }
+            None => {
+                // Instances of a job are identical: once one fits nowhere, the rest cannot
+                // fit either, and share its reasons.
+                let why = *self.stuck[j].get_or_insert("");
+                let idx = match self.reason_of_job.get(&j) {
+                    Some(&idx) => idx,
+                    None => {
+                        self.reasons.push(match why {
+                            "quota" => vec![("quota".to_string(), 1)],
+                            _ => reasons_for(self.fleet, &class, &self.scratch, spec),
+                        });
+                        self.reason_of_job.insert(j, self.reasons.len() - 1);
+                        self.reasons.len() - 1
+                    }
+                };
+                self.classes[j] = Some(class);
+                self.decisions.push(Decision::Pending {
+                    job: j,
+                    instance,
+                    reasons: idx,
+                });
+                self.pending += 1;
+            }
+        }
+    }
+
+    /// Counts one production instance of job `j` against its role's quota.
+    fn charge(&mut self, j: usize) {
+        self.used[self.role_of[j]] += Resources::of(&self.jobs[j].resources);
+    }
+
+    /// A production instance that fits nowhere: stops preemptible instances on the host
+    /// needing the fewest, and returns that host.
+    fn preempt_for(&mut self, class: &Class, instance: u32) -> Option<usize> {
+        let spec = &self.jobs[class.job];
+        if spec.tier != Tier::Production {
+            return None;
+        }
+        let Room { host: h, stop } = self.victims.room_for(self.fleet, class, &self.scratch)?;
+        for v in stop {
+            let t = self.victims.stop(v);
+            self.fleet
+                .release(h, t.cpus, t.ram_mb, t.disk_mb, t.gpus, &t.ports);
+            self.decisions.push(Decision::Preempt {
+                victim: t.task.clone(),
+                incarnation: t.incarnation,
+                host: h as u32,
+                job: class.job,
+                instance,
+            });
+            self.preempted += 1;
+        }
+        self.placer.update(self.fleet, h);
+        Some(h)
+    }
+}

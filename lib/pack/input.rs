@@ -1,0 +1,210 @@
+//! Reading pack's input: offers from standard input, jobs from their files, quotas, and
+//! what the state says runs (from the paths given, whatever named them). Everything is read
+//! and checked before anything is decided, so bad input emits no record.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+
+use crate::exit::{bad_input, status_of, Status};
+use crate::job::{self, JobSpec};
+use crate::records::{self, Record};
+use crate::state::{State, View};
+use crate::task::{TaskState, NO_HOST};
+
+use super::{Fleet, Resources};
+
+/// Everything pack read, checked.
+pub struct Input {
+    pub fleet: Fleet,
+    pub jobs: Vec<JobSpec>,
+    pub passthrough: Vec<String>,
+    pub running: Vec<Running>,
+    /// Per role; gpus are not limited (u64::MAX).
+    pub quota: HashMap<String, Resources>,
+    pub now: f64,
+    /// `running` was read from a state: placements name the incarnation they create, so
+    /// launch can tell whether the view they were decided on still holds.
+    pub from_state: bool,
+    /// Job files, lines or jobs that could not be read (their jobs are not placed).
+    pub job_errors: Vec<String>,
+}
+
+/// A task the state says exists, with what pack needs of it.
+pub struct Running {
+    pub task: String,
+    pub job_key: String,
+    pub instance: u32,
+    pub state: TaskState,
+    pub not_before: f64,
+    /// Offered host, if the task's host is offered.
+    pub host: Option<usize>,
+    /// Attribute values of its host, by name (for limits on hosts not offered).
+    pub attrs: Vec<(String, String)>,
+    /// Physical millicores, as its host was charged.
+    pub cpus: u32,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    pub gpus: u32,
+    pub ports: Vec<u16>,
+    /// Failures so far (reap counts them for the restart policy).
+    pub failures: u16,
+    pub incarnation: u32,
+}
+
+impl Running {
+    /// What the task holds on its host (cpus in physical millicores).
+    pub fn held(&self) -> Resources {
+        Resources {
+            cpus: self.cpus as u64,
+            ram_mb: self.ram_mb,
+            disk_mb: self.disk_mb,
+            gpus: self.gpus as u64,
+        }
+    }
+}
+
+/// Where pack's input comes from, besides the offers on standard input.
+pub struct Sources<'a> {
+    /// Job files, or directories of them.
+    pub jobs: &'a [PathBuf],
+    pub quota: Option<&'a Path>,
+    pub state: Option<&'a Path>,
+}
+
+/// Reads offers from `stdin`, jobs from their files, and the state if given. Every problem
+/// is reported; any problem fails the whole run before a record is written.
+pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
+    let job::Read {
+        jobs,
+        errors: job_errors,
+    } = job::read_all(from.jobs);
+    let mut fleet = Fleet::default();
+    let mut passthrough = Vec::new();
+    let mut errors = Vec::new();
+    for item in records::Reader::new(stdin) {
+        let rec: Record = match item {
+            Ok(r) => r,
+            Err(e) if status_of(&e) == Status::BadInput => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if rec.kind() != "offer" {
+            passthrough.push(rec.raw);
+            continue;
+        }
+        if let Err(e) = fleet.add_offer(&rec) {
+            errors.push(format!("line {}: {e}", rec.line));
+        }
+    }
+    crate::exit::refuse_batch("pack", &errors, "offers", "nothing was placed")?;
+    let quota = match from.quota {
+        Some(path) => read_quota(path)?,
+        None => HashMap::new(),
+    };
+    let running = match from.state {
+        Some(path) => running(State::open(path)?.view(), &fleet),
+        None => Vec::new(),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    Ok(Input {
+        fleet,
+        jobs,
+        passthrough,
+        running,
+        quota,
+        now,
+        from_state: from.state.is_some(),
+        job_errors,
+    })
+}
+
+/// A quota file: one object per line, `{"role":"www","cpus":64,"ram_mb":262144,
+/// "disk_mb":0}` (a "type" of "quota" is allowed). A resource left out is not limited.
+fn read_quota(path: &Path) -> Result<HashMap<String, Resources>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading quota file {}", path.display()))?;
+    // Not text is bad input, named where it goes wrong (not an I/O error).
+    let text = String::from_utf8(bytes).map_err(|e| {
+        bad_input(format!(
+            "quota file {}: not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let mut quota = HashMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let parsed = (|| -> Result<_, String> {
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+            let fields = value.as_object().ok_or("expected a JSON object")?;
+            let f = records::Fields(fields);
+            f.only(&["type", "role", "cpus", "ram_mb", "disk_mb"])?;
+            if f.str("type")?.is_some_and(|t| t != "quota") {
+                return Err("field \"type\": expected \"quota\"".into());
+            }
+            let role = f
+                .str("role")?
+                .ok_or("field \"role\" is missing")?
+                .to_string();
+            let cpus = match f.f64("cpus")? {
+                Some(c) if (0.0..=1e9).contains(&c) => crate::host::millicores(c) as u64,
+                Some(c) => return Err(format!("field \"cpus\": {c} is out of range")),
+                None => u64::MAX,
+            };
+            let quota = Resources {
+                cpus,
+                ram_mb: f.count("ram_mb", 1 << 50)?.unwrap_or(u64::MAX),
+                disk_mb: f.count("disk_mb", 1 << 60)?.unwrap_or(u64::MAX),
+                gpus: u64::MAX,
+            };
+            Ok((role, quota))
+        })();
+        let (role, q) =
+            parsed.map_err(|e| bad_input(format!("{}: line {}: {e}", path.display(), i + 1)))?;
+        quota.insert(role, q);
+    }
+    Ok(quota)
+}
+
+/// The tasks of the state that pack must know of: all but the finished ones.
+fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
+    let mut out = Vec::new();
+    for (_, t) in view.tasks.iter() {
+        let Some(job) = view.jobs.get(t.job) else {
+            continue;
+        };
+        let host = (t.host != NO_HOST)
+            .then(|| view.hosts.get(t.host))
+            .flatten();
+        out.push(Running {
+            task: format!("{}/{}", job.key, t.instance),
+            job_key: job.key.clone(),
+            instance: t.instance,
+            state: t.state,
+            not_before: t.not_before,
+            host: host.and_then(|h| fleet.by_name.get(&h.name).map(|&i| i as usize)),
+            attrs: host.map(|h| h.attrs.clone()).unwrap_or_default(),
+            cpus: t.cpus,
+            ram_mb: t.ram_mb,
+            disk_mb: t.disk_mb,
+            gpus: t.gpus,
+            ports: t.ports.iter().copied().filter(|&p| p != 0).collect(),
+            failures: t.failures,
+            incarnation: t.incarnation,
+        });
+    }
+    out.sort_by(|a, b| a.job_key.cmp(&b.job_key).then(a.instance.cmp(&b.instance)));
+    out
+}
