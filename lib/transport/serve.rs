@@ -47,6 +47,10 @@ pub fn run(_: Cli) -> Result<Status> {
             request.root.display()
         )));
     }
+    // Task ids name directories under the root: checked, so none leaves it.
+    for id in task_ids(&request.op) {
+        crate::reap::parse_task_id(id).map_err(bad_input)?;
+    }
     let host = Local::new(request.root.clone());
     let answers = answer(&host, request.op).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut out = io::BufWriter::new(io::stdout().lock());
@@ -154,6 +158,18 @@ pub fn answer(host: &dyn TaskHost, op: Op) -> Reply<Answer> {
             .map(|f| Answer::Found(FoundWire::of(f)))
             .collect(),
     })
+}
+
+/// Every task id a request names.
+fn task_ids(op: &Op) -> Vec<&str> {
+    match op {
+        Op::Start(t) => t.iter().map(|t| t.task.as_str()).collect(),
+        Op::Reports(t) | Op::Stop(t) | Op::CallOff(t) => t.iter().map(|t| t.0.as_str()).collect(),
+        Op::Look(p) => p.iter().map(|p| p.task.as_str()).collect(),
+        Op::Stamps(t) => t.iter().map(String::as_str).collect(),
+        Op::Act(a) => a.iter().map(|a| a.0.as_str()).collect(),
+        Op::Supervisors => Vec::new(),
+    }
 }
 
 fn pairs(tasks: &[(String, u32)]) -> Vec<(&str, u32)> {

@@ -10,6 +10,7 @@ mod corruption;
 mod crash;
 mod docs;
 mod fuzz;
+mod host_side;
 mod launch;
 mod offer_cli;
 mod pack_cli;
