@@ -23,13 +23,17 @@ _launch() {
 
     case "${cmd}" in
         launch)
-            opts="-h -V --state --json --allow-root --grace --wait --pass-env --uid-range --log-group --help --version"
+            opts="-h -V --state --json --parallel --allow-root --grace --wait --pass-env --uid-range --log-group --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --parallel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

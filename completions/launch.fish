@@ -1,4 +1,5 @@
 complete -c launch -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c launch -l parallel -d 'Hosts worked at once' -r
 complete -c launch -l grace -d 'Seconds a stopped task gets between SIGTERM and SIGKILL (at most an hour)' -r
 complete -c launch -l wait -d 'How long to wait for the supervisors to report their tasks running (at most an hour)' -r
 complete -c launch -l pass-env -d 'Variables of launch\'s own environment that tasks also get (repeatable)' -r

@@ -30,6 +30,25 @@ pub fn up_to_an_hour(text: &str) -> Result<f64, String> {
     }
 }
 
+/// How many hosts a tool works at once (each host one ssh session at a time, well under
+/// sshd's MaxSessions of 10).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FanOut {
+    /// Hosts worked at once
+    #[arg(
+        long,
+        env = "FORMIC_PARALLEL",
+        value_name = "N",
+        default_value_t = crate::transport::PARALLEL,
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::value_parser!(u16).range(1..=1024),
+            usize::from
+        ),
+        global = true
+    )]
+    pub parallel: usize,
+}
+
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct StateArgs {
     /// The cluster's state file [default: /var/lib/formic/state for root,

@@ -29,8 +29,8 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use crate::cli::{OutputArgs, StateArgs};
-use crate::exit::{bad_input, fail, status_of, Status, TABLE};
-use crate::host::{millicores, Transport};
+use crate::exit::{bad_input, status_of, Status, TABLE};
+use crate::host::millicores;
 use crate::job::{Check, JobSpec};
 use crate::records::{self, Record, Writer};
 use crate::state::{State, Txn, View};
@@ -56,6 +56,8 @@ pub struct Cli {
     pub state: StateArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub fan_out: crate::cli::FanOut,
     /// Let tasks run as root (when their job names root, or names no user and launch runs
     /// as root); otherwise such a job runs as nobody
     #[arg(long, env = "FORMIC_ALLOW_ROOT")]
@@ -165,7 +167,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         }
     }
     // 3. Result.
-    let reports = await_reports(&hosts, &intents, &starts, cli.wait);
+    let reports = await_reports(&hosts, &intents, &starts, cli.wait, cli.fan_out.parallel);
     let (events, orphaned) = state.write(|tx| record_results(tx, &intents, &starts, &reports))?;
     // A supervisor started for an incarnation the state has moved on from meanwhile.
     for i in orphaned {
@@ -205,44 +207,50 @@ fn reach_hosts(view: &View, state: &Path, intents: &[Intent]) -> Result<Hosts> {
     Ok(hosts)
 }
 
-/// Resolves each intent's spec and starts them, one call per host; the starts come back in
-/// the intents' order.
+/// An intent (its index) with its resolved spec.json and job.json.
+type Resolved = (usize, Spec, String);
+
+/// Resolves each intent's spec and starts them: one call per host, every host at once.
+/// The starts come back in the intents' order.
 fn start_all(cli: &Cli, hosts: &Hosts, intents: &[Intent], specs: &Specs) -> Vec<Start> {
     let mut starts: Vec<Option<Start>> = intents.iter().map(|_| None).collect();
-    for (name, host) in hosts {
-        let mut idx = Vec::new();
-        let mut resolved = Vec::new();
+    // Per host: the intents it starts, with their resolved spec and job.json.
+    let mut work: Vec<(&str, Vec<Resolved>)> = Vec::new();
+    for name in hosts.keys() {
+        let mut mine = Vec::new();
         for (n, i) in intents.iter().enumerate() {
             if i.place.host != *name {
                 continue;
             }
             let job = &specs[&(i.place.job.clone(), i.place.hash.clone())];
             match resolve(cli, i, job) {
-                Ok(spec) => {
-                    idx.push(n);
-                    resolved.push((spec, Value::Object(job.raw.clone()).to_string()));
-                }
+                Ok(spec) => mine.push((n, spec, Value::Object(job.raw.clone()).to_string())),
                 Err(e) => starts[n] = Some(Start::failed(&e)),
             }
         }
-        let prepared: Vec<Prepared> = idx
+        work.push((name, mine));
+    }
+    let answers = transport::fan_out(&work, cli.fan_out.parallel, |(name, mine)| {
+        let prepared: Vec<Prepared> = mine
             .iter()
-            .zip(&resolved)
-            .map(|(&n, (spec, job))| Prepared {
-                task: &intents[n].place.task,
-                incarnation: intents[n].incarnation,
+            .map(|(n, spec, job)| Prepared {
+                task: &intents[*n].place.task,
+                incarnation: intents[*n].incarnation,
                 spec,
                 job,
             })
             .collect();
-        match host.start(&prepared) {
+        hosts[*name].start(&prepared)
+    });
+    for ((name, mine), answer) in work.iter().zip(answers) {
+        match answer {
             Ok(answers) => {
-                for (n, s) in idx.iter().zip(answers) {
+                for ((n, _, _), s) in mine.iter().zip(answers) {
                     starts[*n] = Some(s);
                 }
             }
             Err(e) => {
-                for n in &idx {
+                for (n, _, _) in mine {
                     starts[*n] = Some(Start::Unreached(format!("host {name}: {e}")));
                 }
             }
@@ -261,25 +269,33 @@ fn await_reports(
     intents: &[Intent],
     starts: &[Start],
     wait: f64,
+    parallel: usize,
 ) -> Vec<Option<taskdir::Status>> {
     let deadline = Instant::now() + Duration::from_secs_f64(wait);
     let mut reports: Vec<Option<taskdir::Status>> = vec![None; intents.len()];
     let waiting = |r: &Option<taskdir::Status>| r.as_ref().is_none_or(|s| s.state == "STARTING");
     loop {
-        for (name, host) in hosts {
-            let idx: Vec<usize> = (0..intents.len())
-                .filter(|&n| intents[n].place.host == *name)
-                .filter(|&n| matches!(starts[n], Start::Started) && waiting(&reports[n]))
-                .collect();
-            if idx.is_empty() {
-                continue;
-            }
+        let work: Vec<(&str, Vec<usize>)> = hosts
+            .keys()
+            .map(|name| {
+                let idx = (0..intents.len())
+                    .filter(|&n| intents[n].place.host == *name)
+                    .filter(|&n| matches!(starts[n], Start::Started) && waiting(&reports[n]))
+                    .collect();
+                (name.as_str(), idx)
+            })
+            .filter(|(_, idx): &(&str, Vec<usize>)| !idx.is_empty())
+            .collect();
+        let answers = transport::fan_out(&work, parallel, |(name, idx)| {
             let asked: Vec<(&str, u32)> = idx
                 .iter()
                 .map(|&n| (intents[n].place.task.as_str(), intents[n].incarnation))
                 .collect();
-            // An unreached host is asked again next round, until the deadline.
-            for (n, r) in idx.iter().zip(host.reports(&asked).unwrap_or_default()) {
+            hosts[*name].reports(&asked)
+        });
+        // An unreached host is asked again next round, until the deadline.
+        for ((_, idx), answer) in work.iter().zip(answers) {
+            for (n, r) in idx.iter().zip(answer.unwrap_or_default()) {
                 reports[*n] = r;
             }
         }
@@ -673,8 +689,7 @@ fn num(milli: u64) -> String {
 /// Records every placement that still holds ASSIGNED, with its reservation, as a new
 /// incarnation of its task started by this launch (`me`). Returns the incarnation recorded
 /// for each placement (None where it did not hold) and a conflict record for each that did
-/// not. Placements of a remote host are refused as a whole (launch reaches local hosts
-/// only, so far).
+/// not.
 fn record_intents(
     tx: &mut Txn,
     places: &[Placement],
@@ -686,20 +701,6 @@ fn record_intents(
     let mut incarnations = Vec::with_capacity(places.len());
     let mut conflicts = Vec::new();
     for p in places {
-        let remote = tx
-            .view()
-            .hosts
-            .find(&p.host)
-            .and_then(|h| tx.view().hosts.get(h));
-        if remote.is_some_and(|h| h.transport != Transport::Local) {
-            return Err(fail(
-                Status::Unavailable,
-                format!(
-                    "{}: host {} is reached by ssh, which launch does not do yet",
-                    p.task, p.host
-                ),
-            ));
-        }
         let admitted = match admit(tx.view(), &usage, p, now) {
             Ok(a) => a,
             Err(reason) => {

@@ -302,11 +302,12 @@ fn render(
     })
 }
 
-/// The address clients reach a host's instances at: its `address` attribute when it has
-/// one; else, for a local host, this machine's name (as Aurora announces the agent's host
-/// name); else the host's name.
+/// The address clients reach a host's instances at: the `address` of its record, else its
+/// `address` attribute; else, for a local host, this machine's name (as Aurora announces
+/// the agent's host name); else the host's name.
 fn endpoint_host(host: &Host, this_host: &str) -> String {
-    match (host.attr("address"), host.transport) {
+    let set = Some(host.access.address.as_str()).filter(|a| !a.is_empty());
+    match (set.or(host.attr("address")), host.transport) {
         (Some(a), _) => a.to_string(),
         (None, Transport::Local) => this_host.to_string(),
         (None, _) => host.name.clone(),
@@ -748,6 +749,10 @@ mod tests {
             (m.slot, m.task.as_str(), m.endpoint.as_str()),
             (7, "www/prod/hello/3", "10.0.0.5:31002")
         );
+        // The record's address comes first.
+        let mut h = host(&[("address", "10.0.0.5")]);
+        h.access.address = "198.18.0.7".into();
+        assert_eq!(endpoint_host(&h, "thishost"), "198.18.0.7");
         // Without an address, a local host is reached by this machine's name.
         let local = member(7, &t, &job, &host(&[]), "thishost").unwrap();
         assert_eq!(local.endpoint, "thishost:31002");

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -16,11 +16,11 @@ use super::input::{task_id, Cause};
 use super::out::Out;
 use super::{Timing, POLL};
 use crate::exit::Status;
-use crate::host::{Mode, Transport};
+use crate::host::Mode;
 use crate::process;
 use crate::state::State;
 use crate::task::{Task, TaskState};
-use crate::transport::{self, Stamp, TaskHost};
+use crate::transport::{self, fan_out, Stamp, TaskHost};
 
 /// With --follow, every task directory is looked at this often even when its status file
 /// has not changed (a supervisor that dies without a word changes no file).
@@ -32,7 +32,7 @@ pub(super) fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A task reap looks after: in a holding state on a local host.
+/// A task reap looks after: in a holding state on a host.
 pub(super) struct Watch {
     slot: u32,
     task: Task,
@@ -50,8 +50,13 @@ pub(super) struct Reaper {
     /// What was reported already: a pass repeated every 50 ms says a thing once.
     told: HashSet<String>,
     /// The hosts reached so far, by name.
-    hosts: HashMap<String, Rc<dyn TaskHost>>,
+    hosts: HashMap<String, Arc<dyn TaskHost>>,
+    /// How many hosts are worked at once.
+    pub(super) parallel: usize,
 }
+
+/// Work for one host: its name, the host as reap reaches it, and what concerns it.
+type OnHost<T> = (String, Arc<dyn TaskHost>, T);
 
 /// What a pass left to wait for: tasks still being stopped, with when their stop is due.
 struct Pass {
@@ -59,7 +64,12 @@ struct Pass {
 }
 
 impl Reaper {
-    pub(super) fn open(path: &Path, timing: Timing, human: bool) -> Result<Reaper> {
+    pub(super) fn open(
+        path: &Path,
+        timing: Timing,
+        human: bool,
+        parallel: usize,
+    ) -> Result<Reaper> {
         if !path.exists() {
             State::open(path)?; // the usual message for a missing state
         }
@@ -74,6 +84,7 @@ impl Reaper {
             trouble: 0,
             told: HashSet::new(),
             hosts: HashMap::new(),
+            parallel,
         })
     }
 
@@ -91,7 +102,7 @@ impl Reaper {
     }
 
     /// The host named `name` as reap reaches it (None, with a note, when it cannot be).
-    pub(super) fn host(&mut self, name: &str) -> Option<Rc<dyn TaskHost>> {
+    pub(super) fn host(&mut self, name: &str) -> Option<Arc<dyn TaskHost>> {
         if let Some(h) = self.hosts.get(name) {
             return Some(h.clone());
         }
@@ -102,7 +113,7 @@ impl Reaper {
             .and_then(|s| view.hosts.get(s))?;
         match transport::reach(&self.path, record) {
             Ok(h) => {
-                let h: Rc<dyn TaskHost> = Rc::from(h);
+                let h: Arc<dyn TaskHost> = Arc::from(h);
                 self.hosts.insert(name.to_string(), h.clone());
                 Some(h)
             }
@@ -113,12 +124,11 @@ impl Reaper {
         }
     }
 
-    /// Tasks in holding states on local hosts, and the stops that draining hosts ask for.
+    /// Tasks in holding states, and the stops that draining hosts ask for.
     fn watched(&mut self) -> (Vec<Watch>, HashSet<u32>) {
         let view = self.state.view();
         let mut watches = Vec::new();
         let mut draining = HashSet::new();
-        let mut remote = 0;
         for (slot, t) in view.tasks.iter() {
             if !t.state.holds_resources() {
                 continue;
@@ -126,10 +136,6 @@ impl Reaper {
             let Some(host) = view.hosts.get(t.host) else {
                 continue;
             };
-            if host.transport != Transport::Local {
-                remote += 1;
-                continue;
-            }
             if host.maintenance.mode == Mode::Draining {
                 draining.insert(slot);
             }
@@ -139,12 +145,6 @@ impl Reaper {
                 id: task_id(view, t),
                 host: host.name.clone(),
             });
-        }
-        if remote > 0 {
-            self.note(format!(
-                "{remote} tasks on hosts reached by ssh were not looked at (only local hosts \
-                 are supported so far)"
-            ));
         }
         (watches, draining)
     }
@@ -164,42 +164,55 @@ impl Reaper {
         for w in watches {
             by_host.entry(w.host.clone()).or_default().push(w);
         }
-        let mut plans: Vec<(Watch, Plan)> = Vec::new();
-        let mut stopping = Vec::new();
-        for (name, watches) in by_host {
-            let Some(host) = self.host(&name) else {
-                continue;
-            };
-            let ids: Vec<&str> = watches.iter().map(|w| w.id.as_str()).collect();
-            let stamps = match host.stamps(&ids) {
+        let groups: Vec<OnHost<Vec<Watch>>> = by_host
+            .into_iter()
+            .filter_map(|(name, ws)| Some((name.clone(), self.host(&name)?, ws)))
+            .collect();
+        // Every host at once: the stamps of its tasks' status files, then a look at those
+        // chosen.
+        let stamps = fan_out(&groups, self.parallel, |(_, host, ws)| {
+            let ids: Vec<&str> = ws.iter().map(|w| w.id.as_str()).collect();
+            host.stamps(&ids)
+        });
+        let mut chosen: Vec<OnHost<Vec<(Watch, Option<Cause>)>>> = Vec::new();
+        for ((name, host, watches), stamps) in groups.into_iter().zip(stamps) {
+            let stamps = match stamps {
                 Ok(s) => s,
                 Err(e) => {
                     self.note(format!("host {name} not reached: {e}"));
                     continue;
                 }
             };
-            let mut chosen = Vec::new();
+            let mut mine = Vec::new();
             for (w, stamp) in watches.into_iter().zip(stamps) {
                 let request = requests
                     .get(&w.slot)
                     .copied()
                     .or(draining.contains(&w.slot).then_some(Cause::Drain));
                 if request.is_some() || only(&w, stamp) {
-                    chosen.push((w, request));
+                    mine.push((w, request));
                 }
             }
-            let probes: Vec<(&str, &Task)> = chosen
-                .iter()
-                .map(|(w, _)| (w.id.as_str(), &w.task))
-                .collect();
-            let looks = match host.look(&probes) {
+            if !mine.is_empty() {
+                chosen.push((name, host, mine));
+            }
+        }
+        let looks = fan_out(&chosen, self.parallel, |(_, host, mine)| {
+            let probes: Vec<(&str, &Task)> =
+                mine.iter().map(|(w, _)| (w.id.as_str(), &w.task)).collect();
+            host.look(&probes)
+        });
+        let mut plans: Vec<(Watch, Plan)> = Vec::new();
+        let mut stopping = Vec::new();
+        for ((name, _, mine), looks) in chosen.into_iter().zip(looks) {
+            let looks = match looks {
                 Ok(l) => l,
                 Err(e) => {
                     self.note(format!("host {name} not reached: {e}"));
                     continue;
                 }
             };
-            for ((w, request), look) in chosen.into_iter().zip(looks) {
+            for ((w, request), look) in mine.into_iter().zip(looks) {
                 let mut look = match look {
                     Ok(l) => l,
                     Err(e) => {
@@ -267,37 +280,37 @@ impl Reaper {
     /// supervisor took after all is dropped (the next pass sees it running).
     fn call_off(&mut self, plans: &mut Vec<(Watch, Plan)>) {
         let mut kept = vec![true; plans.len()];
-        for (name, idx) in by_host(plans, |p| p.call_off) {
-            let Some(host) = self.host(&name) else {
-                idx.iter().for_each(|&i| kept[i] = false);
-                continue;
-            };
+        let groups = self.hosts_of(plans, |p| p.call_off);
+        let answers = fan_out(&groups, self.parallel, |(_, host, idx)| {
             let tasks: Vec<(&str, u32)> = idx
                 .iter()
                 .map(|&i| (plans[i].0.id.as_str(), plans[i].0.task.incarnation))
                 .collect();
-            match host.call_off(&tasks) {
-                Ok(answers) => {
-                    for (i, ok) in idx.iter().zip(answers) {
-                        kept[*i] = ok;
-                    }
-                }
+            host.call_off(&tasks)
+        });
+        for ((name, _, idx), answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(oks) => idx.iter().zip(oks).for_each(|(&i, ok)| kept[i] = ok),
                 Err(e) => {
                     idx.iter().for_each(|&i| kept[i] = false);
                     self.note(format!("host {name} not reached: {e}"));
                 }
             }
         }
+        // Plans of hosts that could not be reached at all call nothing off.
+        for (i, (w, p)) in plans.iter().enumerate() {
+            if p.call_off && !groups.iter().any(|(n, _, _)| *n == w.host) {
+                kept[i] = false;
+            }
+        }
         let mut keep = kept.into_iter();
         plans.retain(|_| keep.next().unwrap_or(false));
     }
 
-    /// Carries out the acts `which` picks from each plan, one call per host.
+    /// Carries out the acts `which` picks from each plan, every host at once.
     fn act(&mut self, plans: &[(Watch, Plan)], which: fn(&Plan) -> &Vec<Act>) {
-        for (name, idx) in by_host(plans, |p| !which(p).is_empty()) {
-            let Some(host) = self.host(&name) else {
-                continue;
-            };
+        let groups = self.hosts_of(plans, |p| !which(p).is_empty());
+        let answers = fan_out(&groups, self.parallel, |(_, host, idx)| {
             let acts: Vec<(&str, &Act)> = idx
                 .iter()
                 .flat_map(|&i| {
@@ -305,19 +318,44 @@ impl Reaper {
                     which(p).iter().map(move |a| (w.id.as_str(), a))
                 })
                 .collect();
-            let results = match host.act(&acts) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.note(format!("host {name} not reached: {e}"));
-                    continue;
+            host.act(&acts).map(|r| {
+                acts.iter()
+                    .map(|(t, _)| t.to_string())
+                    .zip(r)
+                    .collect::<Vec<_>>()
+            })
+        });
+        for ((name, _, _), answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(results) => {
+                    for (task, r) in results {
+                        if let Err(e) = r {
+                            self.note(format!("task {task}: {e}"));
+                        }
+                    }
                 }
-            };
-            for ((task, _), r) in acts.iter().zip(results) {
-                if let Err(e) = r {
-                    self.note(format!("task {task}: {e}"));
-                }
+                Err(e) => self.note(format!("host {name} not reached: {e}")),
             }
         }
+    }
+
+    /// The plans that `pick` selects, as indexes grouped by the host they are on, each
+    /// with the host as reap reaches it.
+    fn hosts_of(
+        &mut self,
+        plans: &[(Watch, Plan)],
+        pick: impl Fn(&Plan) -> bool,
+    ) -> Vec<OnHost<Vec<usize>>> {
+        let mut by_host: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, (w, p)) in plans.iter().enumerate() {
+            if pick(p) {
+                by_host.entry(w.host.clone()).or_default().push(i);
+            }
+        }
+        by_host
+            .into_iter()
+            .filter_map(|(name, idx)| Some((name.clone(), self.host(&name)?, idx)))
+            .collect()
     }
 
     /// One pass with these stops, then passes over the stopping tasks until every stop is
@@ -386,15 +424,4 @@ impl Reaper {
             }
         }
     }
-}
-
-/// The plans that `pick` selects, as indexes grouped by host.
-fn by_host(plans: &[(Watch, Plan)], pick: impl Fn(&Plan) -> bool) -> BTreeMap<String, Vec<usize>> {
-    let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, (w, p)) in plans.iter().enumerate() {
-        if pick(p) {
-            out.entry(w.host.clone()).or_default().push(i);
-        }
-    }
-    out
 }

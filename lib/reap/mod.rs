@@ -80,6 +80,8 @@ pub struct Cli {
     pub follow: bool,
     #[command(flatten)]
     pub timing: Timing,
+    #[command(flatten)]
+    pub fan_out: crate::cli::FanOut,
     #[command(subcommand)]
     pub verb: Option<Verb>,
 }
@@ -193,11 +195,13 @@ pub fn run(cli: Cli) -> Result<Status> {
             list::list(&State::open(&path)?, &job, &host, &states, &cli.output)
         }
         Some(Verb::Kill { tasks, job, host }) => {
-            let mut reaper = Reaper::open(&path, cli.timing, human)?;
+            let mut reaper = Reaper::open(&path, cli.timing, human, cli.fan_out.parallel)?;
             let requests = input::named(reaper.view(), &tasks, &job, &host)?;
             reaper.once(requests, &[])
         }
-        None if cli.follow => Reaper::open(&path, cli.timing, human)?.follow(),
+        None if cli.follow => {
+            Reaper::open(&path, cli.timing, human, cli.fan_out.parallel)?.follow()
+        }
         None => {
             let stdin = io::stdin();
             let (stops, passthrough) = if stdin.is_terminal() {
@@ -205,7 +209,7 @@ pub fn run(cli: Cli) -> Result<Status> {
             } else {
                 read_input(stdin.lock())?
             };
-            let mut reaper = Reaper::open(&path, cli.timing, human)?;
+            let mut reaper = Reaper::open(&path, cli.timing, human, cli.fan_out.parallel)?;
             let requests = input::requested(reaper.view(), &stops);
             reaper.once(requests, &passthrough)
         }

@@ -1,16 +1,17 @@
 //! Supervisors at work that the state does not run: found on every host reap reaches, and
 //! stopped like any task.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::Result;
 
 use super::decide::{Act, Event};
 use super::engine::{now, Reaper};
 use super::input::find_task;
+use crate::host::Transport;
 use crate::state::View;
 use crate::task::TaskState;
-use crate::transport::{self, Found, TaskHost};
+use crate::transport::{self, fan_out, Found, TaskHost};
 
 /// Whether the state runs the incarnation that supervisor runs, on its host.
 fn accounted(view: &View, host: &str, s: &Found) -> bool {
@@ -27,17 +28,34 @@ impl Reaper {
     /// the loser, a host removed with --force, a state restored from a backup) is stopped
     /// like any task, SIGTERM first and SIGKILL with its cgroups after its grace.
     pub(super) fn stop_strays(&mut self) -> Result<()> {
-        // Every local host root on this machine, those of hosts no longer in the state too.
-        let hosts = transport::local_hosts(&self.path);
-        let found: Vec<(String, Rc<dyn TaskHost>, Vec<Found>)> = hosts
+        // Every local host root on this machine (those of hosts no longer in the state
+        // too), and every ssh host of the state; all at once.
+        let mut hosts: Vec<(String, Arc<dyn TaskHost>)> = transport::local_hosts(&self.path)
             .into_iter()
-            .map(|(name, host)| {
-                let host: Rc<dyn TaskHost> = Rc::new(host);
-                let found = host.supervisors().unwrap_or_default();
-                (name, host, found)
-            })
-            .filter(|(_, _, found)| !found.is_empty())
+            .map(|(name, host)| (name, Arc::new(host) as Arc<dyn TaskHost>))
             .collect();
+        let remote: Vec<String> = self
+            .state
+            .view()
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.transport == Transport::Ssh)
+            .map(|(_, h)| h.name.clone())
+            .collect();
+        for name in remote {
+            if let Some(h) = self.host(&name) {
+                hosts.push((name, h));
+            }
+        }
+        let answers = fan_out(&hosts, self.parallel, |(_, host)| host.supervisors());
+        let mut found: Vec<(String, Arc<dyn TaskHost>, Vec<Found>)> = Vec::new();
+        for ((name, host), answer) in hosts.into_iter().zip(answers) {
+            match answer {
+                Ok(f) if !f.is_empty() => found.push((name, host, f)),
+                Ok(_) => {}
+                Err(e) => self.note(format!("host {name} not reached: {e}")),
+            }
+        }
         if found.is_empty() {
             return Ok(());
         }

@@ -134,6 +134,43 @@ pub trait TaskHost: Send + Sync {
     fn supervisors(&self) -> Reply<Found>;
 }
 
+/// How many hosts launch and reap work at once unless told (`--parallel`).
+pub const PARALLEL: usize = 32;
+
+/// Runs `f` on every item, up to `parallel` at once, and returns the results in the order
+/// of the items: a step of every host at once, each host one session at a time.
+pub fn fan_out<T: Sync, R: Send>(
+    items: &[T],
+    parallel: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    if items.len() <= 1 || parallel <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every item was worked")
+        })
+        .collect()
+}
+
 /// Every local host root on this machine (`run/*` beside the state file), with the host
 /// names they are for: those of hosts no longer in the state too, whose supervisors may
 /// still run.
