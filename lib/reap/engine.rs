@@ -58,6 +58,9 @@ pub(super) struct Reaper {
 /// Work for one host: its name, the host as reap reaches it, and what concerns it.
 type OnHost<T> = (String, Arc<dyn TaskHost>, T);
 
+/// A task a pass looks at, with the stop asked for it.
+type Chosen = (Watch, Option<Cause>);
+
 /// What a pass left to wait for: tasks still being stopped, with when their stop is due.
 struct Pass {
     stopping: Vec<(u32, f64)>,
@@ -174,7 +177,7 @@ impl Reaper {
             let ids: Vec<&str> = ws.iter().map(|w| w.id.as_str()).collect();
             host.stamps(&ids)
         });
-        let mut chosen: Vec<OnHost<Vec<(Watch, Option<Cause>)>>> = Vec::new();
+        let mut chosen: Vec<OnHost<Vec<Chosen>>> = Vec::new();
         for ((name, host, watches), stamps) in groups.into_iter().zip(stamps) {
             let stamps = match stamps {
                 Ok(s) => s,
