@@ -35,7 +35,10 @@ complete -c offer -n "__fish_offer_needs_command" -f -a "drain" -d 'Drain hosts 
 complete -c offer -n "__fish_offer_needs_command" -f -a "undrain" -d 'End maintenance on hosts'
 complete -c offer -n "__fish_offer_needs_command" -f -a "hosts" -d 'List hosts with their capacity, free capacity, tasks, maintenance and attributes'
 complete -c offer -n "__fish_offer_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c offer -n "__fish_offer_using_subcommand add" -l probe -d 'Register this machine under NAME with its real cores, memory and disk instead of reading standard input' -r
+complete -c offer -n "__fish_offer_using_subcommand add" -l probe -d 'Register a host under NAME with its real cores, memory and disk, measured on it, instead of reading standard input: this machine, or with --ssh the host reached there (formic-host measures it)' -r
+complete -c offer -n "__fish_offer_using_subcommand add" -l ssh -d 'With --probe: reach the host over ssh at [USER@]ADDRESS[:PORT] (transport ssh)' -r
+complete -c offer -n "__fish_offer_using_subcommand add" -l address -d 'With --probe: the address clients reach its tasks at' -r
+complete -c offer -n "__fish_offer_using_subcommand add" -l root -d 'With --probe --ssh: the task-directory root there [default: /var/lib/formic/host]' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l attr -d 'With --probe: an attribute of the host (repeatable)' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l ports -d 'With --probe: the port range the host offers' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::io::{self, IsTerminal};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
 use crate::cli::{self, num, OutputArgs, StateArgs};
-use crate::exit::{bad_input, Status, TABLE};
-use crate::host::{self, check_text, cores, Host, Maintenance, Mode};
+use crate::exit::{bad_input, fail, Status, TABLE};
+use crate::host::{self, check_text, cores, Access, Host, Maintenance, Mode};
 use crate::maintenance;
 use crate::records::{self, Record, Writer};
 use crate::state::{State, View};
@@ -45,10 +45,20 @@ pub enum Verb {
     /// standard output. One bad record fails the whole batch and changes nothing.
     #[command(after_help = TABLE)]
     Add {
-        /// Register this machine under NAME with its real cores, memory and disk instead of
-        /// reading standard input
+        /// Register a host under NAME with its real cores, memory and disk, measured on it,
+        /// instead of reading standard input: this machine, or with --ssh the host reached
+        /// there (formic-host measures it)
         #[arg(long, value_name = "NAME")]
         probe: Option<String>,
+        /// With --probe: reach the host over ssh at [USER@]ADDRESS[:PORT] (transport ssh)
+        #[arg(long, value_name = "TARGET", requires = "probe")]
+        ssh: Option<String>,
+        /// With --probe: the address clients reach its tasks at
+        #[arg(long, value_name = "ADDRESS", requires = "probe")]
+        address: Option<String>,
+        /// With --probe --ssh: the task-directory root there [default: /var/lib/formic/host]
+        #[arg(long, value_name = "PATH", requires = "ssh")]
+        root: Option<String>,
         /// With --probe: an attribute of the host (repeatable)
         #[arg(long = "attr", value_name = "KEY=VALUE", requires = "probe")]
         attrs: Vec<String>,
@@ -139,8 +149,17 @@ pub fn run(cli: Cli) -> Result<Status> {
             probe: Some(name),
             attrs,
             ports,
+            ssh,
+            address,
+            root,
         }) => {
-            let host = probe_host(&name, &attrs, &ports, &path)?;
+            let access = Access {
+                address: address.unwrap_or_default(),
+                ssh: ssh.clone().unwrap_or_default(),
+                root: root.unwrap_or_default(),
+            };
+            let how = if ssh.is_some() { "ssh" } else { "local" };
+            let host = probe_host(&name, &attrs, &ports, how, access, &path)?;
             add(&mut State::open_writer(&path)?, vec![(0, host)], Vec::new())
         }
         Some(Verb::Add { probe: None, .. }) => {
@@ -567,35 +586,36 @@ fn attrs_text(attrs: &[(String, String)]) -> String {
     }
 }
 
-/// This machine as a host: its online cores, total memory, and the size of the filesystem
-/// that holds the state (where sandboxes live).
-fn probe_host(name: &str, attrs: &[String], ports: &str, state: &std::path::Path) -> Result<Host> {
+/// A host record for `name` with what it has measured on it: this machine for a local
+/// host, the far one through formic-host for an ssh host.
+fn probe_host(
+    name: &str,
+    attrs: &[String],
+    ports: &str,
+    transport: &str,
+    access: Access,
+    state: &std::path::Path,
+) -> Result<Host> {
     host::check_name(name).map_err(|e| bad_input(format!("--probe: host name {e}")))?;
-    let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
-        .context("counting cores")?
-        .unwrap_or(1)
-        .max(1) as f64;
-    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    let kb: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no MemTotal in /proc/meminfo")?;
-    let mut dir = state
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    while !dir.exists() {
-        dir = dir.parent().unwrap_or(std::path::Path::new("/"));
-    }
-    let fs =
-        nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
-    let disk_mb = (fs.blocks() as u64 * fs.fragment_size() as u64) >> 20;
     let mut fields = Map::new();
+    fields.insert("type".into(), json!("host"));
+    fields.insert("name".into(), json!(name));
+    // Checked (and its defaults taken) the way a host record's are, before it is reached.
+    fields.insert("transport".into(), json!(transport));
+    for (k, v) in [
+        ("address", &access.address),
+        ("ssh", &access.ssh),
+        ("root", &access.root),
+    ] {
+        if !v.is_empty() {
+            fields.insert(k.into(), json!(v));
+        }
+    }
     let (lo, hi) = ports
         .split_once('-')
         .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
         .ok_or_else(|| bad_input(format!("--ports {ports:?}: expected LOW-HIGH")))?;
+    fields.insert("ports".into(), json!([[lo, hi]]));
     let mut attr_map = Map::new();
     for a in attrs {
         let (k, v) = a
@@ -603,17 +623,28 @@ fn probe_host(name: &str, attrs: &[String], ports: &str, state: &std::path::Path
             .ok_or_else(|| bad_input(format!("--attr {a:?}: expected KEY=VALUE")))?;
         attr_map.insert(k.into(), json!(v));
     }
-    fields.insert("type".into(), json!("host"));
-    fields.insert("name".into(), json!(name));
-    fields.insert("cpus".into(), json!(cpus));
-    fields.insert("ram_mb".into(), json!(kb / 1024));
-    fields.insert("disk_mb".into(), json!(disk_mb));
-    fields.insert("ports".into(), json!([[lo, hi]]));
     fields.insert("attrs".into(), Value::Object(attr_map));
-    let rec = Record {
-        line: 0,
-        raw: String::new(),
-        fields,
+    let record = |fields: &Map<String, Value>| {
+        let rec = Record {
+            line: 0,
+            raw: String::new(),
+            fields: fields.clone(),
+        };
+        Host::from_record(&rec).map_err(|e| bad_input(format!("--probe: {e}")))
     };
-    Host::from_record(&rec).map_err(|e| bad_input(format!("--probe: {e}")))
+    fields.insert("cpus".into(), json!(1));
+    fields.insert("ram_mb".into(), json!(1));
+    let skeleton = record(&fields)?;
+    let measured = crate::transport::reach(state, &skeleton)?
+        .probe()
+        .map_err(|e| {
+            fail(
+                Status::Unavailable,
+                format!("--probe: host {name} not reached: {e}"),
+            )
+        })?;
+    fields.insert("cpus".into(), json!(measured.cpus));
+    fields.insert("ram_mb".into(), json!(measured.ram_mb));
+    fields.insert("disk_mb".into(), json!(measured.disk_mb));
+    record(&fields)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 
-use super::{Found, Look, Prepared, Reply, Stamp, Start, TaskHost};
+use super::{Found, Look, Measured, Prepared, Reply, Stamp, Start, TaskHost, Unreached};
 use crate::process;
 use crate::reap::{Act, Facts, Seen};
 use crate::task::{Task, TaskState};
@@ -212,6 +212,36 @@ impl TaskHost for Local {
         }
         Ok(found)
     }
+
+    fn probe(&self) -> Result<Measured, Unreached> {
+        measure(&self.root).map_err(|e| Unreached(format!("{e:#}")))
+    }
+}
+
+/// This machine's cores and memory, and the size of the file system `root` is on (or would
+/// be on: its nearest existing parent).
+pub fn measure(root: &Path) -> Result<Measured> {
+    let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .context("counting cores")?
+        .unwrap_or(1)
+        .max(1) as f64;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    let mut dir = root;
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("/"));
+    }
+    let fs =
+        nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    Ok(Measured {
+        cpus,
+        ram_mb: kb / 1024,
+        disk_mb: (fs.blocks() as u64 * fs.fragment_size() as u64) >> 20,
+    })
 }
 
 /// Looks at a task's directory. The order matters: a supervisor writes its final status

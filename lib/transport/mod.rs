@@ -84,6 +84,16 @@ pub struct Found {
     pub facts: Facts,
 }
 
+/// What a host has, measured on it: its online cores, its memory, and the size of the file
+/// system its task directories are on.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measured {
+    pub cpus: f64,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+}
+
 /// Something that changes whenever a task's status file is replaced: reap --follow looks
 /// again only at tasks whose stamp moved.
 pub type Stamp = (u64, i64, i64, u64);
@@ -132,6 +142,9 @@ pub trait TaskHost: Send + Sync {
     /// Every supervisor at work on the host that has reported (one that has not yet cannot
     /// be told from a start under way).
     fn supervisors(&self) -> Reply<Found>;
+
+    /// What the host has (`offer add --probe`).
+    fn probe(&self) -> Result<Measured, Unreached>;
 }
 
 /// How many hosts launch and reap work at once unless told (`--parallel`).

@@ -157,6 +157,7 @@ pub fn answer(host: &dyn TaskHost, op: Op) -> Reply<Answer> {
             .iter()
             .map(|f| Answer::Found(FoundWire::of(f)))
             .collect(),
+        Op::Probe => vec![Answer::Probe(host.probe()?)],
     })
 }
 
@@ -168,7 +169,7 @@ fn task_ids(op: &Op) -> Vec<&str> {
         Op::Look(p) => p.iter().map(|p| p.task.as_str()).collect(),
         Op::Stamps(t) => t.iter().map(String::as_str).collect(),
         Op::Act(a) => a.iter().map(|a| a.0.as_str()).collect(),
-        Op::Supervisors => Vec::new(),
+        Op::Supervisors | Op::Probe => Vec::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::wire::{Answer, End, FoundWire, LookWire, Op, Probe, Request, StartTask};
-use super::{Found, Look, Prepared, Reply, Stamp, Start, TaskHost, Unreached};
+use super::{Found, Look, Measured, Prepared, Reply, Stamp, Start, TaskHost, Unreached};
 use crate::reap::Act;
 use crate::task::Task;
 use crate::taskdir::Status;
@@ -271,6 +271,14 @@ impl TaskHost for Ssh {
             Answer::Found(f) => FoundWire::found(f).ok(),
             _ => None,
         })
+    }
+
+    fn probe(&self) -> Result<Measured, Unreached> {
+        let mut m = each(self.call(Op::Probe)?, 1, |a| match a {
+            Answer::Probe(m) => Some(m),
+            _ => None,
+        })?;
+        Ok(m.remove(0))
     }
 }
 

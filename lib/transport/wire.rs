@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Found, Look, Start};
+use super::{Found, Look, Measured, Start};
 use crate::job::Restart;
 use crate::reap::{Act, Facts, Policy, Seen};
 use crate::task::{Task, TaskState};
@@ -43,6 +43,7 @@ pub enum Op {
     CallOff(Vec<(String, u32)>),
     Act(Vec<(String, Act)>),
     Supervisors,
+    Probe,
 }
 
 /// A start: the task's spec.json and job.json as JSON.
@@ -140,6 +141,7 @@ pub enum Answer {
     Stamp(Option<(u64, i64, i64, u64)>),
     Acted(bool),
     Found(FoundWire),
+    Probe(Measured),
     Error(String),
 }
 
