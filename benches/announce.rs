@@ -476,6 +476,7 @@ fn fill_join_state(state: &Path, path: &str) -> Vec<Vec<u8>> {
             transport: Transport::Local,
             maintenance: Maintenance::none(),
             access: Default::default(),
+            liveness: Default::default(),
         });
         tx.upsert(Job {
             key: "bench/prod/join".into(),

@@ -36,6 +36,7 @@ fn host(i: u32) -> Host {
         transport: Transport::Local,
         maintenance: Maintenance::none(),
         access: Default::default(),
+        liveness: Default::default(),
     }
 }
 

@@ -41,7 +41,7 @@ _reap() {
 
     case "${cmd}" in
         reap)
-            opts="-h -V --state --json --follow --start-grace --min-run --parallel --help --version kill tasks help"
+            opts="-h -V --state --json --follow --start-grace --min-run --lost-after --parallel --help --version kill tasks help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -56,6 +56,10 @@ _reap() {
                     return 0
                     ;;
                 --min-run)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lost-after)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -127,7 +131,7 @@ _reap() {
             return 0
             ;;
         reap__subcmd__kill)
-            opts="-h --job --host --state --json --start-grace --min-run --parallel --help"
+            opts="-h --job --host --state --json --start-grace --min-run --lost-after --parallel --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -153,6 +157,10 @@ _reap() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --lost-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --parallel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -165,7 +173,7 @@ _reap() {
             return 0
             ;;
         reap__subcmd__tasks)
-            opts="-h --job --host --in --state --json --start-grace --min-run --parallel --help"
+            opts="-h --job --host --in --state --json --start-grace --min-run --lost-after --parallel --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -192,6 +200,10 @@ _reap() {
                     return 0
                     ;;
                 --min-run)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lost-after)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

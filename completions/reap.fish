@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_reap_global_optspecs
-    string join \n state= json follow start-grace= min-run= parallel= h/help V/version
+    string join \n state= json follow start-grace= min-run= lost-after= parallel= h/help V/version
 end
 
 function __fish_reap_needs_command
@@ -27,6 +27,7 @@ end
 complete -c reap -n "__fish_reap_needs_command" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c reap -n "__fish_reap_needs_command" -l start-grace -d 'Seconds a task may stay ASSIGNED (or STARTING) with no supervisor, while the launch that recorded it lives, before reap gives up on its start: ASSIGNED goes back to PENDING, STARTING becomes LOST' -r
 complete -c reap -n "__fish_reap_needs_command" -l min-run -d 'A failed run shorter than this many seconds makes the task THROTTLED (its next start waits backoff_s × 2^(failures-1), at most max_backoff_s); a longer healthy run resets the failure count' -r
+complete -c reap -n "__fish_reap_needs_command" -l lost-after -d 'An ssh host that passes cannot reach for this long (90s, 5m, ...) is down: its tasks are LOST and placed elsewhere (a pass declares at most a tenth of the hosts down, and none when it cannot reach most of them)' -r
 complete -c reap -n "__fish_reap_needs_command" -l parallel -d 'Hosts worked at once' -r
 complete -c reap -n "__fish_reap_needs_command" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c reap -n "__fish_reap_needs_command" -l follow -d 'Stay running: collect and stop continuously and print events as they happen (task directories are polled every 50 ms; standard input is not read)'
@@ -40,6 +41,7 @@ complete -c reap -n "__fish_reap_using_subcommand kill" -l host -d 'Stop every t
 complete -c reap -n "__fish_reap_using_subcommand kill" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c reap -n "__fish_reap_using_subcommand kill" -l start-grace -d 'Seconds a task may stay ASSIGNED (or STARTING) with no supervisor, while the launch that recorded it lives, before reap gives up on its start: ASSIGNED goes back to PENDING, STARTING becomes LOST' -r
 complete -c reap -n "__fish_reap_using_subcommand kill" -l min-run -d 'A failed run shorter than this many seconds makes the task THROTTLED (its next start waits backoff_s × 2^(failures-1), at most max_backoff_s); a longer healthy run resets the failure count' -r
+complete -c reap -n "__fish_reap_using_subcommand kill" -l lost-after -d 'An ssh host that passes cannot reach for this long (90s, 5m, ...) is down: its tasks are LOST and placed elsewhere (a pass declares at most a tenth of the hosts down, and none when it cannot reach most of them)' -r
 complete -c reap -n "__fish_reap_using_subcommand kill" -l parallel -d 'Hosts worked at once' -r
 complete -c reap -n "__fish_reap_using_subcommand kill" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c reap -n "__fish_reap_using_subcommand kill" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -49,6 +51,7 @@ complete -c reap -n "__fish_reap_using_subcommand tasks" -l in -d 'Only tasks in
 complete -c reap -n "__fish_reap_using_subcommand tasks" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c reap -n "__fish_reap_using_subcommand tasks" -l start-grace -d 'Seconds a task may stay ASSIGNED (or STARTING) with no supervisor, while the launch that recorded it lives, before reap gives up on its start: ASSIGNED goes back to PENDING, STARTING becomes LOST' -r
 complete -c reap -n "__fish_reap_using_subcommand tasks" -l min-run -d 'A failed run shorter than this many seconds makes the task THROTTLED (its next start waits backoff_s × 2^(failures-1), at most max_backoff_s); a longer healthy run resets the failure count' -r
+complete -c reap -n "__fish_reap_using_subcommand tasks" -l lost-after -d 'An ssh host that passes cannot reach for this long (90s, 5m, ...) is down: its tasks are LOST and placed elsewhere (a pass declares at most a tenth of the hosts down, and none when it cannot reach most of them)' -r
 complete -c reap -n "__fish_reap_using_subcommand tasks" -l parallel -d 'Hosts worked at once' -r
 complete -c reap -n "__fish_reap_using_subcommand tasks" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c reap -n "__fish_reap_using_subcommand tasks" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -129,6 +129,59 @@ pub struct Host {
     pub transport: Transport,
     pub maintenance: Maintenance,
     pub access: Access,
+    pub liveness: Liveness,
+}
+
+/// Whether the scheduler can reach a host, beside whether it is in maintenance: an ssh host
+/// a pass could not reach is suspect, and down once unreachable for `--lost-after`. pack
+/// places nothing on a host that is not up. Local hosts are always up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    Up = 0,
+    Suspect = 1,
+    Down = 2,
+}
+
+impl Life {
+    pub fn name(self) -> &'static str {
+        match self {
+            Life::Up => "up",
+            Life::Suspect => "suspect",
+            Life::Down => "down",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Life> {
+        [Life::Up, Life::Suspect, Life::Down]
+            .get(v as usize)
+            .copied()
+    }
+}
+
+/// What passes found when they reached for a host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Liveness {
+    pub life: Life,
+    /// Unix time it entered `life`.
+    pub since: f64,
+    /// Unix time a pass last reached it (0: never).
+    pub contact: f64,
+    /// Unix time a pass last tried to (0: never).
+    pub checked: f64,
+    /// The round trip of that last contact, in microseconds.
+    pub rtt_us: u32,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            life: Life::Up,
+            since: 0.0,
+            contact: 0.0,
+            checked: 0.0,
+            rtt_us: 0,
+        }
+    }
 }
 
 /// Where a host is and how formic reaches it; empty fields take their defaults.
@@ -318,6 +371,7 @@ fn parse_fields(name: &str, f: Fields<'_>) -> Result<Host, String> {
         transport,
         maintenance: Maintenance::none(),
         access,
+        liveness: Liveness::default(),
     })
 }
 
@@ -463,7 +517,7 @@ fn parse_attrs(map: &Map<String, Value>) -> Result<Vec<(String, String)>, String
 // --- the slot in the state file ---
 
 pub const SLOT_SIZE: usize = 512;
-/// Layout 2 appends the access fields.
+/// Layout 2 appends the access fields and the liveness.
 const LAYOUT: u8 = 2;
 
 impl Host {
@@ -493,6 +547,11 @@ impl Host {
         e.str8(&self.access.address);
         e.str8(&self.access.ssh);
         e.str8(&self.access.root);
+        e.u8(self.liveness.life as u8);
+        e.f64(self.liveness.since);
+        e.f64(self.liveness.contact);
+        e.f64(self.liveness.checked);
+        e.u32(self.liveness.rtt_us);
         e.seal(LAYOUT)
     }
 
@@ -526,14 +585,23 @@ impl Host {
         }
         let reason = d.str8()?;
         let owner = d.str8()?;
-        let access = if version >= 2 {
-            Access {
+        let (access, liveness) = if version >= 2 {
+            let access = Access {
                 address: d.str8()?,
                 ssh: d.str8()?,
                 root: d.str8()?,
-            }
+            };
+            let life = Life::from_u8(d.u8()?).ok_or_else(|| Corrupt("bad host liveness".into()))?;
+            let liveness = Liveness {
+                life,
+                since: d.f64()?,
+                contact: d.f64()?,
+                checked: d.f64()?,
+                rtt_us: d.u32()?,
+            };
+            (access, liveness)
         } else {
-            Access::default()
+            (Access::default(), Liveness::default())
         };
         Ok(Host {
             name,
@@ -552,6 +620,7 @@ impl Host {
                 since,
             },
             access,
+            liveness,
         })
     }
 }

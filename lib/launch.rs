@@ -647,6 +647,9 @@ fn admit(view: &View, usage: &[Usage], p: &Placement, now: f64) -> Result<Admitt
             host.maintenance.mode.name()
         ));
     }
+    if host.liveness.life != crate::host::Life::Up {
+        return Err(format!("host {} is {}", p.host, host.liveness.life.name()));
+    }
     let free = usage::free(host, &usage[h as usize]);
     let short = |what: &str, free: String, asked: String| {
         Err(format!(

@@ -6,6 +6,7 @@
 
 pub mod announce;
 pub mod cli;
+pub mod clock;
 pub mod exit;
 pub mod fixed;
 pub mod host;
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod job;
 pub mod launch;
 pub mod limits;
+pub mod liveness;
 pub mod maintenance;
 pub mod offer;
 pub mod pack;

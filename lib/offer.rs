@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{self, num, OutputArgs, StateArgs};
 use crate::exit::{bad_input, fail, Status, TABLE};
-use crate::host::{self, check_text, cores, Access, Host, Maintenance, Mode};
+use crate::host::{self, check_text, cores, Access, Host, Life, Maintenance, Mode};
 use crate::maintenance;
 use crate::records::{self, Record, Writer};
 use crate::state::{State, View};
@@ -246,9 +246,12 @@ fn add(state: &mut State, hosts: Vec<(u64, Host)>, others: Vec<Record>) -> Resul
         for (_, mut h) in hosts {
             match tx.view().hosts.find(&h.name) {
                 Some(slot) => {
-                    // An update replaces capacity and attributes; maintenance belongs to
-                    // the operator's drain commands, not to the inventory feed.
-                    h.maintenance = tx.view().hosts.get(slot).unwrap().maintenance.clone();
+                    // An update replaces capacity, attributes and access; maintenance
+                    // belongs to the operator's drain commands and liveness to the passes
+                    // that reach the host, not to the inventory feed.
+                    let was = tx.view().hosts.get(slot).unwrap();
+                    h.maintenance = was.maintenance.clone();
+                    h.liveness = was.liveness;
                     tx.set(slot, Some(h));
                     updated += 1;
                 }
@@ -468,7 +471,10 @@ fn shown_mode(h: &Host, used: &Usage) -> Mode {
 fn offers(state: &State, output: &OutputArgs) -> Result<Status> {
     let inv = inventory(state.view(), &[])?;
     let mut out = Writer::stdout();
-    let offered = inv.iter().filter(|(h, u, _)| shown_mode(h, u).takes_work());
+    // Hosts that cannot be reached are not offered: nothing placed there could start.
+    let offered = inv
+        .iter()
+        .filter(|(h, u, _)| shown_mode(h, u).takes_work() && h.liveness.life == Life::Up);
     if output.human() {
         let rows: Vec<Vec<String>> = offered
             .map(|(h, u, f)| {
@@ -510,6 +516,36 @@ fn offers(state: &State, output: &OutputArgs) -> Result<Status> {
     Ok(Status::Done)
 }
 
+/// Whether passes reach the host: its state, since when, its last contact and the round
+/// trip then (ssh hosts; a local host is always up).
+fn liveness_json(h: &Host) -> Value {
+    let l = &h.liveness;
+    let mut m = Map::new();
+    m.insert("state".into(), json!(l.life.name()));
+    if h.transport == host::Transport::Ssh {
+        m.insert("since".into(), json!(l.since));
+        m.insert(
+            "contact".into(),
+            json!((l.contact > 0.0).then_some(l.contact)),
+        );
+        m.insert("rtt_ms".into(), json!(l.rtt_us as f64 / 1000.0));
+    }
+    Value::Object(m)
+}
+
+/// The last contact with an ssh host for a person: how long ago, and the round trip.
+fn contact_text(h: &Host) -> String {
+    let l = &h.liveness;
+    if h.transport != host::Transport::Ssh {
+        return "-".into();
+    }
+    if l.contact <= 0.0 {
+        return "never".into();
+    }
+    let ago = (crate::clock::now() - l.contact).max(0.0);
+    format!("{ago:.0}s ago, {:.1} ms", l.rtt_us as f64 / 1000.0)
+}
+
 fn list_hosts(state: &State, only: &[String], output: &OutputArgs) -> Result<Status> {
     let inv = inventory(state.view(), only)?;
     let mut out = Writer::stdout();
@@ -525,6 +561,8 @@ fn list_hosts(state: &State, only: &[String], output: &OutputArgs) -> Result<Sta
                     format!("{}/{}", f.gpus, h.gpus),
                     u.tasks.to_string(),
                     shown_mode(h, u).name().into(),
+                    h.liveness.life.name().into(),
+                    contact_text(h),
                     attrs_text(&h.attrs),
                 ]
             })
@@ -537,6 +575,8 @@ fn list_hosts(state: &State, only: &[String], output: &OutputArgs) -> Result<Sta
             "GPUS_FREE",
             "TASKS",
             "MAINT",
+            "LIVENESS",
+            "CONTACT",
             "ATTRS",
         ];
         out.text(&cli::table(&headers, &rows))?;
@@ -552,6 +592,7 @@ fn list_hosts(state: &State, only: &[String], output: &OutputArgs) -> Result<Sta
             let mut maint = h.maintenance.clone();
             maint.mode = shown_mode(h, u);
             m.insert("maintenance".into(), host::maintenance_json(&maint));
+            m.insert("liveness".into(), liveness_json(h));
             out.record(&Value::Object(m))?;
         }
     }

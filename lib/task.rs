@@ -118,9 +118,11 @@ pub enum Reason {
     DirectoryBusy = 14,
     /// Its host was removed from the inventory with `offer remove --force`.
     HostRemoved = 15,
+    /// Its host could not be reached for `--lost-after`.
+    HostDown = 16,
 }
 
-const REASONS: [Reason; 16] = [
+const REASONS: [Reason; 17] = [
     Reason::None,
     Reason::Exited,
     Reason::Killed,
@@ -137,6 +139,7 @@ const REASONS: [Reason; 16] = [
     Reason::SupervisorStopping,
     Reason::DirectoryBusy,
     Reason::HostRemoved,
+    Reason::HostDown,
 ];
 
 impl Reason {
@@ -159,6 +162,7 @@ impl Reason {
             Reason::SupervisorStopping => "supervisor stopping",
             Reason::DirectoryBusy => "task directory held by another supervisor",
             Reason::HostRemoved => "host removed",
+            Reason::HostDown => "host down",
         }
     }
 

@@ -718,6 +718,7 @@ mod tests {
             transport: Transport::Local,
             maintenance: Maintenance::none(),
             access: Default::default(),
+            liveness: Default::default(),
         }
     }
 

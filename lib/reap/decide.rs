@@ -520,6 +520,7 @@ mod tests {
     const T: Timing = Timing {
         start_grace: 30.0,
         min_run: 60.0,
+        lost_after: 300.0,
     };
 
     /// A grace period of 1e30 s in spec.json (the supervisor clamps it) gave reap a stop

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::Result;
 
@@ -26,11 +26,7 @@ use crate::transport::{self, fan_out, Stamp, TaskHost};
 /// has not changed (a supervisor that dies without a word changes no file).
 const SWEEP_TICKS: u32 = 20;
 
-pub(super) fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+pub(super) use crate::clock::now;
 
 /// A task reap looks after: in a holding state on a host.
 pub(super) struct Watch {
@@ -43,7 +39,7 @@ pub(super) struct Watch {
 pub(super) struct Reaper {
     pub(super) state: State,
     pub(super) path: PathBuf,
-    timing: Timing,
+    pub(super) timing: Timing,
     pub(super) out: Out,
     /// Problems that did not stop the pass (reported on stderr; the exit status says 1).
     trouble: usize,
@@ -368,6 +364,7 @@ impl Reaper {
         requests: HashMap<u32, Cause>,
         passthrough: &[String],
     ) -> Result<Status> {
+        self.sense()?;
         self.stop_strays()?;
         let mut pass = self.pass(&requests, &mut |_, _| true)?;
         // Every stop ends by its deadline: the supervisor reports, or reap kills it. A stop
@@ -416,6 +413,7 @@ impl Reaper {
             };
             self.pass(&HashMap::new(), &mut select)?;
             if sweep {
+                self.sense()?;
                 self.stop_strays()?;
             }
             last = current;

@@ -21,6 +21,7 @@ mod engine;
 mod input;
 mod list;
 mod out;
+mod sense;
 mod strays;
 
 use std::io::{self, IsTerminal};
@@ -111,6 +112,18 @@ pub struct Timing {
         global = true
     )]
     pub min_run: f64,
+    /// An ssh host that passes cannot reach for this long (90s, 5m, ...) is down: its
+    /// tasks are LOST and placed elsewhere (a pass declares at most a tenth of the hosts
+    /// down, and none when it cannot reach most of them)
+    #[arg(
+        long,
+        env = "FORMIC_LOST_AFTER",
+        value_name = "DURATION",
+        default_value = "5m",
+        value_parser = crate::liveness::parse_duration,
+        global = true
+    )]
+    pub lost_after: f64,
 }
 
 impl Default for Timing {
@@ -118,6 +131,7 @@ impl Default for Timing {
         Timing {
             start_grace: 30.0,
             min_run: 60.0,
+            lost_after: crate::liveness::LOST_AFTER_S,
         }
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::decide::{Act, Event};
 use super::engine::{now, Reaper};
 use super::input::find_task;
-use crate::host::Transport;
+use crate::host::{Life, Transport};
 use crate::state::View;
 use crate::task::TaskState;
 use crate::transport::{self, fan_out, Found, TaskHost};
@@ -51,27 +51,57 @@ impl Reaper {
         let mut found: Vec<(String, Arc<dyn TaskHost>, Vec<Found>)> = Vec::new();
         for ((name, host), answer) in hosts.into_iter().zip(answers) {
             match answer {
-                Ok(f) if !f.is_empty() => found.push((name, host, f)),
-                Ok(_) => {}
+                Ok(f) => found.push((name, host, f)),
                 Err(e) => self.note(format!("host {name} not reached: {e}")),
             }
-        }
-        if found.is_empty() {
-            return Ok(());
         }
         // Judged on the state as it is after the walk: launch records an incarnation
         // before it starts its supervisor, so every supervisor found that the state runs
         // is in this view.
         self.state.refresh()?;
         let now = now();
+        let mut clean = Vec::new();
         for (name, host, found) in found {
+            let mut strays = 0;
             for s in found {
                 if !accounted(self.state.view(), &name, &s) {
+                    strays += 1;
                     self.stop_stray(&name, host.as_ref(), &s, now)?;
                 }
             }
+            if strays == 0 {
+                clean.push(name);
+            }
         }
-        self.out.flush()
+        self.out.flush()?;
+        self.take_back(&clean, now)
+    }
+
+    /// Down hosts reached again with nothing left running there that the state does not
+    /// run: up, taking work.
+    fn take_back(&mut self, clean: &[String], now: f64) -> Result<()> {
+        let back = self.state.write_if_changed(|tx| {
+            let mut back = Vec::new();
+            for name in clean {
+                let Some(slot) = tx.view().hosts.find(name) else {
+                    continue;
+                };
+                let h = tx.view().hosts.get(slot).unwrap();
+                let reached_now =
+                    h.liveness.contact > 0.0 && h.liveness.contact == h.liveness.checked;
+                if h.liveness.life == Life::Down && reached_now {
+                    let mut h = h.clone();
+                    h.liveness = crate::liveness::returned(h.liveness, now);
+                    tx.set(slot, Some(h));
+                    back.push(name.clone());
+                }
+            }
+            Ok(back)
+        })?;
+        for name in back {
+            eprintln!("reap: host {name} is back and takes work again");
+        }
+        Ok(())
     }
 
     fn stop_stray(&mut self, host: &str, on: &dyn TaskHost, s: &Found, now: f64) -> Result<()> {

@@ -17,6 +17,7 @@ fn host(name: &str, cpus: u32) -> Host {
         transport: Transport::Local,
         maintenance: Maintenance::none(),
         access: Default::default(),
+        liveness: Default::default(),
     }
 }
 

@@ -37,7 +37,7 @@ mod world;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
@@ -70,11 +70,7 @@ pub fn main(cli: Cli) -> Result<Exit> {
     run(&cli.dir).map(|_| Exit::Done)
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+use crate::clock::now;
 
 /// Supervises the task in `dir` until it ends; returns its final status.
 pub fn run(dir: &Path) -> Result<Status> {

@@ -69,6 +69,7 @@ fn apply(tx: &mut Txn, i: u64) -> anyhow::Result<()> {
         transport: Transport::Local,
         maintenance: Maintenance::none(),
         access: Default::default(),
+        liveness: Default::default(),
     };
     let host_slot = tx.upsert(host);
     let job = tx.view().jobs.find(&plan.job).unwrap_or_else(|| {

@@ -410,6 +410,7 @@ pub(crate) fn host() -> impl Strategy<Value = Host> {
                             String::new()
                         },
                     },
+                    liveness: Default::default(),
                 }
             },
         )
@@ -521,6 +522,7 @@ fn base() -> &'static Base {
             transport: Transport::Local,
             maintenance: Maintenance::none(),
             access: Default::default(),
+            liveness: Default::default(),
         };
         for i in 0..6 {
             s.write(|tx| {

@@ -210,6 +210,7 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
                 transport: Transport::Local,
                 maintenance: Maintenance::none(),
                 access: Default::default(),
+                liveness: Default::default(),
             });
         }
         for t in tasks {

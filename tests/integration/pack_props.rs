@@ -947,6 +947,7 @@ fn write_state(
                 transport: Transport::Local,
                 maintenance: Maintenance::none(),
                 access: Default::default(),
+                liveness: Default::default(),
             });
         }
         for e in existing {

@@ -1368,6 +1368,7 @@ proptest! {
                 transport: if *ssh { Transport::Ssh } else { Transport::Local },
                 maintenance: Maintenance::none(),
                 access: Default::default(),
+                liveness: Default::default(),
             }));
         }
         for (j, (names, primary)) in f.jobs.iter().enumerate() {

@@ -1,0 +1,124 @@
+//! Every pass reaches each ssh host once and keeps its liveness (see `liveness`): a host
+//! silent for --lost-after is declared down and its tasks LOST, for pack to place
+//! elsewhere; one that comes back is up again once its strays are stopped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::decide::Event;
+use super::engine::{now, Reaper};
+use super::input::task_id;
+use crate::host::{Host, Life, Transport};
+use crate::liveness::{down_budget, overdue, sensed};
+use crate::task::{Reason, TaskState};
+use crate::transport::{fan_out, TaskHost};
+
+impl Reaper {
+    /// One round trip to every ssh host, then their liveness recorded, and the hosts that
+    /// have been silent too long declared down, within the bounds.
+    pub(super) fn sense(&mut self) -> Result<()> {
+        let remote: Vec<String> = self
+            .state
+            .view()
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.transport == Transport::Ssh)
+            .map(|(_, h)| h.name.clone())
+            .collect();
+        if remote.is_empty() {
+            return Ok(());
+        }
+        let hosts: Vec<(String, Arc<dyn TaskHost>)> = remote
+            .iter()
+            .filter_map(|name| Some((name.clone(), self.host(name)?)))
+            .collect();
+        let answers = fan_out(&hosts, self.parallel, |(_, host)| {
+            let t = Instant::now();
+            host.stamps(&[])
+                .map(|_| t.elapsed().as_micros().min(u32::MAX as u128) as u32)
+        });
+        let reached: HashMap<String, Option<u32>> = hosts
+            .iter()
+            .zip(answers)
+            .map(|((name, _), a)| (name.clone(), a.ok()))
+            .collect();
+        let now = now();
+        let lost_after = self.timing.lost_after;
+        let total = self.state.view().hosts.len();
+        let (down, events) = self.state.write_if_changed(|tx| {
+            let mut unreachable = 0;
+            let slots: Vec<u32> = tx
+                .view()
+                .hosts
+                .iter()
+                .filter(|(_, h)| h.transport == Transport::Ssh)
+                .map(|(s, _)| s)
+                .collect();
+            for &slot in &slots {
+                let mut h = tx.view().hosts.get(slot).unwrap().clone();
+                let answer = reached.get(&h.name).copied().flatten();
+                unreachable += answer.is_none() as usize;
+                let next = sensed(h.liveness, answer, now, lost_after);
+                if next != h.liveness {
+                    h.liveness = next;
+                    tx.set(slot, Some(h));
+                }
+            }
+            let mut overdue_hosts: Vec<(u32, Host)> = slots
+                .iter()
+                .map(|&s| (s, tx.view().hosts.get(s).unwrap().clone()))
+                .filter(|(_, h)| overdue(&h.liveness, now, lost_after))
+                .collect();
+            // The longest silent first.
+            overdue_hosts.sort_by(|a, b| a.1.liveness.since.total_cmp(&b.1.liveness.since));
+            let budget = down_budget(total, slots.len(), unreachable);
+            let held_back = overdue_hosts.len().saturating_sub(budget);
+            let mut down = Vec::new();
+            let mut events = Vec::new();
+            for (slot, mut h) in overdue_hosts.into_iter().take(budget) {
+                h.liveness.life = Life::Down;
+                h.liveness.since = now;
+                tx.set(slot, Some(h.clone()));
+                let lost: Vec<(u32, crate::task::Task)> = tx
+                    .view()
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| t.host == slot && t.state.holds_resources())
+                    .map(|(s, t)| (s, t.clone()))
+                    .collect();
+                for (s, t) in lost {
+                    let mut r = t.freed(TaskState::Lost, now);
+                    r.reason = Reason::HostDown;
+                    events.push((task_id(tx.view(), &t), h.name.clone()));
+                    tx.set(s, Some(r));
+                }
+                down.push(h.name.clone());
+            }
+            if !down.is_empty() {
+                crate::maintenance::settle_drains(tx);
+            }
+            Ok(((down, held_back, unreachable, slots.len()), events))
+        })?;
+        let (down, held_back, unreachable, remote) = down;
+        for name in &down {
+            eprintln!(
+                "reap: host {name} is down (not reached for {lost_after} s); its tasks are LOST"
+            );
+        }
+        if held_back > 0 {
+            self.note(format!(
+                "{held_back} hosts silent for {lost_after} s are not declared down in this \
+                 pass ({unreachable} of {remote} ssh hosts not reached: at most a tenth of the \
+                 hosts a pass, none when most are unreachable)"
+            ));
+        }
+        for (task, host) in events {
+            let e = Event::new(TaskState::Lost).why(Reason::HostDown);
+            self.out.event(&task, &host, &e, now)?;
+        }
+        self.out.flush()
+    }
+}
