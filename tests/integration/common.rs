@@ -192,6 +192,7 @@ fn child_entry() {
         "torture-writer" => crate::crash::writer_child(),
         "counter-writer" => crate::concurrency::counter_child(),
         "lock-holder" => crate::concurrency::lock_holder_child(),
+        "fleet-holder" => crate::fleet::holder_child(),
         other => panic!("unknown child role {other}"),
     }
     std::process::exit(0);
