@@ -5,7 +5,7 @@
 use std::io::BufRead;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, code, run, stderr, stdout, wait_until};
@@ -32,6 +32,42 @@ fn assert_answers(fleet: &Fleet, host: usize) {
         stderr(&out),
         h.log()
     );
+}
+
+/// `ssh HOST true` fails (255) after the client's ConnectTimeout: silence, not a refusal.
+fn assert_times_out(fleet: &Fleet, host: usize) {
+    let (out, took) = ssh(fleet, host, "true");
+    assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(took < CONNECT_TIMEOUT + MARGIN, "took {took:?}");
+    assert!(
+        took >= CONNECT_TIMEOUT - Duration::from_millis(100),
+        "took {took:?}"
+    );
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+}
+
+/// Starts `ssh HOST COMMAND` in the background, COMMAND a shell line that runs `sleep`;
+/// returns once the session is open, that is, once `sleep` runs in the host's namespace.
+fn open_session(fleet: &Fleet, host: usize, command: &str, output: Stdio) -> Child {
+    let child = fleet
+        .ssh(&fleet.hosts[host], command)
+        .stdin(Stdio::null())
+        .stdout(output)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the session's sleep", Duration::from_secs(20), || {
+        sleeping(fleet, host).then_some(())
+    });
+    child
+}
+
+/// Whether a `sleep` runs on the host.
+fn sleeping(fleet: &Fleet, host: usize) -> bool {
+    fleet.hosts[host]
+        .processes()
+        .into_iter()
+        .any(|p| common::proc_status(p, "Name:") == "sleep")
 }
 
 fn root_addresses() -> String {
@@ -111,32 +147,11 @@ fn a_cut_host_times_out_and_answers_when_healed() {
     let fleet = Fleet::new(2);
     assert_answers(&fleet, 1);
     // An open session notices the cut through its ServerAlive probes.
-    let mut session = fleet.ssh(&fleet.hosts[1], "sleep 600");
-    session
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let session = session.spawn().unwrap();
-    // The session is open once its shell runs `sleep` in the host's namespace.
-    wait_until("the session's sleep", Duration::from_secs(20), || {
-        fleet.hosts[1]
-            .processes()
-            .into_iter()
-            .any(|p| common::proc_status(p, "Name:") == "sleep")
-            .then_some(())
-    });
+    let session = open_session(&fleet, 1, "sleep 600", Stdio::null());
     let cut_at = Instant::now();
     fleet.hosts[1].cut();
 
-    let (out, took) = ssh(&fleet, 1, "true");
-    assert_eq!(code(&out), 255, "{}", stderr(&out));
-    assert!(took < CONNECT_TIMEOUT + MARGIN, "took {took:?}");
-    // Silence, not a refusal: the client waited for its timeout.
-    assert!(
-        took >= CONNECT_TIMEOUT - Duration::from_millis(100),
-        "took {took:?}"
-    );
-    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    assert_times_out(&fleet, 1);
     assert_answers(&fleet, 0);
 
     let out = common::wait_output(session, Duration::from_secs(30));
@@ -158,19 +173,7 @@ fn a_cut_host_times_out_and_answers_when_healed() {
 fn a_killed_sshd_refuses_and_answers_when_restarted() {
     let mut fleet = Fleet::new(2);
     // A session opened before the crash outlives it, as on a real host.
-    let mut before = fleet.ssh(&fleet.hosts[0], "sleep 2; echo still here");
-    before
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let before = before.spawn().unwrap();
-    wait_until("the session's sleep", Duration::from_secs(20), || {
-        fleet.hosts[0]
-            .processes()
-            .into_iter()
-            .any(|p| common::proc_status(p, "Name:") == "sleep")
-            .then_some(())
-    });
+    let before = open_session(&fleet, 0, "sleep 2; echo still here", Stdio::piped());
     let pid = fleet.hosts[0].sshd_pid().unwrap();
     fleet.hosts[0].kill_sshd();
     assert!(!PathBuf::from(format!("/proc/{pid}")).exists());
@@ -196,13 +199,7 @@ fn a_killed_sshd_refuses_and_answers_when_restarted() {
 fn a_frozen_host_times_out_and_answers_when_thawed() {
     let fleet = Fleet::new(1);
     fleet.hosts[0].freeze();
-    let (out, took) = ssh(&fleet, 0, "true");
-    assert_eq!(code(&out), 255, "{}", stderr(&out));
-    assert!(took < CONNECT_TIMEOUT + MARGIN, "took {took:?}");
-    assert!(
-        took >= CONNECT_TIMEOUT - Duration::from_millis(100),
-        "took {took:?}"
-    );
+    assert_times_out(&fleet, 0);
     fleet.hosts[0].thaw();
     assert_answers(&fleet, 0);
 }
@@ -236,20 +233,14 @@ fn host_keys_are_checked() {
         .collect();
     std::fs::write(fleet.known_hosts(), rewritten).unwrap();
 
-    let (out, _) = ssh(&fleet, 0, "true");
-    assert_eq!(code(&out), 255, "a changed host key was let through");
-    assert!(
-        stderr(&out).contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
-        "{}",
-        stderr(&out)
-    );
-    let (out, _) = ssh(&fleet, 2, "true");
-    assert_eq!(code(&out), 255, "an unknown host key was let through");
-    assert!(
-        stderr(&out).contains("Host key verification failed"),
-        "{}",
-        stderr(&out)
-    );
+    for (host, why) in [
+        (0, "REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        (2, "Host key verification failed"),
+    ] {
+        let (out, _) = ssh(&fleet, host, "true");
+        assert_eq!(code(&out), 255, "host {host}'s key was let through");
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    }
     assert_answers(&fleet, 1);
 }
 
@@ -350,15 +341,7 @@ impl Made {
 /// cut host, a task in the background of a frozen host.
 fn busy_fleet() -> Fleet {
     let fleet = Fleet::new(3);
-    let master = run(
-        &mut fleet.ssh_with(
-            &fleet.hosts[0],
-            &["-o", "ControlMaster=yes", "-o", "ControlPersist=600"],
-            "true",
-        ),
-        b"",
-    );
-    assert_eq!(code(&master), 0, "{}", stderr(&master));
+    fleet.warm(&fleet.hosts[0]);
     let task = run(
         &mut fleet.ssh(
             &fleet.hosts[2],
@@ -367,23 +350,10 @@ fn busy_fleet() -> Fleet {
         b"",
     );
     assert_eq!(code(&task), 0, "{}", stderr(&task));
-    let mut session = fleet.ssh(&fleet.hosts[1], "sleep 600");
-    session
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut session = session.spawn().unwrap();
+    let mut session = open_session(&fleet, 1, "sleep 600", Stdio::null());
     std::thread::spawn(move || session.wait());
-    wait_until("sessions on hosts 1 and 2", Duration::from_secs(20), || {
-        [1, 2]
-            .iter()
-            .all(|&i| {
-                fleet.hosts[i]
-                    .processes()
-                    .into_iter()
-                    .any(|p| common::proc_status(p, "Name:") == "sleep")
-            })
-            .then_some(())
+    wait_until("the task's sleep", Duration::from_secs(20), || {
+        sleeping(&fleet, 2).then_some(())
     });
     fleet.hosts[1].cut();
     fleet.hosts[2].freeze();
@@ -544,15 +514,7 @@ fn fleet_timings() {
         assert_answers(&fleet, 0);
     }
     println!("ssh HOST true, cold: {:?} each", start.elapsed() / rounds);
-    let master = run(
-        &mut fleet.ssh_with(
-            &fleet.hosts[0],
-            &["-o", "ControlMaster=yes", "-o", "ControlPersist=600"],
-            "true",
-        ),
-        b"",
-    );
-    assert_eq!(code(&master), 0, "{}", stderr(&master));
+    fleet.warm(&fleet.hosts[0]);
     let start = Instant::now();
     for _ in 0..rounds {
         assert_answers(&fleet, 0);
@@ -561,21 +523,12 @@ fn fleet_timings() {
     // The benchmark's shape: every host at once, cold, then through warm masters.
     let all = |extra: &[&str]| {
         let start = Instant::now();
-        let children: Vec<_> = fleet
+        let runs = fleet
             .hosts
             .iter()
-            .map(|h| {
-                fleet
-                    .ssh_with(h, extra, "true")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
+            .map(|h| (fleet.ssh_with(h, extra, "true"), Vec::new()))
             .collect();
-        for c in children {
-            let out = common::wait_output(c, Duration::from_secs(60));
+        for out in common::run_all(runs) {
             assert_eq!(code(&out), 0, "{}", stderr(&out));
         }
         start.elapsed()

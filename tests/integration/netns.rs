@@ -31,13 +31,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::common::{self, proc_status, require_root, stderr, wait_output, wait_until, TIMEOUT};
+use crate::common::{self, proc_status, require_root, run_all, stderr, wait_until};
 
 /// Where the markers of held blocks are: one file per block index, locked (flock) by the
 /// process holding the block and naming it. The kernel drops the lock when its holder
@@ -197,6 +197,20 @@ impl Fleet {
         c
     }
 
+    /// Opens a control master to `host` that outlives this call (ControlPersist), so that
+    /// later `ssh` to it, with this config, go through its connection; it lives until the
+    /// connection dies or the fleet is dropped.
+    pub fn warm(&self, host: &Host) {
+        let options = ["-o", "ControlMaster=yes", "-o", "ControlPersist=600"];
+        let out = common::run(&mut self.ssh_with(host, &options, "true"), b"");
+        assert!(
+            out.status.success(),
+            "opening a control master to {}: {}",
+            host.name,
+            stderr(&out)
+        );
+    }
+
     /// One client key and one host key per host, made by ssh-keygen side by side.
     fn make_keys(&self) {
         let mut keys = vec![(self.identity(), "formic-fleet-client".to_string())];
@@ -216,7 +230,7 @@ impl Fleet {
     }
 
     /// Namespaces, veths and addresses: one `ip -batch` in the root namespace, then one in
-    /// each host's namespace (side by side). Then waits for every link to carry traffic.
+    /// each host's namespace (side by side).
     fn make_network(&mut self) {
         let mut batch = String::new();
         for h in &self.hosts {
@@ -815,30 +829,6 @@ fn ip_batch(options: &[&str], lines: &str, tolerant: bool) {
             panic!("{msg}");
         }
     }
-}
-
-/// Spawns every command (with its input) at once, then waits for each, killing any that
-/// outlives [`TIMEOUT`].
-fn run_all(cmds: Vec<(Command, Vec<u8>)>) -> Vec<Output> {
-    let children: Vec<Child> = cmds
-        .into_iter()
-        .map(|(mut cmd, input)| {
-            let mut child = cmd
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-            // A few lines at most: they fit in the pipe.
-            let mut stdin = child.stdin.take().unwrap();
-            let _ = stdin.write_all(&input);
-            child
-        })
-        .collect();
-    children
-        .into_iter()
-        .map(|c| wait_output(c, TIMEOUT))
-        .collect()
 }
 
 /// Entries of `dir` whose names start with `prefix`.
