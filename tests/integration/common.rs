@@ -59,6 +59,29 @@ pub fn run(cmd: &mut Command, input: &[u8]) -> Output {
     out
 }
 
+/// Spawns every command at once, each with its input (small enough for a pipe), then
+/// waits for each, killing any that outlives [`TIMEOUT`].
+pub fn run_all(cmds: Vec<(Command, Vec<u8>)>) -> Vec<Output> {
+    let children: Vec<Child> = cmds
+        .into_iter()
+        .map(|(mut cmd, input)| {
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(&input);
+            child
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| wait_output(c, TIMEOUT))
+        .collect()
+}
+
 /// Waits for a child's output, killing it when `limit` passes.
 pub fn wait_output(child: Child, limit: Duration) -> Output {
     let pid = child.id();
@@ -193,6 +216,7 @@ fn child_entry() {
         "torture-writer" => crate::crash::writer_child(),
         "counter-writer" => crate::concurrency::counter_child(),
         "lock-holder" => crate::concurrency::lock_holder_child(),
+        "fleet-holder" => crate::fleet::holder_child(),
         other => panic!("unknown child role {other}"),
     }
     std::process::exit(0);
