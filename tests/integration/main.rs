@@ -10,6 +10,7 @@ mod corruption;
 mod crash;
 mod docs;
 mod fleet;
+mod fleet_ssh;
 mod fuzz;
 mod host_side;
 mod launch;

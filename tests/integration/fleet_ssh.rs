@@ -1,0 +1,178 @@
+//! The pipeline on a fleet of real hosts: network namespaces, each with its own sshd and
+//! task-directory root, reached over OpenSSH through formic-host. Every case ends with the
+//! namespaces, sshds and tasks gone (the fleet's Drop).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{self, code, run, stderr, stdout};
+use crate::netns::Fleet;
+
+/// A scheduler (this machine's root namespace) and its fleet.
+struct Site {
+    fleet: Fleet,
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new(hosts: usize) -> Site {
+        common::require_root("a fleet of network namespaces");
+        let site = Site {
+            fleet: Fleet::new(hosts),
+            dir: common::tempdir(),
+        };
+        std::fs::create_dir(site.jobs()).unwrap();
+        let records: String = site
+            .fleet
+            .hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "type": "host", "name": h.name, "cpus": 2, "ram_mb": 2048,
+                        "ports": [[31000, 31099]], "transport": "ssh",
+                        "address": h.address.to_string(), "ssh": h.ssh_target(),
+                        "root": h.root,
+                    })
+                )
+            })
+            .collect();
+        let out = run(&mut site.tool("offer").arg("add"), records.as_bytes());
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        site
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn jobs(&self) -> PathBuf {
+        self.dir.path().join("jobs")
+    }
+
+    /// A formic tool of this build, reaching the fleet as an operator's would.
+    fn tool(&self, name: &str) -> Command {
+        let mut c = common::tool(name, &self.state());
+        self.reach(&mut c);
+        c
+    }
+
+    fn reach(&self, c: &mut Command) {
+        c.env("FORMIC_SSH", self.fleet.ssh_command())
+            .env("FORMIC_REMOTE_BIN", common::bin("formic-host").parent().unwrap());
+    }
+
+    /// One pass of scripts/reconcile.
+    fn reconcile(&self) -> Output {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/reconcile");
+        let mut cmd = Command::new(script);
+        cmd.arg(self.jobs())
+            .env("FORMIC_STATE", self.state())
+            .env("FORMIC_BIN", common::bin("offer").parent().unwrap());
+        self.reach(&mut cmd);
+        run(&mut cmd, b"")
+    }
+
+    fn tasks(&self) -> Vec<Value> {
+        let out = run(&mut self.tool("reap").args(["tasks", "--json"]), b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Passes until every instance of the fleet runs and is healthy.
+    fn converge(&self, instances: usize) -> Vec<Value> {
+        common::wait_until("the fleet to converge", Duration::from_secs(90), || {
+            let out = self.reconcile();
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            let tasks = self.tasks();
+            let running = tasks
+                .iter()
+                .filter(|t| t["state"] == "RUNNING" && t["healthy"] == true)
+                .count();
+            (running == instances).then_some(tasks)
+        })
+    }
+}
+
+impl Drop for Site {
+    /// Tasks first, while their hosts can still be reached; the fleet's Drop then removes
+    /// whatever is left in the namespaces.
+    fn drop(&mut self) {
+        let _ = run(&mut self.tool("reap").args(["kill", "--job", "t/e/web"]), b"");
+    }
+}
+
+const WEB: &str = r#"{"job":"t/e/web","instances":8,
+ "cmd":["python3","-m","http.server","{{port.http}}","--bind","0.0.0.0"],
+ "resources":{"cpus":0.1,"ram_mb":64,"ports":["http"]},
+ "constraints":[{"attr":"host","limit":2}],
+ "health":{"http":"/","port":"http","interval_s":1,"timeout_s":0.5,"failures":3},
+ "announce":{"primary":"http","path":"/formic/t/e/web"}}"#;
+
+/// An HTTP GET from the scheduler's namespace: the status line.
+fn get(address: &str, port: u64) -> String {
+    let mut s = TcpStream::connect_timeout(
+        &format!("{address}:{port}").parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| panic!("{address}:{port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(s, "GET / HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() {
+    let site = Site::new(4);
+    std::fs::write(site.jobs().join("web.json"), WEB).unwrap();
+    let tasks = site.converge(8);
+    // Two on each host (the limit), each answering at its host's address, from outside.
+    for h in &site.fleet.hosts {
+        let here: Vec<&Value> = tasks.iter().filter(|t| t["host"] == h.name.as_str()).collect();
+        assert_eq!(here.len(), 2, "{}: {tasks:?}", h.name);
+        for t in here {
+            let port = t["ports"]["http"].as_u64().unwrap();
+            let status = get(&h.address.to_string(), port);
+            assert!(status.contains(" 200 "), "{} {port}: {status}", h.name);
+        }
+    }
+    // Announced at the host's address.
+    let out = run(
+        &mut site
+            .tool("announce")
+            .args(["resolve", "/formic/t/e/web", "--plain"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut endpoints: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    endpoints.sort();
+    let mut expected: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            let h = site.fleet.hosts.iter().find(|h| t["host"] == h.name.as_str()).unwrap();
+            format!("{}:{}", h.address, t["ports"]["http"])
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(endpoints, expected);
+    // A pass over a converged fleet changes nothing.
+    let before = site.tasks();
+    let out = site.reconcile();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(site.tasks(), before);
+    // The task directories are on the hosts, under their roots.
+    for h in &site.fleet.hosts {
+        assert_eq!(common::tasks_under(&h.root).len(), 2, "{}", h.name);
+    }
+}
