@@ -49,6 +49,9 @@ pub(super) struct Reaper {
     hosts: HashMap<String, Arc<dyn TaskHost>>,
     /// How many hosts are worked at once.
     pub(super) parallel: usize,
+    /// Hosts this run could not reach: not tried again by its later steps (liveness
+    /// records them; see `sense`).
+    unreachable: HashSet<String>,
 }
 
 /// Work for one host: its name, the host as reap reaches it, and what concerns it.
@@ -84,6 +87,7 @@ impl Reaper {
             told: HashSet::new(),
             hosts: HashMap::new(),
             parallel,
+            unreachable: HashSet::new(),
         })
     }
 
@@ -100,8 +104,25 @@ impl Reaper {
         self.trouble += 1;
     }
 
-    /// The host named `name` as reap reaches it (None, with a note, when it cannot be).
+    /// A host that did not answer: said once, and left alone for the rest of this run. Not
+    /// a failure of the pass: the host's liveness keeps the account (suspect, down).
+    pub(super) fn unreached(&mut self, name: &str, e: &transport::Unreached) {
+        if self.unreachable.insert(name.to_string()) {
+            eprintln!("reap: host {name} not reached: {e}");
+        }
+    }
+
+    /// Forgets the hosts found unreachable (`reap --follow` tries them again each sweep).
+    pub(super) fn retry_unreached(&mut self) {
+        self.unreachable.clear();
+    }
+
+    /// The host named `name` as reap reaches it (None when it cannot be, or did not answer
+    /// this run).
     pub(super) fn host(&mut self, name: &str) -> Option<Arc<dyn TaskHost>> {
+        if self.unreachable.contains(name) {
+            return None;
+        }
         if let Some(h) = self.hosts.get(name) {
             return Some(h.clone());
         }
@@ -178,7 +199,7 @@ impl Reaper {
             let stamps = match stamps {
                 Ok(s) => s,
                 Err(e) => {
-                    self.note(format!("host {name} not reached: {e}"));
+                    self.unreached(&name, &e);
                     continue;
                 }
             };
@@ -207,7 +228,7 @@ impl Reaper {
             let looks = match looks {
                 Ok(l) => l,
                 Err(e) => {
-                    self.note(format!("host {name} not reached: {e}"));
+                    self.unreached(&name, &e);
                     continue;
                 }
             };
@@ -292,7 +313,7 @@ impl Reaper {
                 Ok(oks) => idx.iter().zip(oks).for_each(|(&i, ok)| kept[i] = ok),
                 Err(e) => {
                     idx.iter().for_each(|&i| kept[i] = false);
-                    self.note(format!("host {name} not reached: {e}"));
+                    self.unreached(&name, &e);
                 }
             }
         }
@@ -333,7 +354,7 @@ impl Reaper {
                         }
                     }
                 }
-                Err(e) => self.note(format!("host {name} not reached: {e}")),
+                Err(e) => self.unreached(&name, &e),
             }
         }
     }
@@ -413,6 +434,7 @@ impl Reaper {
             };
             self.pass(&HashMap::new(), &mut select)?;
             if sweep {
+                self.retry_unreached();
                 self.sense()?;
                 self.stop_strays()?;
             }

@@ -40,11 +40,16 @@ impl Reaper {
             host.stamps(&[])
                 .map(|_| t.elapsed().as_micros().min(u32::MAX as u128) as u32)
         });
-        let reached: HashMap<String, Option<u32>> = hosts
-            .iter()
-            .zip(answers)
-            .map(|((name, _), a)| (name.clone(), a.ok()))
-            .collect();
+        let mut reached: HashMap<String, Option<u32>> = HashMap::new();
+        for ((name, _), answer) in hosts.iter().zip(answers) {
+            match answer {
+                Ok(rtt) => reached.insert(name.clone(), Some(rtt)),
+                Err(e) => {
+                    self.unreached(name, &e);
+                    reached.insert(name.clone(), None)
+                }
+            };
+        }
         let now = now();
         let lost_after = self.timing.lost_after;
         let total = self.state.view().hosts.len();

@@ -52,7 +52,7 @@ impl Reaper {
         for ((name, host), answer) in hosts.into_iter().zip(answers) {
             match answer {
                 Ok(f) => found.push((name, host, f)),
-                Err(e) => self.note(format!("host {name} not reached: {e}")),
+                Err(e) => self.unreached(&name, &e),
             }
         }
         // Judged on the state as it is after the walk: launch records an incarnation

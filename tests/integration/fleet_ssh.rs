@@ -13,6 +13,10 @@ use serde_json::Value;
 use crate::common::{self, code, run, stderr, stdout};
 use crate::netns::Fleet;
 
+/// --lost-after for these tests: longer than twice a pass that waits on a cut host (a
+/// pass further apart than half of it is a gap in the evidence, and the clock starts over).
+const LOST_AFTER: &str = "20s";
+
 /// A scheduler (this machine's root namespace) and its fleet.
 struct Site {
     fleet: Fleet,
@@ -65,7 +69,11 @@ impl Site {
 
     fn reach(&self, c: &mut Command) {
         c.env("FORMIC_SSH", self.fleet.ssh_command())
-            .env("FORMIC_REMOTE_BIN", common::bin("formic-host").parent().unwrap());
+            .env(
+                "FORMIC_REMOTE_BIN",
+                common::bin("formic-host").parent().unwrap(),
+            )
+            .env("FORMIC_LOST_AFTER", LOST_AFTER);
     }
 
     /// One pass of scripts/reconcile.
@@ -90,16 +98,59 @@ impl Site {
 
     /// Passes until every instance of the fleet runs and is healthy.
     fn converge(&self, instances: usize) -> Vec<Value> {
-        common::wait_until("the fleet to converge", Duration::from_secs(90), || {
+        self.passes_until("the fleet to converge", |tasks| {
+            running(tasks).len() == instances
+        })
+    }
+
+    /// Reconciliation passes until `done` holds of the task list.
+    fn passes_until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        common::wait_until(what, Duration::from_secs(120), || {
             let out = self.reconcile();
             assert_eq!(code(&out), 0, "{}", stderr(&out));
             let tasks = self.tasks();
-            let running = tasks
-                .iter()
-                .filter(|t| t["state"] == "RUNNING" && t["healthy"] == true)
-                .count();
-            (running == instances).then_some(tasks)
+            done(&tasks).then_some(tasks)
         })
+    }
+
+    fn liveness(&self, host: &str) -> String {
+        let out = run(&mut self.tool("offer").args(["hosts", host, "--json"]), b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let h: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        h["liveness"]["state"].as_str().unwrap().to_string()
+    }
+
+    /// The supervisors at work under a host's root, by task id.
+    fn supervised_on(&self, host: &crate::netns::Host) -> Vec<String> {
+        common::tasks_under(&host.root)
+            .into_iter()
+            .filter(|d| formic::taskdir::supervised(d).unwrap_or(false))
+            .map(|d| d.strip_prefix(&host.root).unwrap().display().to_string())
+            .collect()
+    }
+}
+
+/// The tasks RUNNING and healthy.
+fn running(tasks: &[Value]) -> Vec<&Value> {
+    tasks
+        .iter()
+        .filter(|t| t["state"] == "RUNNING" && t["healthy"] == true)
+        .collect()
+}
+
+impl Site {
+    /// Every endpoint the serverset names, each answering.
+    fn resolve(&self) -> Vec<String> {
+        let out = run(
+            &mut self
+                .tool("announce")
+                .args(["resolve", "/formic/t/e/web", "--plain"]),
+            b"",
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let mut endpoints: Vec<String> = stdout(&out).lines().map(String::from).collect();
+        endpoints.sort();
+        endpoints
     }
 }
 
@@ -107,7 +158,10 @@ impl Drop for Site {
     /// Tasks first, while their hosts can still be reached; the fleet's Drop then removes
     /// whatever is left in the namespaces.
     fn drop(&mut self) {
-        let _ = run(&mut self.tool("reap").args(["kill", "--job", "t/e/web"]), b"");
+        let _ = run(
+            &mut self.tool("reap").args(["kill", "--job", "t/e/web"]),
+            b"",
+        );
     }
 }
 
@@ -139,7 +193,10 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
     let tasks = site.converge(8);
     // Two on each host (the limit), each answering at its host's address, from outside.
     for h in &site.fleet.hosts {
-        let here: Vec<&Value> = tasks.iter().filter(|t| t["host"] == h.name.as_str()).collect();
+        let here: Vec<&Value> = tasks
+            .iter()
+            .filter(|t| t["host"] == h.name.as_str())
+            .collect();
         assert_eq!(here.len(), 2, "{}: {tasks:?}", h.name);
         for t in here {
             let port = t["ports"]["http"].as_u64().unwrap();
@@ -160,7 +217,12 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
     let mut expected: Vec<String> = tasks
         .iter()
         .map(|t| {
-            let h = site.fleet.hosts.iter().find(|h| t["host"] == h.name.as_str()).unwrap();
+            let h = site
+                .fleet
+                .hosts
+                .iter()
+                .find(|h| t["host"] == h.name.as_str())
+                .unwrap();
             format!("{}:{}", h.address, t["ports"]["http"])
         })
         .collect();
@@ -175,4 +237,77 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
     for h in &site.fleet.hosts {
         assert_eq!(common::tasks_under(&h.root).len(), 2, "{}", h.name);
     }
+}
+
+#[test]
+fn a_host_cut_off_is_replaced_elsewhere_and_its_stale_copies_stop_when_it_heals() {
+    let site = Site::new(4);
+    std::fs::write(
+        site.jobs().join("web.json"),
+        WEB.replace(r#""instances":8"#, r#""instances":6"#),
+    )
+    .unwrap();
+    let tasks = site.converge(6);
+    // A host that holds instances.
+    let victim = site
+        .fleet
+        .hosts
+        .iter()
+        .find(|h| tasks.iter().any(|t| t["host"] == h.name.as_str()))
+        .unwrap();
+    let moved: Vec<String> = tasks
+        .iter()
+        .filter(|t| t["host"] == victim.name.as_str())
+        .map(|t| t["task"].as_str().unwrap().to_string())
+        .collect();
+    victim.cut();
+    // Suspect at the first pass that cannot reach it, down after --lost-after; its
+    // instances LOST and running elsewhere.
+    let out = site.reconcile();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(site.liveness(&victim.name), "suspect");
+    let tasks = site.passes_until("the cut host's instances to run elsewhere", |tasks| {
+        running(tasks).len() == 6
+            && running(tasks)
+                .iter()
+                .all(|t| t["host"] != victim.name.as_str())
+    });
+    assert_eq!(site.liveness(&victim.name), "down");
+    for id in &moved {
+        assert!(tasks
+            .iter()
+            .any(|t| t["task"] == id.as_str() && t["state"] == "RUNNING"));
+    }
+    // Clients are sent only to live instances.
+    let endpoints = site.resolve();
+    assert_eq!(endpoints.len(), 6, "{endpoints:?}");
+    assert!(endpoints
+        .iter()
+        .all(|e| !e.starts_with(&format!("{}:", victim.address))));
+    for e in &endpoints {
+        let (address, port) = e.rsplit_once(':').unwrap();
+        assert!(get(address, port.parse().unwrap()).contains(" 200 "), "{e}");
+    }
+    // While cut off, the stale copies still run there (nothing can reach them).
+    assert_eq!(site.supervised_on(victim).len(), moved.len());
+    // Healed: the stale copies are stopped, then the host takes work again.
+    victim.heal();
+    site.passes_until("the healed host to be taken back", |_| {
+        site.liveness(&victim.name) == "up"
+    });
+    assert!(
+        site.supervised_on(victim).is_empty(),
+        "stale copies stopped"
+    );
+    // One live instance per task id across the fleet.
+    let mut ids: Vec<String> = site
+        .fleet
+        .hosts
+        .iter()
+        .flat_map(|h| site.supervised_on(h))
+        .collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!((ids.len(), n), (6, 6), "{ids:?}");
 }
