@@ -313,7 +313,7 @@ impl Reaper {
                 Ok(oks) => idx.iter().zip(oks).for_each(|(&i, ok)| kept[i] = ok),
                 Err(e) => {
                     idx.iter().for_each(|&i| kept[i] = false);
-                    self.unreached(&name, &e);
+                    self.unreached(name, &e);
                 }
             }
         }
@@ -354,7 +354,7 @@ impl Reaper {
                         }
                     }
                 }
-                Err(e) => self.unreached(&name, &e),
+                Err(e) => self.unreached(name, &e),
             }
         }
     }
