@@ -47,7 +47,7 @@ impl Site {
                 )
             })
             .collect();
-        let out = run(&mut site.tool("offer").arg("add"), records.as_bytes());
+        let out = run(site.tool("offer").arg("add"), records.as_bytes());
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         site
     }
@@ -88,7 +88,7 @@ impl Site {
     }
 
     fn tasks(&self) -> Vec<Value> {
-        let out = run(&mut self.tool("reap").args(["tasks", "--json"]), b"");
+        let out = run(self.tool("reap").args(["tasks", "--json"]), b"");
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         stdout(&out)
             .lines()
@@ -114,7 +114,7 @@ impl Site {
     }
 
     fn liveness(&self, host: &str) -> String {
-        let out = run(&mut self.tool("offer").args(["hosts", host, "--json"]), b"");
+        let out = run(self.tool("offer").args(["hosts", host, "--json"]), b"");
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let h: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
         h["liveness"]["state"].as_str().unwrap().to_string()
@@ -142,8 +142,7 @@ impl Site {
     /// Every endpoint the serverset names, each answering.
     fn resolve(&self) -> Vec<String> {
         let out = run(
-            &mut self
-                .tool("announce")
+            self.tool("announce")
                 .args(["resolve", "/formic/t/e/web", "--plain"]),
             b"",
         );
@@ -158,10 +157,7 @@ impl Drop for Site {
     /// Tasks first, while their hosts can still be reached; the fleet's Drop then removes
     /// whatever is left in the namespaces.
     fn drop(&mut self) {
-        let _ = run(
-            &mut self.tool("reap").args(["kill", "--job", "t/e/web"]),
-            b"",
-        );
+        let _ = run(self.tool("reap").args(["kill", "--job", "t/e/web"]), b"");
     }
 }
 
@@ -206,8 +202,7 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
     }
     // Announced at the host's address.
     let out = run(
-        &mut site
-            .tool("announce")
+        site.tool("announce")
             .args(["resolve", "/formic/t/e/web", "--plain"]),
         b"",
     );
