@@ -306,3 +306,49 @@ fn a_host_cut_off_is_replaced_elsewhere_and_its_stale_copies_stop_when_it_heals(
     ids.dedup();
     assert_eq!((ids.len(), n), (6, 6), "{ids:?}");
 }
+
+#[test]
+fn a_scheduler_cut_off_from_its_whole_fleet_declares_no_host_down() {
+    let site = Site::new(4);
+    std::fs::write(
+        site.jobs().join("web.json"),
+        WEB.replace(r#""instances":8"#, r#""instances":4"#),
+    )
+    .unwrap();
+    let before = site.converge(4);
+    for h in &site.fleet.hosts {
+        h.cut();
+    }
+    // Passes for longer than --lost-after: every host suspect, none down, nothing LOST.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let out = site.reconcile();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let err = stderr(&site.reconcile());
+    assert!(err.contains("not declared down"), "{err}");
+    for h in &site.fleet.hosts {
+        assert_eq!(site.liveness(&h.name), "suspect", "{}", h.name);
+    }
+    let during = site.tasks();
+    assert!(during.iter().all(|t| t["state"] == "RUNNING"), "{during:?}");
+    // Healed: all up, the same instances where they were.
+    for h in &site.fleet.hosts {
+        h.heal();
+    }
+    let after = site.passes_until("the fleet to answer again", |tasks| {
+        running(tasks).len() == 4
+    });
+    for h in &site.fleet.hosts {
+        assert_eq!(site.liveness(&h.name), "up", "{}", h.name);
+    }
+    let place = |tasks: &[Value]| -> Vec<(String, String)> {
+        let mut p: Vec<(String, String)> = tasks
+            .iter()
+            .map(|t| (t["task"].to_string(), t["host"].to_string()))
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(place(&after), place(&before));
+}
