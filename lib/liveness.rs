@@ -5,8 +5,10 @@
 //!
 //! A scheduler cut off from its fleet must not take the fleet for dead. So:
 //! - a host is declared down only on evidence gathered by passes no further apart than
-//!   half of `--lost-after`: after a gap (a scheduler that was stopped, a state just
-//!   restored or opened by a new scheduler) the clock of every suspect host starts again;
+//!   `--lost-after`: after a gap (a scheduler that was stopped, a state just restored or
+//!   opened by a new scheduler) the clock of every suspect host starts again, so a new
+//!   scheduler waits `--lost-after` before it declares anything down. (A pass slowed by the
+//!   very hosts that fail, each waiting for a timeout, is not a gap.)
 //! - at most [`DOWN_SHARE`] of the hosts (at least one) are declared down in one pass;
 //! - when more than [`CUT_OFF_SHARE`] of the ssh hosts are unreachable at once, none is
 //!   declared down: it is the scheduler that is cut off (Kubernetes stops evictions in a
@@ -37,7 +39,7 @@ pub fn sensed(l: Liveness, reached: Option<u32>, now: f64, lost_after: f64) -> L
             }
         }
         None => {
-            let stale = l.checked > 0.0 && now - l.checked > lost_after / 2.0;
+            let stale = l.checked > 0.0 && now - l.checked > lost_after;
             match l.life {
                 Life::Up => {
                     n.life = Life::Suspect;
@@ -105,7 +107,6 @@ mod tests {
         assert_eq!((l.life, l.contact, l.rtt_us), (Life::Up, 1000.0, 800));
         let l = sensed(l, None, 1060.0, lost);
         assert_eq!((l.life, l.since), (Life::Suspect, 1060.0));
-        let l = sensed(l, None, 1160.0, lost);
         let l = sensed(l, None, 1260.0, lost);
         assert!(!overdue(&l, 1260.0, lost));
         let l = sensed(l, None, 1360.0, lost);

@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::common::{self, code, run, stderr, stdout};
 use crate::netns::Fleet;
 
-/// --lost-after for these tests: longer than twice a pass that waits on a cut host (a
-/// pass further apart than half of it is a gap in the evidence, and the clock starts over).
+/// --lost-after for these tests: longer than a pass that waits on a cut host (passes
+/// further apart are a gap in the evidence, and the clock starts over).
 const LOST_AFTER: &str = "20s";
 
 /// A scheduler (this machine's root namespace) and its fleet.
