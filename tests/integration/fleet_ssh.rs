@@ -234,8 +234,10 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
     }
 }
 
-#[test]
-fn a_host_cut_off_is_replaced_elsewhere_and_its_stale_copies_stop_when_it_heals() {
+/// A host lost to `fault`: suspect, then down after --lost-after, its instances LOST and
+/// running elsewhere, clients sent only to live ones; after `heal`, its stale copies are
+/// stopped before it takes work again, and one instance per task id lives.
+fn lost_and_taken_back(fault: fn(&crate::netns::Host), heal: fn(&crate::netns::Host)) {
     let site = Site::new(4);
     std::fs::write(
         site.jobs().join("web.json"),
@@ -255,7 +257,7 @@ fn a_host_cut_off_is_replaced_elsewhere_and_its_stale_copies_stop_when_it_heals(
         .filter(|t| t["host"] == victim.name.as_str())
         .map(|t| t["task"].as_str().unwrap().to_string())
         .collect();
-    victim.cut();
+    fault(victim);
     // Suspect at the first pass that cannot reach it, down after --lost-after; its
     // instances LOST and running elsewhere.
     let out = site.reconcile();
@@ -283,10 +285,10 @@ fn a_host_cut_off_is_replaced_elsewhere_and_its_stale_copies_stop_when_it_heals(
         let (address, port) = e.rsplit_once(':').unwrap();
         assert!(get(address, port.parse().unwrap()).contains(" 200 "), "{e}");
     }
-    // While cut off, the stale copies still run there (nothing can reach them).
+    // Meanwhile the stale copies still run there (nothing can reach them).
     assert_eq!(site.supervised_on(victim).len(), moved.len());
     // Healed: the stale copies are stopped, then the host takes work again.
-    victim.heal();
+    heal(victim);
     site.passes_until("the healed host to be taken back", |_| {
         site.liveness(&victim.name) == "up"
     });
@@ -305,6 +307,18 @@ fn a_host_cut_off_is_replaced_elsewhere_and_its_stale_copies_stop_when_it_heals(
     let n = ids.len();
     ids.dedup();
     assert_eq!((ids.len(), n), (6, 6), "{ids:?}");
+}
+
+#[test]
+fn a_host_cut_off_is_replaced_elsewhere_and_its_stale_copies_stop_when_it_heals() {
+    lost_and_taken_back(|h| h.cut(), |h| h.heal());
+}
+
+/// Frozen (every process of the host stopped, the kernel still accepting connections):
+/// steps time out rather than fail at once.
+#[test]
+fn a_frozen_host_is_replaced_elsewhere_and_its_copies_stop_when_it_thaws() {
+    lost_and_taken_back(|h| h.freeze(), |h| h.thaw());
 }
 
 #[test]
