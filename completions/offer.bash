@@ -34,6 +34,9 @@ _offer() {
             offer,schedule)
                 cmd="offer__subcmd__schedule"
                 ;;
+            offer,take-over)
+                cmd="offer__subcmd__take__subcmd__over"
+                ;;
             offer,undrain)
                 cmd="offer__subcmd__undrain"
                 ;;
@@ -55,6 +58,9 @@ _offer() {
             offer__subcmd__help,schedule)
                 cmd="offer__subcmd__help__subcmd__schedule"
                 ;;
+            offer__subcmd__help,take-over)
+                cmd="offer__subcmd__help__subcmd__take__subcmd__over"
+                ;;
             offer__subcmd__help,undrain)
                 cmd="offer__subcmd__help__subcmd__undrain"
                 ;;
@@ -65,7 +71,7 @@ _offer() {
 
     case "${cmd}" in
         offer)
-            opts="-h -V --state --json --help --version add remove schedule drain undrain hosts help"
+            opts="-h -V --state --json --help --version add take-over remove schedule drain undrain hosts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,7 +157,7 @@ _offer() {
             return 0
             ;;
         offer__subcmd__help)
-            opts="add remove schedule drain undrain hosts help"
+            opts="add take-over remove schedule drain undrain hosts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -248,6 +254,20 @@ _offer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        offer__subcmd__help__subcmd__take__subcmd__over)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         offer__subcmd__help__subcmd__undrain)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -310,6 +330,28 @@ _offer() {
                     return 0
                     ;;
                 --owner)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        offer__subcmd__take__subcmd__over)
+            opts="-h --past --state --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --past)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -29,7 +29,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use crate::cli::{OutputArgs, StateArgs};
-use crate::exit::{bad_input, status_of, Status, TABLE};
+use crate::exit::{bad_input, fail, status_of, Status, TABLE};
 use crate::host::millicores;
 use crate::job::{Check, JobSpec};
 use crate::records::{self, Record, Writer};
@@ -163,6 +163,12 @@ pub fn run(cli: Cli) -> Result<Status> {
             Start::Failed { why, .. } | Start::Busy(why) | Start::Unreached(why) => {
                 eprintln!("launch: {}: {why}", i.place.task)
             }
+            Start::Superseded(why) => {
+                return Err(fail(
+                    Status::Permission,
+                    format!("{why}; this scheduler stops (see `offer take-over`)"),
+                ))
+            }
             _ => {}
         }
     }
@@ -250,8 +256,12 @@ fn start_all(cli: &Cli, hosts: &Hosts, intents: &[Intent], specs: &Specs) -> Vec
                 }
             }
             Err(e) => {
+                let why = format!("host {name}: {e}");
                 for (n, _, _) in mine {
-                    starts[*n] = Some(Start::Unreached(format!("host {name}: {e}")));
+                    starts[*n] = Some(match e.superseded {
+                        true => Start::Superseded(why.clone()),
+                        false => Start::Unreached(why.clone()),
+                    });
                 }
             }
         }
@@ -370,7 +380,7 @@ fn record_results<'a>(
             }
             // Whether it started is not known: it stays ASSIGNED, for reap to find out (or
             // to call it off) once the host answers.
-            Start::CalledOff | Start::Unreached(_) => continue,
+            Start::CalledOff | Start::Unreached(_) | Start::Superseded(_) => continue,
         };
         event["state"] = json!(next.state.name());
         events.push(event);

@@ -71,6 +71,20 @@ pub enum Verb {
         )]
         ports: String,
     },
+    /// Take over the fleet: raise this scheduler's epoch
+    ///
+    /// Every step formic sends to a host reached over ssh carries the scheduler's epoch
+    /// (kept in STATE.epoch beside the state file); a host remembers the newest it has seen
+    /// and refuses older ones (status 77). Run this on the scheduler that takes over (a
+    /// standby, a state restored from a backup or rebuilt): from its first step on, the
+    /// scheduler it replaces can no longer start or stop anything there. Prints the new
+    /// epoch.
+    #[command(after_help = TABLE)]
+    TakeOver {
+        /// Go past this epoch too (the one a host said it has seen)
+        #[arg(long, value_name = "EPOCH", default_value_t = 0)]
+        past: u64,
+    },
     /// Remove hosts from the inventory
     ///
     /// Refuses while tasks hold reservations on any of the hosts, and then removes none.
@@ -165,6 +179,12 @@ pub fn run(cli: Cli) -> Result<Status> {
         Some(Verb::Add { probe: None, .. }) => {
             let (hosts, others) = read_hosts(crate::cli::stdin_for("offer", "host records"))?;
             add(&mut State::open_writer(&path)?, hosts, others)
+        }
+        Some(Verb::TakeOver { past }) => {
+            State::open(&path)?; // the usual message for a missing or bad state
+            let epoch = crate::transport::take_over(&path, past)?;
+            println!("{epoch}");
+            Ok(Status::Done)
         }
         Some(Verb::Remove { hosts, force }) => {
             remove(&mut State::open_writer(&path)?, &hosts, force)

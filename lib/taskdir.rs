@@ -412,6 +412,15 @@ pub fn create(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
+/// Creates a host's task-directory root (mode 0711: passed through, listed by no one else).
+pub fn create_root(root: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(root)
+        .with_context(|| format!("creating {}", root.display()))
+}
+
 /// Opens the task's lock file (created when missing).
 pub fn lock_file(dir: &Path) -> Result<File> {
     OpenOptions::new()

@@ -52,6 +52,8 @@ pub(super) struct Reaper {
     /// Hosts this run could not reach: not tried again by its later steps (liveness
     /// records them; see `sense`).
     unreachable: HashSet<String>,
+    /// A host refused this scheduler's epoch: another has taken over, and this one stops.
+    superseded: Option<String>,
 }
 
 /// Work for one host: its name, the host as reap reaches it, and what concerns it.
@@ -88,6 +90,7 @@ impl Reaper {
             hosts: HashMap::new(),
             parallel,
             unreachable: HashSet::new(),
+            superseded: None,
         })
     }
 
@@ -107,8 +110,23 @@ impl Reaper {
     /// A host that did not answer: said once, and left alone for the rest of this run. Not
     /// a failure of the pass: the host's liveness keeps the account (suspect, down).
     pub(super) fn unreached(&mut self, name: &str, e: &transport::Unreached) {
+        if e.superseded {
+            self.superseded
+                .get_or_insert_with(|| format!("host {name}: {e}"));
+        }
         if self.unreachable.insert(name.to_string()) {
             eprintln!("reap: host {name} not reached: {e}");
+        }
+    }
+
+    /// Stops the run once a host has refused this scheduler's epoch (status 77).
+    pub(super) fn check_superseded(&mut self) -> Result<()> {
+        match self.superseded.take() {
+            Some(why) => Err(crate::exit::fail(
+                Status::Permission,
+                format!("{why}; this scheduler stops (see `offer take-over`)"),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -386,8 +404,11 @@ impl Reaper {
         passthrough: &[String],
     ) -> Result<Status> {
         self.sense()?;
+        self.check_superseded()?;
         self.stop_strays()?;
+        self.check_superseded()?;
         let mut pass = self.pass(&requests, &mut |_, _| true)?;
+        self.check_superseded()?;
         // Every stop ends by its deadline: the supervisor reports, or reap kills it. A stop
         // that cannot (no status to find its supervisor by) is given up a little later.
         let give_up = |p: &Pass| p.stopping.iter().map(|s| s.1).fold(0.0, f64::max) + 5.0;
@@ -436,8 +457,10 @@ impl Reaper {
             if sweep {
                 self.retry_unreached();
                 self.sense()?;
+                self.check_superseded()?;
                 self.stop_strays()?;
             }
+            self.check_superseded()?;
             last = current;
             // Problems are reported as they happen; following goes on.
             self.trouble = 0;

@@ -50,6 +50,9 @@ impl Reaper {
                 }
             };
         }
+        // A host that refused our epoch answered: no liveness is recorded by a scheduler
+        // that has been taken over.
+        self.check_superseded()?;
         let now = now();
         let lost_after = self.timing.lost_after;
         let total = self.state.view().hosts.len();

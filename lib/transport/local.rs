@@ -214,7 +214,7 @@ impl TaskHost for Local {
     }
 
     fn probe(&self) -> Result<Measured, Unreached> {
-        measure(&self.root).map_err(|e| Unreached(format!("{e:#}")))
+        measure(&self.root).map_err(|e| Unreached::new(format!("{e:#}")))
     }
 }
 

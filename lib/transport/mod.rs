@@ -57,6 +57,8 @@ pub enum Start {
     Failed { why: String, exit: i32 },
     /// The host was not reached: whether the supervisor started is not known.
     Unreached(String),
+    /// The host refused this scheduler's epoch: another has taken over.
+    Superseded(String),
 }
 
 impl Start {
@@ -99,14 +101,65 @@ pub struct Measured {
 pub type Stamp = (u64, i64, i64, u64);
 
 /// The host could not be reached, or its answer was cut short (ssh's exit status 255, a
-/// timeout): nothing is known of what happened there, and never that a task failed.
+/// timeout): nothing is known of what happened there, and never that a task failed. Or
+/// the host refused the step: another scheduler, of a later epoch, has taken over.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Unreached(pub String);
+pub struct Unreached {
+    pub why: String,
+    /// The host answered, refusing this scheduler's epoch.
+    pub superseded: bool,
+}
+
+impl Unreached {
+    pub fn new(why: impl Into<String>) -> Unreached {
+        Unreached {
+            why: why.into(),
+            superseded: false,
+        }
+    }
+}
 
 impl std::fmt::Display for Unreached {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.why)
     }
+}
+
+/// The scheduler's epoch: kept in `STATE.epoch` beside the state file (0 when there is
+/// none), sent with every step, and refused by a host that has seen a later one. A
+/// scheduler that takes over a fleet (a standby, a state restored from a backup or rebuilt
+/// from the hosts) raises it (`offer take-over`), and from its first step on no host obeys
+/// the one before.
+pub fn epoch(state: &Path) -> Result<u64> {
+    let path = epoch_file(state);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            crate::exit::fail(
+                crate::exit::Status::Io,
+                format!("{} is not an epoch", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
+/// Raises the epoch past `at_least` and the one kept, durably; returns the new one.
+pub fn take_over(state: &Path, at_least: u64) -> Result<u64> {
+    let next = epoch(state)?.max(at_least) + 1;
+    taskdir::replace_file_mode(
+        &epoch_file(state),
+        format!("{next}\n").as_bytes(),
+        true,
+        0o644,
+    )?;
+    Ok(next)
+}
+
+fn epoch_file(state: &Path) -> std::path::PathBuf {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".epoch");
+    name.into()
 }
 
 /// One answer per task asked about, in the order asked, or the host was not reached.
@@ -214,6 +267,7 @@ pub fn reach(state: &Path, host: &Host) -> Result<Box<dyn TaskHost>> {
                 host.root().into(),
                 control,
                 remote_bin.as_deref(),
+                epoch(state)?,
             ))
         }
     })

@@ -51,6 +51,7 @@ pub fn run(_: Cli) -> Result<Status> {
     for id in task_ids(&request.op) {
         crate::reap::parse_task_id(id).map_err(bad_input)?;
     }
+    admit_epoch(&request.root, request.epoch)?;
     let host = Local::new(request.root.clone());
     let answers = answer(&host, request.op).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut out = io::BufWriter::new(io::stdout().lock());
@@ -62,6 +63,36 @@ pub fn run(_: Cli) -> Result<Status> {
     out.write_all(b"\n")?;
     out.flush().context("writing the answer")?;
     Ok(Status::Done)
+}
+
+/// Refuses a scheduler older than the newest this host has seen, and remembers a newer
+/// one: `ROOT/epoch`, under the lock `ROOT/epoch.lock`, so two requests at once agree.
+fn admit_epoch(root: &std::path::Path, epoch: u64) -> Result<()> {
+    crate::taskdir::create_root(root)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("epoch.lock"))
+        .context("opening epoch.lock")?;
+    lock.lock().context("locking epoch.lock")?;
+    let path = root.join("epoch");
+    let seen: u64 = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().parse().unwrap_or(0),
+        Err(_) => 0,
+    };
+    if epoch < seen {
+        return Err(crate::exit::fail(
+            Status::Permission,
+            format!(
+                "epoch {epoch} is older than {seen}: another scheduler has taken over this host"
+            ),
+        ));
+    }
+    if epoch > seen {
+        crate::taskdir::replace_file_mode(&path, format!("{epoch}\n").as_bytes(), true, 0o644)?;
+    }
+    Ok(())
 }
 
 /// Carries out one request on `host`.

@@ -26,6 +26,8 @@ pub struct Ssh {
     remote: String,
     root: PathBuf,
     timeout: Duration,
+    /// This scheduler's epoch, sent with every step.
+    epoch: u64,
 }
 
 impl Ssh {
@@ -38,6 +40,7 @@ impl Ssh {
         root: PathBuf,
         control_dir: &Path,
         remote_bin: Option<&str>,
+        epoch: u64,
     ) -> Ssh {
         let mut argv: Vec<String> = ssh_command.split_whitespace().map(String::from).collect();
         if argv.is_empty() {
@@ -75,6 +78,7 @@ impl Ssh {
             remote,
             root,
             timeout: STEP_TIMEOUT,
+            epoch,
         }
     }
 
@@ -82,10 +86,10 @@ impl Ssh {
     fn call(&self, op: Op) -> Reply<Answer> {
         let request = Request {
             root: self.root.clone(),
-            epoch: 0,
+            epoch: self.epoch,
             op,
         };
-        let mut line = serde_json::to_vec(&request).map_err(|e| Unreached(e.to_string()))?;
+        let mut line = serde_json::to_vec(&request).map_err(|e| Unreached::new(e.to_string()))?;
         line.push(b'\n');
         let mut child = Command::new(&self.argv[0])
             .args(&self.argv[1..])
@@ -96,7 +100,7 @@ impl Ssh {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Unreached(format!("starting {}: {e}", self.argv[0])))?;
+            .map_err(|e| Unreached::new(format!("starting {}: {e}", self.argv[0])))?;
         let mut stdin = child.stdin.take().expect("piped");
         let writer = std::thread::spawn(move || stdin.write_all(&line));
         let mut stdout = child.stdout.take().expect("piped");
@@ -130,21 +134,28 @@ impl Ssh {
         let said = complaint.lines().last().unwrap_or("").trim().to_string();
         match status.map(|s| s.code()) {
             None => {
-                return Err(Unreached(format!(
+                return Err(Unreached::new(format!(
                     "no answer within {} s",
                     self.timeout.as_secs()
                 )))
             }
-            Some(Some(255)) => return Err(Unreached(format!("not reached: {said}"))),
+            Some(Some(255)) => return Err(Unreached::new(format!("not reached: {said}"))),
+            // formic-host refused a scheduler of an older epoch (see `transport::epoch`).
+            Some(Some(77)) => {
+                return Err(Unreached {
+                    why: said,
+                    superseded: true,
+                })
+            }
             Some(Some(0)) => {}
             Some(code) => {
-                return Err(Unreached(format!(
+                return Err(Unreached::new(format!(
                     "formic-host failed (exit {}): {said}",
                     code.map_or("by a signal".into(), |c| c.to_string())
                 )))
             }
         }
-        parse_answers(&text).map_err(Unreached)
+        parse_answers(&text).map_err(Unreached::new)
     }
 }
 
@@ -185,14 +196,14 @@ fn shell_quote(s: &str) -> String {
 /// The answers to a step that asked about `n` things, each as `f` makes it out.
 fn each<T>(answers: Vec<Answer>, n: usize, f: impl Fn(Answer) -> Option<T>) -> Reply<T> {
     if answers.len() != n {
-        return Err(Unreached(format!(
+        return Err(Unreached::new(format!(
             "{} answers to {n} questions",
             answers.len()
         )));
     }
     answers
         .into_iter()
-        .map(|a| f(a).ok_or_else(|| Unreached("an answer of the wrong kind".into())))
+        .map(|a| f(a).ok_or_else(|| Unreached::new("an answer of the wrong kind")))
         .collect()
 }
 

@@ -26,7 +26,7 @@ use crate::taskdir::Status;
 pub struct Request {
     /// The host's task-directory root.
     pub root: PathBuf,
-    /// The scheduler's epoch (0 until epochs are kept).
+    /// The scheduler's epoch: a host that has seen a later one refuses the request.
     #[serde(default)]
     pub epoch: u64,
     pub op: Op,
@@ -165,7 +165,7 @@ impl From<&Start> for StartWire {
                 exit: *exit,
             },
             // The host side never answers this of itself.
-            Start::Unreached(why) => StartWire::Busy(why.clone()),
+            Start::Unreached(why) | Start::Superseded(why) => StartWire::Busy(why.clone()),
         }
     }
 }

@@ -366,3 +366,52 @@ fn a_scheduler_cut_off_from_its_whole_fleet_declares_no_host_down() {
     };
     assert_eq!(place(&after), place(&before));
 }
+
+#[test]
+fn a_scheduler_taken_over_can_no_longer_act_on_the_fleet() {
+    let site = Site::new(2);
+    std::fs::write(
+        site.jobs().join("web.json"),
+        WEB.replace(r#""instances":8"#, r#""instances":2"#),
+    )
+    .unwrap();
+    site.converge(2);
+    // A standby with a copy of the state takes over, and makes one pass.
+    let standby = site.dir.path().join("standby");
+    std::fs::create_dir(&standby).unwrap();
+    for e in std::fs::read_dir(site.dir.path()).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        if name.starts_with("state") && e.path().is_file() {
+            std::fs::copy(e.path(), standby.join(&name)).unwrap();
+        }
+    }
+    let tool = |name: &str| {
+        let mut c = common::tool(name, &standby.join("state"));
+        site.reach(&mut c);
+        c
+    };
+    let out = run(tool("offer").arg("take-over"), b"");
+    assert_eq!(
+        (code(&out), stdout(&out).trim()),
+        (0, "1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&mut tool("reap"), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The scheduler it replaced is refused by the hosts: 77, one line, nothing stopped.
+    let out = run(site.tool("reap").args(["kill", "t/e/web/0"]), b"");
+    assert_eq!(code(&out), 77, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("another scheduler has taken over"), "{err}");
+    let live: usize = site
+        .fleet
+        .hosts
+        .iter()
+        .map(|h| site.supervised_on(h).len())
+        .sum();
+    assert_eq!(live, 2);
+    // The standby acts.
+    let out = run(tool("reap").args(["kill", "--job", "t/e/web"]), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -142,3 +142,31 @@ fn a_request_it_cannot_take_is_refused_on_one_line_with_65() {
         assert!(stdout(&out).is_empty());
     }
 }
+
+#[test]
+fn a_host_refuses_a_scheduler_older_than_the_newest_it_has_seen() {
+    let root = common::tempdir();
+    let ask_at = |epoch: u64| {
+        let line = format!(
+            r#"{{"root":{},"epoch":{epoch},"op":{{"stamps":[]}}}}"#,
+            json!(root.path())
+        );
+        run(
+            &mut std::process::Command::new(bin("formic-host")),
+            format!("{line}\n").as_bytes(),
+        )
+    };
+    assert_eq!(code(&ask_at(0)), 0);
+    assert_eq!(code(&ask_at(2)), 0);
+    let out = ask_at(1);
+    assert_eq!(code(&out), 77, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("epoch 1 is older than 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+    assert_eq!(code(&ask_at(2)), 0);
+    assert_eq!(code(&ask_at(3)), 0);
+    assert_eq!(code(&ask_at(2)), 77);
+}
