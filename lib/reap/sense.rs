@@ -17,10 +17,9 @@ use crate::task::{Reason, TaskState};
 use crate::transport::{fan_out, TaskHost};
 
 impl Reaper {
-    /// One round trip to every ssh host, then their liveness recorded, and the hosts that
-    /// have been silent too long declared down, within the bounds.
-    pub(super) fn sense(&mut self) -> Result<()> {
-        let remote: Vec<String> = self
+    /// Every ssh host of the state that this run has not found unreachable, as reached.
+    pub(super) fn ssh_hosts(&mut self) -> Vec<(String, Arc<dyn TaskHost>)> {
+        let names: Vec<String> = self
             .state
             .view()
             .hosts
@@ -28,13 +27,25 @@ impl Reaper {
             .filter(|(_, h)| h.transport == Transport::Ssh)
             .map(|(_, h)| h.name.clone())
             .collect();
-        if remote.is_empty() {
+        names
+            .into_iter()
+            .filter_map(|name| Some((name.clone(), self.host(&name)?)))
+            .collect()
+    }
+
+    /// One round trip to every ssh host, then their liveness recorded, and the hosts that
+    /// have been silent too long declared down, within the bounds.
+    pub(super) fn sense(&mut self) -> Result<()> {
+        let has_remote = self
+            .state
+            .view()
+            .hosts
+            .iter()
+            .any(|(_, h)| h.transport == Transport::Ssh);
+        if !has_remote {
             return Ok(());
         }
-        let hosts: Vec<(String, Arc<dyn TaskHost>)> = remote
-            .iter()
-            .filter_map(|name| Some((name.clone(), self.host(name)?)))
-            .collect();
+        let hosts = self.ssh_hosts();
         let answers = fan_out(&hosts, self.parallel, |(_, host)| {
             let t = Instant::now();
             host.stamps(&[])

@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::decide::{Act, Event};
 use super::engine::{now, Reaper};
 use super::input::find_task;
-use crate::host::{Life, Transport};
+use crate::host::Life;
 use crate::state::View;
 use crate::task::TaskState;
 use crate::transport::{self, fan_out, Found, TaskHost};
@@ -34,19 +34,7 @@ impl Reaper {
             .into_iter()
             .map(|(name, host)| (name, Arc::new(host) as Arc<dyn TaskHost>))
             .collect();
-        let remote: Vec<String> = self
-            .state
-            .view()
-            .hosts
-            .iter()
-            .filter(|(_, h)| h.transport == Transport::Ssh)
-            .map(|(_, h)| h.name.clone())
-            .collect();
-        for name in remote {
-            if let Some(h) = self.host(&name) {
-                hosts.push((name, h));
-            }
-        }
+        hosts.extend(self.ssh_hosts());
         let answers = fan_out(&hosts, self.parallel, |(_, host)| host.supervisors());
         let mut found: Vec<(String, Arc<dyn TaskHost>, Vec<Found>)> = Vec::new();
         for ((name, host), answer) in hosts.into_iter().zip(answers) {
