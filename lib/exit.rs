@@ -44,7 +44,7 @@ Exit status:
   70  internal error (a bug; never caused by input)
   74  I/O error, or a corrupt, truncated, foreign or newer-version state file
   75  temporary failure (the state is locked by another writer); retry
-  77  permission denied
+  77  permission denied, or another scheduler has taken over (offer take-over)
 A closed standard output (as with `| head`) ends the tool quietly with status 0.";
 
 impl Status {
