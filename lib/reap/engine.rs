@@ -34,6 +34,8 @@ pub(super) struct Watch {
     task: Task,
     id: String,
     host: String,
+    /// Its host is reached over ssh.
+    remote: bool,
 }
 
 pub(super) struct Reaper {
@@ -54,6 +56,8 @@ pub(super) struct Reaper {
     unreachable: HashSet<String>,
     /// A host refused this scheduler's epoch: another has taken over, and this one stops.
     superseded: Option<String>,
+    /// Whether this pass reaches ssh hosts (every pass but --follow's quick ticks).
+    remote_now: bool,
 }
 
 /// Work for one host: its name, the host as reap reaches it, and what concerns it.
@@ -91,6 +95,7 @@ impl Reaper {
             parallel,
             unreachable: HashSet::new(),
             superseded: None,
+            remote_now: true,
         })
     }
 
@@ -182,6 +187,7 @@ impl Reaper {
                 task: t.clone(),
                 id: task_id(view, t),
                 host: host.name.clone(),
+                remote: host.transport == crate::host::Transport::Ssh,
             });
         }
         (watches, draining)
@@ -200,6 +206,10 @@ impl Reaper {
         let now = now();
         let mut by_host: BTreeMap<String, Vec<Watch>> = BTreeMap::new();
         for w in watches {
+            // `reap --follow` asks remote hosts once a second, not at every tick.
+            if w.remote && !self.remote_now && !requests.contains_key(&w.slot) {
+                continue;
+            }
             by_host.entry(w.host.clone()).or_default().push(w);
         }
         let groups: Vec<OnHost<Vec<Watch>>> = by_host
@@ -435,7 +445,8 @@ impl Reaper {
     }
 
     /// Passes forever: a task is looked at when its status file changes, while it is
-    /// starting or stopping (its clocks run), and every second in any case.
+    /// starting or stopping (its clocks run), and every second in any case. Tasks of ssh
+    /// hosts are looked at once a second (each look is a round trip).
     pub(super) fn follow(&mut self) -> Result<Status> {
         let mut last: HashMap<u32, (Option<Stamp>, Task)> = HashMap::new();
         let mut tick: u32 = 0;
@@ -453,6 +464,7 @@ impl Reaper {
                     || is_stopping(w.task.state)
                     || matches!(w.task.state, TaskState::Assigned | TaskState::Starting)
             };
+            self.remote_now = sweep;
             self.pass(&HashMap::new(), &mut select)?;
             if sweep {
                 self.retry_unreached();
