@@ -46,6 +46,9 @@ impl Reaper {
             return Ok(());
         }
         let hosts = self.ssh_hosts();
+        // The time the probes went out: a probe that waits long on a dead host (its shared
+        // connection giving up) does not start that host's silence late.
+        let now = now();
         let answers = fan_out(&hosts, self.parallel, |(_, host)| {
             let t = Instant::now();
             host.stamps(&[])
@@ -64,7 +67,6 @@ impl Reaper {
         // A host that refused our epoch answered: no liveness is recorded by a scheduler
         // that has been taken over.
         self.check_superseded()?;
-        let now = now();
         let lost_after = self.timing.lost_after;
         let total = self.state.view().hosts.len();
         let (down, events) = self.state.write_if_changed(|tx| {
