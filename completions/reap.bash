@@ -41,7 +41,7 @@ _reap() {
 
     case "${cmd}" in
         reap)
-            opts="-h -V --state --json --follow --start-grace --min-run --lost-after --parallel --help --version kill tasks help"
+            opts="-h -V --state --json --follow --asked-only --start-grace --min-run --lost-after --parallel --help --version kill tasks help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -66,6 +66,19 @@ type OnHost<T> = (String, Arc<dyn TaskHost>, T);
 /// A task a pass looks at, with the stop asked for it.
 type Chosen = (Watch, Option<Cause>);
 
+/// Which tasks a pass looks at, besides those with a stop asked for (on stdin, by a verb,
+/// by a drain).
+enum Select<'a> {
+    /// Every watched task.
+    All,
+    /// Only those.
+    Asked,
+    /// These slots (tasks still being stopped).
+    These(&'a HashSet<u32>),
+    /// Those `only` picks given their status stamp (one more round trip a host).
+    Changed(&'a mut dyn FnMut(&Watch, Option<Stamp>) -> bool),
+}
+
 /// What a pass left to wait for: tasks still being stopped, with when their stop is due.
 struct Pass {
     stopping: Vec<(u32, f64)>,
@@ -104,12 +117,17 @@ impl Reaper {
     }
 
     pub(super) fn note(&mut self, msg: impl std::fmt::Display) {
+        self.tell(msg);
+        self.trouble += 1;
+    }
+
+    /// Says something on stderr once a run, not as trouble.
+    pub(super) fn tell(&mut self, msg: impl std::fmt::Display) {
         let msg = msg.to_string();
         if !self.told.contains(&msg) {
             eprintln!("reap: {msg}");
             self.told.insert(msg);
         }
-        self.trouble += 1;
     }
 
     /// A host that did not answer: said once, and left alone for the rest of this run. Not
@@ -193,58 +211,49 @@ impl Reaper {
         (watches, draining)
     }
 
-    /// One pass over the tasks that `only` selects (given each task's status stamp): look,
-    /// decide, call off abandoned starts, kill what must die, commit, report, then start
-    /// the stops that were recorded.
-    fn pass(
-        &mut self,
-        requests: &HashMap<u32, Cause>,
-        only: &mut dyn FnMut(&Watch, Option<Stamp>) -> bool,
-    ) -> Result<Pass> {
+    /// One pass over the tasks that `select` picks: look, decide, call off abandoned
+    /// starts, kill what must die, commit, report, then start the stops that were recorded.
+    fn pass(&mut self, requests: &HashMap<u32, Cause>, select: Select) -> Result<Pass> {
         let (watches, draining) = self.watched();
         let announcer = crate::announce::follower_alive(self.state.path());
         let now = now();
-        let mut by_host: BTreeMap<String, Vec<Watch>> = BTreeMap::new();
+        let request_of = |w: &Watch| {
+            requests
+                .get(&w.slot)
+                .copied()
+                .or(draining.contains(&w.slot).then_some(Cause::Drain))
+        };
+        let mut by_host: BTreeMap<String, Vec<Chosen>> = BTreeMap::new();
+        let mut by_stamp: BTreeMap<String, Vec<Watch>> = BTreeMap::new();
         for w in watches {
-            // `reap --follow` asks remote hosts once a second, not at every tick.
-            if w.remote && !self.remote_now && !requests.contains_key(&w.slot) {
-                continue;
-            }
-            by_host.entry(w.host.clone()).or_default().push(w);
-        }
-        let groups: Vec<OnHost<Vec<Watch>>> = by_host
-            .into_iter()
-            .filter_map(|(name, ws)| Some((name.clone(), self.host(&name)?, ws)))
-            .collect();
-        // Every host at once: the stamps of its tasks' status files, then a look at those
-        // chosen.
-        let stamps = fan_out(&groups, self.parallel, |(_, host, ws)| {
-            let ids: Vec<&str> = ws.iter().map(|w| w.id.as_str()).collect();
-            host.stamps(&ids)
-        });
-        let mut chosen: Vec<OnHost<Vec<Chosen>>> = Vec::new();
-        for ((name, host, watches), stamps) in groups.into_iter().zip(stamps) {
-            let stamps = match stamps {
-                Ok(s) => s,
-                Err(e) => {
-                    self.unreached(&name, &e);
+            let request = request_of(&w);
+            let picked = match &select {
+                Select::All => true,
+                Select::Asked => false,
+                Select::These(slots) => slots.contains(&w.slot),
+                Select::Changed(_) => {
+                    // `reap --follow` asks remote hosts once a second, not at every tick.
+                    if w.remote && !self.remote_now && request.is_none() {
+                        continue;
+                    }
+                    by_stamp.entry(w.host.clone()).or_default().push(w);
                     continue;
                 }
             };
-            let mut mine = Vec::new();
-            for (w, stamp) in watches.into_iter().zip(stamps) {
-                let request = requests
-                    .get(&w.slot)
-                    .copied()
-                    .or(draining.contains(&w.slot).then_some(Cause::Drain));
-                if request.is_some() || only(&w, stamp) {
-                    mine.push((w, request));
-                }
-            }
-            if !mine.is_empty() {
-                chosen.push((name, host, mine));
+            if picked || request.is_some() {
+                by_host
+                    .entry(w.host.clone())
+                    .or_default()
+                    .push((w, request));
             }
         }
+        if let Select::Changed(only) = select {
+            self.pick_changed(by_stamp, &request_of, only, &mut by_host);
+        }
+        let chosen: Vec<OnHost<Vec<Chosen>>> = by_host
+            .into_iter()
+            .filter_map(|(name, mine)| Some((name.clone(), self.host(&name)?, mine)))
+            .collect();
         let looks = fan_out(&chosen, self.parallel, |(_, host, mine)| {
             let probes: Vec<(&str, &Task)> =
                 mine.iter().map(|(w, _)| (w.id.as_str(), &w.task)).collect();
@@ -322,6 +331,40 @@ impl Reaper {
         self.act(&plans, |p| &p.after);
         self.out.flush()?;
         Ok(Pass { stopping })
+    }
+
+    /// Adds to `chosen` the tasks `only` picks from their status stamps, asked of every
+    /// host at once.
+    fn pick_changed(
+        &mut self,
+        watches: BTreeMap<String, Vec<Watch>>,
+        request_of: &dyn Fn(&Watch) -> Option<Cause>,
+        only: &mut dyn FnMut(&Watch, Option<Stamp>) -> bool,
+        chosen: &mut BTreeMap<String, Vec<Chosen>>,
+    ) {
+        let groups: Vec<OnHost<Vec<Watch>>> = watches
+            .into_iter()
+            .filter_map(|(name, ws)| Some((name.clone(), self.host(&name)?, ws)))
+            .collect();
+        let stamps = fan_out(&groups, self.parallel, |(_, host, ws)| {
+            let ids: Vec<&str> = ws.iter().map(|w| w.id.as_str()).collect();
+            host.stamps(&ids)
+        });
+        for ((name, _, watches), stamps) in groups.into_iter().zip(stamps) {
+            let stamps = match stamps {
+                Ok(s) => s,
+                Err(e) => {
+                    self.unreached(&name, &e);
+                    continue;
+                }
+            };
+            for (w, stamp) in watches.into_iter().zip(stamps) {
+                let request = request_of(&w);
+                if request.is_some() || only(&w, stamp) {
+                    chosen.entry(name.clone()).or_default().push((w, request));
+                }
+            }
+        }
     }
 
     /// Calls off the starts the plans give up on, one call per host; a plan whose start a
@@ -407,17 +450,21 @@ impl Reaper {
     }
 
     /// One pass with these stops, then passes over the stopping tasks until every stop is
-    /// complete; then the other input lines go on.
+    /// complete; then the other input lines go on. With `survey`, every host is surveyed
+    /// first and every task looked at; without, only the tasks asked for (and drains).
     pub(super) fn once(
         &mut self,
         requests: HashMap<u32, Cause>,
         passthrough: &[String],
+        survey: bool,
     ) -> Result<Status> {
-        self.sense()?;
-        self.check_superseded()?;
-        self.stop_strays()?;
-        self.check_superseded()?;
-        let mut pass = self.pass(&requests, &mut |_, _| true)?;
+        let select = if survey {
+            self.survey()?;
+            Select::All
+        } else {
+            Select::Asked
+        };
+        let mut pass = self.pass(&requests, select)?;
         self.check_superseded()?;
         // Every stop ends by its deadline: the supervisor reports, or reap kills it. A stop
         // that cannot (no status to find its supervisor by) is given up a little later.
@@ -425,7 +472,7 @@ impl Reaper {
         while !pass.stopping.is_empty() && now() < give_up(&pass) {
             std::thread::sleep(POLL);
             let waiting: HashSet<u32> = pass.stopping.iter().map(|s| s.0).collect();
-            pass = self.pass(&HashMap::new(), &mut |w, _| waiting.contains(&w.slot))?;
+            pass = self.pass(&HashMap::new(), Select::These(&waiting))?;
         }
         if !pass.stopping.is_empty() {
             let n = pass.stopping.len();
@@ -465,12 +512,10 @@ impl Reaper {
                     || matches!(w.task.state, TaskState::Assigned | TaskState::Starting)
             };
             self.remote_now = sweep;
-            self.pass(&HashMap::new(), &mut select)?;
+            self.pass(&HashMap::new(), Select::Changed(&mut select))?;
             if sweep {
                 self.retry_unreached();
-                self.sense()?;
-                self.check_superseded()?;
-                self.stop_strays()?;
+                self.survey()?;
             }
             self.check_superseded()?;
             last = current;

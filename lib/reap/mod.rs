@@ -79,6 +79,12 @@ pub struct Cli {
     /// directories are polled every 50 ms; standard input is not read)
     #[arg(long)]
     pub follow: bool,
+    /// Stop only the tasks asked for on standard input (and those of draining hosts),
+    /// reaching only their hosts: the survey of every host (liveness, strays, what ended)
+    /// is left to the reap that ran before pack in the same pass (scripts/reconcile's second
+    /// reap)
+    #[arg(long, conflicts_with = "follow")]
+    pub asked_only: bool,
     #[command(flatten)]
     pub timing: Timing,
     #[command(flatten)]
@@ -200,8 +206,11 @@ pub const POLL: Duration = Duration::from_millis(50);
 pub fn run(cli: Cli) -> Result<Status> {
     let path = cli.state.path();
     let human = cli.output.human();
-    if cli.follow && cli.verb.is_some() {
-        return Err(fail(Status::Usage, "--follow is not for a verb"));
+    if (cli.follow || cli.asked_only) && cli.verb.is_some() {
+        return Err(fail(
+            Status::Usage,
+            "--follow and --asked-only are not for a verb",
+        ));
     }
     check_timing(&cli.timing)?;
     match cli.verb {
@@ -211,7 +220,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         Some(Verb::Kill { tasks, job, host }) => {
             let mut reaper = Reaper::open(&path, cli.timing, human, cli.fan_out.parallel)?;
             let requests = input::named(reaper.view(), &tasks, &job, &host)?;
-            reaper.once(requests, &[])
+            reaper.once(requests, &[], true)
         }
         None if cli.follow => {
             Reaper::open(&path, cli.timing, human, cli.fan_out.parallel)?.follow()
@@ -225,7 +234,7 @@ pub fn run(cli: Cli) -> Result<Status> {
             };
             let mut reaper = Reaper::open(&path, cli.timing, human, cli.fan_out.parallel)?;
             let requests = input::requested(reaper.view(), &stops);
-            reaper.once(requests, &passthrough)
+            reaper.once(requests, &passthrough, !cli.asked_only)
         }
     }
 }

@@ -33,40 +33,56 @@ impl Reaper {
             .collect()
     }
 
-    /// One round trip to every ssh host, then their liveness recorded, and the hosts that
-    /// have been silent too long declared down, within the bounds.
-    pub(super) fn sense(&mut self) -> Result<()> {
-        let has_remote = self
-            .state
-            .view()
-            .hosts
-            .iter()
-            .any(|(_, h)| h.transport == Transport::Ssh);
-        if !has_remote {
-            return Ok(());
-        }
-        let hosts = self.ssh_hosts();
-        // The time the probes went out: a probe that waits long on a dead host (its shared
+    /// One call to every host: the supervisors at work there, which are stopped if the
+    /// state does not run them (see `strays`); for an ssh host the same call, answered or
+    /// not, is its liveness (see `liveness`). Hosts silent too long are declared down.
+    pub(super) fn survey(&mut self) -> Result<()> {
+        // Every local host root on this machine (those of hosts no longer in the state
+        // too), and every ssh host of the state.
+        let mut hosts: Vec<(String, Arc<dyn TaskHost>, bool)> =
+            crate::transport::local_hosts(&self.path)
+                .into_iter()
+                .map(|(name, host)| (name, Arc::new(host) as Arc<dyn TaskHost>, false))
+                .collect();
+        hosts.extend(self.ssh_hosts().into_iter().map(|(n, h)| (n, h, true)));
+        // The time the calls went out: one that waits long on a dead host (its shared
         // connection giving up) does not start that host's silence late.
         let now = now();
-        let answers = fan_out(&hosts, self.parallel, |(_, host)| {
+        let answers = fan_out(&hosts, self.parallel, |(_, host, _)| {
             let t = Instant::now();
-            host.stamps(&[])
-                .map(|_| t.elapsed().as_micros().min(u32::MAX as u128) as u32)
+            host.supervisors()
+                .map(|found| (found, t.elapsed().as_micros().min(u32::MAX as u128) as u32))
         });
         let mut reached: HashMap<String, Option<u32>> = HashMap::new();
-        for ((name, _), answer) in hosts.iter().zip(answers) {
-            match answer {
-                Ok(rtt) => reached.insert(name.clone(), Some(rtt)),
+        let mut found = Vec::new();
+        for ((name, host, remote), answer) in hosts.into_iter().zip(answers) {
+            let rtt = match answer {
+                Ok((f, rtt)) => {
+                    found.push((name.clone(), host, f));
+                    Some(rtt)
+                }
                 Err(e) => {
-                    self.unreached(name, &e);
-                    reached.insert(name.clone(), None)
+                    self.unreached(&name, &e);
+                    None
                 }
             };
+            if remote {
+                reached.insert(name, rtt);
+            }
         }
-        // A host that refused our epoch answered: no liveness is recorded by a scheduler
-        // that has been taken over.
+        // A host that refused our epoch answered: nothing is recorded or stopped by a
+        // scheduler that has been taken over.
         self.check_superseded()?;
+        self.record_liveness(&reached, now)?;
+        self.stop_strays(found, now)
+    }
+
+    /// Each ssh host's liveness after this survey (`reached`: its round trip, None when it
+    /// did not answer); those silent for --lost-after are declared down, within the bound.
+    fn record_liveness(&mut self, reached: &HashMap<String, Option<u32>>, now: f64) -> Result<()> {
+        if reached.is_empty() {
+            return Ok(());
+        }
         let lost_after = self.timing.lost_after;
         let total = self.state.view().hosts.len();
         let (down, events) = self.state.write_if_changed(|tx| {
@@ -130,7 +146,8 @@ impl Reaper {
             );
         }
         if held_back > 0 {
-            self.note(format!(
+            // Not a failure of the pass: the bound did its work.
+            self.tell(format!(
                 "{held_back} hosts silent for {lost_after} s are not declared down in this \
                  pass ({unreachable} of {remote} ssh hosts not reached: at most a tenth of the \
                  hosts a pass, none when most are unreachable)"

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::decide::{Act, Event};
-use super::engine::{now, Reaper};
+use super::engine::Reaper;
 use super::input::find_task;
 use crate::host::Life;
 use crate::state::View;
 use crate::task::TaskState;
-use crate::transport::{self, fan_out, Found, TaskHost};
+use crate::transport::{Found, TaskHost};
 
 /// Whether the state runs the incarnation that supervisor runs, on its host.
 fn accounted(view: &View, host: &str, s: &Found) -> bool {
@@ -27,27 +27,15 @@ impl Reaper {
     /// does not run on its host (two passes placed the task at once before launch refused
     /// the loser, a host removed with --force, a state restored from a backup) is stopped
     /// like any task, SIGTERM first and SIGKILL with its cgroups after its grace.
-    pub(super) fn stop_strays(&mut self) -> Result<()> {
-        // Every local host root on this machine (those of hosts no longer in the state
-        // too), and every ssh host of the state; all at once.
-        let mut hosts: Vec<(String, Arc<dyn TaskHost>)> = transport::local_hosts(&self.path)
-            .into_iter()
-            .map(|(name, host)| (name, Arc::new(host) as Arc<dyn TaskHost>))
-            .collect();
-        hosts.extend(self.ssh_hosts());
-        let answers = fan_out(&hosts, self.parallel, |(_, host)| host.supervisors());
-        let mut found: Vec<(String, Arc<dyn TaskHost>, Vec<Found>)> = Vec::new();
-        for ((name, host), answer) in hosts.into_iter().zip(answers) {
-            match answer {
-                Ok(f) => found.push((name, host, f)),
-                Err(e) => self.unreached(&name, &e),
-            }
-        }
+    pub(super) fn stop_strays(
+        &mut self,
+        found: Vec<(String, Arc<dyn TaskHost>, Vec<Found>)>,
+        now: f64,
+    ) -> Result<()> {
         // Judged on the state as it is after the walk: launch records an incarnation
         // before it starts its supervisor, so every supervisor found that the state runs
         // is in this view.
         self.state.refresh()?;
-        let now = now();
         let mut clean = Vec::new();
         for (name, host, found) in found {
             let mut strays = 0;

@@ -78,13 +78,54 @@ impl Site {
 
     /// One pass of scripts/reconcile.
     fn reconcile(&self) -> Output {
+        run(&mut self.reconcile_command(), b"")
+    }
+
+    fn reconcile_command(&self) -> Command {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/reconcile");
         let mut cmd = Command::new(script);
         cmd.arg(self.jobs())
             .env("FORMIC_STATE", self.state())
             .env("FORMIC_BIN", common::bin("offer").parent().unwrap());
         self.reach(&mut cmd);
-        run(&mut cmd, b"")
+        cmd
+    }
+
+    /// One pass of scripts/reconcile, with the ssh calls it made to each host counted (an
+    /// ssh wrapper logs its arguments).
+    fn counted_pass(&self) -> (Output, Vec<usize>) {
+        let log = self.dir.path().join("ssh-calls");
+        let wrapper = self.dir.path().join("counting-ssh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"$*\" >>{}\nexec {} \"$@\"\n",
+                log.display(),
+                self.fleet.ssh_command()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(&log);
+        let out = run(self.reconcile_command().env("FORMIC_SSH", &wrapper), b"");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        let per_host = self
+            .fleet
+            .hosts
+            .iter()
+            .map(|h| {
+                let target = format!(" {} ", h.ssh_target());
+                calls
+                    .lines()
+                    .filter(|l| format!(" {l} ").contains(&target))
+                    .count()
+            })
+            .collect();
+        (out, per_host)
     }
 
     fn tasks(&self) -> Vec<Value> {
@@ -223,11 +264,13 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
         .collect();
     expected.sort();
     assert_eq!(endpoints, expected);
-    // A pass over a converged fleet changes nothing.
+    // A pass over a converged fleet changes nothing, and reaches each host twice: the
+    // first reap's survey of its supervisors, then its look at the host's tasks.
     let before = site.tasks();
-    let out = site.reconcile();
+    let (out, calls) = site.counted_pass();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(site.tasks(), before);
+    assert_eq!(calls, vec![2; 4], "ssh calls a host in a quiet pass");
     // The task directories are on the hosts, under their roots.
     for h in &site.fleet.hosts {
         assert_eq!(common::tasks_under(&h.root).len(), 2, "{}", h.name);
