@@ -28,6 +28,9 @@ _offer() {
             offer,hosts)
                 cmd="offer__subcmd__hosts"
                 ;;
+            offer,rebuild)
+                cmd="offer__subcmd__rebuild"
+                ;;
             offer,remove)
                 cmd="offer__subcmd__remove"
                 ;;
@@ -52,6 +55,9 @@ _offer() {
             offer__subcmd__help,hosts)
                 cmd="offer__subcmd__help__subcmd__hosts"
                 ;;
+            offer__subcmd__help,rebuild)
+                cmd="offer__subcmd__help__subcmd__rebuild"
+                ;;
             offer__subcmd__help,remove)
                 cmd="offer__subcmd__help__subcmd__remove"
                 ;;
@@ -71,7 +77,7 @@ _offer() {
 
     case "${cmd}" in
         offer)
-            opts="-h -V --state --json --help --version add take-over remove schedule drain undrain hosts help"
+            opts="-h -V --state --json --help --version add take-over rebuild remove schedule drain undrain hosts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -157,7 +163,7 @@ _offer() {
             return 0
             ;;
         offer__subcmd__help)
-            opts="add take-over remove schedule drain undrain hosts help"
+            opts="add take-over rebuild remove schedule drain undrain hosts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -213,6 +219,20 @@ _offer() {
             return 0
             ;;
         offer__subcmd__help__subcmd__hosts)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        offer__subcmd__help__subcmd__rebuild)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -289,6 +309,28 @@ _offer() {
                 return 0
             fi
             case "${prev}" in
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        offer__subcmd__rebuild)
+            opts="-h --parallel --state --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --parallel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --state)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

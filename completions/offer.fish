@@ -30,6 +30,7 @@ complete -c offer -n "__fish_offer_needs_command" -s h -l help -d 'Print help (s
 complete -c offer -n "__fish_offer_needs_command" -s V -l version -d 'Print version'
 complete -c offer -n "__fish_offer_needs_command" -f -a "add" -d 'Add or update hosts from records on standard input'
 complete -c offer -n "__fish_offer_needs_command" -f -a "take-over" -d 'Take over the fleet: raise this scheduler\'s epoch'
+complete -c offer -n "__fish_offer_needs_command" -f -a "rebuild" -d 'Rebuild a lost or corrupt state\'s tasks from the hosts'
 complete -c offer -n "__fish_offer_needs_command" -f -a "remove" -d 'Remove hosts from the inventory'
 complete -c offer -n "__fish_offer_needs_command" -f -a "schedule" -d 'Schedule maintenance on hosts'
 complete -c offer -n "__fish_offer_needs_command" -f -a "drain" -d 'Drain hosts for maintenance'
@@ -49,6 +50,10 @@ complete -c offer -n "__fish_offer_using_subcommand take-over" -l past -d 'Go pa
 complete -c offer -n "__fish_offer_using_subcommand take-over" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand take-over" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_using_subcommand take-over" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c offer -n "__fish_offer_using_subcommand rebuild" -l parallel -d 'Hosts worked at once' -r
+complete -c offer -n "__fish_offer_using_subcommand rebuild" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c offer -n "__fish_offer_using_subcommand rebuild" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
+complete -c offer -n "__fish_offer_using_subcommand rebuild" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand remove" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand remove" -l force -d 'Remove anyway; the tasks placed there become LOST'
 complete -c offer -n "__fish_offer_using_subcommand remove" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
@@ -69,11 +74,12 @@ complete -c offer -n "__fish_offer_using_subcommand undrain" -s h -l help -d 'Pr
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_using_subcommand hosts" -s h -l help -d 'Print help'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over remove schedule drain undrain hosts help" -f -a "add" -d 'Add or update hosts from records on standard input'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over remove schedule drain undrain hosts help" -f -a "take-over" -d 'Take over the fleet: raise this scheduler\'s epoch'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over remove schedule drain undrain hosts help" -f -a "remove" -d 'Remove hosts from the inventory'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over remove schedule drain undrain hosts help" -f -a "schedule" -d 'Schedule maintenance on hosts'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over remove schedule drain undrain hosts help" -f -a "drain" -d 'Drain hosts for maintenance'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over remove schedule drain undrain hosts help" -f -a "undrain" -d 'End maintenance on hosts'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over remove schedule drain undrain hosts help" -f -a "hosts" -d 'List hosts with their capacity, free capacity, tasks, maintenance and attributes'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over remove schedule drain undrain hosts help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "add" -d 'Add or update hosts from records on standard input'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "take-over" -d 'Take over the fleet: raise this scheduler\'s epoch'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "rebuild" -d 'Rebuild a lost or corrupt state\'s tasks from the hosts'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "remove" -d 'Remove hosts from the inventory'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "schedule" -d 'Schedule maintenance on hosts'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "drain" -d 'Drain hosts for maintenance'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "undrain" -d 'End maintenance on hosts'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "hosts" -d 'List hosts with their capacity, free capacity, tasks, maintenance and attributes'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -29,7 +29,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use crate::cli::{OutputArgs, StateArgs};
-use crate::exit::{bad_input, fail, status_of, Status, TABLE};
+use crate::exit::{fail, status_of, Status, TABLE};
 use crate::host::millicores;
 use crate::job::{Check, JobSpec};
 use crate::records::{self, Record, Writer};
@@ -417,7 +417,8 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
                         p.job, p.hash
                     )
                 })?;
-                port_slots(&p, &spec.resources.ports).map_err(|e| format!("{}: {e}", p.task))?;
+                port_slots(&p.ports, &spec.resources.ports)
+                    .map_err(|e| format!("{}: {e}", p.task))?;
                 places.push(p);
                 Ok(())
             }),
@@ -594,10 +595,26 @@ fn job_record(view: &View, spec: &JobSpec) -> Result<Job, String> {
     })
 }
 
-/// The placement's ports in the order of the job's port names, as a task record keeps them.
-fn port_slots(p: &Placement, names: &[String]) -> Result<[u16; MAX_PORTS], String> {
+/// The job slot a task of `spec` holding `ports` is recorded under (the job record brought
+/// up to `spec` first, see `job_record`), and its ports as the task record keeps them.
+pub(crate) fn file_under_job(
+    tx: &mut Txn,
+    spec: &JobSpec,
+    ports: &[(String, u16)],
+) -> Result<(u32, [u16; MAX_PORTS]), String> {
+    let record = job_record(tx.view(), spec)?;
+    let slots = port_slots(ports, &record.ports)?;
+    let job = match tx.view().jobs.find(&spec.key) {
+        Some(j) if *tx.view().jobs.get(j).unwrap() == record => j,
+        _ => tx.upsert(record),
+    };
+    Ok((job, slots))
+}
+
+/// The ports in the order of the job's port names, as a task record keeps them.
+fn port_slots(ports: &[(String, u16)], names: &[String]) -> Result<[u16; MAX_PORTS], String> {
     let mut slots = [0; MAX_PORTS];
-    for (name, port) in &p.ports {
+    for (name, port) in ports {
         let i = names
             .iter()
             .position(|n| n == name)
@@ -725,19 +742,14 @@ fn record_intents(
         };
         // Checked when the records were read.
         let spec = &specs[&(p.job.clone(), p.hash.clone())];
-        let record = match job_record(tx.view(), spec) {
-            Ok(r) => r,
+        let (job, ports) = match file_under_job(tx, spec, &p.ports) {
+            Ok(filed) => filed,
             Err(reason) => {
                 conflicts
                     .push(json!({"type":"conflict","task":p.task,"host":p.host,"reason":reason}));
                 incarnations.push(None);
                 continue;
             }
-        };
-        let ports = port_slots(p, &record.ports).map_err(bad_input)?;
-        let job = match tx.view().jobs.find(&p.job) {
-            Some(j) if *tx.view().jobs.get(j).unwrap() == record => j,
-            _ => tx.upsert(record),
         };
         let mut t = Task::new(job, p.instance);
         t.failures = admitted.failures;
@@ -758,6 +770,11 @@ fn record_intents(
         incarnations.push(Some(admitted.incarnation));
     }
     Ok((incarnations, conflicts))
+}
+
+/// The environment variable a task finds its port `name` in: FORMIC_PORT_NAME.
+pub(crate) fn port_variable(name: &str) -> String {
+    format!("FORMIC_PORT_{}", name.to_uppercase().replace('-', "_"))
 }
 
 /// What the supervisor runs: the job's argv with `{{port.NAME}}`, `{{instance}}`,
@@ -798,10 +815,7 @@ fn resolve(cli: &Cli, i: &Intent, job: &JobSpec) -> Result<Spec> {
     env.push(("FORMIC_INSTANCE".into(), p.instance.to_string()));
     env.push(("FORMIC_HOST".into(), p.host.clone()));
     for (name, port) in &p.ports {
-        env.push((
-            format!("FORMIC_PORT_{}", name.to_uppercase().replace('-', "_")),
-            port.to_string(),
-        ));
+        env.push((port_variable(name), port.to_string()));
     }
     // A job that names no user gets an identity of its own (root only with --allow-root).
     let as_root = nix::unistd::Uid::effective().is_root();

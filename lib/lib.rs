@@ -20,6 +20,7 @@ pub mod offer;
 pub mod pack;
 pub mod process;
 pub mod reap;
+pub mod rebuild;
 pub mod records;
 pub mod state;
 pub mod supervise;

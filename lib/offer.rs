@@ -85,6 +85,21 @@ pub enum Verb {
         #[arg(long, value_name = "EPOCH", default_value_t = 0)]
         past: u64,
     },
+    /// Rebuild a lost or corrupt state's tasks from the hosts
+    ///
+    /// The hosts' task directories are the truth about what runs. Into a state that holds
+    /// the hosts (offer add < HOSTS) and no tasks, records every task a supervisor runs on
+    /// them, as it runs (host, incarnation, pid, reservation, ports), and every other task
+    /// directory as its last run ended (a finished batch task stays finished); where two
+    /// hosts run one task, the later incarnation (reap stops the other). Takes the fleet
+    /// over first (see take-over), past every epoch the hosts have seen. Every host must
+    /// answer, or nothing is recorded (status 69). Jobs come from the job files: the next
+    /// pass places what is missing and changes nothing else.
+    #[command(after_help = TABLE)]
+    Rebuild {
+        #[command(flatten)]
+        fan_out: crate::cli::FanOut,
+    },
     /// Remove hosts from the inventory
     ///
     /// Refuses while tasks hold reservations on any of the hosts, and then removes none.
@@ -185,6 +200,22 @@ pub fn run(cli: Cli) -> Result<Status> {
             let epoch = crate::transport::take_over(&path, past)?;
             println!("{epoch}");
             Ok(Status::Done)
+        }
+        Some(Verb::Rebuild { fan_out }) => {
+            let mut state = State::open_writer(&path)?;
+            let r = crate::rebuild::rebuild(&mut state, &path, fan_out.parallel)?;
+            for why in &r.skipped {
+                eprintln!("offer: left out {why}");
+            }
+            eprintln!(
+                "offer: rebuilt from {} hosts: {} tasks running, {} ended; epoch {}",
+                r.hosts, r.running, r.ended, r.epoch
+            );
+            Ok(if r.skipped.is_empty() {
+                Status::Done
+            } else {
+                Status::Partial
+            })
         }
         Some(Verb::Remove { hosts, force }) => {
             remove(&mut State::open_writer(&path)?, &hosts, force)

@@ -310,6 +310,11 @@ pub fn read_job(dir: &Path) -> Result<Option<crate::job::JobSpec>, String> {
     }
 }
 
+/// The text of job.json, as launch wrote it (None when there is none).
+pub fn job_text(dir: &Path) -> Option<String> {
+    fs::read_to_string(dir.join("job.json")).ok()
+}
+
 /// Removes the last run's status before a new run starts.
 pub fn remove_status(dir: &Path) -> Result<()> {
     remove(&dir.join("status"))

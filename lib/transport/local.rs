@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 
-use super::{Found, Look, Measured, Prepared, Reply, Stamp, Start, TaskHost, Unreached};
+use super::{
+    Found, Held, Inventory, Look, Measured, Prepared, Reply, Stamp, Start, TaskHost, Unreached,
+};
 use crate::process;
 use crate::reap::{Act, Facts, Seen};
 use crate::task::{Task, TaskState};
@@ -215,6 +217,25 @@ impl TaskHost for Local {
 
     fn probe(&self) -> Result<Measured, Unreached> {
         measure(&self.root).map_err(|e| Unreached::new(format!("{e:#}")))
+    }
+
+    fn inventory(&self) -> Result<Inventory, Unreached> {
+        let mut held = Vec::new();
+        for (task, dir) in taskdir::task_dirs(&self.root) {
+            let unreadable = |e: anyhow::Error| Unreached::new(format!("{task}: {e:#}"));
+            held.push(Held {
+                fence: taskdir::fence(&dir).map_err(unreadable)?,
+                supervised: taskdir::supervised(&dir).map_err(unreadable)?,
+                status: Status::read(&dir).map_err(unreadable)?,
+                spec: taskdir::read_spec(&dir),
+                job: taskdir::job_text(&dir),
+                task,
+            });
+        }
+        Ok(Inventory {
+            epoch: super::seen_epoch(&self.root),
+            held,
+        })
     }
 }
 

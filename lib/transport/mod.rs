@@ -86,6 +86,32 @@ pub struct Found {
     pub facts: Facts,
 }
 
+/// A task directory on a host, as a state rebuilt from the hosts reads it (`offer
+/// rebuild`): the hosts' task directories are the truth about what runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    /// `role/env/name/instance`.
+    pub task: String,
+    /// The latest incarnation started or fenced out there: a later start must be past it.
+    pub fence: u32,
+    /// Whether a supervisor is at work on it now.
+    pub supervised: bool,
+    /// What its supervisor last reported.
+    pub status: Option<taskdir::Status>,
+    /// What the supervisor runs (spec.json).
+    pub spec: Option<Spec>,
+    /// The job spec it was placed from (job.json), as written.
+    pub job: Option<String>,
+}
+
+/// Everything a host holds: its task directories, and the newest scheduler epoch it has
+/// seen (a rebuilt state takes over past it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inventory {
+    pub epoch: u64,
+    pub held: Vec<Held>,
+}
+
 /// What a host has, measured on it: its online cores, its memory, and the size of the file
 /// system its task directories are on.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -198,6 +224,19 @@ pub trait TaskHost: Send + Sync {
 
     /// What the host has (`offer add --probe`).
     fn probe(&self) -> Result<Measured, Unreached>;
+
+    /// Every task directory of the host (`offer rebuild`). Read only: asked whatever the
+    /// scheduler's epoch, so that a scheduler rebuilding its state learns how far to take
+    /// over.
+    fn inventory(&self) -> Result<Inventory, Unreached>;
+}
+
+/// The newest scheduler epoch a host root has seen (`ROOT/epoch`; 0 when none).
+pub fn seen_epoch(root: &Path) -> u64 {
+    std::fs::read_to_string(root.join("epoch"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// How many hosts launch and reap work at once unless told (`--parallel`).

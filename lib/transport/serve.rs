@@ -8,7 +8,7 @@ use std::io::{self, BufRead, Read, Write};
 use anyhow::{Context, Result};
 
 use super::local::Local;
-use super::wire::{Answer, End, FoundWire, LookWire, Op, Request, StartWire};
+use super::wire::{Answer, End, FoundWire, HeldWire, LookWire, Op, Request, StartWire};
 use super::{Prepared, Reply, TaskHost};
 use crate::exit::{bad_input, Status};
 use crate::supervise::Spec;
@@ -51,7 +51,10 @@ pub fn run(_: Cli) -> Result<Status> {
     for id in task_ids(&request.op) {
         crate::reap::parse_task_id(id).map_err(bad_input)?;
     }
-    admit_epoch(&request.root, request.epoch)?;
+    // A look at everything held changes nothing: any scheduler may take it.
+    if !matches!(request.op, Op::Inventory) {
+        admit_epoch(&request.root, request.epoch)?;
+    }
     let host = Local::new(request.root.clone());
     let answers = answer(&host, request.op).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut out = io::BufWriter::new(io::stdout().lock());
@@ -77,10 +80,7 @@ fn admit_epoch(root: &std::path::Path, epoch: u64) -> Result<()> {
         .context("opening epoch.lock")?;
     lock.lock().context("locking epoch.lock")?;
     let path = root.join("epoch");
-    let seen: u64 = match std::fs::read_to_string(&path) {
-        Ok(t) => t.trim().parse().unwrap_or(0),
-        Err(_) => 0,
-    };
+    let seen = super::seen_epoch(root);
     if epoch < seen {
         return Err(crate::exit::fail(
             Status::Permission,
@@ -189,6 +189,12 @@ pub fn answer(host: &dyn TaskHost, op: Op) -> Reply<Answer> {
             .map(|f| Answer::Found(FoundWire::of(f)))
             .collect(),
         Op::Probe => vec![Answer::Probe(host.probe()?)],
+        Op::Inventory => {
+            let inventory = host.inventory()?;
+            std::iter::once(Answer::Epoch(inventory.epoch))
+                .chain(inventory.held.iter().map(|h| Answer::Held(HeldWire::of(h))))
+                .collect()
+        }
     })
 }
 
@@ -200,7 +206,7 @@ fn task_ids(op: &Op) -> Vec<&str> {
         Op::Look(p) => p.iter().map(|p| p.task.as_str()).collect(),
         Op::Stamps(t) => t.iter().map(String::as_str).collect(),
         Op::Act(a) => a.iter().map(|a| a.0.as_str()).collect(),
-        Op::Supervisors | Op::Probe => Vec::new(),
+        Op::Supervisors | Op::Probe | Op::Inventory => Vec::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::wire::{Answer, End, FoundWire, LookWire, Op, Probe, Request, StartTask};
-use super::{Found, Look, Measured, Prepared, Reply, Stamp, Start, TaskHost, Unreached};
+use super::{Found, Inventory, Look, Measured, Prepared, Reply, Stamp, Start, TaskHost, Unreached};
 use crate::reap::Act;
 use crate::task::Task;
 use crate::taskdir::Status;
@@ -290,6 +290,19 @@ impl TaskHost for Ssh {
             _ => None,
         })?;
         Ok(m.remove(0))
+    }
+
+    fn inventory(&self) -> Result<Inventory, Unreached> {
+        let mut answers = self.call(Op::Inventory)?.into_iter();
+        let Some(Answer::Epoch(epoch)) = answers.next() else {
+            return Err(Unreached::new("an inventory without the host's epoch"));
+        };
+        let n = answers.len();
+        let held = each(answers.collect(), n, |a| match a {
+            Answer::Held(h) => h.held().ok(),
+            _ => None,
+        })?;
+        Ok(Inventory { epoch, held })
     }
 }
 

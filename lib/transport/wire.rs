@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Found, Look, Measured, Start};
+use super::{Found, Held, Look, Measured, Start};
 use crate::job::Restart;
 use crate::reap::{Act, Facts, Policy, Seen};
 use crate::task::{Task, TaskState};
@@ -44,6 +44,7 @@ pub enum Op {
     Act(Vec<(String, Act)>),
     Supervisors,
     Probe,
+    Inventory,
 }
 
 /// A start: the task's spec.json and job.json as JSON.
@@ -142,6 +143,9 @@ pub enum Answer {
     Acted(bool),
     Found(FoundWire),
     Probe(Measured),
+    /// The first line of an inventory.
+    Epoch(u64),
+    Held(HeldWire),
     Error(String),
 }
 
@@ -241,6 +245,44 @@ impl FoundWire {
             task: self.task,
             status: status(&self.status)?,
             facts: self.facts.facts(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldWire {
+    pub task: String,
+    pub fence: u32,
+    pub supervised: bool,
+    pub status: Option<Value>,
+    pub spec: Option<Value>,
+    pub job: Option<String>,
+}
+
+impl HeldWire {
+    pub fn of(h: &Held) -> HeldWire {
+        HeldWire {
+            task: h.task.clone(),
+            fence: h.fence,
+            supervised: h.supervised,
+            status: h.status.as_ref().map(Status::to_json),
+            spec: h.spec.as_ref().map(crate::supervise::Spec::to_json),
+            job: h.job.clone(),
+        }
+    }
+
+    pub fn held(self) -> Result<Held, String> {
+        Ok(Held {
+            task: self.task,
+            fence: self.fence,
+            supervised: self.supervised,
+            status: self.status.map(|v| status(&v)).transpose()?,
+            spec: self
+                .spec
+                .map(|v| crate::supervise::Spec::parse(&v.to_string()))
+                .transpose()?,
+            job: self.job,
         })
     }
 }

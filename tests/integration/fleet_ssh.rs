@@ -31,7 +31,13 @@ impl Site {
             dir: common::tempdir(),
         };
         std::fs::create_dir(site.jobs()).unwrap();
-        let records: String = site
+        site.add_hosts();
+        site
+    }
+
+    /// `offer add` of every host of the fleet (the operator's host file).
+    fn add_hosts(&self) {
+        let records: String = self
             .fleet
             .hosts
             .iter()
@@ -47,9 +53,8 @@ impl Site {
                 )
             })
             .collect();
-        let out = run(site.tool("offer").arg("add"), records.as_bytes());
+        let out = run(self.tool("offer").arg("add"), records.as_bytes());
         assert_eq!(code(&out), 0, "{}", stderr(&out));
-        site
     }
 
     fn state(&self) -> PathBuf {
@@ -457,4 +462,91 @@ fn a_scheduler_taken_over_can_no_longer_act_on_the_fleet() {
     // The standby acts.
     let out = run(tool("reap").args(["kill", "--job", "t/e/web"]), b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// The scheduler's whole directory lost (state, journal, epoch) under a running fleet:
+/// with the hosts added again, `offer rebuild` records what the hosts run, as it runs, and
+/// a pass then changes nothing; the scheduler that had the old state can no longer act.
+#[test]
+fn the_state_deleted_under_a_running_fleet_is_rebuilt_from_the_hosts() {
+    let site = Site::new(3);
+    std::fs::write(
+        site.jobs().join("web.json"),
+        WEB.replace(r#""instances":8"#, r#""instances":5"#),
+    )
+    .unwrap();
+    std::fs::write(
+        site.jobs().join("once.json"),
+        r#"{"job":"t/e/once","instances":1,"service":false,"cmd":["true"],
+            "resources":{"cpus":0.1,"ram_mb":32}}"#,
+    )
+    .unwrap();
+    site.passes_until(
+        "the fleet to converge and the batch task to finish",
+        |tasks| running(tasks).len() == 5 && tasks.iter().any(|t| t["state"] == "FINISHED"),
+    );
+    let before = site.tasks();
+    let supervised: Vec<Vec<String>> = site
+        .fleet
+        .hosts
+        .iter()
+        .map(|h| site.supervised_on(h))
+        .collect();
+    // A copy of the old state: the scheduler that still has it.
+    let stale = site.dir.path().join("stale");
+    std::fs::create_dir(&stale).unwrap();
+    for name in ["state", "state.journal", "state.epoch"] {
+        let from = site.dir.path().join(name);
+        if from.exists() {
+            std::fs::copy(&from, stale.join(name)).unwrap();
+            std::fs::remove_file(&from).unwrap();
+        }
+    }
+    site.add_hosts();
+    let out = run(site.tool("offer").arg("rebuild"), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("5 tasks running, 1 ended"),
+        "{}",
+        stderr(&out)
+    );
+    // What the state says runs is what ran, where it ran, with its pid and ports.
+    let shown = |tasks: &[Value]| -> Vec<String> {
+        let mut v: Vec<String> = tasks
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} {} {} {} {}",
+                    t["task"], t["host"], t["state"], t["pid"], t["ports"], t["exit"]
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(shown(&site.tasks()), shown(&before));
+    // A rebuild only records: a second one is refused, and changes nothing.
+    let again = run(site.tool("offer").arg("rebuild"), b"");
+    assert_eq!(code(&again), 2, "{}", stderr(&again));
+    // A pass changes nothing: nothing placed or stopped, the batch task not run again.
+    let out = site.reconcile();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("reconcile: 0 placed, 0 pending, 0 in conflict, 0 stopped"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(shown(&site.tasks()), shown(&before));
+    let now: Vec<Vec<String>> = site
+        .fleet
+        .hosts
+        .iter()
+        .map(|h| site.supervised_on(h))
+        .collect();
+    assert_eq!(now, supervised);
+    // The scheduler with the old state has been taken over.
+    let mut old = common::tool("reap", &stale.join("state"));
+    site.reach(&mut old);
+    let out = run(&mut old, b"");
+    assert_eq!(code(&out), 77, "{}", stderr(&out));
 }

@@ -169,4 +169,16 @@ fn a_host_refuses_a_scheduler_older_than_the_newest_it_has_seen() {
     assert_eq!(code(&ask_at(2)), 0);
     assert_eq!(code(&ask_at(3)), 0);
     assert_eq!(code(&ask_at(2)), 77);
+    // A look at everything the host holds changes nothing: any scheduler may take it, and
+    // it says the newest epoch seen (a rebuilt state takes over past it).
+    let line = format!(
+        r#"{{"root":{},"epoch":0,"op":"inventory"}}"#,
+        json!(root.path())
+    );
+    let out = run(
+        &mut std::process::Command::new(bin("formic-host")),
+        format!("{line}\n").as_bytes(),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "{\"epoch\":3}\n{\"end\":1}\n");
 }
