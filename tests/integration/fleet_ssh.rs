@@ -96,6 +96,27 @@ impl Site {
         cmd
     }
 
+    /// Ends the connection formic keeps open to host `v` (`ssh -O exit` on its control
+    /// socket, beside the state file).
+    fn close_connection(&self, v: usize) {
+        let h = &self.fleet.hosts[v];
+        let (destination, port) = h
+            .ssh_target()
+            .rsplit_once(':')
+            .map_or((h.ssh_target(), None), |(d, p)| {
+                (d.to_string(), Some(p.to_string()))
+            });
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            "{} -o ControlPath={}/ssh-%C {} -O exit {destination}",
+            self.fleet.ssh_command(),
+            self.dir.path().display(),
+            port.map_or(String::new(), |p| format!("-p {p}")),
+        ));
+        let out = run(&mut c, b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+
     /// One pass of scripts/reconcile, with the ssh calls it made to each host counted (an
     /// ssh wrapper logs its arguments).
     fn counted_pass(&self) -> (Output, Vec<usize>) {
@@ -285,8 +306,8 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
 /// A host lost to `fault`: suspect, then down after --lost-after, its instances LOST and
 /// running elsewhere, clients sent only to live ones; after `heal`, its stale copies are
 /// stopped before it takes work again, and one instance per task id lives.
-fn lost_and_taken_back(fault: fn(&crate::netns::Host), heal: fn(&crate::netns::Host)) {
-    let site = Site::new(4);
+fn lost_and_taken_back(fault: fn(&mut Site, usize), heal: fn(&mut Site, usize)) {
+    let mut site = Site::new(4);
     std::fs::write(
         site.jobs().join("web.json"),
         WEB.replace(r#""instances":8"#, r#""instances":6"#),
@@ -294,30 +315,29 @@ fn lost_and_taken_back(fault: fn(&crate::netns::Host), heal: fn(&crate::netns::H
     .unwrap();
     let tasks = site.converge(6);
     // A host that holds instances.
-    let victim = site
+    let v = site
         .fleet
         .hosts
         .iter()
-        .find(|h| tasks.iter().any(|t| t["host"] == h.name.as_str()))
+        .position(|h| tasks.iter().any(|t| t["host"] == h.name.as_str()))
         .unwrap();
+    let victim = site.fleet.hosts[v].name.clone();
+    let address = site.fleet.hosts[v].address;
     let moved: Vec<String> = tasks
         .iter()
-        .filter(|t| t["host"] == victim.name.as_str())
+        .filter(|t| t["host"] == victim.as_str())
         .map(|t| t["task"].as_str().unwrap().to_string())
         .collect();
-    fault(victim);
+    fault(&mut site, v);
     // Suspect at the first pass that cannot reach it, down after --lost-after; its
     // instances LOST and running elsewhere.
     let out = site.reconcile();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(site.liveness(&victim.name), "suspect");
+    assert_eq!(site.liveness(&victim), "suspect");
     let tasks = site.passes_until("the cut host's instances to run elsewhere", |tasks| {
-        running(tasks).len() == 6
-            && running(tasks)
-                .iter()
-                .all(|t| t["host"] != victim.name.as_str())
+        running(tasks).len() == 6 && running(tasks).iter().all(|t| t["host"] != victim.as_str())
     });
-    assert_eq!(site.liveness(&victim.name), "down");
+    assert_eq!(site.liveness(&victim), "down");
     for id in &moved {
         assert!(tasks
             .iter()
@@ -328,20 +348,20 @@ fn lost_and_taken_back(fault: fn(&crate::netns::Host), heal: fn(&crate::netns::H
     assert_eq!(endpoints.len(), 6, "{endpoints:?}");
     assert!(endpoints
         .iter()
-        .all(|e| !e.starts_with(&format!("{}:", victim.address))));
+        .all(|e| !e.starts_with(&format!("{}:", address))));
     for e in &endpoints {
         let (address, port) = e.rsplit_once(':').unwrap();
         assert!(get(address, port.parse().unwrap()).contains(" 200 "), "{e}");
     }
     // Meanwhile the stale copies still run there (nothing can reach them).
-    assert_eq!(site.supervised_on(victim).len(), moved.len());
+    assert_eq!(site.supervised_on(&site.fleet.hosts[v]).len(), moved.len());
     // Healed: the stale copies are stopped, then the host takes work again.
-    heal(victim);
+    heal(&mut site, v);
     site.passes_until("the healed host to be taken back", |_| {
-        site.liveness(&victim.name) == "up"
+        site.liveness(&victim) == "up"
     });
     assert!(
-        site.supervised_on(victim).is_empty(),
+        site.supervised_on(&site.fleet.hosts[v]).is_empty(),
         "stale copies stopped"
     );
     // One live instance per task id across the fleet.
@@ -359,14 +379,40 @@ fn lost_and_taken_back(fault: fn(&crate::netns::Host), heal: fn(&crate::netns::H
 
 #[test]
 fn a_host_cut_off_is_replaced_elsewhere_and_its_stale_copies_stop_when_it_heals() {
-    lost_and_taken_back(|h| h.cut(), |h| h.heal());
+    lost_and_taken_back(
+        |s, v| s.fleet.hosts[v].cut(),
+        |s, v| s.fleet.hosts[v].heal(),
+    );
 }
 
 /// Frozen (every process of the host stopped, the kernel still accepting connections):
 /// steps time out rather than fail at once.
 #[test]
 fn a_frozen_host_is_replaced_elsewhere_and_its_copies_stop_when_it_thaws() {
-    lost_and_taken_back(|h| h.freeze(), |h| h.thaw());
+    lost_and_taken_back(
+        |s, v| s.fleet.hosts[v].freeze(),
+        |s, v| s.fleet.hosts[v].thaw(),
+    );
+}
+
+/// sshd killed on a host (the listener; sessions open go on, as when a real sshd dies):
+/// the connection formic keeps open still reaches the host, so nothing moves while it
+/// lasts. Once it ends too (as ControlPersist ends an idle one), the host is lost like any
+/// other, and taken back when sshd is started again.
+#[test]
+fn a_host_whose_sshd_died_is_reached_while_its_connection_lasts_then_lost_and_taken_back() {
+    lost_and_taken_back(
+        |s, v| {
+            let before = s.tasks();
+            s.fleet.hosts[v].kill_sshd();
+            let out = s.reconcile();
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            assert_eq!(s.liveness(&s.fleet.hosts[v].name), "up");
+            assert_eq!(s.tasks().len(), before.len());
+            s.close_connection(v);
+        },
+        |s, v| s.fleet.hosts[v].restart_sshd(),
+    );
 }
 
 #[test]
