@@ -141,6 +141,9 @@ pub(super) fn explain(
         };
         rows.push((fleet.names[h].clone(), fits, why));
     }
+    for (host, mode) in &fleet.vetoed {
+        rows.push((host.clone(), false, format!("maintenance {mode}")));
+    }
     if human {
         if let Some(h) = placed_on {
             writeln!(

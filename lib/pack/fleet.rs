@@ -101,6 +101,9 @@ pub struct Fleet {
     pub by_name: HashMap<String, u32>,
     /// Columns of the failure domains spread spreads across, largest first.
     pub domains: Vec<usize>,
+    /// Offers of hosts whose maintenance vetoes every placement (draining, drained): not
+    /// in the fleet, named with the mode by --explain. A filter upstream may pass them on.
+    pub vetoed: Vec<(String, String)>,
 }
 
 /// The fields of an offer record.
@@ -132,7 +135,7 @@ impl Fleet {
         f.only(OFFER_FIELDS)?;
         let name = f.str("host")?.ok_or("field \"host\" is missing")?;
         crate::host::check_name(name).map_err(|e| format!("field \"host\": {e}"))?;
-        if self.by_name.contains_key(name) {
+        if self.by_name.contains_key(name) || self.vetoed.iter().any(|(n, _)| n == name) {
             return Err(format!("host {name} is offered twice"));
         }
         let cap = crate::host::parse_capacity(&f, true)?;
@@ -140,11 +143,12 @@ impl Fleet {
             None | Some("none") => Mode::None,
             Some("scheduled") => Mode::Scheduled,
             Some(m @ ("draining" | "drained")) => {
-                return Err(format!("host {name} is {m}; it takes no work"))
+                self.vetoed.push((name.to_string(), m.to_string()));
+                return Ok(());
             }
             Some(m) => {
                 return Err(format!(
-                    "field \"maintenance\": {m:?} is not none or scheduled"
+                    "field \"maintenance\": {m:?} is not none, scheduled, draining or drained"
                 ))
             }
         };

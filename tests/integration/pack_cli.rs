@@ -848,10 +848,12 @@ fn hosts_scheduled_for_maintenance_are_used_last() {
     }
 }
 
+/// A draining or drained host's offer (a filter upstream passed it on) vetoes the host,
+/// as its maintenance says; --explain names it. A mode offer never prints is refused.
 #[test]
-fn an_offer_of_a_draining_host_is_bad_input() {
+fn an_offer_of_a_draining_host_vetoes_the_host() {
     let d = Dir::new();
-    d.jobs("web.json", &[job("www/prod/web", 1, 1.0, 10)]);
+    d.jobs("web.json", &[job("www/prod/web", 2, 1.0, 10)]);
     for mode in ["draining", "drained"] {
         let offers = lines_of(&[
             json!({"type": "note"}),
@@ -859,14 +861,29 @@ fn an_offer_of_a_draining_host_is_bad_input() {
             with(offer("h2", 8.0, 4096), json!({ "maintenance": mode })),
         ]);
         let out = d.pack(&["web.json"], &offers);
-        assert_eq!(code(&out), 65, "{mode}: {}", stderr(&out));
-        assert_eq!(stdout(&out), "", "{mode}: nothing is emitted");
-        let err = stderr(&out);
-        assert!(
-            err.contains("line 3") && err.contains("h2") && err.contains(mode),
-            "{mode}: {err}"
+        assert_eq!(code(&out), 0, "{mode}: {}", stderr(&out));
+        assert_eq!(
+            hosts_of(&records(&out), "www/prod/web"),
+            ["h1", "h1"],
+            "{mode}"
         );
+        let out = d.pack(&["--explain", "www/prod/web/0", "web.json"], &offers);
+        assert_eq!(code(&out), 0, "{mode}: {}", stderr(&out));
+        let h2: Vec<Value> = records(&out)
+            .into_iter()
+            .filter(|r| r["host"] == "h2")
+            .collect();
+        assert_eq!(h2.len(), 1, "{mode}: {h2:?}");
+        assert_eq!(h2[0]["fits"], false);
+        assert_eq!(h2[0]["reason"], format!("maintenance {mode}"));
     }
+    let offers = lines_of(&[with(
+        offer("h2", 8.0, 4096),
+        json!({ "maintenance": "gone" }),
+    )]);
+    let out = d.pack(&["web.json"], &offers);
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
 }
 
 // --- order and GPUs ---
