@@ -20,7 +20,7 @@ use crate::host::Mode;
 use crate::process;
 use crate::state::State;
 use crate::task::{Task, TaskState};
-use crate::transport::{self, fan_out, Stamp, TaskHost};
+use crate::transport::{self, fan_out, Look, Stamp, TaskHost};
 
 /// With --follow, every task directory is looked at this often even when its status file
 /// has not changed (a supervisor that dies without a word changes no file).
@@ -30,10 +30,10 @@ pub(super) use crate::clock::now;
 
 /// A task reap looks after: in a holding state on a host.
 pub(super) struct Watch {
-    slot: u32,
-    task: Task,
-    id: String,
-    host: String,
+    pub(super) slot: u32,
+    pub(super) task: Task,
+    pub(super) id: String,
+    pub(super) host: String,
     /// Its host is reached over ssh.
     remote: bool,
 }
@@ -58,6 +58,9 @@ pub(super) struct Reaper {
     superseded: Option<String>,
     /// Whether this pass reaches ssh hosts (every pass but --follow's quick ticks).
     remote_now: bool,
+    /// Looks a survey took for the pass that follows it, by task slot, with the record
+    /// each was taken for: used only while the record is unchanged.
+    pub(super) prefetched: HashMap<u32, (Task, Result<Look, String>)>,
 }
 
 /// Work for one host: its name, the host as reap reaches it, and what concerns it.
@@ -109,6 +112,7 @@ impl Reaper {
             unreachable: HashSet::new(),
             superseded: None,
             remote_now: true,
+            prefetched: HashMap::new(),
         })
     }
 
@@ -186,7 +190,7 @@ impl Reaper {
     }
 
     /// Tasks in holding states, and the stops that draining hosts ask for.
-    fn watched(&mut self) -> (Vec<Watch>, HashSet<u32>) {
+    pub(super) fn watched(&mut self) -> (Vec<Watch>, HashSet<u32>) {
         let view = self.state.view();
         let mut watches = Vec::new();
         let mut draining = HashSet::new();
@@ -254,11 +258,24 @@ impl Reaper {
             .into_iter()
             .filter_map(|(name, mine)| Some((name.clone(), self.host(&name)?, mine)))
             .collect();
-        let looks = fan_out(&chosen, self.parallel, |(_, host, mine)| {
+        // A host's looks from the survey just before, when it took them of these records;
+        // else one call to the host.
+        let mut looks: Vec<Option<transport::Reply<Result<Look, String>>>> = chosen
+            .iter()
+            .map(|(_, _, mine)| self.take_prefetched(mine).map(Ok))
+            .collect();
+        self.prefetched.clear();
+        let missing: Vec<usize> = (0..chosen.len()).filter(|&i| looks[i].is_none()).collect();
+        let fetched = fan_out(&missing, self.parallel, |&i| {
+            let (_, host, mine) = &chosen[i];
             let probes: Vec<(&str, &Task)> =
                 mine.iter().map(|(w, _)| (w.id.as_str(), &w.task)).collect();
             host.look(&probes)
         });
+        for (i, reply) in missing.into_iter().zip(fetched) {
+            looks[i] = Some(reply);
+        }
+        let looks = looks.into_iter().map(|l| l.expect("every host looked at"));
         let mut plans: Vec<(Watch, Plan)> = Vec::new();
         let mut stopping = Vec::new();
         for ((name, _, mine), looks) in chosen.into_iter().zip(looks) {
@@ -331,6 +348,20 @@ impl Reaper {
         self.act(&plans, |p| &p.after);
         self.out.flush()?;
         Ok(Pass { stopping })
+    }
+
+    /// The survey's looks at these tasks, if it took one of each as its record is now.
+    fn take_prefetched(&mut self, mine: &[Chosen]) -> Option<Vec<Result<Look, String>>> {
+        let all = mine.iter().all(|(w, _)| {
+            self.prefetched
+                .get(&w.slot)
+                .is_some_and(|(task, _)| *task == w.task)
+        });
+        all.then(|| {
+            mine.iter()
+                .map(|(w, _)| self.prefetched.remove(&w.slot).expect("checked").1)
+                .collect()
+        })
     }
 
     /// Adds to `chosen` the tasks `only` picks from their status stamps, asked of every
@@ -459,7 +490,7 @@ impl Reaper {
         survey: bool,
     ) -> Result<Status> {
         let select = if survey {
-            self.survey()?;
+            self.survey(true)?;
             Select::All
         } else {
             Select::Asked
@@ -515,7 +546,7 @@ impl Reaper {
             self.pass(&HashMap::new(), Select::Changed(&mut select))?;
             if sweep {
                 self.retry_unreached();
-                self.survey()?;
+                self.survey(false)?;
             }
             self.check_superseded()?;
             last = current;

@@ -9,11 +9,11 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::decide::Event;
-use super::engine::{now, Reaper};
+use super::engine::{now, Reaper, Watch};
 use super::input::task_id;
 use crate::host::{Host, Life, Transport};
 use crate::liveness::{down_budget, overdue, sensed};
-use crate::task::{Reason, TaskState};
+use crate::task::{Reason, Task, TaskState};
 use crate::transport::{fan_out, TaskHost};
 
 impl Reaper {
@@ -34,9 +34,11 @@ impl Reaper {
     }
 
     /// One call to every host: the supervisors at work there, which are stopped if the
-    /// state does not run them (see `strays`); for an ssh host the same call, answered or
-    /// not, is its liveness (see `liveness`). Hosts silent too long are declared down.
-    pub(super) fn survey(&mut self) -> Result<()> {
+    /// state does not run them (see `strays`), and with `look`, a look at each of its tasks
+    /// the state holds, kept for the pass that follows (see `pass`). For an ssh host the
+    /// same call, answered or not, is its liveness (see `liveness`). Hosts silent too long
+    /// are declared down.
+    pub(super) fn survey(&mut self, look: bool) -> Result<()> {
         // Every local host root on this machine (those of hosts no longer in the state
         // too), and every ssh host of the state.
         let mut hosts: Vec<(String, Arc<dyn TaskHost>, bool)> =
@@ -45,20 +47,33 @@ impl Reaper {
                 .map(|(name, host)| (name, Arc::new(host) as Arc<dyn TaskHost>, false))
                 .collect();
         hosts.extend(self.ssh_hosts().into_iter().map(|(n, h)| (n, h, true)));
+        let mut watched: HashMap<String, Vec<Watch>> = HashMap::new();
+        if look {
+            for w in self.watched().0 {
+                watched.entry(w.host.clone()).or_default().push(w);
+            }
+        }
+        let none = Vec::new();
+        let on = |name: &str| watched.get(name).unwrap_or(&none);
         // The time the calls went out: one that waits long on a dead host (its shared
         // connection giving up) does not start that host's silence late.
         let now = now();
-        let answers = fan_out(&hosts, self.parallel, |(_, host, _)| {
+        let answers = fan_out(&hosts, self.parallel, |(name, host, _)| {
             let t = Instant::now();
-            host.supervisors()
-                .map(|found| (found, t.elapsed().as_micros().min(u32::MAX as u128) as u32))
+            let probes: Vec<(&str, &Task)> =
+                on(name).iter().map(|w| (w.id.as_str(), &w.task)).collect();
+            host.survey(&probes)
+                .map(|s| (s, t.elapsed().as_micros().min(u32::MAX as u128) as u32))
         });
         let mut reached: HashMap<String, Option<u32>> = HashMap::new();
         let mut found = Vec::new();
         for ((name, host, remote), answer) in hosts.into_iter().zip(answers) {
             let rtt = match answer {
-                Ok((f, rtt)) => {
-                    found.push((name.clone(), host, f));
+                Ok((survey, rtt)) => {
+                    for (w, look) in on(&name).iter().zip(survey.looks) {
+                        self.prefetched.insert(w.slot, (w.task.clone(), look));
+                    }
+                    found.push((name.clone(), host, survey.found));
                     Some(rtt)
                 }
                 Err(e) => {

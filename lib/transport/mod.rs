@@ -77,6 +77,13 @@ pub struct Look {
     pub facts: Facts,
 }
 
+/// One survey of a host: every supervisor at work there, and a look at each task asked
+/// about, in the order asked.
+pub struct Survey {
+    pub found: Vec<Found>,
+    pub looks: Vec<Result<Look, String>>,
+}
+
 /// A supervisor at work on a host, as its status names it.
 pub struct Found {
     /// `role/env/name/instance`.
@@ -221,6 +228,15 @@ pub trait TaskHost: Send + Sync {
     /// Every supervisor at work on the host that has reported (one that has not yet cannot
     /// be told from a start under way).
     fn supervisors(&self) -> Reply<Found>;
+
+    /// Every supervisor at work on the host and a look at each task: `supervisors` and
+    /// `look` in one step (reap's first call to a host in a pass).
+    fn survey(&self, tasks: &[(&str, &Task)]) -> Result<Survey, Unreached> {
+        Ok(Survey {
+            found: self.supervisors()?,
+            looks: self.look(tasks)?,
+        })
+    }
 
     /// What the host has (`offer add --probe`).
     fn probe(&self) -> Result<Measured, Unreached>;

@@ -8,7 +8,7 @@ use std::io::{self, BufRead, Read, Write};
 use anyhow::{Context, Result};
 
 use super::local::Local;
-use super::wire::{Answer, End, FoundWire, HeldWire, LookWire, Op, Request, StartWire};
+use super::wire::{Answer, End, FoundWire, HeldWire, LookWire, Op, Probe, Request, StartWire};
 use super::{Prepared, Reply, TaskHost};
 use crate::exit::{bad_input, Status};
 use crate::supervise::Spec;
@@ -142,27 +142,7 @@ pub fn answer(host: &dyn TaskHost, op: Op) -> Reply<Answer> {
             .into_iter()
             .map(Answer::Done)
             .collect(),
-        Op::Look(probes) => {
-            let records: Vec<Result<crate::task::Task, String>> =
-                probes.iter().map(|p| p.task()).collect();
-            let asked: Vec<(&str, &crate::task::Task)> = probes
-                .iter()
-                .zip(&records)
-                .filter_map(|(p, t)| Some((p.task.as_str(), t.as_ref().ok()?)))
-                .collect();
-            let mut looks = host.look(&asked)?.into_iter();
-            records
-                .iter()
-                .map(|t| match t {
-                    Err(e) => Answer::Error(e.clone()),
-                    Ok(_) => match looks.next() {
-                        Some(Ok(l)) => Answer::Look(LookWire::of(&l)),
-                        Some(Err(e)) => Answer::Error(e),
-                        None => Answer::Error("no look".into()),
-                    },
-                })
-                .collect()
-        }
+        Op::Look(probes) => looks(host, &probes)?,
         Op::Stamps(tasks) => {
             let ids: Vec<&str> = tasks.iter().map(String::as_str).collect();
             host.stamps(&ids)?.into_iter().map(Answer::Stamp).collect()
@@ -183,11 +163,12 @@ pub fn answer(host: &dyn TaskHost, op: Op) -> Reply<Answer> {
                 })
                 .collect()
         }
-        Op::Supervisors => host
-            .supervisors()?
-            .iter()
-            .map(|f| Answer::Found(FoundWire::of(f)))
-            .collect(),
+        Op::Supervisors => found(host)?,
+        Op::Survey(probes) => {
+            let mut answers = found(host)?;
+            answers.extend(looks(host, &probes)?);
+            answers
+        }
         Op::Probe => vec![Answer::Probe(host.probe()?)],
         Op::Inventory => {
             let inventory = host.inventory()?;
@@ -198,12 +179,42 @@ pub fn answer(host: &dyn TaskHost, op: Op) -> Reply<Answer> {
     })
 }
 
+fn found(host: &dyn TaskHost) -> Reply<Answer> {
+    Ok(host
+        .supervisors()?
+        .iter()
+        .map(|f| Answer::Found(FoundWire::of(f)))
+        .collect())
+}
+
+/// One answer per probe: a look, or why the probe or the look failed.
+fn looks(host: &dyn TaskHost, probes: &[Probe]) -> Reply<Answer> {
+    let records: Vec<Result<crate::task::Task, String>> = probes.iter().map(|p| p.task()).collect();
+    let asked: Vec<(&str, &crate::task::Task)> = probes
+        .iter()
+        .zip(&records)
+        .filter_map(|(p, t)| Some((p.task.as_str(), t.as_ref().ok()?)))
+        .collect();
+    let mut looks = host.look(&asked)?.into_iter();
+    Ok(records
+        .iter()
+        .map(|t| match t {
+            Err(e) => Answer::Error(e.clone()),
+            Ok(_) => match looks.next() {
+                Some(Ok(l)) => Answer::Look(LookWire::of(&l)),
+                Some(Err(e)) => Answer::Error(e),
+                None => Answer::Error("no look".into()),
+            },
+        })
+        .collect())
+}
+
 /// Every task id a request names.
 fn task_ids(op: &Op) -> Vec<&str> {
     match op {
         Op::Start(t) => t.iter().map(|t| t.task.as_str()).collect(),
         Op::Reports(t) | Op::Stop(t) | Op::CallOff(t) => t.iter().map(|t| t.0.as_str()).collect(),
-        Op::Look(p) => p.iter().map(|p| p.task.as_str()).collect(),
+        Op::Look(p) | Op::Survey(p) => p.iter().map(|p| p.task.as_str()).collect(),
         Op::Stamps(t) => t.iter().map(String::as_str).collect(),
         Op::Act(a) => a.iter().map(|a| a.0.as_str()).collect(),
         Op::Supervisors | Op::Probe | Op::Inventory => Vec::new(),

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::wire::{Answer, End, FoundWire, LookWire, Op, Probe, Request, StartTask};
-use super::{Found, Inventory, Look, Measured, Prepared, Reply, Stamp, Start, TaskHost, Unreached};
+use super::{
+    Found, Inventory, Look, Measured, Prepared, Reply, Stamp, Start, Survey, TaskHost, Unreached,
+};
 use crate::reap::Act;
 use crate::task::Task;
 use crate::taskdir::Status;
@@ -243,10 +245,24 @@ impl TaskHost for Ssh {
 
     fn look(&self, tasks: &[(&str, &Task)]) -> Reply<Result<Look, String>> {
         let probes = tasks.iter().map(|(id, t)| Probe::of(id, t)).collect();
-        each(self.call(Op::Look(probes))?, tasks.len(), |a| match a {
-            Answer::Look(l) => Some(LookWire::look(l)),
-            Answer::Error(e) => Some(Err(e)),
-            _ => None,
+        each(self.call(Op::Look(probes))?, tasks.len(), look)
+    }
+
+    fn survey(&self, tasks: &[(&str, &Task)]) -> Result<Survey, Unreached> {
+        let probes = tasks.iter().map(|(id, t)| Probe::of(id, t)).collect();
+        let mut answers = self.call(Op::Survey(probes))?;
+        // The supervisors first, then one look per task.
+        let supervisors = answers
+            .len()
+            .checked_sub(tasks.len())
+            .ok_or_else(|| Unreached::new("a survey with fewer looks than tasks"))?;
+        let looks = answers.split_off(supervisors);
+        Ok(Survey {
+            found: each(answers, supervisors, |a| match a {
+                Answer::Found(f) => FoundWire::found(f).ok(),
+                _ => None,
+            })?,
+            looks: each(looks, tasks.len(), look)?,
         })
     }
 
@@ -308,6 +324,14 @@ impl TaskHost for Ssh {
 
 fn owned(tasks: &[(&str, u32)]) -> Vec<(String, u32)> {
     tasks.iter().map(|(t, n)| (t.to_string(), *n)).collect()
+}
+
+fn look(a: Answer) -> Option<Result<Look, String>> {
+    match a {
+        Answer::Look(l) => Some(LookWire::look(l)),
+        Answer::Error(e) => Some(Err(e)),
+        _ => None,
+    }
 }
 
 fn done(a: Answer) -> Option<bool> {

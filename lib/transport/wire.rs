@@ -43,6 +43,8 @@ pub enum Op {
     CallOff(Vec<(String, u32)>),
     Act(Vec<(String, Act)>),
     Supervisors,
+    /// Supervisors, then looks.
+    Survey(Vec<Probe>),
     Probe,
     Inventory,
 }
