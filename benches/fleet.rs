@@ -878,7 +878,12 @@ fn steps(site: &Site, passes: usize) {
             Some("offers"),
             "placed",
         );
-        run(3, &mut site.tool("reap"), Some("placed"), "reaped");
+        run(
+            3,
+            site.tool("reap").arg("--asked-only"),
+            Some("placed"),
+            "reaped",
+        );
         run(4, &mut site.tool("launch"), Some("reaped"), "launched");
         run(5, &mut site.tool("announce"), None, "announced");
         run(
