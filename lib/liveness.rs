@@ -23,30 +23,40 @@ pub const CUT_OFF_SHARE: f64 = 0.5;
 /// `--lost-after` unless told.
 pub const LOST_AFTER_S: f64 = 300.0;
 
+/// A pass's call to a host: when it went out, and when its outcome was known (an answer,
+/// a failure, a timeout).
+#[derive(Clone, Copy, Debug)]
+pub struct Call {
+    pub sent: f64,
+    pub settled: f64,
+}
+
 /// A host's liveness after a pass tried to reach it: `reached` with the round trip in
-/// microseconds, or None. A down host that answers stays down here: it is up again only
-/// once its strays are stopped ([`returned`]).
-pub fn sensed(l: Liveness, reached: Option<u32>, now: f64, lost_after: f64) -> Liveness {
+/// microseconds, or None. Silence counts from when the first unanswered call went out; a
+/// gap is the time from one pass's outcome to the next pass's call, so a pass that waits
+/// on the failing host itself is not one. A down host that answers stays down here: it is
+/// up again only once its strays are stopped ([`returned`]).
+pub fn sensed(l: Liveness, reached: Option<u32>, call: Call, lost_after: f64) -> Liveness {
     let mut n = l;
-    n.checked = now;
+    n.checked = call.settled;
     match reached {
         Some(rtt_us) => {
-            n.contact = now;
+            n.contact = call.settled;
             n.rtt_us = rtt_us;
             if l.life == Life::Suspect {
                 n.life = Life::Up;
-                n.since = now;
+                n.since = call.settled;
             }
         }
         None => {
-            let stale = l.checked > 0.0 && now - l.checked > lost_after;
+            let stale = l.checked > 0.0 && call.sent - l.checked > lost_after;
             match l.life {
                 Life::Up => {
                     n.life = Life::Suspect;
-                    n.since = now;
+                    n.since = call.sent;
                 }
-                // The evidence has a gap: this silence is counted from now.
-                Life::Suspect if stale => n.since = now,
+                // The evidence has a gap: this silence is counted from this call.
+                Life::Suspect if stale => n.since = call.sent,
                 _ => {}
             }
         }
@@ -100,38 +110,63 @@ mod tests {
         Liveness::default()
     }
 
+    /// A call answered (or not) at once.
+    fn at(t: f64) -> Call {
+        Call {
+            sent: t,
+            settled: t,
+        }
+    }
+
     #[test]
     fn silence_makes_a_host_suspect_then_down_after_lost_after() {
         let lost = 300.0;
-        let l = sensed(up(), Some(800), 1000.0, lost);
+        let l = sensed(up(), Some(800), at(1000.0), lost);
         assert_eq!((l.life, l.contact, l.rtt_us), (Life::Up, 1000.0, 800));
-        let l = sensed(l, None, 1060.0, lost);
+        let l = sensed(l, None, at(1060.0), lost);
         assert_eq!((l.life, l.since), (Life::Suspect, 1060.0));
-        let l = sensed(l, None, 1260.0, lost);
+        let l = sensed(l, None, at(1260.0), lost);
         assert!(!overdue(&l, 1260.0, lost));
-        let l = sensed(l, None, 1360.0, lost);
+        let l = sensed(l, None, at(1360.0), lost);
         assert!(overdue(&l, 1360.0, lost));
         // A suspect host that answers is up again.
-        let back = sensed(l, Some(900), 1361.0, lost);
+        let back = sensed(l, Some(900), at(1361.0), lost);
         assert_eq!(back.life, Life::Up);
     }
 
     #[test]
     fn a_gap_between_passes_starts_the_clock_again() {
         let lost = 300.0;
-        let l = sensed(sensed(up(), Some(1), 0.0 + 1.0, lost), None, 60.0, lost);
+        let l = sensed(sensed(up(), Some(1), at(1.0), lost), None, at(60.0), lost);
         assert_eq!(l.life, Life::Suspect);
         // The scheduler was away for an hour: that hour is no evidence.
-        let l = sensed(l, None, 3660.0, lost);
+        let l = sensed(l, None, at(3660.0), lost);
         assert_eq!(l.since, 3660.0);
         assert!(!overdue(&l, 3660.0, lost));
+    }
+
+    /// The first pass after a host went silent waits on its open connection longer than
+    /// --lost-after: that wait is no gap, and the silence counts from the call.
+    #[test]
+    fn a_pass_slowed_by_the_silent_host_is_not_a_gap() {
+        let lost = 15.0;
+        let l = sensed(up(), Some(1), at(0.0), lost);
+        let waited = Call {
+            sent: 1.0,
+            settled: 16.5,
+        };
+        let l = sensed(l, None, waited, lost);
+        assert_eq!((l.life, l.since), (Life::Suspect, 1.0));
+        let l = sensed(l, None, at(17.0), lost);
+        assert_eq!(l.since, 1.0);
+        assert!(overdue(&l, 17.0, lost));
     }
 
     #[test]
     fn a_down_host_that_answers_stays_down_until_its_strays_are_stopped() {
         let mut l = up();
         l.life = Life::Down;
-        let l = sensed(l, Some(5), 10.0, 300.0);
+        let l = sensed(l, Some(5), at(10.0), 300.0);
         assert_eq!((l.life, l.contact), (Life::Down, 10.0));
         assert_eq!(returned(l, 11.0).life, Life::Up);
     }

@@ -94,12 +94,18 @@ impl Reaper {
 
     /// Each ssh host's liveness after this survey (`reached`: its round trip, None when it
     /// did not answer); those silent for --lost-after are declared down, within the bound.
-    fn record_liveness(&mut self, reached: &HashMap<String, Option<u32>>, now: f64) -> Result<()> {
+    fn record_liveness(&mut self, reached: &HashMap<String, Option<u32>>, sent: f64) -> Result<()> {
         if reached.is_empty() {
             return Ok(());
         }
         let lost_after = self.timing.lost_after;
         let total = self.state.view().hosts.len();
+        let call = crate::liveness::Call {
+            sent,
+            settled: now(),
+        };
+        // Times below are the calls': silence is measured between calls sent.
+        let now = sent;
         let (down, events) = self.state.write_if_changed(|tx| {
             let mut unreachable = 0;
             let slots: Vec<u32> = tx
@@ -113,7 +119,7 @@ impl Reaper {
                 let mut h = tx.view().hosts.get(slot).unwrap().clone();
                 let answer = reached.get(&h.name).copied().flatten();
                 unreachable += answer.is_none() as usize;
-                let next = sensed(h.liveness, answer, now, lost_after);
+                let next = sensed(h.liveness, answer, call, lost_after);
                 if next != h.liveness {
                     h.liveness = next;
                     tx.set(slot, Some(h));

@@ -141,7 +141,8 @@ impl Ssh {
                     self.timeout.as_secs()
                 )))
             }
-            Some(Some(255)) => return Err(Unreached::new(format!("not reached: {said}"))),
+            Some(Some(255)) if said.is_empty() => return Err(Unreached::new("ssh exited 255")),
+            Some(Some(255)) => return Err(Unreached::new(said)),
             // formic-host refused a scheduler of an older epoch (see `transport::epoch`).
             Some(Some(77)) => {
                 return Err(Unreached {
