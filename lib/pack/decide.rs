@@ -275,9 +275,12 @@ impl<'a> Run<'a> {
             .partition(|&&j| self.class(j).has_limits() || jobs[j].resources.gpus > 0);
         for j in sequential {
             self.scratch.load(self.classes[j].as_ref().unwrap());
+            self.placer.parking(self.fleet, true);
             for &instance in &missing[j] {
                 self.place_one(j, instance);
+                self.placer.park_refused(self.fleet);
             }
+            self.placer.parking(self.fleet, false);
         }
         let (cpu_heavy, ram_heavy): (Vec<usize>, Vec<usize>) = free.iter().partition(|&&j| {
             let r = &jobs[j].resources;

@@ -51,6 +51,27 @@ enum Scope {
     Column(usize),
 }
 
+/// A `values` or `not` constraint compiled: the value ids it names, sorted.
+#[derive(Debug)]
+struct ValueRule {
+    column: usize,
+    named: Vec<u32>,
+    /// `values` (a host must have one of them) rather than `not`.
+    positive: bool,
+}
+
+impl ValueRule {
+    /// Whether a host whose value in the column is `v` passes.
+    #[inline]
+    fn allows(&self, v: u32) -> bool {
+        if v == NONE {
+            // A host without the attribute has none of the values.
+            return !self.positive;
+        }
+        self.named.binary_search(&v).is_ok() == self.positive
+    }
+}
+
 /// A job compiled for the loop.
 #[derive(Debug)]
 pub struct Class {
@@ -62,8 +83,9 @@ pub struct Class {
     disk: u64,
     gpus: u32,
     ports: u32,
-    /// (column, allowed[value id], allowed when the host has no value)
-    values: Vec<(usize, Vec<bool>, bool)>,
+    /// Value constraints, each sized by the values it names, not by the values the
+    /// fleet has (a job that excludes one host of 100,000 holds one id, not 100,000).
+    values: Vec<ValueRule>,
     limits: Vec<(Scope, u32)>,
     /// The value of `dedicated` that this job's role may use, if any host has it.
     role: u32,
@@ -141,13 +163,17 @@ impl Class {
                     } else {
                         fleet.attrs.column_of(attr, n)
                     };
-                    let mut allowed = vec![!positive; fleet.attrs.value_count(col)];
-                    for v in vs {
-                        if let Some(id) = fleet.attrs.lookup(col, v) {
-                            allowed[id as usize] = positive;
-                        }
-                    }
-                    values.push((col, allowed, !positive));
+                    let mut named: Vec<u32> = vs
+                        .iter()
+                        .filter_map(|v| fleet.attrs.lookup(col, v))
+                        .collect();
+                    named.sort_unstable();
+                    named.dedup();
+                    values.push(ValueRule {
+                        column: col,
+                        named,
+                        positive,
+                    });
                 }
             }
         }
@@ -243,14 +269,8 @@ impl Class {
                 return Err(Reason::Dedicated);
             }
         }
-        for (i, (col, allowed, none_ok)) in self.values.iter().enumerate() {
-            let v = fleet.attrs.column(*col)[h];
-            let ok = if v == NONE {
-                *none_ok
-            } else {
-                allowed.get(v as usize).copied().unwrap_or(*none_ok)
-            };
-            if !ok {
+        for (i, rule) in self.values.iter().enumerate() {
+            if !rule.allows(fleet.attrs.column(rule.column)[h]) {
                 return Err(Reason::Constraint(i as u16));
             }
         }
@@ -339,10 +359,38 @@ impl Class {
 
 const BUCKETS: usize = 4096;
 
-/// Hosts grouped by bucket key, with a bitmap of the non-empty buckets.
+/// What a host has free, in the resources a bucket bounds: reference cpus, ram, disk,
+/// gpus, ports.
+type Room = [u64; 5];
+
+fn room_of(fleet: &Fleet, h: usize) -> Room {
+    [
+        fleet.ref_cpus[h] as u64,
+        fleet.ram_mb[h],
+        fleet.disk_mb[h],
+        fleet.gpus[h] as u64,
+        fleet.ports[h] as u64,
+    ]
+}
+
+fn covers(room: &Room, need: &Room) -> bool {
+    room.iter().zip(need).all(|(r, n)| r >= n)
+}
+
+/// Hosts grouped by bucket key, with a bitmap of the non-empty buckets and, per bucket, a
+/// bound on what any of its hosts has free.
+///
+/// A bucket's key is its hosts' scarcest free resource, so a host in a bucket at or above
+/// an instance's own key has enough of the instance's scarcest resource, but maybe not of
+/// another: hosts short of cpus with memory to spare sit high for every cpu-heavy, memory-
+/// light instance. The bound lets a scan pass over a whole bucket that cannot take the
+/// instance instead of checking each of its hosts again for every instance. It is raised
+/// when a host comes in, left when one goes (still a bound), and made exact when a scan has
+/// seen every host of the bucket and none fitted.
 struct Index {
     lists: Vec<Vec<u32>>,
     nonempty: Vec<u64>,
+    bound: Vec<std::cell::Cell<Room>>,
 }
 
 impl Index {
@@ -350,13 +398,23 @@ impl Index {
         Index {
             lists: vec![Vec::new(); BUCKETS],
             nonempty: vec![0; BUCKETS / 64],
+            bound: vec![std::cell::Cell::new([0; 5]); BUCKETS],
         }
     }
 
-    fn insert(&mut self, b: usize, h: u32, pos: &mut [u32]) {
+    fn insert(&mut self, b: usize, h: u32, room: Room, pos: &mut [u32]) {
         pos[h as usize] = self.lists[b].len() as u32;
         self.lists[b].push(h);
         self.nonempty[b / 64] |= 1 << (b % 64);
+        self.raise(b, room);
+    }
+
+    /// Raises bucket `b`'s bound to cover `room`.
+    fn raise(&mut self, b: usize, room: Room) {
+        let bound = self.bound[b].get_mut();
+        for (x, r) in bound.iter_mut().zip(room) {
+            *x = (*x).max(r);
+        }
     }
 
     fn remove(&mut self, b: usize, h: u32, pos: &mut [u32]) {
@@ -368,29 +426,80 @@ impl Index {
         }
         if list.is_empty() {
             self.nonempty[b / 64] &= !(1 << (b % 64));
+            self.bound[b].set([0; 5]);
         }
     }
 
-    /// Hosts from bucket `b` upward (fullest first).
-    fn scan_up(&self, b: usize) -> impl Iterator<Item = u32> + '_ {
+    /// The hosts that `fits`, from bucket `b` upward (fullest first), passing over the
+    /// buckets whose bound is short of `need`.
+    fn scan_up<'a>(
+        &'a self,
+        b: usize,
+        need: Room,
+        room: &'a dyn Fn(u32) -> Room,
+        fits: &'a dyn Fn(u32) -> bool,
+    ) -> impl Iterator<Item = u32> + 'a {
         let mut next = Some(b);
-        std::iter::from_fn(move || {
+        let buckets = std::iter::from_fn(move || {
             let nb = self.next_up(next?)?;
             next = (nb + 1 < BUCKETS).then_some(nb + 1);
-            Some(self.lists[nb].iter().copied())
-        })
-        .flatten()
+            Some(nb)
+        });
+        self.fitting(buckets, need, room, fits)
     }
 
-    /// Hosts from the top bucket down to bucket `lowest` (emptiest first).
-    fn scan_down(&self, lowest: usize) -> impl Iterator<Item = u32> + '_ {
+    /// The hosts that `fits`, from the top bucket down to bucket `lowest` (emptiest first),
+    /// passing over the buckets whose bound is short of `need`.
+    fn scan_down<'a>(
+        &'a self,
+        lowest: usize,
+        need: Room,
+        room: &'a dyn Fn(u32) -> Room,
+        fits: &'a dyn Fn(u32) -> bool,
+    ) -> impl Iterator<Item = u32> + 'a {
         let mut next = Some(BUCKETS - 1);
-        std::iter::from_fn(move || {
+        let buckets = std::iter::from_fn(move || {
             let nb = self.next_down(next?).filter(|&nb| nb >= lowest)?;
             next = nb.checked_sub(1);
-            Some(self.lists[nb].iter().copied())
-        })
-        .flatten()
+            Some(nb)
+        });
+        self.fitting(buckets, need, room, fits)
+    }
+
+    /// The hosts of `buckets`, in order, that `fits`. A bucket whose bound is short of
+    /// `need` is passed over; one whose every host was seen without a fit gets its bound
+    /// made exact on the way.
+    fn fitting<'a>(
+        &'a self,
+        buckets: impl Iterator<Item = usize> + 'a,
+        need: Room,
+        room: &'a dyn Fn(u32) -> Room,
+        fits: &'a dyn Fn(u32) -> bool,
+    ) -> impl Iterator<Item = u32> + 'a {
+        buckets
+            .filter(move |&nb| covers(&self.bound[nb].get(), &need))
+            .flat_map(move |nb| {
+                let list = &self.lists[nb];
+                let mut seen = [0u64; 5];
+                let mut fitted = false;
+                let mut i = 0;
+                std::iter::from_fn(move || {
+                    while let Some(&h) = list.get(i) {
+                        i += 1;
+                        for (x, r) in seen.iter_mut().zip(room(h)) {
+                            *x = (*x).max(r);
+                        }
+                        if fits(h) {
+                            fitted = true;
+                            return Some(h);
+                        }
+                    }
+                    if !fitted {
+                        self.bound[nb].set(seen);
+                    }
+                    None
+                })
+            })
     }
 
     /// The first non-empty bucket at or above `b`.
@@ -456,6 +565,15 @@ pub struct Placer {
     strategy: Strategy,
     /// The least cpus and memory any GPU job needs per GPU.
     per_gpu: Option<(u64, u64)>,
+    /// While one job's instances are placed one after the other (`Placer::parking`):
+    /// the hosts that could not take one of them, taken out of the pools until the job is
+    /// done. Its instances are all alike and hosts only fill meanwhile, so a host that
+    /// could not take one cannot take the next: looking at it again for every instance
+    /// is what made a job with a limit per host quadratic.
+    parking: bool,
+    refused: std::cell::RefCell<Vec<u32>>,
+    parked: Vec<u32>,
+    is_parked: Vec<bool>,
 }
 
 /// How many more fitting hosts a pool is searched for one that strands no GPU.
@@ -490,6 +608,10 @@ impl Placer {
             scale,
             strategy,
             per_gpu,
+            parking: false,
+            refused: std::cell::RefCell::new(Vec::new()),
+            parked: Vec::new(),
+            is_parked: vec![false; fleet.len()],
         };
         for h in 0..fleet.len() {
             let b = p.key(
@@ -498,8 +620,12 @@ impl Placer {
                 fleet.gpus[h] as u64,
             );
             p.bucket[h] = b as u16;
-            p.pools[pool_of(fleet.scheduled[h], p.kind[h] as usize)]
-                .insert(b, h as u32, &mut p.pos);
+            p.pools[pool_of(fleet.scheduled[h], p.kind[h] as usize)].insert(
+                b,
+                h as u32,
+                room_of(fleet, h),
+                &mut p.pos,
+            );
         }
         p
     }
@@ -522,6 +648,13 @@ impl Placer {
     /// Moves host `h` to the bucket its free capacity now belongs in, and into the pool of
     /// hosts in use (it has just taken an instance).
     pub fn update(&mut self, fleet: &Fleet, h: usize) {
+        if self.is_parked[h] {
+            // Freed room (a preemption) on a parked host: it may take the next one.
+            self.is_parked[h] = false;
+            self.kind[h] = IN_USE as u8;
+            self.bucket[h] = self.insert(fleet, h) as u16;
+            return;
+        }
         let b = self.key(
             fleet.ref_cpus[h] as u64,
             fleet.ram_mb[h],
@@ -536,8 +669,59 @@ impl Placer {
                 &mut self.pos,
             );
             self.kind[h] = IN_USE as u8;
-            self.pools[pool_of(scheduled, IN_USE)].insert(b, h as u32, &mut self.pos);
+            self.pools[pool_of(scheduled, IN_USE)].insert(
+                b,
+                h as u32,
+                room_of(fleet, h),
+                &mut self.pos,
+            );
             self.bucket[h] = b as u16;
+        } else {
+            // Freed room (a kill, a preemption) in the same bucket: its bound covers it.
+            let scheduled = fleet.scheduled[h];
+            self.pools[pool_of(scheduled, IN_USE)].raise(old, room_of(fleet, h));
+        }
+    }
+
+    /// Puts host `h` in the bucket and pool its free capacity and kind say; returns the
+    /// bucket.
+    fn insert(&mut self, fleet: &Fleet, h: usize) -> usize {
+        let b = self.key(
+            fleet.ref_cpus[h] as u64,
+            fleet.ram_mb[h],
+            fleet.gpus[h] as u64,
+        );
+        let pool = pool_of(fleet.scheduled[h], self.kind[h] as usize);
+        self.pools[pool].insert(b, h as u32, room_of(fleet, h), &mut self.pos);
+        b
+    }
+
+    /// Starts or ends the placing of one job's instances one after the other: while it
+    /// lasts, each host that could not take an instance is parked; at its end every parked
+    /// host goes back.
+    pub fn parking(&mut self, fleet: &Fleet, on: bool) {
+        self.parking = on;
+        self.refused.get_mut().clear();
+        for h in std::mem::take(&mut self.parked) {
+            let h = h as usize;
+            if self.is_parked[h] {
+                self.is_parked[h] = false;
+                self.bucket[h] = self.insert(fleet, h) as u16;
+            }
+        }
+    }
+
+    /// Parks the hosts the last `find` refused (see `parking`).
+    pub fn park_refused(&mut self, fleet: &Fleet) {
+        for h in std::mem::take(self.refused.get_mut()) {
+            let hu = h as usize;
+            if self.is_parked[hu] {
+                continue;
+            }
+            let pool = pool_of(fleet.scheduled[hu], self.kind[hu] as usize);
+            self.pools[pool].remove(self.bucket[hu] as usize, h, &mut self.pos);
+            self.is_parked[hu] = true;
+            self.parked.push(h);
         }
     }
 
@@ -546,7 +730,15 @@ impl Placer {
         let need = class.need();
         let (c, r, g) = (need.cpus, need.ram_mb, need.gpus);
         let lowest = self.key(c, r, g);
-        let fits = |h: &u32| class.check(fleet, scratch, *h as usize).is_ok();
+        let fits = |h: u32| {
+            let ok = class.check(fleet, scratch, h as usize).is_ok();
+            if !ok && self.parking {
+                self.refused.borrow_mut().push(h);
+            }
+            ok
+        };
+        let room = |h: u32| room_of(fleet, h as usize);
+        let wanted: Room = [c, r, need.disk_mb, g, class.ports_need() as u64];
         // Work that needs no GPU takes a host with idle GPUs only when no other will do;
         // a GPU instance avoids leaving GPUs without the cpus or memory to use them.
         let strands = |h: usize| {
@@ -559,7 +751,7 @@ impl Placer {
                     || fleet.ram_mb[h] - r < ram_per_gpu)
         };
         if g > 0 && self.strategy == Strategy::Binpack {
-            if let Some(h) = self.gpu_fit(fleet, c, g, &fits) {
+            if let Some(h) = self.gpu_fit(fleet, c, g, wanted, &fits) {
                 return Some(h);
             }
         }
@@ -568,13 +760,15 @@ impl Placer {
             for kind in [IN_USE, FRESH, FRESH_GPU] {
                 let pool = &self.pools[pool_of(scheduled, kind)];
                 let mut candidates: Box<dyn Iterator<Item = u32>> = match (self.strategy, kind) {
-                    (Strategy::Binpack, IN_USE) => Box::new(pool.scan_up(lowest).filter(fits)),
+                    (Strategy::Binpack, IN_USE) => {
+                        Box::new(pool.scan_up(lowest, wanted, &room, &fits))
+                    }
                     (Strategy::Spread, _) if !fleet.domains.is_empty() => Box::new(
-                        self.spread_pick(pool, lowest, fleet, class, &fits)
+                        self.spread_pick(pool, lowest, wanted, fleet, class, &fits)
                             .into_iter(),
                     ),
                     // The largest fresh host first, as spread takes the emptiest of all.
-                    _ => Box::new(pool.scan_down(lowest).filter(fits)),
+                    _ => Box::new(pool.scan_down(lowest, wanted, &room, &fits)),
                 };
                 let Some(first) = candidates.next() else {
                     continue;
@@ -605,15 +799,16 @@ impl Placer {
         &self,
         pool: &Index,
         lowest: usize,
+        wanted: Room,
         fleet: &Fleet,
         class: &Class,
-        fits: &dyn Fn(&u32) -> bool,
+        fits: &dyn Fn(u32) -> bool,
     ) -> Option<u32> {
         let mut best: Option<([u32; 4], usize, u32)> = None;
         let mut load = [0u32; 4];
+        let room = |h: u32| room_of(fleet, h as usize);
         for h in pool
-            .scan_down(lowest)
-            .filter(|h| fits(h))
+            .scan_down(lowest, wanted, &room, fits)
             .take(SPREAD_CANDIDATES)
         {
             class.domain_load(fleet, h as usize, &mut load);
@@ -629,12 +824,20 @@ impl Placer {
     /// is the least that is still at least the instance's own, so hosts short of cpus per
     /// GPU take the instances that need few, and none is left with GPUs it has no cpus for.
     /// Ties go to the fuller host. Scheduled hosts are left to `find`.
-    fn gpu_fit(&self, fleet: &Fleet, c: u64, g: u64, fits: &dyn Fn(&u32) -> bool) -> Option<usize> {
+    fn gpu_fit(
+        &self,
+        fleet: &Fleet,
+        c: u64,
+        g: u64,
+        wanted: Room,
+        fits: &dyn Fn(u32) -> bool,
+    ) -> Option<usize> {
         let need = c as f64 / g as f64;
         let mut best: Option<(bool, f64, usize, usize)> = None; // (short, ratio, bucket, host)
+        let room = |h: u32| room_of(fleet, h as usize);
         for kind in [IN_USE, FRESH_GPU] {
             let pool = &self.pools[pool_of(false, kind)];
-            for h in pool.scan_up(0).filter(|h| fits(h)).take(GPU_SCAN) {
+            for h in pool.scan_up(0, wanted, &room, fits).take(GPU_SCAN) {
                 let h = h as usize;
                 let ratio = fleet.ref_cpus[h] as f64 / fleet.gpus[h] as f64;
                 let short = ratio < need;
