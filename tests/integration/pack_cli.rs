@@ -1418,6 +1418,44 @@ fn preemption_stops_no_victim_it_does_not_need() {
     assert_eq!(victims, ["batch/prod/big/0"]);
 }
 
+/// Fewest victims first, then the lowest priority: two 2-core instances of priority 1
+/// rather than three (two 1-core ones of priority 0 and a 2-core one) for 4 cores.
+#[test]
+fn preemption_stops_the_fewest_instances_then_the_lowest_priority() {
+    let d = Dir::new();
+    let st = full_host(
+        &d,
+        vec![
+            running("batch/prod/low", 0, "h1", 1000),
+            running("batch/prod/low", 1, "h1", 1000),
+            running("batch/prod/mid", 0, "h1", 2000),
+            running("batch/prod/mid", 1, "h1", 2000),
+            running("batch/prod/top", 0, "h1", 2000),
+        ],
+    );
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            with(job("batch/prod/low", 2, 1.0, 100), json!({"priority": 0})),
+            with(job("batch/prod/mid", 2, 2.0, 100), json!({"priority": 1})),
+            with(job("batch/prod/top", 1, 2.0, 100), json!({"priority": 9})),
+            with(
+                job("www/prod/web", 1, 4.0, 100),
+                json!({"tier": "production"}),
+            ),
+        ],
+    );
+    let recs = d.pack_expect(
+        &["--state", &st, "jobs.jsonl"],
+        &lines_of(&[offer("h1", 0.0, 8192)]),
+        0,
+    );
+    let mut victims: Vec<String> = of(&recs, "preempt").iter().map(|p| s(&p["task"])).collect();
+    victims.sort();
+    assert_eq!(victims, ["batch/prod/mid/0", "batch/prod/mid/1"]);
+    assert_eq!(placements(&recs)["www/prod/web/0"], "h1");
+}
+
 #[test]
 fn preemption_takes_the_room_of_surplus_instances_before_healthy_ones() {
     let d = Dir::new();
