@@ -218,13 +218,15 @@ impl<'a> Run<'a> {
             },
         );
         let mut in_use = vec![false; fleet.len()];
+        let mut held = vec![Resources::default(); fleet.len()];
         for r in running.iter().filter(|r| r.state.holds_resources()) {
             if let Some(h) = r.host {
                 in_use[h] = true;
+                held[h] += r.held();
             }
         }
         let mut run = Run {
-            placer: Placer::new(fleet, strategy, per_gpu, &in_use),
+            placer: Placer::new(fleet, strategy, per_gpu, &in_use, &held),
             scratch: Scratch::new(fleet.len()),
             hosts_used: vec![false; fleet.len()],
             fleet,

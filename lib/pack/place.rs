@@ -359,6 +359,11 @@ impl Class {
 
 const BUCKETS: usize = 4096;
 
+/// The bucket of a share between 0 and 1.
+fn bucket_of(share: f64) -> usize {
+    ((share * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
+}
+
 /// What a host has free, in the resources a bucket bounds: reference cpus, ram, disk,
 /// gpus, ports.
 type Room = [u64; 5];
@@ -574,19 +579,37 @@ pub struct Placer {
     refused: std::cell::RefCell<Vec<u32>>,
     parked: Vec<u32>,
     is_parked: Vec<bool>,
+    /// spread: each host's own capacity (reference cpus, ram, gpus), which its emptiness
+    /// is measured against, so hosts of every size fill alike.
+    capacity: Vec<[u64; 3]>,
 }
 
 /// How many more fitting hosts a pool is searched for one that strands no GPU.
 const GPU_CANDIDATES: usize = 16;
 
 impl Placer {
-    /// Buckets the fleet; `in_use` marks hosts that already hold instances.
+    /// Buckets the fleet; `in_use` marks hosts that already hold instances, `held` what
+    /// they hold (physical cpus).
     pub fn new(
         fleet: &Fleet,
         strategy: Strategy,
         per_gpu: Option<(u64, u64)>,
         in_use: &[bool],
+        held: &[Resources],
     ) -> Placer {
+        let capacity = match strategy {
+            Strategy::Binpack => Vec::new(),
+            Strategy::Spread => (0..fleet.len())
+                .map(|h| {
+                    let physical = (fleet.cpus[h] as u64 + held[h].cpus).min(u32::MAX as u64);
+                    [
+                        super::fleet::ref_milli(physical as u32, fleet.cpu_factor[h]) as u64,
+                        fleet.ram_mb[h] + held[h].ram_mb,
+                        fleet.gpus[h] as u64 + held[h].gpus,
+                    ]
+                })
+                .collect(),
+        };
         let largest = fleet.largest();
         let scale = Resources {
             disk_mb: 0,
@@ -612,13 +635,10 @@ impl Placer {
             refused: std::cell::RefCell::new(Vec::new()),
             parked: Vec::new(),
             is_parked: vec![false; fleet.len()],
+            capacity,
         };
         for h in 0..fleet.len() {
-            let b = p.key(
-                fleet.ref_cpus[h] as u64,
-                fleet.ram_mb[h],
-                fleet.gpus[h] as u64,
-            );
+            let b = p.host_key(fleet, h);
             p.bucket[h] = b as u16;
             p.pools[pool_of(fleet.scheduled[h], p.kind[h] as usize)].insert(
                 b,
@@ -628,6 +648,39 @@ impl Placer {
             );
         }
         p
+    }
+
+    /// The bucket of host `h`: binpack, its scarcest free keyed resource as a share of the
+    /// fleet's largest (so it ranks against hosts of every size by what is left); spread,
+    /// as a share of its own capacity (so each host fills in proportion to its size).
+    fn host_key(&self, fleet: &Fleet, h: usize) -> usize {
+        let free = [
+            fleet.ref_cpus[h] as u64,
+            fleet.ram_mb[h],
+            fleet.gpus[h] as u64,
+        ];
+        match self.strategy {
+            Strategy::Binpack => self.key(free[0], free[1], free[2]),
+            Strategy::Spread => {
+                let mut share = 1.0f64;
+                for (i, (amount, whole)) in free.iter().zip(self.capacity[h]).enumerate() {
+                    let keyed = i < 2 || self.scale.gpus > 0;
+                    if keyed && whole > 0 {
+                        share = share.min(*amount as f64 / whole as f64);
+                    }
+                }
+                bucket_of(share)
+            }
+        }
+    }
+
+    /// The lowest bucket a host that takes `need` can be in: binpack's key of the need;
+    /// spread's keys are shares of each host's own size, which bound nothing.
+    fn lowest(&self, need: Resources) -> usize {
+        match self.strategy {
+            Strategy::Binpack => self.key(need.cpus, need.ram_mb, need.gpus),
+            Strategy::Spread => 0,
+        }
     }
 
     /// The bucket of an amount: its scarcest keyed resource as a share of the largest.
@@ -642,7 +695,7 @@ impl Placer {
                 share = share.min(amount as f64 / scale as f64);
             }
         }
-        ((share * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
+        bucket_of(share)
     }
 
     /// Moves host `h` to the bucket its free capacity now belongs in, and into the pool of
@@ -655,11 +708,7 @@ impl Placer {
             self.bucket[h] = self.insert(fleet, h) as u16;
             return;
         }
-        let b = self.key(
-            fleet.ref_cpus[h] as u64,
-            fleet.ram_mb[h],
-            fleet.gpus[h] as u64,
-        );
+        let b = self.host_key(fleet, h);
         let old = self.bucket[h] as usize;
         if b != old || self.kind[h] != IN_USE as u8 {
             let scheduled = fleet.scheduled[h];
@@ -686,11 +735,7 @@ impl Placer {
     /// Puts host `h` in the bucket and pool its free capacity and kind say; returns the
     /// bucket.
     fn insert(&mut self, fleet: &Fleet, h: usize) -> usize {
-        let b = self.key(
-            fleet.ref_cpus[h] as u64,
-            fleet.ram_mb[h],
-            fleet.gpus[h] as u64,
-        );
+        let b = self.host_key(fleet, h);
         let pool = pool_of(fleet.scheduled[h], self.kind[h] as usize);
         self.pools[pool].insert(b, h as u32, room_of(fleet, h), &mut self.pos);
         b
@@ -729,7 +774,7 @@ impl Placer {
     pub fn find(&self, fleet: &Fleet, class: &Class, scratch: &Scratch) -> Option<usize> {
         let need = class.need();
         let (c, r, g) = (need.cpus, need.ram_mb, need.gpus);
-        let lowest = self.key(c, r, g);
+        let lowest = self.lowest(need);
         let fits = |h: u32| {
             let ok = class.check(fleet, scratch, h as usize).is_ok();
             if !ok && self.parking {
