@@ -134,15 +134,16 @@ pub(super) fn explain(
     let mut order: Vec<usize> = (0..fleet.len()).collect();
     order.sort_by(|&a, &b| fleet.names[a].cmp(&fleet.names[b]));
     for h in order {
-        let verdict = class.check(fleet, &scratch, h);
-        let (fits, why) = match verdict {
-            Ok(()) => (true, format!("score {}", fleet_score(fleet, largest, h))),
-            Err(r) => (false, class.describe(spec, r)),
+        let vetoes = class.vetoes(fleet, &scratch, h);
+        let why = if vetoes.is_empty() {
+            vec![format!("score {}", fleet_score(fleet, largest, h))]
+        } else {
+            vetoes.iter().map(|&r| class.describe(spec, r)).collect()
         };
-        rows.push((fleet.names[h].clone(), fits, why));
+        rows.push((fleet.names[h].clone(), vetoes.is_empty(), why));
     }
     for (host, mode) in &fleet.vetoed {
-        rows.push((host.clone(), false, format!("maintenance {mode}")));
+        rows.push((host.clone(), false, vec![format!("maintenance {mode}")]));
     }
     if human {
         if let Some(h) = placed_on {
@@ -154,7 +155,7 @@ pub(super) fn explain(
         }
         let table: Vec<Vec<String>> = rows
             .into_iter()
-            .map(|(h, f, w)| vec![h, if f { "yes" } else { "no" }.into(), w])
+            .map(|(h, f, w)| vec![h, if f { "yes" } else { "no" }.into(), w.join(", ")])
             .collect();
         out.write_all(cli::table(&["HOST", "FITS", "WHY"], &table).as_bytes())?;
     } else {
@@ -165,10 +166,11 @@ pub(super) fn explain(
             json!({"type":"explain","task":task,"placed":placed})
         )?;
         for (host, fits, why) in rows {
+            // `reason` is the first veto (what a pending record counts), `reasons` all.
             let rec = if fits {
-                json!({"type":"explain","task":task,"host":host,"fits":true,"score":why.trim_start_matches("score ").parse::<f64>().unwrap_or(0.0)})
+                json!({"type":"explain","task":task,"host":host,"fits":true,"score":why[0].trim_start_matches("score ").parse::<f64>().unwrap_or(0.0)})
             } else {
-                json!({"type":"explain","task":task,"host":host,"fits":false,"reason":why})
+                json!({"type":"explain","task":task,"host":host,"fits":false,"reason":why[0],"reasons":why})
             };
             writeln!(out, "{rec}")?;
         }

@@ -79,8 +79,8 @@ pub struct Cli {
     /// production instances beyond their role's quota stay pending
     #[arg(long, env = "FORMIC_QUOTA", value_name = "FILE")]
     pub quota: Option<PathBuf>,
-    /// Print, per host, why TASK (role/env/name/instance) cannot go there, or its score,
-    /// instead of the decisions
+    /// Print, per host, every reason TASK (role/env/name/instance) cannot go there, or its
+    /// score, instead of the decisions
     #[arg(long, value_name = "TASK")]
     pub explain: Option<String>,
     /// Only check the job files (every job spec, every field, templates and port names)

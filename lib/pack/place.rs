@@ -263,15 +263,46 @@ impl Class {
     /// Whether host `h` can take one more instance now, or the first reason it cannot.
     #[inline]
     pub fn check(&self, fleet: &Fleet, scratch: &Scratch, h: usize) -> Result<(), Reason> {
+        let mut first = Ok(());
+        self.each_veto(fleet, scratch, h, &mut |r| {
+            first = Err(r);
+            false
+        });
+        first
+    }
+
+    /// Every reason host `h` cannot take one more instance now (Aurora reports them all;
+    /// `--explain` prints them).
+    pub fn vetoes(&self, fleet: &Fleet, scratch: &Scratch, h: usize) -> Vec<Reason> {
+        let mut all = Vec::new();
+        self.each_veto(fleet, scratch, h, &mut |r| {
+            all.push(r);
+            true
+        });
+        all
+    }
+
+    /// Gives `veto` each reason host `h` cannot take one more instance, in a fixed order,
+    /// for as long as it asks for more (returns true).
+    #[inline(always)]
+    fn each_veto(
+        &self,
+        fleet: &Fleet,
+        scratch: &Scratch,
+        h: usize,
+        veto: &mut impl FnMut(Reason) -> bool,
+    ) {
         if let Some(col) = fleet.dedicated {
             let d = fleet.attrs.column(col)[h];
-            if d != NONE && d != self.role {
-                return Err(Reason::Dedicated);
+            if d != NONE && d != self.role && !veto(Reason::Dedicated) {
+                return;
             }
         }
         for (i, rule) in self.values.iter().enumerate() {
-            if !rule.allows(fleet.attrs.column(rule.column)[h]) {
-                return Err(Reason::Constraint(i as u16));
+            if !rule.allows(fleet.attrs.column(rule.column)[h])
+                && !veto(Reason::Constraint(i as u16))
+            {
+                return;
             }
         }
         for (i, (scope, limit)) in self.limits.iter().enumerate() {
@@ -284,26 +315,22 @@ impl Class {
                     v => self.value_used[i].get(v as usize).copied().unwrap_or(0),
                 },
             };
-            if used >= *limit {
-                return Err(Reason::Limit(i as u16));
+            if used >= *limit && !veto(Reason::Limit(i as u16)) {
+                return;
             }
         }
-        if fleet.ref_cpus[h] < self.ref_cpus {
-            return Err(Reason::Cpus);
+        let short = [
+            (fleet.ref_cpus[h] < self.ref_cpus, Reason::Cpus),
+            (fleet.ram_mb[h] < self.ram, Reason::Ram),
+            (fleet.disk_mb[h] < self.disk, Reason::Disk),
+            (fleet.gpus[h] < self.gpus, Reason::Gpus),
+            (fleet.ports[h] < self.ports, Reason::Ports),
+        ];
+        for (is_short, reason) in short {
+            if is_short && !veto(reason) {
+                return;
+            }
         }
-        if fleet.ram_mb[h] < self.ram {
-            return Err(Reason::Ram);
-        }
-        if fleet.disk_mb[h] < self.disk {
-            return Err(Reason::Disk);
-        }
-        if fleet.gpus[h] < self.gpus {
-            return Err(Reason::Gpus);
-        }
-        if fleet.ports[h] < self.ports {
-            return Err(Reason::Ports);
-        }
-        Ok(())
     }
 
     /// The text of a reason, as pending records and --explain print it.

@@ -1674,6 +1674,38 @@ fn the_quota_line_that_help_documents_is_accepted() {
 
 // --- explain and stats ---
 
+/// --explain names every veto of a host, not only the first (as Aurora does).
+#[test]
+fn explain_names_every_reason_a_host_refuses() {
+    let d = Dir::new();
+    d.jobs(
+        "web.json",
+        &[with(
+            job("www/prod/web", 1, 4.0, 1000),
+            json!({"constraints": [{"attr": "rack", "not": ["bad"]}]}),
+        )],
+    );
+    let offers = lines_of(&[
+        offer_attrs("worst", 2.0, 500, json!({"rack": "bad"})),
+        offer_attrs("good", 8.0, 4096, json!({"rack": "a"})),
+    ]);
+    let out = d.pack(&["--explain", "www/prod/web/0", "web.json"], &offers);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let worst: Vec<Value> = records(&out)
+        .into_iter()
+        .filter(|r| r["host"] == "worst")
+        .collect();
+    assert_eq!(worst[0]["reason"], "constraint rack");
+    assert_eq!(
+        worst[0]["reasons"],
+        json!([
+            "constraint rack",
+            "insufficient cpus",
+            "insufficient ram_mb"
+        ])
+    );
+}
+
 #[test]
 fn explain_gives_each_hosts_verdict() {
     let d = Dir::new();
