@@ -23,7 +23,7 @@ _pack() {
 
     case "${cmd}" in
         pack)
-            opts="-h -V --state --strategy --spread-by --prune --quota --explain --check --stats --json --help --version"
+            opts="-h -V --state --strategy --spread-by --prune --preempt-within-tier --quota --explain --check --stats --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -80,6 +80,8 @@ struct Run<'a> {
     placed: usize,
     pending: usize,
     preempted: usize,
+    /// `--preempt-within-tier`.
+    within_tier: bool,
 }
 
 /// Whether a batch (not service) instance is over: finished, or failed as many times as its
@@ -93,7 +95,7 @@ fn batch_done(spec: &JobSpec, r: &Running) -> bool {
 }
 
 /// The whole decision: what exists, which instances are missing, then the loop.
-pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
+pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: bool) -> Outcome {
     let Input {
         fleet,
         jobs,
@@ -107,6 +109,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool) -> Outcome {
     let offered = fleet.free_columns();
     let scale = fleet.largest();
     let mut run = Run::new(fleet, jobs, running, quota, strategy);
+    run.within_tier = within_tier;
     let present = run.take_stock(*now, prune);
     let missing: Vec<Vec<u32>> = jobs
         .iter()
@@ -251,6 +254,7 @@ impl<'a> Run<'a> {
             placed: 0,
             pending: 0,
             preempted: 0,
+            within_tier: false,
         };
         // Roles are numbered once here, so the loop indexes rather than hashes.
         let mut roles: HashMap<&str, usize> = HashMap::new();
@@ -344,10 +348,13 @@ impl<'a> Run<'a> {
                 };
                 let class = self.classes[j].as_mut().unwrap();
                 class.count(fleet, r.host, &values, &mut self.scratch);
-                match (spec.tier, r.host) {
-                    (Tier::Production, _) => self.charge(j),
-                    (Tier::Preemptible, Some(h)) => self.victims.add(h, ri, spec.priority),
-                    (Tier::Preemptible, None) => {}
+                if spec.tier == Tier::Production {
+                    self.charge(j);
+                }
+                if let Some(h) = r.host {
+                    if spec.tier == Tier::Preemptible || self.within_tier {
+                        self.victims.add(h, ri, spec.tier, spec.priority);
+                    }
                 }
             } else if r.state == TaskState::Throttled
                 && r.not_before > now
@@ -468,14 +475,26 @@ impl<'a> Run<'a> {
         self.used[self.role_of[j]] += Resources::of(&self.jobs[j].resources);
     }
 
-    /// A production instance that fits nowhere: stops preemptible instances on the host
-    /// needing the fewest, and returns that host.
+    /// An instance that fits nowhere: stops the instances it may preempt on the host needing
+    /// the fewest, and returns that host. Production preempts preemptible work; with
+    /// --preempt-within-tier, an instance also preempts lower priorities of its own tier
+    /// and role.
     fn preempt_for(&mut self, class: &Class, instance: u32) -> Option<usize> {
         let spec = &self.jobs[class.job];
-        if spec.tier != Tier::Production {
+        if spec.tier != Tier::Production && !self.within_tier {
             return None;
         }
-        let Room { host: h, stop } = self.victims.room_for(self.fleet, class, &self.scratch)?;
+        let within_tier = self.within_tier;
+        let may_stop = |tier: Tier, priority: i32, job: &str| {
+            (spec.tier == Tier::Production && tier == Tier::Preemptible)
+                || (within_tier
+                    && tier == spec.tier
+                    && priority < spec.priority
+                    && job.split('/').next() == Some(spec.role()))
+        };
+        let Room { host: h, stop } =
+            self.victims
+                .room_for(self.fleet, class, &self.scratch, &may_stop)?;
         for v in stop {
             let t = self.victims.stop(v);
             self.fleet

@@ -75,6 +75,10 @@ pub struct Cli {
     /// With --state: kill the instances of jobs that no job file names
     #[arg(long, requires = "state")]
     pub prune: bool,
+    /// An instance that fits nowhere may also stop instances of its own tier and role with
+    /// a lower priority (Aurora's rule), not only production stopping preemptible work
+    #[arg(long, env = "FORMIC_PREEMPT_WITHIN_TIER")]
+    pub preempt_within_tier: bool,
     /// Quotas per role (JSON lines: {"role":"www","cpus":64,"ram_mb":262144,"disk_mb":0});
     /// production instances beyond their role's quota stay pending
     #[arg(long, env = "FORMIC_QUOTA", value_name = "FILE")]
@@ -118,7 +122,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     let t1 = Instant::now();
     // A job whose file could not be read is not a removed job: nothing is pruned then.
     let prune = cli.prune && input.job_errors.is_empty();
-    let outcome = decide(&mut input, strategy, prune);
+    let outcome = decide(&mut input, strategy, prune, cli.preempt_within_tier);
     let place_ms = ms(t1);
     let t2 = Instant::now();
     let stdout = io::stdout();

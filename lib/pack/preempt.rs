@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::fleet::{self, Fleet};
 use super::place::{Class, Reason, Scratch};
 use super::{Resources, Running};
+use crate::job::Tier;
 
 /// The preemptible instances running on offered hosts: what a production instance that fits
 /// nowhere may stop.
@@ -45,10 +46,12 @@ fn pick(list: &[Victim], mask: u32) -> Vec<Victim> {
         .collect()
 }
 
-/// A preemptible task: its index into the running tasks, and its job's priority.
+/// A task that may be preempted: its index into the running tasks, and its job's tier and
+/// priority.
 #[derive(Clone, Copy)]
 struct Victim {
     task: usize,
+    tier: Tier,
     priority: i32,
 }
 
@@ -68,12 +71,13 @@ impl<'a> Victims<'a> {
         }
     }
 
-    /// Running task `t`, of a preemptible job of `priority`, is on offered host `h`.
-    pub fn add(&mut self, h: usize, t: usize, priority: i32) {
-        self.on_host
-            .entry(h)
-            .or_default()
-            .push(Victim { task: t, priority });
+    /// Running task `t`, of a job of `tier` and `priority`, is on offered host `h`.
+    pub fn add(&mut self, h: usize, t: usize, tier: Tier, priority: i32) {
+        self.on_host.entry(h).or_default().push(Victim {
+            task: t,
+            tier,
+            priority,
+        });
     }
 
     /// Running task `t` is preempted in this pass: it makes room once. Returns the task.
@@ -85,7 +89,13 @@ impl<'a> Victims<'a> {
     /// For a production instance of `class` that fits nowhere: the offered host where the
     /// fewest preemptible instances must stop to make room (then the lowest priorities),
     /// and those instances.
-    pub fn room_for(&self, fleet: &Fleet, class: &Class, scratch: &Scratch) -> Option<Room> {
+    pub fn room_for(
+        &self,
+        fleet: &Fleet,
+        class: &Class,
+        scratch: &Scratch,
+        may_stop: &dyn Fn(Tier, i32, &str) -> bool,
+    ) -> Option<Room> {
         // The room found so far, and how its victims rank.
         let mut best: Option<(Room, Rank)> = None;
         for (&h, victims) in &self.on_host {
@@ -102,7 +112,8 @@ impl<'a> Victims<'a> {
             let at_most = best
                 .as_ref()
                 .map_or(usize::MAX, |(room, _)| room.stop.len());
-            let Some((chosen, rank)) = self.fewest_on(fleet, class, h, victims, at_most) else {
+            let Some((chosen, rank)) = self.fewest_on(fleet, class, h, victims, at_most, may_stop)
+            else {
                 continue;
             };
             if best.as_ref().is_none_or(|(_, r)| rank < *r) {
@@ -123,11 +134,14 @@ impl<'a> Victims<'a> {
         h: usize,
         victims: &[Victim],
         at_most: usize,
+        may_stop: &dyn Fn(Tier, i32, &str) -> bool,
     ) -> Option<(Vec<Victim>, Rank)> {
         let mut list: Vec<Victim> = victims
             .iter()
             .copied()
-            .filter(|v| !self.gone[v.task])
+            .filter(|v| {
+                !self.gone[v.task] && may_stop(v.tier, v.priority, &self.running[v.task].job_key)
+            })
             .collect();
         list.sort_by_key(|v| (v.priority, v.task));
         if !self.fits(fleet, class, h, &list) {

@@ -1530,6 +1530,47 @@ fn preemption_takes_the_room_of_surplus_instances_before_healthy_ones() {
     );
 }
 
+/// --preempt-within-tier: a higher priority stops a lower one of its own tier and role
+/// (Aurora's rule); never another role's, never an equal priority; without the flag,
+/// nothing of its own tier.
+#[test]
+fn preempt_within_tier_stops_lower_priorities_of_the_same_tier_and_role() {
+    let d = Dir::new();
+    let st = full_host(
+        &d,
+        vec![
+            running("www/prod/low", 0, "h1", 2000),
+            running("db/prod/other", 0, "h1", 2000),
+            running("www/prod/peer", 0, "h1", 2000),
+        ],
+    );
+    let production =
+        |j: Value, priority: i32| with(j, json!({"tier": "production", "priority": priority}));
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            production(job("www/prod/low", 1, 2.0, 100), 1),
+            production(job("db/prod/other", 1, 2.0, 100), 0),
+            production(job("www/prod/peer", 1, 2.0, 100), 5),
+            production(job("www/prod/web", 1, 2.0, 100), 5),
+        ],
+    );
+    let offers = lines_of(&[offer("h1", 0.0, 8192)]);
+    let without = d.pack_expect(&["--state", &st, "jobs.jsonl"], &offers, 1);
+    assert!(of(&without, "preempt").is_empty(), "{without:?}");
+    let with_flag = d.pack_expect(
+        &["--state", &st, "--preempt-within-tier", "jobs.jsonl"],
+        &offers,
+        0,
+    );
+    let victims: Vec<String> = of(&with_flag, "preempt")
+        .iter()
+        .map(|p| s(&p["task"]))
+        .collect();
+    assert_eq!(victims, ["www/prod/low/0"]);
+    assert_eq!(placements(&with_flag)["www/prod/web/0"], "h1");
+}
+
 #[test]
 fn production_never_preempts_production_and_preemptible_never_preempts() {
     let d = Dir::new();
