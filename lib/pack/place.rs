@@ -365,6 +365,12 @@ impl Class {
         }
     }
 
+    /// Instances of the job in value slot `slot` of failure domain `level` (see
+    /// `domain_slot`).
+    pub fn domain_count(&self, level: usize, slot: usize) -> u32 {
+        self.domain_used[level].get(slot).copied().unwrap_or(0)
+    }
+
     pub fn has_limits(&self) -> bool {
         !self.limits.is_empty()
     }
@@ -576,6 +582,10 @@ fn pool_of(scheduled: bool, kind: usize) -> usize {
     3 * scheduled as usize + kind
 }
 
+/// spread keeps a pool per value of its largest failure domain when it has fewer values
+/// than this.
+const MAX_SPLIT: usize = 64;
+
 /// The hosts, bucketed by how much they have left.
 ///
 /// binpack fills the hosts in use by best fit and, when none takes an instance, opens the
@@ -587,7 +597,13 @@ fn pool_of(scheduled: bool, kind: usize) -> usize {
 /// on a host with idle GPUs risks it; the placer passes over such hosts while one of the
 /// next few candidates, in this pool or a later one, would not.
 pub struct Placer {
-    pools: [Index; 6],
+    /// The six pools of `pool_of`, then, when spread splits the fleet by its largest failure
+    /// domain (`split`), two pools (ordinary, scheduled) per value of that domain.
+    pools: Vec<Index>,
+    /// spread: the column of the largest failure domain when it has few enough values
+    /// (zones) for a pool each, so the least loaded zone with room is found over the whole
+    /// fleet, not among a sample of the emptiest hosts.
+    split: Option<usize>,
     bucket: Vec<u16>,
     pos: Vec<u32>,
     kind: Vec<u8>,
@@ -650,8 +666,14 @@ impl Placer {
                 _ => FRESH as u8,
             })
             .collect();
+        let split = match (strategy, fleet.domains.first()) {
+            (Strategy::Spread, Some(&col)) if fleet.attrs.value_count(col) < MAX_SPLIT => Some(col),
+            _ => None,
+        };
+        let pools = 6 + split.map_or(0, |col| 2 * (fleet.attrs.value_count(col) + 1));
         let mut p = Placer {
-            pools: std::array::from_fn(|_| Index::new()),
+            pools: (0..pools).map(|_| Index::new()).collect(),
+            split,
             bucket: vec![0; fleet.len()],
             pos: vec![0; fleet.len()],
             kind,
@@ -667,14 +689,20 @@ impl Placer {
         for h in 0..fleet.len() {
             let b = p.host_key(fleet, h);
             p.bucket[h] = b as u16;
-            p.pools[pool_of(fleet.scheduled[h], p.kind[h] as usize)].insert(
-                b,
-                h as u32,
-                room_of(fleet, h),
-                &mut p.pos,
-            );
+            let pool = p.pool(fleet, h, p.kind[h] as usize);
+            p.pools[pool].insert(b, h as u32, room_of(fleet, h), &mut p.pos);
         }
         p
+    }
+
+    /// The pool host `h` belongs in, given its kind.
+    fn pool(&self, fleet: &Fleet, h: usize, kind: usize) -> usize {
+        match self.split {
+            Some(col) => {
+                6 + 2 * domain_slot(fleet.attrs.column(col)[h]) + fleet.scheduled[h] as usize
+            }
+            None => pool_of(fleet.scheduled[h], kind),
+        }
     }
 
     /// The bucket of host `h`: binpack, its scarcest free keyed resource as a share of the
@@ -738,24 +766,16 @@ impl Placer {
         let b = self.host_key(fleet, h);
         let old = self.bucket[h] as usize;
         if b != old || self.kind[h] != IN_USE as u8 {
-            let scheduled = fleet.scheduled[h];
-            self.pools[pool_of(scheduled, self.kind[h] as usize)].remove(
-                old,
-                h as u32,
-                &mut self.pos,
-            );
+            let from = self.pool(fleet, h, self.kind[h] as usize);
+            self.pools[from].remove(old, h as u32, &mut self.pos);
             self.kind[h] = IN_USE as u8;
-            self.pools[pool_of(scheduled, IN_USE)].insert(
-                b,
-                h as u32,
-                room_of(fleet, h),
-                &mut self.pos,
-            );
+            let to = self.pool(fleet, h, IN_USE);
+            self.pools[to].insert(b, h as u32, room_of(fleet, h), &mut self.pos);
             self.bucket[h] = b as u16;
         } else {
             // Freed room (a kill, a preemption) in the same bucket: its bound covers it.
-            let scheduled = fleet.scheduled[h];
-            self.pools[pool_of(scheduled, IN_USE)].raise(old, room_of(fleet, h));
+            let pool = self.pool(fleet, h, IN_USE);
+            self.pools[pool].raise(old, room_of(fleet, h));
         }
     }
 
@@ -763,7 +783,7 @@ impl Placer {
     /// bucket.
     fn insert(&mut self, fleet: &Fleet, h: usize) -> usize {
         let b = self.host_key(fleet, h);
-        let pool = pool_of(fleet.scheduled[h], self.kind[h] as usize);
+        let pool = self.pool(fleet, h, self.kind[h] as usize);
         self.pools[pool].insert(b, h as u32, room_of(fleet, h), &mut self.pos);
         b
     }
@@ -790,7 +810,7 @@ impl Placer {
             if self.is_parked[hu] {
                 continue;
             }
-            let pool = pool_of(fleet.scheduled[hu], self.kind[hu] as usize);
+            let pool = self.pool(fleet, hu, self.kind[hu] as usize);
             self.pools[pool].remove(self.bucket[hu] as usize, h, &mut self.pos);
             self.is_parked[hu] = true;
             self.parked.push(h);
@@ -827,6 +847,9 @@ impl Placer {
                 return Some(h);
             }
         }
+        if self.split.is_some() {
+            return self.spread_split(fleet, class, wanted, &fits, &strands);
+        }
         let mut fallback = None;
         for scheduled in [false, true] {
             for kind in [IN_USE, FRESH, FRESH_GPU] {
@@ -837,6 +860,7 @@ impl Placer {
                     }
                     (Strategy::Spread, _) if !fleet.domains.is_empty() => Box::new(
                         self.spread_pick(pool, lowest, wanted, fleet, class, &fits)
+                            .map(|key| key.2)
                             .into_iter(),
                     ),
                     // The largest fresh host first, as spread takes the emptiest of all.
@@ -864,7 +888,53 @@ impl Placer {
     }
 }
 
+/// How spread ranks a host for an instance (less is better): the instances of the job in
+/// its failure domains (largest first), how full it is, then the host.
+type SpreadKey = ([u32; 4], usize, u32);
+
 impl Placer {
+    /// spread over a fleet split by its largest failure domain: the least loaded values of
+    /// that domain first, over the whole fleet; among values equally loaded, the best host
+    /// of each (`spread_pick`) compared. Scheduled hosts only when no other takes it.
+    fn spread_split(
+        &self,
+        fleet: &Fleet,
+        class: &Class,
+        wanted: Room,
+        fits: &dyn Fn(u32) -> bool,
+        strands: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let values = (self.pools.len() - 6) / 2;
+        let mut by_load: Vec<(u32, usize)> = (0..values)
+            .map(|slot| (class.domain_count(0, slot), slot))
+            .collect();
+        by_load.sort_unstable();
+        let mut fallback = None;
+        for scheduled in [false, true] {
+            for tier in by_load.chunk_by(|a, b| a.0 == b.0) {
+                let mut best: Option<SpreadKey> = None;
+                for &(_, slot) in tier {
+                    let pool = &self.pools[6 + 2 * slot + scheduled as usize];
+                    let Some(key) = self.spread_pick(pool, 0, wanted, fleet, class, fits) else {
+                        continue;
+                    };
+                    if strands(key.2 as usize) {
+                        fallback = fallback.or(Some(key.2 as usize));
+                    } else if best.is_none_or(|b| key < b) {
+                        best = Some(key);
+                    }
+                }
+                if let Some(key) = best {
+                    return Some(key.2 as usize);
+                }
+            }
+            if fallback.is_some() {
+                break;
+            }
+        }
+        fallback
+    }
+
     /// spread across failure domains: of the emptiest hosts that take the instance, the one
     /// whose domains (largest first) hold the fewest instances of the job, then the emptiest.
     fn spread_pick(
@@ -875,8 +945,8 @@ impl Placer {
         fleet: &Fleet,
         class: &Class,
         fits: &dyn Fn(u32) -> bool,
-    ) -> Option<u32> {
-        let mut best: Option<([u32; 4], usize, u32)> = None;
+    ) -> Option<SpreadKey> {
+        let mut best: Option<SpreadKey> = None;
         let mut load = [0u32; 4];
         let room = |h: u32| room_of(fleet, h as usize);
         for h in pool
@@ -889,7 +959,7 @@ impl Placer {
                 best = Some(key);
             }
         }
-        best.map(|(_, _, h)| h)
+        best
     }
 
     /// For an instance needing `g` GPUs and `c` cpus: the host whose free cpus per free GPU

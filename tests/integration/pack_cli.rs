@@ -1122,6 +1122,55 @@ fn spread_fills_hosts_of_every_size_alike() {
     }
 }
 
+/// spread balances zones over the whole fleet, not among a sample of the emptiest hosts:
+/// 600 hosts in 3 zones, where each host of the last zone runs something already.
+#[test]
+fn spread_balances_zones_over_the_whole_fleet() {
+    let d = Dir::new();
+    d.jobs("web.json", &[job("www/prod/web", 30, 1.0, 1)]);
+    let name = |i: usize| -> &'static str { Box::leak(format!("h{i:03}").into_boxed_str()) };
+    let busy: Vec<usize> = (400..600).collect();
+    let hosts: Vec<(&str, &[(&str, &str)])> = busy.iter().map(|&i| (name(i), &[][..])).collect();
+    let tasks: Vec<Existing> = busy
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| running("batch/prod/other", n as u32, name(i), 1000))
+        .collect();
+    let state = d.path("state");
+    build_state(&state, &hosts, &tasks);
+    let offers: Vec<Value> = (0..600)
+        .map(|i| {
+            let zone = i / 200;
+            let cpus = if zone == 2 { 7.0 } else { 8.0 };
+            offer_attrs(name(i), cpus, 65536, json!({"zone": format!("z{zone}")}))
+        })
+        .collect();
+    let zone_of: HashMap<String, String> = offers
+        .iter()
+        .map(|o| (s(&o["host"]), s(&o["attrs"]["zone"])))
+        .collect();
+    let recs = d.pack_expect(
+        &[
+            "--strategy",
+            "spread",
+            "--state",
+            state.to_str().unwrap(),
+            "web.json",
+        ],
+        &lines_of(&offers),
+        0,
+    );
+    let mut per_zone: BTreeMap<String, u32> = BTreeMap::new();
+    for p in of(&recs, "place") {
+        *per_zone.entry(zone_of[&s(&p["host"])].clone()).or_default() += 1;
+    }
+    assert_eq!(
+        per_zone.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{per_zone:?}"
+    );
+}
+
 #[test]
 fn spread_evens_a_job_across_zones_and_racks() {
     let d = Dir::new();
