@@ -4,6 +4,22 @@
 //! Run: `scripts/bench-pack` (installs ortools if missing, then `cargo bench --bench pack`).
 //! `scripts/bench-pack scale|trace|optimum` runs one section.
 //!
+//! `scripts/bench-pack shapes` (run only when named: about 10 minutes) runs the workload
+//! shapes of issue 13 at 1k, 10k and 100k hosts, about 10 instances per host, so that the
+//! growth of pack's cost shows: a mixed fleet (five hardware generations, cpu:ram from 3.2
+//! to 8 GiB per reference core, cpu_factor 0.8 and 1.25 on two of them) with jobs of many
+//! sizes, cpu-heavy and ram-heavy, at 75% of capacity (a); the same with a fifth of the jobs
+//! host:1 (b); at 1.5 × capacity (c); two host-sized one-instance jobs per host at 1.5 × (d);
+//! hosts/5 jobs each excluding one host with `not` (e); the mixed workload with
+//! `--strategy spread` (f); and the issue's reproductions: binpack of 15-core / 1 GiB
+//! instances on 16-core / 256 GiB hosts against 15 cores / 240 GiB (g, h; 10k, 20k and 40k
+//! hosts), one job host:1 of 10 × hosts instances (i). A line per (shape, size): place_ms,
+//! wall, peak RSS, placed, pending, placements per second, hosts used against the lower
+//! bound and FFD, and the pending jobs that would still fit after the fact. Each run is
+//! killed after 600 s (FORMIC_PACK_CAP_S) with an "over 600 s" line; runs under 10 s are
+//! repeated (FORMIC_BENCH_ROUNDS, 3) and the median by place_ms kept;
+//! FORMIC_SHAPES_MAX_HOSTS=10000 leaves out the larger sizes.
+//!
 //! pack always runs as the real release binary, one process per placement, on files this
 //! driver writes to a temporary directory; its decisions are read back and checked (no host
 //! over capacity, no constraint broken) before they are counted. The baselines run here, in
@@ -35,12 +51,15 @@ const TRACE_DIR: &str = "../shared/data/alibaba-gpu-2023";
 // ---------------------------------------------------------------------------------------
 // The workload, as both pack (offer and job records) and the baselines see it.
 
-/// One host. cpus in millicores, like pack's fixed point; cpu_factor is 1 throughout, so
-/// reference and physical cores are the same.
+/// One host. cpus in physical millicores, like pack's fixed point; cpu_factor is 1 but in
+/// the shapes section's mixed fleet, so reference and physical cores are mostly the same.
 #[derive(Clone)]
 struct Host {
     name: String,
     cpus: u32,
+    /// Speed of a core against the reference core: jobs ask for reference millicores, of
+    /// which the host has `ref_milli(cpus, cpu_factor)`.
+    cpu_factor: f64,
     ram_mb: u64,
     disk_mb: u64,
     gpus: u32,
@@ -66,17 +85,20 @@ struct Job {
     one_per_host: bool,
     /// The constraint {"attr":"gpu_model","values":[...]}.
     gpu_models: Option<Vec<String>>,
+    /// The constraint {"attr":"host","not":[name]}.
+    not_host: Option<String>,
 }
 
 impl Job {
     /// The value constraint on gpu_model (a host without a GPU model has no value, and a
-    /// "values" constraint excludes it, as in pack).
+    /// "values" constraint excludes it, as in pack) and the `not` constraint on host.
     fn allows(&self, host: &Host) -> bool {
-        match (&self.gpu_models, &host.gpu_model) {
+        let model = match (&self.gpu_models, &host.gpu_model) {
             (None, _) => true,
             (Some(models), Some(m)) => models.contains(m),
             (Some(_), None) => false,
-        }
+        };
+        model && self.not_host.as_ref().is_none_or(|n| *n != host.name)
     }
 }
 
@@ -109,7 +131,7 @@ impl Workload {
     fn capacities(&self) -> [Vec<u64>; 4] {
         let col = |f: fn(&Host) -> u64| self.hosts.iter().map(f).collect::<Vec<u64>>();
         [
-            col(|h| h.cpus as u64),
+            col(|h| ref_milli(h.cpus, h.cpu_factor) as u64),
             col(|h| h.ram_mb),
             col(|h| h.disk_mb),
             col(|h| h.gpus as u64),
@@ -139,7 +161,7 @@ impl Workload {
     fn scale(&self) -> [f64; 3] {
         let max = |f: fn(&Host) -> u64| self.hosts.iter().map(f).max().unwrap_or(0).max(1);
         [
-            max(|h| h.cpus as u64) as f64,
+            max(|h| ref_milli(h.cpus, h.cpu_factor) as u64) as f64,
             max(|h| h.ram_mb) as f64,
             max(|h| h.gpus as u64) as f64,
         ]
@@ -171,7 +193,7 @@ impl Workload {
             let rec = serde_json::json!({
                 "type": "offer", "host": h.name, "cpus": h.cpus as f64 / 1000.0,
                 "ram_mb": h.ram_mb, "disk_mb": h.disk_mb, "gpus": h.gpus, "ports": ports,
-                "attrs": attrs, "cpu_factor": 1.0, "maintenance": "none",
+                "attrs": attrs, "cpu_factor": h.cpu_factor, "maintenance": "none",
             });
             writeln!(out, "{rec}").unwrap();
         }
@@ -184,6 +206,9 @@ impl Workload {
             }
             if let Some(models) = &j.gpu_models {
                 constraints.push(serde_json::json!({"attr": "gpu_model", "values": models}));
+            }
+            if let Some(host) = &j.not_host {
+                constraints.push(serde_json::json!({"attr": "host", "not": [host]}));
             }
             let ports: Vec<String> = (0..j.ports).map(|p| format!("p{p}")).collect();
             let rec = serde_json::json!({
@@ -222,7 +247,7 @@ impl Workload {
             );
             assert!(
                 job.allows(host),
-                "{who}: job {} on {} breaks its gpu_model constraint",
+                "{who}: job {} on {} breaks its gpu_model or host constraint",
                 job.key,
                 host.name
             );
@@ -239,9 +264,52 @@ impl Workload {
     }
 }
 
-/// Free capacity per host, struct of arrays, for the baselines and the checker.
+impl Workload {
+    /// Of the jobs left with instances pending by `placed`, those of which one more
+    /// instance would still fit on some host as `placed` leaves the fleet (room in every
+    /// resource, its constraints kept, host:1 not broken): pending a placer could have
+    /// avoided. Returns (such jobs, jobs with pending instances).
+    fn pending_that_fits(&self, placed: &Placements) -> (usize, usize) {
+        let mut free = Free::new(&self.hosts);
+        let mut per_job = vec![0u32; self.jobs.len()];
+        let mut on = HashSet::new();
+        for &(j, h) in placed {
+            let job = &self.jobs[j as usize];
+            free.take(h as usize, job);
+            per_job[j as usize] += 1;
+            if job.one_per_host {
+                on.insert((j, h));
+            }
+        }
+        let index = FirstFitIndex::new(&free);
+        let (mut fits, mut pending) = (0, 0);
+        for (j, job) in self.jobs.iter().enumerate() {
+            if per_job[j] >= job.instances {
+                continue;
+            }
+            pending += 1;
+            let mut from = 0;
+            while let Some(h) = index.first(from, job.cpus.max(1), job.ram_mb) {
+                if free.has_room(h, job)
+                    && job.allows(&self.hosts[h])
+                    && !(job.one_per_host && on.contains(&(j as u32, h as u32)))
+                {
+                    fits += 1;
+                    break;
+                }
+                from = h + 1;
+            }
+        }
+        (fits, pending)
+    }
+}
+
+/// Free capacity per host, struct of arrays, for the baselines and the checker. `cpus` is in
+/// reference millicores (what jobs ask for), kept from the physical ones as pack keeps it.
 struct Free {
     cpus: Vec<u32>,
+    phys: Vec<u32>,
+    factor: Vec<f64>,
     ram_mb: Vec<u64>,
     disk_mb: Vec<u64>,
     gpus: Vec<u32>,
@@ -251,7 +319,12 @@ struct Free {
 impl Free {
     fn new(hosts: &[Host]) -> Free {
         Free {
-            cpus: hosts.iter().map(|h| h.cpus).collect(),
+            cpus: hosts
+                .iter()
+                .map(|h| ref_milli(h.cpus, h.cpu_factor))
+                .collect(),
+            phys: hosts.iter().map(|h| h.cpus).collect(),
+            factor: hosts.iter().map(|h| h.cpu_factor).collect(),
             ram_mb: hosts.iter().map(|h| h.ram_mb).collect(),
             disk_mb: hosts.iter().map(|h| h.disk_mb).collect(),
             gpus: hosts.iter().map(|h| h.gpus).collect(),
@@ -268,13 +341,24 @@ impl Free {
             && self.ports[h] >= j.ports
     }
 
+    /// Takes an instance off host `h`, charging the physical millicores pack charges
+    /// (rounded up) and keeping the reference ones rounded down from what is left.
     fn take(&mut self, h: usize, j: &Job) {
-        self.cpus[h] -= j.cpus;
+        let phys =
+            ((j.cpus as f64 / self.factor[h] - 1e-9).ceil().max(0.0) as u32).min(self.phys[h]);
+        self.phys[h] -= phys;
+        self.cpus[h] = ref_milli(self.phys[h], self.factor[h]);
         self.ram_mb[h] -= j.ram_mb;
         self.disk_mb[h] -= j.disk_mb;
         self.gpus[h] -= j.gpus;
         self.ports[h] -= j.ports;
     }
+}
+
+/// Reference millicores of `phys` physical millicores at `factor`, rounded down: pack's
+/// `fleet::ref_milli`.
+fn ref_milli(phys: u32, factor: f64) -> u32 {
+    ((phys as f64 * factor) + 1e-9).floor().min(u32::MAX as f64) as u32
 }
 
 // ---------------------------------------------------------------------------------------
@@ -447,31 +531,180 @@ impl PackRun {
 /// Writes the workload to `dir`, runs the release pack on it (offers on stdin, the job file
 /// as argument, decisions to a file), times the process and reads its decisions back.
 fn run_pack(dir: &Path, w: &Workload) -> PackRun {
+    write_workload(dir, w);
+    match launch(dir, w, &[], None, None) {
+        Ran::Done(run) => run,
+        Ran::Over { .. } => unreachable!("a run without a cap"),
+    }
+}
+
+/// Writes the workload's offers.jsonl and jobs.jsonl to `dir`.
+fn write_workload(dir: &Path, w: &Workload) {
     std::fs::create_dir_all(dir).unwrap();
-    let (offers, jobs, out) = (
+    w.write(&dir.join("offers.jsonl"), &dir.join("jobs.jsonl"));
+}
+
+/// How one run of pack ended: done, or killed at its cap.
+enum Ran {
+    Done(PackRun),
+    /// Killed once it had run `cap`; its peak RSS as /proc last saw it (VmHWM).
+    Over {
+        cap: Duration,
+        peak_rss_mb: f64,
+    },
+}
+
+/// A shell started while the driver is still small, which starts pack for the shapes
+/// section. A process started by this driver directly inherits the driver's peak RSS:
+/// Linux carries the high-water mark of the parent's memory (CLONE_VM) or of the forked
+/// copy into the child's ru_maxrss at exec, so pack's own peak_rss_mb would read at least
+/// the driver's largest (several hundred MiB once it has read back a million placements).
+/// Started by the shell, pack's peak_rss_mb is its own.
+struct Launcher {
+    sh: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Launcher {
+    fn new() -> Launcher {
+        // Its own stderr is only job control ("Killed"): pack's goes to a file.
+        let mut sh = Command::new("/bin/sh")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting /bin/sh");
+        let to = sh.stdin.take().unwrap();
+        let from = std::io::BufReader::new(sh.stdout.take().unwrap());
+        Launcher { sh, to, from }
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.from.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = writeln!(self.to, "exit");
+        let _ = self.to.flush();
+        let _ = self.sh.wait();
+    }
+}
+
+/// `path` quoted for /bin/sh.
+fn sh_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
+
+/// The release pack on the files `write_workload` left in `dir`, with `args` before the job
+/// file, started by this process or by `via`. With a cap, a watchdog kills it once it has
+/// run that long.
+fn launch(
+    dir: &Path,
+    w: &Workload,
+    args: &[&str],
+    cap: Option<Duration>,
+    via: Option<&mut Launcher>,
+) -> Ran {
+    let (offers, jobs, out, err) = (
         dir.join("offers.jsonl"),
         dir.join("jobs.jsonl"),
         dir.join("out.jsonl"),
+        dir.join("stderr.txt"),
     );
-    w.write(&offers, &jobs);
     let t0 = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_pack"))
-        .arg("--stats")
-        .arg(&jobs)
-        .stdin(std::fs::File::open(&offers).unwrap())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting target/release/pack");
-    let result = child.wait_with_output().unwrap();
+    // The process's id, and what waits for it: its exit code (None: killed by a signal)
+    // and its stderr.
+    type Wait<'a> = Box<dyn FnOnce() -> (Option<i32>, String) + 'a>;
+    let (pid, wait): (u32, Wait) = match via {
+        None => {
+            let child = Command::new(env!("CARGO_BIN_EXE_pack"))
+                .arg("--stats")
+                .args(args)
+                .arg(&jobs)
+                .stdin(std::fs::File::open(&offers).unwrap())
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting target/release/pack");
+            let pid = child.id();
+            (
+                pid,
+                Box::new(move || {
+                    let r = child.wait_with_output().unwrap();
+                    (
+                        r.status.code(),
+                        String::from_utf8_lossy(&r.stderr).into_owned(),
+                    )
+                }),
+            )
+        }
+        Some(sh) => {
+            let command = format!(
+                "{} --stats {} {} <{} >{} 2>{} & echo $!; wait $!; echo $?",
+                sh_quote(Path::new(env!("CARGO_BIN_EXE_pack"))),
+                args.join(" "),
+                sh_quote(&jobs),
+                sh_quote(&offers),
+                sh_quote(&out),
+                sh_quote(&err),
+            );
+            writeln!(sh.to, "{command}").unwrap();
+            sh.to.flush().unwrap();
+            let pid = sh.line().parse().expect("the pid of pack from /bin/sh");
+            (
+                pid,
+                Box::new(move || {
+                    let rc: i32 = sh.line().parse().expect("pack's status from /bin/sh");
+                    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+                    ((rc < 128).then_some(rc), stderr)
+                }),
+            )
+        }
+    };
+    // The watchdog waits for the word that pack is done, or for the cap; meanwhile it
+    // samples pack's peak RSS, for a run that never reaches its --stats.
+    let (done, until_done) = std::sync::mpsc::channel::<()>();
+    let watchdog = cap.map(|cap| {
+        std::thread::spawn(move || {
+            let mut rss = 0.0f64;
+            loop {
+                let left = cap.saturating_sub(t0.elapsed());
+                if left.is_zero() {
+                    rss = rss.max(vm_hwm_mb(pid));
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return (true, rss);
+                }
+                match until_done.recv_timeout(left.min(Duration::from_secs(1))) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        rss = rss.max(vm_hwm_mb(pid))
+                    }
+                    _ => return (false, rss),
+                }
+            }
+        })
+    });
+    let (code, stderr) = wait();
     let wall = t0.elapsed();
-    let stderr = String::from_utf8_lossy(&result.stderr);
+    let _ = done.send(());
+    if let Some((true, peak_rss_mb)) = watchdog.map(|t| t.join().unwrap()) {
+        if let Some(cap) = cap.filter(|_| code.is_none()) {
+            return Ran::Over { cap, peak_rss_mb };
+        }
+    }
     // 0: everything placed; 1: some instances pending (the GPU trace asks for more than
     // the fleet has). Anything else is a failure of pack.
     assert!(
-        matches!(result.status.code(), Some(0 | 1)),
-        "pack failed ({}): {stderr}",
-        result.status
+        matches!(code, Some(0 | 1)),
+        "pack failed (exit code {code:?}): {stderr}"
     );
     let stats: Value = stderr
         .lines()
@@ -487,12 +720,23 @@ fn run_pack(dir: &Path, w: &Workload) -> PackRun {
         stats["placed"].as_f64().unwrap_or(-1.0),
         "place records against pack's --stats"
     );
-    PackRun {
+    Ran::Done(PackRun {
         wall,
         stats,
         placed,
         children_max_rss_mb,
-    }
+    })
+}
+
+/// A live process's peak resident set (VmHWM), MiB; 0 when /proc does not say.
+fn vm_hwm_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The (job, host) of every place record. Job keys and host names are checked by pack to
@@ -566,6 +810,7 @@ fn server(name: String, cores: u32, rack: usize, zone: usize) -> Host {
     Host {
         name,
         cpus: cores * 1000,
+        cpu_factor: 1.0,
         ram_mb: cores as u64 * 4096,
         disk_mb: 1 << 20,
         gpus: 0,
@@ -619,6 +864,7 @@ fn scale_jobs(rng: &mut Rng) -> Vec<Job> {
                 ports: 1,
                 one_per_host: j % 5 == 0,
                 gpu_models: None,
+                not_host: None,
             }
         })
         .collect()
@@ -664,6 +910,7 @@ fn load_trace(pods_file: &str, tag: &str) -> Trace {
         .map(|r| Host {
             name: r[0].clone(),
             cpus: num(&r[1]) as u32,
+            cpu_factor: 1.0,
             ram_mb: num(&r[2]),
             disk_mb: 0,
             gpus: num(&r[3]) as u32,
@@ -703,6 +950,7 @@ fn load_trace(pods_file: &str, tag: &str) -> Trace {
                 ports: 0,
                 one_per_host: false,
                 gpu_models: (!models.is_empty()).then_some(models),
+                not_host: None,
             });
             gpu_milli.push(num(&r[3]) * num(&r[4]));
         }
@@ -769,9 +1017,215 @@ fn small_problem(p: usize, rng: &mut Rng) -> Workload {
             ports: 0,
             one_per_host,
             gpu_models: None,
+            not_host: None,
         });
     }
     Workload { hosts, jobs }
+}
+
+/// The hardware generations of the shapes section's mixed fleet: cores, GiB of ram,
+/// cpu_factor, share of the hosts (%). 4, 4, 8, 4 and 8 GiB per core; the oldest hosts'
+/// cores are slower than the reference core and the 64-core ones faster.
+const GENERATIONS: [(u32, u64, f64, u64); 5] = [
+    (16, 64, 0.8, 15),
+    (32, 128, 1.0, 25),
+    (48, 384, 1.0, 20),
+    (64, 256, 1.25, 25),
+    (96, 768, 1.0, 15),
+];
+
+/// Instance shapes of the mixed jobs: reference millicores, MiB of ram, share of the jobs
+/// (%). Small ones, general ones at 4 GiB per core, cpu-heavy (4 cores / 2 GiB, 8 / 4),
+/// ram-heavy (0.5 core / 16 GiB, 2 / 64) and large ones. Mean 4.2 cores / 21.8 GiB, so at
+/// 75% of the mixed fleet's cpus (53.9 reference cores / 298 GiB a host on average) there
+/// are about 10 instances per host.
+const SHAPES: [(u32, u64, u64); 12] = [
+    (250, 512, 8),
+    (500, 1024, 10),
+    (1000, 4096, 12),
+    (2000, 8192, 12),
+    (4000, 2048, 8),
+    (8000, 4096, 6),
+    (500, 16384, 8),
+    (2000, 65536, 5),
+    (4000, 16384, 10),
+    (8000, 32768, 9),
+    (16000, 65536, 7),
+    (12000, 131072, 5),
+];
+
+/// `n` hosts of the mixed generations, drawn by their shares (names `h0`, `h1`, …; racks
+/// of 40 consecutive hosts, racks round-robin over 3 zones).
+fn mixed_fleet(n: usize, rng: &mut Rng) -> Vec<Host> {
+    let shares: Vec<(usize, u64)> = GENERATIONS
+        .iter()
+        .enumerate()
+        .map(|(g, x)| (g, x.3))
+        .collect();
+    (0..n)
+        .map(|i| {
+            let (cores, gib, factor, _) = GENERATIONS[rng.weighted(&shares)];
+            Host {
+                ram_mb: gib * 1024,
+                cpu_factor: factor,
+                ..server(format!("h{i}"), cores, i / 40, (i / 40) % 3)
+            }
+        })
+        .collect()
+}
+
+/// Jobs of the mixed shapes until the demand reaches `demand` × the fleet's cpus or ram
+/// (whichever comes first): instances per job 1–3 (30% of jobs), 4–20 (40%), 21–100 (25%)
+/// or 101–1,000 (5%), the last job cut to what is left; 1–10 GiB of disk, one port.
+/// `one_per_host`: every fifth job {"attr":"host","limit":1}.
+fn mixed_jobs(hosts: &[Host], demand: f64, one_per_host: bool, rng: &mut Rng) -> Vec<Job> {
+    let shapes: Vec<(usize, u64)> = SHAPES.iter().enumerate().map(|(k, x)| (k, x.2)).collect();
+    let cap = [
+        hosts
+            .iter()
+            .map(|h| ref_milli(h.cpus, h.cpu_factor) as f64)
+            .sum::<f64>()
+            * demand,
+        hosts.iter().map(|h| h.ram_mb as f64).sum::<f64>() * demand,
+    ];
+    let (mut jobs, mut used, mut misses) = (Vec::new(), [0.0f64; 2], 0);
+    while misses < 50 {
+        let (cpus, ram_mb, _) = SHAPES[rng.weighted(&shapes)];
+        let (lo, hi) = rng.weighted(&[
+            ((1, 3), 30),
+            ((4, 20), 40),
+            ((21, 100), 25),
+            ((101, 1000), 5),
+        ]);
+        let want = rng.range(lo, hi);
+        let disk_mb = 1024 * rng.range(1, 10);
+        let room = ((cap[0] - used[0]) / cpus as f64).min((cap[1] - used[1]) / ram_mb as f64);
+        let n = want.min(room.max(0.0) as u64);
+        if n == 0 {
+            misses += 1;
+            continue;
+        }
+        used[0] += (n * cpus as u64) as f64;
+        used[1] += (n * ram_mb) as f64;
+        let j = jobs.len();
+        jobs.push(Job {
+            key: format!("role{:02}/prod/job{j:06}", j % 50),
+            instances: n as u32,
+            cpus,
+            ram_mb,
+            disk_mb,
+            gpus: 0,
+            ports: 1,
+            one_per_host: one_per_host && j % 5 == 0,
+            gpu_models: None,
+            not_host: None,
+        });
+    }
+    jobs
+}
+
+/// Two one-instance jobs per host, each instance 50–100% of the cpus and (drawn apart)
+/// 50–100% of the ram of a host of a generation drawn by the fleet's shares: about 1.5 ×
+/// the fleet in both.
+fn host_sized_jobs(hosts: usize, rng: &mut Rng) -> Vec<Job> {
+    let shares: Vec<(usize, u64)> = GENERATIONS
+        .iter()
+        .enumerate()
+        .map(|(g, x)| (g, x.3))
+        .collect();
+    (0..2 * hosts)
+        .map(|j| {
+            let (cores, gib, factor, _) = GENERATIONS[rng.weighted(&shares)];
+            let ref_cpus = ref_milli(cores * 1000, factor) as u64;
+            Job {
+                key: format!("role{:02}/prod/one{j:06}", j % 50),
+                instances: 1,
+                cpus: (ref_cpus * rng.range(50, 100) / 100 / 250 * 250) as u32,
+                ram_mb: gib * rng.range(50, 100) / 100 * 1024,
+                disk_mb: 1024 * rng.range(1, 10),
+                gpus: 0,
+                ports: 1,
+                one_per_host: false,
+                gpu_models: None,
+                not_host: None,
+            }
+        })
+        .collect()
+}
+
+/// hosts / 5 jobs of 50 instances of the mixed shapes, each {"attr":"host","not":[one
+/// host]} (20,000 jobs on 100,000 hosts).
+fn excluding_jobs(hosts: &[Host], rng: &mut Rng) -> Vec<Job> {
+    let shapes: Vec<(usize, u64)> = SHAPES.iter().enumerate().map(|(k, x)| (k, x.2)).collect();
+    (0..hosts.len() / 5)
+        .map(|j| {
+            let (cpus, ram_mb, _) = SHAPES[rng.weighted(&shapes)];
+            Job {
+                key: format!("role{:02}/prod/not{j:06}", j % 50),
+                instances: 50,
+                cpus,
+                ram_mb,
+                disk_mb: 1024 * rng.range(1, 10),
+                gpus: 0,
+                ports: 1,
+                one_per_host: false,
+                gpu_models: None,
+                not_host: Some(
+                    hosts[rng.range(0, hosts.len() as u64 - 1) as usize]
+                        .name
+                        .clone(),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The issue's reproduction of binpack on mixed ratios: `n` hosts of 16 cores / 256 GiB, one
+/// job of `n` instances of 15 cores and `gib` GiB.
+fn ratio_repro(n: usize, gib: u64) -> Workload {
+    Workload {
+        hosts: (0..n)
+            .map(|i| Host {
+                ram_mb: 256 * 1024,
+                ..server(format!("h{i}"), 16, i / 40, (i / 40) % 3)
+            })
+            .collect(),
+        jobs: vec![Job {
+            key: "repro/prod/wide".into(),
+            instances: n as u32,
+            cpus: 15_000,
+            ram_mb: gib * 1024,
+            disk_mb: 0,
+            gpus: 0,
+            ports: 0,
+            one_per_host: false,
+            gpu_models: None,
+            not_host: None,
+        }],
+    }
+}
+
+/// The issue's reproduction of one job limited to one instance per host: `n` hosts of 32
+/// cores / 128 GiB, one job of 10 × `n` instances of 1 core / 4 GiB with
+/// {"attr":"host","limit":1} (so `n` are placed and the rest pend).
+fn limit_repro(n: usize) -> Workload {
+    Workload {
+        hosts: (0..n)
+            .map(|i| server(format!("h{i}"), 32, i / 40, (i / 40) % 3))
+            .collect(),
+        jobs: vec![Job {
+            key: "repro/prod/everywhere".into(),
+            instances: 10 * n as u32,
+            cpus: 1000,
+            ram_mb: 4096,
+            disk_mb: 0,
+            gpus: 0,
+            ports: 0,
+            one_per_host: true,
+            gpu_models: None,
+            not_host: None,
+        }],
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1330,12 +1784,284 @@ fn optimum(dir: &Path, report: &mut Report) {
     );
 }
 
+/// One workload shape of the shapes section.
+struct Shape {
+    tag: &'static str,
+    label: &'static str,
+    /// Hosts, per size.
+    sizes: &'static [usize],
+    /// pack's arguments besides --stats and the job file.
+    args: &'static [&'static str],
+    make: fn(usize, &mut Rng) -> Workload,
+}
+
+/// What one (shape, size) gave: the run reported (the median of its rounds by place_ms)
+/// or the cap it went over.
+struct Measured {
+    tag: &'static str,
+    hosts: usize,
+    ran: Ran,
+}
+
+fn shape_list() -> Vec<Shape> {
+    const SIZES: &[usize] = &[1_000, 10_000, 100_000];
+    fn mixed(n: usize, rng: &mut Rng) -> Workload {
+        let hosts = mixed_fleet(n, rng);
+        let jobs = mixed_jobs(&hosts, 0.75, false, rng);
+        Workload { hosts, jobs }
+    }
+    vec![
+        Shape {
+            tag: "a",
+            label: "mixed hosts and ratios, binpack",
+            sizes: SIZES,
+            args: &[],
+            make: mixed,
+        },
+        Shape {
+            tag: "b",
+            label: "mixed, 20% of jobs host limit 1",
+            sizes: SIZES,
+            args: &[],
+            make: |n, rng| {
+                let hosts = mixed_fleet(n, rng);
+                let jobs = mixed_jobs(&hosts, 0.75, true, rng);
+                Workload { hosts, jobs }
+            },
+        },
+        Shape {
+            tag: "c",
+            label: "mixed, demand 1.5 x capacity",
+            sizes: SIZES,
+            args: &[],
+            make: |n, rng| {
+                let hosts = mixed_fleet(n, rng);
+                let jobs = mixed_jobs(&hosts, 1.5, false, rng);
+                Workload { hosts, jobs }
+            },
+        },
+        Shape {
+            tag: "d",
+            label: "two 1-instance jobs per host, 1.5 x",
+            sizes: SIZES,
+            args: &[],
+            make: |n, rng| Workload {
+                hosts: mixed_fleet(n, rng),
+                jobs: host_sized_jobs(n, rng),
+            },
+        },
+        Shape {
+            tag: "e",
+            label: "hosts/5 jobs, each `not` one host",
+            sizes: SIZES,
+            args: &[],
+            make: |n, rng| {
+                let hosts = mixed_fleet(n, rng);
+                let jobs = excluding_jobs(&hosts, rng);
+                Workload { hosts, jobs }
+            },
+        },
+        Shape {
+            tag: "f",
+            label: "mixed, --strategy spread",
+            sizes: SIZES,
+            args: &["--strategy", "spread"],
+            make: mixed,
+        },
+        Shape {
+            tag: "g",
+            label: "16c/256G hosts, one job 15c/1G x N",
+            sizes: &[10_000, 20_000, 40_000],
+            args: &[],
+            make: |n, _| ratio_repro(n, 1),
+        },
+        Shape {
+            tag: "h",
+            label: "the same, 15c/240G x N",
+            sizes: &[10_000, 20_000, 40_000],
+            args: &[],
+            make: |n, _| ratio_repro(n, 240),
+        },
+        Shape {
+            tag: "i",
+            label: "one job host limit 1, 10 x hosts inst.",
+            sizes: SIZES,
+            args: &[],
+            make: |n, _| limit_repro(n),
+        },
+    ]
+}
+
+/// Placements per second: placed ÷ place_ms.
+fn rate(placed: f64, place_ms: f64) -> String {
+    if place_ms <= 0.0 {
+        return "—".into();
+    }
+    let r = placed / place_ms * 1000.0;
+    if r >= 1e6 {
+        format!("{:.2}M/s", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1}k/s", r / 1e3)
+    } else {
+        format!("{r:.0}/s")
+    }
+}
+
+/// The workload shapes of issue 13 at 1k, 10k and 100k hosts (the reproductions at their
+/// own sizes), one line per (shape, size) so that the growth of the cost shows: pack's
+/// place_ms, wall, peak RSS, placed, pending, placements per second and hosts used against
+/// the lower bound. A run is killed at FORMIC_PACK_CAP_S (600 s); FORMIC_SHAPES_MAX_HOSTS
+/// leaves out the larger sizes (a quick look).
+fn shapes(dir: &Path, launcher: &mut Launcher) {
+    let cap = Duration::from_secs(
+        std::env::var("FORMIC_PACK_CAP_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    );
+    let max_hosts: usize = std::env::var("FORMIC_SHAPES_MAX_HOSTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
+    let rounds = common::rounds(3);
+    println!(
+        "shapes: one pack process per run, killed after {} s; runs under 10 s wall repeated to {rounds} (median by place_ms)",
+        cap.as_secs()
+    );
+    let list = shape_list();
+    let mut measured = Vec::new();
+    for shape in &list {
+        for &n in shape.sizes.iter().filter(|&&n| n <= max_hosts) {
+            let mut rng = Rng(0x5a9e5 ^ n as u64);
+            let w = (shape.make)(n, &mut rng);
+            let d = w.demand();
+            let caps = w.capacities();
+            let share = |k: usize| 100.0 * d[k] as f64 / caps[k].iter().sum::<u64>() as f64;
+            let head = format!(
+                "  {} {:<40} {:>7} hosts {:>9} instances {:>7} jobs, demand {:3.0}% cpus {:3.0}% ram:",
+                shape.tag,
+                shape.label,
+                thousands(n as u64),
+                thousands(w.instances()),
+                thousands(w.jobs.len() as u64),
+                share(0),
+                share(1),
+            );
+            let sub = dir.join(format!("shape-{}-{n}", shape.tag));
+            write_workload(&sub, &w);
+            let mut runs = Vec::new();
+            let ran = loop {
+                match launch(&sub, &w, shape.args, Some(cap), Some(&mut *launcher)) {
+                    over @ Ran::Over { .. } => break over,
+                    Ran::Done(run) => {
+                        let short = run.wall < Duration::from_secs(10);
+                        runs.push(run);
+                        if !short || runs.len() >= rounds {
+                            runs.sort_by(|a, b| a.stat("place_ms").total_cmp(&b.stat("place_ms")));
+                            let k = runs.len() / 2;
+                            break Ran::Done(runs.swap_remove(k));
+                        }
+                    }
+                }
+            };
+            match &ran {
+                Ran::Over { cap, peak_rss_mb } => println!(
+                    "{head} over {} s: killed (peak RSS by then {peak_rss_mb:.0} MiB)",
+                    cap.as_secs()
+                ),
+                Ran::Done(run) => {
+                    let used = w.check("pack", &run.placed);
+                    let lb = w.lower_bound();
+                    assert_eq!(used as f64, run.stat("hosts_used"), "pack's hosts_used");
+                    assert_eq!(lb as f64, run.stat("lower_bound"), "pack's lower_bound");
+                    // FFD on the same workload, where pack packs: whether a ratio far
+                    // from 1 is pack's or the bound's.
+                    let ffd = (shape.args.is_empty()).then(|| {
+                        let placed = first_fit_decreasing(&w);
+                        let used = w.check("FFD", &placed);
+                        format!(
+                            " (FFD {} hosts = {:.3}, placed {})",
+                            thousands(used as u64),
+                            used as f64 / lb as f64,
+                            thousands(placed.len() as u64)
+                        )
+                    });
+                    let (fits, pending_jobs) = w.pending_that_fits(&run.placed);
+                    let avoidable = match pending_jobs {
+                        0 => String::new(),
+                        _ => format!("; of {pending_jobs} jobs left pending, {fits} still fit"),
+                    };
+                    println!(
+                        "{head} place {:.0} ms, wall {:.0} ms, RSS {:.0} MiB, placed {}, pending {}, {}, hosts used {} / lower bound {} = {:.3}{}{avoidable}",
+                        run.stat("place_ms"),
+                        ms(run.wall),
+                        run.stat("peak_rss_mb"),
+                        thousands(run.stat("placed") as u64),
+                        thousands(run.stat("pending") as u64),
+                        rate(run.stat("placed"), run.stat("place_ms")),
+                        thousands(used as u64),
+                        thousands(lb as u64),
+                        used as f64 / lb as f64,
+                        ffd.unwrap_or_default(),
+                    );
+                }
+            }
+            if !common::keep_files() {
+                let _ = std::fs::remove_dir_all(&sub);
+            }
+            measured.push(Measured {
+                tag: shape.tag,
+                hosts: n,
+                ran,
+            });
+        }
+    }
+    // The tables: place_ms, placements per second, peak RSS.
+    for sizes in [&[1_000, 10_000, 100_000][..], &[10_000, 20_000, 40_000]] {
+        let rows: Vec<&Shape> = list.iter().filter(|s| s.sizes == sizes).collect();
+        print!("\n| shape (place_ms · placements/s · peak RSS) |");
+        for n in sizes {
+            print!(" {} hosts |", thousands(*n as u64));
+        }
+        println!("\n|---|{}", "---|".repeat(sizes.len()));
+        for shape in rows {
+            print!("| {} {} |", shape.tag, shape.label);
+            for &n in sizes {
+                let cell = match measured.iter().find(|m| m.tag == shape.tag && m.hosts == n) {
+                    None => String::new(),
+                    Some(Measured {
+                        ran: Ran::Over { cap, peak_rss_mb },
+                        ..
+                    }) => format!("over {} s · — · {peak_rss_mb:.0} MiB", cap.as_secs()),
+                    Some(Measured {
+                        ran: Ran::Done(run),
+                        ..
+                    }) => format!(
+                        "{} ms · {} · {:.0} MiB",
+                        thousands(run.stat("place_ms").round() as u64),
+                        rate(run.stat("placed"), run.stat("place_ms")),
+                        run.stat("peak_rss_mb")
+                    ),
+                };
+                print!(" {cell} |");
+            }
+            println!();
+        }
+    }
+}
+
 fn main() {
     // FORMIC_BENCH_DIR keeps the files (offers, jobs and pack's output per section, to
     // look into a figure).
     let Some(bench) = Bench::from_args("pack") else {
         return;
     };
+    // Named only: the shapes take many minutes at 100,000 hosts. Their launcher starts
+    // now, while this process is small (see Launcher).
+    let mut launcher = std::env::args()
+        .skip(1)
+        .any(|a| a == "shapes")
+        .then(Launcher::new);
     let dir = bench.dir.clone();
     println!(
         "pack benchmark: {}, {} cores, load average {} at the start",
@@ -1360,7 +2086,12 @@ fn main() {
     if bench.want("optimum") {
         optimum(&dir, &mut report);
     }
-    report.print_table();
+    if let Some(launcher) = &mut launcher {
+        shapes(&dir, launcher);
+    }
+    if !report.rows.is_empty() {
+        report.print_table();
+    }
     println!(
         "\n{:.0} s in all; load average {} at the end",
         t0.elapsed().as_secs_f64(),
