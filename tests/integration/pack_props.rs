@@ -820,6 +820,16 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
     if killed != surplus {
         return Err(format!("killed {killed:?}, surplus {surplus:?}"));
     }
+    // Nothing is left pending that the fleet, as the decisions leave it, could take.
+    for &j in stuck.keys() {
+        if let Some(h) = m.fits_anywhere(j) {
+            return Err(format!(
+                "{} left pending, but {} can take it after the pass",
+                job_key(j, &case.jobs[j]),
+                host_name(h)
+            ));
+        }
+    }
     if (status == 1) != any_pending {
         return Err(format!("exit {status} with pending: {any_pending}"));
     }
