@@ -1911,7 +1911,7 @@ fn rate(placed: f64, place_ms: f64) -> String {
 /// own sizes), one line per (shape, size) so that the growth of the cost shows: pack's
 /// place_ms, wall, peak RSS, placed, pending, placements per second and hosts used against
 /// the lower bound. A run is killed at FORMIC_PACK_CAP_S (600 s); FORMIC_SHAPES_MAX_HOSTS
-/// leaves out the larger sizes (a quick look).
+/// leaves out the larger sizes (a quick look); FORMIC_SHAPES=af runs those shapes only.
 fn shapes(dir: &Path, launcher: &mut Launcher) {
     let cap = Duration::from_secs(
         std::env::var("FORMIC_PACK_CAP_S")
@@ -1928,7 +1928,11 @@ fn shapes(dir: &Path, launcher: &mut Launcher) {
         "shapes: one pack process per run, killed after {} s; runs under 10 s wall repeated to {rounds} (median by place_ms)",
         cap.as_secs()
     );
-    let list = shape_list();
+    let only = std::env::var("FORMIC_SHAPES").unwrap_or_default();
+    let list: Vec<Shape> = shape_list()
+        .into_iter()
+        .filter(|s| only.is_empty() || only.contains(s.tag))
+        .collect();
     let mut measured = Vec::new();
     for shape in &list {
         for &n in shape.sizes.iter().filter(|&&n| n <= max_hosts) {

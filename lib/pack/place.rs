@@ -894,8 +894,9 @@ type SpreadKey = ([u32; 4], usize, u32);
 
 impl Placer {
     /// spread over a fleet split by its largest failure domain: the least loaded values of
-    /// that domain first, over the whole fleet; among values equally loaded, the best host
-    /// of each (`spread_pick`) compared. Scheduled hosts only when no other takes it.
+    /// that domain first, over the whole fleet; among values equally loaded, the one whose
+    /// emptiest host that takes the instance is emptiest; in it, `spread_pick`. Scheduled
+    /// hosts only when no other takes it.
     fn spread_split(
         &self,
         fleet: &Fleet,
@@ -909,24 +910,28 @@ impl Placer {
             .map(|slot| (class.domain_count(0, slot), slot))
             .collect();
         by_load.sort_unstable();
+        let room = |h: u32| room_of(fleet, h as usize);
         let mut fallback = None;
         for scheduled in [false, true] {
             for tier in by_load.chunk_by(|a, b| a.0 == b.0) {
-                let mut best: Option<SpreadKey> = None;
-                for &(_, slot) in tier {
-                    let pool = &self.pools[6 + 2 * slot + scheduled as usize];
-                    let Some(key) = self.spread_pick(pool, 0, wanted, fleet, class, fits) else {
-                        continue;
-                    };
-                    if strands(key.2 as usize) {
-                        fallback = fallback.or(Some(key.2 as usize));
-                    } else if best.is_none_or(|b| key < b) {
-                        best = Some(key);
-                    }
-                }
-                if let Some(key) = best {
+                // (bucket of its emptiest fitting host, slot): the emptiest first.
+                let emptiest = tier
+                    .iter()
+                    .filter_map(|&(_, slot)| {
+                        let pool = &self.pools[6 + 2 * slot + scheduled as usize];
+                        let h = pool.scan_down(0, wanted, &room, fits).next()?;
+                        Some((std::cmp::Reverse(self.bucket[h as usize]), slot))
+                    })
+                    .min();
+                let Some((_, slot)) = emptiest else {
+                    continue;
+                };
+                let pool = &self.pools[6 + 2 * slot + scheduled as usize];
+                let key = self.spread_pick(pool, 0, wanted, fleet, class, fits)?;
+                if !strands(key.2 as usize) {
                     return Some(key.2 as usize);
                 }
+                fallback = fallback.or(Some(key.2 as usize));
             }
             if fallback.is_some() {
                 break;
