@@ -392,6 +392,10 @@ impl Class {
 
 const BUCKETS: usize = 4096;
 
+/// spread's buckets hold hosts of one emptiness (a 256th of a host) and one amount free
+/// (a 16th of the largest host).
+const SIZES: usize = 16;
+
 /// The bucket of a share between 0 and 1.
 fn bucket_of(share: f64) -> usize {
     ((share * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
@@ -524,8 +528,11 @@ impl Index {
                 std::iter::from_fn(move || {
                     while let Some(&h) = list.get(i) {
                         i += 1;
-                        for (x, r) in seen.iter_mut().zip(room(h)) {
-                            *x = (*x).max(r);
+                        // Only a bucket that none fits gets its bound made exact.
+                        if !fitted {
+                            for (x, r) in seen.iter_mut().zip(room(h)) {
+                                *x = (*x).max(r);
+                            }
                         }
                         if fits(h) {
                             fitted = true;
@@ -724,7 +731,11 @@ impl Placer {
                         share = share.min(*amount as f64 / whole as f64);
                     }
                 }
-                bucket_of(share)
+                // Emptiness first, then how much the host has free against the largest:
+                // hosts of one emptiness but of different sizes sit apart, so a bucket's
+                // bound passes over the small ones for a large instance.
+                let room = self.key(free[0], free[1], free[2]) * SIZES / BUCKETS;
+                bucket_of(share) / SIZES * SIZES + room.min(SIZES - 1)
             }
         }
     }
@@ -1006,7 +1017,7 @@ impl Placer {
 }
 
 /// How many of the emptiest fitting hosts spread compares for their failure domains.
-const SPREAD_CANDIDATES: usize = 256;
+const SPREAD_CANDIDATES: usize = 64;
 
 /// How many fitting hosts `gpu_fit` compares, per pool.
 const GPU_SCAN: usize = 512;
