@@ -76,6 +76,12 @@ struct Run<'a> {
     ports: Vec<u16>,
     reasons: Vec<Vec<(String, u32)>>,
     reason_of_job: HashMap<usize, usize>,
+    /// The reasons last given for a job that asks for nothing but room, by its need, with
+    /// the fleet's generation then: a job of the same need on an unchanged fleet is refused
+    /// by the same hosts for the same reasons, without asking every host again.
+    reason_of_need: HashMap<[u64; 5], (u64, usize)>,
+    /// Moves on whenever room is taken or given back on any host.
+    generation: u64,
     hosts_used: Vec<bool>,
     placed: usize,
     pending: usize,
@@ -251,6 +257,8 @@ impl<'a> Run<'a> {
             ports: Vec::new(),
             reasons: Vec::new(),
             reason_of_job: HashMap::new(),
+            reason_of_need: HashMap::new(),
+            generation: 0,
             placed: 0,
             pending: 0,
             preempted: 0,
@@ -377,6 +385,7 @@ impl<'a> Run<'a> {
         if let Some(h) = r.host {
             self.fleet
                 .release(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, &r.ports);
+            self.generation += 1;
             self.placer.update(self.fleet, h);
         }
     }
@@ -425,6 +434,7 @@ impl<'a> Run<'a> {
                 let (cpus, given) =
                     self.fleet
                         .reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
+                self.generation += 1;
                 self.placer.update(self.fleet, h);
                 let mut class = class;
                 class.count(self.fleet, Some(h), &|_| fleet::NONE, &mut self.scratch);
@@ -451,12 +461,12 @@ impl<'a> Run<'a> {
                 let idx = match self.reason_of_job.get(&j) {
                     Some(&idx) => idx,
                     None => {
-                        self.reasons.push(match why {
-                            "quota" => vec![("quota".to_string(), 1)],
-                            _ => reasons_for(self.fleet, &class, &self.scratch, spec),
-                        });
-                        self.reason_of_job.insert(j, self.reasons.len() - 1);
-                        self.reasons.len() - 1
+                        let idx = match why {
+                            "quota" => self.new_reasons(vec![("quota".to_string(), 1)]),
+                            _ => self.reasons_of(&class, spec),
+                        };
+                        self.reason_of_job.insert(j, idx);
+                        idx
                     }
                 };
                 self.classes[j] = Some(class);
@@ -468,6 +478,27 @@ impl<'a> Run<'a> {
                 self.pending += 1;
             }
         }
+    }
+
+    fn new_reasons(&mut self, reasons: Vec<(String, u32)>) -> usize {
+        self.reasons.push(reasons);
+        self.reasons.len() - 1
+    }
+
+    /// Why no host takes an instance of `class`: every host asked, unless a job of the same
+    /// plain need was refused on the fleet as it is now.
+    fn reasons_of(&mut self, class: &Class, spec: &JobSpec) -> usize {
+        let need = class.plain_need(self.fleet);
+        if let Some(&(generation, idx)) = need.and_then(|n| self.reason_of_need.get(&n)) {
+            if generation == self.generation {
+                return idx;
+            }
+        }
+        let idx = self.new_reasons(reasons_for(self.fleet, class, &self.scratch, spec));
+        if let Some(n) = need {
+            self.reason_of_need.insert(n, (self.generation, idx));
+        }
+        idx
     }
 
     /// Counts one production instance of job `j` against its role's quota.
@@ -499,6 +530,7 @@ impl<'a> Run<'a> {
             let t = self.victims.stop(v);
             self.fleet
                 .release(h, t.cpus, t.ram_mb, t.disk_mb, t.gpus, &t.ports);
+            self.generation += 1;
             self.decisions.push(Decision::Preempt {
                 victim: t.task.clone(),
                 incarnation: t.incarnation,

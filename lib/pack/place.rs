@@ -371,6 +371,20 @@ impl Class {
         self.domain_used[level].get(slot).copied().unwrap_or(0)
     }
 
+    /// What decides which hosts refuse the job when it asks for nothing but room: its need
+    /// per instance (cpus, ram, disk, gpus, ports). None when constraints, limits or a
+    /// dedicated attribute have a say.
+    pub fn plain_need(&self, fleet: &Fleet) -> Option<[u64; 5]> {
+        let plain = self.values.is_empty() && self.limits.is_empty() && fleet.dedicated.is_none();
+        plain.then_some([
+            self.ref_cpus as u64,
+            self.ram,
+            self.disk,
+            self.gpus as u64,
+            self.ports as u64,
+        ])
+    }
+
     pub fn has_limits(&self) -> bool {
         !self.limits.is_empty()
     }
