@@ -42,17 +42,8 @@ pub struct Rebuilt {
 /// Rebuilds the task table of the state at `path`, whose hosts are in it and whose tasks
 /// are not, from every host's task directories.
 pub fn rebuild(state: &mut State, path: &Path, parallel: usize) -> Result<Rebuilt> {
+    refuse_tasks(state.view(), path)?;
     let view = state.view();
-    if view.tasks.iter().next().is_some() {
-        return Err(fail(
-            Status::Usage,
-            format!(
-                "{} holds tasks: a rebuild is for a state whose tasks were lost (move a \
-                 damaged state and its journal aside, then `offer add` the hosts)",
-                path.display()
-            ),
-        ));
-    }
     let hosts: Vec<(u32, String)> = view
         .hosts
         .iter()
@@ -93,7 +84,11 @@ pub fn rebuild(state: &mut State, path: &Path, parallel: usize) -> Result<Rebuil
     let past = inventories.iter().map(|(_, i)| i.epoch).max().unwrap_or(0);
     let epoch = transport::take_over(path, past)?;
     let (tasks, skipped) = choose(inventories);
-    let (running, ended) = state.write(|tx| record(tx, &tasks))?;
+    // Checked again under the write lock: two rebuilds at once record once.
+    let (running, ended) = state.write(|tx| {
+        refuse_tasks(tx.view(), path)?;
+        record(tx, &tasks)
+    })?;
     Ok(Rebuilt {
         hosts: hosts.len(),
         running,
@@ -101,6 +96,21 @@ pub fn rebuild(state: &mut State, path: &Path, parallel: usize) -> Result<Rebuil
         skipped,
         epoch,
     })
+}
+
+/// A rebuild is for a state whose tasks were lost: one that holds tasks is refused.
+fn refuse_tasks(view: &crate::state::View, path: &Path) -> Result<()> {
+    if view.tasks.iter().next().is_some() {
+        return Err(fail(
+            Status::Usage,
+            format!(
+                "{} holds tasks: a rebuild is for a state whose tasks were lost (move a \
+                 damaged state and its journal aside, then `offer add` the hosts)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One task id as the hosts show it: the directory that speaks for it (with its host's
