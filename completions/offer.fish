@@ -41,7 +41,7 @@ complete -c offer -n "__fish_offer_using_subcommand add" -l probe -d 'Register a
 complete -c offer -n "__fish_offer_using_subcommand add" -l ssh -d 'With --probe: reach the host over ssh at [USER@]ADDRESS[:PORT] (transport ssh)' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l address -d 'With --probe: the address clients reach its tasks at' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l root -d 'With --probe --ssh: the task-directory root there [default: /var/lib/formic/host]' -r
-complete -c offer -n "__fish_offer_using_subcommand add" -l attr -d 'With --probe: an attribute of the host (repeatable)' -r
+complete -c offer -n "__fish_offer_using_subcommand add" -l attr -d 'With --probe: an attribute of the host (repeatable; a repeated `dedicated` gives the host each of its values)' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l ports -d 'With --probe: the port range the host offers' -r
 complete -c offer -n "__fish_offer_using_subcommand add" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand add" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'

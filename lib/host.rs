@@ -122,7 +122,8 @@ pub struct Host {
     pub gpus: u32,
     /// Inclusive port ranges, sorted and disjoint.
     pub ports: Vec<(u16, u16)>,
-    /// Attributes sorted by key.
+    /// Attributes sorted by key, then value. `dedicated` may hold several values: one pair
+    /// each (see `DEDICATED`); every other key appears once.
     pub attrs: Vec<(String, String)>,
     /// Speed of one of this host's cores against the fleet's reference core.
     pub cpu_factor: f64,
@@ -290,8 +291,89 @@ pub fn ranges_json(ranges: &[(u16, u16)]) -> Value {
     Value::Array(ranges.iter().map(|&(a, b)| json!([a, b])).collect())
 }
 
+/// Attributes as a record holds them: a string per key, a list for a key with several
+/// values (`dedicated`).
 pub fn attrs_json(attrs: &[(String, String)]) -> Value {
-    Value::Object(attrs.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+    let mut m = Map::new();
+    for (k, v) in attrs {
+        match m.get_mut(k) {
+            None => {
+                m.insert(k.clone(), json!(v));
+            }
+            Some(Value::Array(list)) => list.push(json!(v)),
+            Some(one) => *one = json!([one.take(), v]),
+        }
+    }
+    Value::Object(m)
+}
+
+/// The one attribute that may hold several values: a host with it takes only the jobs one
+/// of its values admits (`dedicated_admits`).
+pub const DEDICATED: &str = "dedicated";
+
+/// Checks one value of `dedicated`: `ROLE`, `ROLE/NAME` or `*/NAME`, the role and name of
+/// letters, digits and `. _ -` as in a job key.
+pub fn check_dedicated(value: &str) -> Result<(), String> {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 64
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    let ok = match value.split_once('/') {
+        None => part(value),
+        Some((role, name)) => (role == "*" || part(role)) && part(name),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{DEDICATED}: {value:?} is not ROLE, ROLE/NAME or */NAME (letters, digits, . _ -)"
+        ))
+    }
+}
+
+/// Whether the `dedicated` value `value` admits the job of role `role` and name `name`
+/// (a job key is role/env/name).
+pub fn dedicated_admits(value: &str, role: &str, name: &str) -> bool {
+    match value.split_once('/') {
+        None => value == role,
+        Some((r, n)) => (r == "*" || r == role) && n == name,
+    }
+}
+
+/// The values of `dedicated` in a record's attrs: a string or a non-empty list of strings,
+/// each checked, sorted, without repeats. Any other key given a list is an error naming it.
+pub fn attr_values(key: &str, v: &Value) -> Result<Vec<String>, String> {
+    let mut values = match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) if key == DEDICATED => {
+            if items.is_empty() {
+                return Err(format!("{key}: an empty list; give at least one value"));
+            }
+            items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(format!("{key}: expected strings, got {}", show(other))),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Value::Array(_) => {
+            return Err(format!(
+                "{key}: a list of values is allowed only for \"{DEDICATED}\""
+            ))
+        }
+        other => return Err(format!("{key}: expected a string, got {}", show(other))),
+    };
+    if key == DEDICATED {
+        for value in &values {
+            check_dedicated(value)?;
+        }
+        values.sort();
+        values.dedup();
+    }
+    Ok(values)
 }
 
 pub fn maintenance_json(m: &Maintenance) -> Value {
@@ -500,15 +582,21 @@ fn parse_attrs(map: &Map<String, Value>) -> Result<Vec<(String, String)>, String
         if k == "host" {
             return Err("key \"host\" is reserved: it always means the host's name".into());
         }
-        let Value::String(s) = v else {
-            return Err(format!("{k}: expected a string, got {}", show(v)));
-        };
-        if s.len() > 128 || s.chars().any(char::is_control) {
-            return Err(format!(
-                "{k}: value must be at most 128 bytes without control characters"
-            ));
+        let values = attr_values(k, v)?;
+        for s in values {
+            if s.len() > 128 || s.chars().any(char::is_control) {
+                return Err(format!(
+                    "{k}: value must be at most 128 bytes without control characters"
+                ));
+            }
+            attrs.push((k.clone(), s));
         }
-        attrs.push((k.clone(), s.clone()));
+    }
+    if attrs.len() > MAX_ATTRS {
+        return Err(format!(
+            "{} attribute values; at most {MAX_ATTRS}",
+            attrs.len()
+        ));
     }
     attrs.sort();
     Ok(attrs)
@@ -702,6 +790,69 @@ mod tests {
             let err = parse(line).unwrap_err();
             assert!(err.contains(want), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn dedicated_takes_a_list_of_role_role_name_and_star_name() {
+        for ok in ["www", "www/web", "*/web", "a.b-c_d/x.y"] {
+            assert_eq!(check_dedicated(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "/",
+            "/web",
+            "www/",
+            "www/prod/web",
+            "*",
+            "**/web",
+            "a b",
+            "a,b",
+        ] {
+            assert!(check_dedicated(bad).is_err(), "{bad:?}");
+        }
+        assert!(dedicated_admits("www", "www", "web"));
+        assert!(dedicated_admits("www/web", "www", "web"));
+        assert!(dedicated_admits("*/web", "db", "web"));
+        assert!(!dedicated_admits("www/web", "www", "api"));
+        assert!(!dedicated_admits("www/web", "db", "web"));
+        assert!(!dedicated_admits("web", "www", "web"));
+
+        // A list is kept as a pair per value, sorted, once each; it round-trips through the
+        // slot and prints back as a list.
+        let h = parse(r#"{"type":"host","name":"h","cpus":1,"ram_mb":1,"attrs":{"rack":"r1","dedicated":["www/web","db","www/web"]}}"#).unwrap();
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            h.attrs,
+            [
+                pair("dedicated", "db"),
+                pair("dedicated", "www/web"),
+                pair("rack", "r1")
+            ]
+        );
+        assert_eq!(
+            attrs_json(&h.attrs),
+            json!({"dedicated": ["db", "www/web"], "rack": "r1"})
+        );
+        let mut slot = vec![0u8; SLOT_SIZE];
+        h.encode(&mut slot).unwrap();
+        let crate::fixed::Slot::Live { version, body } = crate::fixed::open_slot(&slot).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(Host::decode(version, body).unwrap(), h);
+
+        let err = |attrs: &str| {
+            parse(&format!(
+                r#"{{"type":"host","name":"h","cpus":1,"ram_mb":1,"attrs":{attrs}}}"#
+            ))
+            .unwrap_err()
+        };
+        assert_eq!(
+            err(r#"{"rack":["r1"]}"#),
+            "host h: field \"attrs\": rack: a list of values is allowed only for \"dedicated\""
+        );
+        assert!(err(r#"{"dedicated":[]}"#).contains("an empty list"));
+        assert!(err(r#"{"dedicated":["db","x/y/z"]}"#).contains("\"x/y/z\" is not ROLE"));
     }
 
     #[test]

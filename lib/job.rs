@@ -130,6 +130,11 @@ impl JobSpec {
     pub fn role(&self) -> &str {
         self.key.split('/').next().unwrap_or("")
     }
+
+    /// The job's name: the last part of its key (role/env/name).
+    pub fn name(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or("")
+    }
 }
 
 /// The most instances one job may ask for.

@@ -59,7 +59,8 @@ pub enum Verb {
         /// With --probe --ssh: the task-directory root there [default: /var/lib/formic/host]
         #[arg(long, value_name = "PATH", requires = "ssh")]
         root: Option<String>,
-        /// With --probe: an attribute of the host (repeatable)
+        /// With --probe: an attribute of the host (repeatable; a repeated `dedicated` gives
+        /// the host each of its values)
         #[arg(long = "attr", value_name = "KEY=VALUE", requires = "probe")]
         attrs: Vec<String>,
         /// With --probe: the port range the host offers
@@ -669,8 +670,19 @@ fn ports_text(ranges: &[(u16, u16)]) -> String {
     }
 }
 
+/// `k=v,…`; the values of a key with several (`dedicated`) joined by `|`.
 fn attrs_text(attrs: &[(String, String)]) -> String {
-    let parts: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut parts: Vec<String> = Vec::new();
+    for (i, (k, v)) in attrs.iter().enumerate() {
+        match i.checked_sub(1).map(|p| &attrs[p].0) {
+            Some(prev) if prev == k => {
+                let last = parts.last_mut().expect("a part per key");
+                last.push('|');
+                last.push_str(v);
+            }
+            _ => parts.push(format!("{k}={v}")),
+        }
+    }
     if parts.is_empty() {
         "-".into()
     } else {
@@ -713,7 +725,14 @@ fn probe_host(
         let (k, v) = a
             .split_once('=')
             .ok_or_else(|| bad_input(format!("--attr {a:?}: expected KEY=VALUE")))?;
-        attr_map.insert(k.into(), json!(v));
+        // A repeated key gives it several values (only `dedicated` may have them).
+        match attr_map.get_mut(k) {
+            None => {
+                attr_map.insert(k.into(), json!(v));
+            }
+            Some(Value::Array(list)) => list.push(json!(v)),
+            Some(one) => *one = json!([one.take(), v]),
+        }
     }
     fields.insert("attrs".into(), Value::Object(attr_map));
     let record = |fields: &Map<String, Value>| {
@@ -739,4 +758,22 @@ fn probe_host(
     fields.insert("ram_mb".into(), json!(measured.ram_mb));
     fields.insert("disk_mb".into(), json!(measured.disk_mb));
     record(&fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_joins_the_values_of_a_key_with_a_bar() {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let attrs = [
+            pair("dedicated", "db/store"),
+            pair("dedicated", "www/web"),
+            pair("rack", "r1"),
+        ];
+        assert_eq!(attrs_text(&attrs), "dedicated=db/store|www/web,rack=r1");
+        assert_eq!(attrs_text(&attrs[2..]), "rack=r1");
+        assert_eq!(attrs_text(&[]), "-");
+    }
 }

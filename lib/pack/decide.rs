@@ -346,14 +346,7 @@ impl<'a> Run<'a> {
                 present[j][r.instance as usize] = true;
                 self.class(j);
                 let fleet = &*self.fleet;
-                let values = |col: usize| {
-                    let name = fleet.attrs.key_name(col);
-                    r.attrs
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .and_then(|(_, v)| fleet.attrs.lookup(col, v))
-                        .unwrap_or(fleet::NONE)
-                };
+                let values = |col: usize| fleet.value_of(col, &r.attrs);
                 let class = self.classes[j].as_mut().unwrap();
                 class.count(fleet, r.host, &values, &mut self.scratch);
                 if spec.tier == Tier::Production {

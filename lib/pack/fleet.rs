@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::host::Mode;
+use crate::host::{Mode, DEDICATED};
 use crate::records::Record;
 
 use super::Resources;
@@ -96,8 +96,14 @@ pub struct Fleet {
     /// Scheduled for maintenance: used last.
     pub scheduled: Vec<bool>,
     pub attrs: Attrs,
-    /// Column of the `dedicated` attribute, if any host has one.
+    /// Column of the `dedicated` attribute, if any host has one. Its ids name lists of
+    /// values (a host may be dedicated to several roles or jobs): each distinct list is
+    /// interned once, as its values sorted and joined by `,` (which no value holds).
     pub dedicated: Option<usize>,
+    /// The values of each list in the dedicated column, by id.
+    pub dedications: Vec<Vec<String>>,
+    /// The ids of the lists that hold each dedicated value, ascending.
+    lists_with: HashMap<String, Vec<u32>>,
     pub by_name: HashMap<String, u32>,
     /// Columns of the failure domains spread spreads across, largest first.
     pub domains: Vec<usize>,
@@ -139,6 +145,20 @@ impl Fleet {
             return Err(format!("host {name} is offered twice"));
         }
         let cap = crate::host::parse_capacity(&f, true)?;
+        // Checked before anything of the host is kept: the key and each value, as interned.
+        let mut attr_values: Vec<(&String, String)> = Vec::new();
+        if let Some(attrs) = f.object("attrs")? {
+            if attrs.contains_key("host") {
+                return Err(
+                    "field \"attrs\": the key \"host\" is reserved for the host's name".into(),
+                );
+            }
+            for (k, v) in attrs {
+                let values = crate::host::attr_values(k, v)
+                    .map_err(|e| format!("host {name}: field \"attrs\": {e}"))?;
+                attr_values.push((k, values.join(",")));
+            }
+        }
         let maintenance = match f.str("maintenance")? {
             None | Some("none") => Mode::None,
             Some("scheduled") => Mode::Scheduled,
@@ -169,23 +189,66 @@ impl Fleet {
         for col in &mut self.attrs.columns {
             col.push(NONE);
         }
-        if let Some(attrs) = f.object("attrs")? {
-            if attrs.contains_key("host") {
-                return Err(
-                    "field \"attrs\": the key \"host\" is reserved for the host's name".into(),
-                );
-            }
-            for (k, v) in attrs {
-                let v = v
-                    .as_str()
-                    .ok_or_else(|| format!("field \"attrs\": {k}: expected a string"))?;
-                let c = self.attrs.column_of(k, h + 1);
-                let id = self.attrs.intern(c, v);
-                self.attrs.set(c, h, id);
+        for (k, v) in attr_values {
+            let c = self.attrs.column_of(k, h + 1);
+            let id = self.attrs.intern(c, &v);
+            self.attrs.set(c, h, id);
+            if k == DEDICATED && id as usize == self.dedications.len() {
+                let list: Vec<String> = v.split(',').map(str::to_string).collect();
+                for value in &list {
+                    self.lists_with.entry(value.clone()).or_default().push(id);
+                }
+                self.dedications.push(list);
             }
         }
-        self.dedicated = self.attrs.find_column("dedicated");
+        self.dedicated = self.attrs.find_column(DEDICATED);
         Ok(())
+    }
+
+    /// The ids of the dedicated lists with a value that admits the job of role `role` and
+    /// name `name` (`ROLE`, `ROLE/NAME` or `*/NAME`), ascending.
+    pub fn lists_admitting(&self, role: &str, name: &str) -> Vec<u32> {
+        self.lists_naming([
+            role.to_string(),
+            format!("{role}/{name}"),
+            format!("*/{name}"),
+        ])
+    }
+
+    /// The ids of the dedicated lists that hold any of `values`, ascending.
+    pub fn lists_naming<S: AsRef<str>>(&self, values: impl IntoIterator<Item = S>) -> Vec<u32> {
+        let mut ids: Vec<u32> = values
+            .into_iter()
+            .filter_map(|v| self.lists_with.get(v.as_ref()))
+            .flatten()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The id in column `col` of a host not offered, from its attributes as the state
+    /// keeps them (a pair per value; the dedicated ones make one list).
+    pub fn value_of(&self, col: usize, attrs: &[(String, String)]) -> u32 {
+        let key = self.attrs.key_name(col);
+        let values: Vec<&str> = attrs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let value = match values.as_slice() {
+            [] => return NONE,
+            [one] => one.to_string(),
+            many if key == DEDICATED => {
+                let mut many = many.to_vec();
+                many.sort_unstable();
+                many.dedup();
+                many.join(",")
+            }
+            [first, ..] => first.to_string(),
+        };
+        self.attrs.lookup(col, &value).unwrap_or(NONE)
     }
 
     /// Names the failure domains to spread across (attributes no host has are skipped).
@@ -306,4 +369,68 @@ impl Fleet {
 /// that fits in reference cores always fits in the physical ones it is charged).
 pub fn ref_milli(phys: u32, factor: f64) -> u32 {
     ((phys as f64 * factor) + 1e-9).floor().min(u32::MAX as f64) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Reader;
+
+    fn fleet(offers: &[&str]) -> Result<Fleet, String> {
+        let mut f = Fleet::default();
+        for line in offers {
+            let rec = Reader::new(line.as_bytes()).next().unwrap().unwrap();
+            f.add_offer(&rec)?;
+        }
+        Ok(f)
+    }
+
+    fn offer(host: &str, attrs: &str) -> String {
+        format!(r#"{{"type":"offer","host":"{host}","cpus":1,"ram_mb":1,"attrs":{attrs}}}"#)
+    }
+
+    #[test]
+    fn each_distinct_list_of_dedicated_values_is_interned_once() {
+        let f = fleet(&[
+            &offer("h1", r#"{"dedicated":["www/web","db"]}"#),
+            &offer("h2", r#"{"dedicated":["db","www/web","db"]}"#),
+            &offer("h3", r#"{"dedicated":"db"}"#),
+            &offer("h4", r#"{"rack":"r1"}"#),
+            &offer("h5", r#"{"dedicated":"*/web"}"#),
+        ])
+        .unwrap();
+        let col = f.dedicated.unwrap();
+        assert_eq!(f.attrs.column(col), [0, 0, 1, NONE, 2]);
+        assert_eq!(
+            f.dedications,
+            [vec!["db", "www/web"], vec!["db"], vec!["*/web"]]
+        );
+        assert_eq!(f.lists_admitting("www", "web"), [0, 2]);
+        assert_eq!(f.lists_admitting("db", "x"), [0, 1]);
+        assert_eq!(f.lists_admitting("ml", "web"), [2]);
+        assert_eq!(f.lists_admitting("ml", "x"), [] as [u32; 0]);
+        assert_eq!(f.lists_naming(["www/web", "nothing"]), [0]);
+        // A host not offered, from the state's pairs: the same list, the same id.
+        let pairs = [
+            ("dedicated".to_string(), "www/web".to_string()),
+            ("dedicated".to_string(), "db".to_string()),
+        ];
+        assert_eq!(f.value_of(col, &pairs), 0);
+        assert_eq!(f.value_of(col, &pairs[1..]), 1);
+        assert_eq!(f.value_of(col, &[]), NONE);
+    }
+
+    #[test]
+    fn lists_are_for_dedicated_alone_and_bad_values_name_the_host() {
+        let err = fleet(&[&offer("h1", r#"{"zone":["z1","z2"]}"#)]).unwrap_err();
+        assert_eq!(
+            err,
+            "host h1: field \"attrs\": zone: a list of values is allowed only for \"dedicated\""
+        );
+        let err = fleet(&[&offer("h2", r#"{"dedicated":"a/b/c"}"#)]).unwrap_err();
+        assert!(
+            err.starts_with("host h2: field \"attrs\": dedicated: \"a/b/c\""),
+            "{err}"
+        );
+    }
 }

@@ -83,6 +83,38 @@ impl ValueRule {
     }
 }
 
+/// A set of small integers (ids of dedicated lists) asked in O(1) for the first 64, the
+/// rest by a search of the few beyond: sized by what it holds, not by the ids there are.
+#[derive(Debug, Default)]
+struct IdSet {
+    low: u64,
+    high: Vec<u32>,
+}
+
+impl IdSet {
+    fn new(ids: &[u32]) -> IdSet {
+        let mut set = IdSet::default();
+        for &id in ids {
+            if id < 64 {
+                set.low |= 1 << id;
+            } else {
+                set.high.push(id);
+            }
+        }
+        set.high.sort_unstable();
+        set
+    }
+
+    #[inline]
+    fn contains(&self, id: u32) -> bool {
+        if id < 64 {
+            self.low >> id & 1 == 1
+        } else {
+            self.high.binary_search(&id).is_ok()
+        }
+    }
+}
+
 /// A job compiled for the loop.
 #[derive(Debug)]
 pub struct Class {
@@ -98,8 +130,9 @@ pub struct Class {
     /// fleet has (a job that excludes one host of 100,000 holds one id, not 100,000).
     values: Vec<ValueRule>,
     limits: Vec<(Scope, u32)>,
-    /// The value of `dedicated` that this job's role may use, if any host has it.
-    role: u32,
+    /// The lists of `dedicated` values (ids in the fleet's dedicated column) that admit the
+    /// job: one of their values is its role, its role/name or */name.
+    admitted: IdSet,
     /// Hosts holding an instance of the job (running or placed now), for host limits.
     hosts: Vec<u32>,
     /// Instances per attribute value, per limit.
@@ -174,10 +207,15 @@ impl Class {
                     } else {
                         fleet.attrs.column_of(attr, n)
                     };
-                    let mut named: Vec<u32> = vs
-                        .iter()
-                        .filter_map(|v| fleet.attrs.lookup(col, v))
-                        .collect();
+                    // On `dedicated` a host's id names a list: it is named when any of
+                    // its values is.
+                    let mut named: Vec<u32> = if Some(col) == fleet.dedicated {
+                        fleet.lists_naming(vs)
+                    } else {
+                        vs.iter()
+                            .filter_map(|v| fleet.attrs.lookup(col, v))
+                            .collect()
+                    };
                     named.sort_unstable();
                     named.dedup();
                     values.push(ValueRule {
@@ -194,10 +232,7 @@ impl Class {
                 Scope::Host => Vec::new(),
             });
         }
-        let role = match fleet.dedicated {
-            Some(col) => fleet.attrs.lookup(col, spec.role()).unwrap_or(NONE - 1),
-            None => NONE,
-        };
+        let admitted = IdSet::new(&fleet.lists_admitting(spec.role(), spec.name()));
         Class {
             job,
             ref_cpus: r.cpus,
@@ -207,7 +242,7 @@ impl Class {
             ports: r.ports.len() as u32,
             values,
             limits,
-            role,
+            admitted,
             hosts: Vec::new(),
             value_used,
             domain_used: fleet
@@ -305,7 +340,7 @@ impl Class {
     ) {
         if let Some(col) = fleet.dedicated {
             let d = fleet.attrs.column(col)[h];
-            if d != NONE && d != self.role && !veto(Reason::Dedicated) {
+            if d != NONE && !self.admitted.contains(d) && !veto(Reason::Dedicated) {
                 return;
             }
         }
@@ -377,7 +412,7 @@ impl Class {
             .collect()
     }
 
-    /// For a job with no constraint: hosts dedicated to another role, then hosts short of
+    /// For a job with no constraint: hosts dedicated to other jobs, then hosts short of
     /// each resource of `ROOM_REASONS` (each host counted under its first).
     fn room_refusals(&self, fleet: &Fleet) -> [u32; 6] {
         let n = fleet.len();
@@ -394,7 +429,7 @@ impl Class {
             let refused = [
                 dedicated
                     .get(h)
-                    .is_some_and(|&d| d != NONE && d != self.role),
+                    .is_some_and(|&d| d != NONE && !self.admitted.contains(d)),
                 cpus[h] < self.ref_cpus,
                 ram[h] < self.ram,
                 disk[h] < self.disk,
@@ -1046,6 +1081,18 @@ pub fn lower_bound(capacity: [Vec<u64>; 4], demand: Resources) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_sets_hold_ids_below_and_beyond_64() {
+        let set = IdSet::new(&[0, 5, 63, 64, 1000]);
+        for id in [0, 5, 63, 64, 1000] {
+            assert!(set.contains(id), "{id}");
+        }
+        for id in [1, 62, 65, 999, NONE] {
+            assert!(!set.contains(id), "{id}");
+        }
+        assert!(!IdSet::new(&[]).contains(0));
+    }
 
     #[test]
     fn lower_bound_counts_the_largest_hosts_of_the_scarcest_resource() {

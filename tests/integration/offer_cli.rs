@@ -205,6 +205,52 @@ fn add_then_list_shows_capacity_attrs_ports_and_cpu_factor() {
     assert_eq!(only[0]["name"], "h2");
 }
 
+/// A host dedicated to several roles or jobs keeps its list: `offer hosts` and the offers
+/// give it back as a list, and pack reads it from them.
+#[test]
+fn a_host_dedicated_to_a_list_keeps_it_and_offers_carry_it() {
+    let dir = common::tempdir();
+    let state = state_in(&dir);
+    let line = r#"{"type":"host","name":"d1","cpus":8,"ram_mb":4096,"attrs":{"dedicated":["www/web","db/store","www/web"],"rack":"r1"}}"#;
+    offer_ok(&state, &["add"], format!("{line}\n").as_bytes());
+    // Sorted, each value once.
+    let want = json!({"dedicated": ["db/store", "www/web"], "rack": "r1"});
+    assert_eq!(host(&state, "d1")["attrs"], want);
+    assert_eq!(offers(&state)[0]["attrs"], want);
+    // pack reads the list from the offers: the job db/store goes there, www/api does not.
+    let jobs = dir.path().join("jobs.jsonl");
+    let job = |key: &str| {
+        json!({"job": key, "instances": 1, "cmd": ["sleep", "1"],
+               "resources": {"cpus": 1, "ram_mb": 10}})
+        .to_string()
+    };
+    std::fs::write(
+        &jobs,
+        format!("{}\n{}\n", job("db/prod/store"), job("www/prod/api")),
+    )
+    .unwrap();
+    let out = run(
+        Command::new(common::bin("pack")).arg(&jobs),
+        offer_ok(&state, &["--json"], b"").as_bytes(),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let recs = lines(&stdout(&out));
+    let placed: Vec<&Value> = recs.iter().filter(|r| r["type"] == "place").collect();
+    assert_eq!(placed.len(), 1, "{recs:?}");
+    assert_eq!(
+        (&placed[0]["job"], &placed[0]["host"]),
+        (&json!("db/prod/store"), &json!("d1"))
+    );
+    let pending: Vec<&Value> = recs.iter().filter(|r| r["type"] == "pending").collect();
+    assert_eq!(pending[0]["job"], "www/prod/api", "{recs:?}");
+    assert_eq!(pending[0]["reasons"], json!({"dedicated": 1}), "{recs:?}");
+    // A single value stays a string.
+    let line =
+        r#"{"type":"host","name":"d1","cpus":8,"ram_mb":4096,"attrs":{"dedicated":"*/batch"}}"#;
+    offer_ok(&state, &["add"], format!("{line}\n").as_bytes());
+    assert_eq!(offers(&state)[0]["attrs"], json!({"dedicated": "*/batch"}));
+}
+
 #[test]
 fn update_replaces_capacity_and_keeps_maintenance() {
     let dir = common::tempdir();
@@ -831,6 +877,13 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("attr key with a space", h(r#""attrs":{"a b":"v"}"#), "\"attrs\""),
         ("attr key host", h(r#""attrs":{"host":"x"}"#), "reserved"),
         ("attr value with a control character", h(r#""attrs":{"rack":"r\u0007"}"#), "\"attrs\""),
+        ("a list on an attribute but dedicated", h(r#""attrs":{"rack":["r1","r2"]}"#), "rack: a list of values is allowed only for \"dedicated\""),
+        ("dedicated an empty list", h(r#""attrs":{"dedicated":[]}"#), "dedicated: an empty list"),
+        ("dedicated empty", h(r#""attrs":{"dedicated":""}"#), "is not ROLE, ROLE/NAME or */NAME"),
+        ("dedicated with two slashes", h(r#""attrs":{"dedicated":"www/prod/web"}"#), "is not ROLE, ROLE/NAME or */NAME"),
+        ("dedicated without a role", h(r#""attrs":{"dedicated":["db","/web"]}"#), "is not ROLE, ROLE/NAME or */NAME"),
+        ("dedicated without a name", h(r#""attrs":{"dedicated":"www/"}"#), "is not ROLE, ROLE/NAME or */NAME"),
+        ("dedicated a number in a list", h(r#""attrs":{"dedicated":["db",1]}"#), "dedicated: expected strings"),
         ("empty name", s(r#"{"type":"host","name":"","cpus":1,"ram_mb":1}"#), "is empty"),
         ("name with a space", s(r#"{"type":"host","name":"a b","cpus":1,"ram_mb":1}"#), "\"name\""),
         ("name with a slash", s(r#"{"type":"host","name":"../etc","cpus":1,"ram_mb":1}"#), "\"name\""),

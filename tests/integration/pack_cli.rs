@@ -815,6 +815,140 @@ fn dedicated_hosts_take_only_their_roles_jobs() {
     );
 }
 
+/// Aurora's richer form: `ROLE/NAME` admits that one job, `*/NAME` a job of that name in
+/// any role, and a host with several values takes a job any of them admits.
+#[test]
+fn dedicated_role_name_star_name_and_lists_admit_their_jobs() {
+    let d = Dir::new();
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            job("www/prod/web", 1, 1.0, 10),
+            // Its role is www, but web1 is dedicated to www's job named web alone.
+            job("www/prod/api", 1, 1.0, 10),
+            // */batch admits a job named batch of any role (any environment).
+            job("a/prod/batch", 1, 1.0, 10),
+            job("b/devel/batch", 1, 1.0, 10),
+            // A list: db/store and anything of role ml.
+            job("db/prod/store", 1, 1.0, 10),
+            job("ml/prod/train", 1, 1.0, 10),
+            job("db/prod/other", 1, 1.0, 10),
+            // A constraint on dedicated names a host when any of its values is named...
+            with(
+                job("ml/prod/pinned", 1, 1.0, 10),
+                json!({"constraints": [{"attr": "dedicated", "values": ["ml"]}]}),
+            ),
+            // ...and `not` keeps a job off a host when any of them is.
+            with(
+                job("ml/prod/avoid", 1, 1.0, 10),
+                json!({"constraints": [{"attr": "dedicated", "not": ["db/store"]}]}),
+            ),
+        ],
+    );
+    let offers = lines_of(&[
+        offer_attrs("web1", 16.0, 65536, json!({"dedicated": "www/web"})),
+        offer_attrs("batch1", 16.0, 65536, json!({"dedicated": "*/batch"})),
+        offer_attrs(
+            "multi1",
+            16.0,
+            65536,
+            json!({"dedicated": ["ml", "db/store"], "rack": "r1"}),
+        ),
+    ]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 1);
+    let p = placements(&recs);
+    let on = |task: &str| p.get(task).map(String::as_str);
+    assert_eq!(on("www/prod/web/0"), Some("web1"), "{p:?}");
+    assert_eq!(on("a/prod/batch/0"), Some("batch1"), "{p:?}");
+    assert_eq!(on("b/devel/batch/0"), Some("batch1"), "{p:?}");
+    assert_eq!(on("db/prod/store/0"), Some("multi1"), "{p:?}");
+    assert_eq!(on("ml/prod/train/0"), Some("multi1"), "{p:?}");
+    assert_eq!(on("ml/prod/pinned/0"), Some("multi1"), "{p:?}");
+    assert_eq!(p.len(), 6, "{p:?}");
+    let pending = |job: &str| {
+        let recs: Vec<&Value> = of(&recs, "pending")
+            .into_iter()
+            .filter(|r| r["job"] == job)
+            .collect();
+        assert_eq!(recs.len(), 1, "{job}: {recs:?}");
+        reasons(recs[0])
+    };
+    let every_host_dedicated = BTreeMap::from([("dedicated".to_string(), 3)]);
+    assert_eq!(pending("www/prod/api"), every_host_dedicated);
+    assert_eq!(pending("db/prod/other"), every_host_dedicated);
+    assert_eq!(
+        pending("ml/prod/avoid"),
+        BTreeMap::from([
+            ("constraint dedicated".to_string(), 1),
+            ("dedicated".to_string(), 2)
+        ])
+    );
+    // --explain says why, host by host.
+    let out = d.pack(&["--explain", "www/prod/api/0", "jobs.jsonl"], &offers);
+    assert_eq!(code(&out), 1, "pending: {}", stderr(&out));
+    let explained: Vec<Value> = records(&out)
+        .into_iter()
+        .filter(|r| r["host"].is_string())
+        .collect();
+    assert_eq!(explained.len(), 3, "{explained:?}");
+    for r in &explained {
+        assert_eq!(
+            (&r["fits"], &r["reason"]),
+            (&json!(false), &json!("dedicated"))
+        );
+    }
+}
+
+/// A list is for `dedicated` alone, and each dedicated value must be ROLE, ROLE/NAME or
+/// */NAME: anything else fails the run (65) on one line naming the host, the field and
+/// the key, and nothing is placed.
+#[test]
+fn bad_dedicated_values_and_lists_on_other_attributes_are_refused() {
+    let d = Dir::new();
+    d.jobs("web.json", &[job("www/prod/web", 1, 1.0, 10)]);
+    let cases = [
+        (
+            json!({"rack": ["r1", "r2"]}),
+            "rack: a list of values is allowed only for \"dedicated\"",
+        ),
+        (json!({"dedicated": []}), "dedicated: an empty list"),
+        (
+            json!({"dedicated": ""}),
+            "dedicated: \"\" is not ROLE, ROLE/NAME or */NAME",
+        ),
+        (
+            json!({"dedicated": "www/prod/web"}),
+            "dedicated: \"www/prod/web\" is not",
+        ),
+        (json!({"dedicated": "/web"}), "dedicated: \"/web\" is not"),
+        (json!({"dedicated": "www/"}), "dedicated: \"www/\" is not"),
+        (json!({"dedicated": "*"}), "dedicated: \"*\" is not"),
+        (
+            json!({"dedicated": ["www", "db//x"]}),
+            "dedicated: \"db//x\" is not",
+        ),
+        (
+            json!({"dedicated": ["www", 3]}),
+            "dedicated: expected strings",
+        ),
+    ];
+    for (attrs, want) in cases {
+        let offers = lines_of(&[
+            offer("ok1", 16.0, 65536),
+            offer_attrs("bad1", 16.0, 65536, attrs.clone()),
+        ]);
+        let out = d.pack(&["web.json"], &offers);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 65, "{attrs}: {err}");
+        assert_eq!(err.lines().count(), 1, "{attrs}: {err}");
+        assert!(
+            err.contains("line 2: host bad1: field \"attrs\": ") && err.contains(want),
+            "{attrs}: {err}"
+        );
+        assert!(stdout(&out).is_empty(), "{attrs}: {}", stdout(&out));
+    }
+}
+
 // --- maintenance ---
 
 #[test]

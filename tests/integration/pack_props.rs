@@ -1,6 +1,6 @@
 //! Property tests of placement: the real `pack` binary on randomised fleets (capacity,
 //! cpu_factor, port ranges, racks and zones, some hosts scheduled for maintenance, some
-//! dedicated to a role) and randomised jobs (sizes, instances, limits, values/not
+//! dedicated to roles or jobs) and randomised jobs (sizes, instances, limits, values/not
 //! constraints, tiers, priorities), with and without a state of running instances.
 //!
 //! The output is replayed, record by record, against a model of the fleet kept by this test:
@@ -68,8 +68,9 @@ struct GenHost {
     ranges: Vec<(u16, u16)>,
     rack: Option<u8>,
     zone: Option<u8>,
-    /// Dedicated to ROLES[i].
-    dedicated: Option<usize>,
+    /// The values of `dedicated` (ROLE, ROLE/NAME, */NAME), sorted and distinct; empty
+    /// when the host has none.
+    dedicated: Vec<String>,
     scheduled: bool,
 }
 
@@ -78,11 +79,29 @@ impl GenHost {
         self.factor as f64 / 100.0
     }
 
+    /// The host's value of a single-valued attribute (rack, zone).
     fn attr(&self, a: Attr) -> Option<String> {
         match a {
             Attr::Rack => self.rack.map(|r| format!("r{r}")),
             Attr::Zone => self.zone.map(|z| format!("z{z}")),
-            Attr::Dedicated => self.dedicated.map(|d| ROLES[d].to_string()),
+            Attr::Dedicated => unreachable!("dedicated has a list: attr_values"),
+        }
+    }
+
+    /// Every value the host has of the attribute (dedicated may have several).
+    fn attr_values(&self, a: Attr) -> Vec<String> {
+        match a {
+            Attr::Dedicated => self.dedicated.clone(),
+            _ => self.attr(a).into_iter().collect(),
+        }
+    }
+
+    /// The attribute as an offer carries it: a string, or a list for several values.
+    fn attr_json(&self, a: Attr) -> Option<Value> {
+        match self.attr_values(a).as_slice() {
+            [] => None,
+            [one] => Some(json!(one)),
+            many => Some(json!(many)),
         }
     }
 }
@@ -149,7 +168,11 @@ fn host() -> impl Strategy<Value = GenHost> {
         ranges,
         proptest::option::weighted(0.8, 0..4u8),
         proptest::option::weighted(0.7, 0..3u8),
-        proptest::option::weighted(0.15, 0..ROLES.len()),
+        prop_oneof![
+            17 => Just(Vec::new()),
+            3 => proptest::collection::btree_set(proptest::sample::select(dedicated_values()), 1..3)
+                .prop_map(|set| set.into_iter().collect::<Vec<_>>()),
+        ],
         proptest::bool::weighted(0.2),
     )
         .prop_map(
@@ -170,11 +193,26 @@ fn host() -> impl Strategy<Value = GenHost> {
         )
 }
 
+/// Values of `dedicated` hosts are given: every role, and for the first jobs (named j0, j1,
+/// …; see `job_key`) ROLE/NAME and */NAME.
+fn dedicated_values() -> Vec<String> {
+    let mut all: Vec<String> = ROLES.iter().map(|r| r.to_string()).collect();
+    for j in 0..3 {
+        all.push(format!("*/j{j}"));
+        all.extend(ROLES.iter().map(|r| format!("{r}/j{j}")));
+    }
+    all
+}
+
 fn values_of(a: Attr) -> Vec<String> {
     match a {
         Attr::Rack => (0..5).map(|r| format!("r{r}")).collect(),
         Attr::Zone => (0..4).map(|z| format!("z{z}")).collect(),
-        Attr::Dedicated => ROLES.iter().map(|r| r.to_string()).collect(),
+        Attr::Dedicated => ROLES
+            .iter()
+            .map(|r| r.to_string())
+            .chain(["a/j0", "b/j1", "*/j2"].map(String::from))
+            .collect(),
     }
 }
 
@@ -347,20 +385,26 @@ impl<'a> Model<'a> {
     /// pending records name it.
     fn allowed(&self, j: usize, h: usize) -> Result<(), String> {
         let (job, host) = (&self.jobs[j], &self.hosts[h]);
-        if let Some(d) = host.dedicated {
-            if d != job.role {
-                return Err("dedicated".into());
-            }
+        // A dedicated host takes a job one of its values admits: its role, its role/name
+        // or */name.
+        let name = format!("j{j}");
+        let admits = |v: &String| match v.split_once('/') {
+            None => v == ROLES[job.role],
+            Some((r, n)) => (r == "*" || r == ROLES[job.role]) && n == name,
+        };
+        if !host.dedicated.is_empty() && !host.dedicated.iter().any(admits) {
+            return Err("dedicated".into());
         }
         for c in &job.constraints {
             match c {
                 GenConstraint::Values(a, vs) => {
-                    if !host.attr(*a).is_some_and(|v| vs.contains(&v)) {
+                    // Named when any of the host's values is named.
+                    if !host.attr_values(*a).iter().any(|v| vs.contains(v)) {
                         return Err(format!("constraint {}", a.name()));
                     }
                 }
                 GenConstraint::Not(a, vs) => {
-                    if host.attr(*a).is_some_and(|v| vs.contains(&v)) {
+                    if host.attr_values(*a).iter().any(|v| vs.contains(v)) {
                         return Err(format!("constraint {}", a.name()));
                     }
                 }
@@ -914,8 +958,8 @@ fn offers_text(hosts: &[GenHost], free: &[Free]) -> String {
         .map(|(i, (h, f))| {
             let mut attrs = serde_json::Map::new();
             for a in [Attr::Rack, Attr::Zone, Attr::Dedicated] {
-                if let Some(v) = h.attr(a) {
-                    attrs.insert(a.name().into(), json!(v));
+                if let Some(v) = h.attr_json(a) {
+                    attrs.insert(a.name().into(), v);
                 }
             }
             let o = json!({
@@ -942,7 +986,11 @@ fn write_state(
         for (i, h) in hosts.iter().enumerate() {
             let mut attrs: Vec<(String, String)> = [Attr::Rack, Attr::Zone, Attr::Dedicated]
                 .iter()
-                .filter_map(|&a| Some((a.name().to_string(), h.attr(a)?)))
+                .flat_map(|&a| {
+                    h.attr_values(a)
+                        .into_iter()
+                        .map(move |v| (a.name().to_string(), v))
+                })
                 .collect();
             attrs.sort();
             tx.upsert(Host {
@@ -1093,7 +1141,7 @@ fn the_checker_catches_broken_output() {
         ranges: vec![(31000, 31001)],
         rack: Some(0),
         zone: None,
-        dedicated: None,
+        dedicated: Vec::new(),
         scheduled: false,
     };
     let job = GenJob {
