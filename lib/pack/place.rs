@@ -52,7 +52,7 @@ enum Scope {
 }
 
 /// A `values` or `not` constraint compiled: the value ids it names, sorted.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ValueRule {
     column: usize,
     named: Vec<u32>,
@@ -73,7 +73,7 @@ impl ValueRule {
 }
 
 /// A job compiled for the loop.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Class {
     pub job: usize,
     /// What one instance asks for, in the widths of the fleet's columns that `check`
