@@ -11,7 +11,7 @@ use crate::cli;
 use crate::exit::bad_input;
 use crate::job::JobSpec;
 
-use super::place::{Class, Reason, Scratch};
+use super::place::{Class, Scratch};
 use super::{Decision, Fleet, Input, Outcome, Resources};
 
 /// Every reason the hosts give, with how many gave it (most first, then by name).
@@ -24,12 +24,7 @@ pub(super) fn reasons_for(
     if fleet.is_empty() {
         return vec![("no offers".into(), 0)];
     }
-    let mut counts: HashMap<Reason, u32> = HashMap::new();
-    for h in 0..fleet.len() {
-        if let Err(r) = class.check(fleet, scratch, h) {
-            *counts.entry(r).or_default() += 1;
-        }
-    }
+    let counts = class.refusals(fleet, scratch);
     // Two constraints on one attribute describe themselves alike: count by the text.
     let mut by_text: HashMap<String, u32> = HashMap::new();
     for (r, n) in counts {

@@ -11,6 +11,7 @@
 mod decide;
 mod explain;
 mod fleet;
+mod index;
 mod input;
 mod output;
 mod place;

@@ -12,6 +12,8 @@ use crate::job::{Constraint, JobSpec, Tier};
 use crate::pack::fleet::{Fleet, NONE};
 use crate::pack::Resources;
 
+use super::index::{bucket_of, cell_of, Index, Room, Slot, Want, BUCKETS, CELLS};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
     /// Fewest hosts, least stranded capacity.
@@ -34,6 +36,15 @@ pub enum Reason {
     Gpus,
     Ports,
 }
+
+/// The resources a host can be short of, in the order `check` asks.
+const ROOM_REASONS: [Reason; 5] = [
+    Reason::Cpus,
+    Reason::Ram,
+    Reason::Disk,
+    Reason::Gpus,
+    Reason::Ports,
+];
 
 /// Where a domain value is counted: hosts lacking the attribute share slot 0.
 fn domain_slot(v: u32) -> usize {
@@ -319,18 +330,97 @@ impl Class {
                 return;
             }
         }
-        let short = [
-            (fleet.ref_cpus[h] < self.ref_cpus, Reason::Cpus),
-            (fleet.ram_mb[h] < self.ram, Reason::Ram),
-            (fleet.disk_mb[h] < self.disk, Reason::Disk),
-            (fleet.gpus[h] < self.gpus, Reason::Gpus),
-            (fleet.ports[h] < self.ports, Reason::Ports),
-        ];
-        for (is_short, reason) in short {
+        for (is_short, reason) in self.short_of(fleet, h).into_iter().zip(ROOM_REASONS) {
             if is_short && !veto(reason) {
                 return;
             }
         }
+    }
+
+    /// How many hosts refuse one more instance now, by the first reason each gives (the
+    /// reasons of a pending record). A pending job asks every host, so this is the loop
+    /// an oversubscribed fleet runs most: counts go in an array, not a map, and a job
+    /// without limits is asked about from the fleet's columns alone.
+    pub fn refusals(&self, fleet: &Fleet, scratch: &Scratch) -> Vec<(Reason, u32)> {
+        let reasons: Vec<Reason> = std::iter::once(Reason::Dedicated)
+            .chain((0..self.values.len()).map(|i| Reason::Constraint(i as u16)))
+            .chain((0..self.limits.len()).map(|i| Reason::Limit(i as u16)))
+            .chain(ROOM_REASONS)
+            .collect();
+        let mut counts = vec![0u32; reasons.len()];
+        if self.limits.is_empty() {
+            self.column_refusals(fleet, &mut counts);
+        } else {
+            let room_at = 1 + self.values.len() + self.limits.len();
+            for h in 0..fleet.len() {
+                let slot = match self.check(fleet, scratch, h) {
+                    Ok(()) => continue,
+                    Err(Reason::Dedicated) => 0,
+                    Err(Reason::Constraint(i)) => 1 + i as usize,
+                    Err(Reason::Limit(i)) => 1 + self.values.len() + i as usize,
+                    Err(r) => room_at + ROOM_REASONS.iter().position(|&x| x == r).unwrap_or(0),
+                };
+                counts[slot] += 1;
+            }
+        }
+        reasons
+            .into_iter()
+            .zip(counts)
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// `refusals` for a job without limits: `counts` has a slot for dedicated, one per
+    /// value rule, then one per resource of `ROOM_REASONS`.
+    fn column_refusals(&self, fleet: &Fleet, counts: &mut [u32]) {
+        let n = fleet.len();
+        // The loop is bound by memory, and most hosts refuse a pending job for cpus or ram:
+        // for a job that asks only for room, count those from their two columns, and read
+        // the others only when some host had both.
+        if self.values.is_empty() && fleet.dedicated.is_none() {
+            let (mut cpus, mut ram) = (0u32, 0u32);
+            for (&c, &r) in fleet.ref_cpus.iter().zip(&fleet.ram_mb) {
+                cpus += (c < self.ref_cpus) as u32;
+                ram += (c >= self.ref_cpus && r < self.ram) as u32;
+            }
+            if (cpus + ram) as usize == n {
+                counts[1] = cpus;
+                counts[2] = ram;
+                return;
+            }
+        }
+        let dedicated = fleet.dedicated.map(|c| fleet.attrs.column(c));
+        let rules: Vec<(&ValueRule, &[u32])> = self
+            .values
+            .iter()
+            .map(|rule| (rule, fleet.attrs.column(rule.column)))
+            .collect();
+        let room_at = 1 + rules.len();
+        for h in 0..n {
+            if dedicated.is_some_and(|d| d[h] != NONE && d[h] != self.role) {
+                counts[0] += 1;
+                continue;
+            }
+            if let Some(i) = rules.iter().position(|(rule, col)| !rule.allows(col[h])) {
+                counts[1 + i] += 1;
+                continue;
+            }
+            if let Some(k) = self.short_of(fleet, h).iter().position(|&s| s) {
+                counts[room_at + k] += 1;
+            }
+        }
+    }
+
+    /// Whether host `h` is short of each resource of `ROOM_REASONS`, in that order.
+    #[inline(always)]
+    fn short_of(&self, fleet: &Fleet, h: usize) -> [bool; 5] {
+        [
+            fleet.ref_cpus[h] < self.ref_cpus,
+            fleet.ram_mb[h] < self.ram,
+            fleet.disk_mb[h] < self.disk,
+            fleet.gpus[h] < self.gpus,
+            fleet.ports[h] < self.ports,
+        ]
     }
 
     /// The text of a reason, as pending records and --explain print it.
@@ -404,20 +494,9 @@ impl Class {
     }
 }
 
-const BUCKETS: usize = 4096;
-
 /// spread's buckets hold hosts of one emptiness (a 256th of a host) and one amount free
 /// (a 16th of the largest host).
 const SIZES: usize = 16;
-
-/// The bucket of a share between 0 and 1.
-fn bucket_of(share: f64) -> usize {
-    ((share * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
-}
-
-/// What a host has free, in the resources a bucket bounds: reference cpus, ram, disk,
-/// gpus, ports.
-type Room = [u64; 5];
 
 fn room_of(fleet: &Fleet, h: usize) -> Room {
     [
@@ -429,166 +508,11 @@ fn room_of(fleet: &Fleet, h: usize) -> Room {
     ]
 }
 
-fn covers(room: &Room, need: &Room) -> bool {
-    room.iter().zip(need).all(|(r, n)| r >= n)
-}
-
-/// Hosts grouped by bucket key, with a bitmap of the non-empty buckets and, per bucket, a
-/// bound on what any of its hosts has free.
-///
-/// A bucket's key is its hosts' scarcest free resource, so a host in a bucket at or above
-/// an instance's own key has enough of the instance's scarcest resource, but maybe not of
-/// another: hosts short of cpus with memory to spare sit high for every cpu-heavy, memory-
-/// light instance. The bound lets a scan pass over a whole bucket that cannot take the
-/// instance instead of checking each of its hosts again for every instance. It is raised
-/// when a host comes in, left when one goes (still a bound), and made exact when a scan has
-/// seen every host of the bucket and none fitted.
-struct Index {
-    lists: Vec<Vec<u32>>,
-    nonempty: Vec<u64>,
-    bound: Vec<std::cell::Cell<Room>>,
-}
-
-impl Index {
-    fn new() -> Index {
-        Index {
-            lists: vec![Vec::new(); BUCKETS],
-            nonempty: vec![0; BUCKETS / 64],
-            bound: vec![std::cell::Cell::new([0; 5]); BUCKETS],
-        }
-    }
-
-    fn insert(&mut self, b: usize, h: u32, room: Room, pos: &mut [u32]) {
-        pos[h as usize] = self.lists[b].len() as u32;
-        self.lists[b].push(h);
-        self.nonempty[b / 64] |= 1 << (b % 64);
-        self.raise(b, room);
-    }
-
-    /// Raises bucket `b`'s bound to cover `room`.
-    fn raise(&mut self, b: usize, room: Room) {
-        let bound = self.bound[b].get_mut();
-        for (x, r) in bound.iter_mut().zip(room) {
-            *x = (*x).max(r);
-        }
-    }
-
-    fn remove(&mut self, b: usize, h: u32, pos: &mut [u32]) {
-        let list = &mut self.lists[b];
-        let i = pos[h as usize] as usize;
-        list.swap_remove(i);
-        if let Some(&moved) = list.get(i) {
-            pos[moved as usize] = i as u32;
-        }
-        if list.is_empty() {
-            self.nonempty[b / 64] &= !(1 << (b % 64));
-            self.bound[b].set([0; 5]);
-        }
-    }
-
-    /// The hosts that `fits`, from bucket `b` upward (fullest first), passing over the
-    /// buckets whose bound is short of `need`.
-    fn scan_up<'a>(
-        &'a self,
-        b: usize,
-        need: Room,
-        room: &'a dyn Fn(u32) -> Room,
-        fits: &'a dyn Fn(u32) -> bool,
-    ) -> impl Iterator<Item = u32> + 'a {
-        let mut next = Some(b);
-        let buckets = std::iter::from_fn(move || {
-            let nb = self.next_up(next?)?;
-            next = (nb + 1 < BUCKETS).then_some(nb + 1);
-            Some(nb)
-        });
-        self.fitting(buckets, need, room, fits)
-    }
-
-    /// The hosts that `fits`, from the top bucket down to bucket `lowest` (emptiest first),
-    /// passing over the buckets whose bound is short of `need`.
-    fn scan_down<'a>(
-        &'a self,
-        lowest: usize,
-        need: Room,
-        room: &'a dyn Fn(u32) -> Room,
-        fits: &'a dyn Fn(u32) -> bool,
-    ) -> impl Iterator<Item = u32> + 'a {
-        let mut next = Some(BUCKETS - 1);
-        let buckets = std::iter::from_fn(move || {
-            let nb = self.next_down(next?).filter(|&nb| nb >= lowest)?;
-            next = nb.checked_sub(1);
-            Some(nb)
-        });
-        self.fitting(buckets, need, room, fits)
-    }
-
-    /// The hosts of `buckets`, in order, that `fits`. A bucket whose bound is short of
-    /// `need` is passed over; one whose every host was seen without a fit gets its bound
-    /// made exact on the way.
-    fn fitting<'a>(
-        &'a self,
-        buckets: impl Iterator<Item = usize> + 'a,
-        need: Room,
-        room: &'a dyn Fn(u32) -> Room,
-        fits: &'a dyn Fn(u32) -> bool,
-    ) -> impl Iterator<Item = u32> + 'a {
-        buckets
-            .filter(move |&nb| covers(&self.bound[nb].get(), &need))
-            .flat_map(move |nb| {
-                let list = &self.lists[nb];
-                let mut seen = [0u64; 5];
-                let mut fitted = false;
-                let mut i = 0;
-                std::iter::from_fn(move || {
-                    while let Some(&h) = list.get(i) {
-                        i += 1;
-                        // Only a bucket that none fits gets its bound made exact.
-                        if !fitted {
-                            for (x, r) in seen.iter_mut().zip(room(h)) {
-                                *x = (*x).max(r);
-                            }
-                        }
-                        if fits(h) {
-                            fitted = true;
-                            return Some(h);
-                        }
-                    }
-                    if !fitted {
-                        self.bound[nb].set(seen);
-                    }
-                    None
-                })
-            })
-    }
-
-    /// The first non-empty bucket at or above `b`.
-    fn next_up(&self, b: usize) -> Option<usize> {
-        let mut w = b / 64;
-        let mut bits = self.nonempty.get(w)? & (!0u64 << (b % 64));
-        loop {
-            if bits != 0 {
-                return Some(w * 64 + bits.trailing_zeros() as usize);
-            }
-            w += 1;
-            bits = *self.nonempty.get(w)?;
-        }
-    }
-
-    /// The first non-empty bucket at or below `b`.
-    fn next_down(&self, b: usize) -> Option<usize> {
-        let mut w = b / 64;
-        let shift = 63 - (b % 64);
-        let mut bits = (self.nonempty[w] << shift) >> shift;
-        loop {
-            if bits != 0 {
-                return Some(w * 64 + 63 - bits.leading_zeros() as usize);
-            }
-            if w == 0 {
-                return None;
-            }
-            w -= 1;
-            bits = self.nonempty[w];
-        }
+/// `amount` as a share of `scale`; a resource no host has (scale 0) is never scarce.
+fn share(amount: u64, scale: u64) -> f64 {
+    match scale {
+        0 => 1.0,
+        _ => amount as f64 / scale as f64,
     }
 }
 
@@ -620,16 +544,16 @@ const MAX_SPLIT: usize = 64;
 pub struct Placer {
     /// The six pools of `pool_of`, then, when spread splits the fleet by its largest failure
     /// domain (`split`), two pools (ordinary, scheduled) per value of that domain.
-    pools: Vec<Index>,
+    pools: Index,
+    pool_count: usize,
     /// spread: the column of the largest failure domain when it has few enough values
     /// (zones) for a pool each, so the least loaded zone with room is found over the whole
     /// fleet, not among a sample of the emptiest hosts.
     split: Option<usize>,
-    bucket: Vec<u16>,
-    pos: Vec<u32>,
+    slot: Vec<Slot>,
     kind: Vec<u8>,
-    /// Largest free amount per keyed resource at the start: cpus, ram and, when jobs need
-    /// GPUs, gpus (0: not keyed); disk is not keyed.
+    /// Largest free amount per keyed resource at the start: cpus, ram, disk (binpack) and,
+    /// when jobs need GPUs, gpus (0: not keyed).
     scale: Resources,
     strategy: Strategy,
     /// The least cpus and memory any GPU job needs per GPU.
@@ -675,8 +599,13 @@ impl Placer {
                 .collect(),
         };
         let largest = fleet.largest();
+        // binpack keys disk too, so a host out of disk sinks with the full ones rather than
+        // be passed over, bucket after bucket, by every instance that needs some.
         let scale = Resources {
-            disk_mb: 0,
+            disk_mb: match strategy {
+                Strategy::Binpack => largest.disk_mb,
+                Strategy::Spread => 0,
+            },
             gpus: if per_gpu.is_some() { largest.gpus } else { 0 },
             ..largest
         };
@@ -691,12 +620,16 @@ impl Placer {
             (Strategy::Spread, Some(&col)) if fleet.attrs.value_count(col) < MAX_SPLIT => Some(col),
             _ => None,
         };
-        let pools = 6 + split.map_or(0, |col| 2 * (fleet.attrs.value_count(col) + 1));
+        let pool_count = 6 + split.map_or(0, |col| 2 * (fleet.attrs.value_count(col) + 1));
+        let cells = match strategy {
+            Strategy::Binpack => CELLS,
+            Strategy::Spread => 1,
+        };
         let mut p = Placer {
-            pools: (0..pools).map(|_| Index::new()).collect(),
+            pools: Index::new(pool_count, cells, fleet.len()),
+            pool_count,
             split,
-            bucket: vec![0; fleet.len()],
-            pos: vec![0; fleet.len()],
+            slot: vec![Slot::default(); fleet.len()],
             kind,
             scale,
             strategy,
@@ -708,10 +641,7 @@ impl Placer {
             capacity,
         };
         for h in 0..fleet.len() {
-            let b = p.host_key(fleet, h);
-            p.bucket[h] = b as u16;
-            let pool = p.pool(fleet, h, p.kind[h] as usize);
-            p.pools[pool].insert(b, h as u32, room_of(fleet, h), &mut p.pos);
+            p.slot[h] = p.insert(fleet, h);
         }
         p
     }
@@ -726,56 +656,77 @@ impl Placer {
         }
     }
 
-    /// The bucket of host `h`: binpack, its scarcest free keyed resource as a share of the
-    /// fleet's largest (so it ranks against hosts of every size by what is left); spread,
-    /// as a share of its own capacity (so each host fills in proportion to its size).
-    fn host_key(&self, fleet: &Fleet, h: usize) -> usize {
+    /// Where host `h` belongs. Its bucket: binpack, its scarcest free keyed resource as a
+    /// share of the fleet's largest (so it ranks against hosts of every size by what is
+    /// left); spread, as a share of its own capacity (so each host fills in proportion to
+    /// its size). Its cell: binpack, which resource is scarcest and how much it has of the
+    /// other (see `index`); spread, 0.
+    fn host_key(&self, fleet: &Fleet, h: usize) -> Slot {
         let free = [
             fleet.ref_cpus[h] as u64,
             fleet.ram_mb[h],
             fleet.gpus[h] as u64,
         ];
-        match self.strategy {
-            Strategy::Binpack => self.key(free[0], free[1], free[2]),
+        let (bucket, cell) = match self.strategy {
+            Strategy::Binpack => {
+                let [c, r, g] = self.shares(free[0], free[1], free[2]);
+                let other = g.min(share(fleet.disk_mb[h], self.scale.disk_mb));
+                (bucket_of(c.min(r).min(other)), cell_of(c, r, other))
+            }
             Strategy::Spread => {
-                let mut share = 1.0f64;
+                let mut emptiness = 1.0f64;
                 for (i, (amount, whole)) in free.iter().zip(self.capacity[h]).enumerate() {
                     let keyed = i < 2 || self.scale.gpus > 0;
                     if keyed && whole > 0 {
-                        share = share.min(*amount as f64 / whole as f64);
+                        emptiness = emptiness.min(*amount as f64 / whole as f64);
                     }
                 }
                 // Emptiness first, then how much the host has free against the largest:
                 // hosts of one emptiness but of different sizes sit apart, so a bucket's
                 // bound passes over the small ones for a large instance.
-                let room = self.key(free[0], free[1], free[2]) * SIZES / BUCKETS;
-                bucket_of(share) / SIZES * SIZES + room.min(SIZES - 1)
+                let [c, r, g] = self.shares(free[0], free[1], free[2]);
+                let room = bucket_of(c.min(r).min(g)) * SIZES / BUCKETS;
+                (
+                    bucket_of(emptiness) / SIZES * SIZES + room.min(SIZES - 1),
+                    0,
+                )
             }
+        };
+        Slot {
+            bucket: bucket as u16,
+            cell: cell as u8,
         }
     }
 
-    /// The lowest bucket a host that takes `need` can be in: binpack's key of the need;
-    /// spread's keys are shares of each host's own size, which bound nothing.
-    fn lowest(&self, need: Resources) -> usize {
+    /// An amount's cpus, ram and GPUs as shares of the fleet's largest (1 for GPUs when
+    /// they are not keyed).
+    fn shares(&self, cpus: u64, ram: u64, gpus: u64) -> [f64; 3] {
+        [
+            share(cpus, self.scale.cpus),
+            share(ram, self.scale.ram_mb),
+            share(gpus, self.scale.gpus),
+        ]
+    }
+
+    /// What a scan for `need` looks for, and the lowest bucket a host that takes it can be
+    /// in: binpack's key of the need; spread's keys are shares of each host's own size,
+    /// which bound nothing.
+    fn want(&self, need: Resources, ports: u32) -> (Want, usize) {
+        let room = [
+            need.cpus,
+            need.ram_mb,
+            need.disk_mb,
+            need.gpus,
+            ports as u64,
+        ];
         match self.strategy {
-            Strategy::Binpack => self.key(need.cpus, need.ram_mb, need.gpus),
-            Strategy::Spread => 0,
-        }
-    }
-
-    /// The bucket of an amount: its scarcest keyed resource as a share of the largest.
-    fn key(&self, cpus: u64, ram: u64, gpus: u64) -> usize {
-        let mut share = 1.0f64;
-        for (amount, scale) in [
-            (cpus, self.scale.cpus),
-            (ram, self.scale.ram_mb),
-            (gpus, self.scale.gpus),
-        ] {
-            if scale > 0 {
-                share = share.min(amount as f64 / scale as f64);
+            Strategy::Binpack => {
+                let [c, r, g] = self.shares(need.cpus, need.ram_mb, need.gpus);
+                let other = g.min(share(need.disk_mb, self.scale.disk_mb));
+                (Want::shares(room, c, r), bucket_of(c.min(r).min(other)))
             }
+            Strategy::Spread => (Want::room(room), 0),
         }
-        bucket_of(share)
     }
 
     /// Moves host `h` to the bucket its free capacity now belongs in, and into the pool of
@@ -785,32 +736,30 @@ impl Placer {
             // Freed room (a preemption) on a parked host: it may take the next one.
             self.is_parked[h] = false;
             self.kind[h] = IN_USE as u8;
-            self.bucket[h] = self.insert(fleet, h) as u16;
+            self.slot[h] = self.insert(fleet, h);
             return;
         }
-        let b = self.host_key(fleet, h);
-        let old = self.bucket[h] as usize;
-        if b != old || self.kind[h] != IN_USE as u8 {
+        let at = self.host_key(fleet, h);
+        let old = self.slot[h];
+        if at != old || self.kind[h] != IN_USE as u8 {
             let from = self.pool(fleet, h, self.kind[h] as usize);
-            self.pools[from].remove(old, h as u32, &mut self.pos);
+            self.pools.remove(from, old, h as u32);
             self.kind[h] = IN_USE as u8;
-            let to = self.pool(fleet, h, IN_USE);
-            self.pools[to].insert(b, h as u32, room_of(fleet, h), &mut self.pos);
-            self.bucket[h] = b as u16;
+            self.slot[h] = self.insert(fleet, h);
         } else {
-            // Freed room (a kill, a preemption) in the same bucket: its bound covers it.
+            // Freed room (a kill, a preemption) in the same place: raise its bound.
             let pool = self.pool(fleet, h, IN_USE);
-            self.pools[pool].raise(old, room_of(fleet, h));
+            self.pools
+                .raise(pool, old.bucket as usize, room_of(fleet, h));
         }
     }
 
-    /// Puts host `h` in the bucket and pool its free capacity and kind say; returns the
-    /// bucket.
-    fn insert(&mut self, fleet: &Fleet, h: usize) -> usize {
-        let b = self.host_key(fleet, h);
+    /// Puts host `h` where its free capacity and kind say; returns where.
+    fn insert(&mut self, fleet: &Fleet, h: usize) -> Slot {
+        let at = self.host_key(fleet, h);
         let pool = self.pool(fleet, h, self.kind[h] as usize);
-        self.pools[pool].insert(b, h as u32, room_of(fleet, h), &mut self.pos);
-        b
+        self.pools.insert(pool, at, h as u32, room_of(fleet, h));
+        at
     }
 
     /// Starts or ends the placing of one job's instances one after the other: while it
@@ -823,7 +772,7 @@ impl Placer {
             let h = h as usize;
             if self.is_parked[h] {
                 self.is_parked[h] = false;
-                self.bucket[h] = self.insert(fleet, h) as u16;
+                self.slot[h] = self.insert(fleet, h);
             }
         }
     }
@@ -836,7 +785,7 @@ impl Placer {
                 continue;
             }
             let pool = self.pool(fleet, hu, self.kind[hu] as usize);
-            self.pools[pool].remove(self.bucket[hu] as usize, h, &mut self.pos);
+            self.pools.remove(pool, self.slot[hu], h);
             self.is_parked[hu] = true;
             self.parked.push(h);
         }
@@ -846,7 +795,7 @@ impl Placer {
     pub fn find(&self, fleet: &Fleet, class: &Class, scratch: &Scratch) -> Option<usize> {
         let need = class.need();
         let (c, r, g) = (need.cpus, need.ram_mb, need.gpus);
-        let lowest = self.lowest(need);
+        let (want, lowest) = self.want(need, class.ports_need());
         let fits = |h: u32| {
             let ok = class.check(fleet, scratch, h as usize).is_ok();
             if !ok && self.parking {
@@ -855,7 +804,6 @@ impl Placer {
             ok
         };
         let room = |h: u32| room_of(fleet, h as usize);
-        let wanted: Room = [c, r, need.disk_mb, g, class.ports_need() as u64];
         // Work that needs no GPU takes a host with idle GPUs only when no other will do;
         // a GPU instance avoids leaving GPUs without the cpus or memory to use them.
         let strands = |h: usize| {
@@ -868,28 +816,28 @@ impl Placer {
                     || fleet.ram_mb[h] - r < ram_per_gpu)
         };
         if g > 0 && self.strategy == Strategy::Binpack {
-            if let Some(h) = self.gpu_fit(fleet, c, g, wanted, &fits) {
+            if let Some(h) = self.gpu_fit(fleet, c, g, &want, &fits) {
                 return Some(h);
             }
         }
         if self.split.is_some() {
-            return self.spread_split(fleet, class, wanted, &fits, &strands);
+            return self.spread_split(fleet, class, &want, &fits, &strands);
         }
         let mut fallback = None;
         for scheduled in [false, true] {
             for kind in [IN_USE, FRESH, FRESH_GPU] {
-                let pool = &self.pools[pool_of(scheduled, kind)];
+                let pool = pool_of(scheduled, kind);
                 let mut candidates: Box<dyn Iterator<Item = u32>> = match (self.strategy, kind) {
                     (Strategy::Binpack, IN_USE) => {
-                        Box::new(pool.scan_up(lowest, wanted, &room, &fits))
+                        Box::new(self.pools.scan_up(pool, lowest, &want, &room, &fits))
                     }
                     (Strategy::Spread, _) if !fleet.domains.is_empty() => Box::new(
-                        self.spread_pick(pool, lowest, wanted, fleet, class, &fits)
+                        self.spread_pick(pool, lowest, &want, fleet, class, &fits)
                             .map(|key| key.2)
                             .into_iter(),
                     ),
                     // The largest fresh host first, as spread takes the emptiest of all.
-                    _ => Box::new(pool.scan_down(lowest, wanted, &room, &fits)),
+                    _ => Box::new(self.pools.scan_down(pool, lowest, &want, &room, &fits)),
                 };
                 let Some(first) = candidates.next() else {
                     continue;
@@ -926,11 +874,11 @@ impl Placer {
         &self,
         fleet: &Fleet,
         class: &Class,
-        wanted: Room,
+        want: &Want,
         fits: &dyn Fn(u32) -> bool,
         strands: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let values = (self.pools.len() - 6) / 2;
+        let values = (self.pool_count - 6) / 2;
         let mut by_load: Vec<(u32, usize)> = (0..values)
             .map(|slot| (class.domain_count(0, slot), slot))
             .collect();
@@ -943,16 +891,16 @@ impl Placer {
                 let emptiest = tier
                     .iter()
                     .filter_map(|&(_, slot)| {
-                        let pool = &self.pools[6 + 2 * slot + scheduled as usize];
-                        let h = pool.scan_down(0, wanted, &room, fits).next()?;
-                        Some((std::cmp::Reverse(self.bucket[h as usize]), slot))
+                        let pool = 6 + 2 * slot + scheduled as usize;
+                        let h = self.pools.scan_down(pool, 0, want, &room, fits).next()?;
+                        Some((std::cmp::Reverse(self.slot[h as usize].bucket), slot))
                     })
                     .min();
                 let Some((_, slot)) = emptiest else {
                     continue;
                 };
-                let pool = &self.pools[6 + 2 * slot + scheduled as usize];
-                let key = self.spread_pick(pool, 0, wanted, fleet, class, fits)?;
+                let pool = 6 + 2 * slot + scheduled as usize;
+                let key = self.spread_pick(pool, 0, want, fleet, class, fits)?;
                 if !strands(key.2 as usize) {
                     return Some(key.2 as usize);
                 }
@@ -969,9 +917,9 @@ impl Placer {
     /// whose domains (largest first) hold the fewest instances of the job, then the emptiest.
     fn spread_pick(
         &self,
-        pool: &Index,
+        pool: usize,
         lowest: usize,
-        wanted: Room,
+        want: &Want,
         fleet: &Fleet,
         class: &Class,
         fits: &dyn Fn(u32) -> bool,
@@ -979,12 +927,13 @@ impl Placer {
         let mut best: Option<SpreadKey> = None;
         let mut load = [0u32; 4];
         let room = |h: u32| room_of(fleet, h as usize);
-        for h in pool
-            .scan_down(lowest, wanted, &room, fits)
+        for h in self
+            .pools
+            .scan_down(pool, lowest, want, &room, fits)
             .take(SPREAD_CANDIDATES)
         {
             class.domain_load(fleet, h as usize, &mut load);
-            let key = (load, BUCKETS - self.bucket[h as usize] as usize, h);
+            let key = (load, BUCKETS - self.slot[h as usize].bucket as usize, h);
             if best.is_none_or(|b| key < b) {
                 best = Some(key);
             }
@@ -1001,15 +950,19 @@ impl Placer {
         fleet: &Fleet,
         c: u64,
         g: u64,
-        wanted: Room,
+        want: &Want,
         fits: &dyn Fn(u32) -> bool,
     ) -> Option<usize> {
         let need = c as f64 / g as f64;
         let mut best: Option<(bool, f64, usize, usize)> = None; // (short, ratio, bucket, host)
         let room = |h: u32| room_of(fleet, h as usize);
         for kind in [IN_USE, FRESH_GPU] {
-            let pool = &self.pools[pool_of(false, kind)];
-            for h in pool.scan_up(0, wanted, &room, fits).take(GPU_SCAN) {
+            let pool = pool_of(false, kind);
+            for h in self
+                .pools
+                .scan_up(pool, 0, want, &room, fits)
+                .take(GPU_SCAN)
+            {
                 let h = h as usize;
                 let ratio = fleet.ref_cpus[h] as f64 / fleet.gpus[h] as f64;
                 let short = ratio < need;
@@ -1018,7 +971,7 @@ impl Placer {
                 let key = (
                     short,
                     if short { -ratio } else { ratio },
-                    self.bucket[h] as usize,
+                    self.slot[h].bucket as usize,
                     h,
                 );
                 if best.is_none_or(|b| (key.0, key.1, key.2, key.3) < b) {
