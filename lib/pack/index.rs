@@ -10,7 +10,7 @@
 //! and 10 GiB: every cpu-heavy instance would check it again and be refused.
 //!
 //! Binpack's cells say which resource is the host's scarcest (cpus, ram or GPUs) and, in
-//! 64 levels, how much it has of the other of cpus and ram. For a host whose scarcest is
+//! 64 geometric levels, how much it has of the other of cpus and ram. For a host whose scarcest is
 //! cpus, the bucket says how many cpus it has; for one whose scarcest is ram, how much ram.
 //! So an instance rules out whole cells by bit masks: those of hosts short of cpus below
 //! its cpus' bucket, and those whose other resource is at a lower level than its own need.
@@ -33,10 +33,11 @@ use std::cell::Cell;
 pub const BUCKETS: usize = 4096;
 
 /// Cells per bucket for binpack: 64 levels each for hosts whose scarcest resource is cpus
-/// and for those whose scarcest is ram, then one for hosts whose scarcest is GPUs.
+/// and for those whose scarcest is ram, then one for hosts whose scarcest is another (GPUs,
+/// disk).
 pub const CELLS: usize = 129;
 const LEVELS: usize = 64;
-const GPU_CELL: usize = 2 * LEVELS;
+const OTHER_CELL: usize = 2 * LEVELS;
 
 /// What a host has free, in the resources a bucket bounds: reference cpus, ram, disk,
 /// gpus, ports.
@@ -51,15 +52,23 @@ pub fn bucket_of(share: f64) -> usize {
     ((share * (BUCKETS - 1) as f64) as usize).min(BUCKETS - 1)
 }
 
+/// Octaves the levels span, below a whole host.
+const OCTAVES: f64 = 12.0;
+
+/// The level of a share: geometric, 64 levels over the 12 octaves below a whole host (a
+/// level is 14% more than the one below), so small amounts are told apart as finely as
+/// large ones, relative to their size; a cell on the boundary then holds hosts within 14%
+/// of the need, whatever its size. Everything at or below 1/4096 is level 0.
 fn level_of(share: f64) -> usize {
-    ((share * LEVELS as f64) as usize).min(LEVELS - 1)
+    let level = (share.log2() + OCTAVES) * (LEVELS as f64 / OCTAVES);
+    (level as usize).min(LEVELS - 1)
 }
 
-/// A host's cells as binpack keys it, from its free cpus, ram and GPUs as shares of the
-/// fleet's largest (1 for a resource that is not keyed).
-pub fn cell_of(cpus: f64, ram: f64, gpus: f64) -> usize {
-    if gpus < cpus.min(ram) {
-        GPU_CELL
+/// A host's cell as binpack keys it, from its free cpus, ram and scarcest other keyed
+/// resource as shares of the fleet's largest (1 for a resource that is not keyed).
+pub fn cell_of(cpus: f64, ram: f64, other: f64) -> usize {
+    if other < cpus.min(ram) {
+        OTHER_CELL
     } else if cpus <= ram {
         level_of(ram)
     } else {
@@ -346,51 +355,75 @@ fn take_lowest(cells: &mut [u64; 3]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// A scan finds every host that fits, whatever cells the hosts sit in: the masks rule
-    /// out only hosts that cannot fit.
+    /// A scan, up or down, finds every host that fits, whatever cells the hosts sit in and
+    /// however they moved: the masks and the trees rule out only hosts that cannot fit.
     #[test]
     fn the_cells_rule_out_only_hosts_that_cannot_fit() {
         let (scale_cpus, scale_ram) = (96_000u64, 768 * 1024u64);
-        let mut hosts = Vec::new();
         let mut seed = 7u64;
-        let mut draw = |n: u64| {
+        let mut draw = move |n: u64| {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (seed >> 33) % n
         };
-        for _ in 0..2000 {
-            hosts.push([draw(scale_cpus + 1), draw(scale_ram + 1), 0, 0, 0]);
-        }
-        let mut index = Index::new(1, CELLS, hosts.len());
         let share = |r: &Room| {
             (
                 r[0] as f64 / scale_cpus as f64,
                 r[1] as f64 / scale_ram as f64,
             )
         };
-        let key = |r: &Room| {
+        let slot = |r: &Room| {
             let (c, m) = share(r);
             Slot {
                 bucket: bucket_of(c.min(m)) as u16,
                 cell: cell_of(c, m, 1.0) as u8,
             }
         };
+        // Hosts of every size, many nearly full in one resource or both.
+        let mut hosts: Vec<Room> = (0..3000)
+            .map(|i| {
+                let full = |n: u64, d: &mut dyn FnMut(u64) -> u64| match i % 3 {
+                    0 => d(n + 1),
+                    _ => d(n / 64 + 1),
+                };
+                [
+                    full(scale_cpus, &mut draw),
+                    full(scale_ram, &mut draw),
+                    0,
+                    0,
+                    0,
+                ]
+            })
+            .collect();
+        let mut index = Index::new(1, CELLS, hosts.len());
         for (h, r) in hosts.iter().enumerate() {
-            index.insert(0, key(r), h as u32, *r);
+            index.insert(0, slot(r), h as u32, *r);
         }
-        for _ in 0..300 {
-            let need: Room = [draw(scale_cpus / 2), draw(scale_ram / 2), 0, 0, 0];
-            let (c, m) = share(&need);
-            let want = Want::shares(need, c, m);
-            let room = |h: u32| hosts[h as usize];
-            let fits = |h: u32| covers(&hosts[h as usize], &need);
-            let mut found: Vec<u32> = index
-                .scan_up(0, bucket_of(c.min(m)), &want, &room, &fits)
-                .collect();
-            found.sort_unstable();
-            let expected: Vec<u32> = (0..hosts.len() as u32).filter(|&h| fits(h)).collect();
-            assert_eq!(found, expected, "need {need:?}");
+        for round in 0..2 {
+            for _ in 0..300 {
+                let need: Room = [draw(scale_cpus / 4), draw(scale_ram / 4), 0, 0, 0];
+                let (c, m) = share(&need);
+                let want = Want::shares(need, c, m);
+                let room = |h: u32| hosts[h as usize];
+                let fits = |h: u32| covers(&hosts[h as usize], &need);
+                let expected: Vec<u32> = (0..hosts.len() as u32).filter(|&h| fits(h)).collect();
+                let lowest = bucket_of(c.min(m));
+                for down in [false, true] {
+                    let mut found: Vec<u32> = match down {
+                        false => index.scan_up(0, lowest, &want, &room, &fits).collect(),
+                        true => index.scan_down(0, lowest, &want, &room, &fits).collect(),
+                    };
+                    found.sort_unstable();
+                    assert_eq!(found, expected, "round {round}, need {need:?}, down {down}");
+                }
+            }
+            // Hosts take room and give it back: every third moves.
+            for h in (0..hosts.len()).step_by(3) {
+                index.remove(0, slot(&hosts[h]), h as u32);
+                hosts[h] = [draw(scale_cpus + 1), draw(scale_ram / 8 + 1), 0, 0, 0];
+                index.insert(0, slot(&hosts[h]), h as u32, hosts[h]);
+            }
         }
     }
 }

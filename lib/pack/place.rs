@@ -63,7 +63,7 @@ enum Scope {
 }
 
 /// A `values` or `not` constraint compiled: the value ids it names, sorted.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ValueRule {
     column: usize,
     named: Vec<u32>,
@@ -85,7 +85,7 @@ impl ValueRule {
 
 /// A set of small integers (ids of dedicated lists) asked in O(1) for the first 64, the
 /// rest by a search of the few beyond: sized by what it holds, not by the ids there are.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct IdSet {
     low: u64,
     high: Vec<u32>,
@@ -116,7 +116,7 @@ impl IdSet {
 }
 
 /// A job compiled for the loop.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Class {
     pub job: usize,
     /// What one instance asks for, in the widths of the fleet's columns that `check`
@@ -365,14 +365,7 @@ impl Class {
                 return;
             }
         }
-        let short = [
-            fleet.ref_cpus[h] < self.ref_cpus,
-            fleet.ram_mb[h] < self.ram,
-            fleet.disk_mb[h] < self.disk,
-            fleet.gpus[h] < self.gpus,
-            fleet.ports[h] < self.ports,
-        ];
-        for (is_short, reason) in short.into_iter().zip(ROOM_REASONS) {
+        for (is_short, reason) in self.short_of(fleet, h).into_iter().zip(ROOM_REASONS) {
             if is_short && !veto(reason) {
                 return;
             }
@@ -381,8 +374,8 @@ impl Class {
 
     /// How many hosts refuse one more instance now, by the first reason each gives (the
     /// reasons of a pending record). A pending job asks every host, so this is the loop
-    /// an oversubscribed fleet runs most: counts go in an array, not a map, and a job that
-    /// asks only for room takes a loop the compiler can vectorize.
+    /// an oversubscribed fleet runs most: counts go in an array, not a map, and a job
+    /// without limits is asked about from the fleet's columns alone.
     pub fn refusals(&self, fleet: &Fleet, scratch: &Scratch) -> Vec<(Reason, u32)> {
         let reasons: Vec<Reason> = std::iter::once(Reason::Dedicated)
             .chain((0..self.values.len()).map(|i| Reason::Constraint(i as u16)))
@@ -390,8 +383,8 @@ impl Class {
             .chain(ROOM_REASONS)
             .collect();
         let mut counts = vec![0u32; reasons.len()];
-        if self.values.is_empty() && self.limits.is_empty() {
-            counts.copy_from_slice(&self.room_refusals(fleet));
+        if self.limits.is_empty() {
+            self.column_refusals(fleet, &mut counts);
         } else {
             let room_at = 1 + self.values.len() + self.limits.len();
             for h in 0..fleet.len() {
@@ -412,37 +405,57 @@ impl Class {
             .collect()
     }
 
-    /// For a job with no constraint: hosts dedicated to other jobs, then hosts short of
-    /// each resource of `ROOM_REASONS` (each host counted under its first).
-    fn room_refusals(&self, fleet: &Fleet) -> [u32; 6] {
+    /// `refusals` for a job without limits: `counts` has a slot for dedicated, one per
+    /// value rule, then one per resource of `ROOM_REASONS`.
+    fn column_refusals(&self, fleet: &Fleet, counts: &mut [u32]) {
         let n = fleet.len();
-        let none = vec![];
-        let dedicated = fleet.dedicated.map_or(&none[..], |c| fleet.attrs.column(c));
-        let (cpus, ram, disk) = (
-            &fleet.ref_cpus[..n],
-            &fleet.ram_mb[..n],
-            &fleet.disk_mb[..n],
-        );
-        let (gpus, ports) = (&fleet.gpus[..n], &fleet.ports[..n]);
-        let mut counts = [0u32; 6];
-        for h in 0..n {
-            let refused = [
-                dedicated
-                    .get(h)
-                    .is_some_and(|&d| d != NONE && !self.admitted.contains(d)),
-                cpus[h] < self.ref_cpus,
-                ram[h] < self.ram,
-                disk[h] < self.disk,
-                gpus[h] < self.gpus,
-                ports[h] < self.ports,
-            ];
-            let mut earlier = false;
-            for (count, r) in counts.iter_mut().zip(refused) {
-                *count += (r && !earlier) as u32;
-                earlier |= r;
+        // The loop is bound by memory, and most hosts refuse a pending job for cpus or ram:
+        // for a job that asks only for room, count those from their two columns, and read
+        // the others only when some host had both.
+        if self.values.is_empty() && fleet.dedicated.is_none() {
+            let (mut cpus, mut ram) = (0u32, 0u32);
+            for (&c, &r) in fleet.ref_cpus.iter().zip(&fleet.ram_mb) {
+                cpus += (c < self.ref_cpus) as u32;
+                ram += (c >= self.ref_cpus && r < self.ram) as u32;
+            }
+            if (cpus + ram) as usize == n {
+                counts[1] = cpus;
+                counts[2] = ram;
+                return;
             }
         }
-        counts
+        let dedicated = fleet.dedicated.map(|c| fleet.attrs.column(c));
+        let rules: Vec<(&ValueRule, &[u32])> = self
+            .values
+            .iter()
+            .map(|rule| (rule, fleet.attrs.column(rule.column)))
+            .collect();
+        let room_at = 1 + rules.len();
+        for h in 0..n {
+            if dedicated.is_some_and(|d| d[h] != NONE && !self.admitted.contains(d[h])) {
+                counts[0] += 1;
+                continue;
+            }
+            if let Some(i) = rules.iter().position(|(rule, col)| !rule.allows(col[h])) {
+                counts[1 + i] += 1;
+                continue;
+            }
+            if let Some(k) = self.short_of(fleet, h).iter().position(|&s| s) {
+                counts[room_at + k] += 1;
+            }
+        }
+    }
+
+    /// Whether host `h` is short of each resource of `ROOM_REASONS`, in that order.
+    #[inline(always)]
+    fn short_of(&self, fleet: &Fleet, h: usize) -> [bool; 5] {
+        [
+            fleet.ref_cpus[h] < self.ref_cpus,
+            fleet.ram_mb[h] < self.ram,
+            fleet.disk_mb[h] < self.disk,
+            fleet.gpus[h] < self.gpus,
+            fleet.ports[h] < self.ports,
+        ]
     }
 
     /// The text of a reason, as pending records and --explain print it.
@@ -574,8 +587,8 @@ pub struct Placer {
     split: Option<usize>,
     slot: Vec<Slot>,
     kind: Vec<u8>,
-    /// Largest free amount per keyed resource at the start: cpus, ram and, when jobs need
-    /// GPUs, gpus (0: not keyed); disk is not keyed.
+    /// Largest free amount per keyed resource at the start: cpus, ram, disk (binpack) and,
+    /// when jobs need GPUs, gpus (0: not keyed).
     scale: Resources,
     strategy: Strategy,
     /// The least cpus and memory any GPU job needs per GPU.
@@ -621,8 +634,13 @@ impl Placer {
                 .collect(),
         };
         let largest = fleet.largest();
+        // binpack keys disk too, so a host out of disk sinks with the full ones rather than
+        // be passed over, bucket after bucket, by every instance that needs some.
         let scale = Resources {
-            disk_mb: 0,
+            disk_mb: match strategy {
+                Strategy::Binpack => largest.disk_mb,
+                Strategy::Spread => 0,
+            },
             gpus: if per_gpu.is_some() { largest.gpus } else { 0 },
             ..largest
         };
@@ -687,7 +705,8 @@ impl Placer {
         let (bucket, cell) = match self.strategy {
             Strategy::Binpack => {
                 let [c, r, g] = self.shares(free[0], free[1], free[2]);
-                (bucket_of(c.min(r).min(g)), cell_of(c, r, g))
+                let other = g.min(share(fleet.disk_mb[h], self.scale.disk_mb));
+                (bucket_of(c.min(r).min(other)), cell_of(c, r, other))
             }
             Strategy::Spread => {
                 let mut emptiness = 1.0f64;
@@ -738,7 +757,8 @@ impl Placer {
         match self.strategy {
             Strategy::Binpack => {
                 let [c, r, g] = self.shares(need.cpus, need.ram_mb, need.gpus);
-                (Want::shares(room, c, r), bucket_of(c.min(r).min(g)))
+                let other = g.min(share(need.disk_mb, self.scale.disk_mb));
+                (Want::shares(room, c, r), bucket_of(c.min(r).min(other)))
             }
             Strategy::Spread => (Want::room(room), 0),
         }
