@@ -726,6 +726,17 @@ mod tests {
         Host::from_record(&rec)
     }
 
+    /// `h` encodes into a slot and decodes from it unchanged.
+    fn assert_round_trips(h: &Host) {
+        let mut slot = vec![0u8; SLOT_SIZE];
+        h.encode(&mut slot).unwrap();
+        let crate::fixed::Slot::Live { version, body } = crate::fixed::open_slot(&slot).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(&Host::decode(version, body).unwrap(), h);
+    }
+
     #[test]
     fn design_example_parses_and_round_trips() {
         let h = parse(r#"{"type":"host","name":"h1","cpus":16,"ram_mb":65536,"disk_mb":500000,"gpus":0,"ports":[[31000,31999]],"attrs":{"rack":"r1","zone":"z1"},"cpu_factor":1.0,"transport":"local"}"#).unwrap();
@@ -733,13 +744,7 @@ mod tests {
             (h.cpus, h.ram_mb, h.attr("rack")),
             (16000, 65536, Some("r1"))
         );
-        let mut slot = vec![0u8; SLOT_SIZE];
-        h.encode(&mut slot).unwrap();
-        let crate::fixed::Slot::Live { version, body } = crate::fixed::open_slot(&slot).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(Host::decode(version, body).unwrap(), h);
+        assert_round_trips(&h);
     }
 
     #[test]
@@ -833,13 +838,7 @@ mod tests {
             attrs_json(&h.attrs),
             json!({"dedicated": ["db", "www/web"], "rack": "r1"})
         );
-        let mut slot = vec![0u8; SLOT_SIZE];
-        h.encode(&mut slot).unwrap();
-        let crate::fixed::Slot::Live { version, body } = crate::fixed::open_slot(&slot).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(Host::decode(version, body).unwrap(), h);
+        assert_round_trips(&h);
 
         let err = |attrs: &str| {
             parse(&format!(

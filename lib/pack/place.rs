@@ -4,7 +4,9 @@
 //! other. Hosts sit in buckets by how much they have left; binpack takes the fullest host
 //! that fits (best fit), spread the emptiest (worst fit). A host's bucket key is its
 //! scarcest free resource as a share of the fleet's largest, so a host full in any resource
-//! sinks to the bottom and is not looked at again by instances that need more than it has.
+//! sinks to the bottom and is not looked at again by instances that need more than it has;
+//! within a bucket, cells by how much it has of the other of cpus and ram keep a host short
+//! of one from being looked at by instances that need more of it (`index`).
 //!
 //! The inner loop reads flat arrays, compares integers and allocates nothing.
 
