@@ -98,6 +98,10 @@ struct Run<'a> {
     preempted: usize,
     /// `--preempt-within-tier`.
     within_tier: bool,
+    /// While a group may still be placed again in another order: pending jobs get an empty
+    /// list of reasons (counted in `deferred`), filled by placing the kept order again.
+    defer_reasons: bool,
+    deferred: usize,
 }
 
 /// Whether a batch (not service) instance is over: finished, or failed as many times as its
@@ -186,6 +190,7 @@ struct Mark {
     placed: usize,
     pending: usize,
     preempted: usize,
+    deferred: usize,
     used: Vec<Resources>,
     jobs: Vec<(usize, Option<Class>, Option<&'static str>)>,
 }
@@ -293,6 +298,8 @@ impl<'a> Run<'a> {
             pending: 0,
             preempted: 0,
             within_tier: false,
+            defer_reasons: false,
+            deferred: 0,
             in_use,
             held,
         };
@@ -321,18 +328,24 @@ impl<'a> Run<'a> {
     /// placer, never a scan of the fleet per instance.
     fn place_group(&mut self, group: &[usize], missing: &[Vec<u32>], capacity: Resources) {
         let mark = self.mark(group);
+        // The reasons of a pending job take a pass over the fleet; a placing that is taken
+        // back needs none. Where no placing can preempt (a preemption is not taken back),
+        // they wait for the order that is kept, placed once more with them.
+        let may_preempt = (self.jobs[group[0]].tier == Tier::Production || self.within_tier)
+            && !self.victims.is_empty();
+        self.defer_reasons = self.may_reorder() && !may_preempt;
         // Per job of the group (by position): whether it goes first.
         let mut front = vec![false; group.len()];
         // The fewest pending so far, and the front that gave it.
-        let mut best: Option<(usize, Vec<bool>)> = None;
-        for attempt in 1.. {
+        let mut best = (usize::MAX, front.clone());
+        for attempt in 1..=ATTEMPTS {
             self.place_front_first(group, &front, missing, capacity);
             let pending = self.pending - mark.pending;
-            if pending == 0 || !self.may_retry(&mark) {
-                return;
+            if pending < best.0 {
+                best = (pending, front.clone());
             }
-            if best.as_ref().is_none_or(|b| pending < b.0) {
-                best = Some((pending, front.clone()));
+            if pending == 0 || !self.may_retry(&mark) || attempt == ATTEMPTS {
+                break;
             }
             // A job that fits no host in any order (a constraint no host meets) is left
             // pending again with no other job new to it: one retry, then the loop ends.
@@ -343,13 +356,14 @@ impl<'a> Run<'a> {
                     more = true;
                 }
             }
-            if !more || attempt == ATTEMPTS {
+            if !more {
                 break;
             }
             self.undo(&mark);
         }
-        let (fewest, front) = best.expect("an attempt left something pending");
-        if self.pending - mark.pending > fewest {
+        self.defer_reasons = false;
+        let (fewest, front) = best;
+        if self.pending - mark.pending > fewest || self.deferred > mark.deferred {
             self.undo(&mark);
             self.place_front_first(group, &front, missing, capacity);
         }
@@ -427,6 +441,7 @@ impl<'a> Run<'a> {
             placed: self.placed,
             pending: self.pending,
             preempted: self.preempted,
+            deferred: self.deferred,
             used: self.used.clone(),
             jobs: group
                 .iter()
@@ -435,12 +450,17 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Whether pending is worth placing a group again for: binpack, on a fleet that holds
+    /// what is asked (oversubscribed, pending is expected).
+    fn may_reorder(&self) -> bool {
+        self.strategy == Strategy::Binpack && !self.oversubscribed
+    }
+
     /// Whether the group placed since `mark` is worth placing again in another order:
     /// binpack on a fleet that holds what is asked, something of the group fit nowhere
     /// (not quota, not backoff), and nothing was preempted (that is not taken back).
     fn may_retry(&self, mark: &Mark) -> bool {
-        self.strategy == Strategy::Binpack
-            && !self.oversubscribed
+        self.may_reorder()
             && self.preempted == mark.preempted
             && mark.jobs.iter().any(|&(j, _, _)| self.stuck[j] == Some(""))
     }
@@ -479,6 +499,7 @@ impl<'a> Run<'a> {
         self.used.clone_from(&mark.used);
         self.placed = mark.placed;
         self.pending = mark.pending;
+        self.deferred = mark.deferred;
         let in_use: Vec<bool> = (0..self.fleet.len())
             .map(|h| self.in_use[h] || self.hosts_used[h] > 0)
             .collect();
@@ -633,6 +654,11 @@ impl<'a> Run<'a> {
                     None => {
                         let idx = match why {
                             "quota" => self.new_reasons(vec![("quota".to_string(), 1)]),
+                            // Left empty until the placing that is kept (`place_group`).
+                            _ if self.defer_reasons => {
+                                self.deferred += 1;
+                                self.new_reasons(Vec::new())
+                            }
                             _ => self.reasons_of(&class, spec),
                         };
                         self.reason_of_job.insert(j, idx);
