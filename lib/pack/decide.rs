@@ -341,6 +341,7 @@ impl<'a> Run<'a> {
         for attempt in 1..=ATTEMPTS {
             self.place_front_first(group, &front, missing, capacity);
             let pending = self.pending - mark.pending;
+            let unplaceable = self.settle_unplaceable(group);
             if pending < best.0 {
                 best = (pending, front.clone());
             }
@@ -351,7 +352,7 @@ impl<'a> Run<'a> {
             // pending again with no other job new to it: one retry, then the loop ends.
             let mut more = false;
             for (k, &j) in group.iter().enumerate() {
-                if !front[k] && self.stuck[j] == Some("") {
+                if !front[k] && self.stuck[j] == Some("") && !unplaceable.contains(&j) {
                     front[k] = true;
                     more = true;
                 }
@@ -367,6 +368,31 @@ impl<'a> Run<'a> {
             self.undo(&mark);
             self.place_front_first(group, &front, missing, capacity);
         }
+    }
+
+    /// The jobs of `group` left pending that no host admits whatever the order (dedicated
+    /// hosts, value constraints). Their reasons are the same at any point of the pass, so a
+    /// list left empty for them is filled now; placing the group again cannot help them,
+    /// and a group whose only pending job is such is placed once, not three times.
+    fn settle_unplaceable(&mut self, group: &[usize]) -> Vec<usize> {
+        let mut unplaceable = Vec::new();
+        for &j in group {
+            let Some(class) = self.classes[j].as_ref() else {
+                continue;
+            };
+            if self.stuck[j] != Some("") || class.admitted_somewhere(self.fleet) {
+                continue;
+            }
+            if let Some(&idx) = self.reason_of_job.get(&j) {
+                if self.reasons[idx].is_empty() {
+                    self.reasons[idx] =
+                        reasons_for(self.fleet, class, &self.scratch, &self.jobs[j]);
+                    self.deferred -= 1;
+                }
+            }
+            unplaceable.push(j);
+        }
+        unplaceable
     }
 
     /// `place_in_order` on the jobs of `group` marked in `front`, then on the others.

@@ -308,6 +308,19 @@ impl Class {
         }
     }
 
+    /// Whether some host passes the checks no placement changes (dedicated hosts, value
+    /// constraints): a job no host admits is refused everywhere, in any order.
+    pub fn admitted_somewhere(&self, fleet: &Fleet) -> bool {
+        let dedicated = fleet.dedicated.map(|c| fleet.attrs.column(c));
+        (0..fleet.len()).any(|h| {
+            dedicated.is_none_or(|d| d[h] == NONE || self.admitted.contains(d[h]))
+                && self
+                    .values
+                    .iter()
+                    .all(|rule| rule.allows(fleet.attrs.column(rule.column)[h]))
+        })
+    }
+
     /// Whether host `h` can take one more instance now, or the first reason it cannot.
     #[inline]
     pub fn check(&self, fleet: &Fleet, scratch: &Scratch, h: usize) -> Result<(), Reason> {
