@@ -92,6 +92,22 @@ struct Job {
 }
 
 impl Job {
+    /// A job of a small problem: cpus and ram only, perhaps one instance per host.
+    fn small(key: String, instances: u32, (cpus, ram_mb): (u32, u64), one_per_host: bool) -> Job {
+        Job {
+            key,
+            instances,
+            cpus,
+            ram_mb,
+            disk_mb: 0,
+            gpus: 0,
+            ports: 0,
+            one_per_host,
+            gpu_models: None,
+            not_host: None,
+        }
+    }
+
     /// The value constraint on gpu_model (a host without a GPU model has no value, and a
     /// "values" constraint excludes it, as in pack) and the `not` constraint on host.
     fn allows(&self, host: &Host) -> bool {
@@ -1009,18 +1025,12 @@ fn small_problem(p: usize, rng: &mut Rng) -> Workload {
         total += n;
         used[0] += n * cpus as u64;
         used[1] += n * ram_mb;
-        jobs.push(Job {
-            key: format!("small/p{p:02}/job{attempt:03}"),
-            instances: n as u32,
-            cpus,
-            ram_mb,
-            disk_mb: 0,
-            gpus: 0,
-            ports: 0,
+        jobs.push(Job::small(
+            format!("small/p{p:02}/job{attempt:03}"),
+            n as u32,
+            (cpus, ram_mb),
             one_per_host,
-            gpu_models: None,
-            not_host: None,
-        });
+        ));
     }
     Workload { hosts, jobs }
 }
@@ -1096,18 +1106,12 @@ fn ratio_problem(p: usize, rng: &mut Rng, limited: u64, demand: (u64, u64)) -> W
         total += n;
         used[0] += n * cpus;
         used[1] += n * ram_mb;
-        jobs.push(Job {
-            key: format!("small/r{p:03}/job{attempt:03}"),
-            instances: n as u32,
-            cpus: cpus as u32,
-            ram_mb,
-            disk_mb: 0,
-            gpus: 0,
-            ports: 0,
+        jobs.push(Job::small(
+            format!("small/r{p:03}/job{attempt:03}"),
+            n as u32,
+            (cpus as u32, ram_mb),
             one_per_host,
-            gpu_models: None,
-            not_host: None,
-        });
+        ));
     }
     Workload { hosts, jobs }
 }

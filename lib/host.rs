@@ -296,15 +296,21 @@ pub fn ranges_json(ranges: &[(u16, u16)]) -> Value {
 pub fn attrs_json(attrs: &[(String, String)]) -> Value {
     let mut m = Map::new();
     for (k, v) in attrs {
-        match m.get_mut(k) {
-            None => {
-                m.insert(k.clone(), json!(v));
-            }
-            Some(Value::Array(list)) => list.push(json!(v)),
-            Some(one) => *one = json!([one.take(), v]),
-        }
+        add_attr(&mut m, k, v);
     }
     Value::Object(m)
+}
+
+/// Adds value `v` of key `k` to attributes as a record holds them: a second value of a key
+/// makes its string a list.
+pub fn add_attr(attrs: &mut Map<String, Value>, k: &str, v: &str) {
+    match attrs.get_mut(k) {
+        None => {
+            attrs.insert(k.to_string(), json!(v));
+        }
+        Some(Value::Array(list)) => list.push(json!(v)),
+        Some(one) => *one = json!([one.take(), v]),
+    }
 }
 
 /// The one attribute that may hold several values: a host with it takes only the jobs one

@@ -726,13 +726,7 @@ fn probe_host(
             .split_once('=')
             .ok_or_else(|| bad_input(format!("--attr {a:?}: expected KEY=VALUE")))?;
         // A repeated key gives it several values (only `dedicated` may have them).
-        match attr_map.get_mut(k) {
-            None => {
-                attr_map.insert(k.into(), json!(v));
-            }
-            Some(Value::Array(list)) => list.push(json!(v)),
-            Some(one) => *one = json!([one.take(), v]),
-        }
+        crate::host::add_attr(&mut attr_map, k, v);
     }
     fields.insert("attrs".into(), Value::Object(attr_map));
     let record = |fields: &Map<String, Value>| {
