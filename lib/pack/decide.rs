@@ -10,6 +10,7 @@ use super::explain::reasons_for;
 use super::fleet::{self, Fleet};
 use super::place::{self, lower_bound, Class, Placer, Scratch, Strategy};
 use super::preempt::{Room, Victims};
+use super::refusals::HostSets;
 use super::{Input, Resources, Running};
 
 /// What pack decided, in decision order.
@@ -75,13 +76,9 @@ struct Run<'a> {
     decisions: Vec<Decision>,
     ports: Vec<u16>,
     reasons: Vec<Vec<(String, u32)>>,
+    /// The reasons of each job left pending. Those of a job that fit nowhere are counted
+    /// once the pass is over (`count_refusals`), against the fleet as it leaves it.
     reason_of_job: HashMap<usize, usize>,
-    /// The reasons last given for a job that asks for nothing but room, by its need, with
-    /// the fleet's generation then: a job of the same need on an unchanged fleet is refused
-    /// by the same hosts for the same reasons, without asking every host again.
-    reason_of_need: HashMap<[u64; 5], (u64, usize)>,
-    /// Moves on whenever room is taken or given back on any host.
-    generation: u64,
     /// Instances placed per host in this pass (a retry takes placements back).
     hosts_used: Vec<u32>,
     /// What the placer was built from, to build it again for a retry: the strategy, the
@@ -98,10 +95,6 @@ struct Run<'a> {
     preempted: usize,
     /// `--preempt-within-tier`.
     within_tier: bool,
-    /// While a group may still be placed again in another order: pending jobs get an empty
-    /// list of reasons (counted in `deferred`), filled by placing the kept order again.
-    defer_reasons: bool,
-    deferred: usize,
 }
 
 /// Whether a batch (not service) instance is over: finished, or failed as many times as its
@@ -159,6 +152,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     for group in place::groups(jobs, &order) {
         run.place_group(&group, &missing, total);
     }
+    run.count_refusals();
     Outcome {
         // Every missing instance went through place_one once: `want` is what was placed
         // or left pending.
@@ -190,7 +184,6 @@ struct Mark {
     placed: usize,
     pending: usize,
     preempted: usize,
-    deferred: usize,
     used: Vec<Resources>,
     jobs: Vec<(usize, Option<Class>, Option<&'static str>)>,
 }
@@ -292,14 +285,10 @@ impl<'a> Run<'a> {
             ports: Vec::new(),
             reasons: Vec::new(),
             reason_of_job: HashMap::new(),
-            reason_of_need: HashMap::new(),
-            generation: 0,
             placed: 0,
             pending: 0,
             preempted: 0,
             within_tier: false,
-            defer_reasons: false,
-            deferred: 0,
             in_use,
             held,
         };
@@ -328,12 +317,6 @@ impl<'a> Run<'a> {
     /// placer, never a scan of the fleet per instance.
     fn place_group(&mut self, group: &[usize], missing: &[Vec<u32>], capacity: Resources) {
         let mark = self.mark(group);
-        // The reasons of a pending job take a pass over the fleet; a placing that is taken
-        // back needs none. Where no placing can preempt (a preemption is not taken back),
-        // they wait for the order that is kept, placed once more with them.
-        let may_preempt = (self.jobs[group[0]].tier == Tier::Production || self.within_tier)
-            && !self.victims.is_empty();
-        self.defer_reasons = self.may_reorder() && !may_preempt;
         // Per job of the group (by position): whether it goes first.
         let mut front = vec![false; group.len()];
         // The fewest pending so far, and the front that gave it.
@@ -341,7 +324,7 @@ impl<'a> Run<'a> {
         for attempt in 1..=ATTEMPTS {
             self.place_front_first(group, &front, missing, capacity);
             let pending = self.pending - mark.pending;
-            let unplaceable = self.settle_unplaceable(group);
+            let unplaceable = self.unplaceable(group);
             if pending < best.0 {
                 best = (pending, front.clone());
             }
@@ -362,37 +345,27 @@ impl<'a> Run<'a> {
             }
             self.undo(&mark);
         }
-        self.defer_reasons = false;
         let (fewest, front) = best;
-        if self.pending - mark.pending > fewest || self.deferred > mark.deferred {
+        if self.pending - mark.pending > fewest {
             self.undo(&mark);
             self.place_front_first(group, &front, missing, capacity);
         }
     }
 
     /// The jobs of `group` left pending that no host admits whatever the order (dedicated
-    /// hosts, value constraints). Their reasons are the same at any point of the pass, so a
-    /// list left empty for them is filled now; placing the group again cannot help them,
-    /// and a group whose only pending job is such is placed once, not three times.
-    fn settle_unplaceable(&mut self, group: &[usize]) -> Vec<usize> {
-        let mut unplaceable = Vec::new();
-        for &j in group {
-            let Some(class) = self.classes[j].as_ref() else {
-                continue;
-            };
-            if self.stuck[j] != Some("") || class.admitted_somewhere(self.fleet) {
-                continue;
-            }
-            if let Some(&idx) = self.reason_of_job.get(&j) {
-                if self.reasons[idx].is_empty() {
-                    self.reasons[idx] =
-                        reasons_for(self.fleet, class, &self.scratch, &self.jobs[j]);
-                    self.deferred -= 1;
-                }
-            }
-            unplaceable.push(j);
-        }
-        unplaceable
+    /// hosts, value constraints): placing the group again cannot help them, and a group
+    /// whose only pending job is such is placed once, not three times.
+    fn unplaceable(&self, group: &[usize]) -> Vec<usize> {
+        group
+            .iter()
+            .copied()
+            .filter(|&j| {
+                self.stuck[j] == Some("")
+                    && self.classes[j]
+                        .as_ref()
+                        .is_some_and(|class| !class.admitted_somewhere(self.fleet))
+            })
+            .collect()
     }
 
     /// `place_in_order` on the jobs of `group` marked in `front`, then on the others.
@@ -467,7 +440,6 @@ impl<'a> Run<'a> {
             placed: self.placed,
             pending: self.pending,
             preempted: self.preempted,
-            deferred: self.deferred,
             used: self.used.clone(),
             jobs: group
                 .iter()
@@ -512,11 +484,8 @@ impl<'a> Run<'a> {
                 self.hosts_used[h] -= 1;
             }
         }
-        self.generation += 1;
         self.ports.truncate(mark.ports);
         self.reasons.truncate(mark.reasons);
-        self.reason_of_need
-            .retain(|_, &mut (_, idx)| idx < mark.reasons);
         for (j, class, stuck) in &mark.jobs {
             self.classes[*j] = class.clone();
             self.stuck[*j] = *stuck;
@@ -525,7 +494,6 @@ impl<'a> Run<'a> {
         self.used.clone_from(&mark.used);
         self.placed = mark.placed;
         self.pending = mark.pending;
-        self.deferred = mark.deferred;
         let in_use: Vec<bool> = (0..self.fleet.len())
             .map(|h| self.in_use[h] || self.hosts_used[h] > 0)
             .collect();
@@ -601,7 +569,6 @@ impl<'a> Run<'a> {
         if let Some(h) = r.host {
             self.fleet
                 .release(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, &r.ports);
-            self.generation += 1;
             self.placer.update(self.fleet, h);
             self.in_use[h] = true;
         }
@@ -651,7 +618,6 @@ impl<'a> Run<'a> {
                 let (cpus, given) =
                     self.fleet
                         .reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
-                self.generation += 1;
                 self.placer.update(self.fleet, h);
                 let mut class = class;
                 class.count(self.fleet, Some(h), &|_| fleet::NONE, &mut self.scratch);
@@ -678,15 +644,12 @@ impl<'a> Run<'a> {
                 let idx = match self.reason_of_job.get(&j) {
                     Some(&idx) => idx,
                     None => {
-                        let idx = match why {
-                            "quota" => self.new_reasons(vec![("quota".to_string(), 1)]),
-                            // Left empty until the placing that is kept (`place_group`).
-                            _ if self.defer_reasons => {
-                                self.deferred += 1;
-                                self.new_reasons(Vec::new())
-                            }
-                            _ => self.reasons_of(&class, spec),
+                        let reasons = match why {
+                            "quota" => vec![("quota".to_string(), 1)],
+                            // Counted when the pass is over (`count_refusals`).
+                            _ => Vec::new(),
                         };
+                        let idx = self.new_reasons(reasons);
                         self.reason_of_job.insert(j, idx);
                         idx
                     }
@@ -707,20 +670,15 @@ impl<'a> Run<'a> {
         self.reasons.len() - 1
     }
 
-    /// Why no host takes an instance of `class`: every host asked, unless a job of the same
-    /// plain need was refused on the fleet as it is now.
-    fn reasons_of(&mut self, class: &Class, spec: &JobSpec) -> usize {
-        let need = class.plain_need(self.fleet);
-        if let Some(&(generation, idx)) = need.and_then(|n| self.reason_of_need.get(&n)) {
-            if generation == self.generation {
-                return idx;
+    /// The reasons of the jobs left pending because no host would take them: the hosts
+    /// that refuse each, by the first check they fail, on the fleet as the pass leaves it.
+    fn count_refusals(&mut self) {
+        let mut sets = HostSets::new(self.fleet);
+        for (&j, &idx) in &self.reason_of_job {
+            if let (Some(""), Some(class)) = (self.stuck[j], &self.classes[j]) {
+                self.reasons[idx] = reasons_for(self.fleet, &mut sets, class, &self.jobs[j]);
             }
         }
-        let idx = self.new_reasons(reasons_for(self.fleet, class, &self.scratch, spec));
-        if let Some(n) = need {
-            self.reason_of_need.insert(n, (self.generation, idx));
-        }
-        idx
     }
 
     /// Counts one production instance of job `j` against its role's quota.
@@ -752,7 +710,6 @@ impl<'a> Run<'a> {
             let t = self.victims.stop(v);
             self.fleet
                 .release(h, t.cpus, t.ram_mb, t.disk_mb, t.gpus, &t.ports);
-            self.generation += 1;
             self.decisions.push(Decision::Preempt {
                 victim: t.task.clone(),
                 incarnation: t.incarnation,

@@ -12,19 +12,20 @@ use crate::exit::bad_input;
 use crate::job::JobSpec;
 
 use super::place::{Class, Scratch};
+use super::refusals::HostSets;
 use super::{Decision, Fleet, Input, Outcome, Resources};
 
 /// Every reason the hosts give, with how many gave it (most first, then by name).
 pub(super) fn reasons_for(
     fleet: &Fleet,
+    sets: &mut HostSets,
     class: &Class,
-    scratch: &Scratch,
     spec: &JobSpec,
 ) -> Vec<(String, u32)> {
     if fleet.is_empty() {
         return vec![("no offers".into(), 0)];
     }
-    let counts = class.refusals(fleet, scratch);
+    let counts = class.refusals(fleet, sets);
     // Two constraints on one attribute describe themselves alike: count by the text.
     let mut by_text: HashMap<String, u32> = HashMap::new();
     for (r, n) in counts {

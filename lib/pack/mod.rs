@@ -16,6 +16,7 @@ mod input;
 mod output;
 mod place;
 mod preempt;
+mod refusals;
 mod resources;
 
 use std::io::{self, Write};

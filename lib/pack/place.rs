@@ -15,6 +15,7 @@ use crate::pack::fleet::{Fleet, NONE};
 use crate::pack::Resources;
 
 use super::index::{bucket_of, cell_of, Index, Room, Slot, Want, BUCKETS, CELLS};
+use super::refusals::{HostSets, Survivors};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
@@ -387,78 +388,72 @@ impl Class {
         }
     }
 
-    /// How many hosts refuse one more instance now, by the first reason each gives (the
-    /// reasons of a pending record). A pending job asks every host, so this is the loop
-    /// an oversubscribed fleet runs most: counts go in an array, not a map, and a job
-    /// without limits is asked about from the fleet's columns alone.
-    pub fn refusals(&self, fleet: &Fleet, scratch: &Scratch) -> Vec<(Reason, u32)> {
-        let reasons: Vec<Reason> = std::iter::once(Reason::Dedicated)
-            .chain((0..self.values.len()).map(|i| Reason::Constraint(i as u16)))
-            .chain((0..self.limits.len()).map(|i| Reason::Limit(i as u16)))
-            .chain(ROOM_REASONS)
-            .collect();
-        let mut counts = vec![0u32; reasons.len()];
-        if self.limits.is_empty() {
-            self.column_refusals(fleet, &mut counts);
-        } else {
-            let room_at = 1 + self.values.len() + self.limits.len();
-            for h in 0..fleet.len() {
-                let slot = match self.check(fleet, scratch, h) {
-                    Ok(()) => continue,
-                    Err(Reason::Dedicated) => 0,
-                    Err(Reason::Constraint(i)) => 1 + i as usize,
-                    Err(Reason::Limit(i)) => 1 + self.values.len() + i as usize,
-                    Err(r) => room_at + ROOM_REASONS.iter().position(|&x| x == r).unwrap_or(0),
-                };
-                counts[slot] += 1;
+    /// How many hosts refuse one more instance, by the first reason each gives (the
+    /// reasons of a pending record): each check in `each_veto`'s order narrows the hosts
+    /// that passed the ones before it, and a reason counts the hosts its check took away.
+    pub fn refusals(&self, fleet: &Fleet, sets: &mut HostSets) -> Vec<(Reason, u32)> {
+        let mut left = sets.everyone();
+        let mut out = Vec::new();
+        let mut tally = |reason: Reason, before: usize, left: &Survivors| {
+            if before > left.count() {
+                out.push((reason, (before - left.count()) as u32));
             }
+        };
+        if let Some(col) = fleet.dedicated {
+            let before = left.count();
+            for id in (0..fleet.dedications.len() as u32).filter(|&id| !self.admitted.contains(id))
+            {
+                sets.drop_value(&mut left, fleet, col, id);
+            }
+            tally(Reason::Dedicated, before, &left);
         }
-        reasons
-            .into_iter()
-            .zip(counts)
-            .filter(|&(_, n)| n > 0)
-            .collect()
-    }
-
-    /// `refusals` for a job without limits: `counts` has a slot for dedicated, one per
-    /// value rule, then one per resource of `ROOM_REASONS`.
-    fn column_refusals(&self, fleet: &Fleet, counts: &mut [u32]) {
-        let n = fleet.len();
-        // The loop is bound by memory, and most hosts refuse a pending job for cpus or ram:
-        // for a job that asks only for room, count those from their two columns, and read
-        // the others only when some host had both.
-        if self.values.is_empty() && fleet.dedicated.is_none() {
-            let (mut cpus, mut ram) = (0u32, 0u32);
-            for (&c, &r) in fleet.ref_cpus.iter().zip(&fleet.ram_mb) {
-                cpus += (c < self.ref_cpus) as u32;
-                ram += (c >= self.ref_cpus && r < self.ram) as u32;
+        for (i, rule) in self.values.iter().enumerate() {
+            let before = left.count();
+            if rule.positive {
+                sets.keep_values(&mut left, fleet, rule.column, &rule.named);
+            } else {
+                for &v in &rule.named {
+                    sets.drop_value(&mut left, fleet, rule.column, v);
+                }
             }
-            if (cpus + ram) as usize == n {
-                counts[1] = cpus;
-                counts[2] = ram;
-                return;
-            }
+            tally(Reason::Constraint(i as u16), before, &left);
         }
-        let dedicated = fleet.dedicated.map(|c| fleet.attrs.column(c));
-        let rules: Vec<(&ValueRule, &[u32])> = self
-            .values
-            .iter()
-            .map(|rule| (rule, fleet.attrs.column(rule.column)))
-            .collect();
-        let room_at = 1 + rules.len();
-        for h in 0..n {
-            if dedicated.is_some_and(|d| d[h] != NONE && !self.admitted.contains(d[h])) {
-                counts[0] += 1;
-                continue;
+        for (i, (scope, limit)) in self.limits.iter().enumerate() {
+            let before = left.count();
+            match scope {
+                Scope::Host => {
+                    let mut hosts = self.hosts.clone();
+                    hosts.sort_unstable();
+                    for run in hosts.chunk_by(|a, b| a == b) {
+                        if run.len() as u32 >= *limit {
+                            sets.drop_host(&mut left, run[0] as usize);
+                        }
+                    }
+                }
+                Scope::Column(col) => {
+                    // A host without the attribute takes none of the job (`each_veto`).
+                    sets.drop_value(&mut left, fleet, *col, NONE);
+                    let used = &self.value_used[i];
+                    for v in (0..used.len()).filter(|&v| used[v] >= *limit) {
+                        sets.drop_value(&mut left, fleet, *col, v as u32);
+                    }
+                }
             }
-            if let Some(i) = rules.iter().position(|(rule, col)| !rule.allows(col[h])) {
-                counts[1 + i] += 1;
-                continue;
-            }
-            if let Some(k) = self.short_of(fleet, h).iter().position(|&s| s) {
-                counts[room_at + k] += 1;
-            }
+            tally(Reason::Limit(i as u16), before, &left);
         }
+        let need = [
+            self.ref_cpus as u64,
+            self.ram,
+            self.disk,
+            self.gpus as u64,
+            self.ports as u64,
+        ];
+        for (k, reason) in ROOM_REASONS.into_iter().enumerate() {
+            let before = left.count();
+            sets.keep_room(&mut left, k, need[k]);
+            tally(reason, before, &left);
+        }
+        out
     }
 
     /// Whether host `h` is short of each resource of `ROOM_REASONS`, in that order.
@@ -509,20 +504,6 @@ impl Class {
     /// `domain_slot`).
     pub fn domain_count(&self, level: usize, slot: usize) -> u32 {
         self.domain_used[level].get(slot).copied().unwrap_or(0)
-    }
-
-    /// What decides which hosts refuse the job when it asks for nothing but room: its need
-    /// per instance (cpus, ram, disk, gpus, ports). None when constraints, limits or a
-    /// dedicated attribute have a say.
-    pub fn plain_need(&self, fleet: &Fleet) -> Option<[u64; 5]> {
-        let plain = self.values.is_empty() && self.limits.is_empty() && fleet.dedicated.is_none();
-        plain.then_some([
-            self.ref_cpus as u64,
-            self.ram,
-            self.disk,
-            self.gpus as u64,
-            self.ports as u64,
-        ])
     }
 
     pub fn has_limits(&self) -> bool {
@@ -1149,5 +1130,93 @@ mod tests {
         assert_eq!(lower_bound(capacity.clone(), demand(1000, 90_000, 1)), 3);
         // disk alone: 250 MB takes all three hosts of 100.
         assert_eq!(lower_bound(capacity, demand(1000, 1000, 250)), 3);
+    }
+
+    /// The reasons counted from host sets are those a scan of every host gives, by the
+    /// first check each fails: on hosts of every size, some without the attributes, some
+    /// dedicated, for jobs with constraints, limits already reached and every kind of need.
+    #[test]
+    fn refusals_count_each_host_by_the_first_check_it_fails() {
+        use crate::records::Reader;
+        let mut seed = 11u64;
+        let mut draw = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut fleet = Fleet::default();
+        // 1,001 hosts: the ready sets of a room resource are 8 hosts apart, and the last
+        // word of a set is partly used.
+        for h in 0..1001 {
+            let mut attrs = vec![format!(r#""zone":"z{}""#, draw(3))];
+            if draw(10) > 0 {
+                attrs.push(format!(r#""rack":"r{}""#, draw(40)));
+            }
+            match draw(20) {
+                0 => attrs.push(r#""dedicated":"db""#.into()),
+                1 => attrs.push(r#""dedicated":["www/web","db/store"]"#.into()),
+                _ => {}
+            }
+            let line = format!(
+                r#"{{"type":"offer","host":"h{h}","cpus":{},"ram_mb":{},"disk_mb":{},"gpus":{},"ports":[[31000,{}]],"attrs":{{{}}}}}"#,
+                1 + draw(64),
+                1024 * (1 + draw(256)),
+                1024 * (1 + draw(100)),
+                draw(3) * draw(5),
+                31000 + draw(4),
+                attrs.join(",")
+            );
+            let rec = Reader::new(line.as_bytes()).next().unwrap().unwrap();
+            fleet.add_offer(&rec).unwrap();
+        }
+        let rules = [
+            "",
+            r#"{"attr":"zone","values":["z1","z2"]}"#,
+            r#"{"attr":"rack","not":["r3","r7","r9"]}"#,
+            r#"{"attr":"host","not":["h5","h600","h1000"]}"#,
+            r#"{"attr":"dedicated","values":["db"]}"#,
+            r#"{"attr":"host","limit":1}"#,
+            r#"{"attr":"rack","limit":2}"#,
+            r#"{"attr":"zone","limit":40}"#,
+        ];
+        let roles = ["www", "db", "batch"];
+        for round in 0..200 {
+            let constraints: Vec<&str> = (0..draw(3))
+                .map(|_| rules[draw(rules.len() as u64) as usize])
+                .filter(|r| !r.is_empty())
+                .collect();
+            let job = format!(
+                r#"{{"job":"{}/prod/web","instances":1,"cmd":["x"],"resources":{{"cpus":{},"ram_mb":{},"disk_mb":{},"gpus":{},"ports":[{}]}},"constraints":[{}]}}"#,
+                roles[draw(3) as usize],
+                [0.5, 4.0, 16.0, 40.0][draw(4) as usize],
+                [64, 8192, 65536, 200_000][draw(4) as usize],
+                [0, 1024, 50_000][draw(3) as usize],
+                draw(3),
+                ["", r#""a""#, r#""a","b","c","d""#][draw(3) as usize],
+                constraints.join(",")
+            );
+            let spec = crate::job::parse_text(&job, "test").unwrap();
+            let mut class = Class::compile(round, &spec, &mut fleet);
+            let mut scratch = Scratch::new(fleet.len());
+            scratch.load(&class);
+            for _ in 0..draw(300) {
+                let h = draw(fleet.len() as u64) as usize;
+                class.count(&fleet, Some(h), &|_| NONE, &mut scratch);
+            }
+            let mut scanned: Vec<(Reason, u32)> = Vec::new();
+            for h in 0..fleet.len() {
+                if let Err(r) = class.check(&fleet, &scratch, h) {
+                    match scanned.iter_mut().find(|(x, _)| *x == r) {
+                        Some((_, n)) => *n += 1,
+                        None => scanned.push((r, 1)),
+                    }
+                }
+            }
+            scanned.sort();
+            let mut counted = class.refusals(&fleet, &mut HostSets::new(&fleet));
+            counted.sort();
+            assert_eq!(counted, scanned, "{job}");
+        }
     }
 }

@@ -80,11 +80,6 @@ impl<'a> Victims<'a> {
         });
     }
 
-    /// Whether no running task may be stopped for another.
-    pub fn is_empty(&self) -> bool {
-        self.on_host.is_empty()
-    }
-
     /// Running task `t` is preempted in this pass: it makes room once. Returns the task.
     pub fn stop(&mut self, t: usize) -> &'a Running {
         self.gone[t] = true;

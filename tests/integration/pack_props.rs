@@ -10,9 +10,9 @@
 //!   (running instances included), and ports: the job's names, each a free number from the
 //!   host's ranges, never one given twice;
 //! - a pending record is for an instance no host can take (nor, for production, any host
-//!   once its preemptible instances are stopped), with each host's first failed check as
-//!   its reasons (the model's names and counts); the rest of that job is pending with the
-//!   same reasons;
+//!   once its preemptible instances are stopped), nor any host once the pass is over, with
+//!   each host's first failed check on the fleet the pass leaves as its reasons (the model's
+//!   names and counts); the rest of that job is pending with the same reasons;
 //! - an instance in restart backoff is never placed: it is pending with the one reason
 //!   `throttled until T`, T its time;
 //! - a scheduled host is used only when no other host can take the instance;
@@ -802,19 +802,6 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
                 if let Some(h) = m.fits_anywhere(j) {
                     return Err(format!("{at}: pending although {} has room", host_name(h)));
                 }
-                let total: u64 = reasons.values().sum();
-                if total != case.hosts.len() as u64 {
-                    return Err(format!(
-                        "{at}: reasons count {total} hosts of {}",
-                        case.hosts.len()
-                    ));
-                }
-                let want = m.reasons(j);
-                if reasons != want {
-                    return Err(format!(
-                        "{at}: reasons are not each host's first failed check {want:?}"
-                    ));
-                }
                 stuck.insert(j, reasons);
                 if case.jobs[j].production {
                     // Preemption must have been tried: no host takes it even with every
@@ -864,13 +851,27 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
     if killed != surplus {
         return Err(format!("killed {killed:?}, surplus {surplus:?}"));
     }
-    // Nothing is left pending that the fleet, as the decisions leave it, could take.
-    for &j in stuck.keys() {
+    // Nothing is left pending that the fleet, as the decisions leave it, could take, and
+    // the reasons count each host once, by the first check it fails on that fleet.
+    for (&j, reasons) in &stuck {
+        let key = job_key(j, &case.jobs[j]);
         if let Some(h) = m.fits_anywhere(j) {
             return Err(format!(
-                "{} left pending, but {} can take it after the pass",
-                job_key(j, &case.jobs[j]),
+                "{key} left pending, but {} can take it after the pass",
                 host_name(h)
+            ));
+        }
+        let total: u64 = reasons.values().sum();
+        if total != case.hosts.len() as u64 {
+            return Err(format!(
+                "{key}: reasons count {total} hosts of {}",
+                case.hosts.len()
+            ));
+        }
+        let want = m.reasons(j);
+        if *reasons != want {
+            return Err(format!(
+                "{key}: reasons {reasons:?} are not each host's first failed check after the pass {want:?}"
             ));
         }
     }
