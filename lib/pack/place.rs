@@ -863,8 +863,7 @@ impl Placer {
                         Box::new(self.pools.scan_up(pool, lowest, &want, &room, &fits))
                     }
                     (Strategy::Spread, _) if !fleet.domains.is_empty() => Box::new(
-                        self.spread_pick(pool, lowest, &want, fleet, class, &fits)
-                            .map(|key| key.2)
+                        self.spread_pick(pool, lowest, &want, fleet, class, 0, &fits)
                             .into_iter(),
                     ),
                     // The largest fresh host first, as spread takes the emptiest of all.
@@ -891,10 +890,6 @@ impl Placer {
         fallback
     }
 }
-
-/// How spread ranks a host for an instance (less is better): the instances of the job in
-/// its failure domains (largest first), how full it is, then the host.
-type SpreadKey = ([u32; 4], usize, u32);
 
 impl Placer {
     /// spread over a fleet split by its largest failure domain: the least loaded values of
@@ -931,11 +926,11 @@ impl Placer {
                     continue;
                 };
                 let pool = 6 + 2 * slot + scheduled as usize;
-                let key = self.spread_pick(pool, 0, want, fleet, class, fits)?;
-                if !strands(key.2 as usize) {
-                    return Some(key.2 as usize);
+                let h = self.spread_pick(pool, 0, want, fleet, class, 1, fits)? as usize;
+                if !strands(h) {
+                    return Some(h);
                 }
-                fallback = fallback.or(Some(key.2 as usize));
+                fallback = fallback.or(Some(h));
             }
             if fallback.is_some() {
                 break;
@@ -945,7 +940,11 @@ impl Placer {
     }
 
     /// spread across failure domains: of the emptiest hosts that take the instance, the one
-    /// whose domains (largest first) hold the fewest instances of the job, then the emptiest.
+    /// whose domains (largest first) hold the fewest instances of the job, then the emptiest
+    /// (the first found: hosts come emptiest first). The first `settled` domains are the
+    /// same for every host of the pool. A host with none of the job in its other domains
+    /// cannot be beaten by one found after it, so the search ends there: a job of a few
+    /// instances over many racks compares one host, not SPREAD_CANDIDATES.
     fn spread_pick(
         &self,
         pool: usize,
@@ -953,9 +952,10 @@ impl Placer {
         want: &Want,
         fleet: &Fleet,
         class: &Class,
+        settled: usize,
         fits: &dyn Fn(u32) -> bool,
-    ) -> Option<SpreadKey> {
-        let mut best: Option<SpreadKey> = None;
+    ) -> Option<u32> {
+        let mut best: Option<([u32; 4], u32)> = None;
         let mut load = [0u32; 4];
         let room = |h: u32| room_of(fleet, h as usize);
         for h in self
@@ -964,12 +964,14 @@ impl Placer {
             .take(SPREAD_CANDIDATES)
         {
             class.domain_load(fleet, h as usize, &mut load);
-            let key = (load, BUCKETS - self.slot[h as usize].bucket as usize, h);
-            if best.is_none_or(|b| key < b) {
-                best = Some(key);
+            if best.is_none_or(|(b, _)| load < b) {
+                best = Some((load, h));
+            }
+            if load[settled..].iter().all(|&n| n == 0) {
+                break;
             }
         }
-        best
+        best.map(|(_, h)| h)
     }
 
     /// For an instance needing `g` GPUs and `c` cpus: the host whose free cpus per free GPU
