@@ -95,6 +95,8 @@ struct Run<'a> {
     preempted: usize,
     /// `--preempt-within-tier`.
     within_tier: bool,
+    /// What the instances not yet decided ask for, in all.
+    remaining: Resources,
 }
 
 /// Whether a batch (not service) instance is over: finished, or failed as many times as its
@@ -141,6 +143,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     let total = Resources::from_array(offered.each_ref().map(|c| c.iter().sum()));
     let oversubscribed = !want.fits_in(total);
     run.oversubscribed = oversubscribed;
+    run.remaining = want;
     // The order's GPU scale is read after take_stock has freed the room of what this pass
     // kills, its cpus and ram scale before. Kept as it was: reading both at one point would
     // reorder jobs when a kill frees the most GPUs any host has.
@@ -151,6 +154,9 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     let order = place::order(jobs, order_scale, oversubscribed);
     for group in place::groups(jobs, &order) {
         run.place_group(&group, &missing, total);
+    }
+    if run.may_reorder() {
+        run.consolidate();
     }
     run.count_refusals();
     Outcome {
@@ -172,6 +178,12 @@ fn fleet_gpus_max(fleet: &Fleet) -> u64 {
     fleet.gpus.iter().copied().max().unwrap_or(0) as u64
 }
 
+/// Consolidation tries pairs among this many of the least full hosts, each into one fresh
+/// host of each shape, and asks at most CONSOLIDATION_CHECKS hosts in all: on a large
+/// fleet it costs a few milliseconds.
+const PAIRS_FROM: usize = 8;
+const CONSOLIDATION_CHECKS: usize = 1 << 20;
+
 /// How many times `Run::place_group` places a group at most (then once more, the best).
 const ATTEMPTS: usize = 4;
 
@@ -185,6 +197,7 @@ struct Mark {
     pending: usize,
     preempted: usize,
     used: Vec<Resources>,
+    remaining: Resources,
     jobs: Vec<(usize, Option<Class>, Option<&'static str>)>,
 }
 
@@ -289,6 +302,7 @@ impl<'a> Run<'a> {
             pending: 0,
             preempted: 0,
             within_tier: false,
+            remaining: Resources::default(),
             in_use,
             held,
         };
@@ -441,6 +455,7 @@ impl<'a> Run<'a> {
             pending: self.pending,
             preempted: self.preempted,
             used: self.used.clone(),
+            remaining: self.remaining,
             jobs: group
                 .iter()
                 .map(|&j| (j, self.classes[j].clone(), self.stuck[j]))
@@ -492,6 +507,7 @@ impl<'a> Run<'a> {
             self.reason_of_job.remove(j);
         }
         self.used.clone_from(&mark.used);
+        self.remaining = mark.remaining;
         self.placed = mark.placed;
         self.pending = mark.pending;
         let in_use: Vec<bool> = (0..self.fleet.len())
@@ -608,11 +624,15 @@ impl<'a> Run<'a> {
             .unwrap_or_else(|| Class::compile(j, spec, self.fleet));
         let host = match self.stuck[j] {
             Some(_) => None,
-            None => self
-                .placer
-                .find(self.fleet, &class, &self.scratch)
-                .or_else(|| self.preempt_for(&class, instance)),
+            None => {
+                let demand = (self.strategy == Strategy::Binpack && !self.oversubscribed)
+                    .then_some(self.remaining);
+                self.placer
+                    .find(self.fleet, &class, &self.scratch, demand)
+                    .or_else(|| self.preempt_for(&class, instance))
+            }
         };
+        self.remaining = self.remaining.less(Resources::of(r));
         match host {
             Some(h) => {
                 let (cpus, given) =
@@ -668,6 +688,201 @@ impl<'a> Run<'a> {
     fn new_reasons(&mut self, reasons: Vec<(String, u32)>) -> usize {
         self.reasons.push(reasons);
         self.reasons.len() - 1
+    }
+
+    /// Empties hosts this pass opened onto the other hosts in use: greedy placement opens
+    /// a host for whatever came when the hosts in use were full, and later placements may
+    /// leave room for it elsewhere. The least full hosts are tried first, one at a time,
+    /// then two at a time into one fresh host of another shape (two hosts of the wrong
+    /// cpu:ram ratio for the work become one of the right one).
+    fn consolidate(&mut self) {
+        let budget = std::cell::Cell::new(CONSOLIDATION_CHECKS);
+        for _ in 0..4 {
+            if !self.consolidate_once(&budget) {
+                break;
+            }
+        }
+    }
+
+    /// One round of `consolidate`, while `budget` (hosts asked) lasts; whether it emptied
+    /// a host.
+    fn consolidate_once(&mut self, budget: &std::cell::Cell<usize>) -> bool {
+        let on_host = self.placed_on_hosts();
+        let opened = self.opened_by_fill(&on_host);
+        let mut emptied = vec![false; self.fleet.len()];
+        let mut any = false;
+        for &h in &opened {
+            any |= self.empty_hosts(&[h], None, &on_host, &mut emptied, budget);
+        }
+        let left: Vec<usize> = opened
+            .into_iter()
+            .filter(|&h| !emptied[h])
+            .take(PAIRS_FROM)
+            .collect();
+        let shapes = self.placer.fresh_of_each_shape(self.fleet);
+        for (i, &a) in left.iter().enumerate() {
+            for &b in &left[i + 1..] {
+                if emptied[a] || emptied[b] {
+                    continue;
+                }
+                for &f in &shapes {
+                    if self.placer.is_fresh(f)
+                        && self.empty_hosts(&[a, b], Some(f), &on_host, &mut emptied, budget)
+                    {
+                        any = true;
+                        break;
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// The place decisions of this pass on each host (GPU work stays where it is).
+    fn placed_on_hosts(&self) -> Vec<Vec<usize>> {
+        let mut on_host: Vec<Vec<usize>> = vec![Vec::new(); self.fleet.len()];
+        for (d, decision) in self.decisions.iter().enumerate() {
+            if let Decision::Place { host, job, .. } = decision {
+                if self.jobs[*job].resources.gpus == 0 {
+                    on_host[*host as usize].push(d);
+                }
+            }
+        }
+        on_host
+    }
+
+    /// The hosts this pass opened that hold only what it placed, least full first.
+    fn opened_by_fill(&self, on_host: &[Vec<usize>]) -> Vec<usize> {
+        let (jobs, f) = (self.jobs, &*self.fleet);
+        let mut opened: Vec<(f64, usize)> = (0..f.len())
+            .filter(|&h| !self.in_use[h] && self.hosts_used[h] > 0)
+            .filter(|&h| on_host[h].len() == self.hosts_used[h] as usize)
+            .map(|h| {
+                let mut used = [0u64; 2];
+                for &d in &on_host[h] {
+                    if let Decision::Place { job, cpus, .. } = self.decisions[d] {
+                        used[0] += cpus as u64;
+                        used[1] += jobs[job].resources.ram_mb;
+                    }
+                }
+                let cpu = used[0] as f64 / (used[0] + f.cpus[h] as u64).max(1) as f64;
+                let ram = used[1] as f64 / (used[1] + f.ram_mb[h]).max(1) as f64;
+                (cpu.max(ram), h)
+            })
+            .collect();
+        opened.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        opened.into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// Moves every instance this pass placed on `from` to other hosts in use (and `fresh`,
+    /// opened for them, when given), largest first; or, when one fits nowhere, none.
+    fn empty_hosts(
+        &mut self,
+        from: &[usize],
+        fresh: Option<usize>,
+        on_host: &[Vec<usize>],
+        emptied: &mut [bool],
+        budget: &std::cell::Cell<usize>,
+    ) -> bool {
+        let jobs = self.jobs;
+        let mut placed: Vec<usize> = from
+            .iter()
+            .flat_map(|&h| on_host[h].iter().copied())
+            .collect();
+        let size = |d: &usize| match self.decisions[*d] {
+            Decision::Place { job, .. } => {
+                let r = &jobs[job].resources;
+                (r.cpus as u64, r.ram_mb)
+            }
+            _ => (0, 0),
+        };
+        placed.sort_by_key(|d| std::cmp::Reverse(size(d)));
+        for &h in from {
+            emptied[h] = true;
+        }
+        if let Some(f) = fresh {
+            self.placer.update(self.fleet, f);
+        }
+        let mut moved: Vec<(usize, usize, u32, Vec<u16>)> = Vec::new();
+        for &d in &placed {
+            let Decision::Place { job, .. } = self.decisions[d] else {
+                continue;
+            };
+            let mut class = self.classes[job].take().expect("a placed job is compiled");
+            if !self.scratch.holds(&class) {
+                // Loading costs a step per instance of the job: counted as asking a host.
+                budget.set(budget.get().saturating_sub(class.instances_counted()));
+                self.scratch.load(&class);
+            }
+            let target =
+                self.placer
+                    .find_in_use(self.fleet, &class, &self.scratch, &|t| emptied[t], budget);
+            if let Some(t) = target {
+                let r = &jobs[job].resources;
+                let (cpus, given) =
+                    self.fleet
+                        .reserve(t, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
+                self.placer.update(self.fleet, t);
+                class.count(self.fleet, Some(t), &|_| fleet::NONE, &mut self.scratch);
+                moved.push((d, t, cpus, given));
+            }
+            self.classes[job] = Some(class);
+            if target.is_none() {
+                break;
+            }
+        }
+        let done = moved.len() == placed.len();
+        for (d, t, cpus, given) in moved {
+            let Decision::Place {
+                job,
+                host,
+                cpus: was,
+                ports,
+                ..
+            } = &mut self.decisions[d]
+            else {
+                continue;
+            };
+            let r = &jobs[*job].resources;
+            let class = self.classes[*job].as_mut().unwrap();
+            let h = *host as usize;
+            if done {
+                self.fleet.release(
+                    h,
+                    *was,
+                    r.ram_mb,
+                    r.disk_mb,
+                    r.gpus,
+                    &self.ports[ports.clone()],
+                );
+                class.uncount(self.fleet, h, &mut self.scratch);
+                self.hosts_used[h] -= 1;
+                self.hosts_used[t] += 1;
+                *host = t as u32;
+                *was = cpus;
+                let at = self.ports.len();
+                self.ports.extend(given);
+                *ports = at..self.ports.len();
+            } else {
+                self.fleet
+                    .release(t, cpus, r.ram_mb, r.disk_mb, r.gpus, &given);
+                class.uncount(self.fleet, t, &mut self.scratch);
+                self.placer.update(self.fleet, t);
+            }
+        }
+        if let Some(f) = fresh.filter(|&f| self.hosts_used[f] == 0) {
+            self.placer.refresh(self.fleet, f);
+        }
+        if done {
+            for &h in from {
+                self.placer.update(self.fleet, h);
+            }
+        } else {
+            for &h in from {
+                emptied[h] = false;
+            }
+        }
+        done
     }
 
     /// The reasons of the jobs left pending because no host would take them: the hosts

@@ -48,6 +48,12 @@ impl Resources {
             && self.gpus <= room.gpus
     }
 
+    /// What is left of this once `other` is taken, none below zero.
+    pub fn less(self, other: Resources) -> Resources {
+        let (a, b) = (self.to_array(), other.to_array());
+        Resources::from_array(std::array::from_fn(|k| a[k].saturating_sub(b[k])))
+    }
+
     /// The amounts in the order cpus, ram_mb, disk_mb, gpus: for what is done alike to each.
     pub fn to_array(self) -> [u64; 4] {
         [self.cpus, self.ram_mb, self.disk_mb, self.gpus]

@@ -2529,6 +2529,35 @@ fn a_job_left_pending_by_the_order_is_placed_first_on_a_retry() {
 }
 
 #[test]
+fn fresh_hosts_are_opened_by_the_shape_the_work_needs() {
+    // 48 cores and 160 GiB of work, on hosts of 16 cores / 128 GiB and 32 / 64 GiB: one of
+    // each holds it all. Opening the largest fresh host by its scarcest share (both are
+    // half the largest) took three hosts; the hosts opened now follow what is still to
+    // place (cpus and ram), and a host left holding little is emptied onto the others.
+    let d = Dir::new();
+    d.jobs(
+        "jobs.json",
+        &[
+            job("www/prod/cpu", 8, 5.0, 4096),
+            job("www/prod/ram", 8, 1.0, 16384),
+        ],
+    );
+    let offers = lines_of(&[
+        offer("ramy0", 16.0, 131072),
+        offer("cpuy0", 32.0, 65536),
+        offer("ramy1", 16.0, 131072),
+        offer("cpuy1", 32.0, 65536),
+        offer("ramy2", 16.0, 131072),
+        offer("cpuy2", 32.0, 65536),
+    ]);
+    let recs = d.pack_expect(&["jobs.json"], &offers, 0);
+    let used: BTreeSet<String> = placements(&recs).into_values().collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert!(used.iter().any(|h| h.starts_with("ramy")), "{used:?}");
+    assert!(used.iter().any(|h| h.starts_with("cpuy")), "{used:?}");
+}
+
+#[test]
 fn mixed_cpu_ram_ratios_place_everything_the_optimum_places() {
     // Problem p076 of the `ratios` family of the pack benchmark's optimum section: three
     // hosts of 16 cores / 128 GiB and three of 16 / 32 GiB, cpu-heavy and ram-heavy jobs at
