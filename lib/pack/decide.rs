@@ -694,8 +694,13 @@ impl<'a> Run<'a> {
     /// a host for whatever came when the hosts in use were full, and later placements may
     /// leave room for it elsewhere. The least full hosts are tried first, one at a time,
     /// then two at a time into one fresh host of another shape (two hosts of the wrong
-    /// cpu:ram ratio for the work become one of the right one).
+    /// cpu:ram ratio for the work become one of the right one). Not when a job was left
+    /// pending for want of room.
     fn consolidate(&mut self) {
+        // Room it frees would be room for a job left pending for want of it.
+        if self.stuck.contains(&Some("")) {
+            return;
+        }
         let budget = std::cell::Cell::new(CONSOLIDATION_CHECKS);
         for _ in 0..4 {
             if !self.consolidate_once(&budget) {
