@@ -159,9 +159,13 @@ fn spec_once(
 ) -> Result<()> {
     if !std::mem::replace(&mut sent[job], true) {
         let spec = &input.jobs[job];
-        let rec = json!({"type":"spec","job":spec.key,"hash":hashes[job],"spec":Value::Object(spec.raw.clone())});
-        serde_json::to_writer(&mut *line, &rec)?;
-        line.push(b'\n');
+        line.extend_from_slice(b"{\"type\":\"spec\",\"job\":");
+        string(line, &spec.key)?;
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hashes[job].as_bytes());
+        line.extend_from_slice(b"\",\"spec\":");
+        line.extend_from_slice(spec.json.as_bytes());
+        line.extend_from_slice(b"}\n");
     }
     Ok(())
 }
