@@ -776,7 +776,8 @@ pub fn read_all(paths: &[PathBuf]) -> Read {
 /// definition only: a later one is an error, said after its file's own.
 fn keep_first(files: Vec<(Vec<JobSpec>, Vec<String>)>, read: &mut Read) {
     // Found first, while the jobs are where they are, so no key is copied.
-    let mut first: HashMap<&str, &str> = HashMap::new();
+    let jobs = files.iter().map(|(jobs, _)| jobs.len()).sum();
+    let mut first: HashMap<&str, &str> = HashMap::with_capacity(jobs);
     let mut later: Vec<Vec<String>> = Vec::with_capacity(files.len());
     let mut is_later: Vec<Vec<bool>> = Vec::with_capacity(files.len());
     for (jobs, _) in &files {
@@ -813,10 +814,12 @@ fn keep_first(files: Vec<(Vec<JobSpec>, Vec<String>)>, read: &mut Read) {
 /// Reads a file whole, up to [`MAX_FILE`] bytes.
 fn read_bounded(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE + 1)
-        .read_to_string(&mut text)?;
+    let file = std::fs::File::open(path)?;
+    // Sized at once: through `take` the string would grow by doubling, copying the file
+    // over and over. (The size is a hint: a file that grows meanwhile is still bounded.)
+    let size = file.metadata().map_or(0, |m| m.len()).min(MAX_FILE + 1);
+    let mut text = String::with_capacity(size as usize + 1);
+    file.take(MAX_FILE + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_FILE {
         return Err(std::io::Error::other(format!(
             "larger than {} MiB",

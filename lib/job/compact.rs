@@ -19,8 +19,10 @@ use super::{fnv, FNV_START};
 pub(super) fn compact(text: &str) -> Option<(String, u64)> {
     let mut pass = Pass {
         json: Vec::with_capacity(text.len()),
-        feed: Vec::with_capacity(text.len()),
-        entries: Vec::new(),
+        // An object's feed is written after its values before it takes their place: the
+        // whole spec's twice, at most, and a comma more per element.
+        feed: Vec::with_capacity(2 * text.len() + 64),
+        entries: Vec::with_capacity(32),
     };
     let mut de = serde_json::Deserializer::from_str(text);
     Node(&mut pass).deserialize(&mut de).ok()?;
