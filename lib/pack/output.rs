@@ -19,11 +19,7 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
     }
-    let hashes: Vec<String> = input
-        .jobs
-        .iter()
-        .map(|j| format!("{:016x}", j.hash))
-        .collect();
+    let hashes: Vec<Hex> = input.jobs.iter().map(|j| hex(j.hash)).collect();
     let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
     let mut spec_sent = vec![false; input.jobs.len()];
     for d in &outcome.decisions {
@@ -79,7 +75,7 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
 }
 
 /// A place record, by hand: there are a million of them in a large run.
-fn place(line: &mut Vec<u8>, input: &Input, outcome: &Outcome, hashes: &[String], d: &Decision) {
+fn place(line: &mut Vec<u8>, input: &Input, outcome: &Outcome, hashes: &[Hex], d: &Decision) {
     let Decision::Place {
         job,
         instance,
@@ -126,7 +122,7 @@ fn place(line: &mut Vec<u8>, input: &Input, outcome: &Outcome, hashes: &[String]
         number(line, *port);
     }
     line.extend_from_slice(b"},\"spec\":\"");
-    line.extend_from_slice(hashes[*job].as_bytes());
+    line.extend_from_slice(&hashes[*job]);
     line.push(b'"');
     if let Some(n) = incarnation_placed(input, &spec.key, *instance) {
         line.extend_from_slice(b",\"incarnation\":");
@@ -153,7 +149,7 @@ fn incarnation_placed(input: &Input, key: &str, instance: u32) -> Option<u32> {
 fn spec_once(
     line: &mut Vec<u8>,
     input: &Input,
-    hashes: &[String],
+    hashes: &[Hex],
     sent: &mut [bool],
     job: usize,
 ) -> Result<()> {
@@ -162,7 +158,7 @@ fn spec_once(
         line.extend_from_slice(b"{\"type\":\"spec\",\"job\":");
         string(line, &spec.key)?;
         line.extend_from_slice(b",\"hash\":\"");
-        line.extend_from_slice(hashes[job].as_bytes());
+        line.extend_from_slice(&hashes[job]);
         line.extend_from_slice(b"\",\"spec\":");
         line.extend_from_slice(spec.json.as_bytes());
         line.extend_from_slice(b"}\n");
@@ -222,6 +218,17 @@ fn string(line: &mut Vec<u8>, s: &str) -> Result<()> {
         line.push(b'"');
     }
     Ok(())
+}
+
+/// A spec hash as records carry it: 16 lowercase hex digits.
+type Hex = [u8; 16];
+
+fn hex(hash: u64) -> Hex {
+    let mut out = [0; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(hash >> (60 - 4 * i)) as usize & 0xf];
+    }
+    out
 }
 
 /// An integer in decimal, without the formatting machinery of `write!`.
