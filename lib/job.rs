@@ -4,6 +4,7 @@
 //! the resources, constraints, tier and priority; the other blocks are checked here so a
 //! mistake is caught when the file is read, not when an instance starts.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -11,6 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::host::{millicores, Millicores};
 use crate::task::{check_job_key, Announce, MAX_PORTS};
+
+mod compact;
 
 /// Production work may preempt preemptible work, never the reverse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -123,7 +126,10 @@ pub struct JobSpec {
     pub hash: u64,
     /// Where the job was read from, for messages.
     pub origin: String,
-    pub raw: Map<String, Value>,
+    /// The spec as serde_json writes it: compact, fields in the order written. pack echoes
+    /// it in spec records and launch keeps it as the task's job.json. (Text, not a `Value`:
+    /// a map per object was most of what 200,000 jobs held.)
+    pub json: String,
 }
 
 impl JobSpec {
@@ -275,12 +281,27 @@ pub fn parse(obj: &Map<String, Value>, origin: &str) -> Result<JobSpec, String> 
     let value = Value::Object(obj.clone());
     let written = serde_path_to_error::deserialize::<_, Written>(&value)
         .map_err(|e| located(obj, e.path().to_string(), e.inner().to_string()))?;
-    finish(written, obj.clone(), origin)
+    finish(written, value.to_string(), hash(&value), origin)
 }
 
 /// Parses and checks one job object from its text: as [`parse`], and a key given twice in
 /// any object is refused too (a JSON value keeps only the last).
+///
+/// A good spec is read once into its types and once more for its compact text and hash;
+/// only a spec refused (or an object with a key twice) is read into a `Value` as well, which
+/// is what names the field, and the job, in the message.
 pub fn parse_text(text: &str, origin: &str) -> Result<JobSpec, String> {
+    let Ok(written) = serde_json::from_str::<Written>(text) else {
+        return parse_text_slowly(text, origin);
+    };
+    match compact::compact(text) {
+        Some((json, hash)) => finish(written, json, hash, origin),
+        None => parse_text_slowly(text, origin),
+    }
+}
+
+/// [`parse_text`] by way of a `Value` of the whole spec, for the error messages.
+fn parse_text_slowly(text: &str, origin: &str) -> Result<JobSpec, String> {
     let obj = match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(obj)) => obj,
         Ok(_) => return Err("expected a job object".into()),
@@ -294,7 +315,8 @@ pub fn parse_text(text: &str, origin: &str) -> Result<JobSpec, String> {
             strip_position(&e.inner().to_string()),
         )
     })?;
-    finish(written, obj, origin)
+    let value = Value::Object(obj);
+    finish(written, value.to_string(), hash(&value), origin)
 }
 
 /// An error at `path`, with the job's key when it has one. serde names an unknown field by
@@ -340,14 +362,14 @@ fn syntax(e: &serde_json::Error) -> String {
     )
 }
 
-fn finish(w: Written, raw: Map<String, Value>, origin: &str) -> Result<JobSpec, String> {
+fn finish(w: Written, json: String, hash: u64, origin: &str) -> Result<JobSpec, String> {
     check_job_key(&w.job).map_err(|e| format!("field \"job\": {e}"))?;
     let key = w.job.clone();
     let spec = check(w).map_err(|e| format!("job {key}: {e}"))?;
     Ok(JobSpec {
         origin: origin.to_string(),
-        hash: hash(&Value::Object(raw.clone())),
-        raw,
+        hash,
+        json,
         ..spec
     })
 }
@@ -425,7 +447,7 @@ fn check(w: Written) -> Result<JobSpec, String> {
         announce,
         hash: 0,
         origin: String::new(),
-        raw: Map::new(),
+        json: String::new(),
     })
 }
 
@@ -662,42 +684,46 @@ pub fn check_announce_path(path: &str) -> Result<(), String> {
 }
 
 /// FNV-1a over the spec with object keys in sorted order, so the same spec hashes the same
-/// whatever the order of its fields in the file.
+/// whatever the order of its fields in the file. (`compact` feeds the same bytes from the
+/// text.)
 pub fn hash(v: &Value) -> u64 {
-    fn feed(h: &mut u64, bytes: &[u8]) {
-        for &b in bytes {
-            *h ^= b as u64;
-            *h = h.wrapping_mul(0x100_0000_01b3);
-        }
-    }
     fn walk(h: &mut u64, v: &Value) {
         match v {
             Value::Object(m) => {
                 let mut keys: Vec<&String> = m.keys().collect();
                 keys.sort();
-                feed(h, b"{");
+                fnv(h, b"{");
                 for k in keys {
-                    feed(h, k.as_bytes());
-                    feed(h, b":");
+                    fnv(h, k.as_bytes());
+                    fnv(h, b":");
                     walk(h, &m[k]);
-                    feed(h, b",");
+                    fnv(h, b",");
                 }
-                feed(h, b"}");
+                fnv(h, b"}");
             }
             Value::Array(a) => {
-                feed(h, b"[");
+                fnv(h, b"[");
                 for x in a {
                     walk(h, x);
-                    feed(h, b",");
+                    fnv(h, b",");
                 }
-                feed(h, b"]");
+                fnv(h, b"]");
             }
-            other => feed(h, other.to_string().as_bytes()),
+            other => fnv(h, other.to_string().as_bytes()),
         }
     }
-    let mut h = 0xcbf2_9ce4_8422_2325;
+    let mut h = FNV_START;
     walk(&mut h, v);
     h
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *h ^= b as u64;
+        *h = h.wrapping_mul(0x100_0000_01b3);
+    }
 }
 
 /// What reading the job files gave: every job that could be read, and one line per file,
@@ -741,32 +767,59 @@ pub fn read_all(paths: &[PathBuf]) -> Read {
             files.push(p.clone());
         }
     }
-    let mut seen = std::collections::HashMap::new();
-    for file in &files {
-        let (jobs, errors) = read_file(file);
-        read.errors.extend(errors);
-        for job in jobs {
-            if let Some(first) = seen.insert(job.key.clone(), job.origin.clone()) {
-                read.errors.push(format!(
-                    "{}: job {} is already defined at {first}",
+    let each: Vec<(Vec<JobSpec>, Vec<String>)> = files.iter().map(|f| read_file(f)).collect();
+    keep_first(each, &mut read);
+    read
+}
+
+/// Moves the jobs of each file into `read` with the file's errors, each job's first
+/// definition only: a later one is an error, said after its file's own.
+fn keep_first(files: Vec<(Vec<JobSpec>, Vec<String>)>, read: &mut Read) {
+    // Found first, while the jobs are where they are, so no key is copied.
+    let jobs = files.iter().map(|(jobs, _)| jobs.len()).sum();
+    let mut first: HashMap<&str, &str> = HashMap::with_capacity(jobs);
+    let mut later: Vec<Vec<String>> = Vec::with_capacity(files.len());
+    let mut is_later: Vec<Vec<bool>> = Vec::with_capacity(files.len());
+    for (jobs, _) in &files {
+        let mut said = Vec::new();
+        let mut marks = vec![false; jobs.len()];
+        for (job, mark) in jobs.iter().zip(&mut marks) {
+            if let Some(at) = first.get(job.key.as_str()) {
+                said.push(format!(
+                    "{}: job {} is already defined at {at}",
                     job.origin, job.key
                 ));
-                seen.insert(job.key.clone(), first);
+                *mark = true;
             } else {
-                read.jobs.push(job);
+                first.insert(&job.key, &job.origin);
             }
         }
+        later.push(said);
+        is_later.push(marks);
     }
-    read
+    drop(first);
+    for (((jobs, errors), said), marks) in files.into_iter().zip(later).zip(is_later) {
+        read.errors.extend(errors);
+        read.errors.extend(said);
+        if read.jobs.is_empty() && !marks.contains(&true) {
+            // Most often the only file: its jobs stay where they are rather than be copied.
+            read.jobs = jobs;
+            continue;
+        }
+        let kept = jobs.into_iter().zip(marks).filter(|(_, later)| !later);
+        read.jobs.extend(kept.map(|(job, _)| job));
+    }
 }
 
 /// Reads a file whole, up to [`MAX_FILE`] bytes.
 fn read_bounded(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE + 1)
-        .read_to_string(&mut text)?;
+    let file = std::fs::File::open(path)?;
+    // Sized at once: through `take` the string would grow by doubling, copying the file
+    // over and over. (The size is a hint: a file that grows meanwhile is still bounded.)
+    let size = file.metadata().map_or(0, |m| m.len()).min(MAX_FILE + 1);
+    let mut text = String::with_capacity(size as usize + 1);
+    file.take(MAX_FILE + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_FILE {
         return Err(std::io::Error::other(format!(
             "larger than {} MiB",
@@ -808,7 +861,8 @@ fn read_file(path: &Path) -> (Vec<JobSpec>, Vec<String>) {
             Err(e) => (Vec::new(), vec![format!("{name}: {e}")]),
         };
     }
-    let mut out = Vec::new();
+    // Room for every line at once: a spec is large, and growing by doubling copies them all.
+    let mut out = Vec::with_capacity(text.lines().count());
     let mut errors = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -864,6 +918,27 @@ mod tests {
         let c: Value = serde_json::from_str(r#"{"b":{"c":[2,1]},"a":1}"#).unwrap();
         assert_eq!(hash(&a), hash(&b));
         assert_ne!(hash(&a), hash(&c));
+    }
+
+    /// The spec text pack echoes and the hash that names its version are what the whole
+    /// `Value` gave, whatever the spacing, escapes and spelling of numbers in the file.
+    #[test]
+    fn compact_text_and_hash_are_the_values() {
+        for text in [
+            r#"{"job":"a/b/c","instances":1}"#,
+            "{ \"b\" : [ 1 , 2.50 , -0 , -0.0 , 1.0e2 , 1E-7 , 18446744073709551616 ] ,\n \"a\":{} }",
+            r#"{"s":"\u0041\/\u00e9\n\"\\\u0001","t":true,"f":false,"n":null,"e":[],"o":{"z":{},"y":[[]]}}"#,
+            r#"{"big":-9223372036854775809,"small":5e-324,"neg":-12}"#,
+        ] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let want = Some((v.to_string(), hash(&v)));
+            assert_eq!(compact::compact(text), want, "{text}");
+        }
+        // A key twice, however it is spelt: the caller asks the `Value`.
+        assert_eq!(compact::compact(r#"{"a":1,"a":2}"#), None);
+        assert_eq!(compact::compact(r#"{"k\u0020y":1,"k y":2}"#), None);
+        assert_eq!(compact::compact(r#"{"a":1e400}"#), None);
+        assert_eq!(compact::compact(r#"{"a":1} x"#), None);
     }
 
     #[test]
@@ -1102,9 +1177,21 @@ mod tests {
             let from_text = parse_text(&text, "prop");
             let from_value = parse(v.as_object().unwrap(), "prop");
             prop_assert_eq!(from_text.is_ok(), from_value.is_ok(), "{}", text);
-            if let Err(e) = from_text {
-                prop_assert!(!e.is_empty());
+            match (from_text, from_value) {
+                (Ok(a), Ok(b)) => prop_assert_eq!((a.json, a.hash), (b.json, b.hash)),
+                (Err(e), _) => prop_assert!(!e.is_empty()),
+                _ => {}
             }
+        }
+
+        /// A spec's compact text and hash are the same taken from its text, compact or
+        /// pretty-printed, as from its `Value`.
+        #[test]
+        fn compact_text_and_hash_follow_the_value(v in near_spec()) {
+            let want = Some((v.to_string(), hash(&v)));
+            prop_assert_eq!(&compact::compact(&v.to_string()), &want);
+            let pretty = serde_json::to_string_pretty(&v).unwrap();
+            prop_assert_eq!(&compact::compact(&pretty), &want);
         }
 
         #[test]

@@ -230,7 +230,7 @@ fn start_all(cli: &Cli, hosts: &Hosts, intents: &[Intent], specs: &Specs) -> Vec
             }
             let job = &specs[&(i.place.job.clone(), i.place.hash.clone())];
             match resolve(cli, i, job) {
-                Ok(spec) => mine.push((n, spec, Value::Object(job.raw.clone()).to_string())),
+                Ok(spec) => mine.push((n, spec, job.json.clone())),
                 Err(e) => starts[n] = Some(Start::failed(&e)),
             }
         }

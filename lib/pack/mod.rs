@@ -157,11 +157,21 @@ pub fn run(cli: Cli) -> Result<Status> {
             "every other job was placed"
         },
     )?;
-    Ok(if outcome.pending > 0 {
+    let status = if outcome.pending > 0 {
         Status::Partial
     } else {
         Status::Done
-    })
+    };
+    exit_without_freeing(input, outcome);
+    Ok(status)
+}
+
+/// pack returns to exit next: its input and decisions are left for the kernel to take
+/// back with the rest of the process, rather than freed allocation by allocation (a
+/// million of them at 100k hosts: 25 to 35 ms of wall time after the output was written).
+fn exit_without_freeing(input: Input, outcome: Outcome) {
+    std::mem::forget(input);
+    std::mem::forget(outcome);
 }
 
 /// Reads what the command line names (offers from `stdin`): see `input::read`.
