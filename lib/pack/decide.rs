@@ -808,86 +808,89 @@ impl<'a> Run<'a> {
         if let Some(f) = fresh {
             self.placer.update(self.fleet, f);
         }
-        let mut moved: Vec<(usize, usize, u32, Vec<u16>)> = Vec::new();
+        let mut moved: Vec<(usize, usize)> = Vec::new();
         for &d in &placed {
-            let Decision::Place { job, .. } = self.decisions[d] else {
+            let Decision::Place { job, host, .. } = self.decisions[d] else {
                 continue;
             };
-            let mut class = self.classes[job].take().expect("a placed job is compiled");
-            if !self.scratch.holds(&class) {
-                // Loading costs a step per instance of the job: counted as asking a host.
-                budget.set(budget.get().saturating_sub(class.instances_counted()));
-                self.scratch.load(&class);
-            }
-            let target =
-                self.placer
-                    .find_in_use(self.fleet, &class, &self.scratch, &|t| emptied[t], budget);
-            if let Some(t) = target {
-                let r = &jobs[job].resources;
-                let (cpus, given) =
-                    self.fleet
-                        .reserve(t, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
-                self.placer.update(self.fleet, t);
-                class.count(self.fleet, Some(t), &|_| fleet::NONE, &mut self.scratch);
-                moved.push((d, t, cpus, given));
-            }
-            self.classes[job] = Some(class);
-            if target.is_none() {
-                break;
+            match self.host_for_move(job, &|t| emptied[t], budget) {
+                Some(t) => {
+                    self.move_placed(d, t);
+                    moved.push((d, host as usize));
+                }
+                None => break,
             }
         }
         let done = moved.len() == placed.len();
-        for (d, t, cpus, given) in moved {
-            let Decision::Place {
-                job,
-                host,
-                cpus: was,
-                ports,
-                ..
-            } = &mut self.decisions[d]
-            else {
-                continue;
-            };
-            let r = &jobs[*job].resources;
-            let class = self.classes[*job].as_mut().unwrap();
-            let h = *host as usize;
-            if done {
-                self.fleet.release(
-                    h,
-                    *was,
-                    r.ram_mb,
-                    r.disk_mb,
-                    r.gpus,
-                    &self.ports[ports.clone()],
-                );
-                class.uncount(self.fleet, h, &mut self.scratch);
-                self.hosts_used[h] -= 1;
-                self.hosts_used[t] += 1;
-                *host = t as u32;
-                *was = cpus;
-                let at = self.ports.len();
-                self.ports.extend(given);
-                *ports = at..self.ports.len();
-            } else {
-                self.fleet
-                    .release(t, cpus, r.ram_mb, r.disk_mb, r.gpus, &given);
-                class.uncount(self.fleet, t, &mut self.scratch);
-                self.placer.update(self.fleet, t);
+        if !done {
+            for &(d, h) in moved.iter().rev() {
+                self.move_placed(d, h);
+            }
+            for &h in from {
+                emptied[h] = false;
             }
         }
         if let Some(f) = fresh.filter(|&f| self.hosts_used[f] == 0) {
             self.placer.refresh(self.fleet, f);
         }
-        if done {
-            for &h in from {
-                self.placer.update(self.fleet, h);
-            }
-        } else {
-            for &h in from {
-                emptied[h] = false;
-            }
-        }
         done
+    }
+
+    /// The fullest host in use, other than those `skip` names, that takes one more
+    /// instance of job `j` (placed already, so compiled).
+    fn host_for_move(
+        &mut self,
+        j: usize,
+        skip: &dyn Fn(usize) -> bool,
+        budget: &std::cell::Cell<usize>,
+    ) -> Option<usize> {
+        let class = self.classes[j].as_ref().expect("a placed job is compiled");
+        if !self.scratch.holds(class) {
+            // Loading costs a step per instance of the job: counted as asking a host.
+            budget.set(budget.get().saturating_sub(class.instances_counted()));
+            self.scratch.load(class);
+        }
+        self.placer
+            .find_in_use(self.fleet, class, &self.scratch, skip, budget)
+    }
+
+    /// Moves the instance placed by decision `d` to host `t`: its room, ports and counts.
+    fn move_placed(&mut self, d: usize, t: usize) {
+        let Decision::Place {
+            job,
+            host,
+            cpus,
+            ports,
+            ..
+        } = &mut self.decisions[d]
+        else {
+            return;
+        };
+        let (j, h) = (*job, *host as usize);
+        let r = &self.jobs[j].resources;
+        let (phys, given) =
+            self.fleet
+                .reserve(t, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
+        self.fleet.release(
+            h,
+            *cpus,
+            r.ram_mb,
+            r.disk_mb,
+            r.gpus,
+            &self.ports[ports.clone()],
+        );
+        *host = t as u32;
+        *cpus = phys;
+        let at = self.ports.len();
+        self.ports.extend(given);
+        *ports = at..self.ports.len();
+        let class = self.classes[j].as_mut().expect("a placed job is compiled");
+        class.count(self.fleet, Some(t), &|_| fleet::NONE, &mut self.scratch);
+        class.uncount(self.fleet, h, &mut self.scratch);
+        self.hosts_used[h] -= 1;
+        self.hosts_used[t] += 1;
+        self.placer.update(self.fleet, h);
+        self.placer.update(self.fleet, t);
     }
 
     /// The reasons of the jobs left pending because no host would take them: the hosts
