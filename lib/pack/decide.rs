@@ -156,7 +156,9 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
         run.place_group(&group, &missing, total);
     }
     if run.may_reorder() {
-        run.consolidate();
+        let budget = std::cell::Cell::new(SEARCH_CHECKS);
+        run.repair(&budget);
+        run.consolidate(&budget);
     }
     run.count_refusals();
     Outcome {
@@ -179,10 +181,16 @@ fn fleet_gpus_max(fleet: &Fleet) -> u64 {
 }
 
 /// Consolidation tries pairs among this many of the least full hosts, each into one fresh
-/// host of each shape, and asks at most CONSOLIDATION_CHECKS hosts in all: on a large
-/// fleet it costs a few milliseconds.
+/// host of each shape.
 const PAIRS_FROM: usize = 8;
-const CONSOLIDATION_CHECKS: usize = 1 << 20;
+
+/// Repair and consolidation, after placing, ask at most this many hosts in all (filling
+/// a pending instance into room a repair left is not counted): on a large fleet they
+/// cost a few milliseconds. Repair is for a few instances left pending where a different
+/// arrangement takes them, not for a fleet short of room: above REPAIR_MAX pending
+/// instances it is not tried.
+const SEARCH_CHECKS: usize = 1 << 20;
+const REPAIR_MAX: usize = 256;
 
 /// How many times `Run::place_group` places a group at most (then once more, the best).
 const ATTEMPTS: usize = 4;
@@ -696,16 +704,244 @@ impl<'a> Run<'a> {
     /// then two at a time into one fresh host of another shape (two hosts of the wrong
     /// cpu:ram ratio for the work become one of the right one). Not when a job was left
     /// pending for want of room.
-    fn consolidate(&mut self) {
+    fn consolidate(&mut self, budget: &std::cell::Cell<usize>) {
         // Room it frees would be room for a job left pending for want of it.
         if self.stuck.contains(&Some("")) {
             return;
         }
-        let budget = std::cell::Cell::new(CONSOLIDATION_CHECKS);
         for _ in 0..4 {
-            if !self.consolidate_once(&budget) {
+            if !self.consolidate_once(budget) {
                 break;
             }
+        }
+    }
+
+    /// Places instances left pending for want of room though the fleet holds all that is
+    /// asked, each by moving one instance this pass placed off a host that would then take
+    /// it, onto another host in use (an ejection): the order of placing can fill the only
+    /// hosts a job may use (a limit per host, a constraint) with work that fits elsewhere
+    /// as well. In the records, the instance placed takes the place of the one moved, and
+    /// that one goes where the pending record was. Jobs under a role quota are left alone.
+    fn repair(&mut self, budget: &std::cell::Cell<usize>) {
+        let (jobs, f) = (self.jobs, &*self.fleet);
+        // A move gives a host room at points of the records where it had none; where a
+        // host scheduled for maintenance was used, that room would have been taken first.
+        let on_scheduled =
+            |d: &Decision| matches!(d, Decision::Place { host, .. } if f.scheduled[*host as usize]);
+        if self.decisions.iter().any(on_scheduled) {
+            return;
+        }
+        let pending: Vec<usize> = (0..self.decisions.len())
+            .filter(|&d| match self.decisions[d] {
+                Decision::Pending { job, instance, .. } => {
+                    self.stuck[job] == Some("")
+                        && !self.throttled.contains_key(&(job, instance))
+                        && self.role_quota[self.role_of[job]].is_none()
+                        && jobs[job].resources.gpus == 0
+                }
+                _ => false,
+            })
+            .collect();
+        if pending.is_empty() || pending.len() > REPAIR_MAX {
+            return;
+        }
+        let mut on_host = self.placed_on_hosts();
+        // Instances of a job are alike: once one can be neither filled nor repaired, the
+        // rest of the job is not asked about.
+        let mut given_up = vec![false; jobs.len()];
+        let mut repaired = false;
+        for &d in &pending {
+            let Decision::Pending { job, .. } = self.decisions[d] else {
+                continue;
+            };
+            if given_up[job] || self.fill(d, &mut on_host) {
+                continue;
+            }
+            let Some((h, x, t)) = self.ejection_for(job, &on_host, budget) else {
+                given_up[job] = true;
+                continue;
+            };
+            self.move_placed(x, t);
+            self.place_pending(d, h);
+            self.decisions.swap(x, d);
+            on_host[t].push(d);
+            repaired = true;
+        }
+        // A later repair may have left room for an instance of a job given up before.
+        given_up.fill(false);
+        for &d in pending.iter().filter(|_| repaired) {
+            if let Decision::Pending { job, .. } = self.decisions[d] {
+                given_up[job] = given_up[job] || !self.fill(d, &mut on_host);
+            }
+        }
+        for j in 0..jobs.len() {
+            let left = |d: &Decision| matches!(d, Decision::Pending { job, .. } if *job == j);
+            if self.stuck[j] == Some("") && !self.decisions.iter().any(left) {
+                self.stuck[j] = None;
+            }
+        }
+    }
+
+    /// Places pending decision `d` on a host in use that takes it as it is (a repair
+    /// before left room), at its own point of the records: a host has no less room there
+    /// than at the end.
+    fn fill(&mut self, d: usize, on_host: &mut [Vec<usize>]) -> bool {
+        let Decision::Pending { job, .. } = self.decisions[d] else {
+            return false;
+        };
+        let unbounded = std::cell::Cell::new(usize::MAX);
+        let Some(h) = self.host_for_move(job, &|_| false, &unbounded) else {
+            return false;
+        };
+        self.place_pending(d, h);
+        on_host[h].push(d);
+        true
+    }
+
+    /// For one more instance of job `j`: a host `h` that refuses it only for room, an
+    /// instance `x` this pass placed there whose room would do, and another host in use
+    /// that takes `x`; such that no pending instance fits on `h` at any point of the
+    /// records once `x` has made way (`refuses_pending`).
+    fn ejection_for(
+        &mut self,
+        j: usize,
+        on_host: &[Vec<usize>],
+        budget: &std::cell::Cell<usize>,
+    ) -> Option<(usize, usize, usize)> {
+        let (jobs, n) = (self.jobs, self.fleet.len());
+        budget.set(budget.get().checked_sub(n)?);
+        let class = self.classes[j].as_ref()?;
+        if !self.scratch.holds(class) {
+            self.scratch.load(class);
+        }
+        let f = &*self.fleet;
+        let short: Vec<usize> = (0..n)
+            .filter(|&h| !f.scheduled[h])
+            .filter(|&h| matches!(class.check(f, &self.scratch, h), Err(r) if r.is_room()))
+            .collect();
+        for h in short {
+            for &x in &on_host[h] {
+                let Decision::Place {
+                    job,
+                    instance,
+                    cpus,
+                    ..
+                } = self.decisions[x]
+                else {
+                    continue;
+                };
+                let r = &jobs[job].resources;
+                let freed = Resources {
+                    cpus: cpus as u64,
+                    ..Resources::of(r)
+                };
+                // Not one placed by preempting: its preempt records stay right before it.
+                let preempted_for = x > 0
+                    && matches!(self.decisions[x - 1],
+                        Decision::Preempt { job: pj, instance: pi, .. } if pj == job && pi == instance);
+                let class = self.classes[j].as_ref()?;
+                if job == j
+                    || preempted_for
+                    || !class.fits_with(self.fleet, h, freed, r.ports.len() as u32)
+                    || !self.refuses_pending(h, x, j, &on_host[h])
+                {
+                    continue;
+                }
+                if let Some(t) = self.host_for_move(job, &|t| t == h, budget) {
+                    return Some((h, x, t));
+                }
+                if budget.get() == 0 {
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether, with the instance of decision `x` on host `h` replaced by one of job `j`,
+    /// every instance left pending of another job still fits nowhere at its point of the
+    /// records: `h` has the most room just after `x`, its room at the end plus what is
+    /// placed there later.
+    fn refuses_pending(&self, h: usize, x: usize, j: usize, on_h: &[usize]) -> bool {
+        let jobs = self.jobs;
+        let need = |job: usize| {
+            let r = &jobs[job].resources;
+            [
+                r.cpus as u64,
+                r.ram_mb,
+                r.disk_mb,
+                r.gpus as u64,
+                r.ports.len() as u64,
+            ]
+        };
+        let f = &*self.fleet;
+        let Decision::Place { job: xj, .. } = self.decisions[x] else {
+            return false;
+        };
+        let mut room = [
+            f.ref_cpus[h] as u64,
+            f.ram_mb[h],
+            f.disk_mb[h],
+            f.gpus[h] as u64,
+            f.ports[h] as u64,
+        ];
+        let later = on_h
+            .iter()
+            .filter(|&&d| d > x)
+            .filter_map(|&d| match self.decisions[d] {
+                Decision::Place { job, .. } => Some(job),
+                _ => None,
+            });
+        for job in std::iter::once(xj).chain(later) {
+            for (r, n) in room.iter_mut().zip(need(job)) {
+                *r += n;
+            }
+        }
+        for (r, n) in room.iter_mut().zip(need(j)) {
+            *r = r.saturating_sub(n);
+        }
+        self.decisions.iter().all(|d| match d {
+            // The job's own instances are asked again after it (`repair`).
+            Decision::Pending { job, instance, .. }
+                if *job != j
+                    && self.stuck[*job] == Some("")
+                    && !self.throttled.contains_key(&(*job, *instance)) =>
+            {
+                let admits = self.classes[*job].as_ref().is_some_and(|c| c.admits(f, h));
+                !admits || need(*job).iter().zip(&room).any(|(n, r)| n > r)
+            }
+            _ => true,
+        })
+    }
+
+    /// Turns pending decision `d` into a placement on host `h`.
+    fn place_pending(&mut self, d: usize, h: usize) {
+        let Decision::Pending { job, instance, .. } = self.decisions[d] else {
+            return;
+        };
+        let r = &self.jobs[job].resources;
+        let (cpus, given) =
+            self.fleet
+                .reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
+        self.placer.update(self.fleet, h);
+        let class = self.classes[job]
+            .as_mut()
+            .expect("a pending job is compiled");
+        class.count(self.fleet, Some(h), &|_| fleet::NONE, &mut self.scratch);
+        let at = self.ports.len();
+        self.ports.extend(given);
+        self.decisions[d] = Decision::Place {
+            job,
+            instance,
+            host: h as u32,
+            cpus,
+            ports: at..self.ports.len(),
+        };
+        self.hosts_used[h] += 1;
+        self.placed += 1;
+        self.pending -= 1;
+        if self.jobs[job].tier == Tier::Production {
+            self.charge(job);
         }
     }
 

@@ -40,6 +40,13 @@ pub enum Reason {
     Ports,
 }
 
+impl Reason {
+    /// Whether it is a resource the host is short of (and every other check passed).
+    pub fn is_room(self) -> bool {
+        ROOM_REASONS.contains(&self)
+    }
+}
+
 /// The resources a host can be short of, in the order `check` asks.
 const ROOM_REASONS: [Reason; 5] = [
     Reason::Cpus,
@@ -352,14 +359,17 @@ impl Class {
     /// Whether some host passes the checks no placement changes (dedicated hosts, value
     /// constraints): a job no host admits is refused everywhere, in any order.
     pub fn admitted_somewhere(&self, fleet: &Fleet) -> bool {
-        let dedicated = fleet.dedicated.map(|c| fleet.attrs.column(c));
-        (0..fleet.len()).any(|h| {
-            dedicated.is_none_or(|d| d[h] == NONE || self.admitted.contains(d[h]))
-                && self
-                    .values
-                    .iter()
-                    .all(|rule| rule.allows(fleet.attrs.column(rule.column)[h]))
-        })
+        (0..fleet.len()).any(|h| self.admits(fleet, h))
+    }
+
+    /// Whether host `h` passes the checks no placement changes (dedicated, constraints).
+    pub fn admits(&self, fleet: &Fleet, h: usize) -> bool {
+        let dedicated = fleet.dedicated.map(|c| fleet.attrs.column(c)[h]);
+        dedicated.is_none_or(|d| d == NONE || self.admitted.contains(d))
+            && self
+                .values
+                .iter()
+                .all(|rule| rule.allows(fleet.attrs.column(rule.column)[h]))
     }
 
     /// Whether host `h` can take one more instance now, or the first reason it cannot.
@@ -544,6 +554,17 @@ impl Class {
     /// `domain_slot`).
     pub fn domain_count(&self, level: usize, slot: usize) -> u32 {
         self.domain_used[level].get(slot).copied().unwrap_or(0)
+    }
+
+    /// Whether host `h` would have room for one more instance with `freed` more free
+    /// (cpus in the host's physical millicores) and `ports` more ports.
+    pub fn fits_with(&self, fleet: &Fleet, h: usize, freed: Resources, ports: u32) -> bool {
+        let phys = (fleet.cpus[h] as u64 + freed.cpus).min(u32::MAX as u64) as u32;
+        super::fleet::ref_milli(phys, fleet.cpu_factor[h]) >= self.ref_cpus
+            && fleet.ram_mb[h] + freed.ram_mb >= self.ram
+            && fleet.disk_mb[h] + freed.disk_mb >= self.disk
+            && fleet.gpus[h] as u64 + freed.gpus >= self.gpus as u64
+            && fleet.ports[h] + ports >= self.ports
     }
 
     /// How many instances are counted on hosts.

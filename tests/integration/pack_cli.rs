@@ -2529,6 +2529,35 @@ fn a_job_left_pending_by_the_order_is_placed_first_on_a_retry() {
 }
 
 #[test]
+fn an_instance_that_fits_elsewhere_makes_way_for_a_limited_job() {
+    // The higher priority fills h1 by best fit; the host:1 job then finds h1 full and h2
+    // taken by its other instance. Moving one of h1's instances to h2 makes room: nothing
+    // is left pending (one was, before the repair after placing).
+    let d = Dir::new();
+    d.jobs(
+        "jobs.json",
+        &[
+            with(job("www/prod/x", 2, 2.0, 2048), json!({"priority": 1})),
+            with(
+                job("www/prod/l", 2, 1.0, 1024),
+                json!({"constraints": [{"attr": "host", "limit": 1}]}),
+            ),
+        ],
+    );
+    let offers = lines_of(&[offer("h1", 4.0, 8192), offer("h2", 4.0, 8192)]);
+    let recs = d.pack_expect(&["jobs.json"], &offers, 0);
+    assert_eq!(pending_tasks(&recs), set(&[]));
+    assert_eq!(
+        per_host(&recs, "www/prod/l"),
+        BTreeMap::from([("h1".to_string(), 1), ("h2".to_string(), 1)])
+    );
+    assert_eq!(
+        per_host(&recs, "www/prod/x"),
+        BTreeMap::from([("h1".to_string(), 1), ("h2".to_string(), 1)])
+    );
+}
+
+#[test]
 fn fresh_hosts_are_opened_by_the_shape_the_work_needs() {
     // 48 cores and 160 GiB of work, on hosts of 16 cores / 128 GiB and 32 / 64 GiB: one of
     // each holds it all. Opening the largest fresh host by its scarcest share (both are
