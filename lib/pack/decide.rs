@@ -643,27 +643,9 @@ impl<'a> Run<'a> {
         self.remaining = self.remaining.less(Resources::of(r));
         match host {
             Some(h) => {
-                let (cpus, given) =
-                    self.fleet
-                        .reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
-                self.placer.update(self.fleet, h);
-                let mut class = class;
-                class.count(self.fleet, Some(h), &|_| fleet::NONE, &mut self.scratch);
                 self.classes[j] = Some(class);
-                let at = self.ports.len();
-                self.ports.extend(given);
-                self.decisions.push(Decision::Place {
-                    job: j,
-                    instance,
-                    host: h as u32,
-                    cpus,
-                    ports: at..self.ports.len(),
-                });
-                self.hosts_used[h] += 1;
-                self.placed += 1;
-                if spec.tier == Tier::Production {
-                    self.charge(j);
-                }
+                let placed = self.take_room(j, instance, h);
+                self.decisions.push(placed);
             }
             None => {
                 // Instances of a job are identical: once one fits nowhere, the rest cannot
@@ -919,29 +901,33 @@ impl<'a> Run<'a> {
         let Decision::Pending { job, instance, .. } = self.decisions[d] else {
             return;
         };
-        let r = &self.jobs[job].resources;
+        self.decisions[d] = self.take_room(job, instance, h);
+        self.pending -= 1;
+    }
+
+    /// Places instance `instance` of job `j` (compiled) on host `h`: its room, ports,
+    /// limit counts and quota. Returns the decision.
+    fn take_room(&mut self, j: usize, instance: u32, h: usize) -> Decision {
+        let r = &self.jobs[j].resources;
         let (cpus, given) =
             self.fleet
                 .reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
         self.placer.update(self.fleet, h);
-        let class = self.classes[job]
-            .as_mut()
-            .expect("a pending job is compiled");
+        let class = self.classes[j].as_mut().expect("a job placed is compiled");
         class.count(self.fleet, Some(h), &|_| fleet::NONE, &mut self.scratch);
         let at = self.ports.len();
         self.ports.extend(given);
-        self.decisions[d] = Decision::Place {
-            job,
+        self.hosts_used[h] += 1;
+        self.placed += 1;
+        if self.jobs[j].tier == Tier::Production {
+            self.charge(j);
+        }
+        Decision::Place {
+            job: j,
             instance,
             host: h as u32,
             cpus,
             ports: at..self.ports.len(),
-        };
-        self.hosts_used[h] += 1;
-        self.placed += 1;
-        self.pending -= 1;
-        if self.jobs[job].tier == Tier::Production {
-            self.charge(job);
         }
     }
 

@@ -360,13 +360,7 @@ mod tests {
     #[test]
     fn the_cells_rule_out_only_hosts_that_cannot_fit() {
         let (scale_cpus, scale_ram) = (96_000u64, 768 * 1024u64);
-        let mut seed = 7u64;
-        let mut draw = move |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
+        let mut draw = crate::pack::draws(7);
         let share = |r: &Room| {
             (
                 r[0] as f64 / scale_cpus as f64,

@@ -32,6 +32,17 @@ use crate::exit::{Status, TABLE};
 use crate::job;
 
 pub use decide::{decide, Decision, Outcome};
+
+/// Unit tests' random numbers: a fixed sequence from `seed`, each below the bound asked.
+#[cfg(test)]
+fn draws(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    }
+}
 pub use fleet::Fleet;
 pub use input::{Input, Running};
 pub use place::{lower_bound, Strategy};

@@ -1404,13 +1404,7 @@ mod tests {
     #[test]
     fn refusals_count_each_host_by_the_first_check_it_fails() {
         use crate::records::Reader;
-        let mut seed = 11u64;
-        let mut draw = move |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
+        let mut draw = crate::pack::draws(11);
         let mut fleet = Fleet::default();
         // 1,001 hosts: the ready sets of a room resource are 8 hosts apart, and the last
         // word of a set is partly used.
