@@ -816,8 +816,11 @@ impl Placer {
         self.kind[h] == FRESH as u8 && !self.is_parked[h] && !fleet.scheduled[h]
     }
 
-    /// Keeps `open_free` up to date with host `h`.
+    /// Keeps `open_free` up to date with host `h` (binpack's: spread opens nothing).
     fn account(&mut self, fleet: &Fleet, h: usize) {
+        if self.strategy != Strategy::Binpack {
+            return;
+        }
         let now = if self.kind[h] == IN_USE as u8 && !fleet.scheduled[h] {
             [fleet.ref_cpus[h] as u64, fleet.ram_mb[h]]
         } else {
