@@ -367,7 +367,7 @@ proptest! {
         prop_assert_eq!(&f.names, &vec![h.name.clone()]);
         prop_assert_eq!(f.cpus[0], h.cpus);
         prop_assert_eq!((f.ram_mb[0], f.disk_mb[0], f.gpus[0]), (h.ram_mb, h.disk_mb, h.gpus));
-        prop_assert_eq!(&f.port_ranges[0], &h.ports);
+        prop_assert_eq!(&f.free_ranges(0), &h.ports);
         prop_assert_eq!(f.scheduled[0], h.maintenance.mode == Mode::Scheduled);
     }
 }
