@@ -327,6 +327,10 @@ fn readers_racing_commits_and_checkpoints_never_see_damage() {
         ..Options::default()
     };
     let mut w = State::open_with(&path, opts.clone(), true).unwrap();
+    // The readers open before the writer starts: 400 commits can be over before a reader
+    // opened after them has looked once (a full test run saw 0 views).
+    let mut follower = State::open(&path).unwrap();
+    let mut writing_follower = State::open_with(&path, opts, true).unwrap();
     let writer = std::thread::spawn(move || {
         for i in 0..400u32 {
             w.write(|tx| {
@@ -358,8 +362,6 @@ fn readers_racing_commits_and_checkpoints_never_see_damage() {
             .collect();
         assert_eq!(got, want, "{who}'s view of transaction {t}");
     };
-    let mut follower = State::open(&path).unwrap();
-    let mut writing_follower = State::open_with(&path, opts, true).unwrap();
     let (mut last, mut last_w, mut views) = (0, 0, 0);
     while !writer.is_finished() {
         let fresh = State::open(&path).unwrap_or_else(|e| panic!("open: {e:#}"));

@@ -409,9 +409,13 @@ impl Host {
         ip_batch(&["-n", &self.name], "link set eth0 down\n", false);
     }
 
-    /// Undoes [`Host::cut`]; returns when the link carries traffic again.
+    /// Undoes [`Host::cut`]; returns when the link carries traffic again. The root end's
+    /// neighbour entry for the host went FAILED while no ARP answer came, and the kernel
+    /// answers "No route to host" from it for a while after the link is up: it is
+    /// flushed, as the link coming back would on a real network (a full test run hit it).
     pub fn heal(&self) {
         ip_batch(&["-n", &self.name], "link set eth0 up\n", false);
+        ip_batch(&[], &format!("neigh flush dev {}\n", self.veth), true);
         wait_links_up(std::slice::from_ref(self));
     }
 
