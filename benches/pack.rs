@@ -1905,28 +1905,14 @@ fn optimum(dir: &Path, report: &mut Report) {
             pass,
         );
     }
+    let classic_worst = |of: fn(&Compared) -> Option<f64>| {
+        let ratios = compared.iter().filter(|c| c.family == 0).filter_map(of);
+        format!("{:.3}", worst(ratios.collect()))
+    };
     report.row(
         "small problems: worst hosts used / optimum",
-        format!(
-            "{:.3}",
-            worst(
-                compared
-                    .iter()
-                    .filter(|c| c.family == 0)
-                    .filter_map(|c| c.pack)
-                    .collect()
-            )
-        ),
-        format!(
-            "{:.3}",
-            worst(
-                compared
-                    .iter()
-                    .filter(|c| c.family == 0)
-                    .filter_map(|c| c.ffd)
-                    .collect()
-            )
-        ),
+        classic_worst(|c| c.pack),
+        classic_worst(|c| c.ffd),
         None,
         String::new(),
         "",

@@ -1082,6 +1082,8 @@ impl Placer {
         if self.split.is_some() {
             return self.spread_split(fleet, class, &want, &fits, &strands);
         }
+        // Whether the hosts in use (not scheduled) were searched already, in vain.
+        let mut searched_in_use = false;
         if let Some(demand) = demand.filter(|_| g == 0 && self.per_gpu.is_none()) {
             let in_use = pool_of(false, IN_USE);
             let found = self
@@ -1094,10 +1096,14 @@ impl Placer {
             {
                 return Some(h);
             }
+            searched_in_use = true;
         }
         let mut fallback = None;
         for scheduled in [false, true] {
             for kind in [IN_USE, FRESH, FRESH_GPU] {
+                if searched_in_use && !scheduled && kind == IN_USE {
+                    continue;
+                }
                 let pool = pool_of(scheduled, kind);
                 let mut candidates: Box<dyn Iterator<Item = u32>> = match (self.strategy, kind) {
                     (Strategy::Binpack, IN_USE) => {
