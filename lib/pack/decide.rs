@@ -13,6 +13,8 @@ use super::preempt::{Room, Victims};
 use super::refusals::HostSets;
 use super::{Input, Resources, Running};
 
+mod rearrange;
+
 /// What pack decided, in decision order.
 pub enum Decision {
     Place {
@@ -159,6 +161,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
         let budget = std::cell::Cell::new(SEARCH_CHECKS);
         run.repair(&budget);
         run.consolidate(&budget);
+        run.rearrange(&budget);
     }
     run.count_refusals();
     Outcome {
@@ -756,7 +759,12 @@ impl<'a> Run<'a> {
                 given_up[job] = given_up[job] || !self.fill(d, &mut on_host);
             }
         }
-        for j in 0..jobs.len() {
+        self.unstick_placed();
+    }
+
+    /// Forgets that a job fit nowhere once none of its instances is left pending.
+    fn unstick_placed(&mut self) {
+        for j in 0..self.jobs.len() {
             let left = |d: &Decision| matches!(d, Decision::Pending { job, .. } if *job == j);
             if self.stuck[j] == Some("") && !self.decisions.iter().any(left) {
                 self.stuck[j] = None;
@@ -908,6 +916,23 @@ impl<'a> Run<'a> {
     /// Places instance `instance` of job `j` (compiled) on host `h`: its room, ports,
     /// limit counts and quota. Returns the decision.
     fn take_room(&mut self, j: usize, instance: u32, h: usize) -> Decision {
+        let (cpus, ports) = self.occupy(j, h);
+        self.placed += 1;
+        if self.jobs[j].tier == Tier::Production {
+            self.charge(j);
+        }
+        Decision::Place {
+            job: j,
+            instance,
+            host: h as u32,
+            cpus,
+            ports,
+        }
+    }
+
+    /// Reserves one instance of job `j` (compiled) on host `h`: its room, ports and limit
+    /// counts. Returns the physical cpus and the ports it was given.
+    fn occupy(&mut self, j: usize, h: usize) -> (u32, std::ops::Range<usize>) {
         let r = &self.jobs[j].resources;
         let (cpus, given) =
             self.fleet
@@ -918,17 +943,35 @@ impl<'a> Run<'a> {
         let at = self.ports.len();
         self.ports.extend(given);
         self.hosts_used[h] += 1;
-        self.placed += 1;
-        if self.jobs[j].tier == Tier::Production {
-            self.charge(j);
-        }
-        Decision::Place {
-            job: j,
-            instance,
-            host: h as u32,
+        (cpus, at..self.ports.len())
+    }
+
+    /// Gives back the room, ports and counts of the instance placed by decision `d` (its
+    /// record still names the host; the placer is left to the caller).
+    fn vacate(&mut self, d: usize) {
+        let Decision::Place {
+            job,
+            host,
             cpus,
-            ports: at..self.ports.len(),
-        }
+            ref ports,
+            ..
+        } = self.decisions[d]
+        else {
+            return;
+        };
+        let (j, h) = (job, host as usize);
+        let r = &self.jobs[j].resources;
+        self.fleet.release(
+            h,
+            cpus,
+            r.ram_mb,
+            r.disk_mb,
+            r.gpus,
+            &self.ports[ports.clone()],
+        );
+        let class = self.classes[j].as_mut().expect("a placed job is compiled");
+        class.uncount(self.fleet, h, &mut self.scratch);
+        self.hosts_used[h] -= 1;
     }
 
     /// One round of `consolidate`, while `budget` (hosts asked) lasts; whether it emptied
@@ -1078,41 +1121,28 @@ impl<'a> Run<'a> {
 
     /// Moves the instance placed by decision `d` to host `t`: its room, ports and counts.
     fn move_placed(&mut self, d: usize, t: usize) {
-        let Decision::Place {
-            job,
-            host,
-            cpus,
-            ports,
-            ..
-        } = &mut self.decisions[d]
-        else {
+        let Decision::Place { host, .. } = self.decisions[d] else {
             return;
         };
-        let (j, h) = (*job, *host as usize);
-        let r = &self.jobs[j].resources;
-        let (phys, given) =
-            self.fleet
-                .reserve(t, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
-        self.fleet.release(
-            h,
-            *cpus,
-            r.ram_mb,
-            r.disk_mb,
-            r.gpus,
-            &self.ports[ports.clone()],
-        );
-        *host = t as u32;
-        *cpus = phys;
-        let at = self.ports.len();
-        self.ports.extend(given);
-        *ports = at..self.ports.len();
-        let class = self.classes[j].as_mut().expect("a placed job is compiled");
-        class.count(self.fleet, Some(t), &|_| fleet::NONE, &mut self.scratch);
-        class.uncount(self.fleet, h, &mut self.scratch);
-        self.hosts_used[h] -= 1;
-        self.hosts_used[t] += 1;
-        self.placer.update(self.fleet, h);
-        self.placer.update(self.fleet, t);
+        self.vacate(d);
+        self.settle(d, t);
+        self.placer.update(self.fleet, host as usize);
+    }
+
+    /// Reserves the instance of place decision `d`, vacated, on host `t`, and records it
+    /// there.
+    fn settle(&mut self, d: usize, t: usize) {
+        let Decision::Place { job, instance, .. } = self.decisions[d] else {
+            return;
+        };
+        let (cpus, ports) = self.occupy(job, t);
+        self.decisions[d] = Decision::Place {
+            job,
+            instance,
+            host: t as u32,
+            cpus,
+            ports,
+        };
     }
 
     /// The reasons of the jobs left pending because no host would take them: the hosts

@@ -8,6 +8,7 @@
 //! when a production instance fits nowhere; `output` writes the records, or `explain`
 //! says why one task goes where it goes. `Resources` is the amount they count in.
 
+mod arrange;
 mod decide;
 mod explain;
 mod fleet;

@@ -576,6 +576,28 @@ impl Class {
         !self.limits.is_empty()
     }
 
+    /// Whether a limit counts instances per value of an attribute (a rack, a zone) rather
+    /// than per host.
+    pub fn limits_per_value(&self) -> bool {
+        self.limits
+            .iter()
+            .any(|(s, _)| matches!(s, Scope::Column(_)))
+    }
+
+    /// The most instances a host may hold under the job's per-host limits.
+    pub fn per_host_limit(&self) -> Option<u32> {
+        self.limits
+            .iter()
+            .filter(|(s, _)| matches!(s, Scope::Host))
+            .map(|&(_, l)| l)
+            .min()
+    }
+
+    /// Instances of the job on host `h`, running or placed now.
+    pub fn on_host(&self, h: usize) -> u32 {
+        self.hosts.iter().filter(|&&x| x as usize == h).count() as u32
+    }
+
     /// What one instance asks for (cpus in reference millicores).
     pub fn need(&self) -> Resources {
         Resources {
