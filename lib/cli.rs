@@ -132,10 +132,22 @@ pub fn main<C: Parser>(tool: &str, run: fn(C) -> anyhow::Result<Status>) -> Exit
     exit::run(tool, || run(cli))
 }
 
-/// The first line of clap's rendering of a usage error, without its `error: `.
-fn usage_error(rendered: &str) -> &str {
-    let first = rendered.lines().next().unwrap_or_default();
-    first.strip_prefix("error: ").unwrap_or(first).trim_end()
+/// Clap's rendering of a usage error on one line: its first paragraph without the
+/// `error: `, where the lines after the first (the missing arguments, one per line) are
+/// joined with commas, so that the line names everything that is wrong.
+fn usage_error(rendered: &str) -> String {
+    let mut paragraph = rendered.lines().take_while(|l| !l.trim().is_empty());
+    let first = paragraph.next().unwrap_or_default();
+    let mut line = first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim_end()
+        .to_owned();
+    for (i, more) in paragraph.enumerate() {
+        line.push_str(if i == 0 { " " } else { ", " });
+        line.push_str(more.trim());
+    }
+    line
 }
 
 /// Formats a number the way people read capacity: no trailing ".0".

@@ -358,7 +358,14 @@ fn record_results<'a>(
                         r.state = TaskState::Running;
                         (r.pid, r.pid_start) = s.pid.unwrap_or((0, 0));
                     }
-                    _ => r.state = TaskState::Starting,
+                    // Not running (yet, or any more): reap collects how it ended, with
+                    // the restart policy; the event already says why.
+                    _ => {
+                        r.state = TaskState::Starting;
+                        if let Some(why) = report.as_ref().and_then(|s| s.reason.as_ref()) {
+                            event["reason"] = json!(why);
+                        }
+                    }
                 }
                 r.since = now;
                 r

@@ -475,6 +475,41 @@ fn a_task_whose_supervisor_cannot_start_fails_at_once_with_the_reason() {
 }
 
 #[test]
+fn a_sandbox_its_user_cannot_reach_is_refused_and_launch_says_why() {
+    common::require_root("tasks under uids of their own");
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new();
+    // The cluster's directory as `mktemp -d` makes it: root's, mode 0700.
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let records = c.pack(WEB);
+    let out = c.launch(&records);
+    let events = lines(&stdout(&out));
+    assert_eq!(events.len(), 2, "{}", stderr(&out));
+    for e in &events {
+        let reason = e["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("cannot reach its sandbox"), "{e}");
+    }
+    // reap collects them (a service: throttled before its next try), the reason in the
+    // record.
+    let out = run(&mut tool("reap", &c.state()), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(tool("reap", &c.state()).args(["tasks", "--json"]), b"");
+    let tasks = lines(&stdout(&out));
+    assert_eq!(tasks.len(), 2);
+    for t in tasks {
+        assert_eq!(
+            (
+                t["state"].as_str(),
+                t["reason"].as_str(),
+                t["exit"].as_i64()
+            ),
+            (Some("THROTTLED"), Some("could not start"), Some(126)),
+            "{t}"
+        );
+    }
+}
+
+#[test]
 fn a_bad_place_record_starts_nothing_and_changes_nothing() {
     let c = Cluster::new();
     let records = c.pack(WEB);

@@ -631,16 +631,22 @@ fn schedule_refuses_a_draining_or_drained_host_and_changes_nothing() {
 fn usage_errors_exit_2() {
     let dir = common::tempdir();
     let state = state_in(&dir);
-    for args in [
-        &["frobnicate"][..],
-        &["remove"],
-        &["drain"],
-        &["add", "--attr", "rack=r1"],
-        &["hosts", "--no-such-flag"],
+    // One line that names what is wrong: the unknown word, or every missing argument.
+    for (args, names) in [
+        (&["frobnicate"][..], &["'frobnicate'"][..]),
+        (&["remove"], &["<HOST>"]),
+        (&["drain"], &["<HOST>"]),
+        (&["schedule"], &["<HOST>"]),
+        (&["add", "--attr", "rack=r1"], &["--probe <NAME>"]),
+        (&["hosts", "--no-such-flag"], &["'--no-such-flag'"]),
     ] {
         let out = offer(&state, args, b"");
-        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
-        assert!(!stderr(&out).is_empty(), "{args:?} said nothing");
+        let err = stderr(&out);
+        assert_eq!(code(&out), 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for name in names {
+            assert!(err.contains(name), "{args:?} does not name {name}: {err}");
+        }
         assert!(stdout(&out).is_empty());
     }
     assert!(!state.exists(), "a usage error created the state");
