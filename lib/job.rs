@@ -102,6 +102,36 @@ impl Restart {
     }
 }
 
+/// How a new version of a job's spec replaces the running instances (the `update` block):
+/// `batch_size` instances at a time, each counted done once it has run the new spec,
+/// healthy, for `watch_s`; an instance restarted more than `max_per_instance_failures`
+/// times has failed, and more than `max_total_failures` failed instances, or no instance
+/// done for `progress_deadline_s`, fail the update, which then rolls back if `rollback`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdatePolicy {
+    pub batch_size: u32,
+    pub watch_s: f64,
+    pub max_per_instance_failures: u16,
+    pub max_total_failures: u32,
+    pub rollback: bool,
+    pub progress_deadline_s: f64,
+}
+
+impl Default for UpdatePolicy {
+    /// Aurora's batch of 1 and failure tolerances of 0; a 30 s watch (Aurora 45, Nomad 10);
+    /// Nomad's 10-minute progress deadline (Aurora has none, and its updates could hang).
+    fn default() -> Self {
+        UpdatePolicy {
+            batch_size: 1,
+            watch_s: 30.0,
+            max_per_instance_failures: 0,
+            max_total_failures: 0,
+            rollback: true,
+            progress_deadline_s: 600.0,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct JobSpec {
     pub key: String,
@@ -120,6 +150,8 @@ pub struct JobSpec {
     pub service: bool,
     pub health: Option<Health>,
     pub restart: Restart,
+    /// How a change of this spec rolls out over running instances.
+    pub update: UpdatePolicy,
     /// Where healthy instances are announced, with the defaults filled in.
     pub announce: Option<Announce>,
     /// Stable hash of the whole spec: a change anywhere is a new version of the job.
@@ -168,10 +200,9 @@ struct Written {
     health: Option<WrittenHealth>,
     announce: Option<WrittenAnnounce>,
     restart: Option<WrittenRestart>,
+    update: Option<WrittenUpdate>,
     /// Blocks DESIGN.md names that no tool acts on yet: here only to be refused, rather
     /// than ignored, when given.
-    #[allow(dead_code)]
-    update: Option<NotYet>,
     #[allow(dead_code)]
     sla: Option<NotYet>,
     #[allow(dead_code)]
@@ -232,6 +263,17 @@ struct WrittenRestart {
     max_failures: Option<u64>,
     backoff_s: Option<f64>,
     max_backoff_s: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenUpdate {
+    batch_size: Option<u32>,
+    watch_s: Option<f64>,
+    max_per_instance_failures: Option<u32>,
+    max_total_failures: Option<u32>,
+    rollback: Option<bool>,
+    progress_deadline_s: Option<f64>,
 }
 
 /// A block no tool acts on yet: any value is refused with a message saying so.
@@ -422,6 +464,8 @@ fn check(w: Written) -> Result<JobSpec, String> {
         max_backoff_s: None,
     }))
     .map_err(|e| format!("field \"restart\": {e}"))?;
+    let update =
+        check_update(w.update, w.instances).map_err(|e| format!("field \"update\": {e}"))?;
     let announce = w
         .announce
         .map(|a| check_announce(&w.job, a, ports))
@@ -444,6 +488,7 @@ fn check(w: Written) -> Result<JobSpec, String> {
         service: w.service.unwrap_or(true),
         health,
         restart,
+        update,
         announce,
         hash: 0,
         origin: String::new(),
@@ -640,6 +685,52 @@ fn check_restart(r: WrittenRestart) -> Result<Restart, String> {
         max_failures,
         backoff_s,
         max_backoff_s,
+    })
+}
+
+/// The longest watch and progress deadline of an update: a day.
+pub const MAX_UPDATE_WAIT_S: f64 = 86_400.0;
+
+fn check_update(u: Option<WrittenUpdate>, instances: u64) -> Result<UpdatePolicy, String> {
+    let d = UpdatePolicy::default();
+    let Some(u) = u else { return Ok(d) };
+    let batch_size = u.batch_size.unwrap_or(d.batch_size);
+    if !(1..=MAX_INSTANCES as u32).contains(&batch_size) {
+        return Err(format!(
+            "field \"batch_size\": {batch_size} is not 1 to {MAX_INSTANCES}"
+        ));
+    }
+    let watch_s = u.watch_s.unwrap_or(d.watch_s);
+    if !(0.0..=MAX_UPDATE_WAIT_S).contains(&watch_s) {
+        return Err(format!(
+            "field \"watch_s\": {watch_s} is not 0 to {MAX_UPDATE_WAIT_S}"
+        ));
+    }
+    let progress_deadline_s = u.progress_deadline_s.unwrap_or(d.progress_deadline_s);
+    if !(progress_deadline_s > watch_s && progress_deadline_s <= MAX_UPDATE_WAIT_S) {
+        return Err(format!(
+            "field \"progress_deadline_s\": {progress_deadline_s} is not more than watch_s \
+             ({watch_s}) and at most {MAX_UPDATE_WAIT_S}"
+        ));
+    }
+    let max_total_failures = u.max_total_failures.unwrap_or(d.max_total_failures);
+    // Aurora's rule: tolerating as many failures as there are instances tolerates all.
+    if max_total_failures > 0 && max_total_failures as u64 >= instances {
+        return Err(format!(
+            "field \"max_total_failures\": {max_total_failures} is not less than instances \
+             ({instances})"
+        ));
+    }
+    Ok(UpdatePolicy {
+        batch_size,
+        watch_s,
+        max_per_instance_failures: u
+            .max_per_instance_failures
+            .unwrap_or(d.max_per_instance_failures as u32)
+            .min(u16::MAX as u32 - 1) as u16,
+        max_total_failures,
+        rollback: u.rollback.unwrap_or(d.rollback),
+        progress_deadline_s,
     })
 }
 
@@ -1049,8 +1140,24 @@ mod tests {
                 r#"unknown field "retries""#,
             ),
             (
-                r#""cmd":["x"],"update":{"batch_size":1}"#,
-                r#"field "update": not acted on"#,
+                r#""cmd":["x"],"update":{"batch":1}"#,
+                r#"field "update": unknown field "batch""#,
+            ),
+            (
+                r#""cmd":["x"],"update":{"batch_size":0}"#,
+                r#"field "update": field "batch_size": 0"#,
+            ),
+            (
+                r#""cmd":["x"],"update":{"watch_s":-1}"#,
+                r#"field "update": field "watch_s": -1"#,
+            ),
+            (
+                r#""cmd":["x"],"update":{"watch_s":60,"progress_deadline_s":60}"#,
+                r#"field "progress_deadline_s": 60 is not more than watch_s"#,
+            ),
+            (
+                r#""cmd":["x"],"update":{"max_total_failures":1}"#,
+                r#"field "max_total_failures": 1 is not less than instances (1)"#,
             ),
             (
                 r#""cmd":["x"],"sla":{"max_unavailable":1}"#,

@@ -22,6 +22,7 @@ pub mod process;
 pub mod reap;
 pub mod rebuild;
 pub mod records;
+pub mod rollout;
 pub mod state;
 pub mod supervise;
 pub mod task;

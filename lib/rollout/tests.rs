@@ -1,0 +1,217 @@
+use super::*;
+
+const OLD: u64 = 0xa1;
+const NEW: u64 = 0xb2;
+
+fn policy(batch_size: u32) -> UpdatePolicy {
+    UpdatePolicy {
+        batch_size,
+        watch_s: 10.0,
+        ..UpdatePolicy::default()
+    }
+}
+
+fn running(instance: u32, spec: u64, since: f64) -> Seen {
+    Seen {
+        instance,
+        state: TaskState::Running,
+        spec,
+        healthy: true,
+        since,
+        failures: 0,
+    }
+}
+
+/// Runs passes the way the cluster would: each replaced instance starts on its target at
+/// the pass's time, healthy. Returns the plans.
+struct Sim {
+    policy: UpdatePolicy,
+    rollout: Rollout,
+    tasks: Vec<Seen>,
+    instances: u32,
+    desired: u64,
+}
+
+impl Sim {
+    fn new(n: u32, batch: u32) -> Sim {
+        Sim {
+            policy: policy(batch),
+            rollout: Rollout {
+                stable: OLD,
+                ..Rollout::default()
+            },
+            tasks: (0..n).map(|i| running(i, OLD, 0.0)).collect(),
+            instances: n,
+            desired: NEW,
+        }
+    }
+
+    fn pass(&mut self, now: f64) -> Vec<u32> {
+        let kept = |_: u64| true;
+        let job = Job {
+            desired: self.desired,
+            instances: self.instances,
+            policy: &self.policy,
+            health_checked: true,
+            rollout: &self.rollout,
+            kept: &kept,
+        };
+        let plan = plan(&job, &self.tasks, now);
+        let mut replaced = Vec::new();
+        for (i, t) in plan.targets.iter().enumerate() {
+            let task = &mut self.tasks[i];
+            if t.replace || !task.live() {
+                *task = running(i as u32, t.spec, now);
+                replaced.push(i as u32);
+            }
+        }
+        self.rollout = plan.rollout;
+        replaced
+    }
+
+    fn phase(&self) -> Phase {
+        self.rollout.update.as_ref().unwrap().phase
+    }
+}
+
+#[test]
+fn a_new_spec_rolls_out_in_batches_each_after_the_last_is_done() {
+    let mut sim = Sim::new(5, 2);
+    assert_eq!(sim.pass(100.0), vec![0, 1]);
+    assert_eq!(sim.phase(), Phase::RollingForward);
+    // Not watched long enough: nothing more.
+    assert_eq!(sim.pass(105.0), Vec::<u32>::new());
+    assert_eq!(sim.pass(111.0), vec![2, 3]);
+    assert_eq!(sim.pass(122.0), vec![4]);
+    assert_eq!(sim.pass(125.0), Vec::<u32>::new());
+    assert_eq!(sim.rollout.stable, OLD);
+    sim.pass(133.0);
+    assert_eq!(sim.phase(), Phase::RolledForward);
+    assert_eq!(sim.rollout.stable, NEW);
+    // Over: nothing moves, and the record stays as it is.
+    let before = sim.rollout.clone();
+    assert_eq!(sim.pass(500.0), Vec::<u32>::new());
+    assert_eq!(sim.rollout, before);
+}
+
+#[test]
+fn a_failing_new_spec_rolls_back_highest_first_and_is_not_tried_again() {
+    let mut sim = Sim::new(4, 2);
+    sim.pass(100.0);
+    // Instance 1 of the new spec fails (the restart policy counted it).
+    sim.tasks[1].state = TaskState::Throttled;
+    sim.tasks[1].failures = 1;
+    assert_eq!(sim.pass(101.0), vec![0, 1], "both go back at once");
+    assert_eq!(sim.phase(), Phase::RollingBack);
+    assert_eq!(sim.rollout.update.as_ref().unwrap().why, Why::Failures);
+    assert!(sim.tasks.iter().all(|t| t.spec == OLD));
+    sim.pass(120.0);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    // The job file still names the failed spec: later passes leave the job alone.
+    assert_eq!(sim.pass(200.0), Vec::<u32>::new());
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    // A new change starts a new update.
+    sim.desired = 0xc3;
+    assert_eq!(sim.pass(300.0), vec![0, 1]);
+    let u = sim.rollout.update.as_ref().unwrap();
+    assert_eq!((u.from, u.to, u.phase), (OLD, 0xc3, Phase::RollingForward));
+}
+
+#[test]
+fn a_rollback_goes_highest_instance_first() {
+    let mut sim = Sim::new(4, 1);
+    for (now, next) in [(100.0, 0), (111.0, 1), (122.0, 2)] {
+        assert_eq!(sim.pass(now), vec![next]);
+    }
+    // Instance 2 fails: it goes back at once, and the others one by one, highest first.
+    sim.tasks[2].failures = 1;
+    sim.tasks[2].state = TaskState::Throttled;
+    assert_eq!(sim.pass(123.0), vec![1, 2]);
+    assert_eq!(sim.phase(), Phase::RollingBack);
+    assert_eq!(sim.pass(134.0), vec![0]);
+    sim.pass(145.0);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    assert!(sim.tasks.iter().all(|t| t.spec == OLD));
+}
+
+#[test]
+fn no_progress_for_the_deadline_fails_the_update() {
+    let mut sim = Sim::new(3, 1);
+    sim.policy.rollback = false;
+    sim.pass(100.0);
+    // Instance 0 never becomes healthy.
+    sim.tasks[0].healthy = false;
+    sim.tasks[0].state = TaskState::Starting;
+    sim.pass(100.0 + 600.0);
+    assert_eq!(sim.phase(), Phase::RollingForward);
+    sim.pass(100.0 + 601.0);
+    let u = sim.rollout.update.as_ref().unwrap();
+    assert_eq!((u.phase, u.why), (Phase::Failed, Why::Deadline));
+}
+
+#[test]
+fn missing_and_broken_instances_go_first_without_counting_against_the_batch() {
+    let mut sim = Sim::new(4, 1);
+    sim.tasks[2].state = TaskState::Failed;
+    sim.tasks[3].healthy = false;
+    let replaced = sim.pass(100.0);
+    assert_eq!(replaced, vec![0, 2, 3]);
+}
+
+#[test]
+fn a_held_job_waits_paused_and_a_canary_range_moves_only_its_instances() {
+    let mut sim = Sim::new(4, 2);
+    sim.rollout.held = true;
+    assert_eq!(sim.pass(100.0), Vec::<u32>::new());
+    assert_eq!(sim.phase(), Phase::RollForwardPaused);
+    // roll start --instances 1-1
+    let u = sim.rollout.update.as_mut().unwrap();
+    (u.phase, u.first, u.last) = (Phase::RollingForward, 1, 1);
+    assert_eq!(sim.pass(101.0), vec![1]);
+    sim.pass(120.0);
+    assert_eq!(sim.phase(), Phase::RolledForward);
+    assert_eq!(sim.rollout.stable, OLD, "only a canary went out");
+    // An instance outside the range that dies starts again on its old spec.
+    sim.tasks[3].state = TaskState::Lost;
+    sim.pass(130.0);
+    assert_eq!(sim.tasks[3].spec, OLD);
+    assert_eq!(sim.tasks[1].spec, NEW);
+}
+
+#[test]
+fn a_job_that_runs_its_file_s_spec_has_nothing_to_roll() {
+    let mut sim = Sim::new(3, 1);
+    sim.desired = OLD;
+    sim.rollout.stable = 0;
+    assert_eq!(sim.pass(1.0), Vec::<u32>::new());
+    assert_eq!(sim.rollout.update, None);
+    assert_eq!(sim.rollout.stable, OLD);
+}
+
+#[test]
+fn the_record_reads_back_as_written() {
+    let r = Rollout {
+        held: true,
+        stable: 7,
+        update: Some(Update {
+            from: 7,
+            to: u64::MAX,
+            phase: Phase::RollBackPaused,
+            first: 1,
+            last: 9,
+            started: 1.5,
+            progress: 2.5,
+            done: 3,
+            why: Why::Deadline,
+        }),
+    };
+    assert_eq!(Rollout::from_json(&r.to_json()).unwrap(), r);
+    let mut slot = [0u8; 128];
+    let mut e = Encoder::new(&mut slot);
+    r.encode(&mut e);
+    e.seal(1).unwrap();
+    let crate::fixed::Slot::Live { body, .. } = crate::fixed::open_slot(&slot).unwrap() else {
+        panic!("empty")
+    };
+    assert_eq!(Rollout::decode(&mut Decoder::new(body)).unwrap(), r);
+}
