@@ -485,6 +485,7 @@ fn fill_join_state(state: &Path, path: &str) -> Vec<Vec<u8>> {
                 path: path.into(),
                 primary: 0,
             }),
+            rollout: Default::default(),
         });
         Ok(())
     })

@@ -52,6 +52,7 @@ fn fill(path: &Path) {
                 announce: None,
                 key: format!("role{}/prod/job{j}", j % 50),
                 ports: vec!["http".into()],
+                rollout: Default::default(),
             });
         }
         Ok(())
@@ -117,6 +118,7 @@ fn main() {
                 announce: None,
                 key: "a/b/c".into(),
                 ports: vec![],
+                rollout: Default::default(),
             });
             tx.upsert(Task::new(0, 0));
             Ok(())

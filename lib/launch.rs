@@ -33,6 +33,7 @@ use crate::exit::{fail, status_of, Status, TABLE};
 use crate::host::millicores;
 use crate::job::{Check, JobSpec};
 use crate::records::{self, Record, Writer};
+use crate::rollout::Rollout;
 use crate::state::{State, Txn, View};
 use crate::supervise::{Health, Spec};
 use crate::task::{check_job_key, Announce, Job, Reason, Task, TaskState, MAX_PORTS};
@@ -127,12 +128,27 @@ struct Intent<'a> {
 }
 
 pub fn run(cli: Cli) -> Result<Status> {
-    let (places, specs, others) = read(crate::cli::stdin_for("launch", "place and spec records"))?;
+    let Read {
+        places,
+        specs,
+        updates,
+        others,
+    } = read(crate::cli::stdin_for("launch", "place and spec records"))?;
     let path = cli.state.path();
     let mut state = State::open_writer(&path)?;
     let mut out = Writer::stdout();
     for rec in &others {
         out.raw(&rec.raw)?;
+    }
+    // Every spec a task may be recorded with is kept first: a later pass may need to place
+    // it again (an update going back).
+    for spec in specs.values() {
+        crate::specstore::keep(&path, spec)?;
+    }
+    if !updates.is_empty() {
+        for e in state.write(|tx| Ok(record_updates(tx, &updates)))? {
+            out.record(&e)?;
+        }
     }
     if places.is_empty() {
         out.finish()?;
@@ -399,10 +415,11 @@ fn record_results<'a>(
 type Specs = HashMap<(String, String), JobSpec>;
 
 /// Reads and checks every record first: one bad record starts nothing.
-fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)> {
+fn read(input: impl io::BufRead) -> Result<Read> {
     let mut places = Vec::new();
     let mut specs: Specs = HashMap::new();
     let mut others = Vec::new();
+    let mut updates = Vec::new();
     let mut errors = Vec::new();
     for item in records::Reader::new(input) {
         let rec = match item {
@@ -429,6 +446,7 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
                 places.push(p);
                 Ok(())
             }),
+            "update" => read_update(&rec).map(|u| updates.push(u)),
             _ => {
                 others.push(rec);
                 continue;
@@ -439,7 +457,81 @@ fn read(input: impl io::BufRead) -> Result<(Vec<Placement>, Specs, Vec<Record>)>
         }
     }
     crate::exit::refuse_batch("launch", &errors, "records", "nothing was started")?;
-    Ok((places, specs, others))
+    Ok(Read {
+        places,
+        specs,
+        updates,
+        others,
+    })
+}
+
+/// What launch read: placements, the specs they name, updates, and lines to pass on.
+struct Read {
+    places: Vec<Placement>,
+    specs: Specs,
+    updates: Vec<UpdateRecord>,
+    others: Vec<Record>,
+}
+
+/// An `update` record: a job's rollout as pack read it, and as pack would leave it.
+struct UpdateRecord {
+    job: String,
+    was: Rollout,
+    rollout: Rollout,
+}
+
+fn read_update(rec: &Record) -> Result<UpdateRecord, String> {
+    let f = rec.get();
+    f.only(&["type", "job", "was", "rollout"])?;
+    let job = f.str("job")?.ok_or("field \"job\" is missing")?;
+    check_job_key(job).map_err(|e| format!("field \"job\": {e}"))?;
+    let field = |name: &str| {
+        let v = rec
+            .fields
+            .get(name)
+            .ok_or(format!("field \"{name}\" is missing"))?;
+        Rollout::from_json(v).map_err(|e| format!("field \"{name}\": {e}"))
+    };
+    Ok(UpdateRecord {
+        job: job.to_string(),
+        was: field("was")?,
+        rollout: field("rollout")?,
+    })
+}
+
+/// Commits each update whose job's rollout is still the one pack decided on (an event),
+/// and refuses the others (a conflict: the next pass decides again).
+fn record_updates(tx: &mut Txn, updates: &[UpdateRecord]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for u in updates {
+        let found = tx.view().jobs.find(&u.job);
+        let current = found.and_then(|j| tx.view().jobs.get(j)).cloned();
+        match current {
+            Some(mut job) if job.rollout == u.was => {
+                job.rollout = u.rollout.clone();
+                tx.upsert(job);
+                out.push(update_event(&u.job, &u.rollout, tx.now()));
+            }
+            _ => out.push(json!({"type":"conflict","job":u.job,
+                                 "reason":"its update moved on since the pass read it"})),
+        }
+    }
+    out
+}
+
+/// The event of a job's update taking a step.
+pub(crate) fn update_event(job: &str, r: &Rollout, now: f64) -> Value {
+    let mut e = json!({"type":"event","job":job,"ts":now,"update":null});
+    if let Some(u) = &r.update {
+        e["update"] = json!(u.phase.name());
+        e["from"] = json!(crate::rollout::hash_text(u.from));
+        e["to"] = json!(crate::rollout::hash_text(u.to));
+        e["done"] = json!(u.done);
+        if u.why != crate::rollout::Why::None {
+            e["reason"] = json!(u.why.words());
+        }
+    }
+    e
 }
 
 fn read_spec(rec: &Record) -> Result<(String, String, JobSpec), String> {
@@ -599,6 +691,8 @@ fn job_record(view: &View, spec: &JobSpec) -> Result<Job, String> {
         key: spec.key.clone(),
         ports: names,
         announce,
+        // Its updates are the passes' to change (`update` records), not a placement's.
+        rollout: old.map(|(_, j)| j.rollout.clone()).unwrap_or_default(),
     })
 }
 
@@ -635,8 +729,10 @@ fn port_slots(ports: &[(String, u16)], names: &[String]) -> Result<[u16; MAX_POR
 struct Admitted {
     host: u32,
     incarnation: u32,
-    /// Failures of the earlier incarnations (the restart policy counts on).
+    /// Failures of the earlier incarnations (the restart policy counts on), and the spec
+    /// they ran.
     failures: u16,
+    spec: u64,
 }
 
 /// Whether a placement, decided on an earlier view of the state, still holds in this one
@@ -715,6 +811,7 @@ fn admit(view: &View, usage: &[Usage], p: &Placement, now: f64) -> Result<Admitt
         host: h,
         incarnation: current + 1,
         failures: previous.map_or(0, |t| t.failures),
+        spec: previous.map_or(0, |t| t.spec),
     })
 }
 
@@ -759,7 +856,11 @@ fn record_intents(
             }
         };
         let mut t = Task::new(job, p.instance);
-        t.failures = admitted.failures;
+        t.spec = u64::from_str_radix(&p.hash, 16).unwrap_or(0);
+        // A new spec starts with no failures: an update counts the new spec's own.
+        if t.spec == admitted.spec {
+            t.failures = admitted.failures;
+        }
         t.host = admitted.host;
         t.state = TaskState::Assigned;
         t.reason = Reason::None;
@@ -768,7 +869,6 @@ fn record_intents(
         t.disk_mb = p.disk_mb;
         t.gpus = p.gpus;
         t.ports = ports;
-        t.spec = u64::from_str_radix(&p.hash, 16).unwrap_or(0);
         t.since = now;
         t.incarnation = admitted.incarnation;
         t.launcher = me;

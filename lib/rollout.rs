@@ -314,7 +314,11 @@ pub struct Job<'a> {
 /// Decides, for one job, what its update does in this pass. `tasks` are the job's tasks in
 /// the state, one per instance at most.
 pub fn plan(job: &Job, tasks: &[Seen], now: f64) -> Plan {
-    let by_instance = |i: u32| tasks.iter().find(|t| t.instance == i);
+    let mut at: Vec<Option<&Seen>> = vec![None; job.instances as usize];
+    for t in tasks.iter().filter(|t| t.instance < job.instances) {
+        at[t.instance as usize] = Some(t);
+    }
+    let by_instance = |i: u32| at.get(i as usize).copied().flatten();
     let mut rollout = job.rollout.clone();
     let differs = tasks
         .iter()
@@ -368,7 +372,14 @@ fn start(job: &Job, tasks: &[Seen], now: f64) -> Update {
     Update {
         from,
         to: job.desired,
-        phase: if job.rollout.held {
+        // Held, or paused when the job file changed again: a person stopped it.
+        phase: if job.rollout.held
+            || job
+                .rollout
+                .update
+                .as_ref()
+                .is_some_and(|u| u.phase.is_paused())
+        {
             Phase::RollForwardPaused
         } else {
             Phase::RollingForward

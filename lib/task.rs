@@ -120,9 +120,11 @@ pub enum Reason {
     HostRemoved = 15,
     /// Its host could not be reached for `--lost-after`.
     HostDown = 16,
+    /// Stopped by an update, to be replaced by an instance of the new spec.
+    Replaced = 17,
 }
 
-const REASONS: [Reason; 17] = [
+const REASONS: [Reason; 18] = [
     Reason::None,
     Reason::Exited,
     Reason::Killed,
@@ -140,6 +142,7 @@ const REASONS: [Reason; 17] = [
     Reason::DirectoryBusy,
     Reason::HostRemoved,
     Reason::HostDown,
+    Reason::Replaced,
 ];
 
 impl Reason {
@@ -163,6 +166,7 @@ impl Reason {
             Reason::DirectoryBusy => "task directory held by another supervisor",
             Reason::HostRemoved => "host removed",
             Reason::HostDown => "host down",
+            Reason::Replaced => "replaced by an update",
         }
     }
 
@@ -388,6 +392,8 @@ pub struct Job {
     pub key: String,
     pub ports: Vec<String>,
     pub announce: Option<Announce>,
+    /// Its updates: the spec rolled out everywhere, the current update (layout 3).
+    pub rollout: crate::rollout::Rollout,
 }
 
 /// A job's serverset: members go under `path`, with the port `ports[primary]` as their
@@ -399,8 +405,8 @@ pub struct Announce {
 }
 
 pub const JOB_SLOT_SIZE: usize = 512;
-/// Layout 2 adds the announce block to layout 1.
-const JOB_LAYOUT: u8 = 2;
+/// Layout 2 adds the announce block to layout 1, layout 3 the rollout.
+const JOB_LAYOUT: u8 = 3;
 
 /// A job key is `role/env/name`, each part of letters, digits and `._-`, not starting with
 /// a dot: the parts name directories on hosts, so `.` and `..` must never be one.
@@ -437,11 +443,12 @@ impl Job {
                 e.u8(a.primary);
             }
         }
+        self.rollout.encode(&mut e);
         e.seal(JOB_LAYOUT)
     }
 
     pub fn decode(version: u8, body: &[u8]) -> Result<Job, Corrupt> {
-        if version != 1 && version != JOB_LAYOUT {
+        if !(1..=JOB_LAYOUT).contains(&version) {
             return Err(Corrupt(format!("job record layout {version} is unknown")));
         }
         let mut d = Decoder::new(body);
@@ -459,10 +466,15 @@ impl Job {
                 Some(Announce { path, primary })
             }
         };
+        let rollout = match version >= 3 {
+            true => crate::rollout::Rollout::decode(&mut d)?,
+            false => crate::rollout::Rollout::default(),
+        };
         Ok(Job {
             key,
             ports,
             announce,
+            rollout,
         })
     }
 }
@@ -547,6 +559,7 @@ mod tests {
             key: "www/prod/hello".into(),
             ports: vec!["http".into(), "admin".into()],
             announce: None,
+            rollout: Default::default(),
         };
         let mut slot = [0u8; JOB_SLOT_SIZE];
         j.encode(&mut slot).unwrap();
@@ -557,6 +570,18 @@ mod tests {
         });
         j.encode(&mut slot).unwrap();
         assert_eq!(Job::decode(JOB_LAYOUT, body(&slot)).unwrap(), j);
+        // Layout 3 appends the rollout: one of layout 2 has none.
+        j.rollout.stable = 42;
+        j.rollout.held = true;
+        j.encode(&mut slot).unwrap();
+        assert_eq!(Job::decode(JOB_LAYOUT, body(&slot)).unwrap(), j);
+        assert_eq!(
+            Job::decode(2, body(&slot)).unwrap(),
+            Job {
+                rollout: Default::default(),
+                ..j.clone()
+            }
+        );
         j.announce = Some(Announce {
             path: "/x".into(),
             primary: 2,

@@ -731,6 +731,7 @@ mod tests {
                 path: "/formic/www/prod/hello".into(),
                 primary: 1,
             }),
+            rollout: Default::default(),
         };
         let mut t = Task::new(0, 3);
         t.state = TaskState::Running;

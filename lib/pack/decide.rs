@@ -11,6 +11,7 @@ use super::fleet::{self, Fleet};
 use super::place::{self, lower_bound, Class, Placer, Scratch, Strategy};
 use super::preempt::{Room, Victims};
 use super::refusals::HostSets;
+use super::updates::Updates;
 use super::{Input, Resources, Running};
 
 mod rearrange;
@@ -55,6 +56,8 @@ pub struct Outcome {
     pub lower_bound: usize,
     /// For --explain: the compiled classes and scratch, by job.
     pub(super) classes: Vec<Option<Class>>,
+    /// `update` records, written before the decisions.
+    pub updates: Vec<serde_json::Value>,
 }
 
 /// The state of one decision run: the fleet as it fills, and what has been decided.
@@ -99,6 +102,11 @@ struct Run<'a> {
     within_tier: bool,
     /// What the instances not yet decided ask for, in all.
     remaining: Resources,
+    /// What the jobs' updates ask of the pass.
+    updates: Updates,
+    /// (job, instance) replaced by an update: the host its killed incarnation ran on,
+    /// tried first.
+    prefer: HashMap<(usize, u32), usize>,
 }
 
 /// Whether a batch (not service) instance is over: finished, or failed as many times as its
@@ -113,6 +121,7 @@ fn batch_done(spec: &JobSpec, r: &Running) -> bool {
 
 /// The whole decision: what exists, which instances are missing, then the loop.
 pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: bool) -> Outcome {
+    let updates = super::updates::plan(input);
     let Input {
         fleet,
         jobs,
@@ -127,6 +136,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     let scale = fleet.largest();
     let mut run = Run::new(fleet, jobs, running, quota, strategy);
     run.within_tier = within_tier;
+    run.updates = updates;
     let present = run.take_stock(*now, prune);
     let missing: Vec<Vec<u32>> = jobs
         .iter()
@@ -176,6 +186,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
         ports: run.ports,
         reasons: run.reasons,
         classes: run.classes,
+        updates: std::mem::take(&mut run.updates.records),
     }
 }
 
@@ -293,9 +304,11 @@ impl<'a> Run<'a> {
             fleet,
             jobs,
             running,
+            // The job files' jobs, before the versions updates appended.
             by_key: jobs
                 .iter()
                 .enumerate()
+                .rev()
                 .map(|(i, j)| (j.key.as_str(), i))
                 .collect(),
             classes: (0..jobs.len()).map(|_| None).collect(),
@@ -314,6 +327,8 @@ impl<'a> Run<'a> {
             preempted: 0,
             within_tier: false,
             remaining: Resources::default(),
+            updates: Updates::default(),
+            prefer: HashMap::new(),
             in_use,
             held,
         };
@@ -536,11 +551,7 @@ impl<'a> Run<'a> {
     /// Reads what the state says runs: kills for surplus and removed jobs, counts for limits
     /// and quota, victims for preemption, backoff times. Returns the instances present.
     fn take_stock(&mut self, now: f64, prune: bool) -> Vec<Vec<bool>> {
-        let mut present: Vec<Vec<bool>> = self
-            .jobs
-            .iter()
-            .map(|j| vec![false; j.instances as usize])
-            .collect();
+        let mut present = self.presence();
         for (ri, r) in self.running.iter().enumerate() {
             let Some(&j) = self.by_key.get(r.job_key.as_str()) else {
                 if prune && r.state.holds_resources() {
@@ -549,10 +560,12 @@ impl<'a> Run<'a> {
                 continue;
             };
             let spec = &self.jobs[j];
+            // Who places this instance: the job, or the version of it its update asks for.
+            let owner = self.owner(j, r.instance);
             if r.instance < spec.instances && batch_done(spec, r) {
                 // A batch instance that finished, or failed for the last time, is done:
                 // not placed again.
-                present[j][r.instance as usize] = true;
+                present[owner][r.instance as usize] = true;
                 continue;
             }
             if r.state.holds_resources() {
@@ -561,12 +574,18 @@ impl<'a> Run<'a> {
                     self.kill(r, "surplus instance");
                     continue;
                 }
-                present[j][r.instance as usize] = true;
-                self.class(j);
-                let fleet = &*self.fleet;
-                let values = |col: usize| fleet.value_of(col, &r.attrs);
-                let class = self.classes[j].as_mut().unwrap();
-                class.count(fleet, r.host, &values, &mut self.scratch);
+                if self.updates.replace.contains(&(j, r.instance)) {
+                    self.kill(r, "update");
+                    if let Some(h) = r.host {
+                        self.prefer.insert((owner, r.instance), h);
+                    }
+                    continue;
+                }
+                present[owner][r.instance as usize] = true;
+                let version = self.updates.version_of.get(j).copied().flatten();
+                for c in [Some(j), version].into_iter().flatten() {
+                    self.count_running(c, r);
+                }
                 if spec.tier == Tier::Production {
                     self.charge(j);
                 }
@@ -579,10 +598,45 @@ impl<'a> Run<'a> {
                 && r.not_before > now
                 && r.instance < spec.instances
             {
-                self.throttled.insert((j, r.instance), r.not_before);
+                self.throttled.insert((owner, r.instance), r.not_before);
             }
         }
         present
+    }
+
+    /// Which instances each job may place: all of its own but those a version of it
+    /// places, and a version only those.
+    fn presence(&self) -> Vec<Vec<bool>> {
+        let mut present: Vec<Vec<bool>> = self
+            .jobs
+            .iter()
+            .map(|j| vec![false; j.instances as usize])
+            .collect();
+        for (j, version) in self.updates.version_of.iter().enumerate() {
+            let Some(v) = *version else { continue };
+            for i in 0..self.jobs[j].instances {
+                let by_version = self.updates.by_version.contains(&(j, i));
+                present[if by_version { j } else { v }][i as usize] = true;
+            }
+        }
+        present
+    }
+
+    /// The job, or the version of it, that places instance `i` of job `j`.
+    fn owner(&self, j: usize, i: u32) -> usize {
+        match self.updates.version_of.get(j).copied().flatten() {
+            Some(v) if self.updates.by_version.contains(&(j, i)) => v,
+            _ => j,
+        }
+    }
+
+    /// Counts a running task of the job (or a version of it) in `j`'s limits.
+    fn count_running(&mut self, j: usize, r: &Running) {
+        self.class(j);
+        let fleet = &*self.fleet;
+        let values = |col: usize| fleet.value_of(col, &r.attrs);
+        let class = self.classes[j].as_mut().unwrap();
+        class.count(fleet, r.host, &values, &mut self.scratch);
     }
 
     /// Kills a running task. Its room is free for this pass: reap stops what pack kills
@@ -603,6 +657,16 @@ impl<'a> Run<'a> {
 
     /// Places one instance of job `j`, or records it pending. The class's limit counts must
     /// be loaded in the scratch when the class has limits.
+    /// The host an update's replacement goes back to, when it fits there.
+    fn preferred(&self, j: usize, instance: u32, class: &Class) -> Option<usize> {
+        if self.prefer.is_empty() {
+            return None;
+        }
+        let h = *self.prefer.get(&(j, instance))?;
+        let takes_work = !self.fleet.scheduled[h];
+        (takes_work && class.check(self.fleet, &self.scratch, h).is_ok()).then_some(h)
+    }
+
     fn place_one(&mut self, j: usize, instance: u32) {
         let spec = &self.jobs[j];
         let r = &spec.resources;
@@ -638,8 +702,8 @@ impl<'a> Run<'a> {
             None => {
                 let demand = (self.strategy == Strategy::Binpack && !self.oversubscribed)
                     .then_some(self.remaining);
-                self.placer
-                    .find(self.fleet, &class, &self.scratch, demand)
+                self.preferred(j, instance, &class)
+                    .or_else(|| self.placer.find(self.fleet, &class, &self.scratch, demand))
                     .or_else(|| self.preempt_for(&class, instance))
             }
         };

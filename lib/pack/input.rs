@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use crate::exit::{bad_input, status_of, Status};
 use crate::job::{self, JobSpec};
 use crate::records::{self, Record};
+use crate::rollout::Rollout;
 use crate::state::{State, View};
 use crate::task::{TaskState, NO_HOST};
 
@@ -31,6 +32,9 @@ pub struct Input {
     pub from_state: bool,
     /// Job files, lines or jobs that could not be read (their jobs are not placed).
     pub job_errors: Vec<String>,
+    /// The state file read (its kept specs are beside it), and each job's rollout in it.
+    pub state_path: Option<PathBuf>,
+    pub rollouts: HashMap<String, Rollout>,
 }
 
 /// A task the state says exists, with what pack needs of it.
@@ -53,6 +57,11 @@ pub struct Running {
     /// Failures so far (reap counts them for the restart policy).
     pub failures: u16,
     pub incarnation: u32,
+    /// The hash of the spec it was placed with, whether it passes its health check, and
+    /// since when it is in its state (what an update needs).
+    pub spec: u64,
+    pub healthy: bool,
+    pub since: f64,
 }
 
 impl Running {
@@ -107,9 +116,18 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
         Some(path) => read_quota(path)?,
         None => HashMap::new(),
     };
-    let running = match from.state {
-        Some(path) => running(State::open(path)?.view(), &fleet),
-        None => Vec::new(),
+    let (running, rollouts) = match from.state {
+        Some(path) => {
+            let state = State::open(path)?;
+            let view = state.view();
+            let rollouts = view
+                .jobs
+                .iter()
+                .map(|(_, j)| (j.key.clone(), j.rollout.clone()))
+                .collect();
+            (running(view, &fleet), rollouts)
+        }
+        None => (Vec::new(), HashMap::new()),
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -123,6 +141,8 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
         now,
         from_state: from.state.is_some(),
         job_errors,
+        state_path: from.state.map(Path::to_path_buf),
+        rollouts,
     })
 }
 
@@ -203,6 +223,9 @@ fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
             ports: t.ports.iter().copied().filter(|&p| p != 0).collect(),
             failures: t.failures,
             incarnation: t.incarnation,
+            spec: t.spec,
+            healthy: t.healthy,
+            since: t.since,
         });
     }
     out.sort_by(|a, b| a.job_key.cmp(&b.job_key).then(a.instance.cmp(&b.instance)));

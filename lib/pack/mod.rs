@@ -19,6 +19,7 @@ mod place;
 mod preempt;
 mod refusals;
 mod resources;
+mod updates;
 
 use std::io::{self, Write};
 use std::path::PathBuf;

@@ -19,6 +19,11 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
     }
+    // Updates first: launch commits them whether or not anything is placed.
+    for rec in &outcome.updates {
+        serde_json::to_writer(&mut *out, rec)?;
+        out.write_all(b"\n")?;
+    }
     let hashes: Vec<Hex> = input.jobs.iter().map(|j| hex(j.hash)).collect();
     let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
     let mut spec_sent = vec![false; input.jobs.len()];

@@ -22,12 +22,14 @@ pub enum Cause {
     Drain,
     /// Its health check failed.
     Unhealthy,
+    /// A `kill` record of an update: replaced by an instance of the new spec.
+    Update,
 }
 
 impl Cause {
     pub(super) fn state(self) -> TaskState {
         match self {
-            Cause::Kill | Cause::Unhealthy => TaskState::Killing,
+            Cause::Kill | Cause::Unhealthy | Cause::Update => TaskState::Killing,
             Cause::Preempt => TaskState::Preempting,
             Cause::Drain => TaskState::Draining,
         }
@@ -47,6 +49,7 @@ impl Cause {
             Cause::Preempt => Reason::Preempted,
             Cause::Drain => Reason::Drained,
             Cause::Unhealthy => Reason::Unhealthy,
+            Cause::Update => Reason::Replaced,
         }
     }
 }
@@ -100,7 +103,10 @@ fn stop_record(rec: &Record, cause: Cause) -> Result<StopRecord, String> {
     let task = f.str("task")?.ok_or("field \"task\" is missing")?;
     parse_task_id(task).map_err(|e| format!("field \"task\": {e}"))?;
     // Present in pack's records; checked so a malformed one is caught, not ignored.
-    f.str("reason")?;
+    let cause = match (cause, f.str("reason")?) {
+        (Cause::Kill, Some("update")) => Cause::Update,
+        (c, _) => c,
+    };
     f.str("for")?;
     let host = f.str("host")?.map(str::to_string);
     let incarnation = f.count("incarnation", u32::MAX as u64)?.map(|n| n as u32);

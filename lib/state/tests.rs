@@ -400,6 +400,7 @@ fn big_state(path: &Path, tasks: u32) {
             announce: None,
             key: "big/test/job".into(),
             ports: vec![],
+            rollout: Default::default(),
         });
         for i in 0..tasks {
             tx.upsert(Task::new(job, i));

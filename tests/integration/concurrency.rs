@@ -30,6 +30,7 @@ pub fn counter_child() {
                         announce: None,
                         key,
                         ports: vec![],
+                        rollout: Default::default(),
                     })
                 });
                 let mut t = Task::new(job, i);
@@ -108,6 +109,7 @@ pub fn lock_holder_child() {
                 announce: None,
                 key: "lock/test/held".into(),
                 ports: vec![],
+                rollout: Default::default(),
             });
             Ok(())
         })
@@ -187,6 +189,7 @@ fn a_child_of_a_writer_does_not_inherit_the_lock() {
             announce: None,
             key: "lock/test/after".into(),
             ports: vec![],
+            rollout: Default::default(),
         });
         Ok(())
     });
@@ -220,6 +223,7 @@ fn an_idle_reap_follow_leaves_the_lock_alone() {
                 announce: None,
                 key: "idle/test/sleeper".into(),
                 ports: vec![],
+                rollout: Default::default(),
             });
             let mut t = Task::new(job, 0);
             t.incarnation = 1;

@@ -253,6 +253,7 @@ fn tables_cut_while_tools_read_them() {
                 announce: None,
                 key: "cut/test/job".into(),
                 ports: vec![],
+                rollout: Default::default(),
             });
             for i in 0..100_000 {
                 tx.upsert(formic::task::Task::new(job, i));

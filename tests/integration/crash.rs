@@ -77,6 +77,7 @@ fn apply(tx: &mut Txn, i: u64) -> anyhow::Result<()> {
             announce: None,
             key: plan.job.clone(),
             ports: vec!["http".into()],
+            rollout: Default::default(),
         })
     });
     for (instance, cpus) in plan.tasks {

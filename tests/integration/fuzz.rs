@@ -531,6 +531,7 @@ fn base() -> &'static Base {
                     announce: None,
                     key: "www/prod/hello".into(),
                     ports: vec!["http".into()],
+                    rollout: Default::default(),
                 });
                 let mut t = Task::new(job, i);
                 t.host = h;

@@ -326,6 +326,7 @@ fn leave_a_crashed_launch(c: &Cluster, records: &str, crash: DiedAfter) {
                 announce: None,
                 key: "www/prod/web".into(),
                 ports: vec!["http".into()],
+                rollout: Default::default(),
             });
             for p in &places {
                 let mut t = formic::task::Task::new(j, p["instance"].as_u64().unwrap() as u32);

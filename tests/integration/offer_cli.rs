@@ -93,6 +93,7 @@ fn place_task(state: &Path, host: &str, instance: u32, st: TaskState, port: u16)
             announce: None,
             key: "www/prod/hello".into(),
             ports: vec!["http".into()],
+            rollout: Default::default(),
         });
         let host_slot = tx
             .view()

@@ -1015,6 +1015,7 @@ fn write_state(
                 announce: None,
                 key: job_key(e.job, job),
                 ports: port_names(job),
+                rollout: Default::default(),
             });
             let mut t = Task::new(slot, e.instance);
             match e.host {

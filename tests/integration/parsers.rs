@@ -1376,6 +1376,7 @@ proptest! {
                 key: format!("r/e/j{j}"),
                 ports: names.clone(),
                 announce: Some(Announce { path: format!("/formic/j{j}"), primary: *primary }),
+                rollout: Default::default(),
             }));
         }
         let mut expected = BTreeMap::new();

@@ -69,6 +69,7 @@ impl Cluster {
                         announce: None,
                         key: key.to_string(),
                         ports: names,
+                        rollout: Default::default(),
                     }),
                 };
                 let h = tx.view().hosts.find(&host.to_string()).unwrap();

@@ -1,0 +1,104 @@
+//! Updates, before anything is placed: each job's rollout is planned (`rollout::plan`) on
+//! the tasks of the state, and what the plan asks of the placement is set up for it. An
+//! instance to be placed with a spec other than its job file's (going back, outside a
+//! canary range) is placed by a version of the job read from the kept specs, appended to
+//! the jobs; an instance replaced now is killed, and placed again on the same host when
+//! the new spec fits there (Aurora's update affinity).
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{json, Value};
+
+use super::{Input, Running};
+use crate::rollout::{self, Rollout, Seen};
+use crate::specstore;
+
+/// What the updates ask of this pass's placement.
+#[derive(Default)]
+pub struct Updates {
+    /// Per job of the files: the appended version of it that places some instances.
+    pub version_of: Vec<Option<usize>>,
+    /// (job, instance) placed by that version rather than the job.
+    pub by_version: HashSet<(usize, u32)>,
+    /// (job, instance) whose live incarnation is killed and replaced in this pass.
+    pub replace: HashSet<(usize, u32)>,
+    /// `update` records: each job's rollout as it was read and as the pass leaves it.
+    pub records: Vec<Value>,
+}
+
+/// Plans every job's update; appends the versions the plans place to `input.jobs`.
+pub fn plan(input: &mut Input) -> Updates {
+    let files = input.jobs.len();
+    let mut out = Updates {
+        version_of: vec![None; files],
+        ..Updates::default()
+    };
+    let Some(state) = input.state_path.clone() else {
+        return out;
+    };
+    let kept = |hash: u64| specstore::is_kept(&state, hash);
+    let tasks = tasks_by_job(&input.running);
+    let empty = Rollout::default();
+    for j in 0..files {
+        let spec = &input.jobs[j];
+        let was = input.rollouts.get(&spec.key).unwrap_or(&empty);
+        let seen = tasks.get(spec.key.as_str()).map_or(&[][..], Vec::as_slice);
+        let job = rollout::Job {
+            desired: spec.hash,
+            instances: spec.instances,
+            policy: &spec.update,
+            health_checked: spec.health.is_some(),
+            rollout: was,
+            kept: &kept,
+        };
+        let plan = rollout::plan(&job, seen, input.now);
+        if plan.rollout != *was {
+            out.records.push(json!({
+                "type": "update", "job": spec.key,
+                "was": was.to_json(), "rollout": plan.rollout.to_json(),
+            }));
+        }
+        let (key, instances) = (spec.key.clone(), spec.instances);
+        for (i, t) in (0..instances).zip(&plan.targets) {
+            if t.replace {
+                out.replace.insert((j, i));
+            }
+            if t.spec == input.jobs[j].hash {
+                continue;
+            }
+            let version = match out.version_of[j] {
+                Some(v) => v,
+                None => match specstore::read(&state, t.spec) {
+                    // Kept as its own key's spec: a version of this job.
+                    Some(mut old) if old.key == key => {
+                        old.instances = instances;
+                        input.jobs.push(old);
+                        out.version_of[j] = Some(input.jobs.len() - 1);
+                        input.jobs.len() - 1
+                    }
+                    _ => continue,
+                },
+            };
+            if input.jobs[version].hash == t.spec {
+                out.by_version.insert((j, i));
+            }
+        }
+    }
+    out
+}
+
+/// The state's tasks of each job, as the planner sees them.
+fn tasks_by_job(running: &[Running]) -> HashMap<&str, Vec<Seen>> {
+    let mut by_job: HashMap<&str, Vec<Seen>> = HashMap::new();
+    for r in running {
+        by_job.entry(r.job_key.as_str()).or_default().push(Seen {
+            instance: r.instance,
+            state: r.state,
+            spec: r.spec,
+            healthy: r.healthy,
+            since: r.since,
+            failures: r.failures,
+        });
+    }
+    by_job
+}
