@@ -320,20 +320,20 @@ pub fn plan(job: &Job, tasks: &[Seen], now: f64) -> Plan {
     }
     let by_instance = |i: u32| at.get(i as usize).copied().flatten();
     let mut rollout = job.rollout.clone();
+    // A task of an unknown spec (0: a record older than spec hashes) is left alone.
     let differs = tasks
         .iter()
-        .any(|t| t.live() && t.instance < job.instances && t.spec != job.desired);
+        .any(|t| t.live() && t.instance < job.instances && t.spec != job.desired && t.spec != 0);
     let current = rollout.update.as_ref().filter(|u| u.to == job.desired);
     if current.is_none() {
         if differs {
             rollout.update = Some(start(job, tasks, now));
         } else {
-            // Nothing to roll: every live instance runs the job file's spec.
+            // Nothing to roll: every live instance runs the job file's spec. (The stable
+            // spec is set by an update that rolled out everywhere: a job that never had
+            // one starts its first from what most instances run.)
             if rollout.update.as_ref().is_some_and(|u| !u.phase.is_over()) {
                 rollout.update = None;
-            }
-            if tasks.iter().any(|t| t.live()) && tasks.iter().all(|t| t.spec == job.desired) {
-                rollout.stable = job.desired;
             }
             let targets = (0..job.instances)
                 .map(|_| Target {
@@ -346,9 +346,12 @@ pub fn plan(job: &Job, tasks: &[Seen], now: f64) -> Plan {
     }
     let update = rollout.update.as_mut().expect("an update");
     let targets = advance(job, update, &by_instance, now);
-    if update.phase == Phase::RolledForward && update.first == 0 && update.last >= job.instances - 1
-    {
-        rollout.stable = update.to;
+    // Rolled out (or back) everywhere: that spec is the one to come back to next time.
+    let everywhere = update.first == 0 && update.last >= job.instances.saturating_sub(1);
+    match update.phase {
+        Phase::RolledForward if everywhere => rollout.stable = update.to,
+        Phase::RolledBack if everywhere => rollout.stable = update.from,
+        _ => {}
     }
     Plan { rollout, targets }
 }
@@ -494,11 +497,18 @@ fn targets<'a>(
             job.desired
         }
     };
+    // An instance that never ran (scaled up) has no spec of its own: the update's new
+    // one, unless the update is going or has gone back.
+    let fresh = match u.phase {
+        Phase::RollingBack | Phase::RollBackPaused | Phase::RolledBack | Phase::Failed => u.from,
+        _ => u.to,
+    };
     let keep = |i: u32| {
         let own = task(i).map_or(0, |t| t.spec);
         let spec = match u.phase {
             Phase::RolledForward | Phase::RolledBack if in_range(i) => goal,
             _ if own == u.from || own == u.to => own,
+            _ if own == 0 => fresh,
             _ => other,
         };
         Target {

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{json, Value};
 
 use super::{Input, Running};
+use crate::job::JobSpec;
 use crate::rollout::{self, Rollout, Seen};
 use crate::specstore;
 
@@ -42,7 +43,8 @@ pub fn plan(input: &mut Input) -> Updates {
     for j in 0..files {
         let spec = &input.jobs[j];
         let was = input.rollouts.get(&spec.key).unwrap_or(&empty);
-        let seen = tasks.get(spec.key.as_str()).map_or(&[][..], Vec::as_slice);
+        let mut seen = tasks.get(spec.key.as_str()).cloned().unwrap_or_default();
+        same_task_as_desired(&state, spec, &mut seen);
         let job = rollout::Job {
             desired: spec.hash,
             instances: spec.instances,
@@ -51,7 +53,7 @@ pub fn plan(input: &mut Input) -> Updates {
             rollout: was,
             kept: &kept,
         };
-        let plan = rollout::plan(&job, seen, input.now);
+        let plan = rollout::plan(&job, &seen, input.now);
         if plan.rollout != *was {
             out.records.push(json!({
                 "type": "update", "job": spec.key,
@@ -85,6 +87,34 @@ pub fn plan(input: &mut Input) -> Updates {
         }
     }
     out
+}
+
+/// A spec that differs from the desired one only in what does not reach an instance (how
+/// many there are, how an update goes) runs the same task: its instances count as the
+/// desired spec's, so scaling a job or changing its update block restarts nothing.
+fn same_task_as_desired(state: &std::path::Path, desired: &JobSpec, seen: &mut [Seen]) {
+    let task_of = |spec: &JobSpec| -> Option<Value> {
+        let mut v: Value = serde_json::from_str(&spec.json).ok()?;
+        let o = v.as_object_mut()?;
+        o.remove("instances");
+        o.remove("update");
+        Some(v)
+    };
+    let mut verdicts: HashMap<u64, bool> = HashMap::new();
+    let mut desired_task = None;
+    for t in seen
+        .iter_mut()
+        .filter(|t| t.spec != desired.hash && t.spec != 0)
+    {
+        let same = *verdicts.entry(t.spec).or_insert_with(|| {
+            let wanted = desired_task.get_or_insert_with(|| task_of(desired));
+            let kept = specstore::read(state, t.spec);
+            wanted.is_some() && kept.and_then(|k| task_of(&k)) == *wanted
+        });
+        if same {
+            t.spec = desired.hash;
+        }
+    }
 }
 
 /// The state's tasks of each job, as the planner sees them.

@@ -184,8 +184,7 @@ fn a_job_that_runs_its_file_s_spec_has_nothing_to_roll() {
     sim.desired = OLD;
     sim.rollout.stable = 0;
     assert_eq!(sim.pass(1.0), Vec::<u32>::new());
-    assert_eq!(sim.rollout.update, None);
-    assert_eq!(sim.rollout.stable, OLD);
+    assert_eq!(sim.rollout, Rollout::default(), "no record is written");
 }
 
 #[test]

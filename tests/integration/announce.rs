@@ -20,11 +20,11 @@ use serde_json::{json, Value};
 use crate::common::{self, code, run, stderr, stdout, tasks_under, tool};
 use crate::zk::Zk;
 
-const PATH: &str = "/formic/www/prod/hello";
+pub(crate) const PATH: &str = "/formic/www/prod/hello";
 
 /// Local hosts in a temporary directory, the tasks started on them and the followers
 /// (`reap --follow`, `announce --follow`) a test runs; all stopped when dropped.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     hosts: Vec<String>,
     daemons: Vec<Child>,
@@ -33,7 +33,7 @@ struct Cluster {
 impl Cluster {
     /// Hosts named `names`, each with 20 ports from `first_port` on (the next host the
     /// next 20), reachable at `address` when given (else at this machine's name).
-    fn new(names: &[&str], first_port: u16, address: Option<&str>) -> Cluster {
+    pub(crate) fn new(names: &[&str], first_port: u16, address: Option<&str>) -> Cluster {
         let c = Cluster {
             dir: common::tempdir(),
             hosts: names.iter().map(|s| s.to_string()).collect(),
@@ -59,11 +59,11 @@ impl Cluster {
         c
     }
 
-    fn state(&self) -> PathBuf {
+    pub(crate) fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -83,7 +83,7 @@ impl Cluster {
     }
 
     /// `reap tasks`, by task id.
-    fn tasks(&self) -> Vec<Value> {
+    pub(crate) fn tasks(&self) -> Vec<Value> {
         let out = run(tool("reap", &self.state()).arg("tasks"), b"");
         assert_eq!(code(&out), 0, "reap tasks: {}", stderr(&out));
         lines(&stdout(&out))
@@ -135,7 +135,7 @@ impl Cluster {
 
     /// Starts a long-running tool; its output goes to NAME.out and NAME.err in the test's
     /// directory. Returns its pid.
-    fn daemon(&mut self, name: &str, tool_name: &str, args: &[&str]) -> u32 {
+    pub(crate) fn daemon(&mut self, name: &str, tool_name: &str, args: &[&str]) -> u32 {
         let child = tool(tool_name, &self.state())
             .args(args)
             .stdin(Stdio::null())
@@ -242,7 +242,7 @@ fn until<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// [`until`], with `context()` in the failure message.
-fn until_or<T>(
+pub(crate) fn until_or<T>(
     what: &str,
     limit: Duration,
     mut f: impl FnMut() -> Option<T>,
@@ -508,7 +508,7 @@ fn files_hold_one_member_per_healthy_instance_and_lose_stale_ones() {
 }
 
 /// The member files under a serverset directory.
-fn member_files(dir: &Path) -> Vec<String> {
+pub(crate) fn member_files(dir: &Path) -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

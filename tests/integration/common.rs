@@ -26,6 +26,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "formic-supervise" => PathBuf::from(env!("CARGO_BIN_EXE_formic-supervise")),
         "reap" => PathBuf::from(env!("CARGO_BIN_EXE_reap")),
         "announce" => PathBuf::from(env!("CARGO_BIN_EXE_announce")),
+        "roll" => PathBuf::from(env!("CARGO_BIN_EXE_roll")),
         "formic-host" => PathBuf::from(env!("CARGO_BIN_EXE_formic-host")),
         other => panic!("unknown tool {other}"),
     }

@@ -22,6 +22,7 @@ fn tools() -> Vec<(&'static str, clap::Command)> {
         ("formic-supervise", formic::supervise::Cli::command()),
         ("reap", formic::reap::Cli::command()),
         ("announce", formic::announce::Cli::command()),
+        ("roll", formic::roll::Cli::command()),
         ("formic-host", formic::transport::serve::Cli::command()),
     ]
 }

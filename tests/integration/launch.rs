@@ -688,7 +688,13 @@ fn instances_of_an_earlier_spec_keep_their_port_names_when_a_spec_renames_them()
     };
     let before = ports_of(0);
     assert_eq!(before.as_object().unwrap().len(), 2, "{before}");
-    // v2 swaps the order and renames admin to metrics; instance 1 starts from it.
+    // v2 swaps the order and renames admin to metrics; instance 1 starts from it while
+    // instance 0 stays on v1 (its update is held: `roll pause` before the change).
+    let out = run(
+        tool("roll", &c.state()).args(["pause", "www/prod/two"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v2 = r#"{"job":"www/prod/two","instances":2,"cmd":["sleep","601"],"resources":{"cpus":0.1,"ram_mb":8,"ports":["metrics","http"]}}"#;
     let out = c.launch(&c.pack(v2));
     assert_eq!(code(&out), 0, "{}", stderr(&out));

@@ -22,5 +22,6 @@ mod parsers;
 mod promises;
 mod races;
 mod reap;
+mod rollout;
 mod supervise;
 mod zk;
