@@ -353,10 +353,8 @@ pub fn dedicated_admits(value: &str, role: &str, name: &str) -> bool {
 pub fn attr_values(key: &str, v: &Value) -> Result<Vec<String>, String> {
     let mut values = match v {
         Value::String(s) => vec![s.clone()],
-        Value::Array(items) if key == DEDICATED => {
-            if items.is_empty() {
-                return Err(format!("{key}: an empty list; give at least one value"));
-            }
+        Value::Array(items) => {
+            check_list(key, items.len())?;
             items
                 .iter()
                 .map(|i| match i {
@@ -365,20 +363,35 @@ pub fn attr_values(key: &str, v: &Value) -> Result<Vec<String>, String> {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         }
-        Value::Array(_) => {
-            return Err(format!(
-                "{key}: a list of values is allowed only for \"{DEDICATED}\""
-            ))
-        }
         other => return Err(format!("{key}: expected a string, got {}", show(other))),
     };
     if key == DEDICATED {
-        for value in &values {
-            check_dedicated(value)?;
-        }
-        values.sort();
-        values.dedup();
+        values = dedicated_values(values)?;
     }
+    Ok(values)
+}
+
+/// Whether attribute `key` may hold a list of `len` values: only `dedicated` may, and
+/// never an empty one.
+pub fn check_list(key: &str, len: usize) -> Result<(), String> {
+    if key != DEDICATED {
+        return Err(format!(
+            "{key}: a list of values is allowed only for \"{DEDICATED}\""
+        ));
+    }
+    if len == 0 {
+        return Err(format!("{key}: an empty list; give at least one value"));
+    }
+    Ok(())
+}
+
+/// The values of `dedicated`, each checked, sorted, without repeats.
+pub fn dedicated_values(mut values: Vec<String>) -> Result<Vec<String>, String> {
+    for value in &values {
+        check_dedicated(value)?;
+    }
+    values.sort();
+    values.dedup();
     Ok(values)
 }
 
@@ -511,24 +524,13 @@ pub struct Capacity {
 /// Parses the capacity fields. A host has some cpus and at most 16 port ranges; an offer
 /// may have no cpus left, and its free ports may be split into many ranges.
 pub fn parse_capacity(f: &Fields<'_>, offer: bool) -> Result<Capacity, String> {
-    let cpus = f.f64("cpus")?.ok_or("field \"cpus\" is missing")?;
-    let least = if offer { 0.0 } else { 0.001 };
-    if !(cpus >= least && cpus <= 4_000_000.0) || (!offer && millicores(cpus) == 0) {
-        return Err(format!(
-            "field \"cpus\": {cpus} must be at least {least} and at most 4000000"
-        ));
-    }
+    let cpus = check_cpus(f.f64("cpus")?, offer)?;
     let ram_mb = f
-        .count("ram_mb", 1 << 40)?
+        .count("ram_mb", RAM_MB_MAX)?
         .ok_or("field \"ram_mb\" is missing")?;
-    let disk_mb = f.count("disk_mb", 1 << 50)?.unwrap_or(0);
-    let gpus = f.count("gpus", 1 << 16)?.unwrap_or(0) as u32;
-    let cpu_factor = f.f64("cpu_factor")?.unwrap_or(1.0);
-    if !(cpu_factor > 0.0 && cpu_factor <= 1000.0) {
-        return Err(format!(
-            "field \"cpu_factor\": {cpu_factor} must be above 0 and at most 1000"
-        ));
-    }
+    let disk_mb = f.count("disk_mb", DISK_MB_MAX)?.unwrap_or(0);
+    let gpus = f.count("gpus", GPUS_MAX)?.unwrap_or(0) as u32;
+    let cpu_factor = check_cpu_factor(f.f64("cpu_factor")?)?;
     let most = if offer { usize::MAX } else { MAX_PORT_RANGES };
     let ports = match f.array("ports")? {
         None => Vec::new(),
@@ -544,6 +546,34 @@ pub fn parse_capacity(f: &Fields<'_>, offer: bool) -> Result<Capacity, String> {
     })
 }
 
+/// The largest `ram_mb`, `disk_mb` and `gpus` a record may give.
+pub const RAM_MB_MAX: u64 = 1 << 40;
+pub const DISK_MB_MAX: u64 = 1 << 50;
+pub const GPUS_MAX: u64 = 1 << 16;
+
+/// Field `cpus`, given: a host has some, an offer may have none left.
+pub fn check_cpus(cpus: Option<f64>, offer: bool) -> Result<f64, String> {
+    let cpus = cpus.ok_or("field \"cpus\" is missing")?;
+    let least = if offer { 0.0 } else { 0.001 };
+    if !(cpus >= least && cpus <= 4_000_000.0) || (!offer && millicores(cpus) == 0) {
+        return Err(format!(
+            "field \"cpus\": {cpus} must be at least {least} and at most 4000000"
+        ));
+    }
+    Ok(cpus)
+}
+
+/// Field `cpu_factor` (1 when left out).
+pub fn check_cpu_factor(cpu_factor: Option<f64>) -> Result<f64, String> {
+    let cpu_factor = cpu_factor.unwrap_or(1.0);
+    if !(cpu_factor > 0.0 && cpu_factor <= 1000.0) {
+        return Err(format!(
+            "field \"cpu_factor\": {cpu_factor} must be above 0 and at most 1000"
+        ));
+    }
+    Ok(cpu_factor)
+}
+
 /// Port ranges: `[[lo, hi], …]`, inclusive, 1–65535, no overlaps.
 fn parse_ranges(list: &[Value], most: usize) -> Result<Vec<(u16, u16)>, String> {
     if list.len() > most {
@@ -556,11 +586,21 @@ fn parse_ranges(list: &[Value], most: usize) -> Result<Vec<(u16, u16)>, String> 
         let Some((lo, hi)) = bounds else {
             return Err(format!("expected [low, high], got {}", show(v)));
         };
-        if lo == 0 || hi > 65535 || lo > hi {
-            return Err(format!("[{lo}, {hi}] is not a range within 1–65535"));
-        }
-        ranges.push((lo as u16, hi as u16));
+        ranges.push(port_range(lo, hi)?);
     }
+    sorted_apart(ranges)
+}
+
+/// One inclusive port range within 1–65535.
+pub fn port_range(lo: u64, hi: u64) -> Result<(u16, u16), String> {
+    if lo == 0 || hi > 65535 || lo > hi {
+        return Err(format!("[{lo}, {hi}] is not a range within 1–65535"));
+    }
+    Ok((lo as u16, hi as u16))
+}
+
+/// Port ranges sorted, or the first two that overlap.
+pub fn sorted_apart(mut ranges: Vec<(u16, u16)>) -> Result<Vec<(u16, u16)>, String> {
     ranges.sort_unstable();
     if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
         return Err(format!(

@@ -2,21 +2,29 @@
 //! (struct of arrays, fixed-point integers), attribute values interned to small integers,
 //! so the loop compares numbers and never hashes or touches a string.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::host::{Mode, DEDICATED};
+use crate::host::{Capacity, Mode, DEDICATED};
 use crate::records::Record;
 
 use super::Resources;
+
+/// Maps by name (hosts, attribute keys and values), a few lookups per offer. foldhash
+/// rather than std's SipHash: SipHash was a tenth of reading 100k offers. Its fast hasher
+/// is still seeded per process, so a fleet's names cannot be chosen to collide in advance
+/// (and nothing iterates these maps in an order that reaches the output).
+type ByName<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 /// No value for an attribute on a host.
 pub const NONE: u32 = u32::MAX;
 
 /// Interned attribute values: one column per attribute key, one entry per host.
 #[derive(Default, Debug)]
+#[cfg_attr(test, derive(PartialEq))]
 pub struct Attrs {
-    keys: HashMap<String, usize>,
-    values: Vec<HashMap<String, u32>>,
+    keys: ByName<usize>,
+    values: Vec<ByName<u32>>,
     names: Vec<Vec<String>>,
     columns: Vec<Vec<u32>>,
 }
@@ -28,7 +36,7 @@ impl Attrs {
             return c;
         }
         self.keys.insert(key.to_string(), self.columns.len());
-        self.values.push(HashMap::new());
+        self.values.push(ByName::default());
         self.names.push(Vec::new());
         self.columns.push(vec![NONE; hosts]);
         self.columns.len() - 1
@@ -80,6 +88,7 @@ impl Attrs {
 /// allow (u32 millicores, GPUs and ports, where `Resources` has u64s). What runs once per
 /// pass sees them as `Resources` through `largest` and `free_columns`.
 #[derive(Default, Debug)]
+#[cfg_attr(test, derive(PartialEq))]
 pub struct Fleet {
     pub names: Vec<String>,
     /// Free physical millicores.
@@ -107,8 +116,8 @@ pub struct Fleet {
     /// The values of each list in the dedicated column, by id.
     pub dedications: Vec<Vec<String>>,
     /// The ids of the lists that hold each dedicated value, ascending.
-    lists_with: HashMap<String, Vec<u32>>,
-    pub by_name: HashMap<String, u32>,
+    lists_with: ByName<Vec<u32>>,
+    pub by_name: ByName<u32>,
     /// Columns of the failure domains spread spreads across, largest first.
     pub domains: Vec<usize>,
     /// Offers of hosts whose maintenance vetoes every placement (draining, drained): not
@@ -116,8 +125,8 @@ pub struct Fleet {
     pub vetoed: Vec<(String, String)>,
 }
 
-/// The fields of an offer record.
-const OFFER_FIELDS: &[&str] = &[
+/// The fields of an offer record (and of `offer_line::Line`).
+pub(super) const OFFER_FIELDS: &[&str] = &[
     "type",
     "host",
     "cpus",
@@ -130,6 +139,32 @@ const OFFER_FIELDS: &[&str] = &[
     "maintenance",
 ];
 
+/// An offer, checked: what `Fleet::add` keeps of it.
+pub(super) struct Offer<'a> {
+    pub name: &'a str,
+    pub cap: Capacity,
+    /// Each attribute's key and value as interned (the values of `dedicated` sorted, without
+    /// repeats, joined by `,`), in the order the offer gives them.
+    pub attrs: Vec<(&'a str, Cow<'a, str>)>,
+    pub mode: Mode,
+}
+
+/// An offer's `attrs` may not name `host`: jobs' constraints use it for the host's name.
+const HOST_RESERVED: &str = "field \"attrs\": the key \"host\" is reserved for the host's name";
+
+/// Field `maintenance` of an offer (none when left out).
+pub(super) fn maintenance(m: Option<&str>) -> Result<Mode, String> {
+    match m {
+        None | Some("none") => Ok(Mode::None),
+        Some("scheduled") => Ok(Mode::Scheduled),
+        Some("draining") => Ok(Mode::Draining),
+        Some("drained") => Ok(Mode::Drained),
+        Some(m) => Err(format!(
+            "field \"maintenance\": {m:?} is not none, scheduled, draining or drained"
+        )),
+    }
+}
+
 impl Fleet {
     pub fn len(&self) -> usize {
         self.names.len()
@@ -139,43 +174,58 @@ impl Fleet {
         self.names.is_empty()
     }
 
-    /// Adds one offer; the error names the field.
+    /// Adds one offer; the error names the field. (The fast way, `offer_line`, adds the
+    /// plain offers: anything it cannot take for certain comes here.)
     pub fn add_offer(&mut self, rec: &Record) -> Result<(), String> {
         let f = rec.get();
         f.only(OFFER_FIELDS)?;
         let name = f.str("host")?.ok_or("field \"host\" is missing")?;
+        self.check_new_host(name)?;
+        let cap = crate::host::parse_capacity(&f, true)?;
+        // Checked before anything of the host is kept: the key and each value, as interned.
+        let mut attrs: Vec<(&str, Cow<str>)> = Vec::new();
+        if let Some(map) = f.object("attrs")? {
+            if map.contains_key("host") {
+                return Err(HOST_RESERVED.into());
+            }
+            for (k, v) in map {
+                let values = crate::host::attr_values(k, v)
+                    .map_err(|e| format!("host {name}: field \"attrs\": {e}"))?;
+                attrs.push((k, values.join(",").into()));
+            }
+        }
+        let mode = maintenance(f.str("maintenance")?)?;
+        self.add(Offer {
+            name,
+            cap,
+            attrs,
+            mode,
+        });
+        Ok(())
+    }
+
+    /// A host's name, checked, and not offered before.
+    pub(super) fn check_new_host(&self, name: &str) -> Result<(), String> {
         crate::host::check_name(name).map_err(|e| format!("field \"host\": {e}"))?;
         if self.by_name.contains_key(name) || self.vetoed.iter().any(|(n, _)| n == name) {
             return Err(format!("host {name} is offered twice"));
         }
-        let cap = crate::host::parse_capacity(&f, true)?;
-        // Checked before anything of the host is kept: the key and each value, as interned.
-        let mut attr_values: Vec<(&String, String)> = Vec::new();
-        if let Some(attrs) = f.object("attrs")? {
-            if attrs.contains_key("host") {
-                return Err(
-                    "field \"attrs\": the key \"host\" is reserved for the host's name".into(),
-                );
-            }
-            for (k, v) in attrs {
-                let values = crate::host::attr_values(k, v)
-                    .map_err(|e| format!("host {name}: field \"attrs\": {e}"))?;
-                attr_values.push((k, values.join(",")));
-            }
+        Ok(())
+    }
+
+    /// Adds an offer that was checked in full (it cannot fail: nothing is half added).
+    pub(super) fn add(&mut self, offer: Offer) {
+        let Offer {
+            name,
+            cap,
+            attrs,
+            mode,
+        } = offer;
+        if !mode.takes_work() {
+            self.vetoed
+                .push((name.to_string(), mode.name().to_string()));
+            return;
         }
-        let maintenance = match f.str("maintenance")? {
-            None | Some("none") => Mode::None,
-            Some("scheduled") => Mode::Scheduled,
-            Some(m @ ("draining" | "drained")) => {
-                self.vetoed.push((name.to_string(), m.to_string()));
-                return Ok(());
-            }
-            Some(m) => {
-                return Err(format!(
-                    "field \"maintenance\": {m:?} is not none, scheduled, draining or drained"
-                ))
-            }
-        };
         let h = self.names.len();
         let (milli, factor, ranges) = (cap.cpus, cap.cpu_factor, cap.ports);
         self.by_name.insert(name.to_string(), h as u32);
@@ -189,11 +239,11 @@ impl Fleet {
         self.ports
             .push(ranges.iter().map(|&(a, b)| (b - a) as u32 + 1).sum());
         self.push_ranges(ranges);
-        self.scheduled.push(maintenance == Mode::Scheduled);
+        self.scheduled.push(mode == Mode::Scheduled);
         for col in &mut self.attrs.columns {
             col.push(NONE);
         }
-        for (k, v) in attr_values {
+        for (k, v) in attrs {
             let c = self.attrs.column_of(k, h + 1);
             let id = self.attrs.intern(c, &v);
             self.attrs.set(c, h, id);
@@ -206,7 +256,6 @@ impl Fleet {
             }
         }
         self.dedicated = self.attrs.find_column(DEDICATED);
-        Ok(())
     }
 
     /// The ids of the dedicated lists with a value that admits the job of role `role` and

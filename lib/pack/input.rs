@@ -16,7 +16,7 @@ use crate::rollout::Rollout;
 use crate::state::{State, View};
 use crate::task::{TaskState, NO_HOST};
 
-use super::{Fleet, Resources};
+use super::{offer_line, Fleet, Resources};
 
 /// Everything pack read, checked.
 pub struct Input {
@@ -91,26 +91,11 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
         jobs,
         errors: job_errors,
     } = job::read_all(from.jobs);
-    let mut fleet = Fleet::default();
-    let mut passthrough = Vec::new();
-    let mut errors = Vec::new();
-    for item in records::Reader::new(stdin) {
-        let rec: Record = match item {
-            Ok(r) => r,
-            Err(e) if status_of(&e) == Status::BadInput => {
-                errors.push(format!("{e:#}"));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if rec.kind() != "offer" {
-            passthrough.push(rec.raw);
-            continue;
-        }
-        if let Err(e) = fleet.add_offer(&rec) {
-            errors.push(format!("line {}: {e}", rec.line));
-        }
-    }
+    let Offers {
+        fleet,
+        passthrough,
+        errors,
+    } = read_offers(stdin)?;
     crate::exit::refuse_batch("pack", &errors, "offers", "nothing was placed")?;
     let quota = match from.quota {
         Some(path) => read_quota(path)?,
@@ -144,6 +129,54 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
         state_path: from.state.map(Path::to_path_buf),
         rollouts,
     })
+}
+
+/// What standard input held: the offers, the lines of other types (passed through as they
+/// came) and an error for each bad line.
+#[derive(Default)]
+pub(super) struct Offers {
+    pub fleet: Fleet,
+    pub passthrough: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Reads the offers on `stdin`. An I/O error ends it; bad lines are counted in `errors`.
+pub(super) fn read_offers(stdin: impl io::BufRead) -> Result<Offers> {
+    let mut offers = Offers::default();
+    let mut reader = records::Reader::new(stdin);
+    // One buffer for every line: most lines are plain offers, and the fast way adds them
+    // from it, with no allocation for the line and no JSON tree.
+    let mut buf = Vec::new();
+    while let Some(line) = reader.next_line(&mut buf) {
+        let item = match line {
+            Ok(_) if offer_line::try_add(&mut offers.fleet, &buf) => continue,
+            Ok(n) => records::parse_line(n, std::mem::take(&mut buf)),
+            Err(e) => Err(e),
+        };
+        offers.add(item)?;
+    }
+    Ok(offers)
+}
+
+impl Offers {
+    /// Takes one line the slow way: a record of another type passes through, an offer
+    /// goes to `Fleet::add_offer`, a bad line's error is kept.
+    pub(super) fn add(&mut self, item: Result<Record>) -> Result<()> {
+        let rec = match item {
+            Ok(r) => r,
+            Err(e) if status_of(&e) == Status::BadInput => {
+                self.errors.push(format!("{e:#}"));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if rec.kind() != "offer" {
+            self.passthrough.push(rec.raw);
+        } else if let Err(e) = self.fleet.add_offer(&rec) {
+            self.errors.push(format!("line {}: {e}", rec.line));
+        }
+        Ok(())
+    }
 }
 
 /// A quota file: one object per line, `{"role":"www","cpus":64,"ram_mb":262144,

@@ -14,6 +14,7 @@ mod explain;
 mod fleet;
 mod index;
 mod input;
+mod offer_line;
 mod output;
 mod place;
 mod preempt;
