@@ -121,6 +121,13 @@ struct Placement {
     incarnation: Option<u32>,
 }
 
+impl Placement {
+    /// The hash of the spec it is placed with (checked to be 16 hex digits when read).
+    fn spec_hash(&self) -> u64 {
+        u64::from_str_radix(&self.hash, 16).unwrap_or(0)
+    }
+}
+
 /// A placement launch recorded ASSIGNED: the incarnation it created.
 struct Intent<'a> {
     place: &'a Placement,
@@ -729,10 +736,8 @@ fn port_slots(ports: &[(String, u16)], names: &[String]) -> Result<[u16; MAX_POR
 struct Admitted {
     host: u32,
     incarnation: u32,
-    /// Failures of the earlier incarnations (the restart policy counts on), and the spec
-    /// they ran.
+    /// Failures of the earlier incarnations (the restart policy counts on).
     failures: u16,
-    spec: u64,
 }
 
 /// Whether a placement, decided on an earlier view of the state, still holds in this one
@@ -810,8 +815,11 @@ fn admit(view: &View, usage: &[Usage], p: &Placement, now: f64) -> Result<Admitt
     Ok(Admitted {
         host: h,
         incarnation: current + 1,
-        failures: previous.map_or(0, |t| t.failures),
-        spec: previous.map_or(0, |t| t.spec),
+        // An update's count starts afresh: a new spec, or one an update stopped (going
+        // back, or placed again when its new spec found no room), has failed nothing yet.
+        failures: previous
+            .filter(|t| t.spec == p.spec_hash() && t.reason != Reason::Replaced)
+            .map_or(0, |t| t.failures),
     })
 }
 
@@ -856,11 +864,8 @@ fn record_intents(
             }
         };
         let mut t = Task::new(job, p.instance);
-        t.spec = u64::from_str_radix(&p.hash, 16).unwrap_or(0);
-        // A new spec starts with no failures: an update counts the new spec's own.
-        if t.spec == admitted.spec {
-            t.failures = admitted.failures;
-        }
+        t.spec = p.spec_hash();
+        t.failures = admitted.failures;
         t.host = admitted.host;
         t.state = TaskState::Assigned;
         t.reason = Reason::None;

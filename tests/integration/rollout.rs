@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,7 +80,7 @@ fn update_state(c: &Cluster) -> String {
 
 /// Runs passes every 300 ms until `done` says so; fails after `limit` with the job's
 /// update and tasks.
-fn passes_until(c: &Cluster, jobs: &Path, limit: Duration, done: impl Fn(&Cluster) -> bool) {
+fn passes_until(c: &Cluster, jobs: &Path, limit: Duration, mut done: impl FnMut(&Cluster) -> bool) {
     until_or(
         "the update to end as expected",
         limit,
@@ -354,5 +355,93 @@ fn pause_resume_canary_and_abort() {
         Duration::from_secs(30),
         || (member_files(&dir).len() == 5).then_some(()),
         String::new,
+    );
+}
+
+/// One pass whose `victim` step (`reap` for `reap --asked-only`, or `launch`) is killed
+/// with SIGKILL `after` its start, as a crash would leave it.
+fn crashing_pass(c: &Cluster, jobs: &Path, victim: &str, after: Duration) {
+    use std::io::Write;
+    let out = run(&mut tool("reap", &c.state()), b"");
+    assert!(code(&out) <= 1, "reap: {}", stderr(&out));
+    let offers = run(&mut tool("offer", &c.state()), b"");
+    let packed = run(
+        tool("pack", &c.state()).args(["--prune"]).arg(jobs),
+        &offers.stdout,
+    );
+    assert!(code(&packed) <= 1, "pack: {}", stderr(&packed));
+    let step = |name: &str, cmd: &mut std::process::Command, input: &[u8]| -> Vec<u8> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        if name == victim {
+            std::thread::sleep(after);
+            let _ = child.kill();
+        }
+        child.wait_with_output().unwrap().stdout
+    };
+    let stopped = step(
+        "reap",
+        tool("reap", &c.state()).arg("--asked-only"),
+        &packed.stdout,
+    );
+    step(
+        "launch",
+        tool("launch", &c.state()).args(["--allow-root", "--wait", "5", "--grace", "3"]),
+        &stopped,
+    );
+}
+
+#[test]
+fn a_pass_killed_at_any_step_of_an_update_loses_nothing_and_starts_nothing_twice() {
+    crate::common::require_root("tasks under uids of their own");
+    let update = json!({"batch_size": 2, "watch_s": 0});
+    let (c, jobs) = deployed(47500, update.clone());
+    std::fs::write(jobs.join("web.json"), web(5, "2", update)).unwrap();
+    let delays = [0, 5, 20, 50, 100, 200, 400];
+    let mut n = 0;
+    passes_until(&c, &jobs, Duration::from_secs(180), |c| {
+        // Between the clean passes of passes_until, one killed at a different moment.
+        let victim = if n % 2 == 0 { "launch" } else { "reap" };
+        crashing_pass(
+            c,
+            &jobs,
+            victim,
+            Duration::from_millis(delays[n % delays.len()]),
+        );
+        n += 1;
+        update_state(c) == "ROLLED_FORWARD"
+            && c.tasks()
+                .iter()
+                .all(|t| t["state"] == "RUNNING" && t["healthy"] == true)
+    });
+    assert!(n >= 2, "the update took {n} crashed passes");
+    assert_eq!(
+        versions(&c),
+        (0..5).map(|i| (i, "2".to_string())).collect(),
+        "every instance on the new spec"
+    );
+    // One process per instance: nothing was started twice.
+    let ports: Vec<String> = c
+        .tasks()
+        .iter()
+        .map(|t| t["ports"]["http"].to_string())
+        .collect();
+    let servers = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| {
+            let text = String::from_utf8_lossy(cmd).replace('\0', " ");
+            text.contains("http.server") && (47500..47540).any(|p| text.contains(&p.to_string()))
+        })
+        .count();
+    assert_eq!(
+        servers, 5,
+        "web servers running on the test's ports ({ports:?})"
     );
 }
