@@ -205,6 +205,8 @@ fn status(state: &State, keys: &[String], output: &OutputArgs) -> Result<Status>
             "TO",
             "INSTANCES",
             "DONE",
+            "DESIRED",
+            "PENDING",
             "SPECS",
             "WHY",
         ];
@@ -230,6 +232,7 @@ fn describe(view: &View, slot: u32, job: &Job) -> Value {
             }
         }
     }
+    let live: u32 = specs.values().sum();
     let mut rec = json!({"type":"update","job":job.key,"held":job.rollout.held,
                          "stable":hash_text(job.rollout.stable),
                          "running":specs,"healthy":healthy,"update":null});
@@ -237,7 +240,8 @@ fn describe(view: &View, slot: u32, job: &Job) -> Value {
         rec["update"] = json!({
             "state": u.phase.name(), "from": hash_text(u.from), "to": hash_text(u.to),
             "instances": [u.first, u.last], "started": u.started, "progress": u.progress,
-            "done": u.done, "why": waiting(&job.rollout, u),
+            "done": u.done, "desired": u.desired,
+            "pending": u.desired.saturating_sub(live), "why": waiting(&job.rollout, u),
         });
     }
     rec
@@ -290,6 +294,8 @@ fn row(r: &Value) -> Vec<String> {
         short(&u["to"]),
         range,
         u["done"].as_u64().map_or("-".into(), |d| d.to_string()),
+        u["desired"].as_u64().map_or("-".into(), |d| d.to_string()),
+        u["pending"].as_u64().map_or("-".into(), |d| d.to_string()),
         specs,
         text(&u["why"]),
     ]

@@ -134,6 +134,8 @@ pub struct Update {
     pub progress: f64,
     /// Instances done when `progress` was stamped.
     pub done: u32,
+    /// How many instances the job file asks for.
+    pub desired: u32,
     pub why: Why,
 }
 
@@ -162,6 +164,7 @@ impl Rollout {
                 e.f64(u.started);
                 e.f64(u.progress);
                 e.u32(u.done);
+                e.u32(u.desired);
                 e.u8(u.why as u8);
             }
         }
@@ -185,6 +188,7 @@ impl Rollout {
                 started: d.f64()?,
                 progress: d.f64()?,
                 done: d.u32()?,
+                desired: d.u32()?,
                 why: Why::from_u8(d.u8()?)?,
             }),
         };
@@ -201,7 +205,8 @@ impl Rollout {
             json!({
                 "from": hash_text(u.from), "to": hash_text(u.to), "state": u.phase.name(),
                 "instances": [u.first, u.last], "started": u.started,
-                "progress": u.progress, "done": u.done, "why": u.why as u8,
+                "progress": u.progress, "done": u.done, "desired": u.desired,
+                "why": u.why as u8,
             })
         });
         json!({"held": self.held, "stable": hash_text(self.stable), "update": update})
@@ -244,6 +249,7 @@ impl Rollout {
                     started: num("started")?,
                     progress: num("progress")?,
                     done: count("done")?,
+                    desired: count("desired")?,
                     why: Why::from_u8(count("why")?.min(255) as u8).map_err(|_| bad("why"))?,
                 })
             }
@@ -345,6 +351,7 @@ pub fn plan(job: &Job, tasks: &[Seen], now: f64) -> Plan {
         }
     }
     let update = rollout.update.as_mut().expect("an update");
+    update.desired = job.instances;
     let targets = advance(job, update, &by_instance, now);
     // Rolled out (or back) everywhere: that spec is the one to come back to next time.
     let everywhere = update.first == 0 && update.last >= job.instances.saturating_sub(1);
@@ -392,6 +399,7 @@ fn start(job: &Job, tasks: &[Seen], now: f64) -> Update {
         started: now,
         progress: now,
         done: 0,
+        desired: job.instances,
         why: Why::None,
     }
 }

@@ -201,6 +201,7 @@ fn the_record_reads_back_as_written() {
             started: 1.5,
             progress: 2.5,
             done: 3,
+            desired: 10,
             why: Why::Deadline,
         }),
     };

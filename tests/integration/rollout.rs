@@ -237,6 +237,13 @@ fn an_update_replaces_two_at_a_time_and_clients_never_reach_a_stopping_instance(
     }
     let status = roll_status(&c);
     assert_eq!(status["stable"], status["update"]["to"], "{status}");
+    let u = &status["update"];
+    assert_eq!(
+        (&u["desired"], &u["done"], &u["pending"]),
+        (&json!(5), &json!(5), &json!(0)),
+        "{status}"
+    );
+    assert_eq!(status["healthy"][u["to"].as_str().unwrap()], 5, "{status}");
 }
 
 #[test]
@@ -287,11 +294,18 @@ fn the_progress_deadline_fails_an_update_that_cannot_be_placed() {
     let huge = web(5, "2", update).replace(r#""cpus":0.2"#, r#""cpus":64"#);
     std::fs::write(jobs.join("web.json"), huge).unwrap();
     let started = Instant::now();
+    let mut stalled = None;
     passes_until(&c, &jobs, Duration::from_secs(60), |c| {
+        let status = roll_status(c);
+        if status["update"]["state"] == "ROLLING_FORWARD" && status["update"]["pending"] == 1 {
+            stalled = Some(status);
+        }
         update_state(c) == "ROLLED_BACK"
             && c.tasks().iter().filter(|t| t["state"] == "RUNNING").count() == 5
     });
     assert!(started.elapsed() >= Duration::from_secs(2));
+    let stalled = stalled.expect("roll status showed the instance that could not be placed");
+    assert_eq!(stalled["update"]["desired"], 5, "{stalled}");
     let status = roll_status(&c);
     assert!(
         status["update"]["why"]
