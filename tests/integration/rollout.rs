@@ -33,9 +33,9 @@ fn web(instances: u32, version: &str, update: Value) -> String {
         + "\n"
 }
 
-/// One reconciliation pass as scripts/reconcile runs it, without its announce (the
-/// follower keeps the files). Returns what the last step printed.
-fn pass(c: &Cluster, jobs: &Path) -> Vec<Value> {
+/// A pass's first steps: `reap` (collect, survey), then `offer | pack --state --prune
+/// JOBS`; returns pack's records.
+fn decided(c: &Cluster, jobs: &Path) -> Vec<u8> {
     let out = run(&mut tool("reap", &c.state()), b"");
     assert!(code(&out) <= 1, "reap: {}", stderr(&out));
     let offers = run(&mut tool("offer", &c.state()), b"");
@@ -44,7 +44,14 @@ fn pass(c: &Cluster, jobs: &Path) -> Vec<Value> {
         &offers.stdout,
     );
     assert!(code(&packed) <= 1, "pack: {}", stderr(&packed));
-    let stopped = run(tool("reap", &c.state()).arg("--asked-only"), &packed.stdout);
+    packed.stdout
+}
+
+/// One reconciliation pass as scripts/reconcile runs it, without its announce (the
+/// follower keeps the files). Returns what the last step printed.
+fn pass(c: &Cluster, jobs: &Path) -> Vec<Value> {
+    let packed = decided(c, jobs);
+    let stopped = run(tool("reap", &c.state()).arg("--asked-only"), &packed);
     assert!(
         code(&stopped) <= 1,
         "reap --asked-only: {}",
@@ -376,14 +383,7 @@ fn pause_resume_canary_and_abort() {
 /// with SIGKILL `after` its start, as a crash would leave it.
 fn crashing_pass(c: &Cluster, jobs: &Path, victim: &str, after: Duration) {
     use std::io::Write;
-    let out = run(&mut tool("reap", &c.state()), b"");
-    assert!(code(&out) <= 1, "reap: {}", stderr(&out));
-    let offers = run(&mut tool("offer", &c.state()), b"");
-    let packed = run(
-        tool("pack", &c.state()).args(["--prune"]).arg(jobs),
-        &offers.stdout,
-    );
-    assert!(code(&packed) <= 1, "pack: {}", stderr(&packed));
+    let packed = decided(c, jobs);
     let step = |name: &str, cmd: &mut std::process::Command, input: &[u8]| -> Vec<u8> {
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -401,7 +401,7 @@ fn crashing_pass(c: &Cluster, jobs: &Path, victim: &str, after: Duration) {
     let stopped = step(
         "reap",
         tool("reap", &c.state()).arg("--asked-only"),
-        &packed.stdout,
+        &packed,
     );
     step(
         "launch",
