@@ -125,6 +125,8 @@ pub(super) fn list(
                 "failures": t.failures,
                 "exit": exit_of(t),
                 "reason": reason_of(t),
+                // The version of the job it runs (what `roll status` counts by).
+                "spec": (t.spec != 0).then(|| crate::rollout::hash_text(t.spec)),
             });
             out.record(&rec)?;
         }

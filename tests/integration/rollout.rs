@@ -23,9 +23,9 @@ fn web(instances: u32, version: &str, update: Value) -> String {
         "job": "www/prod/hello", "instances": instances,
         "cmd": ["python3", "-m", "http.server", "--bind", "127.0.0.1", "{{port.http}}"],
         "env": {"V": version},
-        "resources": {"cpus": 0.2, "ram_mb": 64, "ports": ["http", "admin"]},
-        "health": {"http": "/", "port": "http", "interval_s": 0.3, "timeout_s": 0.25,
-                   "failures": 2},
+        "resources": {"cpus": 0.5, "ram_mb": 64, "ports": ["http", "admin"]},
+        "health": {"http": "/", "port": "http", "interval_s": 0.5, "timeout_s": 0.45,
+                   "failures": 3},
         "announce": {"primary": "http", "path": PATH},
         "update": update,
     })
@@ -251,12 +251,21 @@ fn an_update_replaces_two_at_a_time_and_clients_never_reach_a_stopping_instance(
         "{status}"
     );
     assert_eq!(status["healthy"][u["to"].as_str().unwrap()], 5, "{status}");
+    // Each instance's version, in reap tasks.
+    assert!(
+        c.tasks().iter().all(|t| t["spec"] == u["to"]),
+        "{:?}",
+        c.tasks()
+    );
 }
 
 #[test]
 fn a_new_spec_that_fails_its_checks_rolls_back_and_is_not_tried_again() {
     crate::common::require_root("tasks under uids of their own");
-    let update = json!({"batch_size": 2, "watch_s": 1, "progress_deadline_s": 60});
+    // A slow start that fails a check once (a loaded machine) is tolerated; the broken spec
+    // fails every time.
+    let update = json!({"batch_size": 2, "watch_s": 1, "progress_deadline_s": 60,
+                        "max_per_instance_failures": 1});
     let (c, jobs) = deployed(47200, update.clone());
     let running = roll_status(&c)["running"].clone();
     let old_spec = running.as_object().unwrap().keys().next().unwrap().clone();
@@ -298,7 +307,7 @@ fn the_progress_deadline_fails_an_update_that_cannot_be_placed() {
     let update = json!({"batch_size": 1, "watch_s": 0, "progress_deadline_s": 2});
     let (c, jobs) = deployed(47300, update.clone());
     // More cpus than any host has: the new spec can never be placed.
-    let huge = web(5, "2", update).replace(r#""cpus":0.2"#, r#""cpus":64"#);
+    let huge = web(5, "2", update).replace(r#""cpus":0.5"#, r#""cpus":64"#);
     std::fs::write(jobs.join("web.json"), huge).unwrap();
     let started = Instant::now();
     let mut stalled = None;
