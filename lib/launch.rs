@@ -206,6 +206,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         out.record(e)?;
     }
     out.finish()?;
+    crate::specstore::prune(&path, &named_specs(state.view()));
     let all_started = starts
         .iter()
         .all(|s| matches!(s, Start::Started | Start::CalledOff));
@@ -470,6 +471,20 @@ fn read(input: impl io::BufRead) -> Result<Read> {
         updates,
         others,
     })
+}
+
+/// The specs the state still names: those its tasks were placed with, and those of each
+/// job's rollout (the one to go back to, and the current update's two).
+fn named_specs(view: &View) -> std::collections::HashSet<u64> {
+    let mut named: std::collections::HashSet<u64> =
+        view.tasks.iter().map(|(_, t)| t.spec).collect();
+    for (_, j) in view.jobs.iter() {
+        named.insert(j.rollout.stable);
+        if let Some(u) = &j.rollout.update {
+            named.extend([u.from, u.to]);
+        }
+    }
+    named
 }
 
 /// What launch read: placements, the specs they name, updates, and lines to pass on.

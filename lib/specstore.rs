@@ -104,3 +104,43 @@ pub fn prune(state: &Path, named: &HashSet<u64>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cmd: &str) -> JobSpec {
+        let text = format!(
+            r#"{{"job":"a/b/c","instances":1,"cmd":["{cmd}"],"resources":{{"cpus":1,"ram_mb":1}}}}"#
+        );
+        job::parse_text(&text, "test").unwrap()
+    }
+
+    #[test]
+    fn specs_read_back_whole_and_only_old_unnamed_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (named, old, new) = (spec("x"), spec("y"), spec("z"));
+        for s in [&named, &old, &new] {
+            keep(&state, s).unwrap();
+            assert_eq!(read(&state, s.hash).unwrap().json, s.json);
+        }
+        // A file altered on disk is not taken for the spec it is named after.
+        let altered = file(&state, new.hash);
+        fs::write(&altered, old.json.as_bytes()).unwrap();
+        assert!(read(&state, new.hash).is_none());
+        let day_ago = SystemTime::now() - GRACE - Duration::from_secs(60);
+        for s in [&named, &old] {
+            File::options()
+                .write(true)
+                .open(file(&state, s.hash))
+                .unwrap()
+                .set_modified(day_ago)
+                .unwrap();
+        }
+        prune(&state, &HashSet::from([named.hash]));
+        assert!(is_kept(&state, named.hash), "named");
+        assert!(!is_kept(&state, old.hash), "old and unnamed");
+        assert!(is_kept(&state, new.hash), "unnamed but young");
+    }
+}
