@@ -87,15 +87,22 @@ pub struct Sources<'a> {
 /// Reads offers from `stdin`, jobs from their files, and the state if given. Every problem
 /// is reported; any problem fails the whole run before a record is written.
 pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
+    // Job files and offers are read at once, on the two cores pack is given at the least:
+    // neither needs the other, and at 100k hosts each is hundreds of milliseconds.
+    let (read_jobs, offers) = std::thread::scope(|s| {
+        let jobs = s.spawn(|| job::read_all(from.jobs));
+        let offers = read_offers(stdin);
+        (jobs.join(), offers)
+    });
     let job::Read {
         jobs,
         errors: job_errors,
-    } = job::read_all(from.jobs);
+    } = read_jobs.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let Offers {
         fleet,
         passthrough,
         errors,
-    } = read_offers(stdin)?;
+    } = offers?;
     crate::exit::refuse_batch("pack", &errors, "offers", "nothing was placed")?;
     let quota = match from.quota {
         Some(path) => read_quota(path)?,
