@@ -3,7 +3,7 @@
 //! and pauses, resumes, narrows to a canary range or aborts it, in the job's record in the
 //! state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use crate::cli::{OutputArgs, StateArgs};
 use crate::exit::{bad_input, Status, TABLE};
 use crate::rollout::{hash_text, Phase, Rollout, Update, Why};
-use crate::state::{State, View};
-use crate::task::Job;
+use crate::state::State;
+use crate::task::{Job, Task};
 
 /// See and steer rolling updates
 ///
@@ -184,12 +184,18 @@ fn abort(r: &mut Rollout, _now: f64) -> Result<(), String> {
 /// One line per job with an update (or held), or per job named.
 fn status(state: &State, keys: &[String], output: &OutputArgs) -> Result<Status> {
     let view = state.view();
+    // Live tasks by job slot, counted once: a status of every job is one walk of the tasks.
+    let mut live: HashMap<u32, Vec<&Task>> = HashMap::new();
+    for (_, t) in view.tasks.iter().filter(|(_, t)| t.state.holds_resources()) {
+        live.entry(t.job).or_default().push(t);
+    }
     let mut rows = Vec::new();
     for (slot, job) in view.jobs.iter() {
         let named = keys.is_empty() || keys.contains(&job.key);
         let has = job.rollout.update.is_some() || job.rollout.held;
         if named && (has || !keys.is_empty()) {
-            rows.push(describe(view, slot, job));
+            let tasks = live.get(&slot).map_or(&[][..], Vec::as_slice);
+            rows.push(describe(job, tasks));
         }
     }
     if let Some(key) = keys.iter().find(|k| view.jobs.find(*k).is_none()) {
@@ -220,16 +226,14 @@ fn status(state: &State, keys: &[String], output: &OutputArgs) -> Result<Status>
     Ok(Status::Done)
 }
 
-/// A job's update as a record: the rollout, and how many live instances run each spec.
-fn describe(view: &View, slot: u32, job: &Job) -> Value {
+/// A job's update as a record: the rollout, and how many of its live tasks run each spec.
+fn describe(job: &Job, live: &[&Task]) -> Value {
     let mut specs: BTreeMap<String, u32> = BTreeMap::new();
     let mut healthy: BTreeMap<String, u32> = BTreeMap::new();
-    for (_, t) in view.tasks.iter().filter(|(_, t)| t.job == slot) {
-        if t.state.holds_resources() {
-            *specs.entry(hash_text(t.spec)).or_default() += 1;
-            if t.healthy {
-                *healthy.entry(hash_text(t.spec)).or_default() += 1;
-            }
+    for t in live {
+        *specs.entry(hash_text(t.spec)).or_default() += 1;
+        if t.healthy {
+            *healthy.entry(hash_text(t.spec)).or_default() += 1;
         }
     }
     let live: u32 = specs.values().sum();

@@ -167,7 +167,9 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     for group in place::groups(jobs, &order) {
         run.place_group(&group, &missing, total);
     }
-    if run.may_reorder() {
+    // A pass that puts updated instances back where they ran keeps them there: moving
+    // instances after placing would undo the update's affinity for a host saved.
+    if run.may_reorder() && run.prefer.is_empty() {
         let budget = std::cell::Cell::new(SEARCH_CHECKS);
         run.repair(&budget);
         run.consolidate(&budget);
@@ -574,7 +576,9 @@ impl<'a> Run<'a> {
                     self.kill(r, "surplus instance");
                     continue;
                 }
-                if self.updates.replace.contains(&(j, r.instance)) {
+                let replaced = !self.updates.replace.is_empty()
+                    && self.updates.replace.contains(&(j, r.instance));
+                if replaced {
                     self.kill(r, "update");
                     if let Some(h) = r.host {
                         self.prefer.insert((owner, r.instance), h);

@@ -37,13 +37,20 @@ pub fn plan(input: &mut Input) -> Updates {
     let Some(state) = input.state_path.clone() else {
         return out;
     };
-    let kept = |hash: u64| specstore::is_kept(&state, hash);
-    let tasks = tasks_by_job(&input.running);
+    // Asked per instance of a job whose update names another spec: one look per spec.
+    let looked = std::cell::RefCell::new(HashMap::new());
+    let kept = |hash: u64| {
+        *looked
+            .borrow_mut()
+            .entry(hash)
+            .or_insert_with(|| specstore::is_kept(&state, hash))
+    };
+    let mut tasks = tasks_by_job(&input.running);
     let empty = Rollout::default();
     for j in 0..files {
         let spec = &input.jobs[j];
         let was = input.rollouts.get(&spec.key).unwrap_or(&empty);
-        let mut seen = tasks.get(spec.key.as_str()).cloned().unwrap_or_default();
+        let mut seen = tasks.remove(spec.key.as_str()).unwrap_or_default();
         same_task_as_desired(&state, spec, &mut seen);
         let job = rollout::Job {
             desired: spec.hash,

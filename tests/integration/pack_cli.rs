@@ -173,6 +173,8 @@ struct Existing {
     ram_mb: u64,
     ports: Vec<u16>,
     not_before: f64,
+    /// The hash of the spec it was placed with (0: unknown).
+    spec: u64,
 }
 
 fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> Existing {
@@ -185,6 +187,7 @@ fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> E
         ram_mb: 100,
         ports: Vec::new(),
         not_before: 0.0,
+        spec: 0,
     }
 }
 
@@ -237,6 +240,7 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
             ports[..t.ports.len()].copy_from_slice(&t.ports);
             task.ports = ports;
             task.not_before = t.not_before;
+            task.spec = t.spec;
             tx.upsert(task);
         }
         Ok(())
@@ -1408,6 +1412,50 @@ fn with_a_state_only_missing_instances_are_placed_and_surplus_ones_killed() {
     assert_eq!(kills.len(), 1, "{recs:?}");
     assert_eq!(kills[0]["task"], "old/prod/gone/0");
     assert!(of(&recs, "place").is_empty());
+}
+
+/// Issue 14: a changed spec replaces running instances where they run (Aurora's update
+/// affinity), although binpack alone would put both on the fuller host.
+#[test]
+fn an_update_puts_each_replaced_instance_back_on_its_host() {
+    let d = Dir::new();
+    let offers = lines_of(&[offer("h1", 6.0, 8192), offer("h2", 7.0, 8192)]);
+    d.jobs("web.json", &[job("www/prod/web", 2, 1.0, 100)]);
+    let v1 = d.pack_expect(&["web.json"], &offers, 0);
+    let v1_spec = u64::from_str_radix(&s(&of(&v1, "place")[0]["spec"]), 16).unwrap();
+    let state = d.path("state");
+    let on = |instance, host| Existing {
+        spec: v1_spec,
+        ..running("www/prod/web", instance, host, 1000)
+    };
+    build_state(
+        &state,
+        &[("h1", &[]), ("h2", &[])],
+        &[on(0, "h1"), on(1, "h2")],
+    );
+    let st = state.to_str().unwrap();
+    let v2 = with(
+        job("www/prod/web", 2, 1.0, 100),
+        json!({"env": {"V": "2"}, "update": {"batch_size": 2}}),
+    );
+    d.jobs("web.json", &[v2]);
+    let recs = d.pack_expect(&["--state", st, "web.json"], &offers, 0);
+    let kills: BTreeSet<String> = of(&recs, "kill")
+        .iter()
+        .filter(|k| k["reason"] == "update")
+        .map(|k| s(&k["task"]))
+        .collect();
+    assert_eq!(
+        kills,
+        set(&["www/prod/web/0", "www/prod/web/1"]),
+        "{recs:?}"
+    );
+    let placed = placements(&recs);
+    assert_eq!(placed["www/prod/web/0"], "h1", "{recs:?}");
+    assert_eq!(placed["www/prod/web/1"], "h2", "{recs:?}");
+    let update = &of(&recs, "update")[0]["rollout"]["update"];
+    assert_eq!(update["state"], "ROLLING_FORWARD", "{recs:?}");
+    assert_eq!(update["from"], format!("{v1_spec:016x}"));
 }
 
 #[test]
