@@ -55,6 +55,10 @@ impl Bench {
             .map_or_else(|| tmp.as_ref().unwrap().path().to_path_buf(), Into::into);
         fs::create_dir_all(&dir).unwrap();
         let dir = fs::canonicalize(&dir).unwrap(); // as /proc/PID/cwd shows it
+                                                   // Tasks run as uids of their own and must pass through to their sandboxes: a
+                                                   // temporary directory is 0700, and launch refuses a sandbox its task cannot reach.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o711)).unwrap();
         Some(Bench {
             sections,
             dir,
