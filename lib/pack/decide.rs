@@ -168,8 +168,10 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
         run.place_group(&group, &missing, total);
     }
     // A pass that puts updated instances back where they ran keeps them there: moving
-    // instances after placing would undo the update's affinity for a host saved.
-    if run.may_reorder() && run.prefer.is_empty() {
+    // instances after placing would undo the update's affinity for a host saved. Where
+    // a host scheduled for maintenance was used, room the moves free would have been
+    // taken before it: they are not made.
+    if run.may_reorder() && run.prefer.is_empty() && !run.used_scheduled() {
         let budget = std::cell::Cell::new(SEARCH_CHECKS);
         run.repair(&budget);
         run.consolidate(&budget);
@@ -751,6 +753,14 @@ impl<'a> Run<'a> {
         self.reasons.len() - 1
     }
 
+    /// Whether this pass placed an instance on a host scheduled for maintenance.
+    fn used_scheduled(&self) -> bool {
+        let f = &*self.fleet;
+        self.decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Place { host, .. } if f.scheduled[*host as usize]))
+    }
+
     /// Empties hosts this pass opened onto the other hosts in use: greedy placement opens
     /// a host for whatever came when the hosts in use were full, and later placements may
     /// leave room for it elsewhere. The least full hosts are tried first, one at a time,
@@ -776,14 +786,7 @@ impl<'a> Run<'a> {
     /// as well. In the records, the instance placed takes the place of the one moved, and
     /// that one goes where the pending record was. Jobs under a role quota are left alone.
     fn repair(&mut self, budget: &std::cell::Cell<usize>) {
-        let (jobs, f) = (self.jobs, &*self.fleet);
-        // A move gives a host room at points of the records where it had none; where a
-        // host scheduled for maintenance was used, that room would have been taken first.
-        let on_scheduled =
-            |d: &Decision| matches!(d, Decision::Place { host, .. } if f.scheduled[*host as usize]);
-        if self.decisions.iter().any(on_scheduled) {
-            return;
-        }
+        let jobs = self.jobs;
         let pending: Vec<usize> = (0..self.decisions.len())
             .filter(|&d| match self.decisions[d] {
                 Decision::Pending { job, instance, .. } => {

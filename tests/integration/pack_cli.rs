@@ -987,6 +987,63 @@ fn hosts_scheduled_for_maintenance_are_used_last() {
     }
 }
 
+/// Found by pack_props: an order retried, then consolidation emptied a host this pass
+/// opened while an instance sat on the scheduled host: that room was the instance's.
+#[test]
+fn a_host_emptied_after_placing_is_not_left_idle_beside_a_scheduled_one() {
+    let d = Dir::new();
+    let spec = |name: &str, n: u32, cpus: f64, ports: &[&str], priority: u32| {
+        let r = json!({"cpus": cpus, "ram_mb": 0, "ports": ports});
+        with(
+            with_resources(job(name, n, cpus, 0), r),
+            json!({"tier": "preemptible", "priority": priority}),
+        )
+    };
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            spec("a/prod/j0", 2, 0.001, &["p0", "p1", "p2"], 0),
+            spec("a/prod/j1", 4, 4.257, &["p0", "p1"], 0),
+            spec("a/prod/j2", 1, 0.001, &["p0"], 1),
+        ],
+    );
+    let host = |name: &str, cpus: f64, ram: u64, factor: f64, ports: Value, gpus: u32| {
+        with(
+            offer(name, cpus, ram),
+            json!({"cpu_factor": factor, "ports": ports, "gpus": gpus}),
+        )
+    };
+    let offers = lines_of(&[
+        host("h00", 4.032, 13, 2.55, json!([[31000, 31001]]), 0),
+        host(
+            "h01",
+            1.782,
+            4261,
+            2.39,
+            json!([[31000, 31005], [31050, 31053]]),
+            0,
+        ),
+        host("h02", 3.739, 991, 2.75, json!([[31000, 31001]]), 0),
+        host("h03", 6.496, 1096, 1.0, json!([[31000, 31004]]), 0),
+        host("h04", 5.089, 6, 1.0, json!([[31000, 31001]]), 0),
+        with(
+            host("h05", 5.089, 6, 1.0, json!([[31000, 31001]]), 1),
+            json!({"maintenance": "scheduled"}),
+        ),
+    ]);
+    let recs = d.pack_expect(&["jobs.jsonl"], &offers, 0);
+    let hosts: Vec<String> = of(&recs, "place").iter().map(|p| s(&p["host"])).collect();
+    assert_eq!(hosts.len(), 7, "{recs:?}");
+    // Each of h00..h04 takes one of j1's instances or is short of ports for it: the
+    // scheduled host may be used, but only once each of them holds work before it.
+    let first = |h: &str| hosts.iter().position(|x| x == h);
+    if let Some(at) = first("h05") {
+        for h in ["h00", "h01", "h02", "h03", "h04"] {
+            assert!(first(h).is_some_and(|i| i < at), "{h} idle: {hosts:?}");
+        }
+    }
+}
+
 /// A draining or drained host's offer (a filter upstream passed it on) vetoes the host,
 /// as its maintenance says; --explain names it. A mode offer never prints is refused.
 #[test]

@@ -22,9 +22,9 @@ struct Arrangement {
 
 impl Run<'_> {
     /// Searches the pass's arrangements and applies a better one, while `budget` (hosts
-    /// asked) lasts. Not where the pass preempted, used a host scheduled for maintenance,
-    /// met GPU jobs or limits per attribute value, or left pending an instance the search
-    /// may not place (a quota): moving work there changes what those decided.
+    /// asked) lasts. Not where the pass preempted, met GPU jobs or limits per attribute
+    /// value, or left pending an instance the search may not place (a quota): moving work
+    /// there changes what those decided.
     pub(super) fn rearrange(&mut self, budget: &Cell<usize>) {
         let Some(a) = self.arrangement() else {
             return;
@@ -55,7 +55,6 @@ impl Run<'_> {
         for (d, decision) in self.decisions.iter().enumerate() {
             match *decision {
                 Decision::Preempt { .. } => return None,
-                Decision::Place { host, .. } if f.scheduled[host as usize] => return None,
                 Decision::Place { .. } => decisions.push(d),
                 Decision::Pending { job, instance, .. }
                     if self.stuck[job] == Some("")
