@@ -100,6 +100,9 @@ pub struct Maintenance {
     pub owner: String,
     /// Unix time the mode was entered.
     pub since: f64,
+    /// A drain's deadline (Unix time): past it, what is left on the host is stopped whatever
+    /// the jobs' budgets say. 0 when none.
+    pub deadline: f64,
 }
 
 impl Maintenance {
@@ -109,6 +112,7 @@ impl Maintenance {
             reason: String::new(),
             owner: String::new(),
             since: 0.0,
+            deadline: 0.0,
         }
     }
 }
@@ -403,6 +407,9 @@ pub fn maintenance_json(m: &Maintenance) -> Value {
         o.insert("owner".into(), json!(m.owner));
         o.insert("since".into(), json!(m.since));
     }
+    if !m.mode.takes_work() && m.deadline > 0.0 {
+        o.insert("deadline".into(), json!(m.deadline));
+    }
     Value::Object(o)
 }
 
@@ -651,8 +658,8 @@ fn parse_attrs(map: &Map<String, Value>) -> Result<Vec<(String, String)>, String
 // --- the slot in the state file ---
 
 pub const SLOT_SIZE: usize = 512;
-/// Layout 2 appends the access fields and the liveness.
-const LAYOUT: u8 = 2;
+/// Layout 2 appends the access fields and the liveness; 3 a drain's deadline.
+const LAYOUT: u8 = 3;
 
 impl Host {
     pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
@@ -686,11 +693,12 @@ impl Host {
         e.f64(self.liveness.contact);
         e.f64(self.liveness.checked);
         e.u32(self.liveness.rtt_us);
+        e.f64(self.maintenance.deadline);
         e.seal(LAYOUT)
     }
 
     pub fn decode(version: u8, body: &[u8]) -> Result<Host, Corrupt> {
-        if version != 1 && version != LAYOUT {
+        if !(1..=LAYOUT).contains(&version) {
             return Err(Corrupt(format!("host record layout {version} is unknown")));
         }
         let mut d = Decoder::new(body);
@@ -737,6 +745,7 @@ impl Host {
         } else {
             (Access::default(), Liveness::default())
         };
+        let deadline = if version >= 3 { d.f64()? } else { 0.0 };
         Ok(Host {
             name,
             cpus,
@@ -752,6 +761,7 @@ impl Host {
                 reason,
                 owner,
                 since,
+                deadline,
             },
             access,
             liveness,

@@ -132,6 +132,35 @@ impl Default for UpdatePolicy {
     }
 }
 
+/// How many of a job's instances may be unavailable at once, for every voluntary stop
+/// (drains, updates) together: a count, or a share of the instances that must stay healthy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    MaxUnavailable(u32),
+    MinHealthyPercent(f64),
+}
+
+/// The job's availability budget (`sla` block).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sla {
+    pub budget: Budget,
+    /// An instance counts as available once running and healthy for this long.
+    pub healthy_for_s: f64,
+}
+
+impl Default for Sla {
+    /// One instance down at a time, as Nomad's migrate block (max_parallel 1; a job with no
+    /// `sla` block has its update's batch_size and watch_s instead, see `check`); an instance
+    /// is available after 30 s healthy (Aurora's default duration is longer, 30 min, but
+    /// counts uptime over a window; Nomad's min_healthy_time is 10 s).
+    fn default() -> Self {
+        Sla {
+            budget: Budget::MaxUnavailable(1),
+            healthy_for_s: 30.0,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct JobSpec {
     pub key: String,
@@ -152,6 +181,8 @@ pub struct JobSpec {
     pub restart: Restart,
     /// How a change of this spec rolls out over running instances.
     pub update: UpdatePolicy,
+    /// How many instances drains and updates may take down at once.
+    pub sla: Sla,
     /// Where healthy instances are announced, with the defaults filled in.
     pub announce: Option<Announce>,
     /// Stable hash of the whole spec: a change anywhere is a new version of the job.
@@ -201,10 +232,9 @@ struct Written {
     announce: Option<WrittenAnnounce>,
     restart: Option<WrittenRestart>,
     update: Option<WrittenUpdate>,
-    /// Blocks DESIGN.md names that no tool acts on yet: here only to be refused, rather
+    sla: Option<WrittenSla>,
+    /// A block DESIGN.md names that no tool acts on yet: here only to be refused, rather
     /// than ignored, when given.
-    #[allow(dead_code)]
-    sla: Option<NotYet>,
     #[allow(dead_code)]
     cron: Option<NotYet>,
 }
@@ -274,6 +304,14 @@ struct WrittenUpdate {
     max_total_failures: Option<u32>,
     rollback: Option<bool>,
     progress_deadline_s: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenSla {
+    max_unavailable: Option<u32>,
+    min_healthy_percent: Option<f64>,
+    healthy_for_s: Option<f64>,
 }
 
 /// A block no tool acts on yet: any value is refused with a message saying so.
@@ -466,6 +504,15 @@ fn check(w: Written) -> Result<JobSpec, String> {
     .map_err(|e| format!("field \"restart\": {e}"))?;
     let update =
         check_update(w.update, w.instances).map_err(|e| format!("field \"update\": {e}"))?;
+    let sla = match w.sla {
+        Some(block) => check_sla(block).map_err(|e| format!("field \"sla\": {e}"))?,
+        // What the job's update already takes down at once, and watches for, is what it
+        // tolerates.
+        None => Sla {
+            budget: Budget::MaxUnavailable(update.batch_size),
+            healthy_for_s: update.watch_s.min(MAX_HEALTHY_FOR_S),
+        },
+    };
     let announce = w
         .announce
         .map(|a| check_announce(&w.job, a, ports))
@@ -489,6 +536,7 @@ fn check(w: Written) -> Result<JobSpec, String> {
         health,
         restart,
         update,
+        sla,
         announce,
         hash: 0,
         origin: String::new(),
@@ -731,6 +779,41 @@ fn check_update(u: Option<WrittenUpdate>, instances: u64) -> Result<UpdatePolicy
         max_total_failures,
         rollback: u.rollback.unwrap_or(d.rollback),
         progress_deadline_s,
+    })
+}
+
+/// The longest an instance must be healthy to count as available: two hours, Aurora's
+/// cap on an SLA's duration (a longer one holds maintenance hostage).
+pub const MAX_HEALTHY_FOR_S: f64 = 7_200.0;
+
+fn check_sla(w: WrittenSla) -> Result<Sla, String> {
+    let budget = match (w.max_unavailable, w.min_healthy_percent) {
+        (Some(_), Some(_)) => {
+            return Err("max_unavailable and min_healthy_percent: give one, not both".into())
+        }
+        (Some(n), None) if n as u64 > MAX_INSTANCES => {
+            return Err(format!(
+                "field \"max_unavailable\": {n} is more than {MAX_INSTANCES}"
+            ))
+        }
+        (Some(n), None) => Budget::MaxUnavailable(n),
+        (None, Some(p)) if !(0.0..=100.0).contains(&p) => {
+            return Err(format!(
+                "field \"min_healthy_percent\": {p} is not 0 to 100"
+            ))
+        }
+        (None, Some(p)) => Budget::MinHealthyPercent(p),
+        (None, None) => Sla::default().budget,
+    };
+    let healthy_for_s = w.healthy_for_s.unwrap_or(Sla::default().healthy_for_s);
+    if !(0.0..=MAX_HEALTHY_FOR_S).contains(&healthy_for_s) {
+        return Err(format!(
+            "field \"healthy_for_s\": {healthy_for_s} is not 0 to {MAX_HEALTHY_FOR_S}"
+        ));
+    }
+    Ok(Sla {
+        budget,
+        healthy_for_s,
     })
 }
 
@@ -1055,6 +1138,45 @@ mod tests {
     }
 
     #[test]
+    fn sla_blocks_get_their_defaults_and_bad_ones_are_named() {
+        let base = r#""job":"a/b/c","cmd":["x"],"instances":4,"resources":{"cpus":1,"ram_mb":1}"#;
+        let sla = |block: &str| {
+            job(&format!(r#"{{{base},"sla":{block}}}"#))
+                .map(|j| (j.sla.budget, j.sla.healthy_for_s))
+        };
+        assert_eq!(job(&format!("{{{base}}}")).unwrap().sla, Sla::default());
+        let batch = job(&format!(
+            r#"{{{base},"update":{{"batch_size":3,"watch_s":5}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            batch.sla.budget,
+            Budget::MaxUnavailable(3),
+            "no block: the batch size"
+        );
+        assert_eq!(batch.sla.healthy_for_s, 5.0, "and the watch");
+        assert_eq!(sla("{}"), Ok((Budget::MaxUnavailable(1), 30.0)));
+        assert_eq!(
+            sla(r#"{"max_unavailable":2,"healthy_for_s":5}"#),
+            Ok((Budget::MaxUnavailable(2), 5.0))
+        );
+        assert_eq!(
+            sla(r#"{"min_healthy_percent":50}"#),
+            Ok((Budget::MinHealthyPercent(50.0), 30.0))
+        );
+        for (block, want) in [
+            (r#"{"min_healthy_percent":101}"#, "min_healthy_percent"),
+            (r#"{"max_unavailable":-1}"#, "max_unavailable"),
+            (r#"{"healthy_for_s":1e9}"#, "healthy_for_s"),
+            (r#"{"healthy_for_s":-1}"#, "healthy_for_s"),
+            (r#"{"coordinator":["x"]}"#, "unknown field"),
+        ] {
+            let err = sla(block).unwrap_err();
+            assert!(err.contains("sla") && err.contains(want), "{block}: {err}");
+        }
+    }
+
+    #[test]
     fn announce_blocks_get_their_defaults_and_bad_ones_are_named() {
         let with = |ports: &str, block: &str| {
             job(&format!(
@@ -1160,8 +1282,8 @@ mod tests {
                 r#"field "max_total_failures": 1 is not less than instances (1)"#,
             ),
             (
-                r#""cmd":["x"],"sla":{"max_unavailable":1}"#,
-                r#"field "sla": not acted on"#,
+                r#""cmd":["x"],"sla":{"max_unavailable":1,"min_healthy_percent":50}"#,
+                r#"field "sla": max_unavailable and min_healthy_percent: give one"#,
             ),
             (
                 r#""cmd":["x"],"cron":{"schedule":"* * * * *"}"#,

@@ -24,6 +24,7 @@ pub mod rebuild;
 pub mod records;
 pub mod roll;
 pub mod rollout;
+pub mod sla;
 pub mod specstore;
 pub mod state;
 pub mod supervise;

@@ -127,8 +127,12 @@ pub enum Verb {
     },
     /// Drain hosts for maintenance
     ///
-    /// Draining hosts are offered no more, so their tasks are stopped and placed elsewhere.
-    /// A draining host with no tasks left is drained.
+    /// Draining hosts are offered no more. Each reconciliation pass (pack with --state)
+    /// stops, on draining hosts, the instances whose jobs' availability budgets (`sla`)
+    /// allow it then, and places each one's replacement elsewhere in the same pass; past
+    /// the drain's deadline the rest are stopped whatever the budgets say. A draining host
+    /// with no tasks left is drained. Draining a draining host again replaces its drain's
+    /// reason, owner and deadline.
     #[command(after_help = TABLE)]
     Drain {
         /// Names of the hosts
@@ -136,15 +140,26 @@ pub enum Verb {
         hosts: Vec<String>,
         #[command(flatten)]
         why: Why,
+        /// When the rest is stopped regardless of budgets: a duration from now (`2h`,
+        /// `30m`, `1d`), a time (`2026-12-24T06:00:00Z`), or `never`
+        #[arg(long, value_name = "WHEN", default_value = "1d")]
+        deadline: String,
     },
     /// End maintenance on hosts
     ///
-    /// The hosts are offered again and take work.
+    /// The hosts are offered again and take work. A drain or schedule someone else asked
+    /// for (its owner) is ended only with --force.
     #[command(after_help = TABLE)]
     Undrain {
         /// Names of the hosts
         #[arg(required = true, value_name = "HOST")]
         hosts: Vec<String>,
+        /// Who asks [default: $USER]
+        #[arg(long, value_name = "WHO", env = "FORMIC_OWNER")]
+        owner: Option<String>,
+        /// End maintenance that another owner asked for
+        #[arg(long)]
+        force: bool,
     },
     /// List hosts with their capacity, free capacity, tasks, maintenance and attributes
     #[command(after_help = TABLE)]
@@ -221,32 +236,32 @@ pub fn run(cli: Cli) -> Result<Status> {
         Some(Verb::Remove { hosts, force }) => {
             remove(&mut State::open_writer(&path)?, &hosts, force)
         }
-        Some(Verb::Schedule { hosts, why }) => maintain(
-            &mut State::open_writer(&path)?,
-            &hosts,
-            Mode::Scheduled,
-            &why,
-            &cli.output,
-        ),
-        Some(Verb::Drain { hosts, why }) => maintain(
-            &mut State::open_writer(&path)?,
-            &hosts,
-            Mode::Draining,
-            &why,
-            &cli.output,
-        ),
-        Some(Verb::Undrain { hosts }) => {
+        Some(Verb::Schedule { hosts, why }) => {
+            let step = Step::new(Mode::Scheduled, &why)?;
+            maintain(&mut State::open_writer(&path)?, &hosts, &step, &cli.output)
+        }
+        Some(Verb::Drain {
+            hosts,
+            why,
+            deadline,
+        }) => {
+            let mut step = Step::new(Mode::Draining, &why)?;
+            step.deadline = maintenance::parse_deadline(&deadline, crate::clock::now())
+                .map_err(|e| bad_input(format!("--deadline: {e}")))?;
+            maintain(&mut State::open_writer(&path)?, &hosts, &step, &cli.output)
+        }
+        Some(Verb::Undrain {
+            hosts,
+            owner,
+            force,
+        }) => {
             let why = Why {
                 reason: String::new(),
-                owner: None,
+                owner,
             };
-            maintain(
-                &mut State::open_writer(&path)?,
-                &hosts,
-                Mode::None,
-                &why,
-                &cli.output,
-            )
+            let mut step = Step::new(Mode::None, &why)?;
+            step.force = force;
+            maintain(&mut State::open_writer(&path)?, &hosts, &step, &cli.output)
         }
     }
 }
@@ -399,16 +414,39 @@ fn remove(state: &mut State, names: &[String], force: bool) -> Result<Status> {
     Ok(Status::Done)
 }
 
+/// One maintenance step an operator asks for on a set of hosts.
+struct Step {
+    mode: Mode,
+    reason: String,
+    owner: String,
+    /// A drain's deadline (Unix time), 0 for none.
+    deadline: f64,
+    /// Undrain: end another owner's maintenance.
+    force: bool,
+}
+
+impl Step {
+    fn new(mode: Mode, why: &Why) -> Result<Step> {
+        check_text("--reason", &why.reason).map_err(bad_input)?;
+        let owner = why.owner.clone().unwrap_or_else(operator);
+        check_text("--owner", &owner).map_err(bad_input)?;
+        Ok(Step {
+            mode,
+            reason: why.reason.clone(),
+            owner,
+            deadline: 0.0,
+            force: false,
+        })
+    }
+}
+
 fn maintain(
     state: &mut State,
     names: &[String],
-    mode: Mode,
-    why: &Why,
+    step: &Step,
     output: &OutputArgs,
 ) -> Result<Status> {
-    check_text("--reason", &why.reason).map_err(bad_input)?;
-    let owner = why.owner.clone().unwrap_or_else(operator);
-    check_text("--owner", &owner).map_err(bad_input)?;
+    let mode = step.mode;
     let changed = state.write(|tx| {
         let slots = slots_of(tx.view(), names)?;
         let usage = usage::by_host(tx.view());
@@ -417,21 +455,23 @@ fn maintain(
             let mut h = tx.view().hosts.get(slot).unwrap().clone();
             let tasks = usage[slot as usize].tasks;
             maintenance::refuse_backward_step(&h, mode, tasks)?;
+            if mode == Mode::None && !step.force {
+                maintenance::refuse_others_maintenance(&h, &step.owner)?;
+            }
             let target = maintenance::settled(mode, tasks);
             let same_mode = h.maintenance.mode == target
                 || (mode == Mode::Draining && h.maintenance.mode == Mode::Drained);
-            if !same_mode
-                || (mode != Mode::None
-                    && h.maintenance.reason != why.reason
-                    && !why.reason.is_empty())
-            {
+            let new_reason = h.maintenance.reason != step.reason && !step.reason.is_empty();
+            let new_deadline = mode == Mode::Draining && h.maintenance.deadline != step.deadline;
+            if !same_mode || (mode != Mode::None && (new_reason || new_deadline)) {
                 h.maintenance = match mode {
                     Mode::None => Maintenance::none(),
                     _ => Maintenance {
                         mode: target,
-                        reason: why.reason.clone(),
-                        owner: owner.clone(),
+                        reason: step.reason.clone(),
+                        owner: step.owner.clone(),
                         since: tx.now(),
+                        deadline: step.deadline,
                     },
                 };
                 h.fits()
@@ -466,11 +506,12 @@ fn maintain(
             o.insert("type".into(), json!("maintenance"));
             o.insert("host".into(), json!(h.name));
             o.insert("tasks".into(), json!(n));
-            let ordered: Map<String, Value> =
-                ["type", "host", "state", "tasks", "reason", "owner", "since"]
-                    .iter()
-                    .filter_map(|k| o.get(*k).map(|v| (k.to_string(), v.clone())))
-                    .collect();
+            let ordered: Map<String, Value> = [
+                "type", "host", "state", "tasks", "reason", "owner", "since", "deadline",
+            ]
+            .iter()
+            .filter_map(|k| o.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
             out.record(&Value::Object(ordered))?;
         }
     }

@@ -312,6 +312,9 @@ pub struct Job<'a> {
     pub policy: &'a UpdatePolicy,
     pub health_checked: bool,
     pub rollout: &'a Rollout,
+    /// How many of its healthy instances the job's availability budget lets this pass take
+    /// down (`crate::sla`): a batch is no larger.
+    pub room: u32,
     /// Whether the spec of `hash` is kept (the store has its text): only a kept spec can be
     /// placed again.
     pub kept: &'a dyn Fn(u64) -> bool,
@@ -553,7 +556,8 @@ fn targets<'a>(
         if u.phase.is_backward() {
             healthy_old.reverse();
         }
-        for &i in healthy_old.iter().take(job.policy.batch_size as usize) {
+        let batch = job.policy.batch_size.min(job.room);
+        for &i in healthy_old.iter().take(batch as usize) {
             out[i as usize] = Target {
                 spec: placeable(goal),
                 replace: true,

@@ -122,9 +122,11 @@ pub enum Reason {
     HostDown = 16,
     /// Stopped by an update, to be replaced by an instance of the new spec.
     Replaced = 17,
+    /// Stopped because its host's drain reached its deadline, whatever its job's budget.
+    DrainDeadline = 18,
 }
 
-const REASONS: [Reason; 18] = [
+const REASONS: [Reason; 19] = [
     Reason::None,
     Reason::Exited,
     Reason::Killed,
@@ -143,6 +145,7 @@ const REASONS: [Reason; 18] = [
     Reason::HostRemoved,
     Reason::HostDown,
     Reason::Replaced,
+    Reason::DrainDeadline,
 ];
 
 impl Reason {
@@ -167,6 +170,7 @@ impl Reason {
             Reason::HostRemoved => "host removed",
             Reason::HostDown => "host down",
             Reason::Replaced => "replaced by an update",
+            Reason::DrainDeadline => "host drain past its deadline",
         }
     }
 

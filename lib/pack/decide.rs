@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use crate::job::{JobSpec, Tier};
 use crate::task::TaskState;
 
+use super::drains::{self, Drains};
 use super::explain::reasons_for;
 use super::fleet::{self, Fleet};
 use super::place::{self, lower_bound, Class, Placer, Scratch, Strategy};
@@ -56,8 +57,8 @@ pub struct Outcome {
     pub lower_bound: usize,
     /// For --explain: the compiled classes and scratch, by job.
     pub(super) classes: Vec<Option<Class>>,
-    /// `update` records, written before the decisions.
-    pub updates: Vec<serde_json::Value>,
+    /// `update` and `drain` records, written before the decisions.
+    pub notes: Vec<serde_json::Value>,
 }
 
 /// The state of one decision run: the fleet as it fills, and what has been decided.
@@ -104,6 +105,8 @@ struct Run<'a> {
     remaining: Resources,
     /// What the jobs' updates ask of the pass.
     updates: Updates,
+    /// What the drains stop in this pass.
+    drains: Drains,
     /// (job, instance) replaced by an update: the host its killed incarnation ran on,
     /// tried first.
     prefer: HashMap<(usize, u32), usize>,
@@ -121,7 +124,8 @@ fn batch_done(spec: &JobSpec, r: &Running) -> bool {
 
 /// The whole decision: what exists, which instances are missing, then the loop.
 pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: bool) -> Outcome {
-    let updates = super::updates::plan(input);
+    let drains = drains::plan(input);
+    let updates = super::updates::plan(input, &drains);
     let Input {
         fleet,
         jobs,
@@ -137,6 +141,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     let mut run = Run::new(fleet, jobs, running, quota, strategy);
     run.within_tier = within_tier;
     run.updates = updates;
+    run.drains = drains;
     let present = run.take_stock(*now, prune);
     let missing: Vec<Vec<u32>> = jobs
         .iter()
@@ -177,7 +182,10 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
         run.consolidate(&budget);
         run.rearrange(&budget);
     }
+    run.keep_unplaced_drains();
     run.count_refusals();
+    let mut notes = std::mem::take(&mut run.updates.records);
+    notes.extend(run.drains.records(running));
     Outcome {
         // Every missing instance went through place_one once: `want` is what was placed
         // or left pending.
@@ -190,7 +198,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
         ports: run.ports,
         reasons: run.reasons,
         classes: run.classes,
-        updates: std::mem::take(&mut run.updates.records),
+        notes,
     }
 }
 
@@ -332,6 +340,7 @@ impl<'a> Run<'a> {
             within_tier: false,
             remaining: Resources::default(),
             updates: Updates::default(),
+            drains: Drains::default(),
             prefer: HashMap::new(),
             in_use,
             held,
@@ -560,6 +569,8 @@ impl<'a> Run<'a> {
             let Some(&j) = self.by_key.get(r.job_key.as_str()) else {
                 if prune && r.state.holds_resources() {
                     self.kill(r, "job removed");
+                } else if let Some(&why) = self.drains.stop.get(&ri) {
+                    self.kill(r, why);
                 }
                 continue;
             };
@@ -573,6 +584,11 @@ impl<'a> Run<'a> {
                 continue;
             }
             if r.state.holds_resources() {
+                if let Some(&why) = self.drains.stop.get(&ri) {
+                    // Placed again elsewhere in this pass: its host is not offered.
+                    self.kill(r, why);
+                    continue;
+                }
                 if r.instance >= spec.instances {
                     // Killed in this pass: it counts for nothing and its room is free.
                     self.kill(r, "surplus instance");
@@ -751,6 +767,53 @@ impl<'a> Run<'a> {
     fn new_reasons(&mut self, reasons: Vec<(String, u32)>) -> usize {
         self.reasons.push(reasons);
         self.reasons.len() - 1
+    }
+
+    /// A drain stops an instance only when its replacement is placed: one that fits nowhere
+    /// keeps running where it is (its host is not offered, so nothing counted its room
+    /// free), and the drain waits for room. Past the drain's deadline it is stopped anyway.
+    fn keep_unplaced_drains(&mut self) {
+        let mut drained: HashMap<(usize, u32), usize> = HashMap::new();
+        for (&ri, &why) in &self.drains.stop {
+            let r = &self.running[ri];
+            if let (drains::DRAIN, Some(&j)) = (why, self.by_key.get(r.job_key.as_str())) {
+                drained.insert((self.owner(j, r.instance), r.instance), ri);
+            }
+        }
+        if drained.is_empty() {
+            return;
+        }
+        let mut kept = Vec::new();
+        self.decisions.retain(|d| match d {
+            Decision::Pending { job, instance, .. } => match drained.get(&(*job, *instance)) {
+                Some(&ri) => {
+                    kept.push(ri);
+                    false
+                }
+                None => true,
+            },
+            _ => true,
+        });
+        if kept.is_empty() {
+            return;
+        }
+        let running = self.running;
+        let stays: std::collections::HashSet<(&str, u32)> = kept
+            .iter()
+            .map(|&ri| (running[ri].task.as_str(), running[ri].incarnation))
+            .collect();
+        self.decisions.retain(|d| match d {
+            Decision::Kill {
+                task, incarnation, ..
+            } => !stays.contains(&(task.as_str(), *incarnation)),
+            _ => true,
+        });
+        self.pending -= kept.len();
+        for ri in kept {
+            self.drains.stop.remove(&ri);
+            let why = "no room elsewhere for its replacement".to_string();
+            self.drains.waiting.push((ri, why));
+        }
     }
 
     /// Whether this pass placed an instance on a host scheduled for maintenance.

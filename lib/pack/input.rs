@@ -62,6 +62,8 @@ pub struct Running {
     pub spec: u64,
     pub healthy: bool,
     pub since: f64,
+    /// Its host is draining: the drain's deadline (0 when none).
+    pub drain: Option<f64>,
 }
 
 impl Running {
@@ -266,6 +268,9 @@ fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
             spec: t.spec,
             healthy: t.healthy,
             since: t.since,
+            drain: host
+                .filter(|h| h.maintenance.mode == crate::host::Mode::Draining)
+                .map(|h| h.maintenance.deadline),
         });
     }
     out.sort_by(|a, b| a.job_key.cmp(&b.job_key).then(a.instance.cmp(&b.instance)));

@@ -10,6 +10,7 @@
 
 mod arrange;
 mod decide;
+mod drains;
 mod explain;
 mod fleet;
 mod index;

@@ -19,8 +19,9 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
     }
-    // Updates first: launch commits them whether or not anything is placed.
-    for rec in &outcome.updates {
+    // Updates first: launch commits them whether or not anything is placed. Then what the
+    // drains decided, for people and `offer drain --wait`.
+    for rec in &outcome.notes {
         serde_json::to_writer(&mut *out, rec)?;
         out.write_all(b"\n")?;
     }

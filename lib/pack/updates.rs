@@ -9,10 +9,12 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value};
 
+use super::drains::Drains;
 use super::{Input, Running};
 use crate::job::JobSpec;
 use crate::rollout::{self, Rollout, Seen};
 use crate::specstore;
+use crate::task::TaskState;
 
 /// What the updates ask of this pass's placement.
 #[derive(Default)]
@@ -27,8 +29,9 @@ pub struct Updates {
     pub records: Vec<Value>,
 }
 
-/// Plans every job's update; appends the versions the plans place to `input.jobs`.
-pub fn plan(input: &mut Input) -> Updates {
+/// Plans every job's update within what the drains left of its budget; appends the
+/// versions the plans place to `input.jobs`.
+pub fn plan(input: &mut Input, drains: &Drains) -> Updates {
     let files = input.jobs.len();
     let mut out = Updates {
         version_of: vec![None; files],
@@ -45,7 +48,7 @@ pub fn plan(input: &mut Input) -> Updates {
             .entry(hash)
             .or_insert_with(|| specstore::is_kept(&state, hash))
     };
-    let mut tasks = tasks_by_job(&input.running);
+    let mut tasks = tasks_by_job(&input.running, drains);
     let empty = Rollout::default();
     for j in 0..files {
         let spec = &input.jobs[j];
@@ -58,6 +61,7 @@ pub fn plan(input: &mut Input) -> Updates {
             policy: &spec.update,
             health_checked: spec.health.is_some(),
             rollout: was,
+            room: drains.room[j],
             kept: &kept,
         };
         let plan = rollout::plan(&job, &seen, input.now);
@@ -124,13 +128,15 @@ fn same_task_as_desired(state: &std::path::Path, desired: &JobSpec, seen: &mut [
     }
 }
 
-/// The state's tasks of each job, as the planner sees them.
-fn tasks_by_job(running: &[Running]) -> HashMap<&str, Vec<Seen>> {
+/// The state's tasks of each job, as the planner sees them. One a drain stops in this pass
+/// is as good as ended: its replacement is placed with the spec the update wants.
+fn tasks_by_job<'a>(running: &'a [Running], drains: &Drains) -> HashMap<&'a str, Vec<Seen>> {
     let mut by_job: HashMap<&str, Vec<Seen>> = HashMap::new();
-    for r in running {
+    for (ri, r) in running.iter().enumerate() {
+        let drained = !drains.stop.is_empty() && drains.stop.contains_key(&ri);
         by_job.entry(r.job_key.as_str()).or_default().push(Seen {
             instance: r.instance,
-            state: r.state,
+            state: if drained { TaskState::Killed } else { r.state },
             spec: r.spec,
             healthy: r.healthy,
             since: r.since,

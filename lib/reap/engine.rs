@@ -189,11 +189,11 @@ impl Reaper {
         }
     }
 
-    /// Tasks in holding states, and the stops that draining hosts ask for.
-    pub(super) fn watched(&mut self) -> (Vec<Watch>, HashSet<u32>) {
+    /// Tasks in holding states. (Those of draining hosts are stopped as the passes decide,
+    /// within their jobs' budgets: pack's `kill` records with the reason `drain`.)
+    pub(super) fn watched(&mut self) -> Vec<Watch> {
         let view = self.state.view();
         let mut watches = Vec::new();
-        let mut draining = HashSet::new();
         for (slot, t) in view.tasks.iter() {
             if !t.state.holds_resources() {
                 continue;
@@ -201,9 +201,6 @@ impl Reaper {
             let Some(host) = view.hosts.get(t.host) else {
                 continue;
             };
-            if host.maintenance.mode == Mode::Draining {
-                draining.insert(slot);
-            }
             watches.push(Watch {
                 slot,
                 task: t.clone(),
@@ -212,21 +209,16 @@ impl Reaper {
                 remote: host.transport == crate::host::Transport::Ssh,
             });
         }
-        (watches, draining)
+        watches
     }
 
     /// One pass over the tasks that `select` picks: look, decide, call off abandoned
     /// starts, kill what must die, commit, report, then start the stops that were recorded.
     fn pass(&mut self, requests: &HashMap<u32, Cause>, select: Select) -> Result<Pass> {
-        let (watches, draining) = self.watched();
+        let watches = self.watched();
         let announcer = crate::announce::follower_alive(self.state.path());
         let now = now();
-        let request_of = |w: &Watch| {
-            requests
-                .get(&w.slot)
-                .copied()
-                .or(draining.contains(&w.slot).then_some(Cause::Drain))
-        };
+        let request_of = |w: &Watch| requests.get(&w.slot).copied();
         let mut by_host: BTreeMap<String, Vec<Chosen>> = BTreeMap::new();
         let mut by_stamp: BTreeMap<String, Vec<Watch>> = BTreeMap::new();
         for w in watches {
@@ -310,13 +302,12 @@ impl Reaper {
         }
         self.call_off(&mut plans);
         self.act(&plans, |p| &p.before);
-        let any_draining = !draining.is_empty()
-            || self
-                .state
-                .view()
-                .hosts
-                .iter()
-                .any(|(_, h)| h.maintenance.mode == Mode::Draining);
+        let any_draining = self
+            .state
+            .view()
+            .hosts
+            .iter()
+            .any(|(_, h)| h.maintenance.mode == Mode::Draining);
         // Apply each plan only to the record it was made from: if launch or another reap
         // changed the task meanwhile, the next pass decides again from what is there now.
         let applied = self.state.write_if_changed(|tx| {

@@ -18,8 +18,10 @@ pub enum Cause {
     Kill,
     /// A `preempt` record: room for a task of a higher tier.
     Preempt,
-    /// Its host is draining.
+    /// A `kill` record of a drain: its host is draining and its job's budget allows it.
     Drain,
+    /// A `kill` record of a drain past its deadline.
+    DrainDeadline,
     /// Its health check failed.
     Unhealthy,
     /// A `kill` record of an update: replaced by an instance of the new spec.
@@ -31,7 +33,7 @@ impl Cause {
         match self {
             Cause::Kill | Cause::Unhealthy | Cause::Update => TaskState::Killing,
             Cause::Preempt => TaskState::Preempting,
-            Cause::Drain => TaskState::Draining,
+            Cause::Drain | Cause::DrainDeadline => TaskState::Draining,
         }
     }
 
@@ -48,6 +50,7 @@ impl Cause {
             Cause::Kill => Reason::Killed,
             Cause::Preempt => Reason::Preempted,
             Cause::Drain => Reason::Drained,
+            Cause::DrainDeadline => Reason::DrainDeadline,
             Cause::Unhealthy => Reason::Unhealthy,
             Cause::Update => Reason::Replaced,
         }
@@ -105,6 +108,8 @@ fn stop_record(rec: &Record, cause: Cause) -> Result<StopRecord, String> {
     // Present in pack's records; checked so a malformed one is caught, not ignored.
     let cause = match (cause, f.str("reason")?) {
         (Cause::Kill, Some("update")) => Cause::Update,
+        (Cause::Kill, Some("drain")) => Cause::Drain,
+        (Cause::Kill, Some("drain deadline")) => Cause::DrainDeadline,
         (c, _) => c,
     };
     f.str("for")?;

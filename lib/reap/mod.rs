@@ -42,8 +42,9 @@ pub use input::{parse_task_id, read_input, Cause, StopRecord};
 /// Stop what must stop, collect what ended, apply the restart policy, list tasks.
 ///
 /// With no verb, one pass: reads `kill` and `preempt` records on standard input (unless it
-/// is a terminal) and stops those tasks gracefully; stops the tasks of draining hosts and
-/// tasks failing their health checks; collects every task of a local host whose supervisor
+/// is a terminal) and stops those tasks gracefully (a `kill` record with the reason `drain`
+/// or `drain deadline`, from pack, stops a task of a draining host); stops tasks failing
+/// their health checks; collects every task of a local host whose supervisor
 /// reported an end (FINISHED, FAILED with its exit status, KILLED) or died without a word
 /// (LOST, and its process group is killed); frees their reservations; and applies each
 /// job's restart policy. A task left ASSIGNED by a launch that has ended, and that no
@@ -79,8 +80,7 @@ pub struct Cli {
     /// directories are polled every 50 ms; standard input is not read)
     #[arg(long)]
     pub follow: bool,
-    /// Stop only the tasks asked for on standard input (and those of draining hosts),
-    /// reaching only their hosts: the survey of every host (liveness, strays, what ended)
+    /// Stop only the tasks asked for on standard input, reaching only their hosts: the survey of every host (liveness, strays, what ended)
     /// is left to the reap that ran before pack in the same pass (scripts/reconcile's second
     /// reap)
     #[arg(long, conflicts_with = "follow")]

@@ -49,7 +49,7 @@ impl Reaper {
         hosts.extend(self.ssh_hosts().into_iter().map(|(n, h)| (n, h, true)));
         let mut watched: HashMap<String, Vec<Watch>> = HashMap::new();
         if look {
-            for w in self.watched().0 {
+            for w in self.watched() {
                 watched.entry(w.host.clone()).or_default().push(w);
             }
         }

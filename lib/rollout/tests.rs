@@ -30,6 +30,8 @@ struct Sim {
     tasks: Vec<Seen>,
     instances: u32,
     desired: u64,
+    /// What the availability budget lets a pass take down.
+    room: u32,
 }
 
 impl Sim {
@@ -43,6 +45,7 @@ impl Sim {
             tasks: (0..n).map(|i| running(i, OLD, 0.0)).collect(),
             instances: n,
             desired: NEW,
+            room: u32::MAX,
         }
     }
 
@@ -54,6 +57,7 @@ impl Sim {
             policy: &self.policy,
             health_checked: true,
             rollout: &self.rollout,
+            room: self.room,
             kept: &kept,
         };
         let plan = plan(&job, &self.tasks, now);
@@ -92,6 +96,22 @@ fn a_new_spec_rolls_out_in_batches_each_after_the_last_is_done() {
     let before = sim.rollout.clone();
     assert_eq!(sim.pass(500.0), Vec::<u32>::new());
     assert_eq!(sim.rollout, before);
+}
+
+#[test]
+fn the_availability_budget_caps_a_batch() {
+    let mut sim = Sim::new(5, 3);
+    sim.room = 1;
+    assert_eq!(sim.pass(0.0), [0], "a batch of 3 with room for 1");
+    sim.room = 0;
+    assert_eq!(
+        sim.pass(100.0),
+        Vec::<u32>::new(),
+        "no room: the update waits"
+    );
+    assert_eq!(sim.phase(), Phase::RollingForward);
+    sim.room = 3;
+    assert_eq!(sim.pass(200.0), [1, 2, 3]);
 }
 
 #[test]

@@ -82,6 +82,25 @@ impl Cluster {
         lines(&stdout(&out))
     }
 
+    /// A reconciliation pass over the deployed jobs file: offer | pack --state | reap
+    /// --asked-only | launch (what stops on draining hosts, and their replacements).
+    fn pass(&self) {
+        let file = self.path("jobs.jsonl");
+        let offers = stdout(&run(&mut tool("offer", &self.state()), b""));
+        let packed = run(tool("pack", &self.state()).arg(&file), offers.as_bytes());
+        assert!(code(&packed) <= 1, "pack: {}", stderr(&packed));
+        let reaped = run(
+            tool("reap", &self.state()).arg("--asked-only"),
+            &packed.stdout,
+        );
+        assert_eq!(code(&reaped), 0, "reap: {}", stderr(&reaped));
+        let out = run(
+            tool("launch", &self.state()).args(["--allow-root", "--wait", "10", "--grace", "3"]),
+            &reaped.stdout,
+        );
+        assert_eq!(code(&out), 0, "launch: {}", stderr(&out));
+    }
+
     /// `reap tasks`, by task id.
     pub(crate) fn tasks(&self) -> Vec<Value> {
         let out = run(tool("reap", &self.state()).arg("tasks"), b"");
@@ -832,10 +851,14 @@ fn zk_members_follow_health_failure_and_leave_before_a_graceful_stop() {
 #[test]
 fn zk_a_drained_hosts_member_leaves_before_its_instance_is_stopped() {
     let zk = Zk::start();
-    let mut c = Cluster::new(&["n1", "n2"], 47100, Some("127.0.0.1"));
+    // A third host for the drained instance's replacement (one instance per host).
+    let mut c = Cluster::new(&["n1", "n2", "n3"], 47100, Some("127.0.0.1"));
     let terms = c.path("terms");
     std::fs::create_dir(&terms).unwrap();
-    c.deploy(&web_logging_sigterm(&terms, 2));
+    // Available as soon as healthy: the budget (one down) lets the drain stop one.
+    let mut job: Value = serde_json::from_str(&web_logging_sigterm(&terms, 2)).unwrap();
+    job["sla"] = json!({"max_unavailable": 1, "healthy_for_s": 0});
+    c.deploy(&format!("{job}\n"));
     c.reap_follow();
     c.announcer(&zk, &["--session-timeout", "2"]);
     c.healthy();
@@ -853,8 +876,9 @@ fn zk_a_drained_hosts_member_leaves_before_its_instance_is_stopped() {
     let drained = c
         .tasks()
         .into_iter()
-        .find(|t| t["host"] == "n1")
-        .expect("an instance on n1");
+        .find(|t| t["instance"] == 0)
+        .expect("instance 0");
+    let drained_host = drained["host"].as_str().unwrap().to_string();
     let (instance, pid) = (
         drained["instance"].as_u64().unwrap(),
         drained["pid"].as_u64().unwrap(),
@@ -881,13 +905,15 @@ fn zk_a_drained_hosts_member_leaves_before_its_instance_is_stopped() {
     });
     watching
         .recv_timeout(Duration::from_secs(10))
-        .expect("the watcher saw n1's member");
+        .expect("the watcher saw the drained host's member");
     let out = run(
-        tool("offer", &c.state()).args(["drain", "n1", "--reason", "test"]),
+        tool("offer", &c.state()).args(["drain", &drained_host, "--reason", "test"]),
         b"",
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    // reap --follow stops the instance on the draining host; the member goes first.
+    // The pass stops the instance on the draining host, the member going first, and
+    // starts its replacement on the free host.
+    c.pass();
     let (gone_at, alive_then) = watcher
         .join()
         .unwrap()
@@ -902,15 +928,15 @@ fn zk_a_drained_hosts_member_leaves_before_its_instance_is_stopped() {
         alive_then && gone_at < term_at,
         "member gone at {gone_at}, SIGTERM at {term_at}: the member must leave first"
     );
-    c.members_until(&zk, "only the other host's member", |m| {
-        m.len() == 1 && m[0].0 == kept_node && m[0].1 == kept
+    let old_node = &members[instance as usize].0;
+    c.members_until(&zk, "the kept member and the replacement's", |m| {
+        m.len() == 2
+            && m.iter().any(|(n, data)| *n == kept_node && *data == kept)
+            && !m.iter().any(|(n, _)| n == old_node)
     });
     let task = format!("www/prod/hello/{instance}");
-    until(
-        "the drained instance KILLED",
-        Duration::from_secs(10),
-        || (c.task(&task)["state"] == "KILLED").then_some(()),
-    );
+    let now_on = c.task(&task)["host"].clone();
+    assert!(now_on != drained_host.as_str(), "replaced on {now_on}");
 }
 
 #[test]

@@ -351,15 +351,18 @@ pub(crate) fn attrs() -> impl Strategy<Value = Vec<(String, String)>> {
 }
 
 pub(crate) fn maintenance() -> impl Strategy<Value = Maintenance> {
-    (0..4u8, text(), text(), 0.0..4e9f64).prop_map(|(mode, reason, owner, since)| {
-        let mode = [Mode::None, Mode::Scheduled, Mode::Draining, Mode::Drained][mode as usize];
-        Maintenance {
-            mode,
-            reason,
-            owner,
-            since,
-        }
-    })
+    (0..4u8, text(), text(), 0.0..4e9f64, 0.0..4e9f64).prop_map(
+        |(mode, reason, owner, since, deadline)| {
+            let mode = [Mode::None, Mode::Scheduled, Mode::Draining, Mode::Drained][mode as usize];
+            Maintenance {
+                mode,
+                reason,
+                owner,
+                since,
+                deadline,
+            }
+        },
+    )
 }
 
 /// A host as `offer add` could accept it (plus any maintenance), within its slot.
@@ -551,6 +554,7 @@ fn base() -> &'static Base {
                 reason: "rma".into(),
                 owner: "tester".into(),
                 since: 1.7e9,
+                deadline: 1.8e9,
             };
             let slot = tx.view().hosts.find(&"h1".to_string()).unwrap();
             tx.set(slot, Some(h));

@@ -397,6 +397,36 @@ fn schedule_drain_undrain() {
         (Some("rma"), Some("alice"))
     );
 
+    // A drain keeps its deadline: a duration from now, a time, or never.
+    let t = unix_now();
+    let out = offer_ok(
+        &state,
+        &["drain", "h1", "--owner", "alice", "--deadline", "2h"],
+        b"",
+    );
+    let deadline = lines(&out)[0]["deadline"].as_f64();
+    assert!(
+        deadline.is_some_and(|d| (d - t - 7_200.0).abs() < 60.0),
+        "{out:?}"
+    );
+    for (when, want) in [
+        ("never", None),
+        ("2026-01-01T00:00:00Z", Some(1_767_225_600.0)),
+    ] {
+        let out = offer_ok(
+            &state,
+            &["drain", "h1", "--owner", "alice", "--deadline", when],
+            b"",
+        );
+        assert_eq!(lines(&out)[0]["deadline"].as_f64(), want, "{when}");
+    }
+    let out = run(
+        tool("offer", &state).args(["drain", "h1", "--deadline", "soon"]),
+        b"",
+    );
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--deadline"), "{}", stderr(&out));
+
     // FORMIC_OWNER stands in for --owner (cron sets it once).
     let out = run(
         tool("offer", &state)
@@ -408,7 +438,17 @@ fn schedule_drain_undrain() {
     assert_eq!(host(&state, "h2")["maintenance"]["owner"], "robot");
     assert!(offers(&state).is_empty());
 
-    offer_ok(&state, &["undrain", "h1", "h2"], b"");
+    // A drain is ended by its owner, or with --force; a refusal changes nothing.
+    let out = run(tool("offer", &state).args(["undrain", "h1", "h2"]), b"");
+    assert_eq!(code(&out), 77, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("h1") && err.contains("alice") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(offers(&state).is_empty(), "nothing undrained");
+    offer_ok(&state, &["undrain", "h1", "--owner", "alice"], b"");
+    offer_ok(&state, &["undrain", "h2", "--force"], b"");
     let o = offers(&state);
     assert_eq!(o.len(), 2);
     assert!(o.iter().all(|o| o["maintenance"] == "none"), "{o:?}");

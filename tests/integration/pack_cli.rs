@@ -234,6 +234,8 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
             let mut task = Task::new(job, t.instance);
             task.host = host;
             task.state = t.state;
+            // As reap records a running task with no health check.
+            task.healthy = t.state == TaskState::Running;
             task.cpus = t.cpus;
             task.ram_mb = t.ram_mb;
             let mut ports = [0u16; MAX_PORTS];
@@ -2724,4 +2726,201 @@ fn mixed_cpu_ram_ratios_place_everything_the_optimum_places() {
     let recs = d.pack_expect(&["jobs.json"], &offers, 0);
     assert_eq!(pending_tasks(&recs), set(&[]));
     assert_eq!(of(&recs, "place").len(), 23);
+}
+
+// --- drains (issue 15) ---
+
+/// Marks `host` of the state draining, with `deadline` (0: none).
+fn drain_in_state(path: &Path, host: &str, deadline: f64) {
+    let mut st = State::open_writer(path).unwrap();
+    st.write(|tx| {
+        let slot = tx.view().hosts.find(&host.to_string()).unwrap();
+        let mut h = tx.view().hosts.get(slot).unwrap().clone();
+        h.maintenance = Maintenance {
+            mode: formic::host::Mode::Draining,
+            reason: "test".into(),
+            owner: "tester".into(),
+            since: 1.0,
+            deadline,
+        };
+        tx.set(slot, Some(h));
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The tasks each kill record of `reason` names.
+fn killed(recs: &[Value], reason: &str) -> BTreeSet<String> {
+    of(recs, "kill")
+        .iter()
+        .filter(|k| k["reason"] == reason)
+        .map(|k| s(&k["task"]))
+        .collect()
+}
+
+/// The `drain` records' verdicts: task -> (stopped, why).
+fn drain_verdicts(recs: &[Value]) -> BTreeMap<String, (bool, String)> {
+    of(recs, "drain")
+        .iter()
+        .map(|d| (s(&d["task"]), (d["stop"] == true, s(&d["why"]))))
+        .collect()
+}
+
+/// Three services on two draining hosts: each pass stops, per job, only what its budget
+/// allows (1; 2; 50% of 2 must stay), and each stopped instance's replacement is placed
+/// in the same pass on a host that takes work.
+#[test]
+fn a_drain_stops_what_each_budget_allows_and_places_the_replacements_at_once() {
+    let d = Dir::new();
+    let sla = |key, n, budget: Value| with(job(key, n, 1.0, 100), json!({ "sla": budget }));
+    d.jobs(
+        "jobs.jsonl",
+        &[
+            sla("a/prod/one", 3, json!({"max_unavailable": 1})),
+            sla("b/prod/two", 4, json!({"max_unavailable": 2})),
+            sla("c/prod/half", 2, json!({"min_healthy_percent": 50})),
+        ],
+    );
+    let state = d.path("state");
+    let hosts: &[(&str, &[(&str, &str)])] = &[("h1", &[]), ("h2", &[]), ("h3", &[]), ("h4", &[])];
+    build_state(
+        &state,
+        hosts,
+        &[
+            running("a/prod/one", 0, "h1", 1000),
+            running("a/prod/one", 1, "h1", 1000),
+            running("a/prod/one", 2, "h3", 1000),
+            running("b/prod/two", 0, "h2", 1000),
+            running("b/prod/two", 1, "h2", 1000),
+            running("b/prod/two", 2, "h2", 1000),
+            running("b/prod/two", 3, "h4", 1000),
+            running("c/prod/half", 0, "h1", 1000),
+            running("c/prod/half", 1, "h2", 1000),
+        ],
+    );
+    drain_in_state(&state, "h1", 0.0);
+    drain_in_state(&state, "h2", 0.0);
+    let offers = lines_of(&[offer("h3", 16.0, 8192), offer("h4", 16.0, 8192)]);
+    let recs = d.pack_expect(
+        &["--state", state.to_str().unwrap(), "jobs.jsonl"],
+        &offers,
+        0,
+    );
+    let stopped = killed(&recs, "drain");
+    assert_eq!(
+        stopped,
+        set(&[
+            "a/prod/one/0",
+            "b/prod/two/0",
+            "b/prod/two/1",
+            "c/prod/half/0"
+        ]),
+        "{recs:?}"
+    );
+    // Each one's replacement is placed in the same pass, on a host that takes work.
+    let placed = placements(&recs);
+    for task in &stopped {
+        assert!(
+            matches!(placed.get(task).map(String::as_str), Some("h3" | "h4")),
+            "{task}: {placed:?}"
+        );
+    }
+    assert_eq!(
+        placed.len(),
+        stopped.len(),
+        "nothing else placed: {placed:?}"
+    );
+    // The rest wait, and their drain records say for what.
+    let verdicts = drain_verdicts(&recs);
+    for task in ["a/prod/one/1", "b/prod/two/2", "c/prod/half/1"] {
+        let (stop, why) = &verdicts[task];
+        assert!(!stop && why.contains("budget"), "{task}: {why}");
+    }
+    assert!(stopped.iter().all(|t| verdicts[t].0), "{verdicts:?}");
+}
+
+/// What is down anywhere counts against the budget; what is down itself costs nothing;
+/// past the deadline everything goes, and says so.
+#[test]
+fn a_drain_counts_every_instance_down_and_the_deadline_forces_the_rest() {
+    let d = Dir::new();
+    let budget = json!({"sla": {"max_unavailable": 1}});
+    d.jobs(
+        "web.json",
+        &[with(job("www/prod/web", 3, 1.0, 100), budget)],
+    );
+    let state = d.path("state");
+    let hosts: &[(&str, &[(&str, &str)])] = &[("h1", &[]), ("h2", &[])];
+    let starting = Existing {
+        state: TaskState::Starting,
+        ..running("www/prod/web", 1, "h1", 1000)
+    };
+    // Instance 2 is missing (pending) and instance 1 starting: two down already, and
+    // instance 1 costs nothing to stop. Instance 0 is up, and must wait.
+    build_state(
+        &state,
+        hosts,
+        &[running("www/prod/web", 0, "h1", 1000), starting],
+    );
+    drain_in_state(&state, "h1", 0.0);
+    let st = state.to_str().unwrap();
+    let offers = lines_of(&[offer("h2", 16.0, 8192)]);
+    let recs = d.pack_expect(&["--state", st, "web.json"], &offers, 0);
+    assert_eq!(killed(&recs, "drain"), set(&["www/prod/web/1"]), "{recs:?}");
+    let (stop, why) = &drain_verdicts(&recs)["www/prod/web/0"];
+    assert!(!stop && why.contains("2 of 3 instances down"), "{why}");
+
+    // Past the drain's deadline the budget no longer holds it back.
+    drain_in_state(&state, "h1", 1_000.0);
+    let recs = d.pack_expect(&["--state", st, "web.json"], &offers, 0);
+    assert_eq!(killed(&recs, "drain"), set(&["www/prod/web/1"]), "{recs:?}");
+    assert_eq!(killed(&recs, "drain deadline"), set(&["www/prod/web/0"]));
+    assert_eq!(placements(&recs).len(), 3, "{recs:?}");
+}
+
+/// A drain stops an instance only when its replacement has somewhere to go: with no room
+/// elsewhere it keeps running and the drain says why; an update of the same job waits for
+/// the budget the drain takes.
+#[test]
+fn a_drain_waits_for_room_and_shares_the_budget_with_an_update() {
+    let d = Dir::new();
+    let state = d.path("state");
+    let hosts: &[(&str, &[(&str, &str)])] = &[("h1", &[]), ("h2", &[])];
+    let v1 = job("www/prod/web", 2, 1.0, 100);
+    d.jobs("web.json", std::slice::from_ref(&v1));
+    let v1_spec = {
+        let recs = d.pack_expect(&["web.json"], &lines_of(&[offer("h2", 16.0, 8192)]), 0);
+        u64::from_str_radix(&s(&of(&recs, "place")[0]["spec"]), 16).unwrap()
+    };
+    let on = |instance, host| Existing {
+        spec: v1_spec,
+        ..running("www/prod/web", instance, host, 1000)
+    };
+    build_state(&state, hosts, &[on(0, "h1"), on(1, "h2")]);
+    drain_in_state(&state, "h1", 0.0);
+    let st = state.to_str().unwrap();
+
+    // h2 is too small for another instance: nothing is stopped.
+    let small = lines_of(&[offer("h2", 0.5, 8192)]);
+    let recs = d.pack_expect(&["--state", st, "web.json"], &small, 0);
+    assert!(of(&recs, "kill").is_empty(), "{recs:?}");
+    assert!(of(&recs, "pending").is_empty(), "{recs:?}");
+    let (stop, why) = &drain_verdicts(&recs)["www/prod/web/0"];
+    assert!(!stop && why.contains("no room"), "{why}");
+
+    // With room, and a new spec to roll out under a budget of one: the drain takes the
+    // budget, its replacement gets the new spec, and the update replaces nothing else.
+    let v2 = with(v1, json!({"env": {"V": "2"}}));
+    d.jobs("web.json", &[v2]);
+    let offers = lines_of(&[offer("h2", 16.0, 8192)]);
+    let recs = d.pack_expect(&["--state", st, "web.json"], &offers, 0);
+    assert_eq!(killed(&recs, "drain"), set(&["www/prod/web/0"]), "{recs:?}");
+    assert!(killed(&recs, "update").is_empty(), "{recs:?}");
+    let place = of(&recs, "place");
+    assert_eq!(place.len(), 1, "{recs:?}");
+    assert_ne!(
+        u64::from_str_radix(&s(&place[0]["spec"]), 16).unwrap(),
+        v1_spec,
+        "the replacement runs the new spec"
+    );
 }

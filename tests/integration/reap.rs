@@ -988,8 +988,10 @@ fn an_assigned_task_that_never_starts_is_placed_again_after_the_start_grace() {
     assert!(empty(&c.usage("h1")));
 }
 
+/// pack decides what a drain stops (within the jobs' budgets, `pack_cli`); reap stops what
+/// a `kill` record of a drain names as DRAINING, and the emptied host is drained.
 #[test]
-fn a_draining_host_is_emptied_and_then_drained() {
+fn a_drain_s_kill_stops_its_task_as_draining_and_the_host_ends_drained() {
     let mut c = Cluster::new(&["h1", "h2"]);
     let s = c.start(
         "h1",
@@ -1012,7 +1014,11 @@ fn a_draining_host_is_emptied_and_then_drained() {
         "{}",
         stdout(&out)
     );
+    // Nothing stops by itself on a draining host.
     let ev = c.reap_ok(&[], "");
+    assert!(of(&ev, "t/e/d/0").is_empty(), "{ev:?}");
+    let kill = r#"{"type":"kill","task":"t/e/d/0","reason":"drain"}"#;
+    let ev = c.reap_ok(&[], kill);
     assert_eq!(
         of(&ev, "t/e/d/0"),
         [st("DRAINING", Value::Null), st("KILLED", json!(-15))]
