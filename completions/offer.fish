@@ -65,10 +65,13 @@ complete -c offer -n "__fish_offer_using_subcommand schedule" -l json -d 'Print 
 complete -c offer -n "__fish_offer_using_subcommand schedule" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand drain" -l reason -d 'Why the maintenance is done' -r
 complete -c offer -n "__fish_offer_using_subcommand drain" -l owner -d 'Who asked for it [default: $USER]' -r
+complete -c offer -n "__fish_offer_using_subcommand drain" -l deadline -d 'When the rest is stopped regardless of budgets: a duration from now (`2h`, `30m`, `1d`), a time (`2026-12-24T06:00:00Z`), or `never`' -r
 complete -c offer -n "__fish_offer_using_subcommand drain" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand drain" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_using_subcommand drain" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c offer -n "__fish_offer_using_subcommand undrain" -l owner -d 'Who asks [default: $USER]' -r
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c offer -n "__fish_offer_using_subcommand undrain" -l force -d 'End maintenance that another owner asked for'
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_using_subcommand undrain" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F

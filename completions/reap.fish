@@ -31,7 +31,7 @@ complete -c reap -n "__fish_reap_needs_command" -l lost-after -d 'An ssh host th
 complete -c reap -n "__fish_reap_needs_command" -l parallel -d 'Hosts worked at once' -r
 complete -c reap -n "__fish_reap_needs_command" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c reap -n "__fish_reap_needs_command" -l follow -d 'Stay running: collect and stop continuously and print events as they happen (task directories are polled every 50 ms; standard input is not read)'
-complete -c reap -n "__fish_reap_needs_command" -l asked-only -d 'Stop only the tasks asked for on standard input (and those of draining hosts), reaching only their hosts: the survey of every host (liveness, strays, what ended) is left to the reap that ran before pack in the same pass (scripts/reconcile\'s second reap)'
+complete -c reap -n "__fish_reap_needs_command" -l asked-only -d 'Stop only the tasks asked for on standard input, reaching only their hosts: the survey of every host (liveness, strays, what ended) is left to the reap that ran before pack in the same pass (scripts/reconcile\'s second reap)'
 complete -c reap -n "__fish_reap_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c reap -n "__fish_reap_needs_command" -s V -l version -d 'Print version'
 complete -c reap -n "__fish_reap_needs_command" -f -a "kill" -d 'Stop tasks gracefully'
