@@ -1,9 +1,11 @@
 //! Availability budgets: how many of a job's instances the voluntary stops (drains and
 //! updates) may take down at once, counted against every instance that is down for any
 //! reason. After Aurora's SLA check: an instance is available once running and healthy
-//! for the budget's duration; an instance already down costs nothing to stop, so a broken
-//! instance never blocks a drain; and a job can always lose one instance when every other
-//! one is up, so a budget never blocks forever by itself.
+//! for the budget's duration, and every other is down; stopping one that does not serve
+//! at all (starting, failing its checks) costs nothing, so a broken instance never blocks
+//! a drain, while one serving but not yet for long enough is down and still needs room;
+//! and a job can always lose one instance when every other one is up, so a budget never
+//! blocks forever by itself.
 
 use crate::job::{Budget, Sla};
 use crate::task::TaskState;
@@ -11,7 +13,13 @@ use crate::task::TaskState;
 /// Whether an instance counts as up for its job's budget: running, healthy (a task
 /// without a health check is healthy while it runs) and so for `healthy_for_s`.
 pub fn is_available(state: TaskState, healthy: bool, since: f64, sla: &Sla, now: f64) -> bool {
-    state == TaskState::Running && healthy && now - since >= sla.healthy_for_s
+    is_serving(state, healthy) && now - since >= sla.healthy_for_s
+}
+
+/// Whether an instance serves at all: running and healthy. Stopping one that does not
+/// costs its job's budget nothing.
+pub fn is_serving(state: TaskState, healthy: bool) -> bool {
+    state == TaskState::Running && healthy
 }
 
 /// The most of `desired` instances that may be down at once: never less than one.
@@ -81,5 +89,10 @@ mod tests {
         assert!(!is_available(TaskState::Running, false, 0.0, &s, 130.0));
         assert!(!is_available(TaskState::Starting, true, 0.0, &s, 130.0));
         assert!(!is_available(TaskState::Draining, true, 0.0, &s, 130.0));
+        assert!(
+            is_serving(TaskState::Running, true),
+            "serving, if not yet for long"
+        );
+        assert!(!is_serving(TaskState::Running, false));
     }
 }

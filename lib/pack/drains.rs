@@ -1,8 +1,8 @@
 //! Drains, before anything is placed: which instances on draining hosts this pass stops.
 //! Each job's availability budget (`sla`, see `crate::sla`) counts every instance down
-//! anywhere (failures, starts, other drains, an update's batch); an instance already down
-//! is stopped at once (it costs nothing), an available one only while the budget has room,
-//! and past its drain's deadline whatever the budget says. What the drains leave of each
+//! anywhere (failures, starts, other drains, an update's batch); an instance that does
+//! not serve is stopped at once (it costs nothing), a serving one only while the budget
+//! has room, and past its drain's deadline whatever the budget says. What the drains leave of each
 //! budget is what the job's update may take down (`updates::plan`). A stopped instance is
 //! placed again elsewhere in the same pass (its host is not offered); when it fits nowhere
 //! the stop is taken back (`Run::keep_unplaced_drains`), so a drain never turns a running
@@ -102,11 +102,12 @@ fn plan_job(
     let up = |r: &Running| {
         r.instance < desired && sla::is_available(r.state, r.healthy, r.since, &sla, now)
     };
+    let serving = |r: &Running| sla::is_serving(r.state, r.healthy);
     let available = tasks.clone().filter(|&ri| up(&running[ri])).count() as u32;
     let mut room = sla::room(&sla, desired, available);
     let mut taken = 0;
-    // Instances on draining hosts not yet being stopped: those down first (free), then by
-    // deadline (the soonest first), then by instance.
+    // Instances on draining hosts not yet being stopped: those not serving first (free),
+    // then by deadline (the soonest first), then by instance.
     let mut candidates: Vec<usize> = tasks
         .filter(|&ri| {
             let r = &running[ri];
@@ -124,14 +125,14 @@ fn plan_job(
     };
     candidates.sort_by(|&a, &b| {
         let (a, b) = (&running[a], &running[b]);
-        up(a)
-            .cmp(&up(b))
+        serving(a)
+            .cmp(&serving(b))
             .then(deadline(a).total_cmp(&deadline(b)))
             .then(a.instance.cmp(&b.instance))
     });
     for ri in candidates {
         let r = &running[ri];
-        if !up(r) {
+        if !serving(r) {
             out.stop.insert(ri, DRAIN);
         } else if room > 0 {
             (room, taken) = (room - 1, taken + 1);

@@ -9,6 +9,7 @@ mod containment;
 mod corruption;
 mod crash;
 mod docs;
+mod drain;
 mod fleet;
 mod fleet_ssh;
 mod fuzz;

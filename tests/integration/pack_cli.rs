@@ -175,6 +175,8 @@ struct Existing {
     not_before: f64,
     /// The hash of the spec it was placed with (0: unknown).
     spec: u64,
+    /// Running but failing its health check.
+    unhealthy: bool,
 }
 
 fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> Existing {
@@ -188,6 +190,7 @@ fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> E
         ports: Vec::new(),
         not_before: 0.0,
         spec: 0,
+        unhealthy: false,
     }
 }
 
@@ -235,7 +238,7 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
             task.host = host;
             task.state = t.state;
             // As reap records a running task with no health check.
-            task.healthy = t.state == TaskState::Running;
+            task.healthy = t.state == TaskState::Running && !t.unhealthy;
             task.cpus = t.cpus;
             task.ram_mb = t.ram_mb;
             let mut ports = [0u16; MAX_PORTS];
@@ -2923,4 +2926,39 @@ fn a_drain_waits_for_room_and_shares_the_budget_with_an_update() {
         v1_spec,
         "the replacement runs the new spec"
     );
+}
+
+/// A service whose instances all fail their checks (a crash loop) does not hold a drain
+/// back: each is down already, so stopping it costs its budget nothing.
+#[test]
+fn instances_already_broken_do_not_block_a_drain() {
+    let d = Dir::new();
+    let budget = json!({"sla": {"max_unavailable": 1}});
+    d.jobs(
+        "web.json",
+        &[with(job("www/prod/web", 3, 1.0, 100), budget)],
+    );
+    let state = d.path("state");
+    let broken = |i| Existing {
+        unhealthy: true,
+        ..running("www/prod/web", i, "h1", 1000)
+    };
+    build_state(
+        &state,
+        &[("h1", &[]), ("h2", &[])],
+        &[broken(0), broken(1), broken(2)],
+    );
+    drain_in_state(&state, "h1", 0.0);
+    let offers = lines_of(&[offer("h2", 16.0, 8192)]);
+    let recs = d.pack_expect(
+        &["--state", state.to_str().unwrap(), "web.json"],
+        &offers,
+        0,
+    );
+    assert_eq!(
+        killed(&recs, "drain"),
+        set(&["www/prod/web/0", "www/prod/web/1", "www/prod/web/2"]),
+        "{recs:?}"
+    );
+    assert_eq!(placements(&recs).len(), 3);
 }

@@ -49,7 +49,7 @@ fn decided(c: &Cluster, jobs: &Path) -> Vec<u8> {
 
 /// One reconciliation pass as scripts/reconcile runs it, without its announce (the
 /// follower keeps the files). Returns what the last step printed.
-fn pass(c: &Cluster, jobs: &Path) -> Vec<Value> {
+pub(crate) fn pass(c: &Cluster, jobs: &Path) -> Vec<Value> {
     let packed = decided(c, jobs);
     let stopped = run(tool("reap", &c.state()).arg("--asked-only"), &packed);
     assert!(
@@ -173,7 +173,7 @@ impl Client {
 }
 
 /// GET / on 127.0.0.1:PORT; Ok when the answer is 200.
-fn get(port: u64) -> Result<(), String> {
+pub(crate) fn get(port: u64) -> Result<(), String> {
     use std::io::{Read, Write};
     let addr = format!("127.0.0.1:{port}");
     let mut s =

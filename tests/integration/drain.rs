@@ -1,0 +1,224 @@
+//! Drains end to end (issue 15): real instances on four local hosts, passes run in a loop
+//! as scripts/reconcile runs them, `announce --follow` keeping the serversets, and a client
+//! per service that resolves its serverset with `announce resolve` and asks every member
+//! throughout.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::announce::{until_or, Cluster};
+use crate::common::{code, run, stderr, stdout, tool};
+use crate::rollout::{get, pass};
+
+/// A service of `instances` python http.servers, healthy when they answer, at most two
+/// per host, announced at /formic/www/prod/NAME, with `sla` as its budget.
+fn service(name: &str, instances: u32, sla: Value) -> String {
+    json!({
+        "job": format!("www/prod/{name}"), "instances": instances,
+        "cmd": ["python3", "-m", "http.server", "--bind", "127.0.0.1", "{{port.http}}"],
+        "resources": {"cpus": 0.25, "ram_mb": 64, "ports": ["http", "admin"]},
+        "constraints": [{"attr": "host", "limit": 2}],
+        "health": {"http": "/", "port": "http", "interval_s": 0.5, "timeout_s": 0.45,
+                   "failures": 3},
+        "announce": {"primary": "http", "path": format!("/formic/www/prod/{name}")},
+        "sla": sla,
+    })
+    .to_string()
+        + "\n"
+}
+
+/// What a client saw of one service: the fewest members at once, the requests that
+/// failed while their member was still announced, and how many it made.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    fewest: usize,
+    failed: Vec<String>,
+    asked: usize,
+}
+
+/// A client of one service: resolves its serverset (`announce resolve --plain`) and asks
+/// each member for `/`, again and again.
+struct Client {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn resolve(state: &Path, path: &str) -> Vec<String> {
+    let out = run(
+        tool("announce", state).args(["resolve", path, "--plain"]),
+        b"",
+    );
+    assert!(code(&out) <= 1, "announce resolve: {}", stderr(&out));
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+impl Client {
+    fn start(state: PathBuf, path: String) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen {
+            fewest: usize::MAX,
+            ..Seen::default()
+        }));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let members = resolve(&state, &path);
+                {
+                    let mut s = seen2.lock().unwrap();
+                    s.fewest = s.fewest.min(members.len());
+                }
+                for m in &members {
+                    let port: u64 = m.rsplit(':').next().unwrap().parse().unwrap();
+                    let answered = get(port);
+                    let mut s = seen2.lock().unwrap();
+                    s.asked += 1;
+                    if let Err(e) = answered {
+                        // Only a member still announced after the failure counts.
+                        if resolve(&state, &path).contains(m) {
+                            s.failed.push(format!("{m}: {e}"));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Client {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Each host's maintenance state, by name.
+fn maintenance(c: &Cluster) -> std::collections::BTreeMap<String, String> {
+    let out = run(tool("offer", &c.state()).args(["hosts", "--json"]), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|h| {
+            let state = h["maintenance"]["state"].as_str().unwrap().to_string();
+            (h["name"].as_str().unwrap().to_string(), state)
+        })
+        .collect()
+}
+
+/// Passes every 300 ms until `done`; fails after `limit` with the tasks.
+fn passes_until(c: &Cluster, jobs: &Path, limit: Duration, done: impl Fn(&Cluster) -> bool) {
+    until_or(
+        "the drain to end as expected",
+        limit,
+        || {
+            pass(c, jobs);
+            std::thread::sleep(Duration::from_millis(300));
+            done(c).then_some(())
+        },
+        || format!("{:?}\n{:?}", maintenance(c), c.tasks()),
+    );
+}
+
+/// Every task RUNNING, healthy and announced, `n` of them.
+fn all_up(c: &Cluster, n: usize) -> bool {
+    let tasks = c.tasks();
+    tasks.len() == n
+        && tasks
+            .iter()
+            .all(|t| t["state"] == "RUNNING" && t["healthy"] == true && t["announced"] == true)
+}
+
+/// Three services with budgets of 1, 2 and 50%, on four hosts; two hosts drained in one
+/// call. No service ever has more instances out of its serverset than its budget allows,
+/// no request to an announced member fails, both hosts end drained, and every instance
+/// ends healthy on the other two.
+#[test]
+fn a_drain_of_two_hosts_keeps_every_service_within_its_budget() {
+    crate::common::require_root("tasks under uids of their own");
+    let mut c = Cluster::new(&["h1", "h2", "h3", "h4"], 47500, Some("127.0.0.1"));
+    let jobs = c.path("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    let services = [
+        ("one", 3, json!({"max_unavailable": 1, "healthy_for_s": 2})),
+        ("two", 4, json!({"max_unavailable": 2, "healthy_for_s": 2})),
+        (
+            "half",
+            4,
+            json!({"min_healthy_percent": 50, "healthy_for_s": 2}),
+        ),
+    ];
+    let text: String = services
+        .iter()
+        .map(|(name, n, sla)| service(name, *n, sla.clone()))
+        .collect();
+    std::fs::write(jobs.join("web.jsonl"), text).unwrap();
+    c.daemon("announce", "announce", &["--follow"]);
+    passes_until(&c, &jobs, Duration::from_secs(60), |c| all_up(c, 11));
+
+    // The two hosts holding the most instances.
+    let mut held: Vec<(usize, String)> = ["h1", "h2", "h3", "h4"]
+        .iter()
+        .map(|h| {
+            let n = c.tasks().iter().filter(|t| t["host"] == *h).count();
+            (n, h.to_string())
+        })
+        .collect();
+    held.sort();
+    let drained: Vec<String> = held[2..].iter().map(|(_, h)| h.clone()).collect();
+    assert!(held[2].0 >= 2, "the drained hosts hold instances: {held:?}");
+
+    let clients: Vec<Client> = services
+        .iter()
+        .map(|(name, _, _)| Client::start(c.state(), format!("/formic/www/prod/{name}")))
+        .collect();
+    let out = run(
+        tool("offer", &c.state())
+            .args(["drain", "--reason", "kernel", "--owner", "ops"])
+            .args(&drained),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    passes_until(&c, &jobs, Duration::from_secs(180), |c| {
+        let m = maintenance(c);
+        drained.iter().all(|h| m[h] == "drained") && all_up(c, 11)
+    });
+    // The clients watch a little longer: every replacement stays.
+    std::thread::sleep(Duration::from_secs(1));
+    for ((name, n, _), client) in services.iter().zip(clients) {
+        let seen = client.finish();
+        let budget = match *name {
+            "one" => 1,
+            "two" => 2,
+            _ => 2,
+        };
+        assert!(
+            seen.asked > 50,
+            "{name}: the client asked {} times",
+            seen.asked
+        );
+        assert!(
+            seen.failed.is_empty(),
+            "{name}: failed requests: {:?}",
+            seen.failed
+        );
+        assert!(
+            seen.fewest >= (n - budget) as usize,
+            "{name}: at one moment only {} of {n} members were announced",
+            seen.fewest
+        );
+    }
+    for t in c.tasks() {
+        let host = t["host"].as_str().unwrap().to_string();
+        assert!(!drained.contains(&host), "{} still on {host}", t["task"]);
+    }
+}
