@@ -12,14 +12,21 @@ use serde_json::{json, Value};
 
 use crate::announce::{until_or, Cluster};
 use crate::common::{code, run, stderr, stdout, tool};
-use crate::rollout::{get, pass};
+use crate::rollout::{get, pass, versions};
 
 /// A service of `instances` python http.servers, healthy when they answer, at most two
 /// per host, announced at /formic/www/prod/NAME, with `sla` as its budget.
 fn service(name: &str, instances: u32, sla: Value) -> String {
+    versioned(name, instances, sla, "1", json!({}))
+}
+
+/// `service`, with `V` in its environment and `update` as its update block.
+fn versioned(name: &str, instances: u32, sla: Value, version: &str, update: Value) -> String {
     json!({
         "job": format!("www/prod/{name}"), "instances": instances,
         "cmd": ["python3", "-m", "http.server", "--bind", "127.0.0.1", "{{port.http}}"],
+        "env": {"V": version},
+        "update": update,
         "resources": {"cpus": 0.25, "ram_mb": 64, "ports": ["http", "admin"]},
         "constraints": [{"attr": "host", "limit": 2}],
         "health": {"http": "/", "port": "http", "interval_s": 0.5, "timeout_s": 0.45,
@@ -129,6 +136,20 @@ fn passes_until(c: &Cluster, jobs: &Path, limit: Duration, done: impl Fn(&Cluste
     );
 }
 
+/// The state of `job`'s update (`roll status`).
+fn update_state(c: &Cluster, job: &str) -> String {
+    let out = run(
+        tool("roll", &c.state()).args(["status", "--json", job]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let status: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    status["update"]["state"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string()
+}
+
 /// Every task RUNNING, healthy and announced, `n` of them.
 fn all_up(c: &Cluster, n: usize) -> bool {
     let tasks = c.tasks();
@@ -221,4 +242,71 @@ fn a_drain_of_two_hosts_keeps_every_service_within_its_budget() {
         let host = t["host"].as_str().unwrap().to_string();
         assert!(!drained.contains(&host), "{} still on {host}", t["task"]);
     }
+}
+
+/// A drain, a rolling update and a failure in one job at once: one budget counts them all.
+/// With one instance down by a kill -9, nothing else is taken down until its replacement
+/// serves; then the drain and the update's batches (of 2, held to the budget's 1) take one
+/// instance at a time, and the job ends on the new spec with the host drained.
+#[test]
+fn a_drain_an_update_and_a_failure_share_one_budget() {
+    crate::common::require_root("tasks under uids of their own");
+    let mut c = Cluster::new(&["h1", "h2", "h3"], 47600, Some("127.0.0.1"));
+    let jobs = c.path("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    let sla = json!({"max_unavailable": 1, "healthy_for_s": 2});
+    let update = json!({"batch_size": 2, "watch_s": 1});
+    let write = |version: &str| {
+        let text = versioned("web", 4, sla.clone(), version, update.clone());
+        std::fs::write(jobs.join("web.json"), text).unwrap();
+    };
+    write("1");
+    c.daemon("announce", "announce", &["--follow"]);
+    passes_until(&c, &jobs, Duration::from_secs(60), |c| all_up(c, 4));
+    std::thread::sleep(Duration::from_secs(2)); // every instance available
+
+    let client = Client::start(c.state(), "/formic/www/prod/web".into());
+    let tasks = c.tasks();
+    let drained = tasks[0]["host"].as_str().unwrap().to_string();
+    let failed = tasks
+        .iter()
+        .find(|t| t["host"] != drained.as_str())
+        .unwrap();
+    let failed_port = failed["ports"]["http"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(failed["pid"].as_u64().unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    write("2");
+    let out = run(tool("offer", &c.state()).args(["drain", &drained]), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    passes_until(&c, &jobs, Duration::from_secs(180), |c| {
+        maintenance(c)[&drained] == "drained"
+            && update_state(c, "www/prod/web") == "ROLLED_FORWARD"
+            && all_up(c, 4)
+    });
+    let seen = client.finish();
+    // The killed instance's requests may fail until its member leaves: a failure, not a
+    // stop formic chose.
+    let failed_requests: Vec<&String> = seen
+        .failed
+        .iter()
+        .filter(|f| !f.contains(&format!(":{failed_port}:")))
+        .collect();
+    assert!(
+        failed_requests.is_empty(),
+        "failed requests: {failed_requests:?}"
+    );
+    assert!(
+        seen.fewest >= 3,
+        "at one moment only {} of 4 were announced",
+        seen.fewest
+    );
+    assert_eq!(
+        versions(&c),
+        (0..4).map(|i| (i, "2".to_string())).collect(),
+        "every instance runs the new spec"
+    );
+    assert!(c.tasks().iter().all(|t| t["host"] != drained.as_str()));
 }

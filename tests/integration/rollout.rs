@@ -101,7 +101,7 @@ fn passes_until(c: &Cluster, jobs: &Path, limit: Duration, mut done: impl FnMut(
 }
 
 /// The value of V in each running instance's environment, by instance.
-fn versions(c: &Cluster) -> BTreeMap<u64, String> {
+pub(crate) fn versions(c: &Cluster) -> BTreeMap<u64, String> {
     c.tasks()
         .iter()
         .filter(|t| t["state"] == "RUNNING")
