@@ -7,6 +7,7 @@
 pub mod announce;
 pub mod cli;
 pub mod clock;
+pub mod drain;
 pub mod exit;
 pub mod fixed;
 pub mod host;

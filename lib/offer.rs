@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, IsTerminal};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -144,6 +145,22 @@ pub enum Verb {
         /// `30m`, `1d`), a time (`2026-12-24T06:00:00Z`), or `never`
         #[arg(long, value_name = "WHEN", default_value = "1d")]
         deadline: String,
+        /// Change nothing: say, per instance on the hosts, whether its job's budget lets
+        /// the next pass stop it now, where its replacement would go, or why it would wait
+        /// (needs --jobs). Exit 0 when every instance would move now, 1 when some wait
+        #[arg(long, requires = "jobs", conflicts_with = "wait")]
+        dry_run: bool,
+        /// The job files or directories the passes place (scripts/reconcile's JOBS)
+        #[arg(long, value_name = "PATH", env = "FORMIC_JOBS")]
+        jobs: Option<PathBuf>,
+        /// Block until every host is drained, showing progress on a terminal. Exit 0 when
+        /// drained within the deadline, 1 when drained past it (the passes stopped the rest
+        /// whatever the budgets), 75 when interrupted by --wait-limit first
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (status 75; the drain goes on)
+        #[arg(long, value_name = "DURATION", requires = "wait")]
+        wait_limit: Option<String>,
     },
     /// End maintenance on hosts
     ///
@@ -244,11 +261,33 @@ pub fn run(cli: Cli) -> Result<Status> {
             hosts,
             why,
             deadline,
+            dry_run,
+            jobs,
+            wait,
+            wait_limit,
         }) => {
             let mut step = Step::new(Mode::Draining, &why)?;
             step.deadline = maintenance::parse_deadline(&deadline, crate::clock::now())
                 .map_err(|e| bad_input(format!("--deadline: {e}")))?;
-            maintain(&mut State::open_writer(&path)?, &hosts, &step, &cli.output)
+            let limit = wait_limit
+                .map(|w| crate::liveness::parse_duration(&w))
+                .transpose()
+                .map_err(|e| bad_input(format!("--wait-limit: {e}")))?;
+            if dry_run {
+                let jobs = jobs.expect("clap requires --jobs");
+                return crate::drain::dry_run(
+                    &State::open(&path)?,
+                    &path,
+                    &hosts,
+                    &jobs,
+                    &cli.output,
+                );
+            }
+            let status = maintain(&mut State::open_writer(&path)?, &hosts, &step, &cli.output)?;
+            if wait {
+                return crate::drain::wait(&path, &hosts, step.deadline, limit);
+            }
+            Ok(status)
         }
         Some(Verb::Undrain {
             hosts,
@@ -342,7 +381,7 @@ fn add(state: &mut State, hosts: Vec<(u64, Host)>, others: Vec<Record>) -> Resul
 }
 
 /// Finds every named host or fails naming the first unknown one.
-fn slots_of(view: &View, names: &[String]) -> Result<Vec<u32>> {
+pub(crate) fn slots_of(view: &View, names: &[String]) -> Result<Vec<u32>> {
     names
         .iter()
         .map(|n| {
@@ -565,9 +604,7 @@ fn offers(state: &State, output: &OutputArgs) -> Result<Status> {
     let inv = inventory(state.view(), &[])?;
     let mut out = Writer::stdout();
     // Hosts that cannot be reached are not offered: nothing placed there could start.
-    let offered = inv
-        .iter()
-        .filter(|(h, u, _)| shown_mode(h, u).takes_work() && h.liveness.life == Life::Up);
+    let offered = inv.iter().filter(|(h, u, _)| is_offered(h, u));
     if output.human() {
         let rows: Vec<Vec<String>> = offered
             .map(|(h, u, f)| {
@@ -591,22 +628,43 @@ fn offers(state: &State, output: &OutputArgs) -> Result<Status> {
         ))?;
     } else {
         for (h, u, f) in offered {
-            let mut m = Map::new();
-            m.insert("type".into(), json!("offer"));
-            m.insert("host".into(), json!(h.name));
-            m.insert("cpus".into(), json!(cores(f.cpus as u32)));
-            m.insert("ram_mb".into(), json!(f.ram_mb));
-            m.insert("disk_mb".into(), json!(f.disk_mb));
-            m.insert("gpus".into(), json!(f.gpus));
-            m.insert("ports".into(), host::ranges_json(&f.ports));
-            m.insert("attrs".into(), host::attrs_json(&h.attrs));
-            m.insert("cpu_factor".into(), json!(h.cpu_factor));
-            m.insert("maintenance".into(), json!(shown_mode(h, u).name()));
-            out.record(&Value::Object(m))?;
+            out.record(&offer_record(h, u, f))?;
         }
     }
     out.finish()?;
     Ok(Status::Done)
+}
+
+/// Whether a host is offered: its maintenance lets it take work and it can be reached.
+fn is_offered(h: &Host, u: &Usage) -> bool {
+    shown_mode(h, u).takes_work() && h.liveness.life == Life::Up
+}
+
+fn offer_record(h: &Host, u: &Usage, f: &Free) -> Value {
+    let mut m = Map::new();
+    m.insert("type".into(), json!("offer"));
+    m.insert("host".into(), json!(h.name));
+    m.insert("cpus".into(), json!(cores(f.cpus as u32)));
+    m.insert("ram_mb".into(), json!(f.ram_mb));
+    m.insert("disk_mb".into(), json!(f.disk_mb));
+    m.insert("gpus".into(), json!(f.gpus));
+    m.insert("ports".into(), host::ranges_json(&f.ports));
+    m.insert("attrs".into(), host::attrs_json(&h.attrs));
+    m.insert("cpu_factor".into(), json!(h.cpu_factor));
+    m.insert("maintenance".into(), json!(shown_mode(h, u).name()));
+    Value::Object(m)
+}
+
+/// The offers `offer` prints, as JSON lines, but for the hosts `except`.
+pub(crate) fn offers_but(view: &View, except: &[String]) -> Result<Vec<u8>> {
+    let mut text = Vec::new();
+    for (h, u, f) in inventory(view, &[])? {
+        if is_offered(h, &u) && !except.contains(&h.name) {
+            serde_json::to_writer(&mut text, &offer_record(h, &u, &f))?;
+            text.push(b'\n');
+        }
+    }
+    Ok(text)
 }
 
 /// Whether passes reach the host: its state, since when, its last contact and the round

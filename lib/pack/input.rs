@@ -84,6 +84,9 @@ pub struct Sources<'a> {
     pub jobs: &'a [PathBuf],
     pub quota: Option<&'a Path>,
     pub state: Option<&'a Path>,
+    /// Hosts whose tasks are read as under a drain (no deadline) though the state does
+    /// not say so: what `offer drain --dry-run` asks about.
+    pub draining: &'a [String],
 }
 
 /// Reads offers from `stdin`, jobs from their files, and the state if given. Every problem
@@ -119,7 +122,7 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
                 .iter()
                 .map(|(_, j)| (j.key.clone(), j.rollout.clone()))
                 .collect();
-            (running(view, &fleet), rollouts)
+            (running(view, &fleet, from.draining), rollouts)
         }
         None => (Vec::new(), HashMap::new()),
     };
@@ -241,7 +244,7 @@ fn read_quota(path: &Path) -> Result<HashMap<String, Resources>> {
 }
 
 /// The tasks of the state that pack must know of: all but the finished ones.
-fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
+fn running(view: &View, fleet: &Fleet, draining: &[String]) -> Vec<Running> {
     let mut out = Vec::new();
     for (_, t) in view.tasks.iter() {
         let Some(job) = view.jobs.get(t.job) else {
@@ -268,9 +271,11 @@ fn running(view: &View, fleet: &Fleet) -> Vec<Running> {
             spec: t.spec,
             healthy: t.healthy,
             since: t.since,
-            drain: host
-                .filter(|h| h.maintenance.mode == crate::host::Mode::Draining)
-                .map(|h| h.maintenance.deadline),
+            drain: host.and_then(|h| match h.maintenance.mode {
+                crate::host::Mode::Draining => Some(h.maintenance.deadline),
+                _ if draining.contains(&h.name) => Some(0.0),
+                _ => None,
+            }),
         });
     }
     out.sort_by(|a, b| a.job_key.cmp(&b.job_key).then(a.instance.cmp(&b.instance)));

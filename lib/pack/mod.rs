@@ -195,8 +195,35 @@ pub fn read_input(cli: &Cli, stdin: impl io::BufRead) -> Result<Input> {
         jobs: &cli.jobs,
         quota: cli.quota.as_deref(),
         state: cli.state.as_deref(),
+        draining: &[],
     };
     input::read(&from, stdin)
+}
+
+/// What the next pass would decide were `draining` under a drain too: pack's input read
+/// from the state at `state`, the `jobs` and `offers` (JSON lines, those hosts left out),
+/// and its decision (`offer drain --dry-run`).
+pub fn preview_drain(
+    state: &std::path::Path,
+    jobs: &[PathBuf],
+    draining: &[String],
+    offers: &[u8],
+) -> Result<(Input, Outcome)> {
+    let from = input::Sources {
+        jobs,
+        quota: None,
+        state: Some(state),
+        draining,
+    };
+    let mut input = input::read(&from, offers)?;
+    crate::exit::refuse_batch(
+        "offer",
+        &input.job_errors,
+        "job files, lines or jobs",
+        "nothing was previewed",
+    )?;
+    let outcome = decide(&mut input, Strategy::Binpack, false, false);
+    Ok((input, outcome))
 }
 
 /// `pack --check`: the job files alone.

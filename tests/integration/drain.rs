@@ -198,21 +198,60 @@ fn a_drain_of_two_hosts_keeps_every_service_within_its_budget() {
     let drained: Vec<String> = held[2..].iter().map(|(_, h)| h.clone()).collect();
     assert!(held[2].0 >= 2, "the drained hosts hold instances: {held:?}");
 
+    std::thread::sleep(Duration::from_secs(2)); // every instance available
+
+    // The dry run: per instance there, stop now (and where its replacement goes) or wait
+    // (and why); nothing changes.
+    let out = run(
+        tool("offer", &c.state())
+            .args(["drain", "--dry-run", "--json", "--jobs"])
+            .arg(&jobs)
+            .args(&drained),
+        b"",
+    );
+    assert_eq!(code(&out), 1, "some must wait: {}", stderr(&out));
+    let rows: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), held[2].0 + held[3].0, "{rows:?}");
+    for r in &rows {
+        if r["stop"] == true {
+            let to = r["to"].as_str().unwrap_or_default().to_string();
+            assert!(!to.is_empty() && !drained.contains(&to), "{r}");
+        } else {
+            assert!(r["why"].as_str().unwrap().contains("budget"), "{r}");
+        }
+    }
+    assert!(rows.iter().any(|r| r["stop"] == true), "{rows:?}");
+    assert!(drained.iter().all(|h| maintenance(&c)[h] == "none"));
+
     let clients: Vec<Client> = services
         .iter()
         .map(|(name, _, _)| Client::start(c.state(), format!("/formic/www/prod/{name}")))
         .collect();
-    let out = run(
-        tool("offer", &c.state())
-            .args(["drain", "--reason", "kernel", "--owner", "ops"])
-            .args(&drained),
-        b"",
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Drained with --wait, as a maintenance script would: it returns once both are empty.
+    let waiting = tool("offer", &c.state())
+        .args(["drain", "--reason", "kernel", "--owner", "ops", "--wait"])
+        .args(&drained)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     passes_until(&c, &jobs, Duration::from_secs(180), |c| {
         let m = maintenance(c);
-        drained.iter().all(|h| m[h] == "drained") && all_up(c, 11)
+        drained
+            .iter()
+            .all(|h| m.get(h).is_some_and(|m| m == "drained"))
+            && all_up(c, 11)
     });
+    let waited = waiting.wait_with_output().unwrap();
+    assert_eq!(code(&waited), 0, "{}", stderr(&waited));
+    assert!(
+        stderr(&waited).contains("drained after"),
+        "{}",
+        stderr(&waited)
+    );
     // The clients watch a little longer: every replacement stays.
     std::thread::sleep(Duration::from_secs(1));
     for ((name, n, _), client) in services.iter().zip(clients) {

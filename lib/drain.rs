@@ -1,0 +1,158 @@
+//! `offer drain --dry-run` and `--wait`: what the next pass would do on hosts put under a
+//! drain (pack's own decision, made on the current state, offers and job files), and
+//! waiting for the passes to empty them.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::cli::{self, OutputArgs};
+use crate::exit::{fail, Status};
+use crate::pack::Decision;
+use crate::records::Writer;
+use crate::state::State;
+use crate::task::NO_HOST;
+
+/// Per instance on `hosts`: whether the next pass would stop it now, where its replacement
+/// would go, or why it would wait. Done when every instance would move now, Partial when
+/// some would wait.
+pub fn dry_run(
+    state: &State,
+    path: &Path,
+    hosts: &[String],
+    jobs: &Path,
+    output: &OutputArgs,
+) -> Result<Status> {
+    let view = state.view();
+    crate::offer::slots_of(view, hosts)?;
+    let offers = crate::offer::offers_but(view, hosts)?;
+    let (input, outcome) = crate::pack::preview_drain(path, &[jobs.to_path_buf()], hosts, &offers)?;
+    let mut placed: HashMap<String, &str> = HashMap::new();
+    for d in &outcome.decisions {
+        if let Decision::Place {
+            job,
+            instance,
+            host,
+            ..
+        } = *d
+        {
+            let task = format!("{}/{instance}", input.jobs[job].key);
+            placed.insert(task, &input.fleet.names[host as usize]);
+        }
+    }
+    let host_of = task_hosts(state);
+    let mut rows = Vec::new();
+    for note in outcome.notes.iter().filter(|n| n["type"] == "drain") {
+        let task = note["task"].as_str().unwrap_or_default();
+        let Some(host) = host_of.get(task).filter(|h| hosts.contains(h)) else {
+            continue;
+        };
+        let stop = note["stop"] == true;
+        rows.push(json!({
+            "type": "drain", "task": task, "host": host, "stop": stop,
+            "to": if stop { json!(placed.get(task)) } else { Value::Null },
+            "why": note["why"],
+        }));
+    }
+    let mut out = Writer::stdout();
+    if output.human() {
+        let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    text(&r["task"]),
+                    text(&r["host"]),
+                    if r["stop"] == true { "now" } else { "waits" }.into(),
+                    text(&r["to"]),
+                    text(&r["why"]),
+                ]
+            })
+            .collect();
+        out.text(&cli::table(
+            &["TASK", "HOST", "STOP", "REPLACEMENT", "WHY"],
+            &table,
+        ))?;
+    } else {
+        for r in &rows {
+            out.record(r)?;
+        }
+    }
+    out.finish()?;
+    Ok(if rows.iter().all(|r| r["stop"] == true) {
+        Status::Done
+    } else {
+        Status::Partial
+    })
+}
+
+/// Each live task's host, by task id.
+fn task_hosts(state: &State) -> HashMap<String, String> {
+    let view = state.view();
+    let mut out = HashMap::new();
+    for (_, t) in view.tasks.iter() {
+        if !t.state.holds_resources() || t.host == NO_HOST {
+            continue;
+        }
+        if let (Some(job), Some(host)) = (view.jobs.get(t.job), view.hosts.get(t.host)) {
+            out.insert(format!("{}/{}", job.key, t.instance), host.name.clone());
+        }
+    }
+    out
+}
+
+/// Blocks until no task is left on `hosts` (the passes move them), showing how many are
+/// left on a terminal. Done when drained by `deadline` (0: none), Partial past it (the
+/// passes stopped the rest whatever the budgets); Temporary (75) after `limit` seconds.
+pub fn wait(path: &Path, hosts: &[String], deadline: f64, limit: Option<f64>) -> Result<Status> {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    loop {
+        let left = tasks_left(path, hosts)?;
+        let waited = started.elapsed().as_secs_f64();
+        if left == 0 {
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+            let past = deadline > 0.0 && crate::clock::now() > deadline;
+            eprintln!(
+                "offer: {} drained after {waited:.0} s{}",
+                hosts.join(" "),
+                if past { ", past the deadline" } else { "" }
+            );
+            return Ok(if past { Status::Partial } else { Status::Done });
+        }
+        if limit.is_some_and(|l| waited >= l) {
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+            return Err(fail(
+                Status::Temporary,
+                format!(
+                    "{left} tasks left on {} after {waited:.0} s; the drain goes on",
+                    hosts.join(" ")
+                ),
+            ));
+        }
+        if tty {
+            eprint!(
+                "\r\x1b[Koffer: {left} tasks left on {} ({waited:.0} s)",
+                hosts.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// How many tasks hold room on `hosts` now.
+fn tasks_left(path: &Path, hosts: &[String]) -> Result<u32> {
+    let state = State::open(path)?;
+    let view = state.view();
+    let usage = crate::usage::by_host(view);
+    let slots = crate::offer::slots_of(view, hosts)?;
+    Ok(slots.iter().map(|&s| usage[s as usize].tasks).sum())
+}
