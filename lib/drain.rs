@@ -156,3 +156,138 @@ fn tasks_left(path: &Path, hosts: &[String]) -> Result<u32> {
     let slots = crate::offer::slots_of(view, hosts)?;
     Ok(slots.iter().map(|&s| usage[s as usize].tasks).sum())
 }
+
+/// One job's verdict in a probe of hosts.
+struct Verdict {
+    job: String,
+    instances: u32,
+    /// Its live instances on the hosts probed.
+    on_hosts: u32,
+    /// Down now (not available), anywhere.
+    down: u32,
+    max_down: u32,
+    /// Down were the hosts drained at once.
+    down_after: u32,
+    /// When it would be safe, in seconds from now (0: now); None when waiting alone does
+    /// not make it safe (too many of its instances on the hosts, or some failing).
+    safe_in: Option<f64>,
+}
+
+/// `offer probe`: per job with instances on `hosts`, how many would go down were they all
+/// drained at once, whether its budget allows that now, and when it would (Aurora's
+/// sla_probe_hosts). Done when every job is safe now, Partial otherwise.
+pub fn probe(state: &State, hosts: &[String], jobs: &Path, output: &OutputArgs) -> Result<Status> {
+    let view = state.view();
+    let slots = crate::offer::slots_of(view, hosts)?;
+    let read = crate::job::read_all(&[jobs.to_path_buf()]);
+    crate::exit::refuse_batch(
+        "offer",
+        &read.errors,
+        "job files, lines or jobs",
+        "nothing was probed",
+    )?;
+    let specs: HashMap<&str, &crate::job::JobSpec> =
+        read.jobs.iter().map(|j| (j.key.as_str(), j)).collect();
+    let now = crate::clock::now();
+    // Each job's live tasks: (on the hosts, serving, since).
+    let mut by_job: std::collections::BTreeMap<&str, Vec<(bool, bool, f64)>> = Default::default();
+    for (_, t) in view.tasks.iter() {
+        let Some(job) = view.jobs.get(t.job) else {
+            continue;
+        };
+        if !t.state.holds_resources() {
+            continue;
+        }
+        let serving = crate::sla::is_serving(t.state, t.healthy);
+        let on = slots.contains(&t.host);
+        by_job
+            .entry(job.key.as_str())
+            .or_default()
+            .push((on, serving, t.since));
+    }
+    let mut verdicts = Vec::new();
+    for (key, tasks) in by_job {
+        let on_hosts = tasks.iter().filter(|t| t.0).count() as u32;
+        if on_hosts == 0 {
+            continue;
+        }
+        let (sla, desired) = match specs.get(key) {
+            Some(spec) => (spec.sla, spec.instances),
+            None => (crate::job::Sla::default(), tasks.len() as u32),
+        };
+        let available_at = |t: &(bool, bool, f64)| t.1.then_some(t.2 + sla.healthy_for_s);
+        let down_at = |when: f64, drained: bool| {
+            let up = tasks
+                .iter()
+                .filter(|t| !(drained && t.0) && available_at(t).is_some_and(|a| a <= when))
+                .count() as u32;
+            desired.saturating_sub(up)
+        };
+        let max_down = crate::sla::max_down(&sla, desired);
+        // Safe once the serving instances off the hosts have matured, if then.
+        let matured = tasks
+            .iter()
+            .filter(|t| !t.0)
+            .filter_map(available_at)
+            .fold(now, f64::max);
+        let safe_in = if down_at(now, true) <= max_down {
+            Some(0.0)
+        } else if down_at(matured, true) <= max_down {
+            Some(matured - now)
+        } else {
+            None
+        };
+        verdicts.push(Verdict {
+            job: key.to_string(),
+            instances: desired,
+            on_hosts,
+            down: down_at(now, false),
+            max_down,
+            down_after: down_at(now, true),
+            safe_in,
+        });
+    }
+    let mut out = Writer::stdout();
+    if output.human() {
+        let rows: Vec<Vec<String>> = verdicts
+            .iter()
+            .map(|v| {
+                vec![
+                    v.job.clone(),
+                    format!("{}/{}", v.on_hosts, v.instances),
+                    v.down.to_string(),
+                    format!("{}/{}", v.down_after, v.max_down),
+                    if v.safe_in == Some(0.0) { "yes" } else { "no" }.into(),
+                    v.safe_in
+                        .map_or("not by waiting".into(), |s| format!("{s:.0} s")),
+                ]
+            })
+            .collect();
+        out.text(&cli::table(
+            &[
+                "JOB",
+                "ON_HOSTS",
+                "DOWN",
+                "DOWN_AFTER/MAX",
+                "SAFE",
+                "SAFE_IN",
+            ],
+            &rows,
+        ))?;
+    } else {
+        for v in &verdicts {
+            out.record(&json!({
+                "type": "probe", "job": v.job, "instances": v.instances,
+                "on_hosts": v.on_hosts, "down": v.down, "max_down": v.max_down,
+                "down_after": v.down_after, "safe": v.safe_in == Some(0.0),
+                "safe_in_s": v.safe_in,
+            }))?;
+        }
+    }
+    out.finish()?;
+    Ok(if verdicts.iter().all(|v| v.safe_in == Some(0.0)) {
+        Status::Done
+    } else {
+        Status::Partial
+    })
+}

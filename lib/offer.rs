@@ -162,6 +162,23 @@ pub enum Verb {
         #[arg(long, value_name = "DURATION", requires = "wait")]
         wait_limit: Option<String>,
     },
+    /// Say, per job with instances on hosts, whether draining them all at once is safe
+    ///
+    /// After Aurora's sla_probe_hosts: for each job, how many of its instances are on the
+    /// hosts, how many are down now, how many would be down were the hosts drained at once
+    /// against how many its budget allows, whether that is safe now, and when it would
+    /// be (once its young instances have run healthy for healthy_for_s), or that waiting
+    /// alone does not make it safe. Changes nothing. Exit 0 when every job is safe now,
+    /// 1 when some are not.
+    #[command(after_help = TABLE)]
+    Probe {
+        /// Names of the hosts
+        #[arg(required = true, value_name = "HOST")]
+        hosts: Vec<String>,
+        /// The job files or directories the passes place (their `sla` blocks)
+        #[arg(long, value_name = "PATH", env = "FORMIC_JOBS")]
+        jobs: PathBuf,
+    },
     /// End maintenance on hosts
     ///
     /// The hosts are offered again and take work. A drain or schedule someone else asked
@@ -288,6 +305,9 @@ pub fn run(cli: Cli) -> Result<Status> {
                 return crate::drain::wait(&path, &hosts, step.deadline, limit);
             }
             Ok(status)
+        }
+        Some(Verb::Probe { hosts, jobs }) => {
+            crate::drain::probe(&State::open(&path)?, &hosts, &jobs, &cli.output)
         }
         Some(Verb::Undrain {
             hosts,

@@ -225,6 +225,29 @@ fn a_drain_of_two_hosts_keeps_every_service_within_its_budget() {
     }
     assert!(rows.iter().any(|r| r["stop"] == true), "{rows:?}");
     assert!(drained.iter().all(|h| maintenance(&c)[h] == "none"));
+    // The probe: per job, how many would go down were both drained at once, against its
+    // budget; not safe, and waiting does not make it so.
+    let out = run(
+        tool("offer", &c.state())
+            .args(["probe", "--json", "--jobs"])
+            .arg(&jobs)
+            .args(&drained),
+        b"",
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let probes: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let on: u64 = probes.iter().map(|p| p["on_hosts"].as_u64().unwrap()).sum();
+    assert_eq!(on as usize, rows.len(), "{probes:?}");
+    for p in &probes {
+        let (after, max) = (p["down_after"].as_u64(), p["max_down"].as_u64());
+        assert_eq!(p["down"], 0, "{p}");
+        assert_eq!(p["safe"], after <= max, "{p}");
+        assert!(p["safe"] == true || p["safe_in_s"].is_null(), "{p}");
+    }
+    assert!(probes.iter().any(|p| p["safe"] == false), "{probes:?}");
 
     let clients: Vec<Client> = services
         .iter()
