@@ -28,6 +28,9 @@ _offer() {
             offer,hosts)
                 cmd="offer__subcmd__hosts"
                 ;;
+            offer,probe)
+                cmd="offer__subcmd__probe"
+                ;;
             offer,rebuild)
                 cmd="offer__subcmd__rebuild"
                 ;;
@@ -55,6 +58,9 @@ _offer() {
             offer__subcmd__help,hosts)
                 cmd="offer__subcmd__help__subcmd__hosts"
                 ;;
+            offer__subcmd__help,probe)
+                cmd="offer__subcmd__help__subcmd__probe"
+                ;;
             offer__subcmd__help,rebuild)
                 cmd="offer__subcmd__help__subcmd__rebuild"
                 ;;
@@ -77,7 +83,7 @@ _offer() {
 
     case "${cmd}" in
         offer)
-            opts="-h -V --state --json --help --version add take-over rebuild remove schedule drain undrain hosts help"
+            opts="-h -V --state --json --help --version add take-over rebuild remove schedule drain probe undrain hosts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -137,7 +143,7 @@ _offer() {
             return 0
             ;;
         offer__subcmd__drain)
-            opts="-h --reason --owner --deadline --state --json --help"
+            opts="-h --reason --owner --deadline --dry-run --jobs --wait --wait-limit --state --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -155,6 +161,14 @@ _offer() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait-limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --state)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -167,7 +181,7 @@ _offer() {
             return 0
             ;;
         offer__subcmd__help)
-            opts="add take-over rebuild remove schedule drain undrain hosts help"
+            opts="add take-over rebuild remove schedule drain probe undrain hosts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -223,6 +237,20 @@ _offer() {
             return 0
             ;;
         offer__subcmd__help__subcmd__hosts)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        offer__subcmd__help__subcmd__probe)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -313,6 +341,28 @@ _offer() {
                 return 0
             fi
             case "${prev}" in
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        offer__subcmd__probe)
+            opts="-h --jobs --state --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --state)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -34,6 +34,7 @@ complete -c offer -n "__fish_offer_needs_command" -f -a "rebuild" -d 'Rebuild a 
 complete -c offer -n "__fish_offer_needs_command" -f -a "remove" -d 'Remove hosts from the inventory'
 complete -c offer -n "__fish_offer_needs_command" -f -a "schedule" -d 'Schedule maintenance on hosts'
 complete -c offer -n "__fish_offer_needs_command" -f -a "drain" -d 'Drain hosts for maintenance'
+complete -c offer -n "__fish_offer_needs_command" -f -a "probe" -d 'Say, per job with instances on hosts, whether draining them all at once is safe'
 complete -c offer -n "__fish_offer_needs_command" -f -a "undrain" -d 'End maintenance on hosts'
 complete -c offer -n "__fish_offer_needs_command" -f -a "hosts" -d 'List hosts with their capacity, free capacity, tasks, maintenance and attributes'
 complete -c offer -n "__fish_offer_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -66,9 +67,17 @@ complete -c offer -n "__fish_offer_using_subcommand schedule" -s h -l help -d 'P
 complete -c offer -n "__fish_offer_using_subcommand drain" -l reason -d 'Why the maintenance is done' -r
 complete -c offer -n "__fish_offer_using_subcommand drain" -l owner -d 'Who asked for it [default: $USER]' -r
 complete -c offer -n "__fish_offer_using_subcommand drain" -l deadline -d 'When the rest is stopped regardless of budgets: a duration from now (`2h`, `30m`, `1d`), a time (`2026-12-24T06:00:00Z`), or `never`' -r
+complete -c offer -n "__fish_offer_using_subcommand drain" -l jobs -d 'The job files or directories the passes place (scripts/reconcile\'s JOBS)' -r -F
+complete -c offer -n "__fish_offer_using_subcommand drain" -l wait-limit -d 'With --wait: give up after this long (status 75; the drain goes on)' -r
 complete -c offer -n "__fish_offer_using_subcommand drain" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c offer -n "__fish_offer_using_subcommand drain" -l dry-run -d 'Change nothing: say, per instance on the hosts, whether its job\'s budget lets the next pass stop it now, where its replacement would go, or why it would wait (needs --jobs). Exit 0 when every instance would move now, 1 when some wait'
+complete -c offer -n "__fish_offer_using_subcommand drain" -l wait -d 'Block until every host is drained, showing progress on a terminal. Exit 0 when drained within the deadline, 1 when drained past it (the passes stopped the rest whatever the budgets), 75 when interrupted by --wait-limit first'
 complete -c offer -n "__fish_offer_using_subcommand drain" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_using_subcommand drain" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c offer -n "__fish_offer_using_subcommand probe" -l jobs -d 'The job files or directories the passes place (their `sla` blocks)' -r -F
+complete -c offer -n "__fish_offer_using_subcommand probe" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c offer -n "__fish_offer_using_subcommand probe" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
+complete -c offer -n "__fish_offer_using_subcommand probe" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l owner -d 'Who asks [default: $USER]' -r
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l force -d 'End maintenance that another owner asked for'
@@ -77,12 +86,13 @@ complete -c offer -n "__fish_offer_using_subcommand undrain" -s h -l help -d 'Pr
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_using_subcommand hosts" -s h -l help -d 'Print help'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "add" -d 'Add or update hosts from records on standard input'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "take-over" -d 'Take over the fleet: raise this scheduler\'s epoch'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "rebuild" -d 'Rebuild a lost or corrupt state\'s tasks from the hosts'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "remove" -d 'Remove hosts from the inventory'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "schedule" -d 'Schedule maintenance on hosts'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "drain" -d 'Drain hosts for maintenance'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "undrain" -d 'End maintenance on hosts'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "hosts" -d 'List hosts with their capacity, free capacity, tasks, maintenance and attributes'
-complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain undrain hosts help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "add" -d 'Add or update hosts from records on standard input'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "take-over" -d 'Take over the fleet: raise this scheduler\'s epoch'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "rebuild" -d 'Rebuild a lost or corrupt state\'s tasks from the hosts'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "remove" -d 'Remove hosts from the inventory'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "schedule" -d 'Schedule maintenance on hosts'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "drain" -d 'Drain hosts for maintenance'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "probe" -d 'Say, per job with instances on hosts, whether draining them all at once is safe'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "undrain" -d 'End maintenance on hosts'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "hosts" -d 'List hosts with their capacity, free capacity, tasks, maintenance and attributes'
+complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
