@@ -284,9 +284,10 @@ impl Class {
     }
 
     /// How many instances of the job are in host `h`'s failure domains, largest domain
-    /// first; hosts lacking a domain attribute share one domain.
-    fn domain_load(&self, fleet: &Fleet, h: usize, out: &mut [u32; 4]) {
-        for (i, &col) in fleet.domains.iter().take(4).enumerate() {
+    /// first, from domain `from` on (those before it are left as they are); hosts lacking
+    /// a domain attribute share one domain.
+    fn domain_load(&self, fleet: &Fleet, h: usize, from: usize, out: &mut [u32; 4]) {
+        for (i, &col) in fleet.domains.iter().enumerate().take(4).skip(from) {
             let v = fleet.attrs.column(col)[h];
             out[i] = self.domain_used[i]
                 .get(domain_slot(v))
@@ -1298,7 +1299,8 @@ impl Placer {
             .scan_down(pool, 0, want, &room, fits)
             .take(SPREAD_CANDIDATES)
         {
-            class.domain_load(fleet, h as usize, &mut load);
+            // The settled domains, alike over the pool, stay 0 unread: each is a cache miss.
+            class.domain_load(fleet, h as usize, settled, &mut load);
             if best.is_none_or(|(b, _)| load < b) {
                 best = Some((load, h));
             }
