@@ -1250,20 +1250,29 @@ impl Placer {
         let mut fallback = None;
         for scheduled in [false, true] {
             for tier in by_load.chunk_by(|a, b| a.0 == b.0) {
-                // (bucket of its emptiest fitting host, slot): the emptiest first.
+                // (bucket of its emptiest fitting host, slot, that host): the emptiest first.
                 let emptiest = tier
                     .iter()
                     .filter_map(|&(_, slot)| {
                         let pool = 6 + 2 * slot + scheduled as usize;
                         let h = self.pools.scan_down(pool, 0, want, &room, fits).next()?;
-                        Some((std::cmp::Reverse(self.slot[h as usize].bucket), slot))
+                        Some((std::cmp::Reverse(self.slot[h as usize].bucket), slot, h))
                     })
                     .min();
-                let Some((_, slot)) = emptiest else {
+                let Some((_, slot, first)) = emptiest else {
                     continue;
                 };
-                let pool = 6 + 2 * slot + scheduled as usize;
-                let h = self.spread_pick(pool, want, fleet, class, 1, fits)? as usize;
+                // That host is spread_pick's first candidate, and its pick when none of
+                // the job is in its other domains: then the pool is not scanned again.
+                let mut load = [0u32; 4];
+                class.domain_load(fleet, first as usize, 1, &mut load);
+                let h = match load.iter().all(|&n| n == 0) {
+                    true => first as usize,
+                    false => {
+                        let pool = 6 + 2 * slot + scheduled as usize;
+                        self.spread_pick(pool, want, fleet, class, 1, fits)? as usize
+                    }
+                };
                 if !strands(h) {
                     return Some(h);
                 }
