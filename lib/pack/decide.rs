@@ -495,10 +495,15 @@ impl<'a> Run<'a> {
             preempted: self.preempted,
             used: self.used.clone(),
             remaining: self.remaining,
-            jobs: group
-                .iter()
-                .map(|&j| (j, self.classes[j].clone(), self.stuck[j]))
-                .collect(),
+            // A group is placed again only where reordering may help (`may_retry`): the
+            // copies of its classes are made only then (200,000 of them on a large run).
+            jobs: match self.may_reorder() {
+                true => group
+                    .iter()
+                    .map(|&j| (j, self.classes[j].clone(), self.stuck[j]))
+                    .collect(),
+                false => Vec::new(),
+            },
         }
     }
 
@@ -1068,14 +1073,19 @@ impl<'a> Run<'a> {
     /// counts. Returns the physical cpus and the ports it was given.
     fn occupy(&mut self, j: usize, h: usize) -> (u32, std::ops::Range<usize>) {
         let r = &self.jobs[j].resources;
-        let (cpus, given) =
-            self.fleet
-                .reserve(h, r.cpus, r.ram_mb, r.disk_mb, r.gpus, r.ports.len());
+        let at = self.ports.len();
+        let cpus = self.fleet.reserve(
+            h,
+            r.cpus,
+            r.ram_mb,
+            r.disk_mb,
+            r.gpus,
+            r.ports.len(),
+            &mut self.ports,
+        );
         self.placer.update(self.fleet, h);
         let class = self.classes[j].as_mut().expect("a job placed is compiled");
         class.count(self.fleet, Some(h), &|_| fleet::NONE, &mut self.scratch);
-        let at = self.ports.len();
-        self.ports.extend(given);
         self.hosts_used[h] += 1;
         (cpus, at..self.ports.len())
     }

@@ -123,6 +123,9 @@ pub struct Fleet {
     /// Offers of hosts whose maintenance vetoes every placement (draining, drained): not
     /// in the fleet, named with the mode by --explain. A filter upstream may pass them on.
     pub vetoed: Vec<(String, String)>,
+    /// How many reservations were given back (`release`): hosts gain room in no other
+    /// way, so while it stays the same they only fill.
+    pub releases: u64,
 }
 
 /// The fields of an offer record (and of `offer_line::Line`).
@@ -261,6 +264,10 @@ impl Fleet {
     /// The ids of the dedicated lists with a value that admits the job of role `role` and
     /// name `name` (`ROLE`, `ROLE/NAME` or `*/NAME`), ascending.
     pub fn lists_admitting(&self, role: &str, name: &str) -> Vec<u32> {
+        // Most fleets dedicate no host: then no name is built, for any of the jobs.
+        if self.lists_with.is_empty() {
+            return Vec::new();
+        }
         self.lists_naming([
             role.to_string(),
             format!("{role}/{name}"),
@@ -355,7 +362,10 @@ impl Fleet {
             .max(0.0) as u32
     }
 
-    /// Takes a reservation off host `h`; returns the ports it was given.
+    /// Takes a reservation off host `h`: adds the ports it is given to `taken` (a list of
+    /// its own per placement was an allocation per placement) and returns the physical
+    /// millicores it takes.
+    #[allow(clippy::too_many_arguments)]
     pub fn reserve(
         &mut self,
         h: usize,
@@ -364,15 +374,15 @@ impl Fleet {
         disk: u64,
         gpus: u32,
         nports: usize,
-    ) -> (u32, Vec<u16>) {
+        taken: &mut Vec<u16>,
+    ) -> u32 {
         let phys = self.physical(h, ref_cpus).min(self.cpus[h]);
         self.cpus[h] -= phys;
         self.ref_cpus[h] = ref_milli(self.cpus[h], self.cpu_factor[h]);
         self.ram_mb[h] -= ram;
         self.disk_mb[h] -= disk;
         self.gpus[h] -= gpus;
-        let mut taken = Vec::with_capacity(nports);
-        while taken.len() < nports {
+        for _ in 0..nports {
             let (lo, hi) = self.port_first[h];
             taken.push(lo);
             if lo == hi {
@@ -387,7 +397,7 @@ impl Fleet {
             }
         }
         self.ports[h] -= nports as u32;
-        (phys, taken)
+        phys
     }
 
     /// Gives a reservation back to host `h` (a preempted task's).
@@ -400,6 +410,7 @@ impl Fleet {
         gpus: u32,
         ports: &[u16],
     ) {
+        self.releases += 1;
         self.cpus[h] += phys_cpus;
         self.ref_cpus[h] = ref_milli(self.cpus[h], self.cpu_factor[h]);
         self.ram_mb[h] += ram;

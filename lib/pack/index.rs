@@ -43,7 +43,8 @@ const OTHER_CELL: usize = 2 * LEVELS;
 /// gpus, ports.
 pub type Room = [u64; 5];
 
-fn covers(room: &Room, need: &Room) -> bool {
+/// Whether `room` is at least `need` in every resource.
+pub fn covers(room: &Room, need: &Room) -> bool {
     room.iter().zip(need).all(|(r, n)| r >= n)
 }
 
@@ -137,17 +138,26 @@ pub struct Slot {
     pub cell: u8,
 }
 
+/// One bucket of a pool: what a scan reads of it before its hosts, in one cache line (a
+/// scan passes over most buckets, and two arrays were two cache misses a bucket).
+#[derive(Clone, Default)]
+#[repr(align(64))]
+struct Bucket {
+    /// Which cells hold hosts.
+    filled: [u64; 3],
+    /// At least what any of its hosts has free.
+    bound: Cell<Room>,
+}
+
 /// The pools of hosts, each in buckets of cells; see the module's comment.
 pub struct Index {
     cells: usize,
     /// Per pool, bucket and cell: the first host of its list, plus one (0: none).
     head: Vec<u32>,
-    /// Per pool and bucket: which cells hold hosts.
-    filled: Vec<[u64; 3]>,
+    /// Per pool and bucket.
+    buckets: Vec<Bucket>,
     /// Per pool: which buckets hold hosts, a bit each.
     nonempty: Vec<u64>,
-    /// Per pool and bucket: at least what any of its hosts has free.
-    bound: Vec<Cell<Room>>,
     /// Per host, plus one (0: none): the next and previous host of its list.
     next: Vec<u32>,
     prev: Vec<u32>,
@@ -158,9 +168,8 @@ impl Index {
         Index {
             cells,
             head: vec![0; pools * BUCKETS * cells],
-            filled: vec![[0; 3]; pools * BUCKETS],
+            buckets: vec![Bucket::default(); pools * BUCKETS],
             nonempty: vec![0; pools * BUCKETS / 64],
-            bound: (0..pools * BUCKETS).map(|_| Cell::new([0; 5])).collect(),
             next: vec![0; hosts],
             prev: vec![0; hosts],
         }
@@ -181,14 +190,14 @@ impl Index {
         }
         self.head[list] = h + 1;
         let pb = pool * BUCKETS + b;
-        self.filled[pb][cell / 64] |= 1 << (cell % 64);
+        self.buckets[pb].filled[cell / 64] |= 1 << (cell % 64);
         self.nonempty[pb / 64] |= 1 << (pb % 64);
         self.raise(pool, b, room);
     }
 
     /// Raises bucket `b`'s bound to cover `room`.
     pub fn raise(&mut self, pool: usize, b: usize, room: Room) {
-        let bound = self.bound[pool * BUCKETS + b].get_mut();
+        let bound = self.buckets[pool * BUCKETS + b].bound.get_mut();
         for (x, r) in bound.iter_mut().zip(room) {
             *x = (*x).max(r);
         }
@@ -209,10 +218,11 @@ impl Index {
             return;
         }
         let pb = pool * BUCKETS + b;
-        self.filled[pb][cell / 64] &= !(1 << (cell % 64));
-        if self.filled[pb] == [0; 3] {
+        let bucket = &mut self.buckets[pb];
+        bucket.filled[cell / 64] &= !(1 << (cell % 64));
+        if bucket.filled == [0; 3] {
             self.nonempty[pb / 64] &= !(1 << (pb % 64));
-            self.bound[pb].set([0; 5]);
+            bucket.bound.set([0; 5]);
         }
     }
 
@@ -266,13 +276,14 @@ impl Index {
     ) -> impl Iterator<Item = u32> + 'a {
         buckets.flat_map(move |b| {
             let pb = pool * BUCKETS + b;
-            let filled = self.filled[pb];
+            let bucket = &self.buckets[pb];
+            let filled = bucket.filled;
             let wanted = want.cells(b);
             let mut cells = [0u64; 3];
             for (c, (f, w)) in cells.iter_mut().zip(filled.iter().zip(wanted)) {
                 *c = f & w;
             }
-            if !covers(&self.bound[pb].get(), &want.room) {
+            if !covers(&bucket.bound.get(), &want.room) {
                 cells = [0; 3];
             }
             // Only a bucket seen whole, with no host fitting, gets its bound made exact.
@@ -284,7 +295,7 @@ impl Index {
                 if cursor == 0 {
                     let Some(cell) = take_lowest(&mut cells) else {
                         if whole && !fitted {
-                            self.bound[pb].set(seen);
+                            bucket.bound.set(seen);
                         }
                         return None;
                     };

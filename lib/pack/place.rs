@@ -14,7 +14,7 @@ use crate::job::{Constraint, JobSpec, Tier};
 use crate::pack::fleet::{Fleet, NONE};
 use crate::pack::Resources;
 
-use super::index::{bucket_of, cell_of, Index, Room, Slot, Want, BUCKETS, CELLS};
+use super::index::{bucket_of, cell_of, covers, Index, Room, Slot, Want, BUCKETS, CELLS};
 use super::refusals::{HostSets, Survivors};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +113,10 @@ impl IdSet {
         }
         set.high.sort_unstable();
         set
+    }
+
+    fn is_empty(&self) -> bool {
+        self.low == 0 && self.high.is_empty()
     }
 
     #[inline]
@@ -280,9 +284,10 @@ impl Class {
     }
 
     /// How many instances of the job are in host `h`'s failure domains, largest domain
-    /// first; hosts lacking a domain attribute share one domain.
-    fn domain_load(&self, fleet: &Fleet, h: usize, out: &mut [u32; 4]) {
-        for (i, &col) in fleet.domains.iter().take(4).enumerate() {
+    /// first, from domain `from` on (those before it are left as they are); hosts lacking
+    /// a domain attribute share one domain.
+    fn domain_load(&self, fleet: &Fleet, h: usize, from: usize, out: &mut [u32; 4]) {
+        for (i, &col) in fleet.domains.iter().enumerate().take(4).skip(from) {
             let v = fleet.attrs.column(col)[h];
             out[i] = self.domain_used[i]
                 .get(domain_slot(v))
@@ -576,6 +581,13 @@ impl Class {
         !self.limits.is_empty()
     }
 
+    /// Whether a host refuses an instance only for want of room: no constraint, no limit,
+    /// and no dedicated host admits it (so every dedicated host refuses it, whatever job
+    /// it is).
+    fn asks_only_room(&self) -> bool {
+        self.values.is_empty() && self.limits.is_empty() && self.admitted.is_empty()
+    }
+
     /// Whether a limit counts instances per value of an attribute (a rack, a zone) rather
     /// than per host.
     pub fn limits_per_value(&self) -> bool {
@@ -685,6 +697,12 @@ pub struct Placer {
     parking: bool,
     refused: std::cell::RefCell<Vec<u32>>,
     parked: Vec<u32>,
+    /// The least rooms (`Room`) that `find` found no host with, for instances that ask
+    /// only for room, and the fleet's `releases` then: until a host gains room, an instance
+    /// that needs as much or more fits nowhere either, and is not searched for. In an
+    /// oversubscribed fleet, tens of thousands of jobs are left pending: searching every
+    /// pool for each was the most of placing them.
+    no_room: std::cell::RefCell<(u64, Vec<Room>)>,
     is_parked: Vec<bool>,
     /// spread: each host's own capacity (reference cpus, ram, gpus), which its emptiness
     /// is measured against, so hosts of every size fill alike.
@@ -714,6 +732,10 @@ const MAX_SHAPES: usize = 64;
 /// How many fresh hosts of one shape `open` asks before passing the shape over (hosts that
 /// differ only in attributes a constraint refuses).
 const SHAPE_TRIES: usize = 16;
+
+/// How many rooms `Placer::no_room` keeps: each instance that asks only for room is
+/// compared with all of them.
+const NO_ROOM_KEPT: usize = 64;
 
 /// How many more fitting hosts a pool is searched for one that strands no GPU.
 const GPU_CANDIDATES: usize = 16;
@@ -780,6 +802,7 @@ impl Placer {
             parking: false,
             refused: std::cell::RefCell::new(Vec::new()),
             parked: Vec::new(),
+            no_room: std::cell::RefCell::new((0, Vec::new())),
             is_parked: vec![false; fleet.len()],
             capacity,
             shapes: Vec::new(),
@@ -1074,6 +1097,51 @@ impl Placer {
         scratch: &Scratch,
         demand: Option<Resources>,
     ) -> Option<usize> {
+        // `search` finds no host only when no host in the pools passes `check`; for an
+        // instance that asks only for room, that is when none has the room.
+        let only_room = class.asks_only_room();
+        let room = self.want(class.need(), class.ports_need()).0.room;
+        if only_room && self.known_short(fleet, &room) {
+            return None;
+        }
+        let found = self.search(fleet, class, scratch, demand);
+        // Parked hosts are out of the pools: a search without them says nothing of them.
+        if only_room && found.is_none() && !self.parking {
+            self.remember_short(fleet, room);
+        }
+        found
+    }
+
+    /// Whether every host was found short of a room that `room` covers, and no host
+    /// gained room since.
+    fn known_short(&self, fleet: &Fleet, room: &Room) -> bool {
+        let no_room = self.no_room.borrow();
+        no_room.0 == fleet.releases && no_room.1.iter().any(|least| covers(room, least))
+    }
+
+    /// Notes that no host has `room` (see `no_room`).
+    fn remember_short(&self, fleet: &Fleet, room: Room) {
+        let mut no_room = self.no_room.borrow_mut();
+        let (releases, least) = &mut *no_room;
+        if *releases != fleet.releases {
+            *releases = fleet.releases;
+            least.clear();
+        }
+        // A room that covers this one says no more than it.
+        least.retain(|known| !covers(known, &room));
+        if least.len() < NO_ROOM_KEPT {
+            least.push(room);
+        }
+    }
+
+    /// `find`'s search of the pools.
+    fn search(
+        &self,
+        fleet: &Fleet,
+        class: &Class,
+        scratch: &Scratch,
+        demand: Option<Resources>,
+    ) -> Option<usize> {
         let need = class.need();
         let (c, r, g) = (need.cpus, need.ram_mb, need.gpus);
         let (want, lowest) = self.want(need, class.ports_need());
@@ -1182,20 +1250,29 @@ impl Placer {
         let mut fallback = None;
         for scheduled in [false, true] {
             for tier in by_load.chunk_by(|a, b| a.0 == b.0) {
-                // (bucket of its emptiest fitting host, slot): the emptiest first.
+                // (bucket of its emptiest fitting host, slot, that host): the emptiest first.
                 let emptiest = tier
                     .iter()
                     .filter_map(|&(_, slot)| {
                         let pool = 6 + 2 * slot + scheduled as usize;
                         let h = self.pools.scan_down(pool, 0, want, &room, fits).next()?;
-                        Some((std::cmp::Reverse(self.slot[h as usize].bucket), slot))
+                        Some((std::cmp::Reverse(self.slot[h as usize].bucket), slot, h))
                     })
                     .min();
-                let Some((_, slot)) = emptiest else {
+                let Some((_, slot, first)) = emptiest else {
                     continue;
                 };
-                let pool = 6 + 2 * slot + scheduled as usize;
-                let h = self.spread_pick(pool, want, fleet, class, 1, fits)? as usize;
+                // That host is spread_pick's first candidate, and its pick when none of
+                // the job is in its other domains: then the pool is not scanned again.
+                let mut load = [0u32; 4];
+                class.domain_load(fleet, first as usize, 1, &mut load);
+                let h = match load.iter().all(|&n| n == 0) {
+                    true => first as usize,
+                    false => {
+                        let pool = 6 + 2 * slot + scheduled as usize;
+                        self.spread_pick(pool, want, fleet, class, 1, fits)? as usize
+                    }
+                };
                 if !strands(h) {
                     return Some(h);
                 }
@@ -1231,7 +1308,8 @@ impl Placer {
             .scan_down(pool, 0, want, &room, fits)
             .take(SPREAD_CANDIDATES)
         {
-            class.domain_load(fleet, h as usize, &mut load);
+            // The settled domains, alike over the pool, stay 0 unread: each is a cache miss.
+            class.domain_load(fleet, h as usize, settled, &mut load);
             if best.is_none_or(|(b, _)| load < b) {
                 best = Some((load, h));
             }
@@ -1335,21 +1413,42 @@ pub fn order(jobs: &[JobSpec], scale: Resources, oversubscribed: bool) -> Vec<us
         };
         cpus.max(ram).max(gpus)
     };
-    let mut idx: Vec<usize> = (0..jobs.len()).collect();
-    idx.sort_by(|&a, &b| {
-        let (ja, jb) = (&jobs[a], &jobs[b]);
+    // What the order compares, taken from each spec once: comparing the specs themselves,
+    // scattered over memory, was most of the sort at 200,000 jobs.
+    struct Rank<'a> {
+        preemptible: bool,
+        priority: i32,
+        size: f64,
+        key: &'a str,
+        job: usize,
+    }
+    let mut ranks: Vec<Rank> = jobs
+        .iter()
+        .enumerate()
+        .map(|(job, spec)| Rank {
+            preemptible: spec.tier == Tier::Preemptible,
+            priority: spec.priority,
+            size: size(spec),
+            key: &spec.key,
+            job,
+        })
+        .collect();
+    // The position last, so that jobs alike in all else (versions of a job an update
+    // added) keep the order they came in, as a stable sort would.
+    ranks.sort_unstable_by(|a, b| {
         let by_size = if oversubscribed {
-            size(ja).total_cmp(&size(jb))
+            a.size.total_cmp(&b.size)
         } else {
-            size(jb).total_cmp(&size(ja))
+            b.size.total_cmp(&a.size)
         };
-        (ja.tier == Tier::Preemptible)
-            .cmp(&(jb.tier == Tier::Preemptible))
-            .then(jb.priority.cmp(&ja.priority))
+        a.preemptible
+            .cmp(&b.preemptible)
+            .then(b.priority.cmp(&a.priority))
             .then(by_size)
-            .then(ja.key.cmp(&jb.key))
+            .then_with(|| a.key.cmp(b.key))
+            .then(a.job.cmp(&b.job))
     });
-    idx
+    ranks.into_iter().map(|r| r.job).collect()
 }
 
 /// Splits an order into runs of jobs of the same tier and priority: what may be
@@ -1508,6 +1607,60 @@ mod tests {
             let mut counted = class.refusals(&fleet, &mut HostSets::new(&fleet));
             counted.sort();
             assert_eq!(counted, scanned, "{job}");
+        }
+    }
+
+    /// `find` answers as a search of the pools does, while hosts fill and now and then one
+    /// is given room back, and passes over instances no host has room for.
+    #[test]
+    fn find_passes_over_only_what_no_host_has_room_for() {
+        use crate::records::Reader;
+        let mut draw = crate::pack::draws(5);
+        for strategy in [Strategy::Binpack, Strategy::Spread] {
+            let mut fleet = Fleet::default();
+            for h in 0..300 {
+                let line = format!(
+                    r#"{{"type":"offer","host":"h{h}","cpus":{},"ram_mb":{},"disk_mb":100000,"ports":[[31000,31009]]}}"#,
+                    1 + draw(32),
+                    1024 * (1 + draw(128))
+                );
+                let rec = Reader::new(line.as_bytes()).next().unwrap().unwrap();
+                fleet.add_offer(&rec).unwrap();
+            }
+            let n = fleet.len();
+            let none = vec![Resources::default(); n];
+            let mut placer = Placer::new(&fleet, strategy, None, &vec![false; n], &none);
+            let scratch = Scratch::new(n);
+            let mut placed = Vec::new();
+            let mut passed_over = 0;
+            for round in 0..3000 {
+                let job = format!(
+                    r#"{{"job":"www/prod/j{round}","instances":1,"cmd":["x"],"resources":{{"cpus":{},"ram_mb":{},"ports":["a"]}}}}"#,
+                    [0.5, 2.0, 8.0, 24.0][draw(4) as usize],
+                    [512, 4096, 32768, 100_000][draw(4) as usize]
+                );
+                let spec = crate::job::parse_text(&job, "test").unwrap();
+                let class = Class::compile(round, &spec, &mut fleet);
+                let (want, _) = placer.want(class.need(), class.ports_need());
+                passed_over += placer.known_short(&fleet, &want.room) as usize;
+                let searched = placer.search(&fleet, &class, &scratch, None);
+                let found = placer.find(&fleet, &class, &scratch, None);
+                assert_eq!(found, searched, "{strategy:?}, round {round}");
+                let r = &spec.resources;
+                if let Some(h) = found {
+                    let mut ports = Vec::new();
+                    let cpus = fleet.reserve(h, r.cpus, r.ram_mb, 0, 0, 1, &mut ports);
+                    placer.update(&fleet, h);
+                    placed.push((h, cpus, r.ram_mb, ports));
+                }
+                if draw(40) == 0 && !placed.is_empty() {
+                    let (h, cpus, ram, ports) =
+                        placed.swap_remove(draw(placed.len() as u64) as usize);
+                    fleet.release(h, cpus, ram, 0, 0, &ports);
+                    placer.update(&fleet, h);
+                }
+            }
+            assert!(passed_over > 100, "{strategy:?}: {passed_over}");
         }
     }
 }

@@ -66,8 +66,14 @@ impl ByValue {
 
 /// The hosts that passed every check so far, as bits by position. Only the first `len`
 /// positions can be set (the others failed cpus), and `count` is how many are.
+///
+/// While every one of the first `len` positions is set (`all`), no bit is written: most
+/// pending jobs have no constraint, and their first check, cpus, only shortens the
+/// prefix, so their hosts are written once, by the first check that leaves gaps, and
+/// only as far as the prefix goes, not once per check over the whole fleet.
 pub struct Survivors {
     words: Vec<u64>,
+    all: bool,
     len: usize,
     count: usize,
 }
@@ -78,13 +84,31 @@ impl Survivors {
     }
 
     fn has(&self, p: usize) -> bool {
-        p < self.len && self.words[p / 64] >> (p % 64) & 1 == 1
+        p < self.len && (self.all || self.words[p / 64] >> (p % 64) & 1 == 1)
     }
 
     fn remove(&mut self, p: usize) {
         if self.has(p) {
+            self.write_all();
             self.words[p / 64] &= !(1 << (p % 64));
             self.count -= 1;
+        }
+    }
+
+    /// Writes the bits `all` stands for.
+    fn write_all(&mut self) {
+        if self.all {
+            self.all = false;
+            self.words = vec![u64::MAX; self.len.div_ceil(64)];
+            self.clear_past_len();
+        }
+    }
+
+    /// Clears the bits of the last word beyond `len`.
+    fn clear_past_len(&mut self) {
+        let (full, rest) = (self.len / 64, self.len % 64);
+        if rest > 0 {
+            self.words[full] &= (1 << rest) - 1;
         }
     }
 
@@ -94,13 +118,12 @@ impl Survivors {
             return;
         }
         self.len = len;
-        let (full, rest) = (len / 64, len % 64);
-        if rest > 0 {
-            self.words[full] &= (1 << rest) - 1;
+        if self.all {
+            self.count = len;
+            return;
         }
-        for w in &mut self.words[len.div_ceil(64)..] {
-            *w = 0;
-        }
+        self.words.truncate(len.div_ceil(64));
+        self.clear_past_len();
         self.recount();
     }
 
@@ -112,8 +135,14 @@ impl Survivors {
             .filter(|&p| self.has(p as usize))
             .collect();
         let used = self.len.div_ceil(64);
-        for (w, s) in self.words[..used].iter_mut().zip(set) {
-            *w &= s;
+        if self.all {
+            self.all = false;
+            self.words = set[..used].to_vec();
+            self.clear_past_len();
+        } else {
+            for (w, s) in self.words[..used].iter_mut().zip(set) {
+                *w &= s;
+            }
         }
         for p in kept {
             self.words[p as usize / 64] |= 1 << (p % 64);
@@ -172,13 +201,12 @@ impl HostSets {
     /// Every host.
     pub fn everyone(&self) -> Survivors {
         let len = self.cpus.len();
-        let mut all = Survivors {
-            words: vec![u64::MAX; len.div_ceil(64)],
-            len: len.div_ceil(64) * 64,
-            count: len.div_ceil(64) * 64,
-        };
-        all.keep_prefix(len);
-        all
+        Survivors {
+            words: Vec::new(),
+            all: true,
+            len,
+            count: len,
+        }
     }
 
     pub fn drop_host(&self, left: &mut Survivors, host: usize) {
