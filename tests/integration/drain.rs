@@ -340,6 +340,20 @@ fn a_drain_an_update_and_a_failure_share_one_budget() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    // The failure is known before the drain and the update start (else a pass could take
+    // one down in the moment before reap hears of it: a failure, not a budget broken).
+    let failed_task = failed["task"].clone();
+    let failed_pid = failed["pid"].clone();
+    until_or(
+        "the kill -9 collected",
+        Duration::from_secs(10),
+        || {
+            run(&mut tool("reap", &c.state()), b"");
+            let t = c.tasks().into_iter().find(|t| t["task"] == failed_task)?;
+            (t["pid"] != failed_pid || t["state"] != "RUNNING").then_some(())
+        },
+        || format!("{:?}", c.tasks()),
+    );
     write("2");
     let out = run(tool("offer", &c.state()).args(["drain", &drained]), b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
