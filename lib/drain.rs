@@ -27,37 +27,7 @@ pub fn dry_run(
     jobs: &Path,
     output: &OutputArgs,
 ) -> Result<Status> {
-    let view = state.view();
-    crate::offer::slots_of(view, hosts)?;
-    let offers = crate::offer::offers_but(view, hosts)?;
-    let (input, outcome) = crate::pack::preview_drain(path, &[jobs.to_path_buf()], hosts, &offers)?;
-    let mut placed: HashMap<String, &str> = HashMap::new();
-    for d in &outcome.decisions {
-        if let Decision::Place {
-            job,
-            instance,
-            host,
-            ..
-        } = *d
-        {
-            let task = format!("{}/{instance}", input.jobs[job].key);
-            placed.insert(task, &input.fleet.names[host as usize]);
-        }
-    }
-    let host_of = task_hosts(state);
-    let mut rows = Vec::new();
-    for note in outcome.notes.iter().filter(|n| n["type"] == "drain") {
-        let task = note["task"].as_str().unwrap_or_default();
-        let Some(host) = host_of.get(task).filter(|h| hosts.contains(h)) else {
-            continue;
-        };
-        let stop = note["stop"] == true;
-        rows.push(json!({
-            "type": "drain", "task": task, "host": host, "stop": stop,
-            "to": if stop { json!(placed.get(task)) } else { Value::Null },
-            "why": note["why"],
-        }));
-    }
+    let rows = verdicts(state, path, hosts, jobs)?;
     let mut out = Writer::stdout();
     if output.human() {
         let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
@@ -90,6 +60,43 @@ pub fn dry_run(
     })
 }
 
+/// The `drain` rows of a dry run: per instance on `hosts`, its task, host, whether the
+/// next pass stops it (`stop`), where its replacement goes (`to`), and `why`.
+fn verdicts(state: &State, path: &Path, hosts: &[String], jobs: &Path) -> Result<Vec<Value>> {
+    let view = state.view();
+    crate::offer::slots_of(view, hosts)?;
+    let offers = crate::offer::offers_but(view, hosts)?;
+    let (input, outcome) = crate::pack::preview_drain(path, &[jobs.to_path_buf()], hosts, &offers)?;
+    let mut placed: HashMap<String, &str> = HashMap::new();
+    for d in &outcome.decisions {
+        if let Decision::Place {
+            job,
+            instance,
+            host,
+            ..
+        } = *d
+        {
+            let task = format!("{}/{instance}", input.jobs[job].key);
+            placed.insert(task, &input.fleet.names[host as usize]);
+        }
+    }
+    let host_of = task_hosts(state);
+    let mut rows = Vec::new();
+    for note in outcome.notes.iter().filter(|n| n["type"] == "drain") {
+        let task = note["task"].as_str().unwrap_or_default();
+        let Some(host) = host_of.get(task).filter(|h| hosts.contains(h)) else {
+            continue;
+        };
+        let stop = note["stop"] == true;
+        rows.push(json!({
+            "type": "drain", "task": task, "host": host, "stop": stop,
+            "to": if stop { json!(placed.get(task)) } else { Value::Null },
+            "why": note["why"],
+        }));
+    }
+    Ok(rows)
+}
+
 /// Each live task's host, by task id.
 fn task_hosts(state: &State) -> HashMap<String, String> {
     let view = state.view();
@@ -105,12 +112,28 @@ fn task_hosts(state: &State) -> HashMap<String, String> {
     out
 }
 
+/// How often `wait` asks whether the drain can go on at all.
+const IMPOSSIBLE_EVERY: Duration = Duration::from_secs(5);
+/// How many of those looks in a row must find it stuck for want of room.
+const IMPOSSIBLE_LOOKS: u32 = 3;
+
 /// Blocks until no task is left on `hosts` (the passes move them), showing how many are
 /// left on a terminal. Done when drained by `deadline` (0: none), Partial past it (the
 /// passes stopped the rest whatever the budgets); Temporary (75) after `limit` seconds.
-pub fn wait(path: &Path, hosts: &[String], deadline: f64, limit: Option<f64>) -> Result<Status> {
+/// With `jobs`, every few seconds a dry run asks whether what is left can move at all:
+/// when nothing would and some of it waits for room elsewhere, three looks in a row,
+/// Unavailable (69) naming those jobs (the drain goes on; its deadline stops them
+/// regardless).
+pub fn wait(
+    path: &Path,
+    hosts: &[String],
+    deadline: f64,
+    limit: Option<f64>,
+    jobs: Option<&Path>,
+) -> Result<Status> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
+    let (mut looked, mut stuck) = (Instant::now(), 0);
     loop {
         let left = tasks_left(path, hosts)?;
         let waited = started.elapsed().as_secs_f64();
@@ -138,6 +161,31 @@ pub fn wait(path: &Path, hosts: &[String], deadline: f64, limit: Option<f64>) ->
                 ),
             ));
         }
+        if let Some(jobs) = jobs.filter(|_| looked.elapsed() >= IMPOSSIBLE_EVERY) {
+            looked = Instant::now();
+            let rows = verdicts(&State::open(path)?, path, hosts, jobs)?;
+            // Nothing would move, and some of it for want of room (the rest of those jobs
+            // then waits for the budget those tries took).
+            let blocked = rows.iter().all(|r| r["stop"] == false);
+            stuck = if blocked && rows.iter().any(waits_for_room) {
+                stuck + 1
+            } else {
+                0
+            };
+            if stuck >= IMPOSSIBLE_LOOKS {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                return Err(fail(
+                    Status::Unavailable,
+                    format!(
+                        "no room elsewhere for the replacements of {}; the drain goes on, \
+                         and its deadline stops them regardless",
+                        jobs_of(rows.iter().filter(|r| waits_for_room(r))).join(", ")
+                    ),
+                ));
+            }
+        }
         if tty {
             eprint!(
                 "\r\x1b[Koffer: {left} tasks left on {} ({waited:.0} s)",
@@ -146,6 +194,20 @@ pub fn wait(path: &Path, hosts: &[String], deadline: f64, limit: Option<f64>) ->
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+fn waits_for_room(row: &Value) -> bool {
+    row["stop"] == false && row["why"].as_str().is_some_and(|w| w.contains("no room"))
+}
+
+/// The jobs of dry-run rows, each once.
+fn jobs_of<'a>(rows: impl Iterator<Item = &'a Value>) -> Vec<&'a str> {
+    let mut jobs: Vec<&str> = rows
+        .filter_map(|r| Some(r["task"].as_str()?.rsplit_once('/')?.0))
+        .collect();
+    jobs.sort();
+    jobs.dedup();
+    jobs
 }
 
 /// How many tasks hold room on `hosts` now.

@@ -155,7 +155,9 @@ pub enum Verb {
         jobs: Option<PathBuf>,
         /// Block until every host is drained, showing progress on a terminal. Exit 0 when
         /// drained within the deadline, 1 when drained past it (the passes stopped the rest
-        /// whatever the budgets), 75 when interrupted by --wait-limit first
+        /// whatever the budgets), 75 when --wait-limit passed first; with --jobs, 69 when
+        /// what is left has had no room elsewhere for its replacements for 15 s (the drain
+        /// goes on: its deadline stops them regardless)
         #[arg(long)]
         wait: bool,
         /// With --wait: give up after this long (status 75; the drain goes on)
@@ -290,19 +292,14 @@ pub fn run(cli: Cli) -> Result<Status> {
                 .map(|w| crate::liveness::parse_duration(&w))
                 .transpose()
                 .map_err(|e| bad_input(format!("--wait-limit: {e}")))?;
-            if dry_run {
-                let jobs = jobs.expect("clap requires --jobs");
-                return crate::drain::dry_run(
-                    &State::open(&path)?,
-                    &path,
-                    &hosts,
-                    &jobs,
-                    &cli.output,
-                );
+            if let (true, Some(jobs)) = (dry_run, &jobs) {
+                let state = State::open(&path)?;
+                return crate::drain::dry_run(&state, &path, &hosts, jobs, &cli.output);
             }
             let status = maintain(&mut State::open_writer(&path)?, &hosts, &step, &cli.output)?;
             if wait {
-                return crate::drain::wait(&path, &hosts, step.deadline, limit);
+                let jobs = jobs.as_deref();
+                return crate::drain::wait(&path, &hosts, step.deadline, limit, jobs);
             }
             Ok(status)
         }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::announce::{until_or, Cluster};
 use crate::common::{code, run, stderr, stdout, tool};
-use crate::rollout::{get, pass, versions};
+use crate::rollout::{get, pass, passes_until_or, versions};
 
 /// A service of `instances` python http.servers, healthy when they answer, at most two
 /// per host, announced at /formic/www/prod/NAME, with `sla` as its budget.
@@ -124,16 +124,7 @@ fn maintenance(c: &Cluster) -> std::collections::BTreeMap<String, String> {
 
 /// Passes every 300 ms until `done`; fails after `limit` with the tasks.
 fn passes_until(c: &Cluster, jobs: &Path, limit: Duration, done: impl Fn(&Cluster) -> bool) {
-    until_or(
-        "the drain to end as expected",
-        limit,
-        || {
-            pass(c, jobs);
-            std::thread::sleep(Duration::from_millis(300));
-            done(c).then_some(())
-        },
-        || format!("{:?}\n{:?}", maintenance(c), c.tasks()),
-    );
+    passes_until_or(c, jobs, limit, done, || format!("{:?}", maintenance(c)));
 }
 
 /// The state of `job`'s update (`roll status`).
@@ -503,4 +494,69 @@ fn a_drain_survives_kill_9_of_any_tool_at_any_point() {
         .map(|p| processes(&format!("http.server --bind 127.0.0.1 {p}")).len())
         .sum();
     assert_eq!(servers, 4, "one server per instance ({ports:?})");
+}
+
+/// A drain that cannot be met (no other host may take the instances): the passes stop
+/// nothing, `--wait` says so and names the job (69), and the deadline then forces the
+/// stops and says so in each task's reason.
+#[test]
+fn a_drain_with_no_room_waits_says_why_and_its_deadline_forces_it() {
+    crate::common::require_root("tasks under uids of their own");
+    let mut c = Cluster::new(&["n1", "n2"], 47800, Some("127.0.0.1"));
+    let jobs = c.path("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    let sla = json!({"max_unavailable": 1, "healthy_for_s": 0});
+    std::fs::write(jobs.join("web.json"), service("full", 4, sla)).unwrap();
+    c.daemon("announce", "announce", &["--follow"]);
+    passes_until(&c, &jobs, Duration::from_secs(60), |c| all_up(c, 4));
+    let waiting = tool("offer", &c.state())
+        .args(["drain", "n1", "--deadline", "25s", "--wait", "--jobs"])
+        .arg(&jobs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let waited = std::sync::Mutex::new(Some(waiting));
+    let mut exited = None;
+    until_or(
+        "--wait to give up for want of room",
+        Duration::from_secs(60),
+        || {
+            pass(&c, &jobs);
+            std::thread::sleep(Duration::from_millis(300));
+            let mut child = waited.lock().unwrap();
+            if child.as_mut()?.try_wait().unwrap().is_some() {
+                exited = Some(child.take().unwrap().wait_with_output().unwrap());
+            }
+            exited.as_ref().map(|_| ())
+        },
+        || format!("{:?}", c.tasks()),
+    );
+    let exited = exited.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "before the deadline"
+    );
+    assert_eq!(code(&exited), 69, "{}", stderr(&exited));
+    let err = stderr(&exited);
+    assert!(
+        err.contains("no room") && err.contains("www/prod/full"),
+        "{err}"
+    );
+    assert_eq!(
+        c.tasks().iter().filter(|t| t["host"] == "n1").count(),
+        2,
+        "nothing stopped"
+    );
+    // Past the deadline the rest is stopped, and each task says why.
+    passes_until(&c, &jobs, Duration::from_secs(60), |c| {
+        maintenance(c)["n1"] == "drained"
+    });
+    let forced: Vec<Value> = c
+        .tasks()
+        .into_iter()
+        .filter(|t| t["reason"] == "host drain past its deadline")
+        .collect();
+    assert_eq!(forced.len(), 2, "{:?}", c.tasks());
 }

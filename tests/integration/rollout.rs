@@ -87,16 +87,28 @@ fn update_state(c: &Cluster) -> String {
 
 /// Runs passes every 300 ms until `done` says so; fails after `limit` with the job's
 /// update and tasks.
-fn passes_until(c: &Cluster, jobs: &Path, limit: Duration, mut done: impl FnMut(&Cluster) -> bool) {
+fn passes_until(c: &Cluster, jobs: &Path, limit: Duration, done: impl FnMut(&Cluster) -> bool) {
+    passes_until_or(c, jobs, limit, done, || roll_status(c).to_string());
+}
+
+/// Runs passes every 300 ms until `done` says so; fails after `limit` with `context` and
+/// the tasks.
+pub(crate) fn passes_until_or(
+    c: &Cluster,
+    jobs: &Path,
+    limit: Duration,
+    mut done: impl FnMut(&Cluster) -> bool,
+    context: impl Fn() -> String,
+) {
     until_or(
-        "the update to end as expected",
+        "the passes to end as expected",
         limit,
         || {
             pass(c, jobs);
             std::thread::sleep(Duration::from_millis(300));
             done(c).then_some(())
         },
-        || format!("{}\n{:?}", roll_status(c), c.tasks()),
+        || format!("{}\n{:?}", context(), c.tasks()),
     );
 }
 
