@@ -104,6 +104,13 @@ fn plan_job(
     };
     let serving = |r: &Running| sla::is_serving(r.state, r.healthy);
     let available = tasks.clone().filter(|&ri| up(&running[ri])).count() as u32;
+    // When the next of its serving instances counts as up, giving the budget room.
+    let next_up = tasks
+        .clone()
+        .map(|ri| &running[ri])
+        .filter(|r| r.instance < desired && serving(r) && !up(r))
+        .map(|r| r.since + sla.healthy_for_s - now)
+        .min_by(f64::total_cmp);
     let mut room = sla::room(&sla, desired, available);
     let mut taken = 0;
     // Instances on draining hosts not yet being stopped: those not serving first (free),
@@ -144,7 +151,10 @@ fn plan_job(
             let max = sla::max_down(&sla, desired);
             out.waiting.push((
                 ri,
-                format!("budget: {down} of {desired} instances down, at most {max} may be"),
+                format!(
+                    "budget: {down} of {desired} instances down, at most {max} may be{}",
+                    next_up.map_or(String::new(), |s| format!("; one more up in {s:.0} s"))
+                ),
             ));
         }
     }

@@ -560,3 +560,44 @@ fn a_drain_with_no_room_waits_says_why_and_its_deadline_forces_it() {
         .collect();
     assert_eq!(forced.len(), 2, "{:?}", c.tasks());
 }
+
+/// A service whose every instance crash-loops (never healthy, exits after a second) does
+/// not hold a drain back: the host ends drained long before the deadline. (That stopping
+/// an instance that does not serve costs nothing is pack_cli's
+/// `instances_already_broken_do_not_block_a_drain`.)
+#[test]
+fn a_crash_looping_service_does_not_block_a_drain() {
+    crate::common::require_root("tasks under uids of their own");
+    let c = Cluster::new(&["c1", "c2"], 47900, Some("127.0.0.1"));
+    let jobs = c.path("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    let broken = json!({
+        "job": "www/prod/loop", "instances": 2,
+        "cmd": ["python3", "-c", "import time; time.sleep(1)"],
+        "resources": {"cpus": 0.25, "ram_mb": 64, "ports": ["http"]},
+        "health": {"http": "/", "port": "http", "interval_s": 0.5, "timeout_s": 0.45,
+                   "failures": 3},
+        "restart": {"backoff_s": 0.5, "max_backoff_s": 1},
+        "sla": {"max_unavailable": 1},
+    });
+    std::fs::write(jobs.join("loop.json"), format!("{broken}\n")).unwrap();
+    let on_c1 = |c: &Cluster| {
+        c.tasks()
+            .iter()
+            .filter(|t| t["host"] == "c1" && t["state"] == "RUNNING")
+            .count()
+    };
+    passes_until(&c, &jobs, Duration::from_secs(60), |c| on_c1(c) > 0);
+    let out = run(
+        tool("offer", &c.state()).args(["drain", "c1", "--deadline", "10m"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    passes_until(&c, &jobs, Duration::from_secs(60), |c| {
+        maintenance(c)["c1"] == "drained"
+    });
+    assert!(c
+        .tasks()
+        .iter()
+        .all(|t| t["host"] != "c1" || t["state"] != "RUNNING"));
+}

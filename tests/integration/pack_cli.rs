@@ -177,6 +177,8 @@ struct Existing {
     spec: u64,
     /// Running but failing its health check.
     unhealthy: bool,
+    /// Unix time it entered its state (0: long ago).
+    since: f64,
 }
 
 fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> Existing {
@@ -191,6 +193,7 @@ fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> E
         not_before: 0.0,
         spec: 0,
         unhealthy: false,
+        since: 0.0,
     }
 }
 
@@ -246,6 +249,7 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
             task.ports = ports;
             task.not_before = t.not_before;
             task.spec = t.spec;
+            task.since = t.since;
             tx.upsert(task);
         }
         Ok(())
@@ -2961,4 +2965,45 @@ fn instances_already_broken_do_not_block_a_drain() {
         "{recs:?}"
     );
     assert_eq!(placements(&recs).len(), 3);
+}
+
+/// A drain held back by an instance that serves but not yet for healthy_for_s says when
+/// that one counts as up.
+#[test]
+fn a_drain_waiting_on_a_young_instance_says_when_it_counts() {
+    let d = Dir::new();
+    let budget = json!({"sla": {"max_unavailable": 1, "healthy_for_s": 30}});
+    d.jobs(
+        "web.json",
+        &[with(job("www/prod/web", 3, 1.0, 100), budget)],
+    );
+    let state = d.path("state");
+    let young = Existing {
+        since: unix_now() - 10.0,
+        ..running("www/prod/web", 1, "h2", 1000)
+    };
+    build_state(
+        &state,
+        &[("h1", &[]), ("h2", &[])],
+        &[
+            running("www/prod/web", 0, "h1", 1000),
+            young,
+            running("www/prod/web", 2, "h2", 1000),
+        ],
+    );
+    drain_in_state(&state, "h1", 0.0);
+    let offers = lines_of(&[offer("h2", 16.0, 8192)]);
+    let recs = d.pack_expect(
+        &["--state", state.to_str().unwrap(), "web.json"],
+        &offers,
+        0,
+    );
+    assert!(of(&recs, "kill").is_empty(), "{recs:?}");
+    let (stop, why) = &drain_verdicts(&recs)["www/prod/web/0"];
+    assert!(!stop, "{why}");
+    let secs: f64 = why
+        .rsplit_once("one more up in ")
+        .and_then(|(_, s)| s.trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("{why}"));
+    assert!((15.0..=21.0).contains(&secs), "{why}");
 }
