@@ -292,9 +292,11 @@ pub fn run(cli: Cli) -> Result<Status> {
                 .map(|w| crate::liveness::parse_duration(&w))
                 .transpose()
                 .map_err(|e| bad_input(format!("--wait-limit: {e}")))?;
-            if let (true, Some(jobs)) = (dry_run, &jobs) {
+            if dry_run {
+                // A dry run never drains, whatever clap let through.
+                let jobs = jobs.ok_or_else(|| fail(Status::Usage, "--dry-run needs --jobs"))?;
                 let state = State::open(&path)?;
-                return crate::drain::dry_run(&state, &path, &hosts, jobs, &cli.output);
+                return crate::drain::dry_run(&state, &path, &hosts, &jobs, &cli.output);
             }
             let status = maintain(&mut State::open_writer(&path)?, &hosts, &step, &cli.output)?;
             if wait {

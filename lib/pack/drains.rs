@@ -2,11 +2,14 @@
 //! Each job's availability budget (`sla`, see `crate::sla`) counts every instance down
 //! anywhere (failures, starts, other drains, an update's batch); an instance that does
 //! not serve is stopped at once (it costs nothing), a serving one only while the budget
-//! has room, and past its drain's deadline whatever the budget says. What the drains leave of each
-//! budget is what the job's update may take down (`updates::plan`). A stopped instance is
-//! placed again elsewhere in the same pass (its host is not offered); when it fits nowhere
-//! the stop is taken back (`Run::keep_unplaced_drains`), so a drain never turns a running
-//! instance into a pending one.
+//! has room, and past its drain's deadline whatever the budget says. What the drains
+//! leave of each budget is what the job's update may take down (`updates::plan`). A
+//! stopped instance is placed again elsewhere in the same pass (its host is not offered);
+//! when it fits nowhere the stop is taken back (`Run::keep_unplaced_drains`), so a drain
+//! never turns a running instance into a pending one.
+//!
+//! The budget holds per pass, on the snapshot the pass decided on: two passes at once
+//! could each spend it (scripts/reconcile runs one pass at a time, under a lock).
 
 use std::collections::HashMap;
 

@@ -438,6 +438,18 @@ fn schedule_drain_undrain() {
     assert_eq!(host(&state, "h2")["maintenance"]["owner"], "robot");
     assert!(offers(&state).is_empty());
 
+    // A dry run without the job files is a usage error, and drains nothing.
+    let out = run(
+        tool("offer", &state).args(["drain", "h1", "h2", "--dry-run"]),
+        b"",
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_eq!(
+        host(&state, "h2")["maintenance"]["owner"],
+        "robot",
+        "unchanged"
+    );
+
     // A drain is ended by its owner, or with --force; a refusal changes nothing.
     let out = run(tool("offer", &state).args(["undrain", "h1", "h2"]), b"");
     assert_eq!(code(&out), 77, "{}", stderr(&out));
