@@ -83,6 +83,15 @@ impl Attrs {
 
 /// Free capacity per host. Index = position of the host's offer on input.
 ///
+/// Where a failure domain's value is counted: hosts lacking the attribute share slot 0.
+pub fn domain_slot(v: u32) -> usize {
+    if v == NONE {
+        0
+    } else {
+        v as usize + 1
+    }
+}
+
 /// A column per resource, not a `Resources` per host: these are the placement loop's own
 /// data, laid out for `place` and measured with it (benches/pack.rs), in the widths offers
 /// allow (u32 millicores, GPUs and ports, where `Resources` has u64s). What runs once per

@@ -11,7 +11,7 @@
 //! The inner loop reads flat arrays, compares integers and allocates nothing.
 
 use crate::job::{Constraint, JobSpec, Tier};
-use crate::pack::fleet::{Fleet, NONE};
+use crate::pack::fleet::{domain_slot, Fleet, NONE};
 use crate::pack::Resources;
 
 use super::index::{bucket_of, cell_of, covers, Index, Room, Slot, Want, BUCKETS, CELLS};
@@ -55,15 +55,6 @@ const ROOM_REASONS: [Reason; 5] = [
     Reason::Gpus,
     Reason::Ports,
 ];
-
-/// Where a domain value is counted: hosts lacking the attribute share slot 0.
-fn domain_slot(v: u32) -> usize {
-    if v == NONE {
-        0
-    } else {
-        v as usize + 1
-    }
-}
 
 /// A limit is kept per host (attribute `host`) or per value of an attribute column.
 #[derive(Clone, Debug)]
@@ -151,7 +142,7 @@ pub struct Class {
     hosts: Vec<u32>,
     /// Instances per attribute value, per limit.
     value_used: Vec<Vec<u32>>,
-    /// Instances per failure domain (value id), per domain column (spread only).
+    /// Instances per failure domain (by `domain_slot`), per domain column (spread only).
     domain_used: Vec<Vec<u32>>,
 }
 
@@ -810,7 +801,7 @@ impl Placer {
             open_free: [0, 0],
             counted: vec![[0, 0]; fleet.len()],
         };
-        for h in 0..fleet.len() {
+        for h in insertion_order(fleet, strategy) {
             p.slot[h] = p.insert(fleet, h);
             p.account(fleet, h);
         }
@@ -1226,6 +1217,34 @@ impl Placer {
         }
         fallback
     }
+}
+
+/// The order hosts go into the index, which is the reverse of the order a bucket gives
+/// them back. spread: the first host of every value of the smallest failure domain (each
+/// rack), then the second of each, and so on. Offers come rack by rack, and a bucket
+/// handing them back so would send spread's search through every host of a rack that
+/// already holds the job before it reaches another rack.
+fn insertion_order(fleet: &Fleet, strategy: Strategy) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..fleet.len()).collect();
+    let Some(&col) = fleet
+        .domains
+        .last()
+        .filter(|_| strategy == Strategy::Spread)
+    else {
+        return order;
+    };
+    let values = fleet.attrs.column(col);
+    let mut seen = vec![0u32; fleet.attrs.value_count(col) + 1];
+    let nth: Vec<u32> = values
+        .iter()
+        .map(|&v| {
+            let n = &mut seen[domain_slot(v)];
+            *n += 1;
+            *n
+        })
+        .collect();
+    order.sort_unstable_by_key(|&h| std::cmp::Reverse((nth[h], domain_slot(values[h]))));
+    order
 }
 
 impl Placer {

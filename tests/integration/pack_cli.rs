@@ -1431,6 +1431,31 @@ fn spread_evens_a_job_across_zones_and_racks() {
     );
 }
 
+#[test]
+fn spread_reaches_every_rack_when_hosts_are_offered_rack_by_rack() {
+    // 2 zones of 6 racks of 80 alike hosts, offered rack after rack as an inventory lists
+    // them: within a zone the 64 emptiest hosts may all sit in one rack, and spread must
+    // look past them.
+    let d = Dir::new();
+    d.jobs("web.json", &[job("www/prod/web", 12, 1.0, 1)]);
+    let offers: Vec<Value> = (0..960)
+        .map(|i| {
+            let attrs = json!({"zone": format!("z{}", i / 480), "rack": format!("r{:02}", i / 80)});
+            offer_attrs(&format!("h{i:03}"), 8.0, 65536, attrs)
+        })
+        .collect();
+    let rack_of: HashMap<String, String> = offers
+        .iter()
+        .map(|o| (s(&o["host"]), s(&o["attrs"]["rack"])))
+        .collect();
+    let recs = d.pack_expect(&["--strategy", "spread", "web.json"], &lines_of(&offers), 0);
+    let mut racks = BTreeMap::<String, u32>::new();
+    for p in of(&recs, "place") {
+        *racks.entry(rack_of[&s(&p["host"])].clone()).or_default() += 1;
+    }
+    assert_eq!(racks.len(), 12, "one instance a rack: {racks:?}");
+}
+
 // --- what already runs (--state) ---
 
 #[test]
