@@ -251,7 +251,7 @@ pub fn probe(state: &State, hosts: &[String], jobs: &Path, output: &OutputArgs) 
     let specs: HashMap<&str, &crate::job::JobSpec> =
         read.jobs.iter().map(|j| (j.key.as_str(), j)).collect();
     let now = crate::clock::now();
-    // Each job's live tasks: (on the hosts, serving, since).
+    // Each job's live tasks: (on the hosts, serving, healthy since).
     let mut by_job: std::collections::BTreeMap<&str, Vec<(bool, bool, f64)>> = Default::default();
     for (_, t) in view.tasks.iter() {
         let Some(job) = view.jobs.get(t.job) else {
@@ -265,7 +265,7 @@ pub fn probe(state: &State, hosts: &[String], jobs: &Path, output: &OutputArgs) 
         by_job
             .entry(job.key.as_str())
             .or_default()
-            .push((on, serving, t.since));
+            .push((on, serving, t.healthy_since));
     }
     let mut verdicts = Vec::new();
     for (key, tasks) in by_job {

@@ -220,6 +220,8 @@ fn record(tx: &mut Txn, tasks: &[Chosen]) -> Result<(usize, usize)> {
             };
             t.incarnation = incarnation(&c.held);
             t.healthy = status.healthy.unwrap_or(false);
+            // Since when is not on the host: from now, so no watch is cut short.
+            t.healthy_since = if t.healthy { crate::clock::now() } else { 0.0 };
             (t.pid, t.pid_start) = status.pid.unwrap_or((0, 0));
             t.cpus = spec.limits.cpus;
             t.ram_mb = spec.limits.ram_mb;

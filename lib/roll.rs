@@ -4,6 +4,7 @@
 //! state.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{OutputArgs, StateArgs};
 use crate::exit::{bad_input, Status, TABLE};
-use crate::rollout::{hash_text, Phase, Rollout, Update, Why};
+use crate::rollout::{hash_text, Phase, Rollout, Seen, Update, Why};
 use crate::state::State;
 use crate::task::{Job, Task};
 
@@ -83,7 +84,7 @@ fn parse_range(s: &str) -> Result<(u32, u32), String> {
 pub fn run(cli: Cli) -> Result<Status> {
     let path = cli.state.path();
     match cli.verb.unwrap_or(Verb::Status { jobs: Vec::new() }) {
-        Verb::Status { jobs } => status(&State::open(&path)?, &jobs, &cli.output),
+        Verb::Status { jobs } => status(&State::open(&path)?, &path, &jobs, &cli.output),
         Verb::Pause { job } => steer(&path, &job, pause),
         Verb::Resume { job, instances } => steer(&path, &job, |r, now| resume(r, instances, now)),
         Verb::Abort { job } => steer(&path, &job, abort),
@@ -182,20 +183,21 @@ fn abort(r: &mut Rollout, _now: f64) -> Result<(), String> {
 }
 
 /// One line per job with an update (or held), or per job named.
-fn status(state: &State, keys: &[String], output: &OutputArgs) -> Result<Status> {
+fn status(state: &State, path: &Path, keys: &[String], output: &OutputArgs) -> Result<Status> {
     let view = state.view();
-    // Live tasks by job slot, counted once: a status of every job is one walk of the tasks.
-    let mut live: HashMap<u32, Vec<&Task>> = HashMap::new();
-    for (_, t) in view.tasks.iter().filter(|(_, t)| t.state.holds_resources()) {
-        live.entry(t.job).or_default().push(t);
+    // Tasks by job slot, gathered once: a status of every job is one walk of the tasks.
+    let mut by_job: HashMap<u32, Vec<&Task>> = HashMap::new();
+    for (_, t) in view.tasks.iter() {
+        by_job.entry(t.job).or_default().push(t);
     }
+    let now = crate::clock::now();
     let mut rows = Vec::new();
     for (slot, job) in view.jobs.iter() {
         let named = keys.is_empty() || keys.contains(&job.key);
         let has = job.rollout.update.is_some() || job.rollout.held;
         if named && (has || !keys.is_empty()) {
-            let tasks = live.get(&slot).map_or(&[][..], Vec::as_slice);
-            rows.push(describe(job, tasks));
+            let tasks = by_job.get(&slot).map_or(&[][..], Vec::as_slice);
+            rows.push(describe(path, job, tasks, now));
         }
     }
     if let Some(key) = keys.iter().find(|k| view.jobs.find(*k).is_none()) {
@@ -226,47 +228,107 @@ fn status(state: &State, keys: &[String], output: &OutputArgs) -> Result<Status>
     Ok(Status::Done)
 }
 
-/// A job's update as a record: the rollout, and how many of its live tasks run each spec.
-fn describe(job: &Job, live: &[&Task]) -> Value {
+/// A job's update as a record: the rollout, how many of its live tasks run each spec and
+/// which instances, and what the update waits for.
+fn describe(path: &Path, job: &Job, tasks: &[&Task], now: f64) -> Value {
+    let live: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| t.state.holds_resources())
+        .collect();
     let mut specs: BTreeMap<String, u32> = BTreeMap::new();
     let mut healthy: BTreeMap<String, u32> = BTreeMap::new();
-    for t in live {
+    let mut instances: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for t in &live {
         *specs.entry(hash_text(t.spec)).or_default() += 1;
         if t.healthy {
             *healthy.entry(hash_text(t.spec)).or_default() += 1;
         }
+        instances
+            .entry(hash_text(t.spec))
+            .or_default()
+            .push(t.instance);
     }
-    let live: u32 = specs.values().sum();
+    let instances: BTreeMap<String, String> = instances
+        .into_iter()
+        .map(|(spec, mut list)| {
+            list.sort_unstable();
+            (spec, ranges(&list))
+        })
+        .collect();
     let mut rec = json!({"type":"update","job":job.key,"held":job.rollout.held,
                          "stable":hash_text(job.rollout.stable),
-                         "running":specs,"healthy":healthy,"update":null});
+                         "running":specs,"healthy":healthy,"instances_by_spec":instances,
+                         "update":null});
     if let Some(u) = &job.rollout.update {
         rec["update"] = json!({
             "state": u.phase.name(), "from": hash_text(u.from), "to": hash_text(u.to),
             "instances": [u.first, u.last], "started": u.started, "progress": u.progress,
             "done": u.done, "desired": u.desired,
-            "pending": u.desired.saturating_sub(live), "why": waiting(&job.rollout, u),
+            "pending": u.desired.saturating_sub(live.len() as u32),
+            "why": waiting(path, &job.rollout, u, tasks, now),
         });
     }
     rec
 }
 
-/// Why an update is where it is, in words.
-fn waiting(r: &Rollout, u: &Update) -> String {
+/// Why an update is where it is, in words. A moving one is asked of `rollout::waiting`,
+/// with the update policy, health check and budget of the spec it moves to.
+fn waiting(path: &Path, r: &Rollout, u: &Update, tasks: &[&Task], now: f64) -> String {
     match u.phase {
         _ if u.why != Why::None => u.why.words().to_string(),
         Phase::RollForwardPaused | Phase::RollBackPaused if r.held => {
             "held by roll pause before it started: roll start JOB".into()
         }
         Phase::RollForwardPaused | Phase::RollBackPaused => "paused: roll resume JOB".into(),
-        Phase::RollingForward | Phase::RollingBack => {
-            "waiting for the current batch to run healthy for watch_s".into()
-        }
+        Phase::RollingForward | Phase::RollingBack => moving(path, r, u, tasks, now),
         Phase::RolledForward if u.to != r.stable => {
             "a canary range went out: roll start JOB for every instance".into()
         }
         _ => String::new(),
     }
+}
+
+fn moving(path: &Path, r: &Rollout, u: &Update, tasks: &[&Task], now: f64) -> String {
+    let Some(spec) = crate::specstore::read(path, u.to) else {
+        return "its spec is not kept: a pass reads it from the job file".into();
+    };
+    let seen: Vec<Seen> = tasks.iter().map(|t| Seen::of(t)).collect();
+    let available = seen
+        .iter()
+        .filter(|t| t.instance < u.desired)
+        .filter(|t| crate::sla::is_available(t.state, t.healthy, t.healthy_since, &spec.sla, now))
+        .count() as u32;
+    let kept = |_: u64| true;
+    let job = crate::rollout::Job {
+        desired: u.to,
+        instances: u.desired,
+        policy: &spec.update,
+        health_checked: spec.health.is_some(),
+        rollout: r,
+        room: crate::sla::room(&spec.sla, u.desired, available),
+        kept: &kept,
+    };
+    let task = |i: u32| seen.iter().find(|t| t.instance == i).copied();
+    crate::rollout::waiting(&job, u, &task, now)
+}
+
+/// Instances as ranges: "0-2,5".
+fn ranges(sorted: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        out.push(match i == j {
+            true => sorted[i].to_string(),
+            false => format!("{}-{}", sorted[i], sorted[j]),
+        });
+        i = j + 1;
+    }
+    out.join(",")
 }
 
 fn row(r: &Value) -> Vec<String> {

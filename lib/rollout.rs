@@ -92,6 +92,10 @@ pub enum Why {
     Asked = 3,
     /// The spec to roll back to is not kept (placed before formic kept specs).
     NoEarlierSpec = 4,
+    /// Rolling back, more instances of the old spec failed than the update tolerates.
+    RollbackFailures = 5,
+    /// Rolling back, no instance was done for progress_deadline_s.
+    RollbackDeadline = 6,
 }
 
 impl Why {
@@ -104,6 +108,10 @@ impl Why {
             Why::NoEarlierSpec => {
                 "the earlier spec is not kept, so there is nothing to roll back to"
             }
+            Why::RollbackFailures => "rolling back, too many instances of the old spec failed",
+            Why::RollbackDeadline => {
+                "rolling back, no instance was done within progress_deadline_s"
+            }
         }
     }
 
@@ -114,6 +122,8 @@ impl Why {
             2 => Why::Deadline,
             3 => Why::Asked,
             4 => Why::NoEarlierSpec,
+            5 => Why::RollbackFailures,
+            6 => Why::RollbackDeadline,
             _ => return Err(Corrupt(format!("update reason {v} is unknown"))),
         })
     }
@@ -274,11 +284,28 @@ pub struct Seen {
     pub state: TaskState,
     pub spec: u64,
     pub healthy: bool,
+    /// Since when it is in its state, and since when healthy.
     pub since: f64,
+    pub healthy_since: f64,
     pub failures: u16,
+    /// An update stopped it (to replace it).
+    pub replaced: bool,
 }
 
 impl Seen {
+    pub fn of(t: &crate::task::Task) -> Seen {
+        Seen {
+            instance: t.instance,
+            state: t.state,
+            spec: t.spec,
+            healthy: t.healthy,
+            since: t.since,
+            healthy_since: t.healthy_since,
+            failures: t.failures,
+            replaced: t.reason == crate::task::Reason::Replaced,
+        }
+    }
+
     /// Holding its place on a host (assigned, starting, running, being stopped).
     fn live(&self) -> bool {
         self.state.holds_resources()
@@ -338,10 +365,24 @@ pub fn plan(job: &Job, tasks: &[Seen], now: f64) -> Plan {
         if differs {
             rollout.update = Some(start(job, tasks, now));
         } else {
-            // Nothing to roll: every live instance runs the job file's spec. (The stable
-            // spec is set by an update that rolled out everywhere: a job that never had
-            // one starts its first from what most instances run.)
+            // Nothing to roll: every live instance runs the job file's spec. Once every
+            // instance runs it healthy, it is the spec to come back to, and an update to
+            // another spec that ended (one failed, say, and the file moved on) is history.
+            // A job with no record of updates is left without one: its first update starts
+            // from what most instances run.
             if rollout.update.as_ref().is_some_and(|u| !u.phase.is_over()) {
+                rollout.update = None;
+            }
+            let settled = (0..job.instances).all(|i| {
+                by_instance(i).is_some_and(|t| {
+                    t.spec == job.desired
+                        && t.state == TaskState::Running
+                        && (t.healthy || !job.health_checked)
+                })
+            });
+            let has_history = rollout.stable != 0 || rollout.update.is_some();
+            if settled && has_history && rollout.stable != job.desired {
+                rollout.stable = job.desired;
                 rollout.update = None;
             }
             let targets = (0..job.instances)
@@ -465,21 +506,25 @@ fn turn_back(u: &mut Update, job: &Job, why: Why, now: f64) {
         u.phase = Phase::RollingBack;
         (u.progress, u.done, u.why) = (now, 0, why);
     } else {
-        u.phase = Phase::Failed;
-        u.why = if can_roll_back {
-            Why::NoEarlierSpec
-        } else {
-            why
+        u.why = match (u.phase, why) {
+            _ if can_roll_back => Why::NoEarlierSpec,
+            (Phase::RollingBack, Why::Failures) => Why::RollbackFailures,
+            (Phase::RollingBack, Why::Deadline) => Why::RollbackDeadline,
+            _ => why,
         };
+        u.phase = Phase::Failed;
     }
 }
 
-/// Whether an instance on the goal spec counts as done: running, healthy when the job has
-/// a health check, for watch_s.
+/// Whether an instance on the goal spec counts as done: running for watch_s, and healthy
+/// all that time when the job has a health check.
 fn is_done(t: &Seen, job: &Job, now: f64) -> bool {
-    t.state == TaskState::Running
-        && (t.healthy || !job.health_checked)
-        && now - t.since >= job.policy.watch_s
+    let watched_from = match job.health_checked {
+        true if !t.healthy => return false,
+        true => t.healthy_since,
+        false => t.since,
+    };
+    t.state == TaskState::Running && now - watched_from >= job.policy.watch_s
 }
 
 /// Each instance's target for this pass. Moving: instances on the goal stay; missing or
@@ -494,10 +539,7 @@ fn targets<'a>(
     task: &dyn Fn(u32) -> Option<&'a Seen>,
     now: f64,
 ) -> Vec<Target> {
-    let goal = match u.phase {
-        Phase::RollingBack | Phase::RollBackPaused | Phase::RolledBack => u.from,
-        _ => u.to,
-    };
+    let goal = goal_of(u);
     let other = if goal == u.to { u.from } else { u.to };
     let in_range = |i: u32| (u.first..=u.last).contains(&i);
     // A spec that is not kept cannot be placed: the job file's is used instead.
@@ -534,22 +576,18 @@ fn targets<'a>(
     let mut in_flight = 0;
     let mut healthy_old = Vec::new();
     for i in (0..job.instances).filter(|&i| in_range(i)) {
-        match task(i) {
-            Some(t) if t.spec == goal => {
-                // A failed instance is not waited for: the failure count decides.
-                let failed = t.failures > job.policy.max_per_instance_failures;
-                in_flight += !(is_done(t, job, now) || failed) as u32;
-                out[i as usize].spec = goal;
-            }
-            Some(t) if t.live() && (t.healthy || !job.health_checked) => healthy_old.push(i),
-            // Missing, ended, or live but failing its checks.
-            Some(t) => {
+        let standing = standing(job, goal, task(i), now);
+        in_flight += standing.in_flight() as u32;
+        match standing {
+            Standing::OnGoal(_) => out[i as usize].spec = goal,
+            Standing::Serving => healthy_old.push(i),
+            Standing::Down { live, .. } => {
                 out[i as usize] = Target {
                     spec: placeable(goal),
-                    replace: t.live(),
+                    replace: live,
                 }
             }
-            None => out[i as usize].spec = placeable(goal),
+            Standing::Missing => out[i as usize].spec = placeable(goal),
         }
     }
     if in_flight == 0 {
@@ -565,6 +603,130 @@ fn targets<'a>(
         }
     }
     out
+}
+
+/// The spec an update moves its instances to: the new one, or the old one going back.
+fn goal_of(u: &Update) -> u64 {
+    match u.phase {
+        Phase::RollingBack | Phase::RollBackPaused | Phase::RolledBack => u.from,
+        _ => u.to,
+    }
+}
+
+/// Where one instance of a moving update stands.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Standing {
+    /// On the goal spec.
+    OnGoal(Progress),
+    /// On another spec, serving: replaced in its batch.
+    Serving,
+    /// On another spec and down (ended, or live but failing its checks): replaced at once,
+    /// outside the batches. `replaced`: this update stopped it, and its replacement has
+    /// not yet been placed.
+    Down { live: bool, replaced: bool },
+    /// No task (a new instance of a scaled-up job).
+    Missing,
+}
+
+/// How far an instance on the goal spec is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Progress {
+    Done,
+    /// Failed more than the policy lets one instance: not waited for, the failure count
+    /// decides.
+    Failed,
+    Starting,
+    NotHealthy,
+    /// Healthy for this many seconds, not yet watch_s.
+    Watched(f64),
+}
+
+impl Standing {
+    /// Whether the update waits for it before it starts a batch. One this update stopped
+    /// is in flight until its replacement runs: a replacement that cannot be placed holds
+    /// the next batch back.
+    fn in_flight(self) -> bool {
+        match self {
+            Standing::OnGoal(p) => !matches!(p, Progress::Done | Progress::Failed),
+            Standing::Down { live, replaced } => replaced && !live,
+            Standing::Serving | Standing::Missing => false,
+        }
+    }
+}
+
+fn standing(job: &Job, goal: u64, t: Option<&Seen>, now: f64) -> Standing {
+    let Some(t) = t else {
+        return Standing::Missing;
+    };
+    let serving = t.live() && (t.healthy || !job.health_checked);
+    if t.spec != goal {
+        return match serving {
+            true => Standing::Serving,
+            false => Standing::Down {
+                live: t.live(),
+                replaced: t.replaced,
+            },
+        };
+    }
+    Standing::OnGoal(match () {
+        _ if is_done(t, job, now) => Progress::Done,
+        _ if t.failures > job.policy.max_per_instance_failures => Progress::Failed,
+        _ if t.state != TaskState::Running => Progress::Starting,
+        _ if !serving => Progress::NotHealthy,
+        _ if job.health_checked => Progress::Watched(now - t.healthy_since),
+        _ => Progress::Watched(now - t.since),
+    })
+}
+
+/// What a moving update waits for, in words, as the next pass would see it: the
+/// instances in flight and how far each is, or the budget, or nothing (the next pass
+/// starts a batch or ends the update).
+pub fn waiting(job: &Job, u: &Update, task: &dyn Fn(u32) -> Option<Seen>, now: f64) -> String {
+    let goal = goal_of(u);
+    let mut waits: Vec<(String, Vec<u32>)> = Vec::new();
+    let mut serving = 0;
+    for i in (u.first..=u.last.min(job.instances.saturating_sub(1))).take(job.instances as usize) {
+        let standing = standing(job, goal, task(i).as_ref(), now);
+        serving += (standing == Standing::Serving) as u32;
+        let what = match standing {
+            Standing::OnGoal(Progress::Starting) => "starting".to_string(),
+            Standing::OnGoal(Progress::NotHealthy) => "not healthy yet".to_string(),
+            Standing::OnGoal(Progress::Watched(s)) => {
+                format!(
+                    "healthy for {:.0} of {:.0} s",
+                    s.max(0.0),
+                    job.policy.watch_s
+                )
+            }
+            Standing::Down { live: false, .. } | Standing::Missing => "to be placed".to_string(),
+            _ => continue,
+        };
+        match waits.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, list)) => list.push(i),
+            None => waits.push((what, vec![i])),
+        }
+    }
+    if !waits.is_empty() {
+        let parts: Vec<String> = waits
+            .iter()
+            .map(|(what, list)| format!("{} {what}", instances_text(list)))
+            .collect();
+        return format!("waiting for {}", parts.join("; "));
+    }
+    match serving {
+        0 => "every instance is on its spec: the next pass ends it".into(),
+        _ if job.room == 0 => "waiting for room in the job's availability budget".into(),
+        _ => "the next pass starts a batch".into(),
+    }
+}
+
+/// "instance 3" or "instances 0, 1, 5".
+fn instances_text(list: &[u32]) -> String {
+    let numbers: Vec<String> = list.iter().map(u32::to_string).collect();
+    match list.len() {
+        1 => format!("instance {}", numbers[0]),
+        _ => format!("instances {}", numbers.join(", ")),
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,16 @@ use crate::job::{Budget, Sla};
 use crate::task::TaskState;
 
 /// Whether an instance counts as up for its job's budget: running, healthy (a task
-/// without a health check is healthy while it runs) and so for `healthy_for_s`.
-pub fn is_available(state: TaskState, healthy: bool, since: f64, sla: &Sla, now: f64) -> bool {
-    is_serving(state, healthy) && now - since >= sla.healthy_for_s
+/// without a health check is healthy while it runs) and so for `healthy_for_s` since
+/// `healthy_since`.
+pub fn is_available(
+    state: TaskState,
+    healthy: bool,
+    healthy_since: f64,
+    sla: &Sla,
+    now: f64,
+) -> bool {
+    is_serving(state, healthy) && now - healthy_since >= sla.healthy_for_s
 }
 
 /// Whether an instance serves at all: running and healthy. Stopping one that does not

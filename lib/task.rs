@@ -232,6 +232,9 @@ pub struct Task {
     pub launcher: (u32, u32),
     /// Why it is in its state.
     pub reason: Reason,
+    /// Unix time it last turned healthy while running (0 while it is not healthy): an
+    /// update's watch and a budget's healthy_for_s count from here, not from its start.
+    pub healthy_since: f64,
 }
 
 impl Task {
@@ -258,6 +261,7 @@ impl Task {
             incarnation: 0,
             launcher: (0, 0),
             reason: Reason::None,
+            healthy_since: 0.0,
         }
     }
 
@@ -268,6 +272,7 @@ impl Task {
         r.state = state;
         r.since = now;
         r.healthy = false;
+        r.healthy_since = 0.0;
         r.pid = 0;
         r.pid_start = 0;
         r.cpus = 0;
@@ -284,13 +289,15 @@ impl Task {
 
 pub const TASK_SLOT_SIZE: usize = 128;
 /// Bytes of a task record's fields: layout 2 adds `announced` to layout 1, layout 3
-/// `incarnation` and `launcher`, layout 4 `reason`. Each only appends, so a record of an
-/// older layout reads with the new fields at their defaults.
+/// `incarnation` and `launcher`, layout 4 `reason`, layout 5 `healthy_since`. Each only
+/// appends, so a record of an older layout reads with the new fields at their defaults
+/// (a task healthy then has been healthy since it entered its state).
 const TASK_BODY_1: usize = 96;
 const TASK_BODY_2: usize = 97;
 const TASK_BODY_3: usize = 109;
-const TASK_BODY: usize = 110;
-const TASK_LAYOUT: u8 = 4;
+const TASK_BODY_4: usize = 110;
+const TASK_BODY: usize = 118;
+const TASK_LAYOUT: u8 = 5;
 
 impl Task {
     pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
@@ -319,6 +326,7 @@ impl Task {
         e.u32(self.launcher.0);
         e.u32(self.launcher.1);
         e.u8(self.reason as u8);
+        e.f64(self.healthy_since);
         e.seal(TASK_LAYOUT)
     }
 
@@ -327,6 +335,7 @@ impl Task {
             1 => TASK_BODY_1,
             2 => TASK_BODY_2,
             3 => TASK_BODY_3,
+            4 => TASK_BODY_4,
             TASK_LAYOUT => TASK_BODY,
             _ => return Err(Corrupt(format!("task record layout {version} is unknown"))),
         };
@@ -376,6 +385,7 @@ impl Task {
             incarnation: 0,
             launcher: (0, 0),
             reason: Reason::None,
+            healthy_since: 0.0,
         };
         if version >= 3 {
             t.incarnation = d.u32()?;
@@ -384,6 +394,11 @@ impl Task {
         if version >= 4 {
             t.reason = Reason::from_u8(d.u8()?)?;
         }
+        t.healthy_since = match version >= 5 {
+            true => d.f64()?,
+            false if t.healthy => t.since,
+            false => 0.0,
+        };
         Ok(t)
     }
 }
@@ -495,7 +510,7 @@ mod tests {
         }
     }
 
-    /// Layouts 2, 3 and 4 only append, so a state written by layout 1 reads as never announced
+    /// Layouts 2 to 5 only append, so a state written by layout 1 reads as never announced
     /// and one of layout 2 as at incarnation 0.
     #[test]
     fn records_of_layout_1_still_read() {
@@ -535,7 +550,19 @@ mod tests {
             Task::decode(3, body(&slot)).unwrap(),
             Task {
                 reason: Reason::None,
-                ..t
+                ..t.clone()
+            }
+        );
+        // Layout 5 only appends too: a task of layout 4 healthy then has been so since it
+        // entered its state.
+        (t.healthy, t.since, t.healthy_since) = (true, 100.0, 130.0);
+        t.encode(&mut slot).unwrap();
+        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        assert_eq!(
+            Task::decode(4, body(&slot)).unwrap(),
+            Task {
+                healthy_since: 100.0,
+                ..t.clone()
             }
         );
         // The lengths above are the layouts' own: a body one byte short does not read.
@@ -543,7 +570,8 @@ mod tests {
             (1, TASK_BODY_1),
             (2, TASK_BODY_2),
             (3, TASK_BODY_3),
-            (4, TASK_BODY),
+            (4, TASK_BODY_4),
+            (5, TASK_BODY),
         ] {
             assert!(Task::decode(layout, &body(&slot)[..len]).is_ok());
             assert!(Task::decode(layout, &body(&slot)[..len - 1]).is_err());
@@ -553,7 +581,7 @@ mod tests {
             "nothing past the fields"
         );
         let mut bad = body(&slot).to_vec();
-        bad[TASK_BODY - 1] = 200;
+        bad[TASK_BODY_4 - 1] = 200;
         assert!(
             Task::decode(TASK_LAYOUT, &bad).is_err(),
             "an unknown reason"

@@ -59,6 +59,8 @@ pub struct Outcome {
     pub(super) classes: Vec<Option<Class>>,
     /// `update` and `drain` records, written before the decisions.
     pub notes: Vec<serde_json::Value>,
+    /// Jobs whose `spec` record goes before the notes (`Updates::moving_to_file`).
+    pub specs_first: Vec<usize>,
 }
 
 /// The state of one decision run: the fleet as it fills, and what has been decided.
@@ -186,6 +188,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     run.count_refusals();
     let mut notes = std::mem::take(&mut run.updates.records);
     notes.extend(run.drains.records(running));
+    let specs_first = std::mem::take(&mut run.updates.moving_to_file);
     Outcome {
         // Every missing instance went through place_one once: `want` is what was placed
         // or left pending.
@@ -199,6 +202,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
         reasons: run.reasons,
         classes: run.classes,
         notes,
+        specs_first,
     }
 }
 

@@ -103,7 +103,7 @@ fn plan_job(
         None => (Sla::default(), tasks.clone().filter(live).count() as u32),
     };
     let up = |r: &Running| {
-        r.instance < desired && sla::is_available(r.state, r.healthy, r.since, &sla, now)
+        r.instance < desired && sla::is_available(r.state, r.healthy, r.healthy_since, &sla, now)
     };
     let serving = |r: &Running| sla::is_serving(r.state, r.healthy);
     let available = tasks.clone().filter(|&ri| up(&running[ri])).count() as u32;
@@ -112,7 +112,7 @@ fn plan_job(
         .clone()
         .map(|ri| &running[ri])
         .filter(|r| r.instance < desired && serving(r) && !up(r))
-        .map(|r| r.since + sla.healthy_for_s - now)
+        .map(|r| r.healthy_since + sla.healthy_for_s - now)
         .min_by(f64::total_cmp);
     let mut room = sla::room(&sla, desired, available);
     let mut taken = 0;

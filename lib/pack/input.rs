@@ -57,11 +57,14 @@ pub struct Running {
     /// Failures so far (reap counts them for the restart policy).
     pub failures: u16,
     pub incarnation: u32,
-    /// The hash of the spec it was placed with, whether it passes its health check, and
-    /// since when it is in its state (what an update needs).
+    /// The hash of the spec it was placed with, whether it passes its health check, since
+    /// when it is in its state and since when healthy (what updates and budgets need), and
+    /// whether an update stopped it.
     pub spec: u64,
     pub healthy: bool,
     pub since: f64,
+    pub healthy_since: f64,
+    pub replaced: bool,
     /// Its host is draining: the drain's deadline (0 when none).
     pub drain: Option<f64>,
 }
@@ -271,6 +274,8 @@ fn running(view: &View, fleet: &Fleet, draining: &[String]) -> Vec<Running> {
             spec: t.spec,
             healthy: t.healthy,
             since: t.since,
+            healthy_since: t.healthy_since,
+            replaced: t.reason == crate::task::Reason::Replaced,
             drain: host.and_then(|h| match h.maintenance.mode {
                 crate::host::Mode::Draining => Some(h.maintenance.deadline),
                 _ if draining.contains(&h.name) => Some(0.0),

@@ -19,15 +19,19 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
     }
-    // Updates first: launch commits them whether or not anything is placed. Then what the
-    // drains decided, for people and `offer drain --wait`.
-    for rec in &outcome.notes {
-        serde_json::to_writer(&mut *out, rec)?;
-        out.write_all(b"\n")?;
-    }
     let hashes: Vec<Hex> = input.jobs.iter().map(|j| hex(j.hash)).collect();
     let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
     let mut spec_sent = vec![false; input.jobs.len()];
+    // Updates first: launch commits them whether or not anything is placed, and keeps the
+    // spec a moving update goes to. Then what the drains decided, for people and `offer
+    // drain --wait`.
+    for &job in &outcome.specs_first {
+        spec_once(&mut buf, input, &hashes, &mut spec_sent, job)?;
+    }
+    for rec in &outcome.notes {
+        serde_json::to_writer(&mut buf, rec)?;
+        buf.push(b'\n');
+    }
     for d in &outcome.decisions {
         match d {
             Decision::Place { job, .. } => {

@@ -27,6 +27,10 @@ pub struct Updates {
     pub replace: HashSet<(usize, u32)>,
     /// `update` records: each job's rollout as it was read and as the pass leaves it.
     pub records: Vec<Value>,
+    /// Jobs whose update moves to their file's spec: its `spec` record goes out with the
+    /// update, so launch keeps it (and `roll status` can read its policy) before any
+    /// instance of it is placed.
+    pub moving_to_file: Vec<usize>,
 }
 
 /// Plans every job's update within what the drains left of its budget; appends the
@@ -70,6 +74,11 @@ pub fn plan(input: &mut Input, drains: &Drains) -> Updates {
                 "type": "update", "job": spec.key,
                 "was": was.to_json(), "rollout": plan.rollout.to_json(),
             }));
+        }
+        if let Some(u) = plan.rollout.update.as_ref() {
+            if u.to == spec.hash && !u.phase.is_over() {
+                out.moving_to_file.push(j);
+            }
         }
         let (key, instances) = (spec.key.clone(), spec.instances);
         for (i, t) in (0..instances).zip(&plan.targets) {
@@ -140,7 +149,9 @@ fn tasks_by_job<'a>(running: &'a [Running], drains: &Drains) -> HashMap<&'a str,
             spec: r.spec,
             healthy: r.healthy,
             since: r.since,
+            healthy_since: r.healthy_since,
             failures: r.failures,
+            replaced: r.replaced,
         });
     }
     by_job

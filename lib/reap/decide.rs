@@ -438,6 +438,11 @@ fn alive(
             r.pid = pid;
             r.pid_start = start;
             r.healthy = healthy;
+            r.healthy_since = match healthy {
+                false => 0.0,
+                true if r.state != t.state || !t.healthy || r.since != t.since => now,
+                true => t.healthy_since,
+            };
             let started = facts.started.unwrap_or(r.since);
             if healthy && now - started >= timing.min_run {
                 r.failures = 0; // a healthy run: the backoff starts over

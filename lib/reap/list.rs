@@ -121,6 +121,9 @@ pub(super) fn list(
                 "pid": (t.pid != 0).then_some(t.pid),
                 "ports": ports,
                 "healthy": t.healthy,
+                // When it entered its state, and last turned healthy (an update's watch).
+                "since": t.since,
+                "healthy_since": (t.healthy_since != 0.0).then_some(t.healthy_since),
                 "announced": t.announced,
                 "failures": t.failures,
                 "exit": exit_of(t),

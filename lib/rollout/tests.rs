@@ -18,7 +18,9 @@ fn running(instance: u32, spec: u64, since: f64) -> Seen {
         spec,
         healthy: true,
         since,
+        healthy_since: since,
         failures: 0,
+        replaced: false,
     }
 }
 
@@ -208,6 +210,80 @@ fn a_job_that_runs_its_file_s_spec_has_nothing_to_roll() {
 }
 
 #[test]
+fn a_spec_placed_everywhere_without_an_update_becomes_the_one_to_come_back_to() {
+    // An update to NEW failed with every instance down; the file then moved on to a third
+    // spec, placed without an update (nothing live ran another). Once it runs everywhere,
+    // a later failure must come back to it, not to OLD.
+    const THIRD: u64 = 0xc3;
+    let mut sim = Sim::new(3, 1);
+    sim.rollout.update = Some(Update {
+        from: OLD,
+        to: NEW,
+        phase: Phase::Failed,
+        first: 0,
+        last: 2,
+        started: 1.0,
+        progress: 1.0,
+        done: 0,
+        desired: 3,
+        why: Why::Failures,
+    });
+    sim.desired = THIRD;
+    for t in &mut sim.tasks {
+        (t.state, t.healthy) = (TaskState::Starting, false);
+        t.spec = THIRD;
+    }
+    sim.pass(10.0);
+    assert_eq!(sim.rollout.stable, OLD, "not yet: none runs healthy");
+    for t in &mut sim.tasks {
+        (t.state, t.healthy, t.healthy_since) = (TaskState::Running, true, 11.0);
+    }
+    sim.pass(12.0);
+    assert_eq!(sim.rollout.stable, THIRD);
+    assert_eq!(
+        sim.rollout.update, None,
+        "the failed update to NEW is history"
+    );
+}
+
+#[test]
+fn the_watch_counts_from_when_an_instance_turned_healthy() {
+    let mut sim = Sim::new(2, 1);
+    assert_eq!(sim.pass(100.0), vec![0]);
+    // Running since 100, but failing its checks until 125.
+    (sim.tasks[0].healthy, sim.tasks[0].healthy_since) = (false, 0.0);
+    assert_eq!(sim.pass(120.0), Vec::<u32>::new());
+    (sim.tasks[0].healthy, sim.tasks[0].healthy_since) = (true, 125.0);
+    assert_eq!(sim.pass(126.0), Vec::<u32>::new(), "healthy for 1 s of 10");
+    assert_eq!(sim.pass(135.0), vec![1]);
+}
+
+#[test]
+fn a_replacement_that_cannot_be_placed_holds_the_next_batch() {
+    let mut sim = Sim::new(4, 1);
+    assert_eq!(sim.pass(100.0), vec![0]);
+    // The update stopped instance 0, and its replacement found no room.
+    let t = &mut sim.tasks[0];
+    (t.state, t.spec, t.healthy, t.replaced) = (TaskState::Killed, OLD, false, true);
+    let kept = |_: u64| true;
+    let job = Job {
+        desired: NEW,
+        instances: 4,
+        policy: &sim.policy,
+        health_checked: true,
+        rollout: &sim.rollout,
+        room: u32::MAX,
+        kept: &kept,
+    };
+    for now in [110.0, 200.0] {
+        let plan = plan(&job, &sim.tasks, now);
+        let replaced: Vec<usize> = (0..4).filter(|&i| plan.targets[i].replace).collect();
+        assert_eq!(replaced, Vec::<usize>::new(), "no second batch at {now}");
+        assert_eq!(plan.targets[0].spec, NEW, "the stopped one is placed again");
+    }
+}
+
+#[test]
 fn the_record_reads_back_as_written() {
     let r = Rollout {
         held: true,
@@ -234,4 +310,56 @@ fn the_record_reads_back_as_written() {
         panic!("empty")
     };
     assert_eq!(Rollout::decode(&mut Decoder::new(body)).unwrap(), r);
+}
+
+#[test]
+fn waiting_names_the_instances_in_flight_and_how_far_each_is() {
+    let mut sim = Sim::new(4, 2);
+    assert_eq!(sim.pass(100.0), vec![0, 1]);
+    sim.tasks[0].healthy_since = 104.0;
+    (sim.tasks[1].healthy, sim.tasks[1].healthy_since) = (false, 0.0);
+    let kept = |_: u64| true;
+    let job = |room: u32| Job {
+        desired: NEW,
+        instances: 4,
+        policy: &sim.policy,
+        health_checked: true,
+        rollout: &sim.rollout,
+        room,
+        kept: &kept,
+    };
+    let u = sim.rollout.update.clone().unwrap();
+    let task = |i: u32| sim.tasks.get(i as usize).copied();
+    assert_eq!(
+        waiting(&job(2), &u, &task, 110.0),
+        "waiting for instance 0 healthy for 6 of 10 s; instance 1 not healthy yet"
+    );
+    // Both done: the budget decides when the next batch goes.
+    let done = |i: u32| {
+        let mut t = sim.tasks.get(i as usize).copied()?;
+        (t.healthy, t.healthy_since) = (true, 100.0);
+        Some(t)
+    };
+    assert_eq!(
+        waiting(&job(0), &u, &done, 120.0),
+        "waiting for room in the job's availability budget"
+    );
+    assert_eq!(
+        waiting(&job(2), &u, &done, 120.0),
+        "the next pass starts a batch"
+    );
+}
+
+#[test]
+fn a_failed_rollback_says_it_was_the_rollback() {
+    let mut sim = Sim::new(2, 1);
+    sim.pass(100.0);
+    sim.tasks[0].failures = 1;
+    sim.pass(101.0);
+    assert_eq!(sim.phase(), Phase::RollingBack);
+    sim.tasks[0].failures = 1; // the old spec fails too
+    sim.pass(102.0);
+    let u = sim.rollout.update.as_ref().unwrap();
+    assert_eq!((u.phase, u.why), (Phase::Failed, Why::RollbackFailures));
+    assert!(u.why.words().starts_with("rolling back"));
 }

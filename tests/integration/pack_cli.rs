@@ -250,6 +250,8 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
             task.not_before = t.not_before;
             task.spec = t.spec;
             task.since = t.since;
+            // Healthy since it started running, as reap stamps it.
+            task.healthy_since = if task.healthy { t.since } else { 0.0 };
             tx.upsert(task);
         }
         Ok(())

@@ -316,24 +316,39 @@ fn a_new_spec_that_fails_its_checks_rolls_back_and_is_not_tried_again() {
 #[test]
 fn the_progress_deadline_fails_an_update_that_cannot_be_placed() {
     crate::common::require_root("tasks under uids of their own");
-    let update = json!({"batch_size": 1, "watch_s": 0, "progress_deadline_s": 2});
+    let update = json!({"batch_size": 1, "watch_s": 0, "progress_deadline_s": 4});
     let (c, jobs) = deployed(47300, update.clone());
-    // More cpus than any host has: the new spec can never be placed.
-    let huge = web(5, "2", update).replace(r#""cpus":0.5"#, r#""cpus":64"#);
-    std::fs::write(jobs.join("web.json"), huge).unwrap();
+    // More cpus than any host has: the new spec can never be placed. A budget that lets 4
+    // of 5 go down leaves the batch size alone to hold the update to one at a time.
+    let mut huge: Value = serde_json::from_str(&web(5, "2", update)).unwrap();
+    huge["resources"]["cpus"] = json!(64);
+    huge["sla"] = json!({"max_unavailable": 4, "healthy_for_s": 0});
+    std::fs::write(jobs.join("web.json"), huge.to_string()).unwrap();
     let started = Instant::now();
-    let mut stalled = None;
+    let (mut stalled, mut most_pending) = (None, 0);
     passes_until(&c, &jobs, Duration::from_secs(60), |c| {
         let status = roll_status(c);
-        if status["update"]["state"] == "ROLLING_FORWARD" && status["update"]["pending"] == 1 {
-            stalled = Some(status);
+        if status["update"]["state"] == "ROLLING_FORWARD" {
+            let pending = status["update"]["pending"].as_u64().unwrap();
+            most_pending = most_pending.max(pending);
+            if pending == 1 {
+                stalled = Some(status);
+            }
         }
         update_state(c) == "ROLLED_BACK"
             && c.tasks().iter().filter(|t| t["state"] == "RUNNING").count() == 5
     });
-    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    assert_eq!(
+        most_pending, 1,
+        "a replacement that could not be placed let the next batch start"
+    );
     let stalled = stalled.expect("roll status showed the instance that could not be placed");
     assert_eq!(stalled["update"]["desired"], 5, "{stalled}");
+    assert_eq!(
+        stalled["update"]["why"], "waiting for instance 0 to be placed",
+        "{stalled}"
+    );
     let status = roll_status(&c);
     assert!(
         status["update"]["why"]
