@@ -415,11 +415,11 @@ fn pause_resume_canary_and_abort() {
     );
 }
 
-/// One pass whose `victim` step (`reap` for `reap --asked-only`, or `launch`) is killed
-/// with SIGKILL `after` its start, as a crash would leave it.
+/// One pass whose `victim` step (`collect` for the first reap, `reap` for `reap
+/// --asked-only`, or `launch`) is killed with SIGKILL `after` its start, as a crash would
+/// leave it.
 fn crashing_pass(c: &Cluster, jobs: &Path, victim: &str, after: Duration) {
     use std::io::Write;
-    let packed = decided(c, jobs);
     let step = |name: &str, cmd: &mut std::process::Command, input: &[u8]| -> Vec<u8> {
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -434,6 +434,13 @@ fn crashing_pass(c: &Cluster, jobs: &Path, victim: &str, after: Duration) {
         }
         child.wait_with_output().unwrap().stdout
     };
+    step("collect", &mut tool("reap", &c.state()), b"");
+    let offers = run(&mut tool("offer", &c.state()), b"");
+    let packed = run(
+        tool("pack", &c.state()).args(["--prune"]).arg(jobs),
+        &offers.stdout,
+    )
+    .stdout;
     let stopped = step(
         "reap",
         tool("reap", &c.state()).arg("--asked-only"),
@@ -455,8 +462,9 @@ fn a_pass_killed_at_any_step_of_an_update_loses_nothing_and_starts_nothing_twice
     let delays = [0, 5, 20, 50, 100, 200, 400];
     let mut n = 0;
     passes_until(&c, &jobs, Duration::from_secs(180), |c| {
-        // Between the clean passes of passes_until, one killed at a different moment.
-        let victim = if n % 2 == 0 { "launch" } else { "reap" };
+        // Between the clean passes of passes_until, one killed at a different moment: the
+        // reap that collects, the reap that stops what pack asked, or launch.
+        let victim = ["launch", "reap", "collect"][n % 3];
         crashing_pass(
             c,
             &jobs,
