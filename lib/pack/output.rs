@@ -10,9 +10,10 @@ use serde_json::{json, Map, Value};
 
 use crate::pack::{Decision, Input, Outcome};
 
-/// The records go into one buffer, handed on when it holds this much: a second copy of each
-/// line into a writer's buffer was a tenth of writing a large run.
-const CHUNK: usize = 1 << 20;
+/// Decisions formatted as one piece of the output: two threads format pieces in turn
+/// while the main thread writes them in order. A million place records took a quarter of
+/// a large run to format on one thread.
+const PIECE: usize = 8192;
 
 pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<()> {
     for line in &input.passthrough {
@@ -20,68 +21,134 @@ pub fn write(out: &mut impl Write, input: &Input, outcome: &Outcome) -> Result<(
         out.write_all(b"\n")?;
     }
     let hashes: Vec<Hex> = input.jobs.iter().map(|j| hex(j.hash)).collect();
-    let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
     let mut spec_sent = vec![false; input.jobs.len()];
     // Updates first: launch commits them whether or not anything is placed, and keeps the
     // spec a moving update goes to. Then what the drains decided, for people and `offer
     // drain --wait`.
+    let mut head = Vec::new();
     for &job in &outcome.specs_first {
-        spec_once(&mut buf, input, &hashes, &mut spec_sent, job)?;
+        if !std::mem::replace(&mut spec_sent[job], true) {
+            spec_record(&mut head, input, &hashes, job)?;
+        }
     }
     for rec in &outcome.notes {
-        serde_json::to_writer(&mut buf, rec)?;
-        buf.push(b'\n');
+        serde_json::to_writer(&mut head, rec)?;
+        head.push(b'\n');
     }
-    for d in &outcome.decisions {
-        match d {
-            Decision::Place { job, .. } => {
-                spec_once(&mut buf, input, &hashes, &mut spec_sent, *job)?;
-                place(&mut buf, input, outcome, &hashes, d);
+    out.write_all(&head)?;
+    // launch needs each job's spec once, before the job's first preempt or place record.
+    let spec_first: Vec<bool> = outcome
+        .decisions
+        .iter()
+        .map(|d| match d {
+            Decision::Place { job, .. } | Decision::Preempt { job, .. } => {
+                !std::mem::replace(&mut spec_sent[*job], true)
             }
-            Decision::Preempt {
-                victim,
-                incarnation,
-                host,
-                job,
-                instance,
-            } => {
-                spec_once(&mut buf, input, &hashes, &mut spec_sent, *job)?;
-                let rec = json!({"type":"preempt","task":victim,"incarnation":incarnation,
-                                 "host":input.fleet.names[*host as usize],
-                                 "for":format!("{}/{instance}", input.jobs[*job].key)});
-                serde_json::to_writer(&mut buf, &rec)?;
-            }
-            Decision::Pending {
-                job,
-                instance,
-                reasons,
-            } => {
-                pending(
-                    &mut buf,
-                    &input.jobs[*job].key,
-                    *instance,
-                    &outcome.reasons[*reasons],
-                )?;
-            }
-            Decision::Kill {
-                task,
-                incarnation,
-                reason,
-            } => {
-                serde_json::to_writer(
-                    &mut buf,
-                    &json!({"type":"kill","task":task,"incarnation":incarnation,"reason":reason}),
-                )?;
-            }
-        }
-        buf.push(b'\n');
-        if buf.len() >= CHUNK {
-            out.write_all(&buf)?;
-            buf.clear();
-        }
+            _ => false,
+        })
+        .collect();
+    let pieces = Pieces {
+        input,
+        outcome,
+        hashes: &hashes,
+        spec_first: &spec_first,
+    };
+    let count = outcome.decisions.len().div_ceil(PIECE);
+    if count <= 1 {
+        out.write_all(&pieces.format(0)?)?;
+        return Ok(());
     }
-    out.write_all(&buf)?;
-    Ok(())
+    std::thread::scope(|s| {
+        // A bounded channel per thread, each taking every other piece: the main thread
+        // reads them back in order, and neither runs more than two pieces ahead.
+        let channels: Vec<_> = (0..2)
+            .map(|first| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(2);
+                let pieces = &pieces;
+                s.spawn(move || {
+                    for k in (first..count).step_by(2) {
+                        if tx.send(pieces.format(k)).is_err() {
+                            break; // the writer gave up
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        for k in 0..count {
+            let piece = channels[k % 2]
+                .recv()
+                .map_err(|_| anyhow::anyhow!("a thread formatting the output ended early"))??;
+            out.write_all(&piece)?;
+        }
+        Ok(())
+    })
+}
+
+/// What formatting a piece of the decisions reads.
+struct Pieces<'a> {
+    input: &'a Input,
+    outcome: &'a Outcome,
+    hashes: &'a [Hex],
+    /// Per decision: its job's spec record goes before it.
+    spec_first: &'a [bool],
+}
+
+impl Pieces<'_> {
+    /// The records of decisions `k * PIECE ..`, each on its line.
+    fn format(&self, k: usize) -> Result<Vec<u8>> {
+        let (input, outcome) = (self.input, self.outcome);
+        let all = &outcome.decisions;
+        let range = k * PIECE..((k + 1) * PIECE).min(all.len());
+        let mut buf = Vec::with_capacity(range.len() * 256);
+        for (d, &spec_first) in all[range.clone()].iter().zip(&self.spec_first[range]) {
+            if spec_first {
+                let (Decision::Place { job, .. } | Decision::Preempt { job, .. }) = d else {
+                    unreachable!("only places and preempts carry a spec")
+                };
+                spec_record(&mut buf, input, self.hashes, *job)?;
+            }
+            match d {
+                Decision::Place { .. } => place(&mut buf, input, outcome, self.hashes, d),
+                Decision::Preempt {
+                    victim,
+                    incarnation,
+                    host,
+                    job,
+                    instance,
+                } => {
+                    let rec = json!({"type":"preempt","task":victim,"incarnation":incarnation,
+                                     "host":input.fleet.names[*host as usize],
+                                     "for":format!("{}/{instance}", input.jobs[*job].key)});
+                    serde_json::to_writer(&mut buf, &rec)?;
+                }
+                Decision::Pending {
+                    job,
+                    instance,
+                    reasons,
+                } => {
+                    pending(
+                        &mut buf,
+                        &input.jobs[*job].key,
+                        *instance,
+                        &outcome.reasons[*reasons],
+                    )?;
+                }
+                Decision::Kill {
+                    task,
+                    incarnation,
+                    reason,
+                } => {
+                    serde_json::to_writer(
+                        &mut buf,
+                        &json!({"type":"kill","task":task,"incarnation":incarnation,"reason":reason}),
+                    )?;
+                }
+            }
+            buf.push(b'\n');
+        }
+        Ok(buf)
+    }
 }
 
 /// A place record, by hand: there are a million of them in a large run.
@@ -154,25 +221,17 @@ fn incarnation_placed(input: &Input, key: &str, instance: u32) -> Option<u32> {
     Some(found.map_or(1, |i| input.running[i].incarnation.saturating_add(1)))
 }
 
-/// launch starts what is placed: it needs each job's spec once, before the job's first
-/// preempt or place record, and finds it by the hash the job is placed from.
-fn spec_once(
-    line: &mut Vec<u8>,
-    input: &Input,
-    hashes: &[Hex],
-    sent: &mut [bool],
-    job: usize,
-) -> Result<()> {
-    if !std::mem::replace(&mut sent[job], true) {
-        let spec = &input.jobs[job];
-        line.extend_from_slice(b"{\"type\":\"spec\",\"job\":");
-        string(line, &spec.key)?;
-        line.extend_from_slice(b",\"hash\":\"");
-        line.extend_from_slice(&hashes[job]);
-        line.extend_from_slice(b"\",\"spec\":");
-        line.extend_from_slice(spec.json.as_bytes());
-        line.extend_from_slice(b"}\n");
-    }
+/// A job's `spec` record: what launch starts its instances from, found by the hash the
+/// job is placed from.
+fn spec_record(line: &mut Vec<u8>, input: &Input, hashes: &[Hex], job: usize) -> Result<()> {
+    let spec = &input.jobs[job];
+    line.extend_from_slice(b"{\"type\":\"spec\",\"job\":");
+    string(line, &spec.key)?;
+    line.extend_from_slice(b",\"hash\":\"");
+    line.extend_from_slice(&hashes[job]);
+    line.extend_from_slice(b"\",\"spec\":");
+    line.extend_from_slice(spec.json.as_bytes());
+    line.extend_from_slice(b"}\n");
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! the library. Each test checks what a user would see: the records, their order, the reasons
 //! a task is pending, the exit status, and that bad input emits nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -1456,6 +1456,38 @@ fn spread_reaches_every_rack_when_hosts_are_offered_rack_by_rack() {
         *racks.entry(rack_of[&s(&p["host"])].clone()).or_default() += 1;
     }
     assert_eq!(racks.len(), 12, "one instance a rack: {racks:?}");
+}
+
+#[test]
+fn a_large_run_writes_every_record_whole_each_job_s_spec_first() {
+    // More decisions than one formatting piece (8,192): the pieces are formatted on two
+    // threads and must come out whole and in the order decided.
+    let d = Dir::new();
+    let jobs: Vec<Value> = (0..6)
+        .map(|j| job(&format!("www/prod/web{j}"), 4000, 0.01, 1))
+        .collect();
+    d.jobs("web.json", &jobs);
+    // Room for 20,000 of the 24,000: the rest are pending, in their place in the order.
+    let offers: Vec<Value> = (0..40)
+        .map(|i| offer(&format!("h{i:02}"), 5.0, 1 << 20))
+        .collect();
+    let recs = d.pack_expect(&["web.json"], &lines_of(&offers), 1);
+    let (mut spec_seen, mut next) = (HashSet::new(), BTreeMap::<String, u64>::new());
+    for r in &recs {
+        let job = s(&r["job"]);
+        match r["type"].as_str().unwrap() {
+            "spec" => assert!(spec_seen.insert(job.clone()), "two specs of {job}"),
+            "place" | "pending" => {
+                assert!(spec_seen.contains(&job) || r["type"] == "pending", "{r}");
+                let n = next.entry(job).or_default();
+                assert_eq!(r["instance"], *n, "instances in the order decided");
+                *n += 1;
+            }
+            other => panic!("unexpected {other}: {r}"),
+        }
+    }
+    assert_eq!(next.values().copied().collect::<Vec<_>>(), [4000; 6]);
+    assert_eq!(of(&recs, "place").len(), 20_000);
 }
 
 // --- what already runs (--state) ---
