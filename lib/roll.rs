@@ -309,8 +309,12 @@ fn moving(path: &Path, r: &Rollout, u: &Update, tasks: &[&Task], now: f64) -> St
         room: crate::sla::room(&spec.sla, u.desired, available),
         kept: &kept,
     };
-    let task = |i: u32| seen.iter().find(|t| t.instance == i).copied();
-    crate::rollout::waiting(&job, u, &task, now)
+    // By instance: a job may have a million of them.
+    let mut at: Vec<Option<Seen>> = vec![None; u.desired as usize];
+    for t in seen.iter().filter(|t| t.instance < u.desired) {
+        at[t.instance as usize] = Some(*t);
+    }
+    crate::rollout::waiting(&job, u, &|i| at.get(i as usize).copied().flatten(), now)
 }
 
 /// Instances as ranges: "0-2,5".
