@@ -13,24 +13,35 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 
 use super::{fnv, FNV_START};
 
+/// The bytes the hash reads, kept from one spec to the next by a caller that reads many.
+#[derive(Default)]
+pub(super) struct Feed(Vec<u8>);
+
 /// The spec in compact JSON (fields in the order written) and [`super::hash`] of it.
 /// None when the text is not JSON, or an object names a key twice: a `Value` keeps one
 /// entry of the two, so the caller builds the `Value` and asks it.
-pub(super) fn compact(text: &str) -> Option<(String, u64)> {
+pub(super) fn compact(text: &str, kept: &mut Feed) -> Option<(String, u64)> {
+    let mut feed = std::mem::take(&mut kept.0);
+    feed.clear();
+    // An object's feed is written after its values before it takes their place: the
+    // whole spec's twice, at most, and a comma more per element.
+    feed.reserve(2 * text.len() + 64);
     let mut pass = Pass {
         json: Vec::with_capacity(text.len()),
-        // An object's feed is written after its values before it takes their place: the
-        // whole spec's twice, at most, and a comma more per element.
-        feed: Vec::with_capacity(2 * text.len() + 64),
+        feed,
         entries: Vec::with_capacity(32),
     };
     let mut de = serde_json::Deserializer::from_str(text);
-    Node(&mut pass).deserialize(&mut de).ok()?;
-    de.end().ok()?;
+    let read = Node(&mut pass).deserialize(&mut de).and_then(|()| de.end());
+    let Pass {
+        json, feed: fed, ..
+    } = pass;
     let mut h = FNV_START;
-    fnv(&mut h, &pass.feed);
+    fnv(&mut h, &fed);
+    kept.0 = fed;
+    read.ok()?;
     // serde_json wrote it, from a &str: it is UTF-8.
-    Some((String::from_utf8(pass.json).ok()?, h))
+    Some((String::from_utf8(json).ok()?, h))
 }
 
 /// What the pass writes. One of each for the whole spec: an allocation per object was

@@ -96,6 +96,8 @@ struct Run<'a> {
     per_gpu: Option<(u64, u64)>,
     in_use: Vec<bool>,
     held: Vec<Resources>,
+    /// Tables of instances per failure domain, for the job being placed (spread).
+    spare: place::Spare,
     /// The fleet is asked for more than it has: pending is expected, a retry is not tried.
     oversubscribed: bool,
     placed: usize,
@@ -207,7 +209,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
 }
 
 fn fleet_gpus_max(fleet: &Fleet) -> u64 {
-    fleet.gpus.iter().copied().max().unwrap_or(0) as u64
+    fleet.free.iter().map(|f| f.gpus).max().unwrap_or(0) as u64
 }
 
 /// Consolidation tries pairs among this many of the least full hosts, each into one fresh
@@ -270,6 +272,11 @@ impl Stream {
             (None, Some(_)) => Some(1),
             (None, None) => None,
         }
+    }
+
+    /// Whether the instance taken last was its job's last.
+    fn took_last(&self, missing: &[Vec<u32>]) -> bool {
+        self.instance == missing[self.jobs[self.job]].len()
     }
 
     fn take(&mut self, missing: &[Vec<u32>]) -> (usize, u32) {
@@ -348,9 +355,10 @@ impl<'a> Run<'a> {
             prefer: HashMap::new(),
             in_use,
             held,
+            spare: place::Spare::default(),
         };
         // Roles are numbered once here, so the loop indexes rather than hashes.
-        let mut roles: HashMap<&str, usize> = HashMap::new();
+        let mut roles: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
         for spec in jobs {
             let next = roles.len();
             let r = *roles.entry(spec.role()).or_insert(next);
@@ -473,6 +481,17 @@ impl<'a> Run<'a> {
         while let Some(s) = Stream::next_turn(&streams) {
             let (j, instance) = streams[s].take(missing);
             self.place_one(j, instance);
+            if streams[s].took_last(missing) {
+                self.placed_all_of(j);
+            }
+        }
+    }
+
+    /// Job `j` has had every missing instance placed or left pending: its tables of
+    /// instances per failure domain are for the next jobs.
+    fn placed_all_of(&mut self, j: usize) {
+        if let Some(class) = &mut self.classes[j] {
+            class.close_tables(&mut self.spare);
         }
     }
 
@@ -486,6 +505,7 @@ impl<'a> Run<'a> {
             self.placer.park_refused(self.fleet);
         }
         self.placer.parking(self.fleet, false);
+        self.placed_all_of(j);
     }
 
     /// What a retry of `group` restores.
@@ -725,9 +745,10 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let class = self.classes[j]
+        let mut class = self.classes[j]
             .take()
             .unwrap_or_else(|| Class::compile(j, spec, self.fleet));
+        class.open_tables(self.fleet, &mut self.spare);
         let host = match self.stuck[j] {
             Some(_) => None,
             None => {
@@ -1012,11 +1033,11 @@ impl<'a> Run<'a> {
             return false;
         };
         let mut room = [
-            f.ref_cpus[h] as u64,
-            f.ram_mb[h],
-            f.disk_mb[h],
-            f.gpus[h] as u64,
-            f.ports[h] as u64,
+            f.free[h].ref_cpus as u64,
+            f.free[h].ram_mb,
+            f.free[h].disk_mb,
+            f.free[h].gpus as u64,
+            f.free[h].ports as u64,
         ];
         let later = on_h
             .iter()
@@ -1183,8 +1204,8 @@ impl<'a> Run<'a> {
                         used[1] += jobs[job].resources.ram_mb;
                     }
                 }
-                let cpu = used[0] as f64 / (used[0] + f.cpus[h] as u64).max(1) as f64;
-                let ram = used[1] as f64 / (used[1] + f.ram_mb[h]).max(1) as f64;
+                let cpu = used[0] as f64 / (used[0] + f.free[h].cpus as u64).max(1) as f64;
+                let ram = used[1] as f64 / (used[1] + f.free[h].ram_mb).max(1) as f64;
                 (cpu.max(ram), h)
             })
             .collect();
@@ -1297,10 +1318,21 @@ impl<'a> Run<'a> {
     /// that refuse each, by the first check they fail, on the fleet as the pass leaves it.
     fn count_refusals(&mut self) {
         let mut sets = HostSets::new(self.fleet);
+        // Jobs that ask only for room are refused alike when they ask for the same: on an
+        // oversubscribed fleet of many small jobs, tens of thousands of them.
+        let mut by_need: HashMap<(Resources, u32), Vec<(String, u32)>> = HashMap::new();
         for (&j, &idx) in &self.reason_of_job {
-            if let (Some(""), Some(class)) = (self.stuck[j], &self.classes[j]) {
-                self.reasons[idx] = reasons_for(self.fleet, &mut sets, class, &self.jobs[j]);
-            }
+            let (Some(""), Some(class)) = (self.stuck[j], &self.classes[j]) else {
+                continue;
+            };
+            let mut count = || reasons_for(self.fleet, &mut sets, class, &self.jobs[j]);
+            self.reasons[idx] = match class.asks_only_room() {
+                true => by_need
+                    .entry((class.need(), class.ports_need()))
+                    .or_insert_with(count)
+                    .clone(),
+                false => count(),
+            };
         }
     }
 

@@ -192,7 +192,7 @@ fn explain_only(
 /// How full a host is, from 0 (as free as the largest host) to 1 (full), by its scarcest
 /// resource against the fleet's largest: binpack prefers higher scores, spread lower ones.
 fn fleet_score(fleet: &Fleet, largest: Resources, h: usize) -> f64 {
-    let cpu = fleet.ref_cpus[h] as f64 / largest.cpus.max(1) as f64;
-    let ram = fleet.ram_mb[h] as f64 / largest.ram_mb.max(1) as f64;
+    let cpu = fleet.free[h].ref_cpus as f64 / largest.cpus.max(1) as f64;
+    let ram = fleet.free[h].ram_mb as f64 / largest.ram_mb.max(1) as f64;
     ((1.0 - cpu.min(ram)) * 1000.0).round() / 1000.0
 }

@@ -100,20 +100,9 @@ pub fn domain_slot(v: u32) -> usize {
 #[cfg_attr(test, derive(PartialEq))]
 pub struct Fleet {
     pub names: Vec<String>,
-    /// Free physical millicores.
-    pub cpus: Vec<u32>,
-    /// The same in reference millicores (floor(cpus × cpu_factor)): what jobs ask in.
-    pub ref_cpus: Vec<u32>,
-    pub cpu_factor: Vec<f64>,
-    pub ram_mb: Vec<u64>,
-    pub disk_mb: Vec<u64>,
-    pub gpus: Vec<u32>,
-    /// Free ports (count), and the free ranges they come from.
-    pub ports: Vec<u32>,
-    /// The lowest free range of each host is kept apart, in one flat column: a placement
-    /// takes its ports from it without following a pointer per host (a cache miss per
-    /// placement on a large fleet); `port_ranges` holds the ranges after it.
-    port_first: Vec<(u16, u16)>,
+    /// What each host has free.
+    pub free: Vec<Free>,
+    /// The free port ranges of each host after its lowest (`Free::port_first`).
     port_ranges: Vec<Vec<(u16, u16)>>,
     /// Scheduled for maintenance: used last.
     pub scheduled: Vec<bool>,
@@ -135,6 +124,26 @@ pub struct Fleet {
     /// How many reservations were given back (`release`): hosts gain room in no other
     /// way, so while it stays the same they only fill.
     pub releases: u64,
+}
+
+/// What one host has free, in one record: checking a host for room and reserving room
+/// on it read and write all of it, and kept as a column per resource each was a cache
+/// miss of its own on a large fleet.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Free {
+    /// Physical millicores.
+    pub cpus: u32,
+    /// The same in reference millicores (floor(cpus × cpu_factor)): what jobs ask in.
+    pub ref_cpus: u32,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    pub gpus: u32,
+    /// Free ports (count).
+    pub ports: u32,
+    pub cpu_factor: f64,
+    /// The lowest free port range: a placement takes its ports from it without following
+    /// a pointer to the host's list of ranges.
+    port_first: (u16, u16),
 }
 
 /// The fields of an offer record (and of `offer_line::Line`).
@@ -242,14 +251,16 @@ impl Fleet {
         let (milli, factor, ranges) = (cap.cpus, cap.cpu_factor, cap.ports);
         self.by_name.insert(name.to_string(), h as u32);
         self.names.push(name.to_string());
-        self.cpus.push(milli);
-        self.ref_cpus.push(ref_milli(milli, factor));
-        self.cpu_factor.push(factor);
-        self.ram_mb.push(cap.ram_mb);
-        self.disk_mb.push(cap.disk_mb);
-        self.gpus.push(cap.gpus);
-        self.ports
-            .push(ranges.iter().map(|&(a, b)| (b - a) as u32 + 1).sum());
+        self.free.push(Free {
+            cpus: milli,
+            ref_cpus: ref_milli(milli, factor),
+            ram_mb: cap.ram_mb,
+            disk_mb: cap.disk_mb,
+            gpus: cap.gpus,
+            ports: ranges.iter().map(|&(a, b)| (b - a) as u32 + 1).sum(),
+            cpu_factor: factor,
+            port_first: NO_PORTS,
+        });
         self.push_ranges(ranges);
         self.scheduled.push(mode == Mode::Scheduled);
         for col in &mut self.attrs.columns {
@@ -346,10 +357,10 @@ impl Fleet {
     /// millicores): the fleet's unit of size.
     pub fn largest(&self) -> Resources {
         Resources {
-            cpus: self.ref_cpus.iter().copied().max().unwrap_or(0) as u64,
-            ram_mb: self.ram_mb.iter().copied().max().unwrap_or(0),
-            disk_mb: self.disk_mb.iter().copied().max().unwrap_or(0),
-            gpus: self.gpus.iter().copied().max().unwrap_or(0) as u64,
+            cpus: self.free.iter().map(|f| f.ref_cpus).max().unwrap_or(0) as u64,
+            ram_mb: self.free.iter().map(|f| f.ram_mb).max().unwrap_or(0),
+            disk_mb: self.free.iter().map(|f| f.disk_mb).max().unwrap_or(0),
+            gpus: self.free.iter().map(|f| f.gpus).max().unwrap_or(0) as u64,
         }
     }
 
@@ -357,16 +368,16 @@ impl Fleet {
     /// `Resources::to_array` (cpus in reference millicores).
     pub fn free_columns(&self) -> [Vec<u64>; 4] {
         [
-            self.ref_cpus.iter().map(|&c| c as u64).collect(),
-            self.ram_mb.clone(),
-            self.disk_mb.clone(),
-            self.gpus.iter().map(|&g| g as u64).collect(),
+            self.free.iter().map(|f| f.ref_cpus as u64).collect(),
+            self.free.iter().map(|f| f.ram_mb).collect(),
+            self.free.iter().map(|f| f.disk_mb).collect(),
+            self.free.iter().map(|f| f.gpus as u64).collect(),
         ]
     }
 
     /// Physical millicores host `h` spends on `ref_cpus` reference millicores.
     pub fn physical(&self, h: usize, ref_cpus: u32) -> u32 {
-        (ref_cpus as f64 / self.cpu_factor[h] - 1e-9)
+        (ref_cpus as f64 / self.free[h].cpu_factor - 1e-9)
             .ceil()
             .max(0.0) as u32
     }
@@ -385,27 +396,28 @@ impl Fleet {
         nports: usize,
         taken: &mut Vec<u16>,
     ) -> u32 {
-        let phys = self.physical(h, ref_cpus).min(self.cpus[h]);
-        self.cpus[h] -= phys;
-        self.ref_cpus[h] = ref_milli(self.cpus[h], self.cpu_factor[h]);
-        self.ram_mb[h] -= ram;
-        self.disk_mb[h] -= disk;
-        self.gpus[h] -= gpus;
+        let phys = self.physical(h, ref_cpus).min(self.free[h].cpus);
+        let free = &mut self.free[h];
+        free.cpus -= phys;
+        free.ref_cpus = ref_milli(free.cpus, free.cpu_factor);
+        free.ram_mb -= ram;
+        free.disk_mb -= disk;
+        free.gpus -= gpus;
+        free.ports -= nports as u32;
         for _ in 0..nports {
-            let (lo, hi) = self.port_first[h];
+            let (lo, hi) = free.port_first;
             taken.push(lo);
             if lo == hi {
                 let rest = &mut self.port_ranges[h];
-                self.port_first[h] = if rest.is_empty() {
+                free.port_first = if rest.is_empty() {
                     NO_PORTS
                 } else {
                     rest.remove(0)
                 };
             } else {
-                self.port_first[h].0 = lo + 1;
+                free.port_first.0 = lo + 1;
             }
         }
-        self.ports[h] -= nports as u32;
         phys
     }
 
@@ -420,14 +432,15 @@ impl Fleet {
         ports: &[u16],
     ) {
         self.releases += 1;
-        self.cpus[h] += phys_cpus;
-        self.ref_cpus[h] = ref_milli(self.cpus[h], self.cpu_factor[h]);
-        self.ram_mb[h] += ram;
-        self.disk_mb[h] += disk;
-        self.gpus[h] += gpus;
+        let free = &mut self.free[h];
+        free.cpus += phys_cpus;
+        free.ref_cpus = ref_milli(free.cpus, free.cpu_factor);
+        free.ram_mb += ram;
+        free.disk_mb += disk;
+        free.gpus += gpus;
         let mut ranges = std::mem::take(&mut self.port_ranges[h]);
-        if self.port_first[h] != NO_PORTS {
-            ranges.push(self.port_first[h]);
+        if self.free[h].port_first != NO_PORTS {
+            ranges.push(self.free[h].port_first);
         }
         for &p in ports {
             ranges.push((p, p));
@@ -440,7 +453,7 @@ impl Fleet {
                 _ => merged.push((a, b)),
             }
         }
-        self.ports[h] = merged.iter().map(|&(a, b)| (b - a) as u32 + 1).sum();
+        self.free[h].ports = merged.iter().map(|&(a, b)| (b - a) as u32 + 1).sum();
         self.set_ranges(h, merged);
     }
 }
@@ -451,14 +464,13 @@ const NO_PORTS: (u16, u16) = (1, 0);
 impl Fleet {
     /// Adds the free port ranges (sorted, apart) of the host just added.
     fn push_ranges(&mut self, ranges: Vec<(u16, u16)>) {
-        self.port_first.push(NO_PORTS);
         self.port_ranges.push(Vec::new());
-        self.set_ranges(self.port_first.len() - 1, ranges);
+        self.set_ranges(self.port_ranges.len() - 1, ranges);
     }
 
     /// Host `h`'s free port ranges, lowest first.
     pub fn free_ranges(&self, h: usize) -> Vec<(u16, u16)> {
-        let first = Some(self.port_first[h]).filter(|&r| r != NO_PORTS);
+        let first = Some(self.free[h].port_first).filter(|&r| r != NO_PORTS);
         first
             .into_iter()
             .chain(self.port_ranges[h].iter().copied())
@@ -467,7 +479,7 @@ impl Fleet {
 
     /// Sets host `h`'s free port ranges (sorted, apart).
     fn set_ranges(&mut self, h: usize, mut ranges: Vec<(u16, u16)>) {
-        self.port_first[h] = if ranges.is_empty() {
+        self.free[h].port_first = if ranges.is_empty() {
             NO_PORTS
         } else {
             ranges.remove(0)

@@ -120,6 +120,87 @@ impl IdSet {
     }
 }
 
+/// Instances of a job per value of one failure-domain column (by `domain_slot`).
+///
+/// A table with a slot per value while the job is placed: spread reads it for every
+/// candidate host. Otherwise only the values it holds are kept, and the table waits in
+/// `Spare` for the next job: 20,000 jobs over 2,500 racks held 200 MB of tables, and
+/// allocating them was a tenth of the pass.
+#[derive(Debug, Clone)]
+enum DomainCounts {
+    Table(Vec<u32>),
+    Held(Vec<(u32, u32)>),
+}
+
+/// Zeroed tables of jobs not being placed, for the next jobs to take.
+#[derive(Default)]
+pub struct Spare(Vec<Vec<u32>>);
+
+impl DomainCounts {
+    #[inline]
+    fn get(&self, slot: usize) -> u32 {
+        match self {
+            DomainCounts::Table(t) => t.get(slot).copied().unwrap_or(0),
+            DomainCounts::Held(held) => held
+                .binary_search_by_key(&(slot as u32), |&(s, _)| s)
+                .map_or(0, |i| held[i].1),
+        }
+    }
+
+    /// Adds one instance in `slot`, or takes one away.
+    fn add(&mut self, slot: usize, one: bool) {
+        let n = match self {
+            DomainCounts::Table(t) => match t.get_mut(slot) {
+                Some(n) => n,
+                None => return,
+            },
+            DomainCounts::Held(held) => {
+                let i = match held.binary_search_by_key(&(slot as u32), |&(s, _)| s) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        held.insert(i, (slot as u32, 0));
+                        i
+                    }
+                };
+                &mut held[i].1
+            }
+        };
+        *n = if one { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    /// A table of `slots` slots, from `spare` when one of that size waits there.
+    fn open(&mut self, slots: usize, spare: &mut Spare) {
+        let DomainCounts::Held(held) = self else {
+            return;
+        };
+        let mut table = match spare.0.iter().rposition(|t| t.len() == slots) {
+            Some(i) => spare.0.swap_remove(i),
+            None => vec![0; slots],
+        };
+        for &(slot, n) in held.iter() {
+            if let Some(x) = table.get_mut(slot as usize) {
+                *x = n;
+            }
+        }
+        *self = DomainCounts::Table(table);
+    }
+
+    /// Keeps only the values held, and hands the table back zeroed.
+    fn close(&mut self, spare: &mut Spare) {
+        let DomainCounts::Table(table) = self else {
+            return;
+        };
+        let held = (0..table.len() as u32)
+            .zip(table.iter().copied())
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        let mut table = std::mem::take(table);
+        table.fill(0);
+        spare.0.push(table);
+        *self = DomainCounts::Held(held);
+    }
+}
+
 /// A job compiled for the loop.
 #[derive(Debug, Clone)]
 pub struct Class {
@@ -142,8 +223,8 @@ pub struct Class {
     hosts: Vec<u32>,
     /// Instances per attribute value, per limit.
     value_used: Vec<Vec<u32>>,
-    /// Instances per failure domain (by `domain_slot`), per domain column (spread only).
-    domain_used: Vec<Vec<u32>>,
+    /// Instances per failure domain, per domain column (spread only).
+    domain_used: Vec<DomainCounts>,
 }
 
 /// Instances of the current job per host, without a hash in the loop: counts are valid
@@ -269,7 +350,7 @@ impl Class {
             domain_used: fleet
                 .domains
                 .iter()
-                .map(|&col| vec![0; fleet.attrs.value_count(col) + 1])
+                .map(|_| DomainCounts::Held(Vec::new()))
                 .collect(),
         }
     }
@@ -280,10 +361,7 @@ impl Class {
     fn domain_load(&self, fleet: &Fleet, h: usize, from: usize, out: &mut [u32; 4]) {
         for (i, &col) in fleet.domains.iter().enumerate().take(4).skip(from) {
             let v = fleet.attrs.column(col)[h];
-            out[i] = self.domain_used[i]
-                .get(domain_slot(v))
-                .copied()
-                .unwrap_or(0);
+            out[i] = self.domain_used[i].get(domain_slot(v));
         }
     }
 
@@ -308,9 +386,7 @@ impl Class {
                 Some(h) => fleet.attrs.column(col)[h],
                 None => values(col),
             };
-            if let Some(n) = self.domain_used[i].get_mut(domain_slot(v)) {
-                *n += 1;
-            }
+            self.domain_used[i].add(domain_slot(v), true);
         }
         for (i, (scope, _)) in self.limits.iter().enumerate() {
             match scope {
@@ -338,9 +414,7 @@ impl Class {
         }
         for (i, &col) in fleet.domains.iter().enumerate() {
             let v = fleet.attrs.column(col)[h];
-            if let Some(n) = self.domain_used[i].get_mut(domain_slot(v)) {
-                *n -= 1;
-            }
+            self.domain_used[i].add(domain_slot(v), false);
         }
         for (i, (scope, _)) in self.limits.iter().enumerate() {
             if let Scope::Column(col) = scope {
@@ -505,12 +579,13 @@ impl Class {
     /// Whether host `h` is short of each resource of `ROOM_REASONS`, in that order.
     #[inline(always)]
     fn short_of(&self, fleet: &Fleet, h: usize) -> [bool; 5] {
+        let free = &fleet.free[h];
         [
-            fleet.ref_cpus[h] < self.ref_cpus,
-            fleet.ram_mb[h] < self.ram,
-            fleet.disk_mb[h] < self.disk,
-            fleet.gpus[h] < self.gpus,
-            fleet.ports[h] < self.ports,
+            free.ref_cpus < self.ref_cpus,
+            free.ram_mb < self.ram,
+            free.disk_mb < self.disk,
+            free.gpus < self.gpus,
+            free.ports < self.ports,
         ]
     }
 
@@ -549,18 +624,33 @@ impl Class {
     /// Instances of the job in value slot `slot` of failure domain `level` (see
     /// `domain_slot`).
     pub fn domain_count(&self, level: usize, slot: usize) -> u32 {
-        self.domain_used[level].get(slot).copied().unwrap_or(0)
+        self.domain_used[level].get(slot)
+    }
+
+    /// The job is about to be placed: its instances per failure domain in tables.
+    pub fn open_tables(&mut self, fleet: &Fleet, spare: &mut Spare) {
+        for (counts, &col) in self.domain_used.iter_mut().zip(&fleet.domains) {
+            counts.open(fleet.attrs.value_count(col) + 1, spare);
+        }
+    }
+
+    /// The job is placed: its tables go back to `spare`.
+    pub fn close_tables(&mut self, spare: &mut Spare) {
+        for counts in &mut self.domain_used {
+            counts.close(spare);
+        }
     }
 
     /// Whether host `h` would have room for one more instance with `freed` more free
     /// (cpus in the host's physical millicores) and `ports` more ports.
     pub fn fits_with(&self, fleet: &Fleet, h: usize, freed: Resources, ports: u32) -> bool {
-        let phys = (fleet.cpus[h] as u64 + freed.cpus).min(u32::MAX as u64) as u32;
-        super::fleet::ref_milli(phys, fleet.cpu_factor[h]) >= self.ref_cpus
-            && fleet.ram_mb[h] + freed.ram_mb >= self.ram
-            && fleet.disk_mb[h] + freed.disk_mb >= self.disk
-            && fleet.gpus[h] as u64 + freed.gpus >= self.gpus as u64
-            && fleet.ports[h] + ports >= self.ports
+        let free = &fleet.free[h];
+        let phys = (free.cpus as u64 + freed.cpus).min(u32::MAX as u64) as u32;
+        super::fleet::ref_milli(phys, free.cpu_factor) >= self.ref_cpus
+            && free.ram_mb + freed.ram_mb >= self.ram
+            && free.disk_mb + freed.disk_mb >= self.disk
+            && free.gpus as u64 + freed.gpus >= self.gpus as u64
+            && free.ports + ports >= self.ports
     }
 
     /// How many instances are counted on hosts.
@@ -575,7 +665,7 @@ impl Class {
     /// Whether a host refuses an instance only for want of room: no constraint, no limit,
     /// and no dedicated host admits it (so every dedicated host refuses it, whatever job
     /// it is).
-    fn asks_only_room(&self) -> bool {
+    pub fn asks_only_room(&self) -> bool {
         self.values.is_empty() && self.limits.is_empty() && self.admitted.is_empty()
     }
 
@@ -621,12 +711,13 @@ impl Class {
 const SIZES: usize = 16;
 
 fn room_of(fleet: &Fleet, h: usize) -> Room {
+    let free = &fleet.free[h];
     [
-        fleet.ref_cpus[h] as u64,
-        fleet.ram_mb[h],
-        fleet.disk_mb[h],
-        fleet.gpus[h] as u64,
-        fleet.ports[h] as u64,
+        free.ref_cpus as u64,
+        free.ram_mb,
+        free.disk_mb,
+        free.gpus as u64,
+        free.ports as u64,
     ]
 }
 
@@ -745,11 +836,11 @@ impl Placer {
             Strategy::Binpack => Vec::new(),
             Strategy::Spread => (0..fleet.len())
                 .map(|h| {
-                    let physical = (fleet.cpus[h] as u64 + held[h].cpus).min(u32::MAX as u64);
+                    let physical = (fleet.free[h].cpus as u64 + held[h].cpus).min(u32::MAX as u64);
                     [
-                        super::fleet::ref_milli(physical as u32, fleet.cpu_factor[h]) as u64,
-                        fleet.ram_mb[h] + held[h].ram_mb,
-                        fleet.gpus[h] as u64 + held[h].gpus,
+                        super::fleet::ref_milli(physical as u32, fleet.free[h].cpu_factor) as u64,
+                        fleet.free[h].ram_mb + held[h].ram_mb,
+                        fleet.free[h].gpus as u64 + held[h].gpus,
                     ]
                 })
                 .collect(),
@@ -768,7 +859,7 @@ impl Placer {
         let kind = (0..fleet.len())
             .map(|h| match () {
                 _ if strategy == Strategy::Spread || in_use[h] => IN_USE as u8,
-                _ if fleet.gpus[h] > 0 => FRESH_GPU as u8,
+                _ if fleet.free[h].gpus > 0 => FRESH_GPU as u8,
                 _ => FRESH as u8,
             })
             .collect();
@@ -818,7 +909,10 @@ impl Placer {
             .collect();
         fresh.sort_by_key(|&h| std::cmp::Reverse(h));
         for h in fresh {
-            let key = (fleet.ref_cpus[h as usize], fleet.ram_mb[h as usize]);
+            let key = (
+                fleet.free[h as usize].ref_cpus,
+                fleet.free[h as usize].ram_mb,
+            );
             let next = self.shapes.len();
             let s = *self.shape_of.entry(key).or_insert(next);
             if s == next {
@@ -858,7 +952,7 @@ impl Placer {
             return;
         }
         let now = if self.kind[h] == IN_USE as u8 && !fleet.scheduled[h] {
-            [fleet.ref_cpus[h] as u64, fleet.ram_mb[h]]
+            [fleet.free[h].ref_cpus as u64, fleet.free[h].ram_mb]
         } else {
             [0, 0]
         };
@@ -929,14 +1023,14 @@ impl Placer {
     /// other (see `index`); spread, 0.
     fn host_key(&self, fleet: &Fleet, h: usize) -> Slot {
         let free = [
-            fleet.ref_cpus[h] as u64,
-            fleet.ram_mb[h],
-            fleet.gpus[h] as u64,
+            fleet.free[h].ref_cpus as u64,
+            fleet.free[h].ram_mb,
+            fleet.free[h].gpus as u64,
         ];
         let (bucket, cell) = match self.strategy {
             Strategy::Binpack => {
                 let [c, r, g] = self.shares(free[0], free[1], free[2]);
-                let other = g.min(share(fleet.disk_mb[h], self.scale.disk_mb));
+                let other = g.min(share(fleet.free[h].disk_mb, self.scale.disk_mb));
                 (bucket_of(c.min(r).min(other)), cell_of(c, r, other))
             }
             Strategy::Spread => {
@@ -1027,10 +1121,14 @@ impl Placer {
     pub fn refresh(&mut self, fleet: &Fleet, h: usize) {
         let from = self.pool(fleet, h, self.kind[h] as usize);
         self.pools.remove(from, self.slot[h], h as u32);
-        self.kind[h] = if fleet.gpus[h] > 0 { FRESH_GPU } else { FRESH } as u8;
+        self.kind[h] = if fleet.free[h].gpus > 0 {
+            FRESH_GPU
+        } else {
+            FRESH
+        } as u8;
         self.slot[h] = self.insert(fleet, h);
         self.account(fleet, h);
-        let key = (fleet.ref_cpus[h], fleet.ram_mb[h]);
+        let key = (fleet.free[h].ref_cpus, fleet.free[h].ram_mb);
         if let Some(&s) = self.shape_of.get(&key).filter(|_| self.openable(fleet, h)) {
             self.shapes[s].hosts.borrow_mut().push(h as u32);
         }
@@ -1150,10 +1248,10 @@ impl Placer {
             let Some((cpu_per_gpu, ram_per_gpu)) = self.per_gpu else {
                 return false;
             };
-            fleet.gpus[h] as u64 > g
+            fleet.free[h].gpus as u64 > g
                 && (g == 0
-                    || fleet.ref_cpus[h] as u64 - c < cpu_per_gpu
-                    || fleet.ram_mb[h] - r < ram_per_gpu)
+                    || fleet.free[h].ref_cpus as u64 - c < cpu_per_gpu
+                    || fleet.free[h].ram_mb - r < ram_per_gpu)
         };
         if g > 0 && self.strategy == Strategy::Binpack {
             if let Some(h) = self.gpu_fit(fleet, c, g, &want, &fits) {
@@ -1389,7 +1487,7 @@ impl Placer {
                 .take(GPU_SCAN)
             {
                 let h = h as usize;
-                let ratio = fleet.ref_cpus[h] as f64 / fleet.gpus[h] as f64;
+                let ratio = fleet.free[h].ref_cpus as f64 / fleet.free[h].gpus as f64;
                 let short = ratio < need;
                 // Not short before short; then the closest ratio above the need (or, when
                 // all are short, the largest below it); then the fuller host.
@@ -1512,6 +1610,33 @@ pub fn lower_bound(capacity: [Vec<u64>; 4], demand: Resources) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domain_counts_keep_what_they_hold_and_hand_on_a_zeroed_table() {
+        let mut spare = Spare::default();
+        let mut a = DomainCounts::Held(Vec::new());
+        a.add(3, true);
+        a.open(8, &mut spare);
+        for slot in [3, 3, 7, 0] {
+            a.add(slot, true);
+        }
+        a.add(7, false);
+        let counts = |c: &DomainCounts| (0..9).map(|s| c.get(s)).collect::<Vec<_>>();
+        let before = counts(&a);
+        assert_eq!(before, [1, 0, 0, 3, 0, 0, 0, 0, 0]);
+        a.close(&mut spare);
+        assert!(matches!(&a, DomainCounts::Held(h) if h.len() == 2));
+        assert_eq!(counts(&a), before);
+        // The next job takes the same table back, zeroed.
+        let mut b = DomainCounts::Held(vec![(5, 2)]);
+        b.open(8, &mut spare);
+        assert!(spare.0.is_empty());
+        assert_eq!(counts(&b), [0, 0, 0, 0, 0, 2, 0, 0, 0]);
+        // A count taken back after the job is placed stays right.
+        a.add(3, false);
+        a.add(1, true);
+        assert_eq!(counts(&a), [1, 1, 0, 2, 0, 0, 0, 0, 0]);
+    }
 
     #[test]
     fn id_sets_hold_ids_below_and_beyond_64() {

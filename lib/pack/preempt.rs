@@ -206,19 +206,19 @@ impl<'a> Victims<'a> {
     fn fits(&self, fleet: &Fleet, class: &Class, h: usize, set: &[Victim]) -> bool {
         // Physical millicores add up; the instance asks in reference ones.
         let mut room = Resources {
-            cpus: fleet.cpus[h] as u64,
-            ram_mb: fleet.ram_mb[h],
-            disk_mb: fleet.disk_mb[h],
-            gpus: fleet.gpus[h] as u64,
+            cpus: fleet.free[h].cpus as u64,
+            ram_mb: fleet.free[h].ram_mb,
+            disk_mb: fleet.free[h].disk_mb,
+            gpus: fleet.free[h].gpus as u64,
         };
-        let mut ports = fleet.ports[h];
+        let mut ports = fleet.free[h].ports;
         for v in set {
             let t = &self.running[v.task];
             room += t.held();
             ports += t.ports.len() as u32;
         }
         let physical = u32::try_from(room.cpus).unwrap_or(u32::MAX);
-        room.cpus = fleet::ref_milli(physical, fleet.cpu_factor[h]) as u64;
+        room.cpus = fleet::ref_milli(physical, fleet.free[h].cpu_factor) as u64;
         class.need().fits_in(room) && ports >= class.ports_need()
     }
 }

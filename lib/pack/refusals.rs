@@ -172,7 +172,7 @@ impl HostSets {
     pub fn new(fleet: &Fleet) -> HostSets {
         let n = fleet.len();
         let mut order: Vec<u32> = (0..n as u32).collect();
-        order.sort_by_key(|&h| std::cmp::Reverse(fleet.ref_cpus[h as usize]));
+        order.sort_by_key(|&h| std::cmp::Reverse(fleet.free[h as usize].ref_cpus));
         let mut position = vec![0u32; n];
         for (p, &h) in order.iter().enumerate() {
             position[h as usize] = p as u32;
@@ -181,13 +181,13 @@ impl HostSets {
             order.iter().map(|&h| column(h as usize)).collect()
         };
         let free = [
-            by_position(&|h| fleet.ram_mb[h]),
-            by_position(&|h| fleet.disk_mb[h]),
-            by_position(&|h| fleet.gpus[h] as u64),
-            by_position(&|h| fleet.ports[h] as u64),
+            by_position(&|h| fleet.free[h].ram_mb),
+            by_position(&|h| fleet.free[h].disk_mb),
+            by_position(&|h| fleet.free[h].gpus as u64),
+            by_position(&|h| fleet.free[h].ports as u64),
         ];
         HostSets {
-            cpus: by_position(&|h| fleet.ref_cpus[h] as u64),
+            cpus: by_position(&|h| fleet.free[h].ref_cpus as u64),
             least: free
                 .each_ref()
                 .map(|f| f.iter().copied().min().unwrap_or(0)),

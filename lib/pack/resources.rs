@@ -11,7 +11,7 @@ use crate::job;
 /// cpus in millicores (reference millicores, unless the value says it counts a host's
 /// physical ones), memory and disk in MB, whole GPUs. Ports are counted apart: no quota or
 /// bound counts them, and a host's are numbers to hand out, not only an amount.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
     pub cpus: u64,
     pub ram_mb: u64,

@@ -365,8 +365,8 @@ proptest! {
         prop_assert!(got.is_ok(), "{}: {:#}", String::from_utf8_lossy(&line), got.err().unwrap());
         let f = got.unwrap().fleet;
         prop_assert_eq!(&f.names, &vec![h.name.clone()]);
-        prop_assert_eq!(f.cpus[0], h.cpus);
-        prop_assert_eq!((f.ram_mb[0], f.disk_mb[0], f.gpus[0]), (h.ram_mb, h.disk_mb, h.gpus));
+        prop_assert_eq!(f.free[0].cpus, h.cpus);
+        prop_assert_eq!((f.free[0].ram_mb, f.free[0].disk_mb, f.free[0].gpus), (h.ram_mb, h.disk_mb, h.gpus));
         prop_assert_eq!(&f.free_ranges(0), &h.ports);
         prop_assert_eq!(f.scheduled[0], h.maintenance.mode == Mode::Scheduled);
     }

@@ -127,12 +127,12 @@ impl Run<'_> {
                 continue;
             }
             let free = [
-                f.cpus[h] as u64 + given[h][0],
-                f.ram_mb[h] + given[h][1],
-                f.disk_mb[h] + given[h][2],
-                f.ports[h] as u64 + given[h][3],
+                f.free[h].cpus as u64 + given[h][0],
+                f.free[h].ram_mb + given[h][1],
+                f.free[h].disk_mb + given[h][2],
+                f.free[h].ports as u64 + given[h][3],
             ];
-            let factor = f.cpu_factor[h];
+            let factor = f.free[h].cpu_factor;
             let next = kinds.len();
             let kind = kinds
                 .entry((free, factor.to_bits(), admits))
