@@ -476,20 +476,25 @@ fn syntax(e: &serde_json::Error) -> String {
     )
 }
 
-fn finish(w: Written, json: String, hash: u64, origin: Origin) -> Result<JobSpec, String> {
+fn finish(mut w: Written, json: String, hash: u64, origin: Origin) -> Result<JobSpec, String> {
     check_job_key(&w.job).map_err(|e| format!("field \"job\": {e}"))?;
-    let key = w.job.clone();
-    let spec = check(w).map_err(|e| format!("job {key}: {e}"))?;
-    Ok(JobSpec {
-        origin,
-        hash,
-        json,
-        ..spec
-    })
+    // Taken out, not copied, for the message: `check` needs the rest.
+    let key = std::mem::take(&mut w.job);
+    match check(w, &key) {
+        Ok(spec) => Ok(JobSpec {
+            key,
+            origin,
+            hash,
+            json,
+            ..spec
+        }),
+        Err(e) => Err(format!("job {key}: {e}")),
+    }
 }
 
-/// Every check beyond the types: ranges, names, references between blocks.
-fn check(w: Written) -> Result<JobSpec, String> {
+/// Every check beyond the types: ranges, names, references between blocks, of the spec of
+/// job `key` (its `job` field taken out).
+fn check(w: Written, key: &str) -> Result<JobSpec, String> {
     if w.instances > MAX_INSTANCES {
         return Err(format!(
             "field \"instances\": {} is more than {MAX_INSTANCES}",
@@ -549,11 +554,11 @@ fn check(w: Written) -> Result<JobSpec, String> {
     };
     let announce = w
         .announce
-        .map(|a| check_announce(&w.job, a, ports))
+        .map(|a| check_announce(key, a, ports))
         .transpose()
         .map_err(|e| format!("field \"announce\": {e}"))?;
     Ok(JobSpec {
-        key: w.job,
+        key: String::new(),
         instances: w.instances as u32,
         cmd: w.cmd,
         shell: w.shell,

@@ -1358,10 +1358,12 @@ impl Placer {
         fits: &dyn Fn(u32) -> bool,
         strands: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let values = (self.pool_count - 6) / 2;
-        let mut by_load: Vec<(u32, usize)> = (0..values)
-            .map(|slot| (class.domain_count(0, slot), slot))
-            .collect();
+        // On the stack: this runs for every instance spread places.
+        let mut loads = [(0u32, 0usize); MAX_SPLIT + 1];
+        let by_load = &mut loads[..(self.pool_count - 6) / 2];
+        for (slot, load) in by_load.iter_mut().enumerate() {
+            *load = (class.domain_count(0, slot), slot);
+        }
         by_load.sort_unstable();
         let room = |h: u32| room_of(fleet, h as usize);
         let mut fallback = None;
