@@ -242,6 +242,7 @@ impl Index {
             Some(nb)
         });
         self.fitting(pool, buckets, want, room, fits)
+            .map(|(_, h)| h)
     }
 
     /// The hosts of `pool` that `fits`, from the top bucket down to bucket `lowest`
@@ -254,18 +255,36 @@ impl Index {
         room: &'a dyn Fn(u32) -> Room,
         fits: &'a dyn Fn(u32) -> bool,
     ) -> impl Iterator<Item = u32> + 'a {
+        self.fitting(pool, self.down_from_top(pool, lowest), want, room, fits)
+            .map(|(_, h)| h)
+    }
+
+    /// The emptiest host of `pool` that `fits`, with its bucket (which the caller would
+    /// otherwise read from a table by host: a cache miss).
+    pub fn emptiest(
+        &self,
+        pool: usize,
+        want: &Want,
+        room: &dyn Fn(u32) -> Room,
+        fits: &dyn Fn(u32) -> bool,
+    ) -> Option<(usize, u32)> {
+        self.fitting(pool, self.down_from_top(pool, 0), want, room, fits)
+            .next()
+    }
+
+    /// The non-empty buckets of `pool`, from the top down to bucket `lowest`.
+    fn down_from_top(&self, pool: usize, lowest: usize) -> impl Iterator<Item = usize> + '_ {
         let mut next = Some(BUCKETS - 1);
-        let buckets = std::iter::from_fn(move || {
+        std::iter::from_fn(move || {
             let nb = self.next_down(pool, next?).filter(|&nb| nb >= lowest)?;
             next = nb.checked_sub(1);
             Some(nb)
-        });
-        self.fitting(pool, buckets, want, room, fits)
+        })
     }
 
-    /// The hosts of `buckets`, in order, that `fits`, looking only in the cells `want`
-    /// leaves and passing over a bucket whose bound is short. A bucket whose every host
-    /// was seen without a fit gets its bound made exact on the way.
+    /// The hosts of `buckets`, in order, that `fits`, each with its bucket, looking only in
+    /// the cells `want` leaves and passing over a bucket whose bound is short. A bucket
+    /// whose every host was seen without a fit gets its bound made exact on the way.
     fn fitting<'a>(
         &'a self,
         pool: usize,
@@ -273,7 +292,7 @@ impl Index {
         want: &'a Want,
         room: &'a dyn Fn(u32) -> Room,
         fits: &'a dyn Fn(u32) -> bool,
-    ) -> impl Iterator<Item = u32> + 'a {
+    ) -> impl Iterator<Item = (usize, u32)> + 'a {
         buckets.flat_map(move |b| {
             let pb = pool * BUCKETS + b;
             let bucket = &self.buckets[pb];
@@ -311,7 +330,7 @@ impl Index {
                 }
                 if fits(h) {
                     fitted = true;
-                    return Some(h);
+                    return Some((b, h));
                 }
             })
         })

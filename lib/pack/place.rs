@@ -763,8 +763,8 @@ pub struct Placer {
     /// (zones) for a pool each, so the least loaded zone with room is found over the whole
     /// fleet, not among a sample of the emptiest hosts.
     split: Option<usize>,
-    slot: Vec<Slot>,
-    kind: Vec<u8>,
+    /// Where each host is in the pools, in one record: a placement reads and writes it.
+    seats: Vec<Seat>,
     /// Largest free amount per keyed resource at the start: cpus, ram, disk (binpack) and,
     /// when jobs need GPUs, gpus (0: not keyed).
     scale: Resources,
@@ -785,7 +785,6 @@ pub struct Placer {
     /// oversubscribed fleet, tens of thousands of jobs are left pending: searching every
     /// pool for each was the most of placing them.
     no_room: std::cell::RefCell<(u64, Vec<Room>)>,
-    is_parked: Vec<bool>,
     /// spread: each host's own capacity (reference cpus, ram, gpus), which its emptiness
     /// is measured against, so hosts of every size fill alike.
     capacity: Vec<[u64; 3]>,
@@ -798,6 +797,15 @@ pub struct Placer {
     /// already open can still hold. `counted` is each host's part of it.
     open_free: [u64; 2],
     counted: Vec<[u64; 2]>,
+}
+
+/// A host's place in the pools: its bucket and cell, its kind (`pool_of`), and whether it
+/// is parked (out of the pools while a job is placed).
+#[derive(Clone, Copy, Default)]
+struct Seat {
+    slot: Slot,
+    kind: u8,
+    parked: bool,
 }
 
 /// Fresh hosts of one shape.
@@ -856,11 +864,14 @@ impl Placer {
             gpus: if per_gpu.is_some() { largest.gpus } else { 0 },
             ..largest
         };
-        let kind = (0..fleet.len())
-            .map(|h| match () {
-                _ if strategy == Strategy::Spread || in_use[h] => IN_USE as u8,
-                _ if fleet.free[h].gpus > 0 => FRESH_GPU as u8,
-                _ => FRESH as u8,
+        let seats = (0..fleet.len())
+            .map(|h| Seat {
+                kind: match () {
+                    _ if strategy == Strategy::Spread || in_use[h] => IN_USE as u8,
+                    _ if fleet.free[h].gpus > 0 => FRESH_GPU as u8,
+                    _ => FRESH as u8,
+                },
+                ..Seat::default()
             })
             .collect();
         let split = match (strategy, fleet.domains.first()) {
@@ -876,8 +887,7 @@ impl Placer {
             pools: Index::new(pool_count, cells, fleet.len()),
             pool_count,
             split,
-            slot: vec![Slot::default(); fleet.len()],
-            kind,
+            seats,
             scale,
             strategy,
             per_gpu,
@@ -885,7 +895,6 @@ impl Placer {
             refused: std::cell::RefCell::new(Vec::new()),
             parked: Vec::new(),
             no_room: std::cell::RefCell::new((0, Vec::new())),
-            is_parked: vec![false; fleet.len()],
             capacity,
             shapes: Vec::new(),
             shape_of: std::collections::HashMap::new(),
@@ -893,7 +902,7 @@ impl Placer {
             counted: vec![[0, 0]; fleet.len()],
         };
         for h in insertion_order(fleet, strategy) {
-            p.slot[h] = p.insert(fleet, h);
+            p.seats[h].slot = p.insert(fleet, h);
             p.account(fleet, h);
         }
         if strategy == Strategy::Binpack {
@@ -943,7 +952,7 @@ impl Placer {
 
     /// Whether `open` may open host `h`: fresh, without GPUs, not scheduled.
     fn openable(&self, fleet: &Fleet, h: usize) -> bool {
-        self.kind[h] == FRESH as u8 && !self.is_parked[h] && !fleet.scheduled[h]
+        self.seats[h].kind == FRESH as u8 && !self.seats[h].parked && !fleet.scheduled[h]
     }
 
     /// Keeps `open_free` up to date with host `h` (binpack's: spread opens nothing).
@@ -951,7 +960,7 @@ impl Placer {
         if self.strategy != Strategy::Binpack {
             return;
         }
-        let now = if self.kind[h] == IN_USE as u8 && !fleet.scheduled[h] {
+        let now = if self.seats[h].kind == IN_USE as u8 && !fleet.scheduled[h] {
             [fleet.free[h].ref_cpus as u64, fleet.free[h].ram_mb]
         } else {
             [0, 0]
@@ -1092,21 +1101,21 @@ impl Placer {
     /// Moves host `h` to the bucket its free capacity now belongs in, and into the pool of
     /// hosts in use (it has just taken an instance).
     pub fn update(&mut self, fleet: &Fleet, h: usize) {
-        if self.is_parked[h] {
+        if self.seats[h].parked {
             // Freed room (a preemption) on a parked host: it may take the next one.
-            self.is_parked[h] = false;
-            self.kind[h] = IN_USE as u8;
-            self.slot[h] = self.insert(fleet, h);
+            self.seats[h].parked = false;
+            self.seats[h].kind = IN_USE as u8;
+            self.seats[h].slot = self.insert(fleet, h);
             self.account(fleet, h);
             return;
         }
         let at = self.host_key(fleet, h);
-        let old = self.slot[h];
-        if at != old || self.kind[h] != IN_USE as u8 {
-            let from = self.pool(fleet, h, self.kind[h] as usize);
+        let old = self.seats[h].slot;
+        if at != old || self.seats[h].kind != IN_USE as u8 {
+            let from = self.pool(fleet, h, self.seats[h].kind as usize);
             self.pools.remove(from, old, h as u32);
-            self.kind[h] = IN_USE as u8;
-            self.slot[h] = self.insert(fleet, h);
+            self.seats[h].kind = IN_USE as u8;
+            self.seats[h].slot = self.insert(fleet, h);
         } else {
             // Freed room (a kill, a preemption) in the same place: raise its bound.
             let pool = self.pool(fleet, h, IN_USE);
@@ -1119,14 +1128,14 @@ impl Placer {
     /// Puts an empty host in use back among the fresh ones (a consolidation that opened it
     /// for nothing).
     pub fn refresh(&mut self, fleet: &Fleet, h: usize) {
-        let from = self.pool(fleet, h, self.kind[h] as usize);
-        self.pools.remove(from, self.slot[h], h as u32);
-        self.kind[h] = if fleet.free[h].gpus > 0 {
+        let from = self.pool(fleet, h, self.seats[h].kind as usize);
+        self.pools.remove(from, self.seats[h].slot, h as u32);
+        self.seats[h].kind = if fleet.free[h].gpus > 0 {
             FRESH_GPU
         } else {
             FRESH
         } as u8;
-        self.slot[h] = self.insert(fleet, h);
+        self.seats[h].slot = self.insert(fleet, h);
         self.account(fleet, h);
         let key = (fleet.free[h].ref_cpus, fleet.free[h].ram_mb);
         if let Some(&s) = self.shape_of.get(&key).filter(|_| self.openable(fleet, h)) {
@@ -1136,13 +1145,13 @@ impl Placer {
 
     /// Whether host `h` is fresh (holds nothing, and was not opened).
     pub fn is_fresh(&self, h: usize) -> bool {
-        self.kind[h] != IN_USE as u8 && !self.is_parked[h]
+        self.seats[h].kind != IN_USE as u8 && !self.seats[h].parked
     }
 
     /// Puts host `h` where its free capacity and kind say; returns where.
     fn insert(&mut self, fleet: &Fleet, h: usize) -> Slot {
         let at = self.host_key(fleet, h);
-        let pool = self.pool(fleet, h, self.kind[h] as usize);
+        let pool = self.pool(fleet, h, self.seats[h].kind as usize);
         self.pools.insert(pool, at, h as u32, room_of(fleet, h));
         at
     }
@@ -1155,9 +1164,9 @@ impl Placer {
         self.refused.get_mut().clear();
         for h in std::mem::take(&mut self.parked) {
             let h = h as usize;
-            if self.is_parked[h] {
-                self.is_parked[h] = false;
-                self.slot[h] = self.insert(fleet, h);
+            if self.seats[h].parked {
+                self.seats[h].parked = false;
+                self.seats[h].slot = self.insert(fleet, h);
             }
         }
     }
@@ -1166,12 +1175,12 @@ impl Placer {
     pub fn park_refused(&mut self, fleet: &Fleet) {
         for h in std::mem::take(self.refused.get_mut()) {
             let hu = h as usize;
-            if self.is_parked[hu] {
+            if self.seats[hu].parked {
                 continue;
             }
-            let pool = self.pool(fleet, hu, self.kind[hu] as usize);
-            self.pools.remove(pool, self.slot[hu], h);
-            self.is_parked[hu] = true;
+            let pool = self.pool(fleet, hu, self.seats[hu].kind as usize);
+            self.pools.remove(pool, self.seats[hu].slot, h);
+            self.seats[hu].parked = true;
             self.parked.push(h);
         }
     }
@@ -1374,8 +1383,8 @@ impl Placer {
                     .iter()
                     .filter_map(|&(_, slot)| {
                         let pool = 6 + 2 * slot + scheduled as usize;
-                        let h = self.pools.scan_down(pool, 0, want, &room, fits).next()?;
-                        Some((std::cmp::Reverse(self.slot[h as usize].bucket), slot, h))
+                        let (bucket, h) = self.pools.emptiest(pool, want, &room, fits)?;
+                        Some((std::cmp::Reverse(bucket), slot, h))
                     })
                     .min();
                 let Some((_, slot, first)) = emptiest else {
@@ -1496,7 +1505,7 @@ impl Placer {
                 let key = (
                     short,
                     if short { -ratio } else { ratio },
-                    self.slot[h].bucket as usize,
+                    self.seats[h].slot.bucket as usize,
                     h,
                 );
                 if best.is_none_or(|b| (key.0, key.1, key.2, key.3) < b) {
