@@ -45,11 +45,15 @@ pub enum Decision {
     },
 }
 
+/// Why instances are pending, each with how many hosts refused them for it. Jobs refused
+/// alike share one list (tens of thousands on an oversubscribed fleet of small jobs).
+pub type Reasons = std::sync::Arc<Vec<(String, u32)>>;
+
 /// The decisions and what the summary reports.
 pub struct Outcome {
     pub decisions: Vec<Decision>,
     pub ports: Vec<u16>,
-    pub reasons: Vec<Vec<(String, u32)>>,
+    pub reasons: Vec<Reasons>,
     pub placed: usize,
     pub pending: usize,
     pub preempted: usize,
@@ -68,7 +72,7 @@ struct Run<'a> {
     fleet: &'a mut Fleet,
     jobs: &'a [JobSpec],
     running: &'a [Running],
-    by_key: HashMap<&'a str, usize>,
+    by_key: HashMap<&'a str, usize, foldhash::fast::RandomState>,
     placer: Placer,
     scratch: Scratch,
     classes: Vec<Option<Class>>,
@@ -83,10 +87,10 @@ struct Run<'a> {
     stuck: Vec<Option<&'static str>>,
     decisions: Vec<Decision>,
     ports: Vec<u16>,
-    reasons: Vec<Vec<(String, u32)>>,
+    reasons: Vec<Reasons>,
     /// The reasons of each job left pending. Those of a job that fit nowhere are counted
     /// once the pass is over (`count_refusals`), against the fleet as it leaves it.
-    reason_of_job: HashMap<usize, usize>,
+    reason_of_job: HashMap<usize, usize, foldhash::fast::RandomState>,
     /// Instances placed per host in this pass (a retry takes placements back).
     hosts_used: Vec<u32>,
     /// What the placer was built from, to build it again for a retry: the strategy, the
@@ -344,7 +348,7 @@ impl<'a> Run<'a> {
             decisions: Vec::new(),
             ports: Vec::new(),
             reasons: Vec::new(),
-            reason_of_job: HashMap::new(),
+            reason_of_job: HashMap::default(),
             placed: 0,
             pending: 0,
             preempted: 0,
@@ -727,8 +731,10 @@ impl<'a> Run<'a> {
             self.throttled.get(&(j, instance))
         };
         if let Some(until) = throttled {
-            self.reasons
-                .push(vec![(format!("throttled until {until:.0}"), 1)]);
+            self.reasons.push(Reasons::new(vec![(
+                format!("throttled until {until:.0}"),
+                1,
+            )]));
             self.decisions.push(Decision::Pending {
                 job: j,
                 instance,
@@ -795,7 +801,7 @@ impl<'a> Run<'a> {
     }
 
     fn new_reasons(&mut self, reasons: Vec<(String, u32)>) -> usize {
-        self.reasons.push(reasons);
+        self.reasons.push(Reasons::new(reasons));
         self.reasons.len() - 1
     }
 
@@ -1320,12 +1326,14 @@ impl<'a> Run<'a> {
         let mut sets = HostSets::new(self.fleet);
         // Jobs that ask only for room are refused alike when they ask for the same: on an
         // oversubscribed fleet of many small jobs, tens of thousands of them.
-        let mut by_need: HashMap<(Resources, u32), Vec<(String, u32)>> = HashMap::new();
+        let mut by_need: HashMap<(Resources, u32), Reasons, foldhash::fast::RandomState> =
+            HashMap::default();
         for (&j, &idx) in &self.reason_of_job {
             let (Some(""), Some(class)) = (self.stuck[j], &self.classes[j]) else {
                 continue;
             };
-            let mut count = || reasons_for(self.fleet, &mut sets, class, &self.jobs[j]);
+            let mut count =
+                || Reasons::new(reasons_for(self.fleet, &mut sets, class, &self.jobs[j]));
             self.reasons[idx] = match class.asks_only_room() {
                 true => by_need
                     .entry((class.need(), class.ports_need()))
