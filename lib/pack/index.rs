@@ -259,17 +259,16 @@ impl Index {
             .map(|(_, h)| h)
     }
 
-    /// The emptiest host of `pool` that `fits`, with its bucket (which the caller would
-    /// otherwise read from a table by host: a cache miss).
-    pub fn emptiest(
-        &self,
+    /// The hosts of `pool` that `fits`, emptiest first, each with its bucket (which the
+    /// caller would otherwise read from a table by host: a cache miss).
+    pub fn emptiest<'a>(
+        &'a self,
         pool: usize,
-        want: &Want,
-        room: &dyn Fn(u32) -> Room,
-        fits: &dyn Fn(u32) -> bool,
-    ) -> Option<(usize, u32)> {
+        want: &'a Want,
+        room: &'a dyn Fn(u32) -> Room,
+        fits: &'a dyn Fn(u32) -> bool,
+    ) -> impl Iterator<Item = (usize, u32)> + 'a {
         self.fitting(pool, self.down_from_top(pool, 0), want, room, fits)
-            .next()
     }
 
     /// The non-empty buckets of `pool`, from the top down to bucket `lowest`.
@@ -348,6 +347,11 @@ impl Index {
             w += 1;
             bits = *words.get(w)?;
         }
+    }
+
+    /// The top non-empty bucket of `pool`: no host of it is in a higher one.
+    pub fn top(&self, pool: usize) -> Option<usize> {
+        self.next_down(pool, BUCKETS - 1)
     }
 
     /// The first non-empty bucket of `pool` at or below `b`.

@@ -1378,27 +1378,20 @@ impl Placer {
         let mut fallback = None;
         for scheduled in [false, true] {
             for tier in by_load.chunk_by(|a, b| a.0 == b.0) {
-                // (bucket of its emptiest fitting host, slot, that host): the emptiest first.
-                let emptiest = tier
-                    .iter()
-                    .filter_map(|&(_, slot)| {
-                        let pool = 6 + 2 * slot + scheduled as usize;
-                        let (bucket, h) = self.pools.emptiest(pool, want, &room, fits)?;
-                        Some((std::cmp::Reverse(bucket), slot, h))
-                    })
-                    .min();
-                let Some((_, slot, first)) = emptiest else {
+                let Some(((_, _, first), rest)) =
+                    self.emptiest_of(tier, scheduled, want, &room, fits)
+                else {
                     continue;
                 };
-                // That host is spread_pick's first candidate, and its pick when none of
-                // the job is in its other domains: then the pool is not scanned again.
+                // That host is the first candidate of the zone, and the pick when none of
+                // the job is in its other domains; else the zone's search goes on from it.
                 let mut load = [0u32; 4];
                 class.domain_load(fleet, first as usize, 1, &mut load);
                 let h = match load.iter().all(|&n| n == 0) {
                     true => first as usize,
                     false => {
-                        let pool = 6 + 2 * slot + scheduled as usize;
-                        self.spread_pick(pool, want, fleet, class, 1, fits)? as usize
+                        let candidates = std::iter::once(first).chain(rest);
+                        least_loaded(candidates, fleet, class, 1)? as usize
                     }
                 };
                 if !strands(h) {
@@ -1413,12 +1406,54 @@ impl Placer {
         fallback
     }
 
-    /// spread across failure domains: of the emptiest hosts that take the instance, the one
-    /// whose domains (largest first) hold the fewest instances of the job, then the emptiest
-    /// (the first found: hosts come emptiest first). The first `settled` domains are the
-    /// same for every host of the pool. A host with none of the job in its other domains
-    /// cannot be beaten by one found after it, so the search ends there: a job of a few
-    /// instances over many racks compares one host, not SPREAD_CANDIDATES.
+    /// Of the zones (slots) of `tier`, the one whose emptiest host that `fits` is emptiest,
+    /// the lower slot on a tie: (bucket of that host, slot, host), and the rest of that
+    /// zone's hosts that fit, emptiest first. A zone's top non-empty bucket bounds the
+    /// bucket of its emptiest fitting host, so zones are searched from the highest top
+    /// down, and the search ends at the first zone whose top cannot beat the host found:
+    /// most instances search one zone, not every zone of the tier.
+    fn emptiest_of<'a>(
+        &'a self,
+        tier: &[(u32, usize)],
+        scheduled: bool,
+        want: &'a Want,
+        room: &'a dyn Fn(u32) -> Room,
+        fits: &'a dyn Fn(u32) -> bool,
+    ) -> Option<(Emptiest, impl Iterator<Item = u32> + 'a)> {
+        use std::cmp::Reverse;
+        let pool = |slot: usize| 6 + 2 * slot + scheduled as usize;
+        let mut tops = [(Reverse(0usize), 0usize); MAX_SPLIT + 1];
+        let mut n = 0;
+        for &(_, slot) in tier {
+            if let Some(top) = self.pools.top(pool(slot)) {
+                tops[n] = (Reverse(top), slot);
+                n += 1;
+            }
+        }
+        let tops = &mut tops[..n];
+        tops.sort_unstable();
+        let mut best = None;
+        for &(top, slot) in tops.iter() {
+            if let Some(((b, s, _), _)) = &best {
+                if (top, slot) > (*b, *s) {
+                    break;
+                }
+            }
+            let mut hosts = self.pools.emptiest(pool(slot), want, room, fits);
+            if let Some((bucket, h)) = hosts.next() {
+                let found = (Reverse(bucket), slot, h);
+                if best.as_ref().is_none_or(|(b, _)| found < *b) {
+                    best = Some((found, hosts));
+                }
+            }
+        }
+        best.map(|(found, rest)| (found, rest.map(|(_, h)| h)))
+    }
+
+    /// spread across failure domains: of the emptiest hosts of `pool` that take the
+    /// instance, the one whose domains (largest first) hold the fewest instances of the
+    /// job (`least_loaded`). The first `settled` domains are the same for every host of
+    /// the pool.
     fn spread_pick(
         &self,
         pool: usize,
@@ -1428,24 +1463,9 @@ impl Placer {
         settled: usize,
         fits: &dyn Fn(u32) -> bool,
     ) -> Option<u32> {
-        let mut best: Option<([u32; 4], u32)> = None;
-        let mut load = [0u32; 4];
         let room = |h: u32| room_of(fleet, h as usize);
-        for h in self
-            .pools
-            .scan_down(pool, 0, want, &room, fits)
-            .take(SPREAD_CANDIDATES)
-        {
-            // The settled domains, alike over the pool, stay 0 unread: each is a cache miss.
-            class.domain_load(fleet, h as usize, settled, &mut load);
-            if best.is_none_or(|(b, _)| load < b) {
-                best = Some((load, h));
-            }
-            if load[settled..].iter().all(|&n| n == 0) {
-                break;
-            }
-        }
-        best.map(|(_, h)| h)
+        let candidates = self.pools.scan_down(pool, 0, want, &room, fits);
+        least_loaded(candidates, fleet, class, settled)
     }
 
     /// binpack: the fullest host in use (not scheduled for maintenance) that takes one more
@@ -1519,6 +1539,36 @@ impl Placer {
 
 /// How many of the emptiest fitting hosts spread compares for their failure domains.
 const SPREAD_CANDIDATES: usize = 64;
+
+/// (bucket of a zone's emptiest fitting host, the zone's slot, that host): the least is
+/// spread's zone.
+type Emptiest = (std::cmp::Reverse<usize>, usize, u32);
+
+/// Of the first SPREAD_CANDIDATES `candidates` (the emptiest first), the one whose failure
+/// domains from `settled` on (those before are alike for all) hold the fewest instances of
+/// the job, the first on a tie. A host with none of the job in them cannot be beaten by
+/// one after it, so the search ends there: a job of a few instances over many racks
+/// compares one host.
+fn least_loaded(
+    candidates: impl Iterator<Item = u32>,
+    fleet: &Fleet,
+    class: &Class,
+    settled: usize,
+) -> Option<u32> {
+    let mut best: Option<([u32; 4], u32)> = None;
+    let mut load = [0u32; 4];
+    for h in candidates.take(SPREAD_CANDIDATES) {
+        // The settled domains, alike over the pool, stay 0 unread: each is a cache miss.
+        class.domain_load(fleet, h as usize, settled, &mut load);
+        if best.is_none_or(|(b, _)| load < b) {
+            best = Some((load, h));
+        }
+        if load[settled..].iter().all(|&n| n == 0) {
+            break;
+        }
+    }
+    best.map(|(_, h)| h)
+}
 
 /// How many fitting hosts `gpu_fit` compares, per pool.
 const GPU_SCAN: usize = 512;
