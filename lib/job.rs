@@ -198,7 +198,7 @@ pub struct JobSpec {
 }
 
 /// Where a job was read from: a file, shared by all its jobs, and the line. (A string
-/// per job, formatted as each was read, was a tenth of reading 200,000 of them.)
+/// per job, formatted as each was read, was a twentieth of reading 200,000 of them.)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Origin {
     pub file: Arc<str>,
