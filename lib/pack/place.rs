@@ -1434,7 +1434,10 @@ impl Placer {
         tops.sort_unstable();
         let mut best = None;
         for &(top, slot) in tops.iter() {
-            if let Some(((b, s, _), _)) = &best {
+            // While parking, every zone is searched as before: the hosts a search refuses
+            // are parked, and they go back to the head of their buckets' lists after the
+            // job, so which were parked decides which of equally empty hosts come first.
+            if let Some(((b, s, _), _)) = best.as_ref().filter(|_| !self.parking) {
                 if (top, slot) > (*b, *s) {
                     break;
                 }
