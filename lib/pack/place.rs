@@ -706,9 +706,20 @@ impl Class {
     }
 }
 
-/// spread's buckets hold hosts of one emptiness (a 256th of a host) and one amount free
-/// (a 16th of the largest host).
+/// spread's buckets hold hosts of one emptiness (a 256th of a host) and one size of what
+/// is free (`size_of`).
 const SIZES: usize = 16;
+
+/// The size class of the least share a host has free of the largest host: geometric, each
+/// class √2 times the one below, over the 8 octaves below a whole host. A bucket then
+/// holds hosts within √2 of each other in what they have free, whatever their size, so an
+/// instance is refused only by hosts of the class its own need falls in. (A class a 16th
+/// of the largest host wide put every host with less than 6 of 96 cores or 48 of 768 GiB
+/// free in one class, where instances of 16 GiB were refused by most of them.)
+fn size_of(share: f64) -> usize {
+    let size = (share.log2() + 8.0) * (SIZES as f64 / 8.0);
+    (size.max(0.0) as usize).min(SIZES - 1)
+}
 
 fn room_of(fleet: &Fleet, h: usize) -> Room {
     let free = &fleet.free[h];
@@ -1054,9 +1065,8 @@ impl Placer {
                 // hosts of one emptiness but of different sizes sit apart, so a bucket's
                 // bound passes over the small ones for a large instance.
                 let [c, r, g] = self.shares(free[0], free[1], free[2]);
-                let room = bucket_of(c.min(r).min(g)) * SIZES / BUCKETS;
                 (
-                    bucket_of(emptiness) / SIZES * SIZES + room.min(SIZES - 1),
+                    bucket_of(emptiness) / SIZES * SIZES + size_of(c.min(r).min(g)),
                     0,
                 )
             }
