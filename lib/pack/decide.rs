@@ -506,7 +506,7 @@ impl<'a> Run<'a> {
         self.placer.parking(self.fleet, true);
         for &instance in &missing[j] {
             self.place_one(j, instance);
-            self.placer.park_refused(self.fleet);
+            self.placer.park_refused();
         }
         self.placer.parking(self.fleet, false);
         self.placed_all_of(j);
@@ -751,24 +751,30 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let mut class = self.classes[j]
-            .take()
-            .unwrap_or_else(|| Class::compile(j, spec, self.fleet));
+        // The class stays where it is: moved out and back for each instance, it was a
+        // copy of a few hundred bytes twice a placement.
+        let class = self.classes[j].get_or_insert_with(|| Class::compile(j, spec, self.fleet));
         class.open_tables(self.fleet, &mut self.spare);
         let host = match self.stuck[j] {
             Some(_) => None,
             None => {
                 let demand = (self.strategy == Strategy::Binpack && !self.oversubscribed)
                     .then_some(self.remaining);
-                self.preferred(j, instance, &class)
-                    .or_else(|| self.placer.find(self.fleet, &class, &self.scratch, demand))
-                    .or_else(|| self.preempt_for(&class, instance))
+                let class = self.classes[j].as_ref().expect("compiled above");
+                self.preferred(j, instance, class)
+                    .or_else(|| self.placer.find(self.fleet, class, &self.scratch, demand))
+                    .or_else(|| {
+                        // Preemption changes other jobs' classes, never this one's.
+                        let class = self.classes[j].take().expect("compiled above");
+                        let h = self.preempt_for(&class, instance);
+                        self.classes[j] = Some(class);
+                        h
+                    })
             }
         };
         self.remaining = self.remaining.less(Resources::of(r));
         match host {
             Some(h) => {
-                self.classes[j] = Some(class);
                 let placed = self.take_room(j, instance, h);
                 self.decisions.push(placed);
             }
@@ -789,7 +795,6 @@ impl<'a> Run<'a> {
                         idx
                     }
                 };
-                self.classes[j] = Some(class);
                 self.decisions.push(Decision::Pending {
                     job: j,
                     instance,

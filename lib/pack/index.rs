@@ -31,6 +31,8 @@ use std::cell::Cell;
 
 /// Buckets per pool.
 pub const BUCKETS: usize = 4096;
+// `Index::words` has a bit per word of 64 buckets, in one word.
+const _: () = assert!(BUCKETS == 64 * 64);
 
 /// Cells per bucket for binpack: 64 levels each for hosts whose scarcest resource is cpus
 /// and for those whose scarcest is ram, then one for hosts whose scarcest is another (GPUs,
@@ -158,6 +160,9 @@ pub struct Index {
     buckets: Vec<Bucket>,
     /// Per pool: which buckets hold hosts, a bit each.
     nonempty: Vec<u64>,
+    /// Per pool: which words of `nonempty` are not 0, a bit each, so that finding the next
+    /// bucket with hosts reads two words, not up to 64 (BUCKETS is 64 × 64).
+    words: Vec<u64>,
     /// Per host, plus one (0: none): the next and previous host of its list.
     next: Vec<u32>,
     prev: Vec<u32>,
@@ -170,6 +175,7 @@ impl Index {
             head: vec![0; pools * BUCKETS * cells],
             buckets: vec![Bucket::default(); pools * BUCKETS],
             nonempty: vec![0; pools * BUCKETS / 64],
+            words: vec![0; pools],
             next: vec![0; hosts],
             prev: vec![0; hosts],
         }
@@ -192,6 +198,7 @@ impl Index {
         let pb = pool * BUCKETS + b;
         self.buckets[pb].filled[cell / 64] |= 1 << (cell % 64);
         self.nonempty[pb / 64] |= 1 << (pb % 64);
+        self.words[pool] |= 1 << (b / 64);
         self.raise(pool, b, room);
     }
 
@@ -222,6 +229,9 @@ impl Index {
         bucket.filled[cell / 64] &= !(1 << (cell % 64));
         if bucket.filled == [0; 3] {
             self.nonempty[pb / 64] &= !(1 << (pb % 64));
+            if self.nonempty[pb / 64] == 0 {
+                self.words[pool] &= !(1 << (b / 64));
+            }
             bucket.bound.set([0; 5]);
         }
     }
@@ -338,15 +348,17 @@ impl Index {
     /// The first non-empty bucket of `pool` at or above `b`.
     fn next_up(&self, pool: usize, b: usize) -> Option<usize> {
         let words = &self.nonempty[pool * BUCKETS / 64..(pool + 1) * BUCKETS / 64];
-        let mut w = b / 64;
-        let mut bits = words.get(w)? & (!0u64 << (b % 64));
-        loop {
-            if bits != 0 {
-                return Some(w * 64 + bits.trailing_zeros() as usize);
-            }
-            w += 1;
-            bits = *words.get(w)?;
+        let w = b / 64;
+        let here = words[w] & (!0u64 << (b % 64));
+        if here != 0 {
+            return Some(w * 64 + here.trailing_zeros() as usize);
         }
+        let above = self.words[pool] & (!0u64).checked_shl(w as u32 + 1).unwrap_or(0);
+        if above == 0 {
+            return None;
+        }
+        let w = above.trailing_zeros() as usize;
+        Some(w * 64 + words[w].trailing_zeros() as usize)
     }
 
     /// The top non-empty bucket of `pool`: no host of it is in a higher one.
@@ -357,19 +369,17 @@ impl Index {
     /// The first non-empty bucket of `pool` at or below `b`.
     fn next_down(&self, pool: usize, b: usize) -> Option<usize> {
         let words = &self.nonempty[pool * BUCKETS / 64..(pool + 1) * BUCKETS / 64];
-        let mut w = b / 64;
-        let shift = 63 - (b % 64);
-        let mut bits = (words[w] << shift) >> shift;
-        loop {
-            if bits != 0 {
-                return Some(w * 64 + 63 - bits.leading_zeros() as usize);
-            }
-            if w == 0 {
-                return None;
-            }
-            w -= 1;
-            bits = words[w];
+        let w = b / 64;
+        let here = words[w] & (!0u64 >> (63 - b % 64));
+        if here != 0 {
+            return Some(w * 64 + 63 - here.leading_zeros() as usize);
         }
+        let below = self.words[pool] & ((1u64 << w) - 1);
+        if below == 0 {
+            return None;
+        }
+        let w = 63 - below.leading_zeros() as usize;
+        Some(w * 64 + 63 - words[w].leading_zeros() as usize)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::job::{Constraint, JobSpec, Tier};
 use crate::pack::fleet::{domain_slot, Fleet, NONE};
 use crate::pack::Resources;
 
-use super::index::{bucket_of, cell_of, covers, Index, Room, Slot, Want, BUCKETS, CELLS};
+use super::index::{bucket_of, cell_of, covers, Index, Room, Slot, Want, CELLS};
 use super::refusals::{HostSets, Survivors};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -359,9 +359,13 @@ impl Class {
     /// first, from domain `from` on (those before it are left as they are); hosts lacking
     /// a domain attribute share one domain.
     fn domain_load(&self, fleet: &Fleet, h: usize, from: usize, out: &mut [u32; 4]) {
-        for (i, &col) in fleet.domains.iter().enumerate().take(4).skip(from) {
-            let v = fleet.attrs.column(col)[h];
-            out[i] = self.domain_used[i].get(domain_slot(v));
+        for (i, out) in out
+            .iter_mut()
+            .enumerate()
+            .take(fleet.domains.len())
+            .skip(from)
+        {
+            *out = self.domain_used[i].get(domain_slot(fleet.domain_value(i, h)));
         }
     }
 
@@ -383,7 +387,7 @@ impl Class {
         }
         for (i, &col) in fleet.domains.iter().enumerate() {
             let v = match h {
-                Some(h) => fleet.attrs.column(col)[h],
+                Some(h) => fleet.domain_value(i, h),
                 None => values(col),
             };
             self.domain_used[i].add(domain_slot(v), true);
@@ -412,8 +416,8 @@ impl Class {
                 scratch.sub(h);
             }
         }
-        for (i, &col) in fleet.domains.iter().enumerate() {
-            let v = fleet.attrs.column(col)[h];
+        for i in 0..fleet.domains.len() {
+            let v = fleet.domain_value(i, h);
             self.domain_used[i].add(domain_slot(v), false);
         }
         for (i, (scope, _)) in self.limits.iter().enumerate() {
@@ -810,13 +814,17 @@ pub struct Placer {
     counted: Vec<[u64; 2]>,
 }
 
-/// A host's place in the pools: its bucket and cell, its kind (`pool_of`), and whether it
-/// is parked (out of the pools while a job is placed).
+/// A host's place in the pools: its bucket and cell, its kind (`pool_of`), whether it
+/// is parked (out of the pools while a job is placed), and its first pool (`home`).
 #[derive(Clone, Copy, Default)]
 struct Seat {
     slot: Slot,
     kind: u8,
     parked: bool,
+    /// The pool of its kind `IN_USE` (binpack: the scheduled hosts' or the others'; spread
+    /// split by a domain: its value's), kept here because reading it from the attribute
+    /// and maintenance columns was two cache misses a placement.
+    home: u8,
 }
 
 /// Fresh hosts of one shape.
@@ -875,7 +883,7 @@ impl Placer {
             gpus: if per_gpu.is_some() { largest.gpus } else { 0 },
             ..largest
         };
-        let seats = (0..fleet.len())
+        let mut seats: Vec<Seat> = (0..fleet.len())
             .map(|h| Seat {
                 kind: match () {
                     _ if strategy == Strategy::Spread || in_use[h] => IN_USE as u8,
@@ -889,6 +897,13 @@ impl Placer {
             (Strategy::Spread, Some(&col)) if fleet.attrs.value_count(col) < MAX_SPLIT => Some(col),
             _ => None,
         };
+        for (h, seat) in seats.iter_mut().enumerate() {
+            let scheduled = fleet.scheduled[h];
+            seat.home = match split {
+                Some(col) => 6 + 2 * domain_slot(fleet.attrs.column(col)[h]) + scheduled as usize,
+                None => pool_of(scheduled, IN_USE),
+            } as u8;
+        }
         let pool_count = 6 + split.map_or(0, |col| 2 * (fleet.attrs.value_count(col) + 1));
         let cells = match strategy {
             Strategy::Binpack => CELLS,
@@ -1027,12 +1042,11 @@ impl Placer {
     }
 
     /// The pool host `h` belongs in, given its kind.
-    fn pool(&self, fleet: &Fleet, h: usize, kind: usize) -> usize {
+    fn pool(&self, h: usize, kind: usize) -> usize {
+        let home = self.seats[h].home as usize;
         match self.split {
-            Some(col) => {
-                6 + 2 * domain_slot(fleet.attrs.column(col)[h]) + fleet.scheduled[h] as usize
-            }
-            None => pool_of(fleet.scheduled[h], kind),
+            Some(_) => home,
+            None => home + kind,
         }
     }
 
@@ -1122,13 +1136,13 @@ impl Placer {
         let at = self.host_key(fleet, h);
         let old = self.seats[h].slot;
         if at != old || self.seats[h].kind != IN_USE as u8 {
-            let from = self.pool(fleet, h, self.seats[h].kind as usize);
+            let from = self.pool(h, self.seats[h].kind as usize);
             self.pools.remove(from, old, h as u32);
             self.seats[h].kind = IN_USE as u8;
             self.seats[h].slot = self.insert(fleet, h);
         } else {
             // Freed room (a kill, a preemption) in the same place: raise its bound.
-            let pool = self.pool(fleet, h, IN_USE);
+            let pool = self.pool(h, IN_USE);
             self.pools
                 .raise(pool, old.bucket as usize, room_of(fleet, h));
         }
@@ -1138,7 +1152,7 @@ impl Placer {
     /// Puts an empty host in use back among the fresh ones (a consolidation that opened it
     /// for nothing).
     pub fn refresh(&mut self, fleet: &Fleet, h: usize) {
-        let from = self.pool(fleet, h, self.seats[h].kind as usize);
+        let from = self.pool(h, self.seats[h].kind as usize);
         self.pools.remove(from, self.seats[h].slot, h as u32);
         self.seats[h].kind = if fleet.free[h].gpus > 0 {
             FRESH_GPU
@@ -1161,7 +1175,7 @@ impl Placer {
     /// Puts host `h` where its free capacity and kind say; returns where.
     fn insert(&mut self, fleet: &Fleet, h: usize) -> Slot {
         let at = self.host_key(fleet, h);
-        let pool = self.pool(fleet, h, self.seats[h].kind as usize);
+        let pool = self.pool(h, self.seats[h].kind as usize);
         self.pools.insert(pool, at, h as u32, room_of(fleet, h));
         at
     }
@@ -1182,13 +1196,13 @@ impl Placer {
     }
 
     /// Parks the hosts the last `find` refused (see `parking`).
-    pub fn park_refused(&mut self, fleet: &Fleet) {
+    pub fn park_refused(&mut self) {
         for h in std::mem::take(self.refused.get_mut()) {
             let hu = h as usize;
             if self.seats[hu].parked {
                 continue;
             }
-            let pool = self.pool(fleet, hu, self.seats[hu].kind as usize);
+            let pool = self.pool(hu, self.seats[hu].kind as usize);
             self.pools.remove(pool, self.seats[hu].slot, h);
             self.seats[hu].parked = true;
             self.parked.push(h);
