@@ -45,6 +45,9 @@ pub enum Decision {
     },
 }
 
+/// The most decisions, and ports, room is made for before the pass (16M: 768 MiB).
+const RESERVED_MAX: usize = 1 << 24;
+
 /// Why instances are pending, each with how many hosts refused them for it. Jobs refused
 /// alike share one list (tens of thousands on an oversubscribed fleet of small jobs).
 pub type Reasons = std::sync::Arc<Vec<(String, u32)>>;
@@ -321,6 +324,14 @@ impl<'a> Run<'a> {
                 held[h] += r.held();
             }
         }
+        // A decision per instance, most often: room for them at once, where growing by
+        // doubling copied a million of them over and over (a twentieth of shape f's
+        // place). Bounded, as a few jobs may ask for far more than any fleet holds.
+        let instances: usize = jobs.iter().map(|j| j.instances as usize).sum();
+        let ports: usize = jobs
+            .iter()
+            .map(|j| j.instances as usize * j.resources.ports.len())
+            .sum();
         let mut run = Run {
             placer: Placer::new(fleet, strategy, per_gpu, &in_use, &held),
             scratch: Scratch::new(fleet.len()),
@@ -345,8 +356,8 @@ impl<'a> Run<'a> {
             victims: Victims::new(running),
             throttled: HashMap::new(),
             stuck: vec![None; jobs.len()],
-            decisions: Vec::new(),
-            ports: Vec::new(),
+            decisions: Vec::with_capacity(instances.min(RESERVED_MAX)),
+            ports: Vec::with_capacity(ports.min(RESERVED_MAX)),
             reasons: Vec::new(),
             reason_of_job: HashMap::default(),
             placed: 0,
