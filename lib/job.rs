@@ -404,15 +404,12 @@ pub fn parse_text(text: &str, origin: &str) -> Result<JobSpec, String> {
 
 /// [`parse_text`] with the buffer of its compact pass kept from one job to the next.
 ///
-/// A good spec is read once into its types and once more for its compact text and hash;
-/// only a spec refused (or an object with a key twice) is read into a `Value` as well, which
-/// is what names the field, and the job, in the message.
+/// A good spec is read once, into its types, its compact text and its hash together; only
+/// a spec refused (or an object with a key twice) is read into a `Value` as well, which is
+/// what names the field, and the job, in the message.
 fn read_text(text: &str, origin: Origin, feed: &mut compact::Feed) -> Result<JobSpec, String> {
-    let Ok(written) = serde_json::from_str::<Written>(text) else {
-        return parse_text_slowly(text, origin);
-    };
-    match compact::compact(text, feed) {
-        Some((json, hash)) => finish(written, json, hash, origin),
+    match compact::read::<Written>(text, feed) {
+        Some((written, json, hash)) => finish(written, json, hash, origin),
         None => parse_text_slowly(text, origin),
     }
 }
@@ -1308,6 +1305,33 @@ mod tests {
             compact::compact(r#"{"a":1} x"#, &mut Default::default()),
             None
         );
+    }
+
+    /// A good spec, read once into its types, has the text and hash its `Value` gives,
+    /// whatever its spacing, escapes, field order and spelling of numbers; an enum written
+    /// as an object (which the one pass does not follow) is still read, the slow way.
+    #[test]
+    fn a_spec_read_once_has_the_text_and_hash_of_its_value() {
+        for (i, text) in [
+            r#"{"job":"a/b/c","instances":2,"cmd":["x"],"resources":{"cpus":1,"ram_mb":1}}"#,
+            r#"{ "resources" : { "ram_mb" : 1000 , "cpus" : 5.0e-1, "ports": ["http"] },
+                "cmd" : [ "sh", "-c", "echo \u00e9\t\"q\" $PORT_HTTP" ],
+                "job":"r\u006fle/prod/web", "instances": 3, "tier": "production",
+                "env": {"B": "2", "A": "\u0001"}, "user": null, "priority": -2,
+                "constraints": [{"limit": 1, "attr": "host"}], "service": true,
+                "restart": {"backoff_s": 1, "max_failures": 5} }"#,
+            r#"{"job":"a/b/c","instances":1,"cmd":["x"],"resources":{"cpus":1,"ram_mb":1},
+                "tier":{"production":null}}"#,
+        ]
+        .iter()
+        .enumerate()
+        {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let spec = parse_text(text, "test").unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((spec.json, spec.hash), (v.to_string(), hash(&v)), "{text}");
+            let once = compact::read::<Written>(text, &mut Default::default());
+            assert_eq!(once.is_some(), i < 2, "read in one pass: {text}");
+        }
     }
 
     #[test]
