@@ -332,8 +332,9 @@ impl<'a> Run<'a> {
             .iter()
             .map(|j| j.instances as usize * j.resources.ports.len())
             .sum();
+        let placer = Placer::new(fleet, strategy, per_gpu, &in_use, &held);
         let mut run = Run {
-            placer: Placer::new(fleet, strategy, per_gpu, &in_use, &held),
+            placer,
             scratch: Scratch::new(fleet.len()),
             hosts_used: vec![0; fleet.len()],
             strategy,

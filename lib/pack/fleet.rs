@@ -129,7 +129,9 @@ pub struct Fleet {
 /// What one host has free, in one record: checking a host for room and reserving room
 /// on it read and write all of it, and kept as a column per resource each was a cache
 /// miss of its own on a large fleet.
+/// One cache line a host: a record across two lines was two misses where one would do.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(align(64))]
 pub struct Free {
     /// Physical millicores.
     pub cpus: u32,
@@ -149,6 +151,17 @@ pub struct Free {
     /// of every host whose room it has just checked, and from the attribute's own column
     /// each was a cache miss. It fills what was padding.
     smallest_domain: u32,
+    /// What spread measures the host's emptiness against (`place::Placer::new` sets it).
+    /// Not room either, but read with it at every placement spread makes.
+    pub size: Size,
+}
+
+/// All a host has, free or held by what runs there: reference millicores, GPUs, ram.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Size {
+    pub ref_cpus: u32,
+    pub gpus: u32,
+    pub ram_mb: u64,
 }
 
 /// The fields of an offer record (and of `offer_line::Line`).
@@ -266,6 +279,7 @@ impl Fleet {
             cpu_factor: factor,
             port_first: NO_PORTS,
             smallest_domain: NONE,
+            size: Size::default(),
         });
         self.push_ranges(ranges);
         self.scheduled.push(mode == Mode::Scheduled);

@@ -800,9 +800,6 @@ pub struct Placer {
     /// oversubscribed fleet, tens of thousands of jobs are left pending: searching every
     /// pool for each was the most of placing them.
     no_room: std::cell::RefCell<(u64, Vec<Room>)>,
-    /// spread: each host's own capacity (reference cpus, ram, gpus), which its emptiness
-    /// is measured against, so hosts of every size fill alike.
-    capacity: Vec<[u64; 3]>,
     /// binpack: the fresh hosts without GPUs, not scheduled, by shape (free cpus and ram),
     /// for `open`; empty when there are more than MAX_SHAPES shapes. A host opened stays
     /// in its list until it reaches the top.
@@ -853,25 +850,23 @@ impl Placer {
     /// Buckets the fleet; `in_use` marks hosts that already hold instances, `held` what
     /// they hold (physical cpus).
     pub fn new(
-        fleet: &Fleet,
+        fleet: &mut Fleet,
         strategy: Strategy,
         per_gpu: Option<(u64, u64)>,
         in_use: &[bool],
         held: &[Resources],
     ) -> Placer {
-        let capacity = match strategy {
-            Strategy::Binpack => Vec::new(),
-            Strategy::Spread => (0..fleet.len())
-                .map(|h| {
-                    let physical = (fleet.free[h].cpus as u64 + held[h].cpus).min(u32::MAX as u64);
-                    [
-                        super::fleet::ref_milli(physical as u32, fleet.free[h].cpu_factor) as u64,
-                        fleet.free[h].ram_mb + held[h].ram_mb,
-                        fleet.free[h].gpus as u64 + held[h].gpus,
-                    ]
-                })
-                .collect(),
-        };
+        if strategy == Strategy::Spread {
+            for (free, held) in fleet.free.iter_mut().zip(held) {
+                let physical = (free.cpus as u64 + held.cpus).min(u32::MAX as u64);
+                free.size = super::fleet::Size {
+                    ref_cpus: super::fleet::ref_milli(physical as u32, free.cpu_factor),
+                    gpus: (free.gpus as u64 + held.gpus).min(u32::MAX as u64) as u32,
+                    ram_mb: free.ram_mb + held.ram_mb,
+                };
+            }
+        }
+        let fleet = &*fleet;
         let largest = fleet.largest();
         // binpack keys disk too, so a host out of disk sinks with the full ones rather than
         // be passed over, bucket after bucket, by every instance that needs some.
@@ -921,7 +916,6 @@ impl Placer {
             refused: std::cell::RefCell::new(Vec::new()),
             parked: Vec::new(),
             no_room: std::cell::RefCell::new((0, Vec::new())),
-            capacity,
             shapes: Vec::new(),
             shape_of: std::collections::HashMap::new(),
             open_free: [0, 0],
@@ -1069,7 +1063,9 @@ impl Placer {
             }
             Strategy::Spread => {
                 let mut emptiness = 1.0f64;
-                for (i, (amount, whole)) in free.iter().zip(self.capacity[h]).enumerate() {
+                let size = fleet.free[h].size;
+                let whole = [size.ref_cpus as u64, size.ram_mb, size.gpus as u64];
+                for (i, (amount, whole)) in free.iter().zip(whole).enumerate() {
                     let keyed = i < 2 || self.scale.gpus > 0;
                     if keyed && whole > 0 {
                         emptiness = emptiness.min(*amount as f64 / whole as f64);
@@ -1877,7 +1873,7 @@ mod tests {
             }
             let n = fleet.len();
             let none = vec![Resources::default(); n];
-            let mut placer = Placer::new(&fleet, strategy, None, &vec![false; n], &none);
+            let mut placer = Placer::new(&mut fleet, strategy, None, &vec![false; n], &none);
             let scratch = Scratch::new(n);
             let mut placed = Vec::new();
             let mut passed_over = 0;
