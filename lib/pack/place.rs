@@ -128,7 +128,10 @@ impl IdSet {
 /// allocating them was a tenth of the pass.
 #[derive(Debug, Clone)]
 enum DomainCounts {
-    Table(Vec<u32>),
+    /// The counts by slot, and the slots ever counted in while the table was open (some
+    /// twice): closing reads and zeroes those, not a table of 2,500 racks for a job on a
+    /// few of them.
+    Table(Vec<u32>, Vec<u32>),
     Held(Vec<(u32, u32)>),
 }
 
@@ -140,7 +143,7 @@ impl DomainCounts {
     #[inline]
     fn get(&self, slot: usize) -> u32 {
         match self {
-            DomainCounts::Table(t) => t.get(slot).copied().unwrap_or(0),
+            DomainCounts::Table(t, _) => t.get(slot).copied().unwrap_or(0),
             DomainCounts::Held(held) => held
                 .binary_search_by_key(&(slot as u32), |&(s, _)| s)
                 .map_or(0, |i| held[i].1),
@@ -150,8 +153,13 @@ impl DomainCounts {
     /// Adds one instance in `slot`, or takes one away.
     fn add(&mut self, slot: usize, one: bool) {
         let n = match self {
-            DomainCounts::Table(t) => match t.get_mut(slot) {
-                Some(n) => n,
+            DomainCounts::Table(t, counted) => match t.get_mut(slot) {
+                Some(n) => {
+                    if *n == 0 && one {
+                        counted.push(slot as u32);
+                    }
+                    n
+                }
                 None => return,
             },
             DomainCounts::Held(held) => {
@@ -177,26 +185,29 @@ impl DomainCounts {
             Some(i) => spare.0.swap_remove(i),
             None => vec![0; slots],
         };
+        let mut counted = Vec::with_capacity(held.len());
         for &(slot, n) in held.iter() {
             if let Some(x) = table.get_mut(slot as usize) {
                 *x = n;
+                counted.push(slot);
             }
         }
-        *self = DomainCounts::Table(table);
+        *self = DomainCounts::Table(table, counted);
     }
 
     /// Keeps only the values held, and hands the table back zeroed.
     fn close(&mut self, spare: &mut Spare) {
-        let DomainCounts::Table(table) = self else {
+        let DomainCounts::Table(table, counted) = self else {
             return;
         };
-        let held = (0..table.len() as u32)
-            .zip(table.iter().copied())
+        counted.sort_unstable();
+        counted.dedup();
+        let held = counted
+            .iter()
+            .map(|&slot| (slot, std::mem::take(&mut table[slot as usize])))
             .filter(|&(_, n)| n > 0)
             .collect();
-        let mut table = std::mem::take(table);
-        table.fill(0);
-        spare.0.push(table);
+        spare.0.push(std::mem::take(table));
         *self = DomainCounts::Held(held);
     }
 }
