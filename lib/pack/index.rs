@@ -316,14 +316,13 @@ impl Index {
             }
             // Only a bucket seen whole, with no host fitting, gets its bound made exact.
             let whole = cells == filled;
-            let mut seen = [0u64; 5];
             let mut fitted = false;
             let mut cursor = 0u32;
             std::iter::from_fn(move || loop {
                 if cursor == 0 {
                     let Some(cell) = take_lowest(&mut cells) else {
                         if whole && !fitted {
-                            bucket.bound.set(seen);
+                            bucket.bound.set(self.most_free(pb, filled, room));
                         }
                         return None;
                     };
@@ -332,17 +331,30 @@ impl Index {
                 }
                 let h = cursor - 1;
                 cursor = self.next[h as usize];
-                if whole && !fitted {
-                    for (x, r) in seen.iter_mut().zip(room(h)) {
-                        *x = (*x).max(r);
-                    }
-                }
                 if fits(h) {
                     fitted = true;
                     return Some((b, h));
                 }
             })
         })
+    }
+
+    /// The most any host of bucket `pb` (its cells `filled`) has free, in each resource.
+    /// Asked only of a bucket just seen whole without a fit, whose hosts are in the cache:
+    /// keeping the most while scanning cost every scan, and most end at their first host.
+    fn most_free(&self, pb: usize, filled: [u64; 3], room: &dyn Fn(u32) -> Room) -> Room {
+        let mut most = [0u64; 5];
+        let mut cells = filled;
+        while let Some(cell) = take_lowest(&mut cells) {
+            let mut cursor = self.head[pb * self.cells + cell];
+            while cursor != 0 {
+                for (x, r) in most.iter_mut().zip(room(cursor - 1)) {
+                    *x = (*x).max(r);
+                }
+                cursor = self.next[cursor as usize - 1];
+            }
+        }
+        most
     }
 
     /// The first non-empty bucket of `pool` at or above `b`.
