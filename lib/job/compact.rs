@@ -142,9 +142,10 @@ impl<'p, 'de, D> Tee<'p, 'de, D> {
 
 /// The `deserialize_*` methods that go straight to serde_json's, watched.
 macro_rules! watched {
-    ($($method:ident)*) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-            self.de.$method(Self::recording(self.pass, self.key, visitor))
+    ($($method:ident($($arg:ident: $ty:ty),*))*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* v: V) -> Result<V::Value, D::Error> {
+            let recording = Self::recording(self.pass, self.key, v);
+            self.de.$method($($arg,)* recording)
         }
     )*};
 }
@@ -153,59 +154,22 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Tee<'_, 'de, D> {
     type Error = D::Error;
 
     watched! {
-        deserialize_any deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32
-        deserialize_i64 deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
-        deserialize_f32 deserialize_f64 deserialize_char deserialize_str deserialize_string
-        deserialize_bytes deserialize_byte_buf deserialize_option deserialize_unit
-        deserialize_seq deserialize_map deserialize_identifier
+        deserialize_any() deserialize_bool() deserialize_i8() deserialize_i16()
+        deserialize_i32() deserialize_i64() deserialize_u8() deserialize_u16()
+        deserialize_u32() deserialize_u64() deserialize_f32() deserialize_f64()
+        deserialize_char() deserialize_str() deserialize_string() deserialize_bytes()
+        deserialize_byte_buf() deserialize_option() deserialize_unit() deserialize_seq()
+        deserialize_map() deserialize_identifier()
+        deserialize_unit_struct(name: &'static str)
+        deserialize_newtype_struct(name: &'static str)
+        deserialize_tuple(len: usize)
+        deserialize_tuple_struct(name: &'static str, len: usize)
+        deserialize_struct(name: &'static str, fields: &'static [&'static str])
     }
 
     /// Skipped by serde_json without a visit, so read as anything: the feed needs it.
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
         self.deserialize_any(v)
-    }
-
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        v: V,
-    ) -> Result<V::Value, D::Error> {
-        let recording = Self::recording(self.pass, self.key, v);
-        self.de.deserialize_unit_struct(name, recording)
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        v: V,
-    ) -> Result<V::Value, D::Error> {
-        let recording = Self::recording(self.pass, self.key, v);
-        self.de.deserialize_newtype_struct(name, recording)
-    }
-
-    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, D::Error> {
-        let recording = Self::recording(self.pass, self.key, v);
-        self.de.deserialize_tuple(len, recording)
-    }
-
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        len: usize,
-        v: V,
-    ) -> Result<V::Value, D::Error> {
-        let recording = Self::recording(self.pass, self.key, v);
-        self.de.deserialize_tuple_struct(name, len, recording)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        fields: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, D::Error> {
-        let recording = Self::recording(self.pass, self.key, v);
-        self.de.deserialize_struct(name, fields, recording)
     }
 
     /// Only the unit variants a string names: an enum written as an object is refused.
@@ -260,6 +224,16 @@ impl<'de, V> Recording<'_, 'de, V> {
     }
 }
 
+/// The visits of a number or boolean: written, then handed on.
+macro_rules! leaves {
+    ($($method:ident($ty:ty))*) => {$(
+        fn $method<E: de::Error>(mut self, v: $ty) -> Result<V::Value, E> {
+            self.leaf(&v)?;
+            self.visitor.$method(v)
+        }
+    )*};
+}
+
 impl<'de, V: Visitor<'de>> Visitor<'de> for Recording<'_, 'de, V> {
     type Value = V::Value;
 
@@ -267,27 +241,9 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Recording<'_, 'de, V> {
         self.visitor.expecting(f)
     }
 
-    fn visit_bool<E: de::Error>(mut self, v: bool) -> Result<V::Value, E> {
-        self.leaf(&v)?;
-        self.visitor.visit_bool(v)
-    }
-
-    fn visit_i64<E: de::Error>(mut self, v: i64) -> Result<V::Value, E> {
-        self.leaf(&v)?;
-        self.visitor.visit_i64(v)
-    }
-
-    fn visit_u64<E: de::Error>(mut self, v: u64) -> Result<V::Value, E> {
-        self.leaf(&v)?;
-        self.visitor.visit_u64(v)
-    }
-
-    /// A `Value` holds a number that is not finite as null, and serde_json writes such an
-    /// f64 as null too.
-    fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<V::Value, E> {
-        self.leaf(&v)?;
-        self.visitor.visit_f64(v)
-    }
+    // A `Value` holds a number that is not finite as null, and serde_json writes such an
+    // f64 as null too.
+    leaves! { visit_bool(bool) visit_i64(i64) visit_u64(u64) visit_f64(f64) }
 
     fn visit_unit<E: de::Error>(mut self) -> Result<V::Value, E> {
         self.leaf(&())?;
