@@ -83,9 +83,11 @@ complete -c offer -n "__fish_offer_using_subcommand undrain" -l state -d 'The cl
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l force -d 'End maintenance that another owner asked for'
 complete -c offer -n "__fish_offer_using_subcommand undrain" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c offer -n "__fish_offer_using_subcommand undrain" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c offer -n "__fish_offer_using_subcommand hosts" -l by -d 'With --summary: the attributes to add up by, in this order (those no host has are left out)' -r
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c offer -n "__fish_offer_using_subcommand hosts" -l summary -d 'Add the hosts up, in all and per attribute value'
 complete -c offer -n "__fish_offer_using_subcommand hosts" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
-complete -c offer -n "__fish_offer_using_subcommand hosts" -s h -l help -d 'Print help'
+complete -c offer -n "__fish_offer_using_subcommand hosts" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "add" -d 'Add or update hosts from records on standard input'
 complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "take-over" -d 'Take over the fleet: raise this scheduler\'s epoch'
 complete -c offer -n "__fish_offer_using_subcommand help; and not __fish_seen_subcommand_from add take-over rebuild remove schedule drain probe undrain hosts help" -f -a "rebuild" -d 'Rebuild a lost or corrupt state\'s tasks from the hosts'

@@ -2,6 +2,8 @@
 //! state, and prints one offer per host that may take work: its capacity left after the
 //! reservations of the tasks it holds.
 
+mod summary;
+
 use std::collections::HashMap;
 use std::io::{self, IsTerminal};
 use std::path::PathBuf;
@@ -198,11 +200,29 @@ pub enum Verb {
         force: bool,
     },
     /// List hosts with their capacity, free capacity, tasks, maintenance and attributes
+    ///
+    /// With --summary, add them up instead: a line for the cluster, then one per value of
+    /// each attribute named by --by, each with its hosts (offered, by maintenance and by
+    /// liveness), tasks, and capacity, reserved and free by resource (cpus in physical
+    /// cores, as each host has them), and what is free on the hosts offered.
     #[command(after_help = TABLE)]
     Hosts {
         /// Only these hosts
         #[arg(value_name = "HOST")]
         hosts: Vec<String>,
+        /// Add the hosts up, in all and per attribute value
+        #[arg(long)]
+        summary: bool,
+        /// With --summary: the attributes to add up by, in this order (those no host has
+        /// are left out)
+        #[arg(
+            long,
+            value_name = "ATTR,...",
+            value_delimiter = ',',
+            default_value = "zone,rack",
+            requires = "summary"
+        )]
+        by: Vec<String>,
     },
 }
 
@@ -225,7 +245,16 @@ pub fn run(cli: Cli) -> Result<Status> {
     let path = cli.state.path();
     match cli.verb {
         None => offers(&State::open(&path)?, &cli.output),
-        Some(Verb::Hosts { hosts }) => list_hosts(&State::open(&path)?, &hosts, &cli.output),
+        Some(Verb::Hosts {
+            hosts,
+            summary: false,
+            ..
+        }) => list_hosts(&State::open(&path)?, &hosts, &cli.output),
+        Some(Verb::Hosts {
+            hosts,
+            summary: true,
+            by,
+        }) => summarize_hosts(&State::open(&path)?, &hosts, &by, &cli.output),
         Some(Verb::Add {
             probe: Some(name),
             attrs,
@@ -764,6 +793,73 @@ fn list_hosts(state: &State, only: &[String], output: &OutputArgs) -> Result<Sta
             m.insert("maintenance".into(), host::maintenance_json(&maint));
             m.insert("liveness".into(), liveness_json(h));
             out.record(&Value::Object(m))?;
+        }
+    }
+    out.finish()?;
+    Ok(Status::Done)
+}
+
+fn summarize_hosts(
+    state: &State,
+    only: &[String],
+    by: &[String],
+    output: &OutputArgs,
+) -> Result<Status> {
+    let inv = inventory(state.view(), only)?;
+    let counted: Vec<summary::Counted> = inv
+        .iter()
+        .map(|(h, u, f)| summary::Counted {
+            host: h,
+            usage: u,
+            free: f,
+            mode: shown_mode(h, u).name(),
+            offered: is_offered(h, u),
+        })
+        .collect();
+    let scopes = summary::summarize(&counted, by);
+    let mut out = Writer::stdout();
+    if output.human() {
+        let free_of = |t: &summary::Tally, i: usize, as_cores: bool| {
+            let (free, whole) = t.free_of(i);
+            match as_cores {
+                true => format!(
+                    "{}/{}",
+                    num(cores(free.min(u32::MAX as u64) as u32)),
+                    num(cores(whole.min(u32::MAX as u64) as u32))
+                ),
+                false => format!("{free}/{whole}"),
+            }
+        };
+        let rows: Vec<Vec<String>> = scopes
+            .iter()
+            .map(|s| {
+                let t = &s.tally;
+                vec![
+                    s.label(),
+                    t.hosts().to_string(),
+                    t.offered().to_string(),
+                    t.tasks().to_string(),
+                    free_of(t, 0, true),
+                    free_of(t, 1, false),
+                    free_of(t, 2, false),
+                    free_of(t, 3, false),
+                ]
+            })
+            .collect();
+        let headers = [
+            "SCOPE",
+            "HOSTS",
+            "OFFERED",
+            "TASKS",
+            "CPUS_FREE",
+            "RAM_MB_FREE",
+            "DISK_MB_FREE",
+            "GPUS_FREE",
+        ];
+        out.text(&cli::table(&headers, &rows))?;
+    } else {
+        for scope in &scopes {
+            out.record(&scope.record())?;
         }
     }
     out.finish()?;

@@ -614,6 +614,108 @@ fn offers_subtract_reservations() {
     );
 }
 
+/// `offer hosts --summary` adds up what `offer hosts` lists, for the cluster and per value
+/// of each attribute asked: capacity, reserved (held by live tasks) and free, hosts offered
+/// or not, and what the hosts offered have free.
+#[test]
+fn a_summary_adds_up_the_hosts_in_all_and_by_zone_and_rack() {
+    let dir = common::tempdir();
+    let state = state_in(&dir);
+    let host = |name: &str, cpus: u32, gpus: u32, attrs: &str| {
+        format!(
+            r#"{{"type":"host","name":"{name}","cpus":{cpus},"ram_mb":{},"disk_mb":1000,"gpus":{gpus},"ports":[[31000,31999]],"attrs":{{{attrs}}}}}"#,
+            cpus * 4096
+        ) + "\n"
+    };
+    let input = host("h1", 16, 2, r#""zone":"z1","rack":"r1""#)
+        + &host("h2", 32, 0, r#""zone":"z1","rack":"r2""#)
+        + &host("h3", 8, 0, r#""zone":"z2""#);
+    offer_ok(&state, &["add"], input.as_bytes());
+    place_task(&state, "h1", 0, TaskState::Running, 31005);
+    place_task(&state, "h1", 1, TaskState::Finished, 31006);
+    offer_ok(&state, &["drain", "h3", "--reason", "disk"], b"");
+
+    let summary = lines(&offer_ok(&state, &["hosts", "--summary"], b""));
+    let scopes: Vec<(Value, Value)> = summary
+        .iter()
+        .map(|l| (l["attr"].clone(), l["value"].clone()))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            (Value::Null, Value::Null),
+            (json!("zone"), json!("z1")),
+            (json!("zone"), json!("z2")),
+            (json!("rack"), json!("r1")),
+            (json!("rack"), json!("r2")),
+            (json!("rack"), Value::Null),
+        ],
+        "the cluster, then zones, then racks; hosts without a rack last"
+    );
+    let cluster = &summary[0];
+    assert_eq!(
+        (&cluster["hosts"], &cluster["offered"], &cluster["tasks"]),
+        (&json!(3), &json!(2), &json!(1))
+    );
+    assert_eq!(cluster["maintenance"], json!({"none": 2, "drained": 1}));
+    assert_eq!(cluster["liveness"], json!({"up": 3}));
+    // The one live task holds 0.5 cores, 1 GiB, 100 MB of disk and a GPU on h1.
+    assert_eq!(
+        cluster["capacity"],
+        json!({"cpus": 56.0, "ram_mb": 56 * 4096, "disk_mb": 3000, "gpus": 2})
+    );
+    assert_eq!(
+        cluster["reserved"],
+        json!({"cpus": 0.5, "ram_mb": 1024, "disk_mb": 100, "gpus": 1})
+    );
+    assert_eq!(
+        cluster["free"],
+        json!({"cpus": 55.5, "ram_mb": 56 * 4096 - 1024, "disk_mb": 2900, "gpus": 1})
+    );
+    // h3 is drained: not offered, and its room is not the next pass's.
+    assert_eq!(
+        cluster["offered_free"],
+        json!({"cpus": 47.5, "ram_mb": 48 * 4096 - 1024, "disk_mb": 1900, "gpus": 1})
+    );
+    // Each attribute's values add up to the cluster, and agree with `offer hosts`.
+    let listed = hosts(&state);
+    for attr in ["zone", "rack"] {
+        let of_attr: Vec<&Value> = summary.iter().filter(|l| l["attr"] == attr).collect();
+        let sum = |field: &str, r: &str| -> f64 {
+            of_attr.iter().map(|l| l[field][r].as_f64().unwrap()).sum()
+        };
+        for r in ["cpus", "ram_mb", "disk_mb", "gpus"] {
+            for field in ["capacity", "reserved", "free", "offered_free"] {
+                assert_eq!(
+                    sum(field, r),
+                    cluster[field][r].as_f64().unwrap(),
+                    "{attr} {field} {r}"
+                );
+            }
+            let free: f64 = listed.iter().map(|h| h["free"][r].as_f64().unwrap()).sum();
+            assert_eq!(free, cluster["free"][r].as_f64().unwrap(), "{r}");
+        }
+    }
+    let z1 = &summary[1];
+    assert_eq!((&z1["hosts"], &z1["offered"]), (&json!(2), &json!(2)));
+    assert_eq!(z1["free"]["cpus"], 47.5);
+
+    // Only the hosts named, by the attributes asked (none has `row`); --by needs --summary.
+    let only = lines(&offer_ok(
+        &state,
+        &["hosts", "--summary", "--by", "row,zone", "h2", "h3"],
+        b"",
+    ));
+    assert_eq!(only.len(), 3, "{only:?}");
+    assert_eq!(only[0]["hosts"], 2);
+    assert_eq!(only[0]["capacity"]["cpus"], 40.0);
+    assert_eq!(
+        (&only[1]["attr"], &only[2]["value"]),
+        (&json!("zone"), &json!("z2"))
+    );
+    assert_eq!(code(&offer(&state, &["hosts", "--by", "zone"], b"")), 2);
+}
+
 #[test]
 fn drain_with_a_running_task_is_draining_until_it_ends() {
     let dir = common::tempdir();
