@@ -402,7 +402,7 @@ pub fn parse_text(text: &str, origin: &str) -> Result<JobSpec, String> {
     read_text(text, origin.into(), &mut compact::Feed::default())
 }
 
-/// [`parse_text`] with the buffer of its compact pass kept from one job to the next.
+/// [`parse_text`] with the buffer of its hash feed kept from one job to the next.
 ///
 /// A good spec is read once, into its types, its compact text and its hash together; only
 /// a spec refused (or an object with a key twice) is read into a `Value` as well, which is
@@ -897,8 +897,8 @@ pub fn check_announce_path(path: &str) -> Result<(), String> {
 }
 
 /// FNV-1a over the spec with object keys in sorted order, so the same spec hashes the same
-/// whatever the order of its fields in the file. (`compact` feeds the same bytes from the
-/// text.)
+/// whatever the order of its fields in the file. (`compact::read` feeds the same bytes
+/// while it reads the text.)
 pub fn hash(v: &Value) -> u64 {
     fn walk(h: &mut u64, v: &Value) {
         match v {

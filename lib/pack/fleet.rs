@@ -126,10 +126,10 @@ pub struct Fleet {
     pub releases: u64,
 }
 
-/// What one host has free, in one record: checking a host for room and reserving room
-/// on it read and write all of it, and kept as a column per resource each was a cache
-/// miss of its own on a large fleet.
-/// One cache line a host: a record across two lines was two misses where one would do.
+/// What one host has free, in one record, with the little else the placement loop reads
+/// beside it: checking a host for room and reserving room on it read and write all of
+/// it, and kept as a column per resource each was a cache miss of its own on a large
+/// fleet. One cache line a host: a record across two lines was two misses.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[repr(align(64))]
 pub struct Free {
