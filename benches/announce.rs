@@ -486,6 +486,7 @@ fn fill_join_state(state: &Path, path: &str) -> Vec<Vec<u8>> {
                 primary: 0,
             }),
             rollout: Default::default(),
+            runs: Default::default(),
         });
         Ok(())
     })

@@ -53,6 +53,7 @@ fn fill(path: &Path) {
                 key: format!("role{}/prod/job{j}", j % 50),
                 ports: vec!["http".into()],
                 rollout: Default::default(),
+                runs: Default::default(),
             });
         }
         Ok(())
@@ -119,6 +120,7 @@ fn main() {
                 key: "a/b/c".into(),
                 ports: vec![],
                 rollout: Default::default(),
+                runs: Default::default(),
             });
             tx.upsert(Task::new(0, 0));
             Ok(())

@@ -16,6 +16,7 @@ use crate::host::{millicores, Millicores};
 use crate::task::{check_job_key, Announce, MAX_PORTS};
 
 mod compact;
+pub mod tool;
 
 /// Production work may preempt preemptible work, never the reverse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -179,6 +180,8 @@ pub struct JobSpec {
     pub tier: Tier,
     pub priority: i32,
     pub service: bool,
+    /// When it runs, for a cron job (a batch job run on a schedule).
+    pub cron: Option<crate::cron::Schedule>,
     pub health: Option<Health>,
     pub restart: Restart,
     /// How a change of this spec rolls out over running instances.
@@ -265,10 +268,16 @@ struct Written {
     restart: Option<WrittenRestart>,
     update: Option<WrittenUpdate>,
     sla: Option<WrittenSla>,
-    /// A block DESIGN.md names that no tool acts on yet: here only to be refused, rather
-    /// than ignored, when given.
-    #[allow(dead_code)]
-    cron: Option<NotYet>,
+    cron: Option<WrittenCron>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenCron {
+    schedule: String,
+    timezone: Option<String>,
+    collision: Option<crate::cron::Collision>,
+    starting_deadline_s: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -344,17 +353,6 @@ struct WrittenSla {
     max_unavailable: Option<u32>,
     min_healthy_percent: Option<f64>,
     healthy_for_s: Option<f64>,
-}
-
-/// A block no tool acts on yet: any value is refused with a message saying so.
-struct NotYet;
-
-impl<'de> Deserialize<'de> for NotYet {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(
-            "not acted on by any formic tool yet; remove the block rather than have it ignored",
-        ))
-    }
 }
 
 /// A JSON object of strings whose keys must each appear once (serde's maps let the last
@@ -557,6 +555,17 @@ fn check(w: Written, key: &str) -> Result<JobSpec, String> {
         .map(|a| check_announce(key, a, ports))
         .transpose()
         .map_err(|e| format!("field \"announce\": {e}"))?;
+    let cron = w
+        .cron
+        .map(|c| {
+            let zone = c.timezone.as_deref();
+            crate::cron::Schedule::new(&c.schedule, zone, c.collision, c.starting_deadline_s)
+        })
+        .transpose()
+        .map_err(|e| format!("field \"cron\": {e}"))?;
+    if cron.is_some() && w.service == Some(true) {
+        return Err("a cron job is a batch job: \"service\" is false or left out".into());
+    }
     Ok(JobSpec {
         key: String::new(),
         instances: w.instances as u32,
@@ -571,7 +580,8 @@ fn check(w: Written, key: &str) -> Result<JobSpec, String> {
             None | Some(WrittenTier::Preemptible) => Tier::Preemptible,
         },
         priority,
-        service: w.service.unwrap_or(true),
+        service: w.service.unwrap_or(cron.is_none()),
+        cron,
         health,
         restart,
         update,
@@ -591,8 +601,8 @@ fn check_resources(r: WrittenResources) -> Result<Resources, String> {
         ));
     }
     for (name, v, max) in [
-        ("ram_mb", r.ram_mb, 1 << 40),
-        ("disk_mb", r.disk_mb, 1 << 50),
+        ("ram_mb", r.ram_mb, crate::task::MB_MAX),
+        ("disk_mb", r.disk_mb, crate::task::MB_MAX),
         ("gpus", r.gpus as u64, 1 << 16),
         ("pids", r.pids.unwrap_or(1) as u64, 1 << 22),
     ] {
@@ -1505,8 +1515,16 @@ mod tests {
                 r#"field "sla": max_unavailable and min_healthy_percent: give one"#,
             ),
             (
-                r#""cmd":["x"],"cron":{"schedule":"* * * * *"}"#,
-                r#"field "cron": not acted on"#,
+                r#""cmd":["x"],"cron":{"schedule":"* * * *"}"#,
+                r#"field "cron": field "schedule": "* * * *": "#,
+            ),
+            (
+                r#""cmd":["x"],"cron":{"schedule":"* * * * *","collision":"run_overlap"}"#,
+                r#"field "cron": field "collision": unknown variant "run_overlap""#,
+            ),
+            (
+                r#""cmd":["x"],"service":true,"cron":{"schedule":"@daily"}"#,
+                r#"a cron job is a batch job"#,
             ),
             (
                 r#""cmd":["x","{{port.nope}}"]"#,

@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::cli::{OutputArgs, StateArgs};
+use crate::cron::{Runs, Step};
 use crate::exit::{fail, status_of, Status, TABLE};
 use crate::host::millicores;
 use crate::job::{Check, JobSpec};
@@ -119,6 +121,9 @@ struct Placement {
     /// The incarnation this placement creates, when pack decided it on a view of the state:
     /// it holds only while the task is still at the incarnation before.
     incarnation: Option<u32>,
+    /// The run of a batch or cron job it belongs to: it holds only while that is the job's
+    /// current run.
+    run: u64,
 }
 
 impl Placement {
@@ -139,6 +144,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         places,
         specs,
         updates,
+        crons,
         others,
     } = read(crate::cli::stdin_for("launch", "place and spec records"))?;
     let path = cli.state.path();
@@ -152,8 +158,14 @@ pub fn run(cli: Cli) -> Result<Status> {
     for spec in specs.values() {
         crate::specstore::keep(&path, spec)?;
     }
-    if !updates.is_empty() {
-        for e in state.write(|tx| Ok(record_updates(tx, &updates)))? {
+    // Before the placements: those of a run started here name it.
+    if !updates.is_empty() || !crons.is_empty() {
+        let events = state.write(|tx| {
+            let mut events = record_updates(tx, &updates);
+            events.extend(record_runs(tx, &crons));
+            Ok(events)
+        })?;
+        for e in events {
             out.record(&e)?;
         }
     }
@@ -428,6 +440,7 @@ fn read(input: impl io::BufRead) -> Result<Read> {
     let mut specs: Specs = HashMap::new();
     let mut others = Vec::new();
     let mut updates = Vec::new();
+    let mut crons = Vec::new();
     let mut errors = Vec::new();
     for item in records::Reader::new(input) {
         let rec = match item {
@@ -455,6 +468,7 @@ fn read(input: impl io::BufRead) -> Result<Read> {
                 Ok(())
             }),
             "update" => read_update(&rec).map(|u| updates.push(u)),
+            "cron" => read_cron(&rec).map(|c| crons.push(c)),
             _ => {
                 others.push(rec);
                 continue;
@@ -469,6 +483,7 @@ fn read(input: impl io::BufRead) -> Result<Read> {
         places,
         specs,
         updates,
+        crons,
         others,
     })
 }
@@ -492,6 +507,7 @@ struct Read {
     places: Vec<Placement>,
     specs: Specs,
     updates: Vec<UpdateRecord>,
+    crons: Vec<CronRecord>,
     others: Vec<Record>,
 }
 
@@ -556,6 +572,76 @@ pub(crate) fn update_event(job: &str, r: &Rollout, now: f64) -> Value {
     e
 }
 
+/// A `cron` record: a batch or cron job's runs as pack read them, and as pack would leave
+/// them (`cron::plan`).
+struct CronRecord {
+    job: String,
+    step: Step,
+    was: Runs,
+    runs: Runs,
+}
+
+fn read_cron(rec: &Record) -> Result<CronRecord, String> {
+    let f = rec.get();
+    f.only(&["type", "job", "step", "was", "runs"])?;
+    let job = f.str("job")?.ok_or("field \"job\" is missing")?;
+    check_job_key(job).map_err(|e| format!("field \"job\": {e}"))?;
+    let step = f.str("step")?.ok_or("field \"step\" is missing")?;
+    let step =
+        Step::from_name(step).ok_or_else(|| format!("field \"step\": {step:?} is unknown"))?;
+    let runs = |name: &str| {
+        let v = rec
+            .fields
+            .get(name)
+            .ok_or(format!("field \"{name}\" is missing"))?;
+        Runs::deserialize(v).map_err(|e| format!("field \"{name}\": {e}"))
+    };
+    Ok(CronRecord {
+        job: job.to_string(),
+        step,
+        was: runs("was")?,
+        runs: runs("runs")?,
+    })
+}
+
+/// Commits each job's runs that are still what pack read (an event), and refuses the
+/// others (a conflict: another pass or `job run` changed them; the next pass decides
+/// again). A job the state has no record of yet gets one: a cron job is filed when its
+/// schedule is first seen, before it has placed anything.
+fn record_runs(tx: &mut Txn, crons: &[CronRecord]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in crons {
+        let found = tx.view().jobs.find(&c.job);
+        let mut job = match found.and_then(|j| tx.view().jobs.get(j)) {
+            Some(job) => job.clone(),
+            None => Job {
+                key: c.job.clone(),
+                ports: Vec::new(),
+                announce: None,
+                rollout: Rollout::default(),
+                runs: Runs::default(),
+            },
+        };
+        if job.runs != c.was {
+            out.push(json!({"type":"conflict","job":c.job,
+                             "reason":"its runs moved on since the pass read them"}));
+            continue;
+        }
+        job.runs = c.runs.clone();
+        tx.upsert(job);
+        out.push(run_event(&c.job, c.step, &c.was, &c.runs, tx.now()));
+    }
+    out
+}
+
+/// The event of a job's runs taking a step: the run now current, and what this step
+/// missed or cancelled.
+pub(crate) fn run_event(job: &str, step: Step, was: &Runs, runs: &Runs, now: f64) -> Value {
+    json!({"type":"event","job":job,"ts":now,"cron":step.name(),"run":runs.current,
+           "manual":runs.manual,"missed":runs.missed.saturating_sub(was.missed),
+           "cancelled":runs.cancelled.saturating_sub(was.cancelled)})
+}
+
 fn read_spec(rec: &Record) -> Result<(String, String, JobSpec), String> {
     let f = rec.get();
     f.only(&["type", "job", "hash", "spec"])?;
@@ -583,6 +669,7 @@ const PLACE_FIELDS: &[&str] = &[
     "ports",
     "spec",
     "incarnation",
+    "run",
 ];
 
 fn read_place(rec: &Record) -> Result<Placement, String> {
@@ -630,12 +717,13 @@ fn read_place(rec: &Record) -> Result<Placement, String> {
         instance,
         host: host.to_string(),
         cpus: millicores(cpus),
-        ram_mb: f.count("ram_mb", 1 << 40)?.unwrap_or(0),
-        disk_mb: f.count("disk_mb", 1 << 50)?.unwrap_or(0),
+        ram_mb: f.count("ram_mb", crate::task::MB_MAX)?.unwrap_or(0),
+        disk_mb: f.count("disk_mb", crate::task::MB_MAX)?.unwrap_or(0),
         gpus: f.count("gpus", 1 << 16)?.unwrap_or(0) as u32,
         ports,
         hash: hash.to_string(),
         incarnation: incarnation.map(|n| n as u32),
+        run: f.count("run", u64::MAX)?.unwrap_or(0),
     })
 }
 
@@ -713,8 +801,10 @@ fn job_record(view: &View, spec: &JobSpec) -> Result<Job, String> {
         key: spec.key.clone(),
         ports: names,
         announce,
-        // Its updates are the passes' to change (`update` records), not a placement's.
+        // Its updates and runs are the passes' to change (`update` and `cron` records),
+        // not a placement's.
         rollout: old.map(|(_, j)| j.rollout.clone()).unwrap_or_default(),
+        runs: old.map(|(_, j)| j.runs.clone()).unwrap_or_default(),
     })
 }
 
@@ -782,6 +872,14 @@ fn admit(view: &View, usage: &[Usage], p: &Placement, now: f64) -> Result<Admitt
              {current} now"
         ));
     }
+    let run = view.jobs.find(&p.job).and_then(|j| view.jobs.get(j));
+    let run = run.map_or(0, |j| j.runs.current);
+    if p.run != run {
+        return Err(format!(
+            "placed for run {} of the job; its current run is {run}",
+            p.run
+        ));
+    }
     if let Some(t) = previous.filter(|t| t.state == TaskState::Throttled && t.not_before > now) {
         return Err(format!("backing off for {:.1} s more", t.not_before - now));
     }
@@ -831,9 +929,11 @@ fn admit(view: &View, usage: &[Usage], p: &Placement, now: f64) -> Result<Admitt
         host: h,
         incarnation: current + 1,
         // An update's count starts afresh: a new spec, or one an update stopped (going
-        // back, or placed again when its new spec found no room), has failed nothing yet.
+        // back, or placed again when its new spec found no room), has failed nothing yet;
+        // and so does a new run.
         failures: previous
             .filter(|t| t.spec == p.spec_hash() && t.reason != Reason::Replaced)
+            .filter(|t| t.run == p.run)
             .map_or(0, |t| t.failures),
     })
 }
@@ -892,6 +992,7 @@ fn record_intents(
         t.since = now;
         t.incarnation = admitted.incarnation;
         t.launcher = me;
+        t.run = p.run;
         usage[admitted.host as usize].add(&t);
         tx.upsert(t);
         incarnations.push(Some(admitted.incarnation));

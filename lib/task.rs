@@ -235,6 +235,9 @@ pub struct Task {
     /// Unix time it last turned healthy while running (0 while it is not healthy): an
     /// update's watch and a budget's healthy_for_s count from here, not from its start.
     pub healthy_since: f64,
+    /// The run of a batch or cron job this incarnation belongs to (`cron::Runs`): 0 for a
+    /// service and for a batch job's first run.
+    pub run: u64,
 }
 
 impl Task {
@@ -262,7 +265,17 @@ impl Task {
             launcher: (0, 0),
             reason: Reason::None,
             healthy_since: 0.0,
+            run: 0,
         }
+    }
+
+    /// The exit status of its last run, once that run is over (it means nothing before).
+    pub fn exit_status(&self) -> Option<i32> {
+        matches!(
+            self.state,
+            TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Throttled
+        )
+        .then_some(self.exit)
     }
 
     /// This record in `state` with nothing reserved (terminal, pending and throttled
@@ -291,16 +304,23 @@ pub const TASK_SLOT_SIZE: usize = 128;
 /// Bytes of a task record's fields: layout 2 adds `announced` to layout 1, layout 3
 /// `incarnation` and `launcher`, layout 4 `reason`, layout 5 `healthy_since`. Each only
 /// appends, so a record of an older layout reads with the new fields at their defaults
-/// (a task healthy then has been healthy since it entered its state).
+/// (a task healthy then has been healthy since it entered its state). Layout 6 adds `run`
+/// and, to make room for it in the slot, keeps ram_mb and disk_mb in 32 bits (4 PiB, more
+/// than any task may ask: `MB_MAX`).
 const TASK_BODY_1: usize = 96;
 const TASK_BODY_2: usize = 97;
 const TASK_BODY_3: usize = 109;
 const TASK_BODY_4: usize = 110;
+const TASK_BODY_5: usize = 118;
 const TASK_BODY: usize = 118;
-const TASK_LAYOUT: u8 = 5;
+const TASK_LAYOUT: u8 = 6;
+
+/// The most ram_mb or disk_mb one task may hold: what its record keeps (4 PiB).
+pub const MB_MAX: u64 = u32::MAX as u64;
 
 impl Task {
     pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
+        let room = slot.len();
         let mut e = Encoder::new(slot);
         e.u32(self.job);
         e.u32(self.instance);
@@ -311,8 +331,16 @@ impl Task {
         e.u32(self.pid);
         e.u64(self.pid_start);
         e.u32(self.cpus);
-        e.u64(self.ram_mb);
-        e.u64(self.disk_mb);
+        for mb in [self.ram_mb, self.disk_mb] {
+            // Checked against MB_MAX where a task is asked for (job spec, place record).
+            let Ok(mb) = u32::try_from(mb) else {
+                return Err(TooLarge {
+                    needed: usize::MAX,
+                    room,
+                });
+            };
+            e.u32(mb);
+        }
         e.u32(self.gpus);
         for p in self.ports {
             e.u16(p);
@@ -327,6 +355,7 @@ impl Task {
         e.u32(self.launcher.1);
         e.u8(self.reason as u8);
         e.f64(self.healthy_since);
+        e.u64(self.run);
         e.seal(TASK_LAYOUT)
     }
 
@@ -336,6 +365,7 @@ impl Task {
             2 => TASK_BODY_2,
             3 => TASK_BODY_3,
             4 => TASK_BODY_4,
+            5 => TASK_BODY_5,
             TASK_LAYOUT => TASK_BODY,
             _ => return Err(Corrupt(format!("task record layout {version} is unknown"))),
         };
@@ -356,8 +386,10 @@ impl Task {
         let pid = d.u32()?;
         let pid_start = d.u64()?;
         let cpus = d.u32()?;
-        let ram_mb = d.u64()?;
-        let disk_mb = d.u64()?;
+        let (ram_mb, disk_mb) = match version >= 6 {
+            true => (d.u32()? as u64, d.u32()? as u64),
+            false => (d.u64()?, d.u64()?),
+        };
         let gpus = d.u32()?;
         let mut ports = [0u16; MAX_PORTS];
         for p in &mut ports {
@@ -386,6 +418,7 @@ impl Task {
             launcher: (0, 0),
             reason: Reason::None,
             healthy_since: 0.0,
+            run: 0,
         };
         if version >= 3 {
             t.incarnation = d.u32()?;
@@ -399,6 +432,9 @@ impl Task {
             false if t.healthy => t.since,
             false => 0.0,
         };
+        if version >= 6 {
+            t.run = d.u64()?;
+        }
         Ok(t)
     }
 }
@@ -413,6 +449,8 @@ pub struct Job {
     pub announce: Option<Announce>,
     /// Its updates: the spec rolled out everywhere, the current update (layout 3).
     pub rollout: crate::rollout::Rollout,
+    /// Its runs, if it is a batch or cron job (layout 4).
+    pub runs: crate::cron::Runs,
 }
 
 /// A job's serverset: members go under `path`, with the port `ports[primary]` as their
@@ -424,8 +462,8 @@ pub struct Announce {
 }
 
 pub const JOB_SLOT_SIZE: usize = 512;
-/// Layout 2 adds the announce block to layout 1, layout 3 the rollout.
-const JOB_LAYOUT: u8 = 3;
+/// Layout 2 adds the announce block to layout 1, layout 3 the rollout, layout 4 the runs.
+const JOB_LAYOUT: u8 = 4;
 
 /// A job key is `role/env/name`, each part of letters, digits and `._-`, not starting with
 /// a dot: the parts name directories on hosts, so `.` and `..` must never be one.
@@ -463,6 +501,7 @@ impl Job {
             }
         }
         self.rollout.encode(&mut e);
+        self.runs.encode(&mut e);
         e.seal(JOB_LAYOUT)
     }
 
@@ -489,11 +528,16 @@ impl Job {
             true => crate::rollout::Rollout::decode(&mut d)?,
             false => crate::rollout::Rollout::default(),
         };
+        let runs = match version >= 4 {
+            true => crate::cron::Runs::decode(&mut d)?,
+            false => crate::cron::Runs::default(),
+        };
         Ok(Job {
             key,
             ports,
             announce,
             rollout,
+            runs,
         })
     }
 }
@@ -510,6 +554,55 @@ mod tests {
         }
     }
 
+    /// A task as layout 5 wrote it: ram_mb and disk_mb in 64 bits, no run.
+    fn encode_5(t: &Task, slot: &mut [u8]) {
+        let mut e = Encoder::new(slot);
+        e.u32(t.job);
+        e.u32(t.instance);
+        e.u32(t.host);
+        e.u8(t.state as u8);
+        e.u8(t.healthy as u8);
+        e.u16(t.failures);
+        e.u32(t.pid);
+        e.u64(t.pid_start);
+        e.u32(t.cpus);
+        e.u64(t.ram_mb);
+        e.u64(t.disk_mb);
+        e.u32(t.gpus);
+        for p in t.ports {
+            e.u16(p);
+        }
+        e.u64(t.spec);
+        e.f64(t.since);
+        e.f64(t.not_before);
+        e.i32(t.exit);
+        e.u8(t.announced as u8);
+        e.u32(t.incarnation);
+        e.u32(t.launcher.0);
+        e.u32(t.launcher.1);
+        e.u8(t.reason as u8);
+        e.f64(t.healthy_since);
+        e.seal(5).unwrap();
+    }
+
+    /// Layout 6 keeps ram and disk in 32 bits and adds the run: a task of layout 5 reads
+    /// with its sizes and as of run 0, and a size past `MB_MAX` does not encode.
+    #[test]
+    fn records_of_layout_5_still_read() {
+        let mut t = Task::new(3, 4);
+        t.state = TaskState::Finished;
+        (t.ram_mb, t.disk_mb, t.healthy_since, t.incarnation) = (MB_MAX, 1 << 20, 7.5, 9);
+        let mut slot = [0u8; TASK_SLOT_SIZE];
+        encode_5(&t, &mut slot);
+        assert_eq!(Task::decode(5, body(&slot)).unwrap(), t);
+        t.run = 1_764_000_000;
+        t.encode(&mut slot).unwrap();
+        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        assert!(Task::decode(TASK_LAYOUT, &body(&slot)[..TASK_BODY - 1]).is_err());
+        t.disk_mb = MB_MAX + 1;
+        assert!(t.encode(&mut slot).is_err(), "disk past MB_MAX");
+    }
+
     /// Layouts 2 to 5 only append, so a state written by layout 1 reads as never announced
     /// and one of layout 2 as at incarnation 0.
     #[test]
@@ -518,8 +611,8 @@ mod tests {
         t.state = TaskState::Running;
         t.announced = true;
         let mut slot = [0u8; TASK_SLOT_SIZE];
-        t.encode(&mut slot).unwrap();
-        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        encode_5(&t, &mut slot);
+        assert_eq!(Task::decode(5, body(&slot)).unwrap(), t);
         let old = Task::decode(1, body(&slot)).unwrap();
         assert_eq!(
             old,
@@ -531,8 +624,8 @@ mod tests {
         // Layout 3 only appends too: a task of layout 2 is at incarnation 0.
         t.incarnation = 7;
         t.launcher = (1234, 5678);
-        t.encode(&mut slot).unwrap();
-        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        encode_5(&t, &mut slot);
+        assert_eq!(Task::decode(5, body(&slot)).unwrap(), t);
         assert_eq!(
             Task::decode(2, body(&slot)).unwrap(),
             Task {
@@ -544,8 +637,8 @@ mod tests {
         );
         // Layout 4 only appends too: a task of layout 3 has no reason.
         t.reason = Reason::StopTimedOut;
-        t.encode(&mut slot).unwrap();
-        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        encode_5(&t, &mut slot);
+        assert_eq!(Task::decode(5, body(&slot)).unwrap(), t);
         assert_eq!(
             Task::decode(3, body(&slot)).unwrap(),
             Task {
@@ -556,8 +649,8 @@ mod tests {
         // Layout 5 only appends too: a task of layout 4 healthy then has been so since it
         // entered its state.
         (t.healthy, t.since, t.healthy_since) = (true, 100.0, 130.0);
-        t.encode(&mut slot).unwrap();
-        assert_eq!(Task::decode(TASK_LAYOUT, body(&slot)).unwrap(), t);
+        encode_5(&t, &mut slot);
+        assert_eq!(Task::decode(5, body(&slot)).unwrap(), t);
         assert_eq!(
             Task::decode(4, body(&slot)).unwrap(),
             Task {
@@ -571,27 +664,25 @@ mod tests {
             (2, TASK_BODY_2),
             (3, TASK_BODY_3),
             (4, TASK_BODY_4),
-            (5, TASK_BODY),
+            (5, TASK_BODY_5),
         ] {
             assert!(Task::decode(layout, &body(&slot)[..len]).is_ok());
             assert!(Task::decode(layout, &body(&slot)[..len - 1]).is_err());
         }
         assert!(
-            body(&slot)[TASK_BODY..].iter().all(|&b| b == 0),
+            body(&slot)[TASK_BODY_5..].iter().all(|&b| b == 0),
             "nothing past the fields"
         );
         let mut bad = body(&slot).to_vec();
         bad[TASK_BODY_4 - 1] = 200;
-        assert!(
-            Task::decode(TASK_LAYOUT, &bad).is_err(),
-            "an unknown reason"
-        );
+        assert!(Task::decode(5, &bad).is_err(), "an unknown reason");
 
         let mut j = Job {
             key: "www/prod/hello".into(),
             ports: vec!["http".into(), "admin".into()],
             announce: None,
             rollout: Default::default(),
+            runs: Default::default(),
         };
         let mut slot = [0u8; JOB_SLOT_SIZE];
         j.encode(&mut slot).unwrap();
@@ -611,6 +702,18 @@ mod tests {
             Job::decode(2, body(&slot)).unwrap(),
             Job {
                 rollout: Default::default(),
+                ..j.clone()
+            }
+        );
+        // Layout 4 appends the runs: one of layout 3 has had none.
+        j.runs.current = 1_796_256_000;
+        j.runs.missed = 3;
+        j.encode(&mut slot).unwrap();
+        assert_eq!(Job::decode(JOB_LAYOUT, body(&slot)).unwrap(), j);
+        assert_eq!(
+            Job::decode(3, body(&slot)).unwrap(),
+            Job {
+                runs: Default::default(),
                 ..j.clone()
             }
         );

@@ -732,6 +732,7 @@ mod tests {
                 primary: 1,
             }),
             rollout: Default::default(),
+            runs: Default::default(),
         };
         let mut t = Task::new(0, 3);
         t.state = TaskState::Running;

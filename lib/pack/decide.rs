@@ -12,6 +12,7 @@ use super::fleet::{self, Fleet};
 use super::place::{self, lower_bound, Class, Placer, Scratch, Strategy};
 use super::preempt::{Room, Victims};
 use super::refusals::HostSets;
+use super::runs::{self, Wanted};
 use super::updates::Updates;
 use super::{Input, Resources, Running};
 
@@ -68,6 +69,8 @@ pub struct Outcome {
     pub notes: Vec<serde_json::Value>,
     /// Jobs whose `spec` record goes before the notes (`Updates::moving_to_file`).
     pub specs_first: Vec<usize>,
+    /// The run placements of a batch or cron job name (where it is not the first, 0).
+    pub run_of: HashMap<String, u64>,
 }
 
 /// The state of one decision run: the fleet as it fills, and what has been decided.
@@ -121,11 +124,14 @@ struct Run<'a> {
     /// (job, instance) replaced by an update: the host its killed incarnation ran on,
     /// tried first.
     prefer: HashMap<(usize, u32), usize>,
+    /// Per job of the files: which of its instances the pass considers (batch and cron
+    /// jobs place those of one run).
+    wanted: Vec<Wanted>,
 }
 
 /// Whether a batch (not service) instance is over: finished, or failed as many times as its
 /// job's restart policy allows (`restart.max_failures`, 1 when not given).
-fn batch_done(spec: &JobSpec, r: &Running) -> bool {
+pub(super) fn batch_done(spec: &JobSpec, r: &Running) -> bool {
     if spec.service {
         return false;
     }
@@ -135,6 +141,7 @@ fn batch_done(spec: &JobSpec, r: &Running) -> bool {
 
 /// The whole decision: what exists, which instances are missing, then the loop.
 pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: bool) -> Outcome {
+    let runs = runs::plan(input);
     let drains = drains::plan(input);
     let updates = super::updates::plan(input, &drains);
     let Input {
@@ -153,6 +160,15 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     run.within_tier = within_tier;
     run.updates = updates;
     run.drains = drains;
+    let run_of = jobs
+        .iter()
+        .zip(&runs.wanted)
+        .filter_map(|(spec, w)| match *w {
+            Wanted::Run(n) if n != 0 => Some((spec.key.clone(), n)),
+            _ => None,
+        })
+        .collect();
+    run.wanted = runs.wanted;
     let present = run.take_stock(*now, prune);
     let missing: Vec<Vec<u32>> = jobs
         .iter()
@@ -195,7 +211,8 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     }
     run.keep_unplaced_drains();
     run.count_refusals();
-    let mut notes = std::mem::take(&mut run.updates.records);
+    let mut notes = runs.records;
+    notes.append(&mut run.updates.records);
     notes.extend(run.drains.records(running));
     let specs_first = std::mem::take(&mut run.updates.moving_to_file);
     Outcome {
@@ -212,6 +229,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
         classes: run.classes,
         notes,
         specs_first,
+        run_of,
     }
 }
 
@@ -369,6 +387,7 @@ impl<'a> Run<'a> {
             updates: Updates::default(),
             drains: Drains::default(),
             prefer: HashMap::new(),
+            wanted: Vec::new(),
             in_use,
             held,
             spare: place::Spare::default(),
@@ -620,6 +639,18 @@ impl<'a> Run<'a> {
                 continue;
             };
             let spec = &self.jobs[j];
+            match self.wanted.get(j) {
+                Some(&Wanted::Run(run)) if r.run == run => {}
+                Some(Wanted::Run(_) | Wanted::Nothing) => {
+                    // An incarnation of an earlier run counts for nothing; one still live
+                    // is stopped (the collision policy let a new run start).
+                    if r.state.holds_resources() {
+                        self.kill(r, "a newer run");
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             // Who places this instance: the job, or the version of it its update asks for.
             let owner = self.owner(j, r.instance);
             if r.instance < spec.instances && batch_done(spec, r) {
@@ -674,10 +705,15 @@ impl<'a> Run<'a> {
     /// Which instances each job may place: all of its own but those a version of it
     /// places, and a version only those.
     fn presence(&self) -> Vec<Vec<bool>> {
+        // A cron job that has not run places nothing.
         let mut present: Vec<Vec<bool>> = self
             .jobs
             .iter()
-            .map(|j| vec![false; j.instances as usize])
+            .enumerate()
+            .map(|(j, spec)| {
+                let idle = self.wanted.get(j) == Some(&Wanted::Nothing);
+                vec![idle; spec.instances as usize]
+            })
             .collect();
         for (j, version) in self.updates.version_of.iter().enumerate() {
             let Some(v) = *version else { continue };

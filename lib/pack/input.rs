@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
+use crate::cron::Runs;
 use crate::exit::{bad_input, status_of, Status};
 use crate::job::{self, JobSpec};
 use crate::records::{self, Record};
@@ -35,6 +36,8 @@ pub struct Input {
     /// The state file read (its kept specs are beside it), and each job's rollout in it.
     pub state_path: Option<PathBuf>,
     pub rollouts: HashMap<String, Rollout>,
+    /// Each batch or cron job's runs in the state, where it has any.
+    pub runs: HashMap<String, Runs>,
 }
 
 /// A task the state says exists, with what pack needs of it.
@@ -67,6 +70,8 @@ pub struct Running {
     pub replaced: bool,
     /// Its host is draining: the drain's deadline (0 when none).
     pub drain: Option<f64>,
+    /// The run of its batch or cron job (`cron::Runs`).
+    pub run: u64,
 }
 
 impl Running {
@@ -116,7 +121,7 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
         Some(path) => read_quota(path)?,
         None => HashMap::new(),
     };
-    let (running, rollouts) = match from.state {
+    let (running, rollouts, runs) = match from.state {
         Some(path) => {
             let state = State::open(path)?;
             let view = state.view();
@@ -125,9 +130,15 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
                 .iter()
                 .map(|(_, j)| (j.key.clone(), j.rollout.clone()))
                 .collect();
-            (running(view, &fleet, from.draining), rollouts)
+            let runs = view
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.runs != Runs::default())
+                .map(|(_, j)| (j.key.clone(), j.runs.clone()))
+                .collect();
+            (running(view, &fleet, from.draining), rollouts, runs)
         }
-        None => (Vec::new(), HashMap::new()),
+        None => (Vec::new(), HashMap::new(), HashMap::new()),
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -143,6 +154,7 @@ pub fn read(from: &Sources, stdin: impl io::BufRead) -> Result<Input> {
         job_errors,
         state_path: from.state.map(Path::to_path_buf),
         rollouts,
+        runs,
     })
 }
 
@@ -276,6 +288,7 @@ fn running(view: &View, fleet: &Fleet, draining: &[String]) -> Vec<Running> {
             since: t.since,
             healthy_since: t.healthy_since,
             replaced: t.reason == crate::task::Reason::Replaced,
+            run: t.run,
             drain: host.and_then(|h| match h.maintenance.mode {
                 crate::host::Mode::Draining => Some(h.maintenance.deadline),
                 _ if draining.contains(&h.name) => Some(0.0),

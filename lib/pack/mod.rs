@@ -21,6 +21,7 @@ mod place;
 mod preempt;
 mod refusals;
 mod resources;
+mod runs;
 mod updates;
 
 use std::io::{self, Write};

@@ -205,6 +205,13 @@ fn place(line: &mut Vec<u8>, input: &Input, outcome: &Outcome, hashes: &[Hex], d
         line.extend_from_slice(b",\"incarnation\":");
         number(line, n);
     }
+    if let Some(&run) = (!outcome.run_of.is_empty())
+        .then(|| outcome.run_of.get(&spec.key))
+        .flatten()
+    {
+        line.extend_from_slice(b",\"run\":");
+        number(line, run);
+    }
     line.push(b'}');
 }
 

@@ -56,6 +56,11 @@ pub fn plan(input: &mut Input, drains: &Drains) -> Updates {
     let empty = Rollout::default();
     for j in 0..files {
         let spec = &input.jobs[j];
+        // A cron job's change is for its next run (Aurora: only future runs are
+        // affected), not rolled out over the one going.
+        if spec.cron.is_some() {
+            continue;
+        }
         let was = input.rollouts.get(&spec.key).unwrap_or(&empty);
         let mut seen = tasks.remove(spec.key.as_str()).unwrap_or_default();
         same_task_as_desired(&state, spec, &mut seen);

@@ -55,14 +55,7 @@ pub(super) fn list(
             .map(|(n, p)| (n.clone(), p))
             .collect()
     };
-    // The exit status means something once a run is over.
-    let exit_of = |t: &Task| {
-        matches!(
-            t.state,
-            TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Throttled
-        )
-        .then_some(t.exit)
-    };
+    let exit_of = Task::exit_status;
     let reason_of = |t: &Task| (t.reason != Reason::None).then(|| t.reason.text());
     if output.human() {
         let table: Vec<Vec<String>> = rows
@@ -130,6 +123,9 @@ pub(super) fn list(
                 "reason": reason_of(t),
                 // The version of the job it runs (what `roll status` counts by).
                 "spec": (t.spec != 0).then(|| crate::rollout::hash_text(t.spec)),
+                // The run of a batch or cron job it belongs to (`job runs`).
+                "run": t.run,
+                "incarnation": t.incarnation,
             });
             out.record(&rec)?;
         }

@@ -401,6 +401,7 @@ fn big_state(path: &Path, tasks: u32) {
             key: "big/test/job".into(),
             ports: vec![],
             rollout: Default::default(),
+            runs: Default::default(),
         });
         for i in 0..tasks {
             tx.upsert(Task::new(job, i));

@@ -31,6 +31,7 @@ pub fn counter_child() {
                         key,
                         ports: vec![],
                         rollout: Default::default(),
+                        runs: Default::default(),
                     })
                 });
                 let mut t = Task::new(job, i);
@@ -110,6 +111,7 @@ pub fn lock_holder_child() {
                 key: "lock/test/held".into(),
                 ports: vec![],
                 rollout: Default::default(),
+                runs: Default::default(),
             });
             Ok(())
         })
@@ -190,6 +192,7 @@ fn a_child_of_a_writer_does_not_inherit_the_lock() {
             key: "lock/test/after".into(),
             ports: vec![],
             rollout: Default::default(),
+            runs: Default::default(),
         });
         Ok(())
     });
@@ -224,6 +227,7 @@ fn an_idle_reap_follow_leaves_the_lock_alone() {
                 key: "idle/test/sleeper".into(),
                 ports: vec![],
                 rollout: Default::default(),
+                runs: Default::default(),
             });
             let mut t = Task::new(job, 0);
             t.incarnation = 1;

@@ -254,6 +254,7 @@ fn tables_cut_while_tools_read_them() {
                 key: "cut/test/job".into(),
                 ports: vec![],
                 rollout: Default::default(),
+                runs: Default::default(),
             });
             for i in 0..100_000 {
                 tx.upsert(formic::task::Task::new(job, i));

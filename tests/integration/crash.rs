@@ -78,6 +78,7 @@ fn apply(tx: &mut Txn, i: u64) -> anyhow::Result<()> {
             key: plan.job.clone(),
             ports: vec!["http".into()],
             rollout: Default::default(),
+            runs: Default::default(),
         })
     });
     for (instance, cpus) in plan.tasks {

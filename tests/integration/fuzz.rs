@@ -535,6 +535,7 @@ fn base() -> &'static Base {
                     key: "www/prod/hello".into(),
                     ports: vec!["http".into()],
                     rollout: Default::default(),
+                    runs: Default::default(),
                 });
                 let mut t = Task::new(job, i);
                 t.host = h;

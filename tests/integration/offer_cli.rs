@@ -94,6 +94,7 @@ fn place_task(state: &Path, host: &str, instance: u32, st: TaskState, port: u16)
             key: "www/prod/hello".into(),
             ports: vec!["http".into()],
             rollout: Default::default(),
+            runs: Default::default(),
         });
         let host_slot = tx
             .view()

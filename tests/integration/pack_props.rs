@@ -1016,6 +1016,7 @@ fn write_state(
                 key: job_key(e.job, job),
                 ports: port_names(job),
                 rollout: Default::default(),
+                runs: Default::default(),
             });
             let mut t = Task::new(slot, e.instance);
             match e.host {

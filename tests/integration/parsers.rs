@@ -1377,6 +1377,7 @@ proptest! {
                 ports: names.clone(),
                 announce: Some(Announce { path: format!("/formic/j{j}"), primary: *primary }),
                 rollout: Default::default(),
+                runs: Default::default(),
             }));
         }
         let mut expected = BTreeMap::new();

@@ -70,6 +70,7 @@ impl Cluster {
                         key: key.to_string(),
                         ports: names,
                         rollout: Default::default(),
+                        runs: Default::default(),
                     }),
                 };
                 let h = tx.view().hosts.find(&host.to_string()).unwrap();
