@@ -1069,6 +1069,7 @@ fn resolve(cli: &Cli, i: &Intent, job: &JobSpec) -> Result<Spec> {
     Ok(Spec {
         task: p.task.clone(),
         incarnation: i.incarnation,
+        run: p.run,
         argv,
         env,
         user,

@@ -207,6 +207,7 @@ fn record(tx: &mut Txn, tasks: &[Chosen]) -> Result<(usize, usize)> {
         let mut t = Task::new(job, instance);
         t.host = c.host;
         t.spec = c.job.hash;
+        t.run = c.held.spec.as_ref().map_or(0, |s| s.run);
         let status = c.held.status.as_ref();
         t.since = status.map_or(crate::clock::now(), |s| s.since);
         t.exit = status.and_then(|s| s.exit).unwrap_or(0);
@@ -241,7 +242,31 @@ fn record(tx: &mut Txn, tasks: &[Chosen]) -> Result<(usize, usize)> {
         }
         tx.upsert(t);
     }
+    restore_runs(tx);
     Ok((running, ended))
+}
+
+/// A batch or cron job's runs, as far as its tasks tell: the latest run they name is the
+/// current one (and its time acted on), so the next pass neither stops it nor starts it
+/// again. The counts of runs missed and cancelled are not on the hosts: they start again.
+fn restore_runs(tx: &mut Txn) {
+    let mut latest: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, t) in tx.view().tasks.iter().filter(|(_, t)| t.run != 0) {
+        let run = latest.entry(t.job).or_default();
+        *run = (*run).max(t.run);
+    }
+    for (slot, run) in latest {
+        let Some(mut job) = tx.view().jobs.get(slot).cloned() else {
+            continue;
+        };
+        job.runs = crate::cron::Runs {
+            current: run,
+            fired: run,
+            runs: 1,
+            ..Default::default()
+        };
+        tx.upsert(job);
+    }
 }
 
 /// The ports a live task holds, by the job's names: launch gave each to the task in its

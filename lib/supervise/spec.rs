@@ -28,6 +28,10 @@ pub struct Spec {
     /// the supervisor reports it in every status.
     #[serde(default)]
     pub incarnation: u32,
+    /// The run of a batch or cron job it belongs to (see `Task::run`; 0, left out, for a
+    /// service or a batch job's first run): what `offer rebuild` gives the task back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u64,
     #[serde(deserialize_with = "command")]
     pub argv: Vec<String>,
     #[serde(default, serialize_with = "env_out", deserialize_with = "env_in")]
@@ -98,6 +102,10 @@ fn no_limits() -> Limits {
         ram_mb: 0,
         pids: 0,
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn ten() -> f64 {
@@ -264,6 +272,7 @@ mod tests {
         Spec {
             task: "a/b/c/0".into(),
             incarnation: u32::MAX,
+            run: u64::MAX,
             argv: vec!["sh".into(), "-c".into(), "exec \"$@\"".into()],
             env: vec![("Z".into(), "1".into()), ("A".into(), "\u{e9}".into())],
             user: Some("nobody".into()),
@@ -298,7 +307,7 @@ mod tests {
     /// still reads.
     #[test]
     fn a_spec_an_earlier_launch_wrote_still_reads() {
-        let now = r#"{"task":"a/b/c/0","incarnation":4294967295,"argv":["sh","-c","exec \"$@\""],"env":{"Z":"1","A":"é"},"user":"nobody","dynamic_ids":[70000,4294967295],"allow_root":true,"grace_s":2.5,"log_max_bytes":18446744073709551615,"log_group":"adm","limits":{"cpus":4294967295,"ram_mb":18446744073709551615,"pids":4294967295},"health":{"port":65535,"path":"/health","cmd":["true"],"interval_s":0.25,"timeout_s":1000000000.0,"failures":4294967295}}"#;
+        let now = r#"{"task":"a/b/c/0","incarnation":4294967295,"run":18446744073709551615,"argv":["sh","-c","exec \"$@\""],"env":{"Z":"1","A":"é"},"user":"nobody","dynamic_ids":[70000,4294967295],"allow_root":true,"grace_s":2.5,"log_max_bytes":18446744073709551615,"log_group":"adm","limits":{"cpus":4294967295,"ram_mb":18446744073709551615,"pids":4294967295},"health":{"port":65535,"path":"/health","cmd":["true"],"interval_s":0.25,"timeout_s":1000000000.0,"failures":4294967295}}"#;
         assert_eq!(Spec::parse(now), Ok(full()));
         assert_eq!(full().to_json().to_string(), now, "the file's shape");
         let first = r#"{"task":"a/b/c/0","argv":["true"],"env":{},"user":null,"allow_root":false,"grace_s":10.0,"log_max_bytes":16777216,"limits":{"cpus":500,"ram_mb":64},"health":{"port":8080,"path":"/","interval_s":10.0,"timeout_s":1.0,"failures":3}}"#;
@@ -401,6 +410,7 @@ mod tests {
         let mut spec = Spec {
             task: "a/b/c/0".into(),
             incarnation: 1,
+            run: 0,
             argv: vec!["true".into()],
             env: vec![],
             user: None,

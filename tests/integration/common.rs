@@ -27,6 +27,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "reap" => PathBuf::from(env!("CARGO_BIN_EXE_reap")),
         "announce" => PathBuf::from(env!("CARGO_BIN_EXE_announce")),
         "roll" => PathBuf::from(env!("CARGO_BIN_EXE_roll")),
+        "job" => PathBuf::from(env!("CARGO_BIN_EXE_job")),
         "formic-host" => PathBuf::from(env!("CARGO_BIN_EXE_formic-host")),
         other => panic!("unknown tool {other}"),
     }
@@ -144,6 +145,7 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn spec(task: &str, argv: &[&str]) -> formic::supervise::Spec {
     formic::supervise::Spec {
         incarnation: 1,
+        run: 0,
         task: task.into(),
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![

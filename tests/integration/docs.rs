@@ -23,6 +23,7 @@ fn tools() -> Vec<(&'static str, clap::Command)> {
         ("reap", formic::reap::Cli::command()),
         ("announce", formic::announce::Cli::command()),
         ("roll", formic::roll::Cli::command()),
+        ("job", formic::job::tool::Cli::command()),
         ("formic-host", formic::transport::serve::Cli::command()),
     ]
 }

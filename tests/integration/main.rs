@@ -8,6 +8,7 @@ mod concurrency;
 mod containment;
 mod corruption;
 mod crash;
+mod cron;
 mod docs;
 mod drain;
 mod fleet;

@@ -981,6 +981,8 @@ fn spec() -> impl Strategy<Value = Spec> {
             )| Spec {
                 task,
                 incarnation,
+                // Varied with the incarnation: 0 (left out of the file) and large.
+                run: u64::from(incarnation) << 24,
                 argv,
                 env: env.into_iter().collect(),
                 user,

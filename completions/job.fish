@@ -1,0 +1,42 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_job_global_optspecs
+    string join \n state= json h/help V/version
+end
+
+function __fish_job_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_job_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_job_using_subcommand
+    set -l cmd (__fish_job_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c job -n "__fish_job_needs_command" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c job -n "__fish_job_needs_command" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
+complete -c job -n "__fish_job_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c job -n "__fish_job_needs_command" -s V -l version -d 'Print version'
+complete -c job -n "__fish_job_needs_command" -f -a "run" -d 'Ask for a run of a batch or cron job now: the next pass starts it, with a cron job\'s collision policy if its last run is still going (a batch job\'s stops what is left)'
+complete -c job -n "__fish_job_needs_command" -f -a "runs" -d 'Each batch or cron job\'s runs: every job that has a run or a schedule, or the jobs named'
+complete -c job -n "__fish_job_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c job -n "__fish_job_using_subcommand run" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c job -n "__fish_job_using_subcommand run" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
+complete -c job -n "__fish_job_using_subcommand run" -s h -l help -d 'Print help'
+complete -c job -n "__fish_job_using_subcommand runs" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c job -n "__fish_job_using_subcommand runs" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
+complete -c job -n "__fish_job_using_subcommand runs" -s h -l help -d 'Print help'
+complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs help" -f -a "run" -d 'Ask for a run of a batch or cron job now: the next pass starts it, with a cron job\'s collision policy if its last run is still going (a batch job\'s stops what is left)'
+complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs help" -f -a "runs" -d 'Each batch or cron job\'s runs: every job that has a run or a schedule, or the jobs named'
+complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

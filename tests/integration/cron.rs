@@ -1,0 +1,327 @@
+//! Cron jobs and the runs of batch jobs, end to end: real tasks on local hosts, passes of
+//! `reap; offer | pack --state --prune JOBS | reap --asked-only | launch` in a loop (two
+//! loops at once, with no lock between them), and `job run` / `job runs`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::announce::Cluster;
+use crate::common::{code, run, snapshot, stderr, stdout, tool};
+use crate::rollout::pass;
+
+/// A job of `instances` running `cmd`, with `extra` fields (its cron block, ...).
+fn job(key: &str, instances: u32, cmd: &[&str], extra: Value) -> String {
+    let mut j = json!({
+        "job": key, "instances": instances, "cmd": cmd,
+        "resources": {"cpus": 0.1, "ram_mb": 16},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        j[k] = v.clone();
+    }
+    j.to_string() + "\n"
+}
+
+fn write_jobs(c: &Cluster, jobs: &[String]) -> std::path::PathBuf {
+    let file = c.path("jobs.jsonl");
+    std::fs::write(&file, jobs.concat()).unwrap();
+    file
+}
+
+/// `job runs --json KEY`.
+fn runs(c: &Cluster, key: &str) -> Value {
+    let out = run(tool("job", &c.state()).args(["runs", "--json", key]), b"");
+    assert_eq!(code(&out), 0, "job runs: {}", stderr(&out));
+    serde_json::from_str(stdout(&out).trim()).unwrap()
+}
+
+fn tasks_of(c: &Cluster, key: &str) -> Vec<Value> {
+    c.tasks().into_iter().filter(|t| t["job"] == key).collect()
+}
+
+/// Passes back to back until `end`; the `cron` events launch printed.
+fn passes_until(c: &Cluster, jobs: &Path, end: Instant) -> Vec<Value> {
+    let mut events = Vec::new();
+    while Instant::now() < end {
+        let out = pass(c, jobs);
+        events.extend(out.into_iter().filter(|e| e.get("cron").is_some()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    events
+}
+
+/// Scheduled times of an every-`step`-seconds schedule in (after, upto].
+fn times_between(after: u64, upto: u64, step: u64) -> u64 {
+    upto / step - after / step
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("{v} is not a count"))
+}
+
+#[test]
+fn a_schedule_by_the_second_starts_each_run_on_time_and_once_with_two_pass_loops() {
+    let c = Cluster::new(&["h1", "h2"], 36100, None);
+    let key = "batch/prod/tick";
+    let jobs = write_jobs(
+        &c,
+        &[job(
+            key,
+            2,
+            &["true"],
+            json!({"cron": {"schedule": "*/2 * * * * *", "starting_deadline_s": 60}}),
+        )],
+    );
+    // The first pass reads the schedule: times before it are not the job's to run.
+    pass(&c, &jobs);
+    let seen = runs(&c, key);
+    assert_eq!((n(&seen["runs"]), &seen["instances"]), (0, &json!([])));
+    let first = n(&seen["last_scheduled"]);
+    // Two loops of passes at once, for 11 seconds: about five scheduled times.
+    let end = Instant::now() + Duration::from_secs(11);
+    let events: Vec<Value> = std::thread::scope(|s| {
+        let loops: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| passes_until(&c, &jobs, end)))
+            .collect();
+        loops.into_iter().flat_map(|l| l.join().unwrap()).collect()
+    });
+    // One more pass, alone: the last run's instances are placed if a loop left them.
+    pass(&c, &jobs);
+    let r = runs(&c, key);
+    let (started, missed) = (n(&r["runs"]), n(&r["missed"]));
+    let last = n(&r["last_scheduled"]);
+    assert!(started >= 3, "at least three runs in 11 s: {r}");
+    assert_eq!(
+        started + missed + n(&r["cancelled"]),
+        times_between(first, last, 2),
+        "every scheduled time started, or was missed: {r}"
+    );
+    // Each run started once: by one loop's launch, never by both.
+    let mut numbers: Vec<u64> = events
+        .iter()
+        .filter(|e| e["cron"] == "started")
+        .map(|e| n(&e["run"]))
+        .collect();
+    numbers.sort();
+    let count = numbers.len();
+    numbers.dedup();
+    assert_eq!(count, numbers.len(), "a run started twice: {events:?}");
+    assert_eq!(count as u64, started, "{events:?}");
+    for e in events.iter().filter(|e| e["cron"] == "started") {
+        // On time: within a pass or two of the second it was due.
+        let late = e["ts"].as_f64().unwrap() - n(&e["run"]) as f64;
+        assert!((0.0..3.0).contains(&late), "run started {late} s late: {e}");
+        assert_eq!(e["run"].as_u64().unwrap() % 2, 0, "{e}");
+    }
+    // Each run placed each instance once: an instance's incarnations are the runs.
+    for t in tasks_of(&c, key) {
+        assert_eq!(n(&t["incarnation"]), started, "{t}");
+        assert_eq!(t["run"], r["run"], "{t}");
+    }
+}
+
+#[test]
+fn kill_existing_stops_the_last_run_and_cancel_new_lets_it_go_on() {
+    let c = Cluster::new(&["h1"], 36140, None);
+    let every = |collision: &str| {
+        json!({"cron": {"schedule": "*/2 * * * * *", "collision": collision,
+                        "starting_deadline_s": 60}})
+    };
+    let jobs = write_jobs(
+        &c,
+        &[
+            job(
+                "batch/prod/kill",
+                1,
+                &["sleep", "600"],
+                every("kill_existing"),
+            ),
+            job("batch/prod/keep", 1, &["sleep", "600"], every("cancel_new")),
+        ],
+    );
+    pass(&c, &jobs);
+    passes_until(&c, &jobs, Instant::now() + Duration::from_secs(7));
+    let kill = runs(&c, "batch/prod/kill");
+    assert!(n(&kill["runs"]) >= 2, "{kill}");
+    assert_eq!(n(&kill["cancelled"]), 0, "{kill}");
+    let [t] = &tasks_of(&c, "batch/prod/kill")[..] else {
+        panic!("one instance")
+    };
+    // Every new run stopped the last one's instance and placed its own.
+    assert_eq!(n(&t["incarnation"]), n(&kill["runs"]), "{t}");
+    assert_eq!((&t["run"], &t["state"]), (&kill["run"], &json!("RUNNING")));
+
+    let keep = runs(&c, "batch/prod/keep");
+    assert_eq!(n(&keep["runs"]), 1, "{keep}");
+    assert!(n(&keep["cancelled"]) >= 2, "{keep}");
+    let [t] = &tasks_of(&c, "batch/prod/keep")[..] else {
+        panic!("one instance")
+    };
+    assert_eq!((n(&t["incarnation"]), &t["state"]), (1, &json!("RUNNING")));
+    assert_eq!(t["run"], keep["run"]);
+}
+
+#[test]
+fn a_missed_window_starts_one_run_and_one_past_its_deadline_none() {
+    let c = Cluster::new(&["h1"], 36160, None);
+    let every = |deadline: u32| json!({"cron": {"schedule": "*/2 * * * * *", "starting_deadline_s": deadline}});
+    let jobs = write_jobs(
+        &c,
+        &[
+            job("batch/prod/late", 1, &["true"], every(60)),
+            // A deadline of 0: no pass comes on the very second.
+            job("batch/prod/never", 1, &["true"], every(0)),
+        ],
+    );
+    pass(&c, &jobs);
+    let seen = n(&runs(&c, "batch/prod/late")["last_scheduled"]);
+    // No pass for seven seconds: three or four scheduled times go by.
+    std::thread::sleep(Duration::from_secs(7));
+    pass(&c, &jobs);
+    let late = runs(&c, "batch/prod/late");
+    let due = times_between(seen, n(&late["last_scheduled"]), 2);
+    assert!(due >= 3, "{late}");
+    assert_eq!(n(&late["runs"]), 1, "one run for the window: {late}");
+    assert_eq!(n(&late["missed"]), due - 1, "{late}");
+    assert_eq!(
+        late["run"], late["last_scheduled"],
+        "the latest time ran: {late}"
+    );
+    let [t] = &tasks_of(&c, "batch/prod/late")[..] else {
+        panic!("one instance")
+    };
+    assert_eq!(n(&t["incarnation"]), 1);
+
+    let never = runs(&c, "batch/prod/never");
+    assert_eq!(n(&never["runs"]), 0, "{never}");
+    assert!(n(&never["missed"]) >= 3, "{never}");
+    assert!(tasks_of(&c, "batch/prod/never").is_empty());
+}
+
+#[test]
+fn a_finished_batch_job_runs_again_by_hand_under_its_own_name() {
+    let c = Cluster::new(&["h1"], 36180, None);
+    let key = "batch/prod/once";
+    let jobs = write_jobs(
+        &c,
+        &[
+            job(key, 2, &["sh", "-c", "exit 3"], json!({"service": false})),
+            job("www/prod/web", 1, &["sleep", "600"], json!({})),
+            // Due once a year: it runs only when asked.
+            job(
+                "batch/prod/yearly",
+                1,
+                &["true"],
+                json!({"cron": {"schedule": "0 0 1 1 *"}}),
+            ),
+        ],
+    );
+    let ended = |c: &Cluster| {
+        crate::common::wait_until("the batch job over", Duration::from_secs(20), || {
+            pass(c, &jobs);
+            let t = tasks_of(c, key);
+            t.iter().all(|t| t["state"] == "FAILED").then_some(t)
+        })
+    };
+    let first = ended(&c);
+    assert!(first.iter().all(|t| t["run"] == 0 && t["exit"] == 3));
+    // Over: further passes place nothing.
+    pass(&c, &jobs);
+    assert_eq!(tasks_of(&c, key), first);
+
+    // Asked for twice before a pass: one run.
+    let asked: Vec<Value> = (0..2)
+        .map(|_| {
+            let out = run(tool("job", &c.state()).args(["run", key]), b"");
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            serde_json::from_str(stdout(&out).trim()).unwrap()
+        })
+        .collect();
+    assert_eq!(asked[0]["requested"], asked[1]["requested"]);
+    let again = ended(&c);
+    let r = runs(&c, key);
+    assert_eq!(
+        (&r["run"], &r["manual"]),
+        (&asked[0]["requested"], &json!(true))
+    );
+    assert_eq!(n(&r["runs"]), 1);
+    for t in &again {
+        assert_eq!((n(&t["incarnation"]), &t["run"]), (2, &r["run"]), "{t}");
+    }
+    assert_eq!(r["instances"].as_array().unwrap().len(), 2, "{r}");
+
+    // A cron job asked for by hand runs now, whatever its schedule.
+    let out = run(
+        tool("job", &c.state()).args(["run", "batch/prod/yearly"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    pass(&c, &jobs);
+    let yearly = runs(&c, "batch/prod/yearly");
+    assert_eq!((n(&yearly["runs"]), &yearly["manual"]), (1, &json!(true)));
+    assert_eq!(tasks_of(&c, "batch/prod/yearly").len(), 1);
+
+    // A service has no runs, and a job the state lacks none either: 65, nothing changed.
+    let before = snapshot(&c.state());
+    for (what, key) in [
+        ("is a service", "www/prod/web"),
+        ("no job", "www/prod/nope"),
+    ] {
+        let out = run(tool("job", &c.state()).args(["run", key]), b"");
+        assert_eq!(code(&out), 65, "{key}: {}", stderr(&out));
+        assert!(stderr(&out).contains(what), "{}", stderr(&out));
+    }
+    assert_eq!(snapshot(&c.state()), before);
+}
+
+#[test]
+fn a_rebuilt_state_keeps_the_run_that_goes_on() {
+    let c = Cluster::new(&["h1"], 36200, None);
+    let key = "batch/prod/nightly";
+    let jobs = write_jobs(
+        &c,
+        &[job(
+            key,
+            1,
+            &["sleep", "600"],
+            json!({"cron": {"schedule": "0 0 1 1 *"}}),
+        )],
+    );
+    pass(&c, &jobs);
+    let out = run(tool("job", &c.state()).args(["run", key]), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    pass(&c, &jobs);
+    let before = runs(&c, key);
+    let [t] = &tasks_of(&c, key)[..] else {
+        panic!("one instance")
+    };
+    assert_eq!(
+        (&t["run"], &t["state"]),
+        (&before["run"], &json!("RUNNING"))
+    );
+    // The state lost: the hosts again, and the tasks from their directories.
+    for name in ["state", "state.journal", "state.epoch"] {
+        let _ = std::fs::remove_file(c.path(name));
+    }
+    let host = json!({"type": "host", "name": "h1", "cpus": 4, "ram_mb": 4096,
+                      "disk_mb": 1000, "ports": [[36200, 36219]], "attrs": {"rack": "r1"}});
+    let out = run(
+        tool("offer", &c.state()).arg("add"),
+        (host.to_string() + "\n").as_bytes(),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(tool("offer", &c.state()).arg("rebuild"), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let after = runs(&c, key);
+    assert_eq!(after["run"], before["run"], "{after}");
+    // A pass neither stops the run going nor starts another.
+    pass(&c, &jobs);
+    let [again] = &tasks_of(&c, key)[..] else {
+        panic!("one instance")
+    };
+    assert_eq!(
+        (&again["run"], &again["state"], &again["incarnation"]),
+        (&t["run"], &json!("RUNNING"), &t["incarnation"])
+    );
+}
