@@ -19,6 +19,9 @@ _job() {
             job,help)
                 cmd="job__subcmd__help"
                 ;;
+            job,history)
+                cmd="job__subcmd__history"
+                ;;
             job,run)
                 cmd="job__subcmd__run"
                 ;;
@@ -27,6 +30,9 @@ _job() {
                 ;;
             job__subcmd__help,help)
                 cmd="job__subcmd__help__subcmd__help"
+                ;;
+            job__subcmd__help,history)
+                cmd="job__subcmd__help__subcmd__history"
                 ;;
             job__subcmd__help,run)
                 cmd="job__subcmd__help__subcmd__run"
@@ -41,7 +47,7 @@ _job() {
 
     case "${cmd}" in
         job)
-            opts="-h -V --state --json --help --version run runs help"
+            opts="-h -V --state --json --help --version run runs history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -59,7 +65,7 @@ _job() {
             return 0
             ;;
         job__subcmd__help)
-            opts="run runs help"
+            opts="run runs history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -73,6 +79,20 @@ _job() {
             return 0
             ;;
         job__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        job__subcmd__help__subcmd__history)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -107,6 +127,32 @@ _job() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        job__subcmd__history)
+            opts="-f -h --since --until --follow --state --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -45,6 +45,29 @@ pub enum Verb {
         #[arg(value_name = "JOB")]
         jobs: Vec<String>,
     },
+    /// What happened: every transition of tasks, jobs and hosts, oldest first, from the
+    /// history kept beside the state
+    History {
+        /// Jobs (role/env/name, with every task of theirs), tasks (role/env/name/N) or
+        /// hosts; all when none is named
+        #[arg(value_name = "JOB|TASK|HOST")]
+        names: Vec<String>,
+        /// Only transitions from this time on: a duration ago (30m, 2h, 1d) or a time
+        /// (2026-12-24T06:00:00Z, or Unix seconds)
+        #[arg(long, value_name = "TIME", value_parser = past)]
+        since: Option<f64>,
+        /// Only transitions before this time (as --since)
+        #[arg(long, value_name = "TIME", value_parser = past)]
+        until: Option<f64>,
+        /// Go on printing transitions as they are made (until interrupted)
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+/// `--since` and `--until`: a duration ago, or a time.
+fn past(s: &str) -> Result<f64, String> {
+    crate::clock::parse_past(s, crate::clock::now())
 }
 
 pub fn run(cli: Cli) -> Result<Status> {
@@ -52,7 +75,124 @@ pub fn run(cli: Cli) -> Result<Status> {
     match cli.verb {
         Verb::Run { job } => ask_for_run(&path, &job),
         Verb::Runs { jobs } => runs(&State::open(&path)?, &jobs, &cli.output),
+        Verb::History {
+            names,
+            since,
+            until,
+            follow,
+        } => {
+            let filter = Filter {
+                names,
+                since: since.unwrap_or(f64::NEG_INFINITY),
+                until: until.unwrap_or(f64::INFINITY),
+            };
+            history(&path, &filter, follow, cli.output.human())
+        }
     }
+}
+
+/// Which history lines `job history` prints.
+struct Filter {
+    names: Vec<String>,
+    since: f64,
+    until: f64,
+}
+
+impl Filter {
+    fn takes(&self, line: &Value) -> bool {
+        let ts = line["ts"].as_f64().unwrap_or(0.0);
+        if ts < self.since || ts >= self.until {
+            return false;
+        }
+        if self.names.is_empty() {
+            return true;
+        }
+        let task = line["task"].as_str();
+        self.names.iter().any(|n| {
+            [&line["job"], &line["host"], &line["task"]]
+                .iter()
+                .any(|v| v.as_str() == Some(n.as_str()))
+                || task.is_some_and(|t| {
+                    t.strip_prefix(n.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+                })
+        })
+    }
+}
+
+/// Prints the history's lines that `filter` takes (as they are, or one line of words each
+/// for a person), and with `follow` those committed from then on, polling five times a
+/// second.
+fn history(path: &std::path::Path, filter: &Filter, follow: bool, human: bool) -> Result<Status> {
+    let mut state = State::open(path)?;
+    let mut reader = crate::state::history::Reader::new(path);
+    let mut out = crate::records::Writer::stdout();
+    loop {
+        let mut failed = Ok(());
+        reader.read(state.view().txid, |line| {
+            if failed.is_err() {
+                return;
+            }
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                return; // not a line the history writes
+            };
+            if filter.takes(&v) {
+                failed = match human {
+                    true => out.raw(&words(&v)),
+                    false => out.raw(&String::from_utf8_lossy(line)),
+                };
+            }
+        })?;
+        failed?;
+        if !follow || filter.until <= crate::clock::now() && filter.until.is_finite() {
+            break;
+        }
+        out.flush()?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        state.refresh()?;
+    }
+    out.finish()?;
+    Ok(Status::Done)
+}
+
+/// A history line for a person: when, what, from and to, why, where, and who.
+fn words(v: &Value) -> String {
+    let when = humantime::format_rfc3339_millis(crate::clock::at(v["ts"].as_f64().unwrap_or(0.0)));
+    let text = |k: &str| v[k].as_str().map(str::to_string);
+    let subject = match (text("task"), text("job"), text("host")) {
+        (Some(t), _, _) => format!("{t} #{}", v["incarnation"]),
+        (_, Some(j), _) => j,
+        (_, _, Some(h)) => format!("host {h}"),
+        _ => "?".into(),
+    };
+    let mut line = format!("{when}  {subject}");
+    if let Some(step) = text("cron") {
+        line += &format!("  run {} {step}", v["run"]);
+    } else {
+        let what = ["update", "maintenance", "liveness"]
+            .into_iter()
+            .find(|k| v[*k].is_string())
+            .map_or(String::new(), |k| format!(" {k}"));
+        let from = text("from").unwrap_or_else(|| "-".into());
+        line += &format!(
+            "{what}  {from} -> {}",
+            text("to").unwrap_or_else(|| "-".into())
+        );
+    }
+    if let Some(h) = text("host").filter(|_| v["task"].is_string()) {
+        line += &format!(" on {h}");
+    }
+    if let Some(r) = text("reason") {
+        line += &format!(": {r}");
+    }
+    if let Some(x) = v["exit"].as_i64() {
+        line += &format!(" (exit {x})");
+    }
+    line + &format!(
+        "  [{} as {}]",
+        text("by").unwrap_or_default(),
+        text("user").unwrap_or_default()
+    )
 }
 
 /// Records a run asked for in the job's record (one transaction) and prints the event; a

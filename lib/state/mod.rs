@@ -42,6 +42,7 @@
 //! A file cut short by someone else is a short read, status 74, not a SIGBUS; so is a full
 //! disk for the writer, an error it can report.
 
+pub mod history;
 mod journal;
 mod layout;
 mod table;
@@ -479,6 +480,16 @@ impl State {
                     journal::MAX_BODY >> 20
                 ),
             ));
+        }
+        // The transitions go to the history first, durably: once the journal entry makes
+        // the transaction durable, they are there (a crash between leaves them to be cut).
+        let lines = history::lines(&txn.undo, txn.view, txn.view.txid + 1, txn.now);
+        if !lines.is_empty() {
+            if let Err(e) = history::append(&self.path, txn.view.txid, &lines) {
+                txn.rollback();
+                self.poisoned = true;
+                return Err(e).context("appending to the history; the transaction was not made");
+            }
         }
         let entry = journal::encode_entry(self.header.gen, txn.view.txid + 1, &images);
         let journal = &self.journal;

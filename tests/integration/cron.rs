@@ -80,14 +80,16 @@ fn a_schedule_by_the_second_starts_each_run_on_time_and_once_with_two_pass_loops
     let first = n(&seen["last_scheduled"]);
     // Two loops of passes at once, for 11 seconds: about five scheduled times.
     let end = Instant::now() + Duration::from_secs(11);
-    let events: Vec<Value> = std::thread::scope(|s| {
+    let mut events: Vec<Value> = std::thread::scope(|s| {
         let loops: Vec<_> = (0..2)
             .map(|_| s.spawn(|| passes_until(&c, &jobs, end)))
             .collect();
         loops.into_iter().flat_map(|l| l.join().unwrap()).collect()
     });
-    // One more pass, alone: the last run's instances are placed if a loop left them.
-    pass(&c, &jobs);
+    // One more pass, alone: the last run's instances are placed if a loop left them (and
+    // a run due meanwhile starts).
+    let last = pass(&c, &jobs);
+    events.extend(last.into_iter().filter(|e| e.get("cron").is_some()));
     let r = runs(&c, key);
     let (started, missed) = (n(&r["runs"]), n(&r["missed"]));
     let last = n(&r["last_scheduled"]);
@@ -324,4 +326,135 @@ fn a_rebuilt_state_keeps_the_run_that_goes_on() {
         (&again["run"], &again["state"], &again["incarnation"]),
         (&t["run"], &json!("RUNNING"), &t["incarnation"])
     );
+}
+
+// --- the history ---
+
+/// `job history --json [ARGS]`: its lines.
+fn history(c: &Cluster, args: &[&str]) -> Vec<Value> {
+    let out = run(
+        tool("job", &c.state())
+            .args(["history", "--json"])
+            .args(args),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "job history: {}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// (task, from, to) of a task's lines, in order.
+fn moves<'a>(lines: &'a [Value], task: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["task"] == task).collect()
+}
+
+#[test]
+fn every_transition_is_in_the_history_once_in_order_with_its_reason() {
+    let c = Cluster::new(&["h1", "h2"], 36220, None);
+    let jobs = write_jobs(
+        &c,
+        &[
+            // Up as soon as it runs: the drain may move it at once.
+            job(
+                "www/prod/web",
+                1,
+                &["sleep", "600"],
+                json!({"sla": {"max_unavailable": 1, "healthy_for_s": 0}}),
+            ),
+            job(
+                "batch/prod/once",
+                1,
+                &["sh", "-c", "exit 3"],
+                json!({"service": false}),
+            ),
+        ],
+    );
+    // A follower from the start: it sees what the others see.
+    let follower = tool("job", &c.state())
+        .args(["history", "--json", "--follow", "www/prod/web"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    pass(&c, &jobs);
+    crate::common::wait_until("the batch task over", Duration::from_secs(20), || {
+        pass(&c, &jobs);
+        (tasks_of(&c, "batch/prod/once")[0]["state"] == "FAILED").then_some(())
+    });
+    let web = &tasks_of(&c, "www/prod/web")[0];
+    let first_host = web["host"].as_str().unwrap().to_string();
+    let out = run(
+        tool("offer", &c.state()).args(["drain", &first_host, "--reason", "disk swap"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    crate::common::wait_until("web moved", Duration::from_secs(20), || {
+        pass(&c, &jobs);
+        let t = &tasks_of(&c, "www/prod/web")[0];
+        (t["state"] == "RUNNING" && t["host"] != first_host.as_str()).then_some(())
+    });
+
+    let all = history(&c, &[]);
+    // Transaction ids only grow, and each line says who made it.
+    assert!(all.windows(2).all(|w| n(&w[0]["txid"]) <= n(&w[1]["txid"])));
+    assert!(all
+        .iter()
+        .all(|l| l["by"].is_string() && l["user"].is_string()));
+    // Each task's lines chain: every one starts where the one before ended, so none is
+    // missing or there twice.
+    for task in ["www/prod/web/0", "batch/prod/once/0"] {
+        let m = moves(&all, task);
+        assert!(m[0]["from"].is_null(), "{task} is new: {:?}", m[0]);
+        for w in m.windows(2) {
+            assert_eq!(w[0]["to"], w[1]["from"], "{task}: {w:?}");
+        }
+    }
+    let once = moves(&all, "batch/prod/once/0");
+    let last = once.last().unwrap();
+    assert_eq!((&last["to"], &last["exit"]), (&json!("FAILED"), &json!(3)));
+    assert_eq!(last["by"], "reap", "{last}");
+    assert_eq!(once[0]["to"], "ASSIGNED");
+    assert_eq!(once[0]["by"], "launch");
+    // The web instance: placed, drained with its reason, placed again on the other host.
+    let web = moves(&all, "www/prod/web/0");
+    let states: Vec<&str> = web.iter().map(|l| l["to"].as_str().unwrap()).collect();
+    let drained = web.iter().position(|l| l["to"] == "DRAINING").unwrap();
+    assert_eq!(web[drained]["host"], first_host.as_str());
+    assert!(web[drained]["reason"].is_string(), "{}", web[drained]);
+    let again = web[drained..]
+        .iter()
+        .find(|l| l["to"] == "ASSIGNED")
+        .unwrap();
+    assert_ne!(again["host"], first_host.as_str(), "{states:?}");
+    assert_eq!(n(&again["incarnation"]), 2);
+    // The host's drain, with its reason, before the instance's.
+    let host = all
+        .iter()
+        .find(|l| l["host"] == first_host.as_str() && l["maintenance"] == "draining")
+        .unwrap();
+    assert_eq!(host["reason"], "disk swap");
+    assert!(n(&host["txid"]) < n(&web[drained]["txid"]));
+
+    // Filters: a job's tasks, a time range.
+    assert_eq!(
+        history(&c, &["www/prod/web"])
+            .iter()
+            .filter(|l| l["task"].is_string())
+            .count(),
+        web.len()
+    );
+    assert!(history(&c, &["--since", "1h", "batch/prod/once/0"]).len() == once.len());
+    assert!(history(&c, &["--until", "1h"]).is_empty());
+    // The follower printed the web instance's lines as they were made (it reads five
+    // times a second, and writes out what it read each time).
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = nix::unistd::Pid::from_raw(follower.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = follower.wait_with_output().unwrap();
+    let followed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(followed, history(&c, &["www/prod/web"]));
 }

@@ -739,11 +739,13 @@ fn reap_tasks_lists_what_the_state_holds() {
         [
             json!({"type":"task","task":"t/e/once/0","job":"t/e/once","instance":0,
                    "host":"h2","state":"FINISHED","pid":null,"ports":{},"healthy":false,
-                   "announced":false,"failures":0,"exit":0,"reason":"exited","spec":null}),
+                   "announced":false,"failures":0,"exit":0,"reason":"exited","spec":null,
+                   "run":0,"incarnation":1}),
             json!({"type":"task","task":"t/e/web/0","job":"t/e/web","instance":0,
                    "host":"h1","state":"RUNNING","pid":web.pid.unwrap().0,
                    "ports":{"http":31005,"admin":31006},"healthy":true,"announced":false,
-                   "failures":0,"exit":null,"reason":null,"spec":null}),
+                   "failures":0,"exit":null,"reason":null,"spec":null,"run":0,
+                   "incarnation":1}),
         ]
     );
     let tasks = |v: Vec<Value>| -> Vec<String> {
