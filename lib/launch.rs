@@ -145,6 +145,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         specs,
         updates,
         crons,
+        forgets,
         others,
     } = read(crate::cli::stdin_for("launch", "place and spec records"))?;
     let path = cli.state.path();
@@ -159,10 +160,11 @@ pub fn run(cli: Cli) -> Result<Status> {
         crate::specstore::keep(&path, spec)?;
     }
     // Before the placements: those of a run started here name it.
-    if !updates.is_empty() || !crons.is_empty() {
+    if !updates.is_empty() || !crons.is_empty() || !forgets.is_empty() {
         let events = state.write(|tx| {
             let mut events = record_updates(tx, &updates);
             events.extend(record_runs(tx, &crons));
+            events.extend(record_forgets(tx, &forgets));
             Ok(events)
         })?;
         for e in events {
@@ -441,6 +443,7 @@ fn read(input: impl io::BufRead) -> Result<Read> {
     let mut others = Vec::new();
     let mut updates = Vec::new();
     let mut crons = Vec::new();
+    let mut forgets = Vec::new();
     let mut errors = Vec::new();
     for item in records::Reader::new(input) {
         let rec = match item {
@@ -469,6 +472,7 @@ fn read(input: impl io::BufRead) -> Result<Read> {
             }),
             "update" => read_update(&rec).map(|u| updates.push(u)),
             "cron" => read_cron(&rec).map(|c| crons.push(c)),
+            "forget" => read_forget(&rec).map(|f| forgets.push(f)),
             _ => {
                 others.push(rec);
                 continue;
@@ -484,6 +488,7 @@ fn read(input: impl io::BufRead) -> Result<Read> {
         specs,
         updates,
         crons,
+        forgets,
         others,
     })
 }
@@ -508,6 +513,7 @@ struct Read {
     specs: Specs,
     updates: Vec<UpdateRecord>,
     crons: Vec<CronRecord>,
+    forgets: Vec<Forget>,
     others: Vec<Record>,
 }
 
@@ -640,6 +646,90 @@ pub(crate) fn run_event(job: &str, step: Step, was: &Runs, runs: &Runs, now: f64
     json!({"type":"event","job":job,"ts":now,"cron":step.name(),"run":runs.current,
            "manual":runs.manual,"missed":runs.missed.saturating_sub(was.missed),
            "cancelled":runs.cancelled.saturating_sub(was.cancelled)})
+}
+
+/// A `forget` record: an ended task no job wants any more (at the incarnation pack saw),
+/// or a removed job with no task left (`pack::retention`).
+enum Forget {
+    Task {
+        job: String,
+        instance: u32,
+        incarnation: u32,
+    },
+    Job(String),
+}
+
+fn read_forget(rec: &Record) -> Result<Forget, String> {
+    let f = rec.get();
+    f.only(&["type", "task", "incarnation", "job"])?;
+    match (f.str("task")?, f.str("job")?) {
+        (Some(task), None) => {
+            let (job, instance) = crate::reap::parse_task_id(task)?;
+            let incarnation = f
+                .count("incarnation", u32::MAX as u64)?
+                .ok_or("field \"incarnation\" is missing")?;
+            Ok(Forget::Task {
+                job: job.to_string(),
+                instance,
+                incarnation: incarnation as u32,
+            })
+        }
+        (None, Some(job)) => {
+            check_job_key(job).map_err(|e| format!("field \"job\": {e}"))?;
+            Ok(Forget::Job(job.to_string()))
+        }
+        _ => Err("a forget record names a task or a job".into()),
+    }
+}
+
+/// Removes each task still at the ended incarnation pack saw, then each job with no task
+/// left; what changed since is left for the next pass. The history keeps what they were.
+fn record_forgets(tx: &mut Txn, forgets: &[Forget]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let now = tx.now();
+    for f in forgets {
+        let Forget::Task {
+            job,
+            instance,
+            incarnation,
+        } = f
+        else {
+            continue;
+        };
+        let Some(slot) = task_slot(tx, job, *instance) else {
+            continue;
+        };
+        let t = tx.view().tasks.get(slot).expect("a found slot");
+        if t.incarnation == *incarnation && !t.state.holds_resources() {
+            tx.remove::<Task>(slot);
+            out.push(
+                json!({"type":"event","task":format!("{job}/{instance}"),"ts":now,
+                            "removed":true}),
+            );
+        }
+    }
+    let jobs: Vec<&String> = forgets
+        .iter()
+        .filter_map(|f| match f {
+            Forget::Job(key) => Some(key),
+            Forget::Task { .. } => None,
+        })
+        .collect();
+    if jobs.is_empty() {
+        return out;
+    }
+    let in_use: std::collections::HashSet<u32> =
+        tx.view().tasks.iter().map(|(_, t)| t.job).collect();
+    for key in jobs {
+        match tx.view().jobs.find(key) {
+            Some(slot) if !in_use.contains(&slot) => {
+                tx.remove::<Job>(slot);
+                out.push(json!({"type":"event","job":key,"ts":now,"removed":true}));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn read_spec(rec: &Record) -> Result<(String, String, JobSpec), String> {

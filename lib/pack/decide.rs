@@ -142,6 +142,10 @@ pub(super) fn batch_done(spec: &JobSpec, r: &Running) -> bool {
 /// The whole decision: what exists, which instances are missing, then the loop.
 pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: bool) -> Outcome {
     let runs = runs::plan(input);
+    let forgets = match prune {
+        true => super::retention::forget(input),
+        false => Vec::new(),
+    };
     let drains = drains::plan(input);
     let updates = super::updates::plan(input, &drains);
     let Input {
@@ -214,6 +218,7 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     let mut notes = runs.records;
     notes.append(&mut run.updates.records);
     notes.extend(run.drains.records(running));
+    notes.extend(forgets);
     let specs_first = std::mem::take(&mut run.updates.moving_to_file);
     Outcome {
         // Every missing instance went through place_one once: `want` is what was placed

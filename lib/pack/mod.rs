@@ -21,6 +21,7 @@ mod place;
 mod preempt;
 mod refusals;
 mod resources;
+mod retention;
 mod runs;
 mod updates;
 

@@ -3067,3 +3067,93 @@ fn a_drain_waiting_on_a_young_instance_says_when_it_counts() {
         .unwrap_or_else(|| panic!("{why}"));
     assert!((15.0..=21.0).contains(&secs), "{why}");
 }
+
+// --- retention ---
+
+/// With --prune, ended tasks no job wants are kept two days and 100 per job, the newest;
+/// a removed job's record goes with its last task. launch commits what pack forgets; a
+/// second pass forgets nothing more, and the history says what went.
+#[test]
+fn ended_tasks_of_removed_jobs_are_kept_two_days_and_a_hundred_per_job() {
+    let d = Dir::new();
+    let state = d.path("state");
+    let now = unix_now();
+    let ended = |job: &'static str, instance: u32, ago: f64| Existing {
+        state: TaskState::Finished,
+        since: now - ago,
+        ..running(job, instance, "h1", 0)
+    };
+    let mut tasks: Vec<Existing> = (0..150)
+        .map(|i| ended("old/prod/gone", i, 60.0 + i as f64))
+        .collect();
+    tasks.extend((0..3).map(|i| ended("old/prod/ancient", i, 3.0 * 86_400.0)));
+    tasks.push(running("old/prod/live", 0, "h1", 1000));
+    tasks.push(running("www/prod/web", 0, "h1", 1000));
+    // Instances past the job's count, ended: two days old and a minute old.
+    tasks.push(ended("www/prod/web", 1, 3.0 * 86_400.0));
+    tasks.push(ended("www/prod/web", 2, 60.0));
+    build_state(&state, &[("h1", &[])], &tasks);
+    d.jobs("jobs.jsonl", &[job("www/prod/web", 1, 1.0, 100)]);
+    let offers = lines_of(&[offer("h1", 64.0, 262_144)]);
+    let state_arg = state.to_str().unwrap();
+    let packed = d.pack_expect(&["--state", state_arg, "--prune", "jobs.jsonl"], &offers, 0);
+    let forgets: Vec<&Value> = packed.iter().filter(|r| r["type"] == "forget").collect();
+    let tasks_forgotten = |job: &str| {
+        forgets
+            .iter()
+            .filter(|r| r["task"].as_str().is_some_and(|t| t.starts_with(job)))
+            .count()
+    };
+    assert_eq!(
+        tasks_forgotten("old/prod/gone/"),
+        50,
+        "beyond the newest 100"
+    );
+    assert_eq!(
+        tasks_forgotten("old/prod/ancient/"),
+        3,
+        "older than two days"
+    );
+    assert_eq!(
+        tasks_forgotten("old/prod/live/"),
+        0,
+        "a live task (killed instead)"
+    );
+    assert_eq!(tasks_forgotten("www/prod/web/"), 1, "{forgets:?}");
+    assert!(forgets.iter().any(|r| r["task"] == "www/prod/web/1"));
+    let jobs: Vec<&Value> = forgets.iter().filter_map(|r| r.get("job")).collect();
+    assert_eq!(jobs, [&json!("old/prod/ancient")]);
+    // The oldest of the removed job's tasks go: 100 to 149.
+    assert!(forgets.iter().any(|r| r["task"] == "old/prod/gone/149"));
+    assert!(!forgets.iter().any(|r| r["task"] == "old/prod/gone/99"));
+
+    let launch = |records: &[Value]| {
+        let mut cmd = Command::new(bin("launch"));
+        cmd.env_clear().env("FORMIC_STATE", &state);
+        let out = run(&mut cmd, lines_of(records).as_bytes());
+        assert_eq!(code(&out), 0, "launch: {}", stderr(&out));
+    };
+    launch(&packed);
+    let left = State::open(&state).unwrap();
+    let view = left.view();
+    assert_eq!(view.tasks.iter().count(), 150 + 3 + 1 + 3 - 54);
+    assert!(view.jobs.find(&"old/prod/ancient".to_string()).is_none());
+    assert!(view.jobs.find(&"old/prod/gone".to_string()).is_some());
+    // Forgotten again: nothing changes (the records are gone, or moved on).
+    launch(&packed);
+    assert_eq!(
+        State::open(&state).unwrap().view().tasks.iter().count(),
+        103
+    );
+    let again = d.pack_expect(&["--state", state_arg, "--prune", "jobs.jsonl"], &offers, 0);
+    assert!(!again.iter().any(|r| r["type"] == "forget"), "{again:?}");
+    // The history says what went.
+    let mut removed = 0;
+    formic::state::history::Reader::new(&state)
+        .read(u64::MAX, |l| {
+            let v: Value = serde_json::from_slice(l).unwrap();
+            removed += (v["to"] == "REMOVED") as usize;
+        })
+        .unwrap();
+    assert_eq!(removed, 54 + 1, "54 tasks and a job");
+}
