@@ -35,6 +35,7 @@ complete -c job -n "__fish_job_needs_command" -f -a "help" -d 'Print this messag
 complete -c job -n "__fish_job_using_subcommand run" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c job -n "__fish_job_using_subcommand run" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c job -n "__fish_job_using_subcommand run" -s h -l help -d 'Print help'
+complete -c job -n "__fish_job_using_subcommand runs" -l last -d 'Also the last N runs before the current one, from the history: each one\'s start, end, and its instances\' hosts, states and exit statuses' -r
 complete -c job -n "__fish_job_using_subcommand runs" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c job -n "__fish_job_using_subcommand runs" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c job -n "__fish_job_using_subcommand runs" -s h -l help -d 'Print help'

@@ -44,6 +44,10 @@ pub enum Verb {
     Runs {
         #[arg(value_name = "JOB")]
         jobs: Vec<String>,
+        /// Also the last N runs before the current one, from the history: each one's
+        /// start, end, and its instances' hosts, states and exit statuses
+        #[arg(long, value_name = "N", default_value = "0")]
+        last: usize,
     },
     /// What happened: every transition of tasks, jobs and hosts, oldest first, from the
     /// history kept beside the state
@@ -74,7 +78,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     let path = cli.state.path();
     match cli.verb {
         Verb::Run { job } => ask_for_run(&path, &job),
-        Verb::Runs { jobs } => runs(&State::open(&path)?, &jobs, &cli.output),
+        Verb::Runs { jobs, last } => runs(&path, &jobs, last, &cli.output),
         Verb::History {
             names,
             since,
@@ -239,7 +243,13 @@ fn is_service(path: &std::path::Path, view: &View, slot: u32) -> bool {
 }
 
 /// One line per job with runs, or per job named.
-fn runs(state: &State, keys: &[String], output: &OutputArgs) -> Result<Status> {
+fn runs(
+    path: &std::path::Path,
+    keys: &[String],
+    last: usize,
+    output: &OutputArgs,
+) -> Result<Status> {
+    let state = State::open(path)?;
     let view = state.view();
     if let Some(key) = keys.iter().find(|k| view.jobs.find(*k).is_none()) {
         return Err(bad_input(format!("no job {key} in the state")));
@@ -255,6 +265,22 @@ fn runs(state: &State, keys: &[String], output: &OutputArgs) -> Result<Status> {
         if named && (has || !keys.is_empty()) {
             let tasks = by_job.get(&slot).map_or(&[][..], Vec::as_slice);
             rows.push(describe(view, job, tasks));
+        }
+    }
+    if last > 0 {
+        let mut earlier = earlier_runs(path, view.txid, &rows)?;
+        for r in &mut rows {
+            let mut runs = earlier
+                .remove(r["job"].as_str().unwrap_or(""))
+                .unwrap_or_default();
+            runs.retain(|number, _| Some(*number) != r["run"].as_u64());
+            let keep = runs.len().saturating_sub(last);
+            r["last"] = Value::Array(
+                runs.into_values()
+                    .skip(keep)
+                    .map(|run| run.record())
+                    .collect(),
+            );
         }
     }
     let mut out = crate::records::Writer::stdout();
@@ -317,6 +343,75 @@ fn describe(view: &View, job: &Job, tasks: &[&Task]) -> Value {
         "cancelled": r.cancelled,
         "instances": instances,
     })
+}
+
+/// One run of a job as its history lines tell it.
+#[derive(Default)]
+struct PastRun {
+    number: u64,
+    started: f64,
+    ended: f64,
+    /// Per instance: its host, and the state and exit status it last reached.
+    instances: std::collections::BTreeMap<u64, (Value, Value, Value)>,
+}
+
+impl PastRun {
+    fn record(self) -> Value {
+        let instances: Vec<Value> = self
+            .instances
+            .into_iter()
+            .map(|(i, (host, state, exit))| {
+                json!({"instance": i, "host": host, "state": state, "exit": exit})
+            })
+            .collect();
+        json!({"run": self.number, "started": self.started,
+               "ended": (self.ended > 0.0).then_some(self.ended), "instances": instances})
+    }
+}
+
+/// The runs of the jobs of `rows` that the history holds, by job and run number: when each
+/// began (its first placement) and ended (its last instance's end), and each instance's
+/// host, last state and exit status.
+fn earlier_runs(
+    path: &std::path::Path,
+    committed: u64,
+    rows: &[Value],
+) -> Result<HashMap<String, std::collections::BTreeMap<u64, PastRun>>> {
+    let jobs: std::collections::HashSet<&str> =
+        rows.iter().filter_map(|r| r["job"].as_str()).collect();
+    let mut out: HashMap<String, std::collections::BTreeMap<u64, PastRun>> = HashMap::new();
+    crate::state::history::Reader::new(path).read(committed, |line| {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        let Some((job, instance)) = v["task"].as_str().and_then(|t| t.rsplit_once('/')) else {
+            return;
+        };
+        let (Some(job), Ok(instance)) = (jobs.get(job), instance.parse::<u64>()) else {
+            return;
+        };
+        let number = v["run"].as_u64().unwrap_or(0);
+        let run = out
+            .entry(job.to_string())
+            .or_default()
+            .entry(number)
+            .or_insert_with(|| PastRun {
+                number,
+                ..PastRun::default()
+            });
+        let ts = v["ts"].as_f64().unwrap_or(0.0);
+        if run.started == 0.0 {
+            run.started = ts;
+        }
+        let to = v["to"].clone();
+        let over = matches!(to.as_str(), Some("FINISHED" | "FAILED" | "KILLED" | "LOST"));
+        if over {
+            run.ended = ts;
+        }
+        run.instances
+            .insert(instance, (v["host"].clone(), to, v["exit"].clone()));
+    })?;
+    Ok(out)
 }
 
 /// A record of `describe` as a table row; its instances as counts by state.

@@ -252,6 +252,24 @@ fn a_finished_batch_job_runs_again_by_hand_under_its_own_name() {
         assert_eq!((n(&t["incarnation"]), &t["run"]), (2, &r["run"]), "{t}");
     }
     assert_eq!(r["instances"].as_array().unwrap().len(), 2, "{r}");
+    // The run before, from the history: when, and how each instance ended where.
+    let out = run(
+        tool("job", &c.state()).args(["runs", "--json", "--last", "3", key]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let with_last: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let [before] = &with_last["last"].as_array().unwrap()[..] else {
+        panic!("one run before: {with_last}")
+    };
+    assert_eq!(before["run"], 0);
+    assert!(before["started"].as_f64().unwrap() <= before["ended"].as_f64().unwrap());
+    assert!(before["ended"].as_f64().unwrap() <= r["started"].as_f64().unwrap());
+    assert_eq!(
+        before["instances"],
+        json!([{"instance":0,"host":"h1","state":"FAILED","exit":3},
+               {"instance":1,"host":"h1","state":"FAILED","exit":3}])
+    );
 
     // A cron job asked for by hand runs now, whatever its schedule.
     let out = run(

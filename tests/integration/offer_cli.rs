@@ -923,7 +923,7 @@ fn state_files_are_not_world_accessible() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-    for suffix in ["", ".journal", ".lock"] {
+    for suffix in ["", ".journal", ".lock", ".history"] {
         let p = PathBuf::from(format!("{}{suffix}", state.display()));
         assert_eq!(mode(&p), 0o640, "{}", p.display());
     }
@@ -936,7 +936,7 @@ fn state_files_are_not_world_accessible() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names.len(), 3, "stray files: {names:?}");
+    assert_eq!(names.len(), 4, "stray files: {names:?}");
 }
 
 // --- bad input ---
