@@ -646,6 +646,9 @@ impl<'a> Run<'a> {
             let spec = &self.jobs[j];
             match self.wanted.get(j) {
                 Some(&Wanted::Run(run)) if r.run == run => {}
+                // A batch job made a cron job: what its runs before the schedule left is
+                // left alone until its first scheduled run.
+                Some(Wanted::Nothing) if r.run == 0 => {}
                 Some(Wanted::Run(_) | Wanted::Nothing) => {
                     // An incarnation of an earlier run counts for nothing; one still live
                     // is stopped (the collision policy let a new run start).

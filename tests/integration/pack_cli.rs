@@ -3157,3 +3157,28 @@ fn ended_tasks_of_removed_jobs_are_kept_two_days_and_a_hundred_per_job() {
         .unwrap();
     assert_eq!(removed, 54 + 1, "54 tasks and a job");
 }
+
+/// A batch job given a cron block: the pass notes the schedule, and what the job runs
+/// already is neither killed nor placed again before its first scheduled run.
+#[test]
+fn a_batch_job_made_a_cron_job_keeps_what_runs_until_its_first_run() {
+    let d = Dir::new();
+    let state = d.path("state");
+    build_state(
+        &state,
+        &[("h1", &[])],
+        &[running("batch/prod/nightly", 0, "h1", 1000)],
+    );
+    let mut nightly = job("batch/prod/nightly", 2, 1.0, 100);
+    nightly["cron"] = json!({"schedule": "0 3 * * *"});
+    d.jobs("jobs.jsonl", &[nightly]);
+    let offers = lines_of(&[offer("h1", 64.0, 262_144)]);
+    let out = d.pack_expect(
+        &["--state", state.to_str().unwrap(), "--prune", "jobs.jsonl"],
+        &offers,
+        0,
+    );
+    let kinds: Vec<&str> = out.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(kinds, ["cron"], "{out:?}");
+    assert_eq!(out[0]["step"], "seen");
+}
