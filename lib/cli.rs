@@ -86,6 +86,26 @@ impl OutputArgs {
     pub fn human(&self) -> bool {
         !self.json && std::io::stdout().is_terminal()
     }
+
+    /// Prints `records` to standard output: for a person, a table with `headers` of a
+    /// `row` each; else one JSON line each.
+    pub fn print(
+        &self,
+        headers: &[&str],
+        records: &[serde_json::Value],
+        row: impl Fn(&serde_json::Value) -> Vec<String>,
+    ) -> anyhow::Result<()> {
+        let mut out = crate::records::Writer::stdout();
+        if self.human() {
+            let rows: Vec<Vec<String>> = records.iter().map(row).collect();
+            out.raw(table(headers, &rows).trim_end())?;
+        } else {
+            for r in records {
+                out.record(r)?;
+            }
+        }
+        out.finish()
+    }
 }
 
 /// Aligns rows into columns under their headers.

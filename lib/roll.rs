@@ -203,28 +203,19 @@ fn status(state: &State, path: &Path, keys: &[String], output: &OutputArgs) -> R
     if let Some(key) = keys.iter().find(|k| view.jobs.find(*k).is_none()) {
         return Err(bad_input(format!("no job {key} in the state")));
     }
-    let mut out = crate::records::Writer::stdout();
-    if output.human() {
-        let table: Vec<Vec<String>> = rows.iter().map(row).collect();
-        let headers = [
-            "JOB",
-            "UPDATE",
-            "FROM",
-            "TO",
-            "INSTANCES",
-            "DONE",
-            "DESIRED",
-            "PENDING",
-            "SPECS",
-            "WHY",
-        ];
-        out.raw(crate::cli::table(&headers, &table).trim_end())?;
-    } else {
-        for r in &rows {
-            out.record(r)?;
-        }
-    }
-    out.finish()?;
+    let headers = [
+        "JOB",
+        "UPDATE",
+        "FROM",
+        "TO",
+        "INSTANCES",
+        "DONE",
+        "DESIRED",
+        "PENDING",
+        "SPECS",
+        "WHY",
+    ];
+    output.print(&headers, &rows, row)?;
     Ok(Status::Done)
 }
 

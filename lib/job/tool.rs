@@ -283,27 +283,18 @@ fn runs(
             );
         }
     }
-    let mut out = crate::records::Writer::stdout();
-    if output.human() {
-        let table: Vec<Vec<String>> = rows.iter().map(row).collect();
-        let headers = [
-            "JOB",
-            "RUN",
-            "STARTED",
-            "BY",
-            "INSTANCES",
-            "RUNS",
-            "MISSED",
-            "CANCELLED",
-            "ASKED",
-        ];
-        out.raw(crate::cli::table(&headers, &table).trim_end())?;
-    } else {
-        for r in &rows {
-            out.record(r)?;
-        }
-    }
-    out.finish()?;
+    let headers = [
+        "JOB",
+        "RUN",
+        "STARTED",
+        "BY",
+        "INSTANCES",
+        "RUNS",
+        "MISSED",
+        "CANCELLED",
+        "ASKED",
+    ];
+    output.print(&headers, &rows, row)?;
     Ok(Status::Done)
 }
 
