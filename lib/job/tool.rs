@@ -186,6 +186,14 @@ fn words(v: &Value) -> String {
     if let Some(h) = text("host").filter(|_| v["task"].is_string()) {
         line += &format!(" on {h}");
     }
+    if v["task"].is_string() && v["from"] == v["to"] {
+        // Only its health changed.
+        line += if v["healthy"] == true {
+            ", healthy"
+        } else {
+            ", unhealthy"
+        };
+    }
     if let Some(r) = text("reason") {
         line += &format!(": {r}");
     }

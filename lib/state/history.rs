@@ -141,8 +141,8 @@ fn actor() -> &'static (String, String) {
 }
 
 /// The history lines of a transaction: one per task, job or host whose record it changed
-/// in a way a person asks about (a task's state, incarnation or host; a job's update or
-/// runs; a host's maintenance or liveness), in the order first changed.
+/// in a way a person asks about (a task's state, incarnation, host or health; a job's
+/// update or runs; a host's maintenance or liveness), in the order first changed.
 pub fn lines(undo: &[Undo], view: &View, txid: u64, now: f64) -> Vec<u8> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
@@ -174,7 +174,10 @@ fn task(view: &View, old: Option<&Task>, new: Option<&Task>) -> Option<Map<Strin
     let t = new.or(old)?;
     let moved = match (old, new) {
         (Some(a), Some(b)) => {
-            a.state != b.state || a.incarnation != b.incarnation || a.host != b.host
+            a.state != b.state
+                || a.incarnation != b.incarnation
+                || a.host != b.host
+                || a.healthy != b.healthy
         }
         _ => true,
     };
@@ -195,6 +198,9 @@ fn task(view: &View, old: Option<&Task>, new: Option<&Task>) -> Option<Map<Strin
         "to".into(),
         json!(new.map_or("REMOVED", |n| n.state.name())),
     );
+    // Whether it passes its health check: a change alone is a line too (a task stopped
+    // for failing its checks says so before it says KILLING).
+    m.insert("healthy".into(), json!(new.map(|n| n.healthy)));
     let reason = new.filter(|n| n.reason != crate::task::Reason::None);
     m.insert("reason".into(), json!(reason.map(|n| n.reason.text())));
     m.insert("exit".into(), json!(new.and_then(Task::exit_status)));

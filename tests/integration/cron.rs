@@ -437,6 +437,10 @@ fn every_transition_is_in_the_history_once_in_order_with_its_reason() {
     // The web instance: placed, drained with its reason, placed again on the other host.
     let web = moves(&all, "www/prod/web/0");
     let states: Vec<&str> = web.iter().map(|l| l["to"].as_str().unwrap()).collect();
+    assert!(
+        web.iter().any(|l| l["healthy"] == true),
+        "its health: {states:?}"
+    );
     let drained = web.iter().position(|l| l["to"] == "DRAINING").unwrap();
     assert_eq!(web[drained]["host"], first_host.as_str());
     assert!(web[drained]["reason"].is_string(), "{}", web[drained]);
