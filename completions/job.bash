@@ -28,6 +28,9 @@ _job() {
             job,runs)
                 cmd="job__subcmd__runs"
                 ;;
+            job,status)
+                cmd="job__subcmd__status"
+                ;;
             job__subcmd__help,help)
                 cmd="job__subcmd__help__subcmd__help"
                 ;;
@@ -40,6 +43,9 @@ _job() {
             job__subcmd__help,runs)
                 cmd="job__subcmd__help__subcmd__runs"
                 ;;
+            job__subcmd__help,status)
+                cmd="job__subcmd__help__subcmd__status"
+                ;;
             *)
                 ;;
         esac
@@ -47,7 +53,7 @@ _job() {
 
     case "${cmd}" in
         job)
-            opts="-h -V --state --json --help --version run runs history help"
+            opts="-h -V --state --json --help --version run runs status history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -65,7 +71,7 @@ _job() {
             return 0
             ;;
         job__subcmd__help)
-            opts="run runs history help"
+            opts="run runs status history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -134,6 +140,20 @@ _job() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        job__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         job__subcmd__history)
             opts="-f -h --since --until --follow --state --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -186,6 +206,28 @@ _job() {
             fi
             case "${prev}" in
                 --last)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        job__subcmd__status)
+            opts="-h --jobs --state --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --jobs)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

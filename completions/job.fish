@@ -30,6 +30,7 @@ complete -c job -n "__fish_job_needs_command" -s h -l help -d 'Print help (see m
 complete -c job -n "__fish_job_needs_command" -s V -l version -d 'Print version'
 complete -c job -n "__fish_job_needs_command" -f -a "run" -d 'Ask for a run of a batch or cron job now: the next pass starts it, with a cron job\'s collision policy if its last run is still going (a batch job\'s stops what is left)'
 complete -c job -n "__fish_job_needs_command" -f -a "runs" -d 'Each batch or cron job\'s runs: every job that has a run or a schedule, or the jobs named'
+complete -c job -n "__fish_job_needs_command" -f -a "status" -d 'Each job of the job files (or those named): desired, running, healthy, what the next pass would place and leave pending (with why), throttled, the specs its instances run, and each instance\'s host, state and uptime'
 complete -c job -n "__fish_job_needs_command" -f -a "history" -d 'What happened: every transition of tasks, jobs and hosts, oldest first, from the history kept beside the state'
 complete -c job -n "__fish_job_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c job -n "__fish_job_using_subcommand run" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
@@ -39,13 +40,18 @@ complete -c job -n "__fish_job_using_subcommand runs" -l last -d 'Also the last 
 complete -c job -n "__fish_job_using_subcommand runs" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c job -n "__fish_job_using_subcommand runs" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c job -n "__fish_job_using_subcommand runs" -s h -l help -d 'Print help'
+complete -c job -n "__fish_job_using_subcommand status" -l jobs -d 'The job files or directories the passes place (scripts/reconcile\'s JOBS)' -r -F
+complete -c job -n "__fish_job_using_subcommand status" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
+complete -c job -n "__fish_job_using_subcommand status" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
+complete -c job -n "__fish_job_using_subcommand status" -s h -l help -d 'Print help'
 complete -c job -n "__fish_job_using_subcommand history" -l since -d 'Only transitions from this time on: a duration ago (30m, 2h, 1d) or a time (2026-12-24T06:00:00Z, or Unix seconds)' -r
 complete -c job -n "__fish_job_using_subcommand history" -l until -d 'Only transitions before this time (as --since)' -r
 complete -c job -n "__fish_job_using_subcommand history" -l state -d 'The cluster\'s state file [default: /var/lib/formic/state for root, else $XDG_STATE_HOME/formic/state or ~/.local/state/formic/state]' -r -F
 complete -c job -n "__fish_job_using_subcommand history" -s f -l follow -d 'Go on printing transitions as they are made (until interrupted)'
 complete -c job -n "__fish_job_using_subcommand history" -l json -d 'Print JSON lines even when standard output is a terminal (they are the default when it is not)'
 complete -c job -n "__fish_job_using_subcommand history" -s h -l help -d 'Print help'
-complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs history help" -f -a "run" -d 'Ask for a run of a batch or cron job now: the next pass starts it, with a cron job\'s collision policy if its last run is still going (a batch job\'s stops what is left)'
-complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs history help" -f -a "runs" -d 'Each batch or cron job\'s runs: every job that has a run or a schedule, or the jobs named'
-complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs history help" -f -a "history" -d 'What happened: every transition of tasks, jobs and hosts, oldest first, from the history kept beside the state'
-complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs history help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs status history help" -f -a "run" -d 'Ask for a run of a batch or cron job now: the next pass starts it, with a cron job\'s collision policy if its last run is still going (a batch job\'s stops what is left)'
+complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs status history help" -f -a "runs" -d 'Each batch or cron job\'s runs: every job that has a run or a schedule, or the jobs named'
+complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs status history help" -f -a "status" -d 'Each job of the job files (or those named): desired, running, healthy, what the next pass would place and leave pending (with why), throttled, the specs its instances run, and each instance\'s host, state and uptime'
+complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs status history help" -f -a "history" -d 'What happened: every transition of tasks, jobs and hosts, oldest first, from the history kept beside the state'
+complete -c job -n "__fish_job_using_subcommand help; and not __fish_seen_subcommand_from run runs status history help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

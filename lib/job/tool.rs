@@ -49,6 +49,21 @@ pub enum Verb {
         #[arg(long, value_name = "N", default_value = "0")]
         last: usize,
     },
+    /// Each job of the job files (or those named): desired, running, healthy, what the
+    /// next pass would place and leave pending (with why), throttled, the specs its
+    /// instances run, and each instance's host, state and uptime
+    Status {
+        #[arg(value_name = "JOB")]
+        jobs: Vec<String>,
+        /// The job files or directories the passes place (scripts/reconcile's JOBS)
+        #[arg(
+            long = "jobs",
+            value_name = "PATH",
+            env = "FORMIC_JOBS",
+            required = true
+        )]
+        files: std::path::PathBuf,
+    },
     /// What happened: every transition of tasks, jobs and hosts, oldest first, from the
     /// history kept beside the state
     History {
@@ -79,6 +94,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     match cli.verb {
         Verb::Run { job } => ask_for_run(&path, &job),
         Verb::Runs { jobs, last } => runs(&path, &jobs, last, &cli.output),
+        Verb::Status { jobs, files } => status(&path, &files, &jobs, &cli.output),
         Verb::History {
             names,
             since,
@@ -93,6 +109,121 @@ pub fn run(cli: Cli) -> Result<Status> {
             history(&path, &filter, follow, cli.output.human())
         }
     }
+}
+
+/// One line per job: the job files' jobs (or those named), what runs of each and how, and
+/// what the next pass would leave pending, and why (pack's decision on the state as it is).
+fn status(
+    path: &std::path::Path,
+    files: &std::path::Path,
+    keys: &[String],
+    output: &OutputArgs,
+) -> Result<Status> {
+    let state = State::open(path)?;
+    let view = state.view();
+    let offers = crate::offer::offers_but(view, &[])?;
+    let (input, outcome) = crate::pack::preview_drain(path, &[files.to_path_buf()], &[], &offers)?;
+    if let Some(key) = keys
+        .iter()
+        .find(|k| !input.jobs.iter().any(|j| j.key == **k))
+    {
+        return Err(bad_input(format!("no job {key} in {}", files.display())));
+    }
+    // Pending instances and their reasons (hosts refusing for each), by job.
+    let mut pending: HashMap<&str, (u32, std::collections::BTreeMap<String, u32>)> = HashMap::new();
+    let mut placing: HashMap<&str, u32> = HashMap::new();
+    for d in &outcome.decisions {
+        match d {
+            crate::pack::Decision::Pending { job, reasons, .. } => {
+                let entry = pending.entry(input.jobs[*job].key.as_str()).or_default();
+                entry.0 += 1;
+                for (why, hosts) in outcome.reasons[*reasons].iter() {
+                    *entry.1.entry(why.clone()).or_default() += hosts;
+                }
+            }
+            crate::pack::Decision::Place { job, .. } => {
+                *placing.entry(input.jobs[*job].key.as_str()).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let now = crate::clock::now();
+    let mut rows = Vec::new();
+    // The files' jobs come first; a version of one that an update places comes after.
+    let mut seen = std::collections::HashSet::new();
+    let named = |j: &&crate::job::JobSpec| keys.is_empty() || keys.contains(&j.key);
+    for spec in input.jobs.iter().filter(named) {
+        if !seen.insert(spec.key.as_str()) {
+            continue;
+        }
+        let slot = view.jobs.find(&spec.key);
+        let mut tasks: Vec<&Task> = view
+            .tasks
+            .iter()
+            .map(|(_, t)| t)
+            .filter(|t| Some(t.job) == slot && t.instance < spec.instances)
+            .collect();
+        tasks.sort_by_key(|t| t.instance);
+        let count = |f: &dyn Fn(&Task) -> bool| tasks.iter().filter(|t| f(t)).count();
+        let mut specs: std::collections::BTreeMap<String, u32> = Default::default();
+        for t in tasks.iter().filter(|t| t.state.holds_resources()) {
+            *specs.entry(crate::rollout::hash_text(t.spec)).or_default() += 1;
+        }
+        let (waiting, why) = pending.remove(spec.key.as_str()).unwrap_or_default();
+        let instances: Vec<Value> = tasks
+            .iter()
+            .map(|t| {
+                let running = t.state == crate::task::TaskState::Running;
+                json!({"instance": t.instance, "host": view.hosts.get(t.host).map(|h| h.name.clone()),
+                       "state": t.state.name(), "healthy": t.healthy,
+                       "uptime_s": running.then(|| (now - t.since).max(0.0).round()),
+                       "spec": crate::rollout::hash_text(t.spec)})
+            })
+            .collect();
+        rows.push(json!({
+            "type": "status", "job": spec.key, "desired": spec.instances,
+            "running": count(&|t| t.state == crate::task::TaskState::Running),
+            "healthy": count(&|t| t.state == crate::task::TaskState::Running && t.healthy),
+            "placing": placing.get(spec.key.as_str()).copied().unwrap_or(0),
+            "pending": waiting, "why_pending": why,
+            "throttled": count(&|t| t.state == crate::task::TaskState::Throttled),
+            "spec": crate::rollout::hash_text(spec.hash), "specs": specs,
+            "instances": instances,
+        }));
+    }
+    let headers = [
+        "JOB",
+        "DESIRED",
+        "RUNNING",
+        "HEALTHY",
+        "PLACING",
+        "PENDING",
+        "THROTTLED",
+        "SPECS",
+        "WHY PENDING",
+    ];
+    output.print(&headers, &rows, |r| {
+        let join = |m: &Value| match m.as_object() {
+            Some(m) if !m.is_empty() => m
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "-".into(),
+        };
+        vec![
+            r["job"].as_str().unwrap_or("").into(),
+            r["desired"].to_string(),
+            r["running"].to_string(),
+            r["healthy"].to_string(),
+            r["placing"].to_string(),
+            r["pending"].to_string(),
+            r["throttled"].to_string(),
+            join(&r["specs"]),
+            join(&r["why_pending"]),
+        ]
+    })?;
+    Ok(Status::Done)
 }
 
 /// Which history lines `job history` prints.

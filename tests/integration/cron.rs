@@ -480,3 +480,79 @@ fn every_transition_is_in_the_history_once_in_order_with_its_reason() {
         .collect();
     assert_eq!(followed, history(&c, &["www/prod/web"]));
 }
+
+// --- job status ---
+
+#[test]
+fn job_status_says_what_runs_and_what_stays_pending_and_why() {
+    let c = Cluster::new(&["h1"], 36240, None);
+    let jobs = write_jobs(
+        &c,
+        &[
+            job("www/prod/web", 2, &["sleep", "600"], json!({})),
+            // More cpus than the host has: pending.
+            job(
+                "www/prod/big",
+                1,
+                &["sleep", "600"],
+                json!({"resources": {"cpus": 8, "ram_mb": 16}}),
+            ),
+        ],
+    );
+    pass(&c, &jobs);
+    let status = |args: &[&str]| -> Vec<Value> {
+        let jobs = jobs.to_str().unwrap();
+        let out = run(
+            tool("job", &c.state())
+                .args(["status", "--json", "--jobs", jobs])
+                .args(args),
+            b"",
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = status(&[]);
+    let web = all.iter().find(|s| s["job"] == "www/prod/web").unwrap();
+    assert_eq!(
+        (
+            &web["desired"],
+            &web["running"],
+            &web["placing"],
+            &web["pending"]
+        ),
+        (&json!(2), &json!(2), &json!(0), &json!(0)),
+        "{web}"
+    );
+    assert_eq!(web["specs"][web["spec"].as_str().unwrap()], 2, "{web}");
+    let instances = web["instances"].as_array().unwrap();
+    assert!(instances
+        .iter()
+        .all(|i| i["host"] == "h1" && i["uptime_s"].is_number()));
+    let big = all.iter().find(|s| s["job"] == "www/prod/big").unwrap();
+    assert_eq!(
+        (&big["running"], &big["pending"]),
+        (&json!(0), &json!(1)),
+        "{big}"
+    );
+    assert_eq!(big["why_pending"], json!({"insufficient cpus": 1}), "{big}");
+    // An instance killed is one the next pass places.
+    let out = run(
+        tool("reap", &c.state()).args(["kill", "www/prod/web/1"]),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let web = &status(&["www/prod/web"])[0];
+    assert_eq!(
+        (&web["running"], &web["placing"]),
+        (&json!(1), &json!(1)),
+        "{web}"
+    );
+    let out = run(
+        tool("job", &c.state()).args(["status", "--jobs", jobs.to_str().unwrap(), "www/prod/nope"]),
+        b"",
+    );
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+}
