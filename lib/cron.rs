@@ -132,7 +132,8 @@ impl FromStr for Collision {
     }
 }
 
-/// What a job's record keeps of its runs.
+/// What a job's record keeps of its runs. (Counts saturate: a record comes from a pipe's
+/// `cron` record, and no number in one may make a pass panic.)
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runs {
@@ -186,7 +187,9 @@ impl Runs {
     /// The number a run asked for by hand at `now` gets: its second, or the one after the
     /// current run's when that is later (a run's number only grows).
     pub fn request_number(&self, now: f64) -> u64 {
-        (now as u64).max(self.current + 1).max(self.requested)
+        (now as u64)
+            .max(self.current.saturating_add(1))
+            .max(self.requested)
     }
 }
 
@@ -237,13 +240,13 @@ pub fn plan(schedule: Option<&Schedule>, was: &Runs, going: bool, now: f64) -> P
     let cancel_new = schedule.is_some_and(|s| s.collision == Collision::CancelNew);
     let start = |runs: &mut Runs, number: u64, manual: bool| {
         if going && cancel_new {
-            runs.cancelled += 1;
+            runs.cancelled = runs.cancelled.saturating_add(1);
             return Step::Cancelled;
         }
-        runs.current = number.max(runs.current + 1);
+        runs.current = number.max(runs.current.saturating_add(1));
         runs.started = now;
         runs.manual = manual;
-        runs.runs += 1;
+        runs.runs = runs.runs.saturating_add(1);
         runs.requested = 0;
         Step::Started
     };
@@ -255,10 +258,10 @@ pub fn plan(schedule: Option<&Schedule>, was: &Runs, going: bool, now: f64) -> P
             let due = s.count(runs.fired, latest).max(1);
             runs.fired = latest;
             if now - latest as f64 > s.starting_deadline_s {
-                runs.missed += due;
+                runs.missed = runs.missed.saturating_add(due);
                 step = Some(Step::Missed);
             } else {
-                runs.missed += due - 1;
+                runs.missed = runs.missed.saturating_add(due - 1);
                 step = Some(start(&mut runs, latest, false));
             }
         }
@@ -366,6 +369,27 @@ mod tests {
         assert_eq!(p.wanted, Some(100));
         // Asked again within the same second: the next number.
         assert_eq!(p.runs.request_number(100.5), 101);
+    }
+
+    #[test]
+    fn counts_at_their_limits_saturate_rather_than_panic() {
+        let was = Runs {
+            current: u64::MAX,
+            fired: 1,
+            requested: u64::MAX,
+            runs: u64::MAX,
+            missed: u64::MAX,
+            cancelled: u64::MAX,
+            ..Runs::default()
+        };
+        let cancel = Schedule::new("* * * * * *", None, Some(Collision::CancelNew), None).unwrap();
+        for s in [Some(&every("* * * * * *")), Some(&cancel), None] {
+            for going in [false, true] {
+                let p = plan(s, &was, going, DAY as f64);
+                assert_eq!(p.runs.current, u64::MAX);
+            }
+        }
+        assert_eq!(was.request_number(1.0), u64::MAX);
     }
 
     #[test]
