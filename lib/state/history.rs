@@ -44,10 +44,40 @@ pub fn path(state: &Path, n: u32) -> PathBuf {
 /// off any lines of transactions after `committed` that a crash left. The caller holds the
 /// state's write lock.
 pub fn append(state: &Path, committed: u64, lines: &[u8]) -> io::Result<()> {
-    let current = path(state, 0);
-    if fs::symlink_metadata(&current).is_ok_and(|m| m.len() > ROTATE_BYTES) {
-        rotate(state)?;
+    append_rotating_past(state, committed, lines, ROTATE_BYTES)
+}
+
+fn append_rotating_past(
+    state: &Path,
+    committed: u64,
+    lines: &[u8],
+    rotate_bytes: u64,
+) -> io::Result<()> {
+    let (mut f, mut created) = open_current(state)?;
+    // Cut first, rotate after: lines of an uncommitted transaction left in a rotated
+    // generation would stop every reader there for good.
+    let mut end = committed_end(&f, committed)?;
+    if end < f.metadata()?.len() {
+        f.set_len(end)?;
     }
+    if end > rotate_bytes {
+        rotate(state)?;
+        (f, created) = open_current(state)?;
+        end = 0;
+    }
+    f.write_all_at(lines, end)?;
+    f.sync_data()?;
+    if created {
+        // The new name must last as long as the lines in it.
+        let current = path(state, 0);
+        File::open(current.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The newest generation, opened to append (made if missing: then `true`).
+fn open_current(state: &Path) -> io::Result<(File, bool)> {
+    let current = path(state, 0);
     let created = !current.exists();
     let f = OpenOptions::new()
         .read(true)
@@ -57,17 +87,7 @@ pub fn append(state: &Path, committed: u64, lines: &[u8]) -> io::Result<()> {
         .mode(0o640)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&current)?;
-    let end = committed_end(&f, committed)?;
-    if end < f.metadata()?.len() {
-        f.set_len(end)?;
-    }
-    f.write_all_at(lines, end)?;
-    f.sync_data()?;
-    if created {
-        // The new name must last as long as the lines in it.
-        File::open(current.parent().unwrap_or(Path::new(".")))?.sync_all()?;
-    }
-    Ok(())
+    Ok((f, created))
 }
 
 /// Moves each generation up one, the current file becoming generation 1.
@@ -429,6 +449,22 @@ mod tests {
         assert_eq!(read_all(&state, 3), [1, 1, 2, 3]);
         let text = fs::read_to_string(path(&state, 0)).unwrap();
         assert_eq!(text.lines().count(), 4, "{text}");
+    }
+
+    /// A crash's lines at the end of a file due to rotate are cut before it rotates: left
+    /// in an older generation, they would stop every reader there.
+    #[test]
+    fn lines_a_crash_left_are_cut_before_the_file_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        append(&state, 0, &lines_of(&[1])).unwrap();
+        append(&state, 1, &lines_of(&[2, 2])).unwrap(); // never committed
+        append_rotating_past(&state, 1, &lines_of(&[2]), 1).unwrap();
+        let older = fs::read_to_string(path(&state, 1)).unwrap();
+        assert_eq!(older.lines().count(), 1, "{older}");
+        assert_eq!(read_all(&state, 2), [1, 2]);
+        append(&state, 2, &lines_of(&[3])).unwrap();
+        assert_eq!(read_all(&state, 3), [1, 2, 3]);
     }
 
     #[test]
