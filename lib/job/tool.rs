@@ -357,11 +357,16 @@ fn ask_for_run(path: &std::path::Path, key: &str) -> Result<Status> {
         }
         let mut job: Job = view.jobs.get(slot).cloned().expect("a found slot");
         let now = tx.now();
-        let asked = job.runs.request_number(now);
-        if job.runs.requested == 0 {
-            job.runs.requested = asked;
-            tx.upsert(job);
-        }
+        // A run asked for already and not started yet is the one this asks for too.
+        let asked = match job.runs.requested {
+            0 => {
+                job.runs.requested = job.runs.request_number(now);
+                let asked = job.runs.requested;
+                tx.upsert(job);
+                asked
+            }
+            waiting => waiting,
+        };
         Ok(json!({"type":"event","job":key,"ts":now,"requested":asked}))
     })?;
     let mut out = crate::records::Writer::stdout();

@@ -232,9 +232,12 @@ fn a_finished_batch_job_runs_again_by_hand_under_its_own_name() {
     pass(&c, &jobs);
     assert_eq!(tasks_of(&c, key), first);
 
-    // Asked for twice before a pass: one run.
+    // Asked for twice before a pass, in two different seconds: one run, the first asked.
     let asked: Vec<Value> = (0..2)
-        .map(|_| {
+        .map(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(1100));
+            }
             let out = run(tool("job", &c.state()).args(["run", key]), b"");
             assert_eq!(code(&out), 0, "{}", stderr(&out));
             serde_json::from_str(stdout(&out).trim()).unwrap()
