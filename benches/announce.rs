@@ -487,6 +487,7 @@ fn fill_join_state(state: &Path, path: &str) -> Vec<Vec<u8>> {
             }),
             rollout: Default::default(),
             runs: Default::default(),
+            counts: Default::default(),
         });
         Ok(())
     })

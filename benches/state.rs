@@ -54,6 +54,7 @@ fn fill(path: &Path) {
                 ports: vec!["http".into()],
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             });
         }
         Ok(())
@@ -137,6 +138,7 @@ fn main() {
                 ports: vec![],
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             });
             tx.upsert(Task::new(0, 0));
             Ok(())

@@ -22,6 +22,9 @@ _job() {
             job,history)
                 cmd="job__subcmd__history"
                 ;;
+            job,metrics)
+                cmd="job__subcmd__metrics"
+                ;;
             job,run)
                 cmd="job__subcmd__run"
                 ;;
@@ -36,6 +39,9 @@ _job() {
                 ;;
             job__subcmd__help,history)
                 cmd="job__subcmd__help__subcmd__history"
+                ;;
+            job__subcmd__help,metrics)
+                cmd="job__subcmd__help__subcmd__metrics"
                 ;;
             job__subcmd__help,run)
                 cmd="job__subcmd__help__subcmd__run"
@@ -53,7 +59,7 @@ _job() {
 
     case "${cmd}" in
         job)
-            opts="-h -V --state --json --help --version run runs status history help"
+            opts="-h -V --state --json --help --version run runs status metrics history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -71,7 +77,7 @@ _job() {
             return 0
             ;;
         job__subcmd__help)
-            opts="run runs status history help"
+            opts="run runs status metrics history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -99,6 +105,20 @@ _job() {
             return 0
             ;;
         job__subcmd__help__subcmd__history)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        job__subcmd__help__subcmd__metrics)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -166,6 +186,44 @@ _job() {
                     return 0
                     ;;
                 --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        job__subcmd__metrics)
+            opts="-h --jobs --pending --pass-started --pass-status --out --state --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pending)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pass-started)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pass-status)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

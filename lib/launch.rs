@@ -626,6 +626,7 @@ fn record_runs(tx: &mut Txn, crons: &[CronRecord]) -> Vec<Value> {
                 announce: None,
                 rollout: Rollout::default(),
                 runs: Runs::default(),
+                counts: Default::default(),
             },
         };
         if job.runs != c.was {
@@ -895,6 +896,7 @@ fn job_record(view: &View, spec: &JobSpec) -> Result<Job, String> {
         // not a placement's.
         rollout: old.map(|(_, j)| j.rollout.clone()).unwrap_or_default(),
         runs: old.map(|(_, j)| j.runs.clone()).unwrap_or_default(),
+        counts: old.map(|(_, j)| j.counts).unwrap_or_default(),
     })
 }
 

@@ -2,7 +2,7 @@
 //! state, and prints one offer per host that may take work: its capacity left after the
 //! reservations of the tasks it holds.
 
-mod summary;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::io::{self, IsTerminal};
@@ -799,13 +799,10 @@ fn list_hosts(state: &State, only: &[String], output: &OutputArgs) -> Result<Sta
     Ok(Status::Done)
 }
 
-fn summarize_hosts(
-    state: &State,
-    only: &[String],
-    by: &[String],
-    output: &OutputArgs,
-) -> Result<Status> {
-    let inv = inventory(state.view(), only)?;
+/// The hosts named (all when none is), summed up for the cluster and by each attribute in
+/// `by` (`offer hosts --summary`).
+pub fn summary(view: &View, only: &[String], by: &[String]) -> Result<Vec<summary::Scope>> {
+    let inv = inventory(view, only)?;
     let counted: Vec<summary::Counted> = inv
         .iter()
         .map(|(h, u, f)| summary::Counted {
@@ -816,7 +813,16 @@ fn summarize_hosts(
             offered: is_offered(h, u),
         })
         .collect();
-    let scopes = summary::summarize(&counted, by);
+    Ok(summary::summarize(&counted, by))
+}
+
+fn summarize_hosts(
+    state: &State,
+    only: &[String],
+    by: &[String],
+    output: &OutputArgs,
+) -> Result<Status> {
+    let scopes = summary(state.view(), only, by)?;
     let mut out = Writer::stdout();
     if output.human() {
         let free_of = |t: &summary::Tally, i: usize, as_cores: bool| {

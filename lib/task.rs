@@ -451,6 +451,8 @@ pub struct Job {
     pub rollout: crate::rollout::Rollout,
     /// Its runs, if it is a batch or cron job (layout 4).
     pub runs: crate::cron::Runs,
+    /// What happened to its tasks, counted (layout 5).
+    pub counts: crate::counts::Counts,
 }
 
 /// A job's serverset: members go under `path`, with the port `ports[primary]` as their
@@ -462,8 +464,9 @@ pub struct Announce {
 }
 
 pub const JOB_SLOT_SIZE: usize = 512;
-/// Layout 2 adds the announce block to layout 1, layout 3 the rollout, layout 4 the runs.
-const JOB_LAYOUT: u8 = 4;
+/// Layout 2 adds the announce block to layout 1, layout 3 the rollout, layout 4 the runs,
+/// layout 5 the counts.
+const JOB_LAYOUT: u8 = 5;
 
 /// A job key is `role/env/name`, each part of letters, digits and `._-`, not starting with
 /// a dot: the parts name directories on hosts, so `.` and `..` must never be one.
@@ -502,6 +505,7 @@ impl Job {
         }
         self.rollout.encode(&mut e);
         self.runs.encode(&mut e);
+        self.counts.encode(&mut e);
         e.seal(JOB_LAYOUT)
     }
 
@@ -532,12 +536,17 @@ impl Job {
             true => crate::cron::Runs::decode(&mut d)?,
             false => crate::cron::Runs::default(),
         };
+        let counts = match version >= 5 {
+            true => crate::counts::Counts::decode(&mut d)?,
+            false => crate::counts::Counts::default(),
+        };
         Ok(Job {
             key,
             ports,
             announce,
             rollout,
             runs,
+            counts,
         })
     }
 }
@@ -683,6 +692,7 @@ mod tests {
             announce: None,
             rollout: Default::default(),
             runs: Default::default(),
+            counts: Default::default(),
         };
         let mut slot = [0u8; JOB_SLOT_SIZE];
         j.encode(&mut slot).unwrap();
@@ -714,6 +724,18 @@ mod tests {
             Job::decode(3, body(&slot)).unwrap(),
             Job {
                 runs: Default::default(),
+                ..j.clone()
+            }
+        );
+        // Layout 5 appends the counts: one of layout 4 has counted nothing.
+        j.counts.placed = 12;
+        j.counts.lost = 2;
+        j.encode(&mut slot).unwrap();
+        assert_eq!(Job::decode(JOB_LAYOUT, body(&slot)).unwrap(), j);
+        assert_eq!(
+            Job::decode(4, body(&slot)).unwrap(),
+            Job {
+                counts: Default::default(),
                 ..j.clone()
             }
         );

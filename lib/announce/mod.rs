@@ -733,6 +733,7 @@ mod tests {
             }),
             rollout: Default::default(),
             runs: Default::default(),
+            counts: Default::default(),
         };
         let mut t = Task::new(0, 3);
         t.state = TaskState::Running;

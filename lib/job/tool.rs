@@ -1,7 +1,9 @@
-//! `job`: the runs of batch and cron jobs as the state keeps them, and a run asked for by
-//! hand (the pass that plans runs is `pack`, see `cron` and `pack::runs`).
+//! `job`: a job's status, the runs of batch and cron jobs as the state keeps them and a run
+//! asked for by hand (the pass that plans runs is `pack`, see `cron` and `pack::runs`), the
+//! history, and the metrics (`job::metrics`).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -12,7 +14,7 @@ use crate::exit::{bad_input, Status, TABLE};
 use crate::state::{State, View};
 use crate::task::{Job, Task};
 
-/// See the runs of batch and cron jobs, and start one by hand
+/// Jobs day to day: status, runs (and one by hand), history, metrics
 ///
 /// A batch job ("service": false) places each instance until it has finished, or failed as
 /// often as its restart policy allows: one run. A cron job (a "cron" block) starts a run at
@@ -20,6 +22,8 @@ use crate::task::{Job, Task};
 /// pass starts it: a finished batch job runs again under its own name. `job runs` shows each
 /// job's current run (its number is the Unix second it was due or asked for), its instances'
 /// hosts, states and exit statuses, and how many runs were started, missed and cancelled.
+/// `job status` shows what each job has and lacks, `job history` what happened, and `job
+/// metrics` the cluster as Prometheus metrics.
 #[derive(Parser, Debug)]
 #[command(name = "job", version, after_help = TABLE)]
 pub struct Cli {
@@ -64,6 +68,34 @@ pub enum Verb {
         )]
         files: std::path::PathBuf,
     },
+    /// The cluster as a Prometheus text file (node_exporter's textfile collector): tasks by
+    /// job and state; desired, running and healthy instances; counters of placements,
+    /// restarts, failures, LOST, preemptions and cron runs; hosts by maintenance and
+    /// liveness; capacity, reserved and free. `scripts/reconcile --metrics FILE` writes it
+    /// at the end of every pass, with the pass's pending instances and duration
+    Metrics {
+        /// The job files or directories the passes place (scripts/reconcile's JOBS)
+        #[arg(
+            long = "jobs",
+            value_name = "PATH",
+            env = "FORMIC_JOBS",
+            required = true
+        )]
+        files: std::path::PathBuf,
+        /// The records a pass printed (launch's output): its pending instances are counted
+        /// by job and reason
+        #[arg(long, value_name = "FILE")]
+        pending: Option<std::path::PathBuf>,
+        /// The pass started at this Unix time: its duration and end are shown
+        #[arg(long, value_name = "SECONDS", requires = "pass_status")]
+        pass_started: Option<f64>,
+        /// The pass's exit status
+        #[arg(long, value_name = "STATUS", requires = "pass_started")]
+        pass_status: Option<i32>,
+        /// Write to FILE (through a temporary file renamed over it), not standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
     /// What happened: every transition of tasks, jobs and hosts, oldest first, from the
     /// history kept beside the state
     History {
@@ -95,6 +127,18 @@ pub fn run(cli: Cli) -> Result<Status> {
         Verb::Run { job } => ask_for_run(&path, &job),
         Verb::Runs { jobs, last } => runs(&path, &jobs, last, &cli.output),
         Verb::Status { jobs, files } => status(&path, &files, &jobs, &cli.output),
+        Verb::Metrics {
+            files,
+            pending,
+            pass_started,
+            pass_status,
+            out,
+        } => {
+            let pass = pass_started
+                .zip(pass_status)
+                .map(|(started, status)| super::metrics::Pass { started, status });
+            metrics(&path, &files, pending.as_deref(), pass, out.as_deref())
+        }
         Verb::History {
             names,
             since,
@@ -148,6 +192,7 @@ fn status(
         }
     }
     let now = crate::clock::now();
+    let by_job = tasks_by_job(view);
     let mut rows = Vec::new();
     // The files' jobs come first; a version of one that an update places comes after.
     let mut seen = std::collections::HashSet::new();
@@ -156,14 +201,7 @@ fn status(
         if !seen.insert(spec.key.as_str()) {
             continue;
         }
-        let slot = view.jobs.find(&spec.key);
-        let mut tasks: Vec<&Task> = view
-            .tasks
-            .iter()
-            .map(|(_, t)| t)
-            .filter(|t| Some(t.job) == slot && t.instance < spec.instances)
-            .collect();
-        tasks.sort_by_key(|t| t.instance);
+        let tasks = instances(view, &by_job, spec);
         let count = |f: &dyn Fn(&Task) -> bool| tasks.iter().filter(|t| f(t)).count();
         let mut specs: std::collections::BTreeMap<String, u32> = Default::default();
         for t in tasks.iter().filter(|t| t.state.holds_resources()) {
@@ -224,6 +262,73 @@ fn status(
         ]
     })?;
     Ok(Status::Done)
+}
+
+/// `job metrics`: the Prometheus text, to standard output or into `out`.
+fn metrics(
+    path: &Path,
+    files: &Path,
+    pending: Option<&Path>,
+    pass: Option<super::metrics::Pass>,
+    out: Option<&Path>,
+) -> Result<Status> {
+    let pending = match pending {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| bad_input(format!("--pending {}: {e}", p.display())))?;
+            Some(super::metrics::pending_reasons(
+                &text,
+                &p.display().to_string(),
+            )?)
+        }
+    };
+    let read = crate::job::read_all(&[files.to_path_buf()]);
+    let state = State::open(path)?;
+    let text = super::metrics::render(&super::metrics::Sources {
+        view: state.view(),
+        specs: &read.jobs,
+        refused: read.errors.len(),
+        pending: pending.as_deref(),
+        pass,
+        now: crate::clock::now(),
+    })?;
+    match out {
+        Some(file) => super::metrics::write_atomically(file, &text)?,
+        None => {
+            let mut w = crate::records::Writer::stdout();
+            w.text(&text)?;
+            w.finish()?;
+        }
+    }
+    Ok(Status::Done)
+}
+
+/// The state's tasks by the slot of their job.
+pub(super) fn tasks_by_job(view: &View) -> HashMap<u32, Vec<&Task>> {
+    let mut by: HashMap<u32, Vec<&Task>> = HashMap::new();
+    for (_, t) in view.tasks.iter() {
+        by.entry(t.job).or_default().push(t);
+    }
+    by
+}
+
+/// The tasks of `spec`'s instances (those below its count), in instance order.
+pub(super) fn instances<'v>(
+    view: &View,
+    by_job: &HashMap<u32, Vec<&'v Task>>,
+    spec: &crate::job::JobSpec,
+) -> Vec<&'v Task> {
+    let slot = view.jobs.find(&spec.key);
+    let mut tasks: Vec<&Task> = slot
+        .and_then(|s| by_job.get(&s))
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|t| t.instance < spec.instances)
+        .collect();
+    tasks.sort_by_key(|t| t.instance);
+    tasks
 }
 
 /// Which history lines `job history` prints.

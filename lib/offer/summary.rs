@@ -53,6 +53,8 @@ pub struct Tally {
     offered_free: Amounts,
     by_maintenance: BTreeMap<&'static str, u64>,
     by_liveness: BTreeMap<&'static str, u64>,
+    /// Hosts by maintenance and liveness together.
+    by_condition: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl Tally {
@@ -67,6 +69,19 @@ impl Tally {
         }
         *self.by_maintenance.entry(mode).or_default() += 1;
         *self.by_liveness.entry(h.liveness.life.name()).or_default() += 1;
+        let condition = (mode, h.liveness.life.name());
+        *self.by_condition.entry(condition).or_default() += 1;
+    }
+
+    /// Capacity, reserved and free: millicores, ram_mb, disk_mb, GPUs.
+    pub fn amounts(&self) -> [[u64; 4]; 3] {
+        let reserved = self.capacity.less(self.free);
+        [self.capacity.0, reserved.0, self.free.0]
+    }
+
+    /// Hosts by (maintenance, liveness), as `offer hosts` shows each.
+    pub fn conditions(&self) -> &BTreeMap<(&'static str, &'static str), u64> {
+        &self.by_condition
     }
 
     /// Free of capacity, as `offer hosts` shows a host's: `FREE/CAPACITY`.

@@ -257,6 +257,34 @@ impl<'a> Txn<'a> {
     }
 }
 
+/// Adds what the transaction did to tasks to their jobs' counts (`crate::counts`), in the
+/// same transaction: a transition and its count are committed together.
+fn count_transitions(txn: &mut Txn) {
+    let mut seen = std::collections::HashSet::new();
+    let mut by_job: std::collections::BTreeMap<u32, crate::counts::Counts> = Default::default();
+    for u in &txn.undo {
+        let Undo::Task(slot, old) = u else { continue };
+        // The first undo of a slot holds what it was before the transaction.
+        if !seen.insert(*slot) {
+            continue;
+        }
+        let Some(new) = txn.view.tasks.get(*slot) else {
+            continue;
+        };
+        let counts = crate::counts::Counts::of_change(old.as_ref(), new);
+        if !counts.is_zero() {
+            by_job.entry(new.job).or_default().add(counts);
+        }
+    }
+    for (slot, counts) in by_job {
+        if let Some(job) = txn.view.jobs.get(slot) {
+            let mut job = job.clone();
+            job.counts.add(counts);
+            txn.set(slot, Some(job));
+        }
+    }
+}
+
 /// An open state file.
 pub struct State {
     path: PathBuf,
@@ -456,6 +484,7 @@ impl State {
                 return Err(e);
             }
         };
+        count_transitions(&mut txn);
         let changed: BTreeSet<(Kind, u32)> = txn.undo.iter().map(Undo::target).collect();
         if changed.is_empty() {
             return Ok(out);

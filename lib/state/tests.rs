@@ -402,6 +402,7 @@ fn big_state(path: &Path, tasks: u32) {
             ports: vec![],
             rollout: Default::default(),
             runs: Default::default(),
+            counts: Default::default(),
         });
         for i in 0..tasks {
             tx.upsert(Task::new(job, i));

@@ -433,3 +433,11 @@ pub fn run_with_tty_stdin(cmd: &mut Command) -> Output {
     drop(master);
     wait_output(child, TIMEOUT)
 }
+
+/// The time now, in Unix seconds, as the tools stamp it.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}

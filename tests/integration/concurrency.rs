@@ -32,6 +32,7 @@ pub fn counter_child() {
                         ports: vec![],
                         rollout: Default::default(),
                         runs: Default::default(),
+                        counts: Default::default(),
                     })
                 });
                 let mut t = Task::new(job, i);
@@ -112,6 +113,7 @@ pub fn lock_holder_child() {
                 ports: vec![],
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             });
             Ok(())
         })
@@ -193,6 +195,7 @@ fn a_child_of_a_writer_does_not_inherit_the_lock() {
             ports: vec![],
             rollout: Default::default(),
             runs: Default::default(),
+            counts: Default::default(),
         });
         Ok(())
     });
@@ -228,6 +231,7 @@ fn an_idle_reap_follow_leaves_the_lock_alone() {
                 ports: vec![],
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             });
             let mut t = Task::new(job, 0);
             t.incarnation = 1;

@@ -255,6 +255,7 @@ fn tables_cut_while_tools_read_them() {
                 ports: vec![],
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             });
             for i in 0..100_000 {
                 tx.upsert(formic::task::Task::new(job, i));

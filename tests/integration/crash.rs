@@ -79,6 +79,7 @@ fn apply(tx: &mut Txn, i: u64) -> anyhow::Result<()> {
             ports: vec!["http".into()],
             rollout: Default::default(),
             runs: Default::default(),
+            counts: Default::default(),
         })
     });
     for (instance, cpus) in plan.tasks {

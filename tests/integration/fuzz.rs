@@ -536,6 +536,7 @@ fn base() -> &'static Base {
                     ports: vec!["http".into()],
                     rollout: Default::default(),
                     runs: Default::default(),
+                    counts: Default::default(),
                 });
                 let mut t = Task::new(job, i);
                 t.host = h;

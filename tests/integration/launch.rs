@@ -328,6 +328,7 @@ fn leave_a_crashed_launch(c: &Cluster, records: &str, crash: DiedAfter) {
                 ports: vec!["http".into()],
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             });
             for p in &places {
                 let mut t = formic::task::Task::new(j, p["instance"].as_u64().unwrap() as u32);

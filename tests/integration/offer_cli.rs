@@ -95,6 +95,7 @@ fn place_task(state: &Path, host: &str, instance: u32, st: TaskState, port: u16)
             ports: vec!["http".into()],
             rollout: Default::default(),
             runs: Default::default(),
+            counts: Default::default(),
         });
         let host_slot = tx
             .view()

@@ -229,6 +229,7 @@ fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing
                 ports: (0..t.ports.len()).map(|i| format!("p{i}")).collect(),
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             });
             let host = if t.host.is_empty() {
                 formic::task::NO_HOST

@@ -1017,6 +1017,7 @@ fn write_state(
                 ports: port_names(job),
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             });
             let mut t = Task::new(slot, e.instance);
             match e.host {

@@ -1380,6 +1380,7 @@ proptest! {
                 announce: Some(Announce { path: format!("/formic/j{j}"), primary: *primary }),
                 rollout: Default::default(),
                 runs: Default::default(),
+                counts: Default::default(),
             }));
         }
         let mut expected = BTreeMap::new();

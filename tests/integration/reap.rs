@@ -71,6 +71,7 @@ impl Cluster {
                         ports: names,
                         rollout: Default::default(),
                         runs: Default::default(),
+                        counts: Default::default(),
                     }),
                 };
                 let h = tx.view().hosts.find(&host.to_string()).unwrap();
