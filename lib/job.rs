@@ -16,6 +16,7 @@ use crate::host::{millicores, Millicores};
 use crate::task::{check_job_key, Announce, MAX_PORTS};
 
 mod compact;
+pub mod logs;
 pub mod metrics;
 pub mod tool;
 

@@ -27,6 +27,7 @@ pub mod rebuild;
 pub mod records;
 pub mod roll;
 pub mod rollout;
+pub mod runlogs;
 pub mod sla;
 pub mod specstore;
 pub mod state;

@@ -40,8 +40,8 @@ pub struct Sources<'a> {
     pub now: f64,
 }
 
-/// The reason a pending record gives most (by hosts refusing for it; the first in name
-/// order of those tied), for each pending record among `text`'s JSON lines; other records
+/// The reason a pending record gives most (by hosts refusing for it; of those tied, the
+/// first it names), for each pending record among `text`'s JSON lines; other records
 /// are passed over. `from` names the text in errors.
 pub fn pending_reasons(text: &str, from: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();

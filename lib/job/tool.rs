@@ -96,6 +96,28 @@ pub enum Verb {
         #[arg(long, value_name = "FILE")]
         out: Option<std::path::PathBuf>,
     },
+    /// A task's output from the host it runs on (this machine, or one reached over ssh):
+    /// standard output, or standard error. Each run of a task on a host (each
+    /// incarnation) has its own logs; a host keeps the last five runs' of each task
+    Logs {
+        /// role/env/name/instance
+        #[arg(value_name = "TASK")]
+        task: String,
+        /// Standard error instead of standard output
+        #[arg(long)]
+        stderr: bool,
+        /// Go on printing what the run writes until it ends (or until interrupted)
+        #[arg(short, long)]
+        follow: bool,
+        /// An earlier run: the task's incarnation N (`#N` in `job history`, `incarnation`
+        /// in `reap tasks`)
+        #[arg(long, value_name = "N", conflicts_with = "run")]
+        incarnation: Option<u32>,
+        /// A batch or cron job's run (its number, as `job runs` shows it): the task's
+        /// last incarnation in that run
+        #[arg(long, value_name = "RUN")]
+        run: Option<u64>,
+    },
     /// What happened: every transition of tasks, jobs and hosts, oldest first, from the
     /// history kept beside the state
     History {
@@ -127,6 +149,24 @@ pub fn run(cli: Cli) -> Result<Status> {
         Verb::Run { job } => ask_for_run(&path, &job),
         Verb::Runs { jobs, last } => runs(&path, &jobs, last, &cli.output),
         Verb::Status { jobs, files } => status(&path, &files, &jobs, &cli.output),
+        Verb::Logs {
+            task,
+            stderr,
+            follow,
+            incarnation,
+            run,
+        } => {
+            let which = match (incarnation, run) {
+                (Some(n), _) => super::logs::Which::Incarnation(n),
+                (None, Some(r)) => super::logs::Which::Run(r),
+                (None, None) => super::logs::Which::Current,
+            };
+            let stream = match stderr {
+                true => crate::runlogs::Stream::Stderr,
+                false => crate::runlogs::Stream::Stdout,
+            };
+            super::logs::logs(&path, &task, which, stream, follow)
+        }
         Verb::Metrics {
             files,
             pending,

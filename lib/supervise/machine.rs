@@ -109,7 +109,7 @@ impl Supervisor {
             }
         };
         let pid = child.id();
-        let logs_at = dir.join("logs");
+        let logs_at = crate::runlogs::run_dir(dir, spec.incarnation);
         let log =
             |source, name| Log::new(source, logs_at.join(name), spec.log_max_bytes, log_owner);
         let logs = [

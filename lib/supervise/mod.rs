@@ -216,7 +216,8 @@ impl NotStarted {
         // Where the task's own complaint would have gone, for whoever reads its logs (when
         // it got as far as having them).
         let line = format!("formic-supervise: {reason}\n");
-        let stderr = dir.join("logs/stderr");
+        let run = crate::runlogs::run_dir(dir, self.status.incarnation.unwrap_or(0));
+        let stderr = run.join("stderr");
         let _ = log::append_private(&stderr).and_then(|mut f| f.write_all(line.as_bytes()));
         self.status.state = "FAILED".into();
         self.status.exit = Some(cannot_run_status(&self.error));

@@ -4,7 +4,7 @@
 use std::fs::{self, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,7 +31,8 @@ pub(super) fn spawn(
     let owner = ids.as_ref().map_or(Uid::effective(), |i| i.uid);
     status.uid = Some(owner.as_raw());
     let log_owner = (owner, identity::log_gid(spec.log_group.as_deref()));
-    give_logs(&make_logs_dir(dir)?, log_owner)?;
+    crate::runlogs::make_run_dir(dir, spec.incarnation)?;
+    give_logs(dir, log_owner)?;
     give_sandbox(dir, ids.as_ref())?;
     if let Some(ids) = &ids {
         reachable(&dir.join("sandbox"), ids)?;
@@ -82,29 +83,22 @@ fn give_sandbox(dir: &Path, ids: Option<&Ids>) -> Result<()> {
     Ok(())
 }
 
-/// `DIR/logs/`: root's, so nothing the task does can redirect a log the supervisor opens.
-/// Passable by all (the task's user and the operators' group read their files by path),
-/// listable by root alone.
-fn make_logs_dir(dir: &Path) -> Result<PathBuf> {
-    let logs = dir.join("logs");
-    match fs::DirBuilder::new().mode(0o711).create(&logs) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating {}", logs.display())),
-    }
-    Ok(logs)
-}
-
-/// The logs an earlier run left go to this run's user (a task directory whose uid changed
-/// must not leave them to the uid's next holder). `logs/` is root's: its entries are ours.
-fn give_logs(logs: &Path, (uid, gid): (Uid, Gid)) -> Result<()> {
-    for name in ["stdout", "stderr", "stdout.1", "stderr.1"] {
-        match std::os::unix::fs::lchown(logs.join(name), Some(uid.as_raw()), Some(gid.as_raw())) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("giving {}/{name} to the task", logs.display()))
+/// The logs earlier runs left go to this run's user (a task directory whose uid changed
+/// must not leave them to the uid's next holder): every run's kept, and those of the
+/// layout before runs had their own (`logs/stdout`). `logs/` and its run directories are
+/// root's (`runlogs`): their entries are ours.
+fn give_logs(dir: &Path, (uid, gid): (Uid, Gid)) -> Result<()> {
+    let logs = crate::runlogs::logs_dir(dir);
+    let runs = crate::runlogs::runs(dir).into_iter().map(|(_, run)| run);
+    for at in std::iter::once(logs.clone()).chain(runs) {
+        for name in ["stdout", "stderr", "stdout.1", "stderr.1"] {
+            match std::os::unix::fs::lchown(at.join(name), Some(uid.as_raw()), Some(gid.as_raw())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("giving {}/{name} to the task", at.display()))
+                }
             }
         }
     }

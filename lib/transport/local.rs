@@ -16,6 +16,7 @@ use super::{
 };
 use crate::process;
 use crate::reap::{Act, Facts, Seen};
+use crate::runlogs::{self, Piece};
 use crate::task::{Task, TaskState};
 use crate::taskdir::{self, Status};
 
@@ -236,6 +237,11 @@ impl TaskHost for Local {
             epoch: super::seen_epoch(&self.root),
             held,
         })
+    }
+
+    fn read_log(&self, r: &super::LogRead) -> Result<Result<Piece, String>, Unreached> {
+        let dir = self.dir(&r.task);
+        Ok(runlogs::read(&dir, r.incarnation, r.stream, r.from).map_err(|e| format!("{e:#}")))
     }
 }
 

@@ -26,7 +26,7 @@ use crate::host::{Host, Transport};
 use crate::reap::{Act, Facts, Seen};
 use crate::supervise::Spec;
 use crate::task::Task;
-use crate::taskdir;
+use crate::{runlogs, taskdir};
 
 pub use local::Local;
 pub use ssh::Ssh;
@@ -245,6 +245,22 @@ pub trait TaskHost: Send + Sync {
     /// scheduler's epoch, so that a scheduler rebuilding its state learns how far to take
     /// over.
     fn inventory(&self) -> Result<Inventory, Unreached>;
+
+    /// A piece of the log of one run (incarnation) of a task (`job logs`), from a position
+    /// on (see `runlogs`); Err(why) when the host keeps no logs of that run. Read only:
+    /// asked whatever the scheduler's epoch.
+    fn read_log(&self, read: &LogRead) -> Result<Result<runlogs::Piece, String>, Unreached>;
+}
+
+/// Which log to read, and from where.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRead {
+    /// `role/env/name/instance`.
+    pub task: String,
+    pub incarnation: u32,
+    pub stream: runlogs::Stream,
+    pub from: Option<runlogs::Position>,
 }
 
 /// The newest scheduler epoch a host root has seen (`ROOT/epoch`; 0 when none).

@@ -8,7 +8,9 @@ use std::io::{self, BufRead, Read, Write};
 use anyhow::{Context, Result};
 
 use super::local::Local;
-use super::wire::{Answer, End, FoundWire, HeldWire, LookWire, Op, Probe, Request, StartWire};
+use super::wire::{
+    Answer, End, FoundWire, HeldWire, LogWire, LookWire, Op, Probe, Request, StartWire,
+};
 use super::{Prepared, Reply, TaskHost};
 use crate::exit::{bad_input, Status};
 use crate::supervise::Spec;
@@ -51,8 +53,8 @@ pub fn run(_: Cli) -> Result<Status> {
     for id in task_ids(&request.op) {
         crate::reap::parse_task_id(id).map_err(bad_input)?;
     }
-    // A look at everything held changes nothing: any scheduler may take it.
-    if !matches!(request.op, Op::Inventory) {
+    // A look at everything held, or at a log, changes nothing: any scheduler may take it.
+    if !matches!(request.op, Op::Inventory | Op::ReadLog(_)) {
         admit_epoch(&request.root, request.epoch)?;
     }
     let host = Local::new(request.root.clone());
@@ -176,6 +178,10 @@ pub fn answer(host: &dyn TaskHost, op: Op) -> Reply<Answer> {
                 .chain(inventory.held.iter().map(|h| Answer::Held(HeldWire::of(h))))
                 .collect()
         }
+        Op::ReadLog(read) => vec![match host.read_log(&read)? {
+            Ok(piece) => Answer::Log(LogWire::of(&piece)),
+            Err(why) => Answer::Error(why),
+        }],
     })
 }
 
@@ -217,6 +223,7 @@ fn task_ids(op: &Op) -> Vec<&str> {
         Op::Look(p) | Op::Survey(p) => p.iter().map(|p| p.task.as_str()).collect(),
         Op::Stamps(t) => t.iter().map(String::as_str).collect(),
         Op::Act(a) => a.iter().map(|a| a.0.as_str()).collect(),
+        Op::ReadLog(r) => vec![r.task.as_str()],
         Op::Supervisors | Op::Probe | Op::Inventory => Vec::new(),
     }
 }

@@ -321,6 +321,18 @@ impl TaskHost for Ssh {
         })?;
         Ok(Inventory { epoch, held })
     }
+
+    fn read_log(
+        &self,
+        read: &super::LogRead,
+    ) -> Result<Result<crate::runlogs::Piece, String>, Unreached> {
+        let mut one = each(self.call(Op::ReadLog(read.clone()))?, 1, |a| match a {
+            Answer::Log(l) => Some(l.piece()),
+            Answer::Error(e) => Some(Err(e)),
+            _ => None,
+        })?;
+        Ok(one.remove(0))
+    }
 }
 
 fn owned(tasks: &[(&str, u32)]) -> Vec<(String, u32)> {

@@ -47,6 +47,7 @@ pub enum Op {
     Survey(Vec<Probe>),
     Probe,
     Inventory,
+    ReadLog(super::LogRead),
 }
 
 /// A start: the task's spec.json and job.json as JSON.
@@ -148,6 +149,7 @@ pub enum Answer {
     /// The first line of an inventory.
     Epoch(u64),
     Held(HeldWire),
+    Log(LogWire),
     Error(String),
 }
 
@@ -285,6 +287,44 @@ impl HeldWire {
                 .map(|v| crate::supervise::Spec::parse(&v.to_string()))
                 .transpose()?,
             job: self.job,
+        })
+    }
+}
+
+/// A piece of a log: its bytes in base64 (a task's output need not be UTF-8).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogWire {
+    pub bytes: String,
+    pub next: Option<crate::runlogs::Position>,
+    pub more: bool,
+    pub skipped: bool,
+    pub live: bool,
+}
+
+impl LogWire {
+    pub fn of(p: &crate::runlogs::Piece) -> LogWire {
+        use base64::Engine;
+        LogWire {
+            bytes: base64::engine::general_purpose::STANDARD.encode(&p.bytes),
+            next: p.next,
+            more: p.more,
+            skipped: p.skipped,
+            live: p.live,
+        }
+    }
+
+    pub fn piece(self) -> Result<crate::runlogs::Piece, String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.bytes)
+            .map_err(|e| format!("a log piece that is not base64: {e}"))?;
+        Ok(crate::runlogs::Piece {
+            bytes,
+            next: self.next,
+            more: self.more,
+            skipped: self.skipped,
+            live: self.live,
         })
     }
 }

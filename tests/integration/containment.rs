@@ -189,8 +189,8 @@ fn hostile_script(victim: &Path, t: &Targets) -> String {
     let (secret, absent, victim) = (t.secret.display(), t.absent.display(), victim.display());
     format!(
         r#"for n in stdout stderr stdout.1 stderr.1; do ln -s {secret} $n; done
-ln -s {absent} ../logs/stdout 2>/dev/null; ln {secret} hardlink 2>/dev/null; ln /etc/shadow shadow 2>/dev/null
-cat {victim}/sandbox/creds {victim}/logs/stdout {victim}/spec.json {victim}/job.json >> loot 2>/dev/null
+ln -s {absent} ../logs/1/stdout 2>/dev/null; ln -s {absent} ../logs/2 2>/dev/null; ln {secret} hardlink 2>/dev/null; ln /etc/shadow shadow 2>/dev/null
+cat {victim}/sandbox/creds {victim}/logs/1/stdout {victim}/spec.json {victim}/job.json >> loot 2>/dev/null
 echo pwned > {victim}/sandbox/pwned 2>/dev/null
 for p in /proc/[0-9]*; do cat $p/environ >> loot 2>/dev/null; done
 for p in /proc/[0-9]*; do [ ${{p#/proc/}} = $$ ] || kill -9 ${{p#/proc/}} 2>/dev/null; done
@@ -233,7 +233,7 @@ fn a_hostile_task_touches_only_its_sandbox_and_dies_whole() {
     assert!(!loot.contains("hunter2"), "the victim's secrets were read");
     assert!(!victim_dir.join("sandbox/pwned").exists());
     targets.unchanged();
-    let victim_log = std::fs::read_to_string(victim_dir.join("logs/stdout")).unwrap();
+    let victim_log = std::fs::read_to_string(victim_dir.join("logs/1/stdout")).unwrap();
     assert_eq!(
         victim_log, "DB_PASSWORD=hunter2-secret\n",
         "the victim's own log only"

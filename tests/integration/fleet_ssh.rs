@@ -301,6 +301,29 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
     for h in &site.fleet.hosts {
         assert_eq!(common::tasks_under(&h.root).len(), 2, "{}", h.name);
     }
+    // A task's logs, read over ssh: the server logs each request on its standard error,
+    // the GET above among its health checks; what the host keeps, up to when it was read.
+    let t = &tasks[0];
+    let id = t["task"].as_str().unwrap();
+    let out = run(site.tool("job").args(["logs", id, "--stderr"]), b"");
+    assert_eq!(code(&out), 0, "job logs: {}", stderr(&out));
+    let read = stdout(&out);
+    assert!(read.contains("\"GET / HTTP/1.0\" 200"), "{read}");
+    let h = site
+        .fleet
+        .hosts
+        .iter()
+        .find(|h| t["host"] == h.name.as_str())
+        .unwrap();
+    let run_logs = formic::runlogs::run_dir(
+        &formic::taskdir::task_dir(&h.root, id),
+        t["incarnation"].as_u64().unwrap() as u32,
+    );
+    let kept = std::fs::read_to_string(run_logs.join("stderr")).unwrap();
+    assert!(
+        kept.starts_with(&read),
+        "{read:?} is not where {kept:?} starts"
+    );
 }
 
 /// A host lost to `fault`: suspect, then down after --lost-after, its instances LOST and

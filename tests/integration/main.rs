@@ -16,6 +16,7 @@ mod fleet_ssh;
 mod fuzz;
 mod host_side;
 mod launch;
+mod logs;
 mod metrics;
 mod netns;
 mod offer_cli;

@@ -1454,7 +1454,7 @@ fn a_port_out_of_range_in_spec_json_is_refused_by_the_supervisor() {
             )
         )
     );
-    assert!(!tdir.join("logs/stdout").exists(), "it ran");
+    assert!(!tdir.join("logs/1/stdout").exists(), "it ran");
 }
 
 /// spec.json's durations are the job's health block as written (launch copies

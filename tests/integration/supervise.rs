@@ -79,11 +79,11 @@ fn exit_statuses_and_output_are_recorded() {
     let s = Status::read(&dir).unwrap().unwrap();
     assert_eq!((s.state.as_str(), s.exit), ("FINISHED", Some(0)));
     assert_eq!(
-        std::fs::read_to_string(dir.join("logs/stdout")).unwrap(),
+        std::fs::read_to_string(dir.join("logs/1/stdout")).unwrap(),
         "out\n"
     );
     assert_eq!(
-        std::fs::read_to_string(dir.join("logs/stderr")).unwrap(),
+        std::fs::read_to_string(dir.join("logs/1/stderr")).unwrap(),
         "err\n"
     );
 
@@ -112,7 +112,7 @@ fn logs_are_bounded_and_rotated_once() {
         assert_eq!(wait_exit(supervise(&dir)), 0);
         assert_eq!(Status::read(&dir).unwrap().unwrap().state, "FINISHED");
         let all: String = (1..=200000).map(|i| format!("{i}\n")).collect();
-        let mut names: Vec<String> = std::fs::read_dir(dir.join("logs"))
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("logs/1"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -123,8 +123,8 @@ fn logs_are_bounded_and_rotated_once() {
             "bound {max}: one old generation of each, no more"
         );
         for log in ["stdout", "stderr"] {
-            let now = std::fs::read_to_string(dir.join("logs").join(log)).unwrap();
-            let old = std::fs::read_to_string(dir.join("logs").join(format!("{log}.1"))).unwrap();
+            let now = std::fs::read_to_string(dir.join("logs/1").join(log)).unwrap();
+            let old = std::fs::read_to_string(dir.join("logs/1").join(format!("{log}.1"))).unwrap();
             for (name, text) in [(log.to_string(), &now), (format!("{log}.1"), &old)] {
                 assert!(
                     text.len() as u64 <= max,
@@ -634,7 +634,7 @@ fn a_task_cannot_make_the_supervisor_write_through_its_links() {
     // the second run in the same directory (a restart) opens the logs again.
     let script = format!(
         "for n in stdout stderr stdout.1 stderr.1; do ln -s {secret} $n; done; \
-         ln -s {made} ../logs/stdout 2>/dev/null; ln -s {made} ../logs/stdout.1 2>/dev/null; \
+         ln -s {made} ../logs/1/stdout 2>/dev/null; ln -s {made} ../logs/1/stdout.1 2>/dev/null; \
          i=0; while [ $i -lt 300 ]; do echo '* * * * * root hostile line'; echo err >&2; i=$((i+1)); done",
         secret = secret.display(),
         made = made.display()
@@ -651,9 +651,9 @@ fn a_task_cannot_make_the_supervisor_write_through_its_links() {
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root's own\n");
     assert!(!made.exists(), "a file was made where the task pointed");
     // The output is where the supervisor keeps it, beside the sandbox.
-    let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
+    let out = std::fs::read_to_string(dir.join("logs/1/stdout")).unwrap();
     assert!(out.contains("hostile line"), "{out:?}");
-    assert!(dir.join("logs/stdout.1").exists(), "rotated");
+    assert!(dir.join("logs/1/stdout.1").exists(), "rotated");
 }
 
 #[test]
@@ -678,7 +678,7 @@ fn logs_and_sandbox_belong_to_the_task_and_the_operators_alone() {
     for (path, mode, gid) in [
         ("sandbox", 0o700, uid),
         ("sandbox/file", 0o644, uid),
-        ("logs/stdout", 0o640, adm),
+        ("logs/1/stdout", 0o640, adm),
     ] {
         let m = std::fs::metadata(dir.join(path)).unwrap();
         assert_eq!(
@@ -687,12 +687,14 @@ fn logs_and_sandbox_belong_to_the_task_and_the_operators_alone() {
             "{path}: owner, mode, group"
         );
     }
-    let logs = std::fs::metadata(dir.join("logs")).unwrap();
-    assert_eq!(
-        (logs.uid(), logs.mode() & 0o7777),
-        (0, 0o711),
-        "logs/ is root's"
-    );
+    for at in ["logs", "logs/1"] {
+        let logs = std::fs::metadata(dir.join(at)).unwrap();
+        assert_eq!(
+            (logs.uid(), logs.mode() & 0o7777),
+            (0, 0o711),
+            "{at}/ is root's"
+        );
+    }
     // The same directory keeps its uid; another task gets another.
     assert_eq!(wait_exit(supervise(&dir)), 0);
     assert_eq!(Status::read(&dir).unwrap().unwrap().uid, Some(uid));
@@ -769,7 +771,7 @@ time.sleep(30)
     let st = wait_for(&dir, Duration::from_secs(10), |s| s.state == "RUNNING");
     let uid = st.uid.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(dir.join("logs/stdout")).is_ok_and(|o| o.contains("started")) {
+    while !std::fs::read_to_string(dir.join("logs/1/stdout")).is_ok_and(|o| o.contains("started")) {
         assert!(Instant::now() < deadline, "the bomb never finished forking");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -868,7 +870,7 @@ fn a_full_disk_drops_log_lines_and_supervision_goes_on() {
     let st = Status::read(&dir).unwrap().unwrap();
     assert_eq!(st.state, "FINISHED", "{st:?}");
     assert!(st.log_dropped > 0, "dropped bytes are counted: {st:?}");
-    let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
+    let out = std::fs::read_to_string(dir.join("logs/1/stdout")).unwrap();
     let df = Command::new("df")
         .arg(base.path().join("disk"))
         .output()
@@ -901,7 +903,7 @@ fn a_command_that_cannot_be_run_fails_with_127_and_says_why() {
         );
         let reason = st.reason.unwrap_or_default();
         assert!(reason.contains("No such file or directory"), "{reason}");
-        let log = std::fs::read_to_string(dir.join("logs/stderr")).unwrap();
+        let log = std::fs::read_to_string(dir.join("logs/1/stderr")).unwrap();
         assert!(log.contains("No such file or directory"), "{log}");
     }
 }
@@ -1088,7 +1090,7 @@ fn an_http_check_reads_the_answer_before_it_hangs_up() {
     s.health = Some(http_check(port, "/", 0.1, 2.0, 3));
     let (_root, dir) = task(&s);
     let sup = supervise(&dir);
-    let log = || std::fs::read_to_string(dir.join("logs/stderr")).unwrap_or_default();
+    let log = || std::fs::read_to_string(dir.join("logs/1/stderr")).unwrap_or_default();
     common::wait_until("forty checks answered", Duration::from_secs(30), || {
         let answered = log()
             .lines()
@@ -1124,7 +1126,7 @@ fn a_sandbox_the_task_user_cannot_reach_is_refused_with_the_reason() {
         root.path().display()
     );
     assert!(reason.contains(&want), "{reason:?} does not say {want:?}");
-    let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap_or_default();
+    let out = std::fs::read_to_string(dir.join("logs/1/stdout")).unwrap_or_default();
     assert_eq!(out, "", "the task must not have run");
 }
 
@@ -1159,6 +1161,6 @@ fn a_spec_the_supervisor_cannot_honour_is_refused_before_anything_starts() {
         );
         let reason = st.reason.unwrap_or_default();
         assert!(reason.contains(why), "{}: {reason}", s.task);
-        assert!(!dir.join("logs/stdout").exists(), "{}: it ran", s.task);
+        assert!(!dir.join("logs/1/stdout").exists(), "{}: it ran", s.task);
     }
 }
