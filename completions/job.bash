@@ -22,6 +22,9 @@ _job() {
             job,history)
                 cmd="job__subcmd__history"
                 ;;
+            job,logs)
+                cmd="job__subcmd__logs"
+                ;;
             job,metrics)
                 cmd="job__subcmd__metrics"
                 ;;
@@ -39,6 +42,9 @@ _job() {
                 ;;
             job__subcmd__help,history)
                 cmd="job__subcmd__help__subcmd__history"
+                ;;
+            job__subcmd__help,logs)
+                cmd="job__subcmd__help__subcmd__logs"
                 ;;
             job__subcmd__help,metrics)
                 cmd="job__subcmd__help__subcmd__metrics"
@@ -59,7 +65,7 @@ _job() {
 
     case "${cmd}" in
         job)
-            opts="-h -V --state --json --help --version run runs status metrics history help"
+            opts="-h -V --state --json --help --version run runs status metrics logs history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -77,7 +83,7 @@ _job() {
             return 0
             ;;
         job__subcmd__help)
-            opts="run runs status metrics history help"
+            opts="run runs status metrics logs history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -105,6 +111,20 @@ _job() {
             return 0
             ;;
         job__subcmd__help__subcmd__history)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        job__subcmd__help__subcmd__logs)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -186,6 +206,32 @@ _job() {
                     return 0
                     ;;
                 --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        job__subcmd__logs)
+            opts="-f -h --stderr --follow --incarnation --run --state --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --incarnation)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
