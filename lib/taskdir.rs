@@ -9,8 +9,9 @@
 //!     status      the supervisor's last word, JSON, replaced atomically (write, fsync, rename)
 //!     fence       the lowest incarnation that may still start here (see [`fence`])
 //!     uid         the dynamic uid the task directory holds (see `identity`)
-//!     logs/       the task's stdout and stderr, rotated once (root's directory: the task
-//!                 cannot redirect what the supervisor opens there)
+//!     logs/N/     incarnation N's stdout and stderr, rotated once, the last five runs kept
+//!                 (root's directories: the task cannot redirect what the supervisor opens
+//!                 there; see `runlogs`)
 //!     sandbox/    the task's working directory, its own (mode 0700)
 //! ```
 //!

@@ -1,4 +1,4 @@
-//! A task's output, copied from its pipes into size-bounded logs in `DIR/logs/`.
+//! A task's output, copied from its pipes into size-bounded logs in `DIR/logs/N/`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -24,7 +24,7 @@ pub(super) enum Source {
     Err(ChildStderr),
 }
 
-/// A task's output pipe copied into a log file in `DIR/logs/`, rotated at a size bound. The
+/// A task's output pipe copied into a log file in `DIR/logs/N/` (its run's), rotated at a size bound. The
 /// file belongs to the task's user and the operators' group (0640). What cannot be
 /// written (a full disk) is counted and dropped: a log is never a reason to stop
 /// supervising.

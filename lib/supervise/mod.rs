@@ -9,7 +9,8 @@
 //!    (killing what an earlier supervisor of the task left in them) and give it its
 //!    identity; refuse a sandbox that identity cannot reach; start it (`world`): its own
 //!    session and process group, the sandbox as working directory, only fds 0-2 (stdin
-//!    /dev/null, stdout and stderr piped into size-bounded logs in `logs/`, see `log`), the
+//!    /dev/null, stdout and stderr piped into size-bounded logs of the run in `logs/N/`,
+//!    see `log` and `runlogs`), the
 //!    environment given and nothing inherited, no new privileges, no capabilities, the
 //!    given or a dynamic user;
 //! 3. status RUNNING with the task's pid and start time;
