@@ -1,2 +1,1 @@
-complete -c formic-host -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c formic-host -s V -l version -d 'Print version'
+complete --keep-order --exclusive --command formic-host --arguments "(FORMIC_COMPLETE=fish formic-host -- (commandline --current-process --tokenize --cut-at-cursor) (commandline --current-token))"

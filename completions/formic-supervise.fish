@@ -1,2 +1,1 @@
-complete -c formic-supervise -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c formic-supervise -s V -l version -d 'Print version'
+complete --keep-order --exclusive --command formic-supervise --arguments "(FORMIC_COMPLETE=fish formic-supervise -- (commandline --current-process --tokenize --cut-at-cursor) (commandline --current-token))"

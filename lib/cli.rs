@@ -141,6 +141,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// the shared exit-status table. A usage error is one line, `TOOL: what is wrong (try
 /// --help)`, with status 2, like every other error of the tools.
 pub fn main<C: Parser>(tool: &str, run: fn(C) -> anyhow::Result<Status>) -> ExitCode {
+    // Asked by a shell for completions (see `complete`): answers, and exits.
+    clap_complete::CompleteEnv::with_factory(C::command)
+        .var(crate::complete::VAR)
+        .complete();
     let cli = match C::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version: to stdout, status 0

@@ -7,6 +7,7 @@
 pub mod announce;
 pub mod cli;
 pub mod clock;
+pub mod complete;
 pub mod counts;
 pub mod cron;
 pub mod drain;

@@ -110,7 +110,7 @@ pub enum Verb {
     #[command(after_help = TABLE)]
     Remove {
         /// Names of the hosts
-        #[arg(required = true, value_name = "HOST")]
+        #[arg(required = true, value_name = "HOST", add = crate::complete::hosts())]
         hosts: Vec<String>,
         /// Remove anyway; the tasks placed there become LOST
         #[arg(long)]
@@ -123,7 +123,7 @@ pub enum Verb {
     #[command(after_help = TABLE)]
     Schedule {
         /// Names of the hosts
-        #[arg(required = true, value_name = "HOST")]
+        #[arg(required = true, value_name = "HOST", add = crate::complete::hosts())]
         hosts: Vec<String>,
         #[command(flatten)]
         why: Why,
@@ -139,7 +139,7 @@ pub enum Verb {
     #[command(after_help = TABLE)]
     Drain {
         /// Names of the hosts
-        #[arg(required = true, value_name = "HOST")]
+        #[arg(required = true, value_name = "HOST", add = crate::complete::hosts())]
         hosts: Vec<String>,
         #[command(flatten)]
         why: Why,
@@ -177,7 +177,7 @@ pub enum Verb {
     #[command(after_help = TABLE)]
     Probe {
         /// Names of the hosts
-        #[arg(required = true, value_name = "HOST")]
+        #[arg(required = true, value_name = "HOST", add = crate::complete::hosts())]
         hosts: Vec<String>,
         /// The job files or directories the passes place (their `sla` blocks)
         #[arg(long, value_name = "PATH", env = "FORMIC_JOBS")]
@@ -190,7 +190,7 @@ pub enum Verb {
     #[command(after_help = TABLE)]
     Undrain {
         /// Names of the hosts
-        #[arg(required = true, value_name = "HOST")]
+        #[arg(required = true, value_name = "HOST", add = crate::complete::hosts())]
         hosts: Vec<String>,
         /// Who asks [default: $USER]
         #[arg(long, value_name = "WHO", env = "FORMIC_OWNER")]
@@ -208,7 +208,7 @@ pub enum Verb {
     #[command(after_help = TABLE)]
     Hosts {
         /// Only these hosts
-        #[arg(value_name = "HOST")]
+        #[arg(value_name = "HOST", add = crate::complete::hosts())]
         hosts: Vec<String>,
         /// Add the hosts up, in all and per attribute value
         #[arg(long)]

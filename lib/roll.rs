@@ -41,19 +41,19 @@ pub enum Verb {
     /// Where each job's update is (every job with one, or the jobs named): its state, specs,
     /// progress, and what it waits for
     Status {
-        #[arg(value_name = "JOB")]
+        #[arg(value_name = "JOB", add = crate::complete::jobs())]
         jobs: Vec<String>,
     },
     /// Pause a job's update; with none under way, hold the next one (it starts paused)
     Pause {
-        #[arg(value_name = "JOB")]
+        #[arg(value_name = "JOB", add = crate::complete::jobs())]
         job: String,
     },
     /// Resume a paused or held update, or start it on a range of instances (a canary), or
     /// widen a canary to the whole job
     #[command(visible_alias = "start")]
     Resume {
-        #[arg(value_name = "JOB")]
+        #[arg(value_name = "JOB", add = crate::complete::jobs())]
         job: String,
         /// The instances to update, FIRST-LAST or one number (default: all)
         #[arg(long, value_name = "FIRST-LAST", value_parser = parse_range)]
@@ -62,7 +62,7 @@ pub enum Verb {
     /// Abort a job's update: instances stay on the spec they run (it is not tried again
     /// until the job file changes)
     Abort {
-        #[arg(value_name = "JOB")]
+        #[arg(value_name = "JOB", add = crate::complete::jobs())]
         job: String,
     },
 }

@@ -40,13 +40,13 @@ pub enum Verb {
     /// Ask for a run of a batch or cron job now: the next pass starts it, with a cron job's
     /// collision policy if its last run is still going (a batch job's stops what is left)
     Run {
-        #[arg(value_name = "JOB")]
+        #[arg(value_name = "JOB", add = crate::complete::jobs())]
         job: String,
     },
     /// Each batch or cron job's runs: every job that has a run or a schedule, or the jobs
     /// named
     Runs {
-        #[arg(value_name = "JOB")]
+        #[arg(value_name = "JOB", add = crate::complete::jobs())]
         jobs: Vec<String>,
         /// Also the last N runs before the current one, from the history: each one's
         /// start, end, and its instances' hosts, states and exit statuses
@@ -57,7 +57,7 @@ pub enum Verb {
     /// next pass would place and leave pending (with why), throttled, the specs its
     /// instances run, and each instance's host, state and uptime
     Status {
-        #[arg(value_name = "JOB")]
+        #[arg(value_name = "JOB", add = crate::complete::jobs())]
         jobs: Vec<String>,
         /// The job files or directories the passes place (scripts/reconcile's JOBS)
         #[arg(
@@ -101,7 +101,7 @@ pub enum Verb {
     /// incarnation) has its own logs; a host keeps the last five runs' of each task
     Logs {
         /// role/env/name/instance
-        #[arg(value_name = "TASK")]
+        #[arg(value_name = "TASK", add = crate::complete::tasks())]
         task: String,
         /// Standard error instead of standard output
         #[arg(long)]
@@ -123,7 +123,7 @@ pub enum Verb {
     History {
         /// Jobs (role/env/name, with every task of theirs), tasks (role/env/name/N) or
         /// hosts; all when none is named
-        #[arg(value_name = "JOB|TASK|HOST")]
+        #[arg(value_name = "JOB|TASK|HOST", add = crate::complete::any())]
         names: Vec<String>,
         /// Only transitions from this time on: a duration ago (30m, 2h, 1d) or a time
         /// (2026-12-24T06:00:00Z, or Unix seconds)

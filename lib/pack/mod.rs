@@ -104,7 +104,7 @@ pub struct Cli {
     pub quota: Option<PathBuf>,
     /// Print, per host, every reason TASK (role/env/name/instance) cannot go there, or its
     /// score, instead of the decisions
-    #[arg(long, value_name = "TASK")]
+    #[arg(long, value_name = "TASK", add = crate::complete::tasks())]
     pub explain: Option<String>,
     /// Only check the job files (every job spec, every field, templates and port names)
     /// and exit: 0 when all are good, 65 with one line per problem otherwise; reads no

@@ -160,13 +160,13 @@ pub enum Verb {
     )]
     Kill {
         /// Tasks to stop (role/env/name/instance)
-        #[arg(value_name = "TASK")]
+        #[arg(value_name = "TASK", add = crate::complete::tasks())]
         tasks: Vec<String>,
         /// Stop every instance of this job (role/env/name; repeatable)
-        #[arg(long, value_name = "JOB")]
+        #[arg(long, value_name = "JOB", add = crate::complete::jobs())]
         job: Vec<String>,
         /// Stop every task on this host (repeatable)
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", add = crate::complete::hosts())]
         host: Vec<String>,
     },
     /// List tasks with their host, state, pid, ports, health, failure count, last exit
@@ -176,10 +176,10 @@ pub enum Verb {
     #[command(after_help = TABLE)]
     Tasks {
         /// Only the instances of this job (role/env/name; repeatable)
-        #[arg(long, value_name = "JOB")]
+        #[arg(long, value_name = "JOB", add = crate::complete::jobs())]
         job: Vec<String>,
         /// Only tasks on this host (repeatable)
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", add = crate::complete::hosts())]
         host: Vec<String>,
         /// Only tasks in these states (RUNNING, THROTTLED, ...; comma-separated)
         #[arg(long = "in", value_name = "STATE,...", value_delimiter = ',', value_parser = parse_state)]

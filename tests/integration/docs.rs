@@ -1,6 +1,6 @@
-//! The committed documentation: man pages (man/) and shell completions (completions/) are
-//! generated from each tool's clap definition, so `--help`, the man page and the completions
-//! cannot drift apart. The test below regenerates them in memory and fails when a committed
+//! The committed documentation: man pages (man/) are generated from each tool's clap
+//! definition, so `--help` and the man page cannot drift apart; the shell completions
+//! (completions/) ask the tool itself at each completion. The test below regenerates them in memory and fails when a committed
 //! file differs; with FORMIC_UPDATE_DOCS=1 (what scripts/gen-docs sets) it writes them instead.
 //!
 //! man/ and completions/ hold only generated files: a file there that no tool generates is
@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use clap::CommandFactory;
-use clap_complete::{Generator, Shell};
+use clap_complete::env::EnvCompleter;
 use clap_mangen::roff::{bold, roman, Roff};
 use clap_mangen::Man;
 
@@ -28,7 +28,12 @@ fn tools() -> Vec<(&'static str, clap::Command)> {
     ]
 }
 
-const SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];
+/// The shells completed, and the file each one's script goes in.
+const SHELLS: [(&dyn EnvCompleter, &str); 3] = [
+    (&clap_complete::env::Bash, "NAME.bash"),
+    (&clap_complete::env::Zsh, "_NAME"),
+    (&clap_complete::env::Fish, "NAME.fish"),
+];
 
 /// The directories whose every file is generated.
 const GENERATED_DIRS: [&str; 2] = ["man", "completions"];
@@ -60,11 +65,15 @@ fn generate() -> Vec<Doc> {
         let mut built = cmd.clone().disable_help_subcommand(true);
         built.build();
         man_pages(&built, see_also, &mut docs);
-        for shell in SHELLS {
+        // The shell calls the tool back for each completion (`formic::complete`): its
+        // flags and subcommands, and the hosts, jobs and tasks of the state.
+        for (shell, file) in SHELLS {
             let mut bytes = Vec::new();
-            clap_complete::generate(shell, &mut cmd.clone(), name, &mut bytes);
+            shell
+                .write_registration(formic::complete::VAR, name, name, name, &mut bytes)
+                .unwrap();
             docs.push(Doc {
-                path: format!("completions/{}", shell.file_name(name)),
+                path: format!("completions/{}", file.replace("NAME", name)),
                 bytes,
             });
         }
@@ -344,4 +353,85 @@ fn the_readme_and_demo_job_specs_pass_pack_check() {
         "{}",
         crate::common::stderr(&out)
     );
+}
+
+/// What the committed bash completion of `tool` offers for the last of `words`, run by bash
+/// with this build's tools on its PATH and the state at `state`.
+fn bash_completes(tool: &str, state: &Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let script = format!(
+        "source {repo}/completions/{tool}.bash\n\
+         COMP_WORDS=({words}); COMP_CWORD={last}; COMP_TYPE=9\n\
+         _clap_complete_{tool} {tool} {current} {previous}\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        repo = env!("CARGO_MANIFEST_DIR"),
+        words = quoted.join(" "),
+        last = words.len() - 1,
+        current = quoted[words.len() - 1],
+        previous = quoted[words.len() - 2],
+    );
+    let bin = crate::common::bin(tool);
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = crate::common::run(
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", path)
+            .env("FORMIC_STATE", state),
+        b"",
+    );
+    assert_eq!(
+        crate::common::code(&out),
+        0,
+        "{}",
+        crate::common::stderr(&out)
+    );
+    crate::common::stdout(&out)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_shell_completes_host_names_job_keys_and_task_ids_from_the_state() {
+    use crate::pack_cli::{build_state, running};
+    let dir = crate::common::tempdir();
+    let state = dir.path().join("state");
+    build_state(
+        &state,
+        &[("h1", &[]), ("h2", &[]), ("g1", &[])],
+        &[
+            running("www/prod/web", 0, "h1", 100),
+            running("www/prod/web", 1, "h2", 100),
+            running("batch/x/y", 0, "g1", 100),
+        ],
+    );
+    assert_eq!(
+        bash_completes("offer", &state, &["offer", "drain", "h"]),
+        ["h1", "h2"]
+    );
+    assert_eq!(
+        bash_completes("reap", &state, &["reap", "kill", "--host", "g"]),
+        ["g1"]
+    );
+    assert_eq!(
+        bash_completes("job", &state, &["job", "logs", "www/prod/web/"]),
+        ["www/prod/web/0", "www/prod/web/1"]
+    );
+    assert_eq!(
+        bash_completes("roll", &state, &["roll", "pause", "w"]),
+        ["www/prod/web"]
+    );
+    assert_eq!(
+        bash_completes("job", &state, &["job", "history", "b"]),
+        ["batch/x/y", "batch/x/y/0"]
+    );
+    // Flags and subcommands still complete, from the tool's own command line.
+    let verbs = bash_completes("job", &state, &["job", "l"]);
+    assert_eq!(verbs, ["logs"]);
 }

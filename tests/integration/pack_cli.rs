@@ -163,7 +163,7 @@ fn unix_now() -> f64 {
 // --- state fixtures ---
 
 /// A task the state says exists.
-struct Existing {
+pub(crate) struct Existing {
     job: &'static str,
     instance: u32,
     host: &'static str,
@@ -181,7 +181,7 @@ struct Existing {
     since: f64,
 }
 
-fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> Existing {
+pub(crate) fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> Existing {
     Existing {
         job,
         instance,
@@ -198,7 +198,7 @@ fn running(job: &'static str, instance: u32, host: &'static str, cpus: u32) -> E
 }
 
 /// Writes a state with `hosts` (name, attributes) and `tasks`, as offer and launch would.
-fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing]) {
+pub(crate) fn build_state(path: &Path, hosts: &[(&str, &[(&str, &str)])], tasks: &[Existing]) {
     let mut st = State::open_writer(path).unwrap();
     st.write(|tx| {
         for (name, attrs) in hosts {
