@@ -314,7 +314,7 @@ fn endpoint_host(host: &Host, this_host: &str) -> String {
     }
 }
 
-fn this_host_name() -> String {
+pub(crate) fn this_host_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

@@ -52,6 +52,10 @@ pub enum Verb {
         /// start, end, and its instances' hosts, states and exit statuses
         #[arg(long, value_name = "N", default_value = "0")]
         last: usize,
+        /// The job files the passes place (scripts/reconcile's JOBS): each cron job's
+        /// schedule and the next time it is due
+        #[arg(long = "jobs", value_name = "PATH", env = "FORMIC_JOBS")]
+        files: Option<std::path::PathBuf>,
     },
     /// Each job of the job files (or those named): desired, running, healthy, what the
     /// next pass would place and leave pending (with why), throttled, the specs its
@@ -147,7 +151,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     let path = cli.state.path();
     match cli.verb {
         Verb::Run { job } => ask_for_run(&path, &job),
-        Verb::Runs { jobs, last } => runs(&path, &jobs, last, &cli.output),
+        Verb::Runs { jobs, last, files } => runs(&path, &jobs, last, files.as_deref(), &cli.output),
         Verb::Status { jobs, files } => status(&path, &files, &jobs, &cli.output),
         Verb::Logs {
             task,
@@ -233,6 +237,16 @@ fn status(
     }
     let now = crate::clock::now();
     let by_job = tasks_by_job(view);
+    // What announce publishes for each job: its members' endpoints, by instance.
+    let mut members: HashMap<&str, Vec<(u32, String)>> = HashMap::new();
+    let announced = crate::announce::members(view, &crate::announce::this_host_name());
+    for m in announced.values() {
+        let key = m.task.rsplit_once('/').map_or("", |(k, _)| k);
+        members
+            .entry(key)
+            .or_default()
+            .push((m.shard, m.endpoint.clone()));
+    }
     let mut rows = Vec::new();
     // The files' jobs come first; a version of one that an update places comes after.
     let mut seen = std::collections::HashSet::new();
@@ -266,6 +280,11 @@ fn status(
             "pending": waiting, "why_pending": why,
             "throttled": count(&|t| t.state == crate::task::TaskState::Throttled),
             "spec": crate::rollout::hash_text(spec.hash), "specs": specs,
+            "serverset": spec.announce.as_ref().map(|a| a.path.clone()),
+            "members": members.remove(spec.key.as_str()).map(|mut m| {
+                m.sort();
+                m.into_iter().map(|(_, endpoint)| endpoint).collect::<Vec<_>>()
+            }).unwrap_or_default(),
             "instances": instances,
         }));
     }
@@ -278,6 +297,7 @@ fn status(
         "PENDING",
         "THROTTLED",
         "SPECS",
+        "MEMBERS",
         "WHY PENDING",
     ];
     output.print(&headers, &rows, |r| {
@@ -298,6 +318,10 @@ fn status(
             r["pending"].to_string(),
             r["throttled"].to_string(),
             join(&r["specs"]),
+            match r["serverset"].as_str() {
+                Some(_) => r["members"].as_array().map_or(0, Vec::len).to_string(),
+                None => "-".into(),
+            },
             join(&r["why_pending"]),
         ]
     })?;
@@ -536,6 +560,7 @@ fn runs(
     path: &std::path::Path,
     keys: &[String],
     last: usize,
+    files: Option<&Path>,
     output: &OutputArgs,
 ) -> Result<Status> {
     let state = State::open(path)?;
@@ -543,17 +568,24 @@ fn runs(
     if let Some(key) = keys.iter().find(|k| view.jobs.find(*k).is_none()) {
         return Err(bad_input(format!("no job {key} in the state")));
     }
-    let mut by_job: HashMap<u32, Vec<&Task>> = HashMap::new();
-    for (_, t) in view.tasks.iter() {
-        by_job.entry(t.job).or_default().push(t);
-    }
+    let schedules = match files {
+        Some(f) => schedules(f)?,
+        None => HashMap::new(),
+    };
+    let by_job = tasks_by_job(view);
+    let now = crate::clock::now() as u64;
     let mut rows = Vec::new();
     for (slot, job) in view.jobs.iter() {
         let named = keys.is_empty() || keys.contains(&job.key);
         let has = job.runs != Default::default();
         if named && (has || !keys.is_empty()) {
             let tasks = by_job.get(&slot).map_or(&[][..], Vec::as_slice);
-            rows.push(describe(view, job, tasks));
+            let mut row = describe(view, job, tasks);
+            if let Some(s) = schedules.get(&job.key) {
+                row["schedule"] = json!(s.text);
+                row["next_scheduled"] = json!(s.next(now));
+            }
+            rows.push(row);
         }
     }
     if last > 0 {
@@ -582,9 +614,26 @@ fn runs(
         "MISSED",
         "CANCELLED",
         "ASKED",
+        "NEXT",
     ];
     output.print(&headers, &rows, row)?;
     Ok(Status::Done)
+}
+
+/// The cron jobs' schedules in the job files, by key. A file that cannot be read is an
+/// error; the jobs it holds that are good are taken, as a pass takes them.
+fn schedules(files: &Path) -> Result<HashMap<String, crate::cron::Schedule>> {
+    let read = crate::job::read_all(&[files.to_path_buf()]);
+    if read.jobs.is_empty() {
+        if let Some(e) = read.errors.first() {
+            return Err(bad_input(e.clone()));
+        }
+    }
+    Ok(read
+        .jobs
+        .into_iter()
+        .filter_map(|j| Some((j.key, j.cron?)))
+        .collect())
 }
 
 /// A job's runs as a record: its record's counts, and the current run's instances (host,
@@ -727,5 +776,6 @@ fn row(v: &Value) -> Vec<String> {
         v["missed"].to_string(),
         v["cancelled"].to_string(),
         time(&v["requested"]),
+        time(&v["next_scheduled"]),
     ]
 }

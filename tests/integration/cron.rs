@@ -77,6 +77,23 @@ fn a_schedule_by_the_second_starts_each_run_on_time_and_once_with_two_pass_loops
     pass(&c, &jobs);
     let seen = runs(&c, key);
     assert_eq!((n(&seen["runs"]), &seen["instances"]), (0, &json!([])));
+    // With the job files, the schedule and when it is next due.
+    let out = run(
+        tool("job", &c.state())
+            .args(["runs", "--json", "--jobs"])
+            .arg(&jobs)
+            .arg(key),
+        b"",
+    );
+    assert_eq!(code(&out), 0, "job runs: {}", stderr(&out));
+    let with: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let now = crate::common::now();
+    let next = n(&with["next_scheduled"]);
+    assert_eq!(with["schedule"], "*/2 * * * * *", "{with}");
+    assert!(
+        next % 2 == 0 && (now - 1.0..=now + 2.0).contains(&(next as f64)),
+        "{with}"
+    );
     let first = n(&seen["last_scheduled"]);
     // Two loops of passes at once, for 11 seconds: about five scheduled times.
     let end = Instant::now() + Duration::from_secs(11);
@@ -492,7 +509,13 @@ fn job_status_says_what_runs_and_what_stays_pending_and_why() {
     let jobs = write_jobs(
         &c,
         &[
-            job("www/prod/web", 2, &["sleep", "600"], json!({})),
+            job(
+                "www/prod/web",
+                2,
+                &["sleep", "600"],
+                json!({"resources": {"cpus": 0.1, "ram_mb": 16, "ports": ["http"]},
+                       "announce": {"primary": "http", "path": "/formic/www/prod/web"}}),
+            ),
             // More cpus than the host has: pending.
             job(
                 "www/prod/big",
@@ -503,6 +526,9 @@ fn job_status_says_what_runs_and_what_stays_pending_and_why() {
         ],
     );
     pass(&c, &jobs);
+    // A survey: running, with no health check to fail, the instances are healthy.
+    let out = run(&mut tool("reap", &c.state()), b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     let status = |args: &[&str]| -> Vec<Value> {
         let jobs = jobs.to_str().unwrap();
         let out = run(
@@ -534,6 +560,17 @@ fn job_status_says_what_runs_and_what_stays_pending_and_why() {
     assert!(instances
         .iter()
         .all(|i| i["host"] == "h1" && i["uptime_s"].is_number()));
+    // The serverset's members: each instance's endpoint, as announce publishes them.
+    let ports: Vec<String> = tasks_of(&c, "www/prod/web")
+        .iter()
+        .map(|t| format!(":{}", t["ports"]["http"]))
+        .collect();
+    assert_eq!(web["serverset"], "/formic/www/prod/web", "{web}");
+    let members = web["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{web}");
+    for (m, port) in members.iter().zip(&ports) {
+        assert!(m.as_str().unwrap().ends_with(port.as_str()), "{m} {port}");
+    }
     let big = all.iter().find(|s| s["job"] == "www/prod/big").unwrap();
     assert_eq!(
         (&big["running"], &big["pending"]),
@@ -553,6 +590,7 @@ fn job_status_says_what_runs_and_what_stays_pending_and_why() {
         (&json!(1), &json!(1)),
         "{web}"
     );
+    assert_eq!(web["members"].as_array().unwrap().len(), 1, "{web}");
     let out = run(
         tool("job", &c.state()).args(["status", "--jobs", jobs.to_str().unwrap(), "www/prod/nope"]),
         b"",
