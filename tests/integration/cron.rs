@@ -91,7 +91,7 @@ fn a_schedule_by_the_second_starts_each_run_on_time_and_once_with_two_pass_loops
     let next = n(&with["next_scheduled"]);
     assert_eq!(with["schedule"], "*/2 * * * * *", "{with}");
     assert!(
-        next % 2 == 0 && (now - 1.0..=now + 2.0).contains(&(next as f64)),
+        next.is_multiple_of(2) && (now - 1.0..=now + 2.0).contains(&(next as f64)),
         "{with}"
     );
     let first = n(&seen["last_scheduled"]);
