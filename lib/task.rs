@@ -25,7 +25,8 @@ pub enum TaskState {
     Preempting = 11,
 }
 
-const STATES: [TaskState; 12] = [
+/// Every state, in the order of their codes.
+pub const STATES: [TaskState; 12] = [
     TaskState::Pending,
     TaskState::Throttled,
     TaskState::Assigned,

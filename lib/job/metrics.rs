@@ -8,7 +8,9 @@
 //! knows (its pending instances and their reasons, its duration and status) comes from the
 //! pass: `scripts/reconcile --metrics FILE` runs `job metrics` as its last step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use foldhash::fast::RandomState as Fast;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,7 +22,7 @@ use serde_json::Value;
 use crate::exit::bad_input;
 use crate::job::JobSpec;
 use crate::state::View;
-use crate::task::{Task, TaskState};
+use crate::task::{Job, TaskState};
 
 /// What only the pass knows: when it started and how it ended.
 pub struct Pass {
@@ -108,42 +110,64 @@ pub fn render(from: &Sources) -> Result<String> {
 /// Task records by job and state, as `reap tasks` lists them.
 fn tasks(out: &mut Text, from: &Sources) {
     let view = from.view;
-    let mut by: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    // Counted by job slot and state code: a million tasks are counted without a string
+    // compared; the jobs are put in order once.
+    let mut by = vec![[0u64; crate::task::STATES.len()]; view.jobs.high_water()];
+    let mut orphans = [0u64; crate::task::STATES.len()];
     for (_, t) in view.tasks.iter() {
-        let job = view.jobs.get(t.job).map_or("?", |j| j.key.as_str());
-        *by.entry((job, t.state.name())).or_default() += 1;
+        let counts = by.get_mut(t.job as usize).unwrap_or(&mut orphans);
+        counts[t.state as usize] += 1;
     }
+    let mut rows: Vec<(&str, [u64; crate::task::STATES.len()])> = view
+        .jobs
+        .iter()
+        .map(|(slot, j)| (j.key.as_str(), by[slot as usize]))
+        .chain(std::iter::once(("?", orphans)))
+        .filter(|(_, n)| n.iter().any(|&c| c > 0))
+        .collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
     out.family(
         "formic_tasks",
         "gauge",
         "Task records in the state, by job and state (what `reap tasks` lists).",
     );
-    for ((job, state), n) in by {
-        out.sample(&[("job", job), ("state", state)], n as f64);
+    let mut states = crate::task::STATES;
+    states.sort_by_key(|s| s.name());
+    for (job, n) in rows {
+        for state in states.iter().filter(|s| n[**s as usize] > 0) {
+            out.sample(
+                &[("job", job), ("state", state.name())],
+                n[*state as usize] as f64,
+            );
+        }
     }
 }
 
 /// Per job of the job files: desired, running, healthy; and the pass's pending instances.
 fn jobs(out: &mut Text, from: &Sources) {
     let view = from.view;
-    let by_job = super::tool::tasks_by_job(view);
-    let mut rows: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
-    for spec in from.specs {
-        if rows.contains_key(spec.key.as_str()) {
-            continue; // a version an update places comes after the job's own
+    // Each job of the files once (a version an update places comes after the job's own):
+    // desired, running, healthy.
+    let mut rows: Vec<(&str, [u64; 3])> = Vec::new();
+    let mut seen: HashSet<&str, Fast> = HashSet::default();
+    let mut by_slot: HashMap<u32, (u32, usize), Fast> = HashMap::default();
+    for spec in from.specs.iter().filter(|s| seen.insert(s.key.as_str())) {
+        if let Some(slot) = view.jobs.find(&spec.key) {
+            by_slot.insert(slot, (spec.instances, rows.len()));
         }
-        let tasks = super::tool::instances(view, &by_job, spec);
-        let count = |f: &dyn Fn(&Task) -> bool| tasks.iter().filter(|t| f(t)).count() as u64;
-        let running = |t: &Task| t.state == TaskState::Running;
-        rows.insert(
-            &spec.key,
-            [
-                spec.instances as u64,
-                count(&running),
-                count(&|t| running(t) && t.healthy),
-            ],
-        );
+        rows.push((&spec.key, [spec.instances as u64, 0, 0]));
     }
+    // One pass over the tasks, counting as `job status` does: the instances a job asks for.
+    for (_, t) in view.tasks.iter() {
+        match by_slot.get(&t.job) {
+            Some(&(n, row)) if t.instance < n && t.state == TaskState::Running => {
+                rows[row].1[1] += 1;
+                rows[row].1[2] += t.healthy as u64;
+            }
+            _ => {}
+        }
+    }
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let helps = [
         (
             "formic_job_desired_instances",
@@ -186,57 +210,69 @@ fn jobs(out: &mut Text, from: &Sources) {
     }
 }
 
+/// A counter of a job record: its name, help, value, and whether only jobs with runs (a
+/// batch or cron job that has had one, or a schedule) have it.
+type Counter = (&'static str, &'static str, fn(&Job) -> u64, bool);
+
+const COUNTERS: [Counter; 8] = [
+    (
+        "formic_placements_total",
+        "Incarnations of each job's tasks placed.",
+        |j| j.counts.placed,
+        false,
+    ),
+    (
+        "formic_restarts_total",
+        "Instances placed again in the same run after they failed, finished or were lost.",
+        |j| j.counts.restarted,
+        false,
+    ),
+    (
+        "formic_task_failures_total",
+        "Runs of each job's tasks that ended as failures (FAILED, or THROTTLED after failing).",
+        |j| j.counts.failed,
+        false,
+    ),
+    (
+        "formic_tasks_lost_total",
+        "Incarnations of each job's tasks LOST with their host or supervisor.",
+        |j| j.counts.lost,
+        false,
+    ),
+    (
+        "formic_preemptions_total",
+        "Incarnations of each job's tasks preempted for a higher tier.",
+        |j| j.counts.preempted,
+        false,
+    ),
+    (
+        "formic_cron_runs_total",
+        "Runs of each batch or cron job started, by schedule or by hand.",
+        |j| j.runs.runs,
+        true,
+    ),
+    (
+        "formic_cron_missed_runs_total",
+        "Scheduled times of each cron job passed over (a backlog, or past the starting deadline).",
+        |j| j.runs.missed,
+        true,
+    ),
+    (
+        "formic_cron_cancelled_runs_total",
+        "Runs not started because the last was still going (collision cancel_new).",
+        |j| j.runs.cancelled,
+        true,
+    ),
+];
+
 /// What happened to each job's tasks and runs, counted by the commits that made it.
 fn counters(out: &mut Text, view: &View) {
-    let mut jobs: Vec<&crate::task::Job> = view.jobs.iter().map(|(_, j)| j).collect();
+    let mut jobs: Vec<&Job> = view.jobs.iter().map(|(_, j)| j).collect();
     jobs.sort_by(|a, b| a.key.cmp(&b.key));
-    type Get = fn(&crate::task::Job) -> u64;
-    let task_counts: [(&str, &str, Get); 5] = [
-        (
-            "formic_placements_total",
-            "Incarnations of each job's tasks placed.",
-            |j| j.counts.placed,
-        ),
-        (
-            "formic_restarts_total",
-            "Instances placed again in the same run after they failed, finished or were lost.",
-            |j| j.counts.restarted,
-        ),
-        (
-            "formic_task_failures_total",
-            "Runs of each job's tasks that ended as failures (FAILED, or THROTTLED after failing).",
-            |j| j.counts.failed,
-        ),
-        (
-            "formic_tasks_lost_total",
-            "Incarnations of each job's tasks LOST with their host or supervisor.",
-            |j| j.counts.lost,
-        ),
-        (
-            "formic_preemptions_total",
-            "Incarnations of each job's tasks preempted for a higher tier.",
-            |j| j.counts.preempted,
-        ),
-    ];
-    for (name, help, get) in task_counts {
+    for (name, help, get, runs_only) in COUNTERS {
         out.family(name, "counter", help);
-        for j in &jobs {
-            out.sample(&[("job", &j.key)], get(j) as f64);
-        }
-    }
-    // Runs only for the jobs that have them: a service has none.
-    let runs: Vec<_> = jobs
-        .iter()
-        .filter(|j| j.runs != crate::cron::Runs::default())
-        .collect();
-    let run_counts: [(&str, &str, Get); 3] = [
-        ("formic_cron_runs_total", "Runs of each batch or cron job started, by schedule or by hand.", |j| j.runs.runs),
-        ("formic_cron_missed_runs_total", "Scheduled times of each cron job passed over (a backlog, or past the starting deadline).", |j| j.runs.missed),
-        ("formic_cron_cancelled_runs_total", "Runs not started because the last was still going (collision cancel_new).", |j| j.runs.cancelled),
-    ];
-    for (name, help, get) in run_counts {
-        out.family(name, "counter", help);
-        for j in &runs {
+        let has = |j: &&&Job| !runs_only || j.runs != crate::cron::Runs::default();
+        for j in jobs.iter().filter(has) {
             out.sample(&[("job", &j.key)], get(j) as f64);
         }
     }
@@ -322,15 +358,38 @@ impl Text {
                 if i > 0 {
                     self.0.push(',');
                 }
-                let value = value
-                    .replace('\\', r"\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', r"\n");
-                let _ = write!(self.0, "{name}=\"{value}\"");
+                self.0.push_str(name);
+                self.0.push_str("=\"");
+                escape_into(&mut self.0, value);
+                self.0.push('"');
             }
             self.0.push('}');
         }
-        let _ = writeln!(self.0, " {value}");
+        // Whole numbers (counts, bytes) as integers: itoa is several times faster than a
+        // float's formatting, and a large file has a million of them.
+        if value.fract() == 0.0 && value.abs() < 9e15 {
+            self.0.push(' ');
+            self.0.push_str(itoa::Buffer::new().format(value as i64));
+            self.0.push('\n');
+        } else {
+            let _ = writeln!(self.0, " {value}");
+        }
+    }
+}
+
+/// A label value as the text format quotes it: `\\`, `"` and newlines escaped.
+fn escape_into(out: &mut String, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(value); // job keys and host names, always
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str(r"\n"),
+            c => out.push(c),
+        }
     }
 }
 

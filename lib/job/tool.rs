@@ -63,14 +63,8 @@ pub enum Verb {
     Status {
         #[arg(value_name = "JOB", add = crate::complete::jobs())]
         jobs: Vec<String>,
-        /// The job files or directories the passes place (scripts/reconcile's JOBS)
-        #[arg(
-            long = "jobs",
-            value_name = "PATH",
-            env = "FORMIC_JOBS",
-            required = true
-        )]
-        files: std::path::PathBuf,
+        #[command(flatten)]
+        files: JobFiles,
     },
     /// The cluster as a Prometheus text file (node_exporter's textfile collector): tasks by
     /// job and state; desired, running and healthy instances; counters of placements,
@@ -78,14 +72,8 @@ pub enum Verb {
     /// liveness; capacity, reserved and free. `scripts/reconcile --metrics FILE` writes it
     /// at the end of every pass, with the pass's pending instances and duration
     Metrics {
-        /// The job files or directories the passes place (scripts/reconcile's JOBS)
-        #[arg(
-            long = "jobs",
-            value_name = "PATH",
-            env = "FORMIC_JOBS",
-            required = true
-        )]
-        files: std::path::PathBuf,
+        #[command(flatten)]
+        files: JobFiles,
         /// The records a pass printed (launch's output): its pending instances are counted
         /// by job and reason
         #[arg(long, value_name = "FILE")]
@@ -142,6 +130,19 @@ pub enum Verb {
     },
 }
 
+/// The job files the passes place.
+#[derive(clap::Args, Debug)]
+pub struct JobFiles {
+    /// The job files or directories the passes place (scripts/reconcile's JOBS)
+    #[arg(
+        long = "jobs",
+        value_name = "PATH",
+        env = "FORMIC_JOBS",
+        required = true
+    )]
+    pub path: std::path::PathBuf,
+}
+
 /// `--since` and `--until`: a duration ago, or a time.
 fn past(s: &str) -> Result<f64, String> {
     crate::clock::parse_past(s, crate::clock::now())
@@ -152,7 +153,7 @@ pub fn run(cli: Cli) -> Result<Status> {
     match cli.verb {
         Verb::Run { job } => ask_for_run(&path, &job),
         Verb::Runs { jobs, last, files } => runs(&path, &jobs, last, files.as_deref(), &cli.output),
-        Verb::Status { jobs, files } => status(&path, &files, &jobs, &cli.output),
+        Verb::Status { jobs, files } => status(&path, &files.path, &jobs, &cli.output),
         Verb::Logs {
             task,
             stderr,
@@ -181,7 +182,7 @@ pub fn run(cli: Cli) -> Result<Status> {
             let pass = pass_started
                 .zip(pass_status)
                 .map(|(started, status)| super::metrics::Pass { started, status });
-            metrics(&path, &files, pending.as_deref(), pass, out.as_deref())
+            metrics(&path, &files.path, pending.as_deref(), pass, out.as_deref())
         }
         Verb::History {
             names,

@@ -369,7 +369,7 @@ fn a_rebuilt_state_keeps_the_run_that_goes_on() {
 // --- the history ---
 
 /// `job history --json [ARGS]`: its lines.
-fn history(c: &Cluster, args: &[&str]) -> Vec<Value> {
+pub(crate) fn history(c: &Cluster, args: &[&str]) -> Vec<Value> {
     let out = run(
         tool("job", &c.state())
             .args(["history", "--json"])

@@ -77,18 +77,6 @@ fn promtool(metrics: &Path) -> (i32, String) {
     (code(&out), stdout(&out) + &stderr(&out))
 }
 
-fn job_history(c: &Cluster, key: &str) -> Vec<Value> {
-    let out = run(
-        tool("job", &c.state()).args(["history", "--json", key]),
-        b"",
-    );
-    assert_eq!(code(&out), 0, "job history: {}", stderr(&out));
-    stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 const WEB: &str = "www/prod/web";
 const CRASH: &str = "www/prod/crash";
 const HUGE: &str = "www/prod/huge";
@@ -221,7 +209,7 @@ fn the_pass_writes_metrics_promtool_accepts_that_match_the_tools_and_keep_their_
     );
 
     // Counters: what the history says happened.
-    let hist = job_history(&c, CRASH);
+    let hist = crate::cron::history(&c, &[CRASH]);
     let to = |states: &[&str]| {
         hist.iter()
             .filter(|l| states.iter().any(|s| l["to"] == *s))
