@@ -80,18 +80,19 @@ fn fill(path: &Path) {
     s.checkpoint_now().unwrap();
 }
 
-/// One commit that changes one task's record (its failure count and clock), timed.
-fn one_task_commit(s: &mut State, n: u32) -> Duration {
-    one_commit(s, n, false)
+/// What a timed commit does to its one task.
+#[derive(Clone, Copy, PartialEq)]
+enum Change {
+    /// Its failure count and clock: nothing the history or the counts see.
+    Plain,
+    /// RUNNING and KILLING in turn: a line in the history.
+    Transition,
+    /// A new incarnation ASSIGNED: a line in the history and a placement added to its
+    /// job's counts (the job record written in the same commit).
+    Placement,
 }
 
-/// One commit that moves one task to another state (RUNNING and KILLING in turn), which
-/// also writes its line to the history, timed.
-fn one_transition_commit(s: &mut State, n: u32) -> Duration {
-    one_commit(s, n, true)
-}
-
-fn one_commit(s: &mut State, n: u32, transition: bool) -> Duration {
+fn one_commit(s: &mut State, n: u32, change: Change) -> Duration {
     let t0 = Instant::now();
     s.write(|tx| {
         let slot = n % tx.view().tasks.high_water().max(1) as u32;
@@ -103,17 +104,35 @@ fn one_commit(s: &mut State, n: u32, transition: bool) -> Duration {
             .unwrap_or_else(|| Task::new(0, n));
         t.failures = t.failures.wrapping_add(1);
         t.since = tx.now();
-        if transition {
-            t.state = match t.state {
-                TaskState::Killing => TaskState::Running,
-                _ => TaskState::Killing,
-            };
+        match change {
+            Change::Plain => {}
+            Change::Transition => {
+                t.state = match t.state {
+                    TaskState::Killing => TaskState::Running,
+                    _ => TaskState::Killing,
+                }
+            }
+            Change::Placement => {
+                t.state = TaskState::Assigned;
+                t.incarnation += 1;
+            }
         }
         tx.set(slot, Some(t));
         Ok(())
     })
     .unwrap();
     t0.elapsed()
+}
+
+/// Medians of COMMITS commits of `change` on each file, interleaved so that both see the
+/// same machine.
+fn commits(a: &mut State, b: &mut State, change: Change) -> (Duration, Duration) {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for n in 0..COMMITS as u32 {
+        ta.push(one_commit(a, n, change));
+        tb.push(one_commit(b, n * 7919, change));
+    }
+    (median(ta), median(tb))
 }
 
 fn main() {
@@ -152,18 +171,9 @@ fn main() {
     let opts = Options::default();
     let mut a = State::open_with(&empty, opts.clone(), true).unwrap();
     let mut b = State::open_with(&big, opts, true).unwrap();
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for n in 0..COMMITS as u32 {
-        ta.push(one_task_commit(&mut a, n));
-        tb.push(one_task_commit(&mut b, n * 7919));
-    }
-    let (ca, cb) = (median(ta), median(tb));
-    let (mut xa, mut xb) = (Vec::new(), Vec::new());
-    for n in 0..COMMITS as u32 {
-        xa.push(one_transition_commit(&mut a, n));
-        xb.push(one_transition_commit(&mut b, n * 7919));
-    }
-    let (xa, xb) = (median(xa), median(xb));
+    let (ca, cb) = commits(&mut a, &mut b, Change::Plain);
+    let (xa, xb) = commits(&mut a, &mut b, Change::Transition);
+    let (pa, pb) = commits(&mut a, &mut b, Change::Placement);
 
     // Checkpoint after the commits: folds what changed, whatever the file's size.
     let t0 = Instant::now();
@@ -211,8 +221,13 @@ fn main() {
         ms(xb)
     );
     println!(
+        "one-placement commit (its history line, and its job's counts), empty / 1,000,000 tasks: median {:.3} / {:.3} ms over {COMMITS}",
+        ms(pa),
+        ms(pb)
+    );
+    println!(
         "checkpoint of {} commits, empty: {:.3} ms; large: {:.3} ms",
-        2 * COMMITS,
+        3 * COMMITS,
         ms(cpa),
         ms(cpb)
     );
