@@ -343,12 +343,12 @@ impl Reader {
             let mut chunk = vec![0; 1 << 16];
             let n = f.read_at(&mut chunk, self.offset)?;
             if n == 0 {
-                // The end of a generation: on to the next. The newest ends the history,
-                // unless it was rotated away under us: then a new one has begun.
-                if self.generation > 0 {
-                    self.generation -= 1;
-                } else if !self.rotated()? {
-                    return Ok(());
+                // The end of a file: on to the one after it, found by where this one is
+                // now (a rotation while it was read moved every name up one). The newest
+                // ends the history; one dropped as the oldest is followed by the oldest.
+                match self.generation_now()? {
+                    Some(0) => return Ok(()),
+                    now => self.generation = now.unwrap_or(GENERATIONS + 1) - 1,
                 }
                 self.file = None;
                 self.offset = 0;
@@ -399,18 +399,17 @@ impl Reader {
         }
     }
 
-    /// Whether the newest file was rotated away since it was opened (its name now names
-    /// another file): then what is left of it is read, and the new one after it.
-    fn rotated(&self) -> io::Result<bool> {
+    /// The generation the open file is now (None: dropped as the oldest).
+    fn generation_now(&self) -> io::Result<Option<u32>> {
         use std::os::unix::fs::MetadataExt;
-        let Some(f) = &self.file else {
-            return Ok(false);
+        let open = match &self.file {
+            Some(f) => f.metadata()?,
+            None => return Ok(None),
         };
-        let open = f.metadata()?;
-        Ok(match fs::symlink_metadata(path(&self.state, 0)) {
-            Ok(now) => (now.dev(), now.ino()) != (open.dev(), open.ino()),
-            Err(_) => false,
-        })
+        Ok((0..=GENERATIONS).find(|&n| {
+            fs::symlink_metadata(path(&self.state, n))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (open.dev(), open.ino()))
+        }))
     }
 }
 
@@ -465,6 +464,29 @@ mod tests {
         assert_eq!(read_all(&state, 2), [1, 2]);
         append(&state, 2, &lines_of(&[3])).unwrap();
         assert_eq!(read_all(&state, 3), [1, 2, 3]);
+    }
+
+    /// A rotation while a reader is in an older generation moves the names under it: the
+    /// file after the one it read is found where it went, not by its old name.
+    #[test]
+    fn a_rotation_while_an_older_generation_is_read_skips_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        append(&state, 0, &lines_of(&[1])).unwrap();
+        rotate(&state).unwrap();
+        append(&state, 1, &lines_of(&[2])).unwrap();
+        let mut seen = Vec::new();
+        Reader::new(&state)
+            .read(3, |l| {
+                let t = txid_of(l).unwrap();
+                if t == 1 {
+                    rotate(&state).unwrap();
+                    append(&state, 2, &lines_of(&[3])).unwrap();
+                }
+                seen.push(t);
+            })
+            .unwrap();
+        assert_eq!(seen, [1, 2, 3]);
     }
 
     #[test]
