@@ -46,7 +46,8 @@ pub fn make_run_dir(dir: &Path, incarnation: u32) -> Result<PathBuf> {
     }
     for (n, old) in runs(dir) {
         if n.saturating_add(KEPT) <= incarnation {
-            fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+            // Best effort: old logs left behind are never a reason not to start the run.
+            let _ = fs::remove_dir_all(&old);
         }
     }
     Ok(run)

@@ -24,9 +24,9 @@ pub(super) enum Source {
     Err(ChildStderr),
 }
 
-/// A task's output pipe copied into a log file in `DIR/logs/N/` (its run's), rotated at a size bound. The
-/// file belongs to the task's user and the operators' group (0640). What cannot be
-/// written (a full disk) is counted and dropped: a log is never a reason to stop
+/// A task's output pipe copied into a log file of its run, in `DIR/logs/N/`, rotated at a
+/// size bound. The file belongs to the task's user and the operators' group (0640). What
+/// cannot be written (a full disk) is counted and dropped: a log is never a reason to stop
 /// supervising.
 pub(super) struct Log {
     source: Source,
