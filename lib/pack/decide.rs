@@ -206,8 +206,10 @@ pub fn decide(input: &mut Input, strategy: Strategy, prune: bool, within_tier: b
     // A pass that puts updated instances back where they ran keeps them there: moving
     // instances after placing would undo the update's affinity for a host saved. Where
     // a host scheduled for maintenance was used, room the moves free would have been
-    // taken before it: they are not made.
-    if run.may_reorder() && run.prefer.is_empty() && !run.used_scheduled() {
+    // taken before it: they are not made. Nor where the pass preempted: a move can free
+    // room on a host at a point of the records where a production instance found none
+    // and preempted, and a preemption is the last resort only if no host had room then.
+    if run.may_reorder() && run.prefer.is_empty() && !run.used_scheduled() && run.preempted == 0 {
         let budget = std::cell::Cell::new(SEARCH_CHECKS);
         run.repair(&budget);
         run.consolidate(&budget);
@@ -1042,13 +1044,7 @@ impl<'a> Run<'a> {
             .collect();
         for h in short {
             for &x in &on_host[h] {
-                let Decision::Place {
-                    job,
-                    instance,
-                    cpus,
-                    ..
-                } = self.decisions[x]
-                else {
+                let Decision::Place { job, cpus, .. } = self.decisions[x] else {
                     continue;
                 };
                 let r = &jobs[job].resources;
@@ -1056,13 +1052,8 @@ impl<'a> Run<'a> {
                     cpus: cpus as u64,
                     ..Resources::of(r)
                 };
-                // Not one placed by preempting: its preempt records stay right before it.
-                let preempted_for = x > 0
-                    && matches!(self.decisions[x - 1],
-                        Decision::Preempt { job: pj, instance: pi, .. } if pj == job && pi == instance);
                 let class = self.classes[j].as_ref()?;
                 if job == j
-                    || preempted_for
                     || !class.fits_with(self.fleet, h, freed, r.ports.len() as u32)
                     || !self.refuses_pending(h, x, j, &on_host[h])
                 {

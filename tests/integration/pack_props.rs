@@ -286,6 +286,19 @@ fn job() -> impl Strategy<Value = GenJob> {
 /// An instance the state already has: `(job, instance, host, throttled)`.
 type GenTask = (Index, u32, Index, bool);
 
+/// A wanted task with its job and host chosen: (job, instance, host, throttled).
+type Wanted = (usize, u32, usize, bool);
+
+fn resolve(hosts: &[GenHost], jobs: &[GenJob], wanted: &[GenTask]) -> Vec<Wanted> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    wanted
+        .iter()
+        .map(|(js, i, hs, t)| (js.index(jobs.len()), *i, hs.index(hosts.len()), *t))
+        .collect()
+}
+
 fn host_name(h: usize) -> String {
     format!("h{h:02}")
 }
@@ -884,7 +897,7 @@ fn check(case: &Case<'_>, out: &std::process::Output) -> Result<(), String> {
 // --- running a case ---
 
 /// The offers of `hosts` less what `existing` reserves on them; the tasks that fit.
-fn settle(hosts: &[GenHost], jobs: &[GenJob], wanted: &[GenTask]) -> (Vec<Free>, Vec<Existing>) {
+fn settle(hosts: &[GenHost], jobs: &[GenJob], wanted: &[Wanted]) -> (Vec<Free>, Vec<Existing>) {
     let mut free: Vec<Free> = hosts
         .iter()
         .map(|h| Free {
@@ -900,15 +913,14 @@ fn settle(hosts: &[GenHost], jobs: &[GenJob], wanted: &[GenTask]) -> (Vec<Free>,
     if jobs.is_empty() {
         return (free, existing);
     }
-    for (js, instance, hs, throttled) in wanted {
-        let j = js.index(jobs.len());
+    for &(j, instance, h, throttled) in wanted {
         let job = &jobs[j];
         // Instances up to one past the job's count: the last is surplus.
         let instance = instance % (job.instances + 1);
         if !seen.insert((j, instance)) {
             continue;
         }
-        if *throttled {
+        if throttled {
             existing.push(Existing {
                 job: j,
                 instance,
@@ -919,7 +931,6 @@ fn settle(hosts: &[GenHost], jobs: &[GenJob], wanted: &[GenTask]) -> (Vec<Free>,
             });
             continue;
         }
-        let h = hs.index(hosts.len());
         let f = &mut free[h];
         let phys = physical(job.cpus, hosts[h].factor());
         if f.cpus < phys
@@ -1045,7 +1056,7 @@ fn write_state(
 }
 
 /// Runs pack on one generated case with each strategy, twice each, and checks every run.
-fn run_case(hosts: &[GenHost], jobs: &[GenJob], wanted: &[GenTask]) -> Result<(), TestCaseError> {
+fn run_case(hosts: &[GenHost], jobs: &[GenJob], wanted: &[Wanted]) -> Result<(), TestCaseError> {
     let dir = common::tempdir();
     let jobs_text: String = jobs
         .iter()
@@ -1128,8 +1139,49 @@ proptest! {
             1..24,
         ),
     ) {
-        run_case(&hosts, &jobs, &wanted)?;
+        run_case(&hosts, &jobs, &resolve(&hosts, &jobs, &wanted))?;
     }
+}
+
+/// Found by CI (stop 29): pack preempted on h00 for a production instance while h02 still
+/// had the ram and the ports it needed.
+#[test]
+fn a_production_instance_preempts_only_when_no_host_has_room() {
+    let host = |cpus, factor, ram_mb, disk_mb, ranges| GenHost {
+        cpus,
+        factor,
+        ram_mb,
+        disk_mb,
+        gpus: 0,
+        ranges,
+        rack: None,
+        zone: None,
+        dedicated: Vec::new(),
+        scheduled: false,
+    };
+    let hosts = [
+        host(12771, 135, 3930, 1130, vec![(31000, 31001), (31050, 31050)]),
+        host(0, 100, 7779, 2577, vec![]),
+        host(5315, 100, 1426, 150, vec![(31000, 31004)]),
+    ];
+    let job = |instances, ram_mb, ports, production| GenJob {
+        role: 0,
+        instances,
+        cpus: 1,
+        ram_mb,
+        disk_mb: 0,
+        gpus: 0,
+        ports,
+        constraints: Vec::new(),
+        production,
+        priority: 0,
+    };
+    let jobs = [
+        job(5, 0, 2, false),
+        job(0, 0, 0, false),
+        job(5, 476, 1, true),
+    ];
+    run_case(&hosts, &jobs, &[(2, 0, 0, true), (0, 0, 0, false)]).unwrap();
 }
 
 /// The model itself must be able to fail: a hand-made output that breaks each rule is
