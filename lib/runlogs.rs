@@ -136,14 +136,17 @@ fn open(path: &Path) -> Result<Option<(File, u64, u64)>> {
 /// The piece of run `incarnation`'s `stream` from `from` on (the oldest byte kept when
 /// None), at most `PIECE` bytes. Err when the task directory keeps no logs of that run.
 pub fn read(dir: &Path, incarnation: u32, stream: Stream, from: Option<Position>) -> Result<Piece> {
-    let run = run_dir(dir, incarnation);
-    if !run.is_dir() {
-        anyhow::bail!(
+    let live = crate::taskdir::supervised(dir)? && crate::taskdir::fence(dir)? == incarnation;
+    let run = match run_dir(dir, incarnation) {
+        run if run.is_dir() => run,
+        // The run a supervisor from before per-run logs serves: it writes `logs/stdout`
+        // for whichever run it serves, and this is the one.
+        _ if live && logs_dir(dir).join(stream.name()).is_file() => logs_dir(dir),
+        _ => anyhow::bail!(
             "no logs of run {incarnation} in {} (a directory keeps the last {KEPT} runs')",
             dir.display()
-        );
-    }
-    let live = crate::taskdir::supervised(dir)? && crate::taskdir::fence(dir)? == incarnation;
+        ),
+    };
     let current = open(&run.join(stream.name()))?;
     let older = open(&run.join(format!("{}.1", stream.name())))?;
     let mut piece = Piece {

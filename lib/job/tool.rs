@@ -42,6 +42,10 @@ pub enum Verb {
     Run {
         #[arg(value_name = "JOB", add = crate::complete::jobs())]
         job: String,
+        /// The job files the passes place (scripts/reconcile's JOBS): a job no longer in
+        /// them, or a service there, is refused
+        #[arg(long = "jobs", value_name = "PATH", env = "FORMIC_JOBS")]
+        files: Option<std::path::PathBuf>,
     },
     /// Each batch or cron job's runs: every job that has a run or a schedule, or the jobs
     /// named
@@ -151,7 +155,7 @@ fn past(s: &str) -> Result<f64, String> {
 pub fn run(cli: Cli) -> Result<Status> {
     let path = cli.state.path();
     match cli.verb {
-        Verb::Run { job } => ask_for_run(&path, &job),
+        Verb::Run { job, files } => ask_for_run(&path, &job, files.as_deref()),
         Verb::Runs { jobs, last, files } => runs(&path, &jobs, last, files.as_deref(), &cli.output),
         Verb::Status { jobs, files } => status(&path, &files.path, &jobs, &cli.output),
         Verb::Logs {
@@ -510,7 +514,24 @@ fn words(v: &Value) -> String {
 
 /// Records a run asked for in the job's record (one transaction) and prints the event; a
 /// job the state does not have, or a service, is bad input (65) and nothing changes.
-fn ask_for_run(path: &std::path::Path, key: &str) -> Result<Status> {
+fn ask_for_run(path: &std::path::Path, key: &str, files: Option<&Path>) -> Result<Status> {
+    if let Some(files) = files {
+        let spec = specs(files)?.into_iter().find(|j| j.key == key);
+        match spec {
+            None => {
+                return Err(bad_input(format!(
+                    "no job {key} in {}: a job removed from the job files runs no more",
+                    files.display()
+                )))
+            }
+            Some(spec) if spec.service => {
+                return Err(bad_input(format!(
+                    "job {key} is a service: its instances run all the time, not in runs"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
     let mut state = State::open_writer(path)?;
     let event = state.write(|tx| {
         let view = tx.view();
@@ -624,17 +645,19 @@ fn runs(
 /// The cron jobs' schedules in the job files, by key. A file that cannot be read is an
 /// error; the jobs it holds that are good are taken, as a pass takes them.
 fn schedules(files: &Path) -> Result<HashMap<String, crate::cron::Schedule>> {
-    let read = crate::job::read_all(&[files.to_path_buf()]);
-    if read.jobs.is_empty() {
-        if let Some(e) = read.errors.first() {
-            return Err(bad_input(e.clone()));
-        }
-    }
-    Ok(read
-        .jobs
+    Ok(specs(files)?
         .into_iter()
         .filter_map(|j| Some((j.key, j.cron?)))
         .collect())
+}
+
+/// The jobs of the job files. When none is good, the first error says why.
+fn specs(files: &Path) -> Result<Vec<crate::job::JobSpec>> {
+    let read = crate::job::read_all(&[files.to_path_buf()]);
+    match (read.jobs.is_empty(), read.errors.first()) {
+        (true, Some(e)) => Err(bad_input(e.clone())),
+        _ => Ok(read.jobs),
+    }
 }
 
 /// A job's runs as a record: its record's counts, and the current run's instances (host,

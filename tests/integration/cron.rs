@@ -302,13 +302,34 @@ fn a_finished_batch_job_runs_again_by_hand_under_its_own_name() {
     assert_eq!((n(&yearly["runs"]), &yearly["manual"]), (1, &json!(true)));
     assert_eq!(tasks_of(&c, "batch/prod/yearly").len(), 1);
 
-    // A service has no runs, and a job the state lacks none either: 65, nothing changed.
+    // A service has no runs, and a job the state lacks none either; nor, when the job
+    // files are named, a job no longer in them: 65, nothing changed.
+    let only_web = c.path("only-web.jsonl");
+    let web_line = std::fs::read_to_string(&jobs)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("www/prod/web"))
+        .map(|l| format!("{l}\n"))
+        .unwrap();
+    std::fs::write(&only_web, web_line).unwrap();
+    let only_web = only_web.to_str().unwrap();
     let before = snapshot(&c.state());
-    for (what, key) in [
-        ("is a service", "www/prod/web"),
-        ("no job", "www/prod/nope"),
+    for (what, key, files) in [
+        ("is a service", "www/prod/web", None),
+        ("is a service", "www/prod/web", Some(only_web)),
+        ("no job", "www/prod/nope", None),
+        (
+            "removed from the job files",
+            "batch/prod/yearly",
+            Some(only_web),
+        ),
     ] {
-        let out = run(tool("job", &c.state()).args(["run", key]), b"");
+        let mut cmd = tool("job", &c.state());
+        cmd.args(["run", key]);
+        if let Some(files) = files {
+            cmd.args(["--jobs", files]);
+        }
+        let out = run(&mut cmd, b"");
         assert_eq!(code(&out), 65, "{key}: {}", stderr(&out));
         assert!(stderr(&out).contains(what), "{}", stderr(&out));
     }

@@ -116,3 +116,45 @@ fn follow_prints_what_the_run_writes_until_it_ends() {
         started.elapsed()
     );
 }
+
+/// A task a supervisor from before per-run logs still serves writes `logs/stdout` and
+/// `logs/stderr` for its run: `job logs` reads those for that run (and for it alone).
+#[test]
+fn the_run_of_an_older_supervisor_is_read_from_its_shared_logs() {
+    let c = Cluster::new(&["h1"], 36400, None);
+    let id = "www/prod/old/0";
+    let jobs = c.path("jobs.jsonl");
+    let spec = json!({"job": "www/prod/old", "instances": 1,
+                      "cmd": ["sh", "-c", "i=0; while :; do i=$((i+1)); echo line $i; echo e$i >&2; sleep 0.2; done"],
+                      "resources": {"cpus": 0.1, "ram_mb": 16}});
+    std::fs::write(&jobs, spec.to_string() + "\n").unwrap();
+    pass(&c, &jobs);
+    let dir = formic::taskdir::task_dir(&formic::taskdir::host_root(&c.state(), "h1"), id);
+    let run = formic::runlogs::run_dir(&dir, 1);
+    wait_until("the first line", Duration::from_secs(10), || {
+        let out = std::fs::read_to_string(run.join("stdout")).unwrap_or_default();
+        out.contains("line 2").then_some(())
+    });
+    // The layout an older supervisor writes: the files it holds open, moved to where it
+    // had them.
+    let logs_dir = formic::runlogs::logs_dir(&dir);
+    for stream in ["stdout", "stderr"] {
+        std::fs::rename(run.join(stream), logs_dir.join(stream)).unwrap();
+    }
+    std::fs::remove_dir_all(&run).unwrap();
+    let (status, out, said) = logs(&c, &[id]);
+    assert_eq!(status, 0, "{said}");
+    assert!(out.starts_with("line 1\nline 2\n"), "{out:?}");
+    wait_until(
+        "lines written after the move",
+        Duration::from_secs(10),
+        || {
+            let now = logs(&c, &[id]).1;
+            (now.lines().count() > out.lines().count() + 1).then_some(())
+        },
+    );
+    assert!(logs(&c, &[id, "--stderr"]).1.starts_with("e1\ne2\n"));
+    // An earlier run has no logs there: the shared files are the live run's alone.
+    let (status, _, said) = logs(&c, &[id, "--incarnation", "0"]);
+    assert_eq!(status, 65, "{said}");
+}
