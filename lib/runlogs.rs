@@ -44,11 +44,11 @@ pub fn make_run_dir(dir: &Path, incarnation: u32) -> Result<PathBuf> {
             Err(e) => return Err(e).with_context(|| format!("creating {}", d.display())),
         }
     }
-    for (n, old) in runs(dir) {
-        if n.saturating_add(KEPT) <= incarnation {
-            // Best effort: old logs left behind are never a reason not to start the run.
-            let _ = fs::remove_dir_all(&old);
-        }
+    // The last KEPT runs this host had, whichever incarnations ran elsewhere between.
+    let all = runs(dir);
+    for (_, old) in &all[..all.len().saturating_sub(KEPT as usize)] {
+        // Best effort: old logs left behind are never a reason not to start the run.
+        let _ = fs::remove_dir_all(old);
     }
     Ok(run)
 }
@@ -136,12 +136,13 @@ fn open(path: &Path) -> Result<Option<(File, u64, u64)>> {
 /// The piece of run `incarnation`'s `stream` from `from` on (the oldest byte kept when
 /// None), at most `PIECE` bytes. Err when the task directory keeps no logs of that run.
 pub fn read(dir: &Path, incarnation: u32, stream: Stream, from: Option<Position>) -> Result<Piece> {
-    let live = crate::taskdir::supervised(dir)? && crate::taskdir::fence(dir)? == incarnation;
+    let last = crate::taskdir::fence(dir)? == incarnation;
+    let live = last && crate::taskdir::supervised(dir)?;
     let run = match run_dir(dir, incarnation) {
         run if run.is_dir() => run,
-        // The run a supervisor from before per-run logs serves: it writes `logs/stdout`
-        // for whichever run it serves, and this is the one.
-        _ if live && logs_dir(dir).join(stream.name()).is_file() => logs_dir(dir),
+        // The last run, started by a supervisor from before per-run logs: it wrote
+        // `logs/stdout` for whichever run it served, and this is the one.
+        _ if last && logs_dir(dir).join(stream.name()).is_file() => logs_dir(dir),
         _ => anyhow::bail!(
             "no logs of run {incarnation} in {} (a directory keeps the last {KEPT} runs')",
             dir.display()
@@ -162,11 +163,6 @@ pub fn read(dir: &Path, incarnation: u32, stream: Stream, from: Option<Position>
         f.as_ref().is_some_and(|f| f.1 == p.file && f.2 >= p.offset)
     };
     let (file, offset, is_older) = match (from, &older, &current) {
-        (Some(p), _, Some(c)) if p.file == 0 => (c, 0, false),
-        (Some(p), _, None) if p.file == 0 => {
-            piece.next = from;
-            return Ok(piece);
-        }
         (Some(p), _, Some(c)) if same(&current, p) => (c, p.offset, false),
         (Some(p), Some(o), _) if same(&older, p) => (o, p.offset, true),
         (from, Some(o), _) => {
@@ -183,25 +179,44 @@ pub fn read(dir: &Path, incarnation: u32, stream: Stream, from: Option<Position>
         }
     };
     let (f, identity, len) = file;
-    let n = (len - offset).min(PIECE);
-    piece.bytes.resize(n as usize, 0);
-    f.read_exact_at(&mut piece.bytes, offset)
+    piece.bytes = read_at(f, offset, (len - offset).min(PIECE))
         .with_context(|| format!("reading the {} of run {incarnation}", stream.name()))?;
-    let end = offset + n;
+    let end = offset + piece.bytes.len() as u64;
     piece.more = end < *len;
     piece.next = Some(Position {
         file: *identity,
         offset: end,
     });
     if is_older && !piece.more {
-        // The older file is read: the current one is next, from its start.
-        piece.more = current.is_some();
-        piece.next = Some(Position {
-            file: current.as_ref().map_or(0, |c| c.1),
-            offset: 0,
-        });
+        // The older file is read: the current one is next, from its start. Until there
+        // is one, the reader stays at the older file's end, so that a file rotated in
+        // meanwhile is seen for another and read after a gap, not passed over.
+        if let Some(c) = &current {
+            piece.more = true;
+            piece.next = Some(Position {
+                file: c.1,
+                offset: 0,
+            });
+        }
     }
     Ok(piece)
+}
+
+/// Up to `n` bytes of `f` from `offset`: fewer when the file was cut short meanwhile (the
+/// task owns its logs, and may truncate them).
+fn read_at(f: &File, offset: u64, n: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0; n as usize];
+    let mut got = 0;
+    while got < bytes.len() {
+        match f.read_at(&mut bytes[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(got);
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -251,9 +266,19 @@ mod tests {
         fs::write(run.join("stdout"), "e\n").unwrap();
         fs::rename(run.join("stdout"), run.join("stdout.1")).unwrap();
         fs::write(run.join("stdout"), "f\n").unwrap();
-        let (text, _, skipped) = all(dir, 3, at);
+        let (text, at, skipped) = all(dir, 3, at);
         assert_eq!((text.as_slice(), skipped), (&b"e\nf\n"[..], true));
         assert!(read(dir, 2, Stream::Stdout, None).is_err(), "no run 2");
+        // Read up to a rotation, before the next file is made: a file rotated in while
+        // the reader was away is read, after a gap, not passed over.
+        fs::rename(run.join("stdout"), run.join("stdout.1")).unwrap();
+        let (text, at, _) = all(dir, 3, at);
+        assert_eq!(text, b"");
+        fs::write(run.join("stdout"), "g\n").unwrap();
+        fs::rename(run.join("stdout"), run.join("stdout.1")).unwrap();
+        fs::write(run.join("stdout"), "h\n").unwrap();
+        let (text, _, skipped) = all(dir, 3, at);
+        assert_eq!((text.as_slice(), skipped), (&b"g\nh\n"[..], true));
     }
 
     #[test]
@@ -265,6 +290,11 @@ mod tests {
         }
         let kept: Vec<u32> = runs(dir).into_iter().map(|(n, _)| n).collect();
         assert_eq!(kept, [3, 4, 5, 6, 7]);
+        // The last five this host had, however far apart: runs 8 to 19 ran elsewhere.
+        make_run_dir(dir, 20).unwrap();
+        make_run_dir(dir, 30).unwrap();
+        let kept: Vec<u32> = runs(dir).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(kept, [5, 6, 7, 20, 30]);
         std::os::unix::fs::symlink("/etc/passwd", run_dir(dir, 7).join("stdout")).unwrap();
         let p = read(dir, 7, Stream::Stdout, None).unwrap();
         assert_eq!((p.bytes.len(), p.next), (0, None));

@@ -82,20 +82,17 @@ fn locate(path: &Path, view: &View, task: &str, which: Which) -> Result<(String,
         .and_then(|j| view.tasks.find(&(j, instance)))
         .and_then(|s| view.tasks.get(s))
         .filter(|t| t.incarnation > 0);
-    let host_of = |t: &crate::task::Task| view.hosts.get(t.host).map(|h| h.name.clone());
+    // A run's host is in the state while its task holds one; once freed (pending again,
+    // throttled, lost), the history has where that incarnation ran.
+    let where_ran = |t: &crate::task::Task| match view.hosts.get(t.host) {
+        Some(h) => Ok((h.name.clone(), t.incarnation)),
+        None => from_history(path, view.txid, task, Which::Incarnation(t.incarnation)),
+    };
     match (which, current) {
-        (Which::Current, Some(t)) => host_of(t)
-            .map(|h| (h, t.incarnation))
-            .ok_or_else(|| bad_input(format!("{task}: its host is no longer in the state"))),
+        (Which::Current, Some(t)) => where_ran(t),
         (Which::Current, None) => Err(bad_input(format!("no task {task} has been placed"))),
-        (Which::Incarnation(n), Some(t)) if t.incarnation == n => Ok((
-            host_of(t).ok_or_else(|| bad_input(format!("{task}: its host is gone")))?,
-            n,
-        )),
-        (Which::Run(r), Some(t)) if t.run == r => Ok((
-            host_of(t).ok_or_else(|| bad_input(format!("{task}: its host is gone")))?,
-            t.incarnation,
-        )),
+        (Which::Incarnation(n), Some(t)) if t.incarnation == n => where_ran(t),
+        (Which::Run(r), Some(t)) if t.run == r => where_ran(t),
         (which, _) => from_history(path, view.txid, task, which),
     }
 }
@@ -110,17 +107,22 @@ fn from_history(path: &Path, txid: u64, task: &str, which: Which) -> Result<(Str
         if v["task"] != task {
             return;
         }
-        let (Some(host), Some(n)) = (v["host"].as_str(), v["incarnation"].as_u64()) else {
+        let (Some(host), Some(n)) = (
+            v["host"].as_str(),
+            v["incarnation"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok()),
+        ) else {
             return;
         };
         let wanted = match which {
-            Which::Incarnation(i) => n == i as u64,
+            Which::Incarnation(i) => n == i,
             // A batch job's first run is 0, which lines leave out.
             Which::Run(r) => v["run"].as_u64().unwrap_or(0) == r,
             Which::Current => false,
         };
         if wanted {
-            found = Some((host.to_string(), n as u32));
+            found = Some((host.to_string(), n));
         }
     })?;
     found.ok_or_else(|| {

@@ -158,3 +158,30 @@ fn the_run_of_an_older_supervisor_is_read_from_its_shared_logs() {
     let (status, _, said) = logs(&c, &[id, "--incarnation", "0"]);
     assert_eq!(status, 65, "{said}");
 }
+
+/// A crash-looping task waits out its backoff with no host: its last run's logs are still
+/// read, from the host the history says it ran on.
+#[test]
+fn a_throttled_task_shows_the_logs_of_the_run_that_failed() {
+    let c = Cluster::new(&["h1"], 36420, None);
+    let id = "www/prod/crash/0";
+    let jobs = c.path("jobs.jsonl");
+    let spec = json!({"job": "www/prod/crash", "instances": 1,
+                      "cmd": ["sh", "-c", "echo boom; echo why >&2; exit 3"],
+                      "resources": {"cpus": 0.1, "ram_mb": 16}});
+    std::fs::write(&jobs, spec.to_string() + "\n").unwrap();
+    let t = wait_until(
+        "the task to wait out a backoff",
+        Duration::from_secs(30),
+        || {
+            pass(&c, &jobs);
+            let t = task(&c, id);
+            (t["state"] == "THROTTLED").then_some(t)
+        },
+    );
+    assert!(t["host"].is_null(), "{t}");
+    let (status, out, said) = logs(&c, &[id]);
+    assert_eq!((status, out.as_str()), (0, "boom\n"), "{said}");
+    let n = t["incarnation"].to_string();
+    assert_eq!(logs(&c, &[id, "--stderr", "--incarnation", &n]).1, "why\n");
+}
