@@ -50,7 +50,12 @@ fn names(current: &OsStr, of: fn(&View) -> Vec<String>) -> Vec<CompletionCandida
     let state = StateArgs {
         state: std::env::var_os("FORMIC_STATE").map(Into::into),
     };
-    let Ok(state) = State::open(&state.path()) else {
+    // A TAB is answered at once or not at all: never after waiting out writers.
+    let quick = crate::state::Options {
+        lock_timeout: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let Ok(state) = State::open_with(&state.path(), quick, false) else {
         return Vec::new();
     };
     let mut found: Vec<String> = of(state.view())

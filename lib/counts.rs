@@ -89,12 +89,15 @@ impl Counts {
             });
         let preempted = new.reason == Reason::Preempted
             && same_life.is_none_or(|o| o.reason != Reason::Preempted);
+        // A record new to the state is a placement, or a task restored as its host has it
+        // (`offer rebuild`): how that run ended was counted before, if ever, not now.
+        let ended = |counted: bool| (same_task.is_some() && counted) as u64;
         Counts {
             placed: placed as u64,
             restarted: restarted as u64,
-            failed: entered(&[TaskState::Failed, TaskState::Throttled]) as u64,
-            lost: entered(&[TaskState::Lost]) as u64,
-            preempted: preempted as u64,
+            failed: ended(entered(&[TaskState::Failed, TaskState::Throttled])),
+            lost: ended(entered(&[TaskState::Lost])),
+            preempted: ended(preempted),
         }
     }
 }
@@ -169,5 +172,10 @@ mod tests {
         let mut killed = task(TaskState::Killed, 3);
         killed.reason = Reason::Preempted;
         assert_eq!(counts(Some(&preempting), &killed), [0; 5]);
+        // Restored as the host has it (`offer rebuild`): no transition, nothing counted.
+        for state in [TaskState::Running, TaskState::Failed, TaskState::Lost] {
+            assert_eq!(counts(None, &task(state, 3)), [0; 5]);
+        }
+        assert_eq!(counts(None, &killed), [0; 5]);
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use foldhash::fast::RandomState as Fast;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -71,7 +71,11 @@ pub fn pending_reasons(text: &str, from: &str) -> Result<Vec<(String, String)>> 
                 main = Some((why, hosts));
             }
         }
-        let reason = main.map_or("no host offered", |(why, _)| why);
+        let reason = match main.map_or("no host offered", |(why, _)| why) {
+            // One series for every backoff, not one for each time one ends.
+            why if why.starts_with("throttled until ") => "throttled",
+            why => why,
+        };
         out.push((job.to_string(), reason.to_string()));
     }
     Ok(out)
@@ -136,7 +140,7 @@ fn tasks(out: &mut Text, from: &Sources) {
     for (job, n) in rows {
         for state in states.iter().filter(|s| n[**s as usize] > 0) {
             out.sample(
-                &[("job", job), ("state", state.name())],
+                &[("job_key", job), ("state", state.name())],
                 n[*state as usize] as f64,
             );
         }
@@ -185,7 +189,7 @@ fn jobs(out: &mut Text, from: &Sources) {
     for (i, (name, help)) in helps.into_iter().enumerate() {
         out.family(name, "gauge", help);
         for (job, row) in &rows {
-            out.sample(&[("job", job)], row[i] as f64);
+            out.sample(&[("job_key", job)], row[i] as f64);
         }
     }
     out.family(
@@ -205,7 +209,7 @@ fn jobs(out: &mut Text, from: &Sources) {
             "Instances the last pass left pending, by job and the reason most hosts gave.",
         );
         for ((job, reason), n) in by {
-            out.sample(&[("job", job), ("reason", reason)], n as f64);
+            out.sample(&[("job_key", job), ("reason", reason)], n as f64);
         }
     }
 }
@@ -273,7 +277,7 @@ fn counters(out: &mut Text, view: &View) {
         out.family(name, "counter", help);
         let has = |j: &&&Job| !runs_only || j.runs != crate::cron::Runs::default();
         for j in jobs.iter().filter(has) {
-            out.sample(&[("job", &j.key)], get(j) as f64);
+            out.sample(&[("job_key", &j.key)], get(j) as f64);
         }
     }
 }
@@ -418,6 +422,8 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
             .mode(0o644)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&temp)?;
+        // Readable by the collector's user whatever the umask.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.write_all(text.as_bytes())?;
         f.sync_data()?;
         std::fs::rename(&temp, path)
@@ -443,6 +449,8 @@ mod tests {
             r#"{"type":"pending","job":"a/b/c","instance":2,"reasons":{"limit host:1":4,"quota":4}}"#,
             "\n",
             r#"{"type":"pending","job":"a/b/d","instance":0,"reasons":{}}"#,
+            "\n",
+            r#"{"type":"pending","job":"a/b/d","instance":1,"reasons":{"throttled until 1796413322":1}}"#,
             "\n"
         );
         let got = pending_reasons(text, "launched").unwrap();
@@ -450,6 +458,7 @@ mod tests {
             ("a/b/c", "insufficient ram_mb"),
             ("a/b/c", "limit host:1"),
             ("a/b/d", "no host offered"),
+            ("a/b/d", "throttled"),
         ];
         let got: Vec<(&str, &str)> = got.iter().map(|(j, r)| (j.as_str(), r.as_str())).collect();
         assert_eq!(got, want);

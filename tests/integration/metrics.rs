@@ -119,7 +119,7 @@ fn the_pass_writes_metrics_promtool_accepts_that_match_the_tools_and_keep_their_
         let before = crate::common::now();
         reconcile(&c, &jobs, &metrics);
         let s = read(&metrics);
-        if value(&s, &format!("formic_restarts_total{{job=\"{CRASH}\"}}")) >= 2.0 {
+        if value(&s, &format!("formic_restarts_total{{job_key=\"{CRASH}\"}}")) >= 2.0 {
             break before;
         }
         assert!(Instant::now() < end, "no two restarts in 40 s: {s:?}");
@@ -134,7 +134,7 @@ fn the_pass_writes_metrics_promtool_accepts_that_match_the_tools_and_keep_their_
     let mut listed: BTreeMap<String, f64> = BTreeMap::new();
     for t in c.tasks() {
         let series = format!(
-            "{{job=\"{}\",state=\"{}\"}}",
+            "{{job_key=\"{}\",state=\"{}\"}}",
             t["job"].as_str().unwrap(),
             t["state"].as_str().unwrap()
         );
@@ -147,8 +147,12 @@ fn the_pass_writes_metrics_promtool_accepts_that_match_the_tools_and_keep_their_
     assert_eq!(shown, listed);
 
     // Desired, running, healthy; and the pending instance with the reason hosts gave.
-    let job =
-        |name: &str, key: &str| value(&s, &format!("formic_job_{name}_instances{{job=\"{key}\"}}"));
+    let job = |name: &str, key: &str| {
+        value(
+            &s,
+            &format!("formic_job_{name}_instances{{job_key=\"{key}\"}}"),
+        )
+    };
     assert_eq!(
         (
             job("desired", WEB),
@@ -161,7 +165,7 @@ fn the_pass_writes_metrics_promtool_accepts_that_match_the_tools_and_keep_their_
     assert_eq!(
         family(&s, "formic_job_pending_instances"),
         BTreeMap::from([(
-            format!("{{job=\"{HUGE}\",reason=\"insufficient ram_mb\"}}").as_str(),
+            format!("{{job_key=\"{HUGE}\",reason=\"insufficient ram_mb\"}}").as_str(),
             1.0
         )])
     );
@@ -216,7 +220,7 @@ fn the_pass_writes_metrics_promtool_accepts_that_match_the_tools_and_keep_their_
             .count() as f64
     };
     let counter =
-        |name: &str, key: &str| value(&s, &format!("formic_{name}_total{{job=\"{key}\"}}"));
+        |name: &str, key: &str| value(&s, &format!("formic_{name}_total{{job_key=\"{key}\"}}"));
     assert_eq!(counter("placements", CRASH), to(&["ASSIGNED"]), "{hist:?}");
     assert_eq!(
         counter("task_failures", CRASH),
@@ -258,6 +262,26 @@ fn the_pass_writes_metrics_promtool_accepts_that_match_the_tools_and_keep_their_
         std::fs::metadata(&metrics).unwrap().permissions().mode() & 0o777,
         0o644
     );
+    // Whatever the umask of whoever runs it: the collector's user reads the file.
+    let strict = c.path("strict.prom");
+    let mut cmd = tool("job", &c.state());
+    cmd.args(["metrics", "--jobs"])
+        .arg(&jobs)
+        .arg("--out")
+        .arg(&strict);
+    // SAFETY: umask is async-signal-safe and touches nothing but the child's mask.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let out = run(&mut cmd, b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(&strict).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
 
     // A run of the batch job by hand counts as a run; the counts of one-shot tools are
     // those of the state, whoever asks.
@@ -266,7 +290,10 @@ fn the_pass_writes_metrics_promtool_accepts_that_match_the_tools_and_keep_their_
     reconcile(&c, &jobs, &metrics);
     let after = read(&metrics);
     assert_eq!(
-        value(&after, &format!("formic_cron_runs_total{{job=\"{ONCE}\"}}")),
+        value(
+            &after,
+            &format!("formic_cron_runs_total{{job_key=\"{ONCE}\"}}")
+        ),
         1.0
     );
     let out = run(
@@ -324,4 +351,36 @@ fn bad_pending_records_are_refused_and_leave_the_file_as_it_was() {
         std::fs::read_to_string(&metrics).unwrap(),
         "# an older file\n"
     );
+}
+
+/// A pass that fails at its first step still writes the file, with its status: the
+/// alert on formic_last_pass_status sees the failure, not the last good pass.
+#[test]
+fn a_pass_that_fails_early_writes_its_status() {
+    let c = Cluster::new(&["h1"], 36440, None);
+    let jobs = c.path("jobs.jsonl");
+    std::fs::write(&jobs, "").unwrap();
+    let real = common::bin("offer").parent().unwrap().to_path_buf();
+    let bin = c.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["offer", "pack", "launch", "announce", "job"] {
+        std::os::unix::fs::symlink(real.join(tool), bin.join(tool)).unwrap();
+    }
+    // A reap that cannot read the hosts, as when their root is unreadable.
+    std::fs::write(bin.join("reap"), "#!/bin/sh\nexit 74\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("reap"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let metrics = c.path("formic.prom");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/reconcile");
+    let out = run(
+        Command::new(script)
+            .args([Path::new("--metrics"), &metrics, &jobs])
+            .env("FORMIC_STATE", c.state())
+            .env("FORMIC_BIN", &bin),
+        b"",
+    );
+    assert_eq!(code(&out), 74, "{}", stderr(&out));
+    let s = read(&metrics);
+    assert_eq!(value(&s, "formic_last_pass_status"), 74.0);
+    assert!(value(&s, "formic_last_pass_timestamp_seconds") > 0.0);
 }
