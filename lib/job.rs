@@ -557,6 +557,7 @@ fn check(w: Written, key: &str) -> Result<JobSpec, String> {
         .map(|a| check_announce(key, a, ports))
         .transpose()
         .map_err(|e| format!("field \"announce\": {e}"))?;
+    check_record_fits(key, ports, announce.as_ref())?;
     let cron = w
         .cron
         .map(|c| {
@@ -592,6 +593,48 @@ fn check(w: Written, key: &str) -> Result<JobSpec, String> {
         hash: 0,
         origin: Origin::default(),
         json: String::new(),
+    })
+}
+
+/// The job's record in the state, at its largest (an update under way), must fit its
+/// slot: else the first commit to write it would fail, and every change of that pass with
+/// it, pass after pass.
+fn check_record_fits(
+    key: &str,
+    ports: &[String],
+    announce: Option<&Announce>,
+) -> Result<(), String> {
+    use crate::rollout::{Phase, Rollout, Update, Why};
+    let update = Update {
+        from: 0,
+        to: 0,
+        phase: Phase::RollingForward,
+        first: 0,
+        last: 0,
+        started: 0.0,
+        progress: 0.0,
+        done: 0,
+        desired: 0,
+        why: Why::None,
+    };
+    let record = crate::task::Job {
+        key: key.to_string(),
+        ports: ports.to_vec(),
+        announce: announce.cloned(),
+        rollout: Rollout {
+            update: Some(update),
+            ..Default::default()
+        },
+        runs: Default::default(),
+        counts: Default::default(),
+    };
+    let mut slot = [0u8; crate::task::JOB_SLOT_SIZE];
+    record.encode(&mut slot).map_err(|e| {
+        format!(
+            "the job's key, port names and announce path take {} bytes of the state's \
+             {}-byte record: shorten them",
+            e.needed, e.room
+        )
     })
 }
 
@@ -1450,6 +1493,26 @@ mod tests {
                 "{block}: {err}"
             );
         }
+    }
+
+    /// Each part within its bounds, all together too long for the job's record in the
+    /// state: refused where it is read, not at the commit of every pass.
+    #[test]
+    fn a_job_whose_record_cannot_fit_the_state_is_refused() {
+        let part = "p".repeat(60);
+        let text = |ports: usize, path: &str| {
+            let ports: Vec<String> = (0..ports)
+                .map(|i| format!("{i}{}", "n".repeat(30)))
+                .collect();
+            serde_json::json!({"job": format!("{part}/{part}/{part}"), "instances": 1,
+                               "cmd": ["x"], "resources": {"cpus": 1, "ram_mb": 1, "ports": ports},
+                               "announce": {"path": path}})
+            .to_string()
+        };
+        let err = parse_text(&text(8, &format!("/{}", "s".repeat(200))), "test").unwrap_err();
+        assert!(err.contains("of the state's 512-byte record"), "{err}");
+        // Fewer ports, a shorter path: it fits, an update under way included.
+        assert!(parse_text(&text(2, "/s"), "test").is_ok());
     }
 
     /// Issue 11: specs that were accepted and misunderstood, ignored or passed on to the
