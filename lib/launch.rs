@@ -602,11 +602,16 @@ fn read_cron(rec: &Record) -> Result<CronRecord, String> {
             .ok_or(format!("field \"{name}\" is missing"))?;
         Runs::deserialize(v).map_err(|e| format!("field \"{name}\": {e}"))
     };
+    let (was, runs) = (runs("was")?, runs("runs")?);
+    // Counters of runs go forward only: the metrics count on it.
+    if runs.runs < was.runs || runs.missed < was.missed || runs.cancelled < was.cancelled {
+        return Err("field \"runs\": its counts are below those of \"was\"".into());
+    }
     Ok(CronRecord {
         job: job.to_string(),
         step,
-        was: runs("was")?,
-        runs: runs("runs")?,
+        was,
+        runs,
     })
 }
 

@@ -83,7 +83,7 @@ pub enum Verb {
         #[arg(long, value_name = "FILE")]
         pending: Option<std::path::PathBuf>,
         /// The pass started at this Unix time: its duration and end are shown
-        #[arg(long, value_name = "SECONDS", requires = "pass_status")]
+        #[arg(long, value_name = "SECONDS", requires = "pass_status", value_parser = unix_time)]
         pass_started: Option<f64>,
         /// The pass's exit status
         #[arg(long, value_name = "STATUS", requires = "pass_started")]
@@ -145,6 +145,14 @@ pub struct JobFiles {
         required = true
     )]
     pub path: std::path::PathBuf,
+}
+
+/// `--pass-started`: Unix seconds, a finite number (no timestamp in the metrics is NaN).
+fn unix_time(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("{s:?} is not a time in Unix seconds")),
+    }
 }
 
 /// `--since` and `--until`: a duration ago, or a time.

@@ -527,6 +527,13 @@ fn a_bad_place_record_starts_nothing_and_changes_nothing() {
             1,
         ),
         format!("{records}{{not json\n"),
+        // Counts of runs that would go back.
+        format!(
+            "{records}{}\n",
+            r#"{"type":"cron","job":"batch/prod/b","step":"seen","#.to_string()
+                + r#""was":{"current":0,"started":0,"manual":false,"fired":0,"requested":0,"runs":3,"missed":0,"cancelled":0},"#
+                + r#""runs":{"current":0,"started":0,"manual":false,"fired":0,"requested":0,"runs":2,"missed":0,"cancelled":0}}"#
+        ),
     ];
     for bad in &broken {
         let out = c.launch(bad);

@@ -351,6 +351,28 @@ fn bad_pending_records_are_refused_and_leave_the_file_as_it_was() {
         std::fs::read_to_string(&metrics).unwrap(),
         "# an older file\n"
     );
+    // A pass's start that is no time: refused as usage (2), the file as it was.
+    for when in ["-inf", "NaN", "-5"] {
+        let out = run(
+            tool("job", &c.state())
+                .args(["metrics", "--jobs"])
+                .arg(&jobs)
+                .arg(format!("--pass-started={when}"))
+                .args(["--pass-status", "0", "--out"])
+                .arg(&metrics),
+            b"",
+        );
+        assert_eq!(code(&out), 2, "{when}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not a time in Unix seconds"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&metrics).unwrap(),
+        "# an older file\n"
+    );
 }
 
 /// A pass that fails at its first step still writes the file, with its status: the
