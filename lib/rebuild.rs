@@ -14,8 +14,9 @@
 //! - each task with none, as its last run ended (a finished batch task stays finished),
 //!   at the latest incarnation any host fenced, so that its next start is not refused.
 //!
-//! Jobs come from the job files, as always: the next pass places what is missing and
-//! changes nothing else.
+//! The job spec each task runs is kept again beside the state (`specstore`). Jobs come
+//! from the job files, as always: the next pass places what is missing and changes
+//! nothing else.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -84,6 +85,12 @@ pub fn rebuild(state: &mut State, path: &Path, parallel: usize) -> Result<Rebuil
     let past = inventories.iter().map(|(_, i)| i.epoch).max().unwrap_or(0);
     let epoch = transport::take_over(path, past)?;
     let (tasks, skipped) = choose(inventories);
+    // The specs the tasks run, kept again before a record names them (as launch keeps
+    // them): an update's rollback and the comparison of a spec with the job file's
+    // read them from the store, which was lost with the state.
+    for c in &tasks {
+        crate::specstore::keep(path, &c.job)?;
+    }
     // Checked again under the write lock: two rebuilds at once record once.
     let (running, ended) = state.write(|tx| {
         refuse_tasks(tx.view(), path)?;

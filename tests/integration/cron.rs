@@ -361,10 +361,14 @@ fn a_rebuilt_state_keeps_the_run_that_goes_on() {
         (&t["run"], &t["state"]),
         (&before["run"], &json!("RUNNING"))
     );
-    // The state lost: the hosts again, and the tasks from their directories.
+    // The state lost, and the specs kept beside it: the hosts again, and the tasks (and
+    // the specs they run) from their directories.
     for name in ["state", "state.journal", "state.epoch"] {
         let _ = std::fs::remove_file(c.path(name));
     }
+    let spec = u64::from_str_radix(t["spec"].as_str().unwrap(), 16).unwrap();
+    assert!(formic::specstore::is_kept(&c.state(), spec));
+    std::fs::remove_dir_all(formic::specstore::dir(&c.state())).unwrap();
     let host = json!({"type": "host", "name": "h1", "cpus": 4, "ram_mb": 4096,
                       "disk_mb": 1000, "ports": [[36200, 36219]], "attrs": {"rack": "r1"}});
     let out = run(
@@ -376,6 +380,8 @@ fn a_rebuilt_state_keeps_the_run_that_goes_on() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let after = runs(&c, key);
     assert_eq!(after["run"], before["run"], "{after}");
+    let kept = formic::specstore::read(&c.state(), spec).expect("the spec kept again");
+    assert_eq!(kept.key, key);
     // A pass neither stops the run going nor starts another.
     pass(&c, &jobs);
     let [again] = &tasks_of(&c, key)[..] else {
