@@ -112,6 +112,17 @@ impl<'a> Encoder<'a> {
         self.put(s.as_bytes());
     }
 
+    /// Whether the fields so far fit, without sealing the slot.
+    pub fn fits(&self) -> Result<(), TooLarge> {
+        match self.needed <= self.slot.len() {
+            true => Ok(()),
+            false => Err(TooLarge {
+                needed: self.needed,
+                room: self.slot.len(),
+            }),
+        }
+    }
+
     /// Stamps the header; fails when the fields did not fit.
     pub fn seal(self, version: u8) -> Result<(), TooLarge> {
         if self.needed > self.slot.len() {

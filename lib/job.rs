@@ -604,32 +604,7 @@ fn check_record_fits(
     ports: &[String],
     announce: Option<&Announce>,
 ) -> Result<(), String> {
-    use crate::rollout::{Phase, Rollout, Update, Why};
-    let update = Update {
-        from: 0,
-        to: 0,
-        phase: Phase::RollingForward,
-        first: 0,
-        last: 0,
-        started: 0.0,
-        progress: 0.0,
-        done: 0,
-        desired: 0,
-        why: Why::None,
-    };
-    let record = crate::task::Job {
-        key: key.to_string(),
-        ports: ports.to_vec(),
-        announce: announce.cloned(),
-        rollout: Rollout {
-            update: Some(update),
-            ..Default::default()
-        },
-        runs: Default::default(),
-        counts: Default::default(),
-    };
-    let mut slot = [0u8; crate::task::JOB_SLOT_SIZE];
-    record.encode(&mut slot).map_err(|e| {
+    crate::task::job_record_fits(key, ports, announce).map_err(|e| {
         format!(
             "the job's key, port names and announce path take {} bytes of the state's \
              {}-byte record: shorten them",

@@ -160,6 +160,25 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// A rollout as large as its record gets: an update under way.
+    pub fn largest() -> Rollout {
+        Rollout {
+            update: Some(Update {
+                from: 0,
+                to: 0,
+                phase: Phase::RollingForward,
+                first: 0,
+                last: 0,
+                started: 0.0,
+                progress: 0.0,
+                done: 0,
+                desired: 0,
+                why: Why::None,
+            }),
+            ..Default::default()
+        }
+    }
+
     pub fn encode(&self, e: &mut Encoder) {
         e.u8(self.held as u8);
         e.u64(self.stable);

@@ -488,22 +488,44 @@ pub fn check_job_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A job's key, port names and announce block: the part of its record whose size is the
+/// spec's.
+fn encode_names(e: &mut Encoder, key: &str, ports: &[String], announce: Option<&Announce>) {
+    e.str8(key);
+    e.u8(ports.len() as u8);
+    for p in ports {
+        e.str8(p);
+    }
+    match announce {
+        None => e.u8(0),
+        Some(a) => {
+            e.u8(1);
+            e.str8(&a.path);
+            e.u8(a.primary);
+        }
+    }
+}
+
+/// Whether the record of a job of this key, port names and announce block fits its slot
+/// at its largest, an update under way.
+pub fn job_record_fits(
+    key: &str,
+    ports: &[String],
+    announce: Option<&Announce>,
+) -> Result<(), TooLarge> {
+    let mut slot = [0u8; JOB_SLOT_SIZE];
+    let mut e = Encoder::new(&mut slot);
+    encode_names(&mut e, key, ports, announce);
+    crate::rollout::Rollout::largest().encode(&mut e);
+    crate::cron::Runs::default().encode(&mut e);
+    crate::counts::Counts::default().encode(&mut e);
+    e.fits()
+}
+
 impl Job {
     pub fn encode(&self, slot: &mut [u8]) -> Result<(), TooLarge> {
         let mut e = Encoder::new(slot);
-        e.str8(&self.key);
-        e.u8(self.ports.len() as u8);
-        for p in &self.ports {
-            e.str8(p);
-        }
-        match &self.announce {
-            None => e.u8(0),
-            Some(a) => {
-                e.u8(1);
-                e.str8(&a.path);
-                e.u8(a.primary);
-            }
-        }
+        encode_names(&mut e, &self.key, &self.ports, self.announce.as_ref());
         self.rollout.encode(&mut e);
         self.runs.encode(&mut e);
         self.counts.encode(&mut e);
@@ -749,5 +771,34 @@ mod tests {
             Job::decode(JOB_LAYOUT, body(&slot)).is_err(),
             "a port the job lacks"
         );
+    }
+
+    /// The check where specs are read and the record as the state writes it agree, on
+    /// both sides of the edge.
+    #[test]
+    fn a_record_fits_where_the_check_says_it_does() {
+        let ports: Vec<String> = (0..8)
+            .map(|i| format!("port{i}-{}", "x".repeat(20)))
+            .collect();
+        for n in (0..=255).step_by(5) {
+            let announce = Announce {
+                path: format!("/{}", "p".repeat(n)),
+                primary: 0,
+            };
+            let job = Job {
+                key: "www/prod/web".into(),
+                ports: ports.clone(),
+                announce: Some(announce.clone()),
+                rollout: crate::rollout::Rollout::largest(),
+                runs: Default::default(),
+                counts: Default::default(),
+            };
+            let mut slot = [0u8; JOB_SLOT_SIZE];
+            assert_eq!(
+                job_record_fits(&job.key, &job.ports, Some(&announce)),
+                job.encode(&mut slot),
+                "path of {n}"
+            );
+        }
     }
 }
