@@ -276,17 +276,16 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let mut endpoints: Vec<String> = stdout(&out).lines().map(String::from).collect();
     endpoints.sort();
+    let host_of = |t: &Value| {
+        site.fleet
+            .hosts
+            .iter()
+            .find(|h| t["host"] == h.name.as_str())
+            .unwrap()
+    };
     let mut expected: Vec<String> = tasks
         .iter()
-        .map(|t| {
-            let h = site
-                .fleet
-                .hosts
-                .iter()
-                .find(|h| t["host"] == h.name.as_str())
-                .unwrap();
-            format!("{}:{}", h.address, t["ports"]["http"])
-        })
+        .map(|t| format!("{}:{}", host_of(t).address, t["ports"]["http"]))
         .collect();
     expected.sort();
     assert_eq!(endpoints, expected);
@@ -309,14 +308,8 @@ fn a_four_host_fleet_converges_over_ssh_and_each_instance_answers_at_its_host() 
     assert_eq!(code(&out), 0, "job logs: {}", stderr(&out));
     let read = stdout(&out);
     assert!(read.contains("\"GET / HTTP/1.0\" 200"), "{read}");
-    let h = site
-        .fleet
-        .hosts
-        .iter()
-        .find(|h| t["host"] == h.name.as_str())
-        .unwrap();
     let run_logs = formic::runlogs::run_dir(
-        &formic::taskdir::task_dir(&h.root, id),
+        &formic::taskdir::task_dir(&host_of(t).root, id),
         t["incarnation"].as_u64().unwrap() as u32,
     );
     let kept = std::fs::read_to_string(run_logs.join("stderr")).unwrap();
