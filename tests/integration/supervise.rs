@@ -863,13 +863,18 @@ fn a_supervisor_that_gives_up_first_kills_everything_it_started() {
 #[test]
 fn a_full_disk_drops_log_lines_and_supervision_goes_on() {
     let (base, disk) = small_disk();
-    // It fills the disk itself, talks while it is full (more than a pipe holds, so the
-    // supervisor has read most of it once it is done), waits for room, then says bye.
-    let script = "head -c 4M /dev/zero > fill 2>/dev/null; yes lost | head -c 300000; \
+    // Once the supervisor has said it runs (a status it cannot write on a full disk makes
+    // it give up, as the test above shows), it fills the disk itself, talks while it is
+    // full (more than a pipe holds, so the supervisor has read most of it once it is
+    // done), waits for room, then says bye.
+    let script = "while [ ! -e go ]; do sleep 0.01; done; \
+                  head -c 4M /dev/zero > fill 2>/dev/null; yes lost | head -c 300000; \
                   touch talked; while [ -e fill ]; do sleep 0.05; done; echo bye";
     let s = own_identity(spec("t/e/enospc/0", &["sh", "-c", script]));
     let dir = task_on(&base, &s);
     let sup = supervise(&dir);
+    wait_for(&dir, Duration::from_secs(30), |s| s.state == "RUNNING");
+    std::fs::write(dir.join("sandbox/go"), "").unwrap();
     // Generous: on a loaded machine the task's 300 KB, each write refused by the full
     // disk, took over 10 s in CI; this waits for progress, it times nothing.
     let deadline = Instant::now() + Duration::from_secs(60);
